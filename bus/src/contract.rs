@@ -1,0 +1,81 @@
+//! Names every party of the contract agrees on.
+
+/// Number of IDs each container gets in its user namespace, and the alignment of every range.
+pub const RANGE_SIZE: u32 = 65536;
+
+pub mod idmap {
+    pub const BUS_NAME: &str = "org.burrow.IdMap1";
+    pub const OBJECT_PATH: &str = "/org/burrow/IdMap1";
+    pub const INTERFACE: &str = "org.burrow.IdMap1";
+    /// polkit action a non-root caller needs to allocate an ID range.
+    pub const ACTION_ALLOCATE: &str = "org.burrow.idmap.allocate";
+}
+
+pub mod dev {
+    pub const BUS_NAME: &str = "org.burrow.Dev1";
+    pub const OBJECT_PATH: &str = "/org/burrow/Dev1";
+    pub const ACTION_CREATE: &str = "org.burrow.dev.create";
+    pub const ACTION_EXTRA: &str = "org.burrow.dev.extra";
+}
+
+pub mod mount {
+    pub const BUS_NAME: &str = "org.burrow.Mount1";
+    pub const OBJECT_PATH: &str = "/org/burrow/Mount1";
+    pub const ACTION_IDMAP: &str = "org.burrow.mount.idmap";
+    pub const ACTION_BUILD: &str = "org.burrow.mount.build";
+}
+
+/// Longest object name (container id) a helper accepts, in bytes.
+pub const MAX_NAME_LEN: usize = 128;
+
+/// Checks a caller-chosen object name: 1..=128 bytes of `[A-Za-z0-9_.+-]`, not starting with
+/// `.` or `-`. Names end up in file names and logs, so anything path-like or invisible is out.
+pub fn validate_name(name: &str) -> Result<(), crate::BurrowError> {
+    let invalid = |why: &str| {
+        Err(crate::BurrowError::InvalidArgument(format!(
+            "invalid name {:?}: {why}",
+            name.escape_debug().to_string()
+        )))
+    };
+    if name.is_empty() {
+        return invalid("must not be empty");
+    }
+    if name.len() > MAX_NAME_LEN {
+        return invalid(&format!("longer than {MAX_NAME_LEN} bytes"));
+    }
+    if name.starts_with(['.', '-']) {
+        return invalid("must not start with '.' or '-'");
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '+' | '-')))
+    {
+        return invalid(&format!(
+            "character {:?} not allowed (use letters, digits, '_', '.', '+', '-')",
+            bad
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_container_ids() {
+        validate_name("a").unwrap();
+        validate_name(&"f".repeat(64)).unwrap();
+        validate_name("my-ctr_1.2+x").unwrap();
+        validate_name(&"x".repeat(MAX_NAME_LEN)).unwrap();
+    }
+
+    #[test]
+    fn rejects_bad_names() {
+        for bad in ["", "../x", "a/b", ".", "..", ".hidden", "-flag", "a\0b", "sp ace", "é"] {
+            assert!(validate_name(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(validate_name(&"x".repeat(300)).is_err());
+        assert!(validate_name(&"x".repeat(MAX_NAME_LEN + 1)).is_err());
+    }
+}

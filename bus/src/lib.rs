@@ -1,0 +1,18 @@
+//! Burrow's D-Bus contract and the scaffolding its root helpers share.
+//!
+//! Everything that both a helper and its clients must agree on lives here: bus names, object
+//! paths, polkit action ids, error names, typed proxies. The helpers also share the service
+//! skeleton: caller identification, authorization, capability dropping, idle exit, atomic
+//! state files and user-namespace fd checks.
+
+pub mod authz;
+pub mod contract;
+pub mod error;
+pub mod privileges;
+pub mod proxy;
+pub mod service;
+pub mod state;
+pub mod userns;
+
+pub use authz::Caller;
+pub use error::BurrowError;

@@ -1,0 +1,30 @@
+//! Typed client proxies for the helpers.
+
+use zbus::zvariant::OwnedFd;
+
+/// One allocated range, as `Get`/`List` return it: (uid, name, uid_base, gid_base, size).
+pub type RangeEntry = (u32, String, u32, u32, u32);
+
+#[zbus::proxy(
+    interface = "org.burrow.IdMap1",
+    default_service = "org.burrow.IdMap1",
+    default_path = "/org/burrow/IdMap1"
+)]
+pub trait IdMap1 {
+    fn allocate(&self, name: &str, userns: OwnedFd) -> zbus::Result<(u32, u32, u32)>;
+    fn release(&self, name: &str) -> zbus::Result<()>;
+    fn get(&self, name: &str) -> zbus::Result<(u32, u32, u32)>;
+    fn list(&self) -> zbus::Result<Vec<RangeEntry>>;
+    #[zbus(property)]
+    fn pool_start(&self) -> zbus::Result<u32>;
+    #[zbus(property)]
+    fn pool_end(&self) -> zbus::Result<u32>;
+    #[zbus(property)]
+    fn range_size(&self) -> zbus::Result<u32>;
+    #[zbus(property)]
+    fn in_use(&self) -> zbus::Result<u32>;
+    #[zbus(signal)]
+    fn allocated(&self, uid: u32, name: &str, base: u32, size: u32) -> zbus::Result<()>;
+    #[zbus(signal)]
+    fn released(&self, uid: u32, name: &str, base: u32) -> zbus::Result<()>;
+}

@@ -1,0 +1,129 @@
+//! The skeleton every helper runs in: logging, the bus connection, sd-notify, clean shutdown
+//! and exit after an idle period (the bus re-activates the helper on the next call).
+
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::signal::unix::{signal, SignalKind};
+use zbus::object_server::Interface;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("cannot connect to the system bus (DBUS_SYSTEM_BUS_ADDRESS or /run/dbus/system_bus_socket): {0}")]
+    Connect(#[source] zbus::Error),
+    #[error("cannot own bus name {name} (check the bus policy, or another instance owns it): {source}")]
+    OwnName { name: &'static str, source: zbus::Error },
+    #[error("signal handler: {0}")]
+    Signal(#[source] std::io::Error),
+}
+
+/// Sends logs to stderr (the journal when run by systemd); `RUST_LOG` overrides the level.
+pub fn init_logging(default_level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Counts calls in flight and remembers when the last one ended, to decide when to exit.
+#[derive(Clone)]
+pub struct Activity {
+    in_flight: Arc<AtomicUsize>,
+    last: Arc<Mutex<Instant>>,
+}
+
+/// Held for the duration of one method call.
+pub struct CallGuard(Activity);
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity { in_flight: Arc::new(AtomicUsize::new(0)), last: Arc::new(Mutex::new(Instant::now())) }
+    }
+}
+
+impl Activity {
+    pub fn begin(&self) -> CallGuard {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        CallGuard(self.clone())
+    }
+
+    fn idle_for(&self) -> Option<Duration> {
+        if self.in_flight.load(Ordering::SeqCst) > 0 {
+            return None;
+        }
+        Some(self.last.lock().unwrap_or_else(|p| p.into_inner()).elapsed())
+    }
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        *self.0.last.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// What a helper serves, and for how long it may sit idle (zero: forever).
+pub struct Service<I> {
+    pub bus_name: &'static str,
+    pub object_path: &'static str,
+    pub interface: I,
+    pub activity: Activity,
+    pub idle_timeout: Duration,
+}
+
+impl<I: Interface> Service<I> {
+    /// Serves until SIGTERM/SIGINT or until idle for `idle_timeout`. On the way out the name is
+    /// released first, so a call racing with the exit either still reaches this instance or
+    /// activates a new one.
+    pub async fn run(self) -> Result<(), ServiceError> {
+        let conn = zbus::connection::Builder::system()
+            .map_err(ServiceError::Connect)?
+            .serve_at(self.object_path, self.interface)
+            .map_err(ServiceError::Connect)?
+            .build()
+            .await
+            .map_err(ServiceError::Connect)?;
+        conn.request_name_with_flags(
+            self.bus_name,
+            zbus::fdo::RequestNameFlags::DoNotQueue.into(),
+        )
+        .await
+        .map_err(|source| ServiceError::OwnName { name: self.bus_name, source })?;
+        tracing::info!(bus_name = self.bus_name, idle_timeout_s = self.idle_timeout.as_secs(), "ready");
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+
+        let mut term = signal(SignalKind::terminate()).map_err(ServiceError::Signal)?;
+        let mut int = signal(SignalKind::interrupt()).map_err(ServiceError::Signal)?;
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                _ = term.recv() => { tracing::info!("SIGTERM, exiting"); break; }
+                _ = int.recv() => { tracing::info!("SIGINT, exiting"); break; }
+                _ = tick.tick() => {
+                    if !self.idle_timeout.is_zero()
+                        && self.activity.idle_for().is_some_and(|idle| idle >= self.idle_timeout)
+                    {
+                        tracing::info!("idle, exiting until the next call activates me");
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+        if let Err(e) = conn.release_name(self.bus_name).await {
+            tracing::warn!(error = %e, "releasing bus name");
+        }
+        // Serve calls that were already routed to us before the name went away.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        while self.activity.idle_for().is_none() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,111 @@
+//! Durable state: atomic file replacement and a single-instance lock.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("{op} {path}: {source}")]
+    Io { op: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("another instance holds the lock {0} (is the helper already running?)")]
+    Locked(PathBuf),
+}
+
+fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StateError + 'a {
+    move |source| StateError::Io { op, path: path.to_path_buf(), source }
+}
+
+/// Makes `path` hold exactly `contents`, or leaves its old contents: write a temporary file
+/// beside it, fsync it, rename it over `path`, fsync the directory.
+pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), StateError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let file_name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    let tmp = dir.join(format!(".{file_name}.tmp"));
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io("create", &tmp))?;
+    file.write_all(contents).map_err(io("write", &tmp))?;
+    file.sync_all().map_err(io("fsync", &tmp))?;
+    fs::rename(&tmp, path).map_err(io("rename", path))?;
+    sync_dir(dir)
+}
+
+/// Removes `path` durably (the directory entry is fsynced). A missing file is fine.
+pub fn remove_durably(path: &Path) -> Result<(), StateError> {
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io("remove", path)(e)),
+    }
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StateError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io("fsync", dir))
+}
+
+/// Creates `dir` (and parents) with mode 0700 if missing.
+pub fn ensure_private_dir(dir: &Path) -> Result<(), StateError> {
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io("create", dir))
+}
+
+/// An exclusive advisory lock held for the life of the helper, so a second instance (a manual
+/// start beside a bus-activated one) cannot corrupt the state. Released by the kernel on exit,
+/// also on kill -9.
+pub struct InstanceLock {
+    _lock: Flock<File>,
+}
+
+impl InstanceLock {
+    pub fn acquire(path: &Path) -> Result<Self, StateError> {
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(path)
+            .map_err(io("open", path))?;
+        let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock)
+            .map_err(|_| StateError::Locked(path.to_path_buf()))?;
+        Ok(InstanceLock { _lock: lock })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_replaces_and_leaves_no_temp() {
+        let dir = std::env::temp_dir().join(format!("burrow-state-test-{}", std::process::id()));
+        ensure_private_dir(&dir).unwrap();
+        let target = dir.join("r.json");
+        write_atomic(&target, b"one").unwrap();
+        write_atomic(&target, b"two").unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"two");
+        let names: Vec<_> = fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("r.json")]);
+        remove_durably(&target).unwrap();
+        remove_durably(&target).unwrap();
+        fs::remove_dir(&dir).unwrap();
+    }
+
+    #[test]
+    fn second_lock_is_refused() {
+        let path = std::env::temp_dir().join(format!("burrow-lock-test-{}", std::process::id()));
+        let first = InstanceLock::acquire(&path).unwrap();
+        assert!(matches!(InstanceLock::acquire(&path), Err(StateError::Locked(_))));
+        drop(first);
+        InstanceLock::acquire(&path).unwrap();
+        fs::remove_file(&path).unwrap();
+    }
+}

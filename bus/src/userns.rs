@@ -1,0 +1,222 @@
+//! User-namespace fds received from callers: what they are, who owns them, and a way to look
+//! inside them without trusting any path or PID the caller could choose.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::sys::stat::fstat;
+
+use crate::BurrowError;
+
+// From <linux/nsfs.h>.
+const NSIO: u8 = 0xb7;
+nix::ioctl_none!(ns_get_userns, NSIO, 0x1);
+nix::ioctl_none!(ns_get_parent, NSIO, 0x2);
+nix::ioctl_none!(ns_get_nstype, NSIO, 0x3);
+nix::ioctl_read_bad!(ns_get_owner_uid, nix::request_code_none!(NSIO, 0x4), libc::uid_t);
+
+/// Identity of a namespace: the nsfs device and inode, as `stat` reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub struct NsId {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl NsId {
+    pub fn of(fd: BorrowedFd<'_>) -> nix::Result<Self> {
+        let st = fstat(fd.as_raw_fd())?;
+        Ok(NsId { dev: st.st_dev, ino: st.st_ino })
+    }
+}
+
+/// The namespace type of an nsfs fd (a `CLONE_NEW*` constant), or `None` if it is no namespace.
+pub fn ns_type(fd: BorrowedFd<'_>) -> Option<i32> {
+    // SAFETY: NS_GET_NSTYPE takes no argument and only reads the fd's inode.
+    unsafe { ns_get_nstype(fd.as_raw_fd()) }.ok()
+}
+
+/// The user namespace that owns a non-user namespace (NS_GET_USERNS).
+pub fn owning_userns(fd: BorrowedFd<'_>) -> nix::Result<OwnedFd> {
+    // SAFETY: NS_GET_USERNS returns a new fd that we take ownership of.
+    let raw = unsafe { ns_get_userns(fd.as_raw_fd()) }?;
+    // SAFETY: `raw` is a fresh fd owned by no one else.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// The parent of a user namespace, or `None` once outside what this process may see.
+pub fn parent_userns(fd: BorrowedFd<'_>) -> Option<OwnedFd> {
+    // SAFETY: NS_GET_PARENT returns a new fd that we take ownership of.
+    let raw = unsafe { ns_get_parent(fd.as_raw_fd()) }.ok()?;
+    // SAFETY: `raw` is a fresh fd owned by no one else.
+    Some(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// A user namespace received from a caller, checked to be one.
+#[derive(Debug)]
+pub struct UserNs {
+    fd: OwnedFd,
+    pub id: NsId,
+    pub owner_uid: u32,
+}
+
+impl UserNs {
+    /// Accepts `fd` only if it is a user namespace whose parent is the helper's own user
+    /// namespace (so host IDs can be mapped into it), and, unless `caller_uid` is root, one the
+    /// caller created.
+    pub fn from_caller_fd(fd: OwnedFd, caller_uid: u32) -> Result<Self, BurrowError> {
+        match ns_type(fd.as_fd()) {
+            Some(libc::CLONE_NEWUSER) => {}
+            Some(other) => {
+                return Err(BurrowError::InvalidArgument(format!(
+                    "fd is a namespace of type {other:#x}, not a user namespace \
+                     (pass an fd of /proc/PID/ns/user)"
+                )))
+            }
+            None => {
+                return Err(BurrowError::InvalidArgument(
+                    "fd is not a namespace (pass an fd of /proc/PID/ns/user, opened O_RDONLY)".into(),
+                ))
+            }
+        }
+        let id = NsId::of(fd.as_fd()).map_err(|e| BurrowError::Failed(format!("fstat userns: {e}")))?;
+        let mut owner: libc::uid_t = 0;
+        // SAFETY: NS_GET_OWNER_UID writes one uid_t into `owner`, which outlives the call.
+        unsafe { ns_get_owner_uid(fd.as_raw_fd(), &mut owner) }
+            .map_err(|e| BurrowError::Failed(format!("NS_GET_OWNER_UID: {e}")))?;
+        let parent = parent_userns(fd.as_fd()).ok_or_else(|| {
+            BurrowError::InvalidArgument("the initial user namespace cannot be given a range".into())
+        })?;
+        let own = File::open("/proc/self/ns/user")
+            .map_err(|e| BurrowError::Failed(format!("open own userns: {e}")))?;
+        let parent_id = NsId::of(parent.as_fd()).map_err(|e| BurrowError::Failed(e.to_string()))?;
+        let own_id = NsId::of(own.as_fd()).map_err(|e| BurrowError::Failed(e.to_string()))?;
+        if parent_id != own_id {
+            return Err(BurrowError::InvalidArgument(
+                "user namespace is nested inside another one; create it directly in the host's \
+                 user namespace"
+                    .into(),
+            ));
+        }
+        if caller_uid != 0 && owner != caller_uid {
+            return Err(BurrowError::NotAuthorized(format!(
+                "user namespace is owned by uid {owner}, not by the caller (uid {caller_uid})"
+            )));
+        }
+        Ok(UserNs { fd, id, owner_uid: owner })
+    }
+
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Starts a worker process inside this namespace.
+    pub fn enter(&self) -> Result<NsWorker, BurrowError> {
+        NsWorker::spawn(self.fd.as_fd())
+    }
+}
+
+/// A child process of the helper parked inside a user namespace, so the helper can read and
+/// write that namespace's `/proc/<pid>/{uid,gid}_map` through a PID that is its own (never
+/// reaped before it is done, so it cannot be recycled), without trusting the caller's PIDs.
+///
+/// The child is non-dumpable (container root cannot ptrace it or open its /proc files), closes
+/// every inherited fd before joining, dies with the helper and is killed on drop.
+pub struct NsWorker {
+    pid: nix::unistd::Pid,
+}
+
+impl NsWorker {
+    /// Forks a worker into `userns` (which the caller has checked is a user namespace).
+    pub fn spawn(userns: BorrowedFd<'_>) -> Result<Self, BurrowError> {
+        let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| BurrowError::Failed(format!("pipe: {e}")))?;
+        // SAFETY: the child only makes raw syscalls (prctl, close_range, setns, write, pause,
+        // _exit), all async-signal-safe, so forking a multi-threaded process is sound.
+        match unsafe { nix::unistd::fork() } {
+            Ok(nix::unistd::ForkResult::Child) => {
+                // SAFETY: see above; never returns.
+                unsafe { worker_main(userns.as_raw_fd(), ready_w.as_raw_fd()) }
+            }
+            Ok(nix::unistd::ForkResult::Parent { child }) => {
+                drop(ready_w);
+                let worker = NsWorker { pid: child };
+                let mut status = [0u8; 4];
+                let mut ready = File::from(ready_r);
+                match ready.read_exact(&mut status) {
+                    Ok(()) if status == [0; 4] => Ok(worker),
+                    Ok(()) => Err(BurrowError::Failed(format!(
+                        "worker could not join the user namespace: {}",
+                        nix::errno::Errno::from_raw(i32::from_ne_bytes(status))
+                    ))),
+                    Err(e) => Err(BurrowError::Failed(format!("worker died before joining: {e}"))),
+                }
+            }
+            Err(e) => Err(BurrowError::Failed(format!("fork: {e}"))),
+        }
+    }
+
+    /// `/proc/<worker>/<file>`.
+    pub fn proc_path(&self, file: &str) -> std::path::PathBuf {
+        format!("/proc/{}/{file}", self.pid).into()
+    }
+}
+
+impl Drop for NsWorker {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.pid, nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(self.pid, None);
+    }
+}
+
+/// Body of the worker child. Reports 0 or an errno on `ready`, then waits to be killed.
+///
+/// # Safety
+/// Must only be called in a freshly forked child; never returns.
+unsafe fn worker_main(userns: RawFd, ready: RawFd) -> ! {
+    let report = |errno: i32| {
+        let bytes = errno.to_ne_bytes();
+        // SAFETY: `ready` is open and `bytes` is valid for its length.
+        unsafe { libc::write(ready, bytes.as_ptr().cast(), bytes.len()) };
+    };
+    // SAFETY: plain syscalls on integers; failures are reported through `ready`.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        if libc::prctl(libc::PR_SET_DUMPABLE, 0) != 0 {
+            report(*libc::__errno_location());
+            libc::_exit(1);
+        }
+        let mut keep = [userns, ready];
+        keep.sort_unstable();
+        close_all_except(&keep);
+        if libc::setns(userns, libc::CLONE_NEWUSER) != 0 {
+            report(*libc::__errno_location());
+            libc::_exit(1);
+        }
+        libc::close(userns);
+        report(0);
+        libc::close(ready);
+        loop {
+            libc::pause();
+        }
+    }
+}
+
+/// Closes every fd but `keep` (which must be sorted ascending), with close_range(2).
+///
+/// # Safety
+/// Only for a freshly forked child that owns no Rust fd wrappers it still uses.
+unsafe fn close_all_except(keep: &[RawFd]) {
+    let mut from: u32 = 0;
+    for &fd in keep {
+        let fd = fd as u32;
+        if fd > from {
+            // SAFETY: closing fds the child does not use.
+            unsafe { libc::syscall(libc::SYS_close_range, from, fd - 1, 0) };
+        }
+        from = fd + 1;
+    }
+    // SAFETY: as above.
+    unsafe { libc::syscall(libc::SYS_close_range, from, u32::MAX, 0) };
+}
+

@@ -1,0 +1,216 @@
+//! The `org.burrow.IdMap1` interface: identify the caller, check the objects, ask polkit, then
+//! hand the work to the allocator on a blocking thread.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use burrow_bus::contract::{idmap, validate_name};
+use burrow_bus::proxy::RangeEntry;
+use burrow_bus::service::Activity;
+use burrow_bus::userns::UserNs;
+use burrow_bus::{BurrowError, Caller};
+use zbus::message::Header;
+use zbus::object_server::SignalEmitter;
+use zbus::zvariant::OwnedFd;
+use zbus::Connection;
+
+use crate::allocator::{self, Allocator};
+use crate::liveness::LiveNamespaces;
+
+pub struct IdMap {
+    allocator: Arc<Mutex<Allocator>>,
+    activity: Activity,
+}
+
+impl IdMap {
+    pub fn new(allocator: Allocator, activity: Activity) -> Self {
+        IdMap { allocator: Arc::new(Mutex::new(allocator)), activity }
+    }
+
+    /// Frees drained ranges soon after their namespaces exit, rather than at the next start.
+    pub async fn watch_draining(allocator: Arc<Mutex<Allocator>>, every: std::time::Duration) {
+        loop {
+            tokio::time::sleep(every).await;
+            if !lock(&allocator).has_draining() {
+                continue;
+            }
+            let allocator = Arc::clone(&allocator);
+            let _ = tokio::task::spawn_blocking(move || {
+                let live = LiveNamespaces::scan();
+                lock(&allocator).reclaim_draining(&live);
+            })
+            .await;
+        }
+    }
+
+    pub fn allocator(&self) -> Arc<Mutex<Allocator>> {
+        Arc::clone(&self.allocator)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Allocator> {
+        lock(&self.allocator)
+    }
+
+    /// Runs `work` on the allocator from a blocking thread (it forks, fsyncs and scans /proc).
+    async fn with_allocator<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Allocator) -> Result<T, BurrowError> + Send + 'static,
+    ) -> Result<T, BurrowError> {
+        let allocator = Arc::clone(&self.allocator);
+        blocking(move || work(&mut lock(&allocator))).await
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, BurrowError> + Send + 'static,
+) -> Result<T, BurrowError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| BurrowError::Failed(format!("worker task failed: {e}")))?
+}
+
+// A panic while holding the lock cannot leave the registry half-updated (every change is one
+// atomic file operation followed by an in-memory insert/remove), so the data stays usable.
+fn lock(allocator: &Mutex<Allocator>) -> MutexGuard<'_, Allocator> {
+    allocator.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[zbus::interface(name = "org.burrow.IdMap1")]
+impl IdMap {
+    /// Allocates an exclusive range of 65536 host IDs under `name` and maps the user namespace
+    /// `userns` (an fd of /proc/PID/ns/user, owned by the caller, with empty maps) onto it as
+    /// `0 <base> 65536` for both uids and gids. The range is recorded before the reply.
+    async fn allocate(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
+        name: String,
+        userns: OwnedFd,
+    ) -> Result<(u32, u32, u32), BurrowError> {
+        let _call = self.activity.begin();
+        let caller = Caller::identify(conn, &header).await?;
+        let result = self.allocate_for(conn, &header, &caller, name.clone(), userns).await;
+        match &result {
+            Ok(record) => {
+                tracing::info!(uid = caller.uid, pid = ?caller.pid, name, base = record.0, "allocated");
+                Self::allocated(&emitter, caller.uid, &name, record.0, record.2).await?;
+                self.in_use_changed(&emitter).await?;
+            }
+            Err(e) => tracing::info!(uid = caller.uid, pid = ?caller.pid, name = %name.escape_debug(),
+                error = %e.dbus_name(), reason = %e, "allocate refused"),
+        }
+        result
+    }
+
+    /// Gives back the caller's range `name`.
+    async fn release(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
+        name: String,
+    ) -> Result<(), BurrowError> {
+        let _call = self.activity.begin();
+        let caller = Caller::identify(conn, &header).await?;
+        validate_name(&name)?;
+        let uid = caller.uid;
+        let released_name = name.clone();
+        self.lock().get(uid, &name)?;
+        // The /proc scan is the slow part; take it without holding the allocator.
+        let alive = blocking(|| Ok(LiveNamespaces::scan())).await?;
+        let record = self.with_allocator(move |a| Ok(a.release(uid, &released_name, &alive)?)).await?;
+        Self::released(&emitter, uid, &name, record.base).await?;
+        self.in_use_changed(&emitter).await?;
+        Ok(())
+    }
+
+    /// The caller's range `name`: (uid_base, gid_base, size).
+    async fn get(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        name: String,
+    ) -> Result<(u32, u32, u32), BurrowError> {
+        let _call = self.activity.begin();
+        let caller = Caller::identify(conn, &header).await?;
+        validate_name(&name)?;
+        let allocator = self.lock();
+        let record = allocator.get(caller.uid, &name)?;
+        Ok((record.base, record.base, record.size))
+    }
+
+    /// The caller's ranges (root: everyone's) as (uid, name, uid_base, gid_base, size).
+    async fn list(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<Vec<RangeEntry>, BurrowError> {
+        let _call = self.activity.begin();
+        let caller = Caller::identify(conn, &header).await?;
+        let allocator = self.lock();
+        Ok(allocator
+            .records()
+            .filter(|r| caller.is_root() || r.uid == caller.uid)
+            .map(|r| (r.uid, r.name.clone(), r.base, r.base, r.size))
+            .collect())
+    }
+
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn pool_start(&self) -> u32 {
+        self.lock().pool.start
+    }
+
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn pool_end(&self) -> u32 {
+        self.lock().pool.end
+    }
+
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn range_size(&self) -> u32 {
+        burrow_bus::contract::RANGE_SIZE
+    }
+
+    /// Ranges not available for allocation: held ones plus released ones still draining.
+    #[zbus(property)]
+    fn in_use(&self) -> u32 {
+        self.lock().in_use() as u32
+    }
+
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn max_per_user(&self) -> u32 {
+        self.lock().max_per_user as u32
+    }
+
+    #[zbus(signal)]
+    async fn allocated(emitter: &SignalEmitter<'_>, uid: u32, name: &str, base: u32, size: u32) -> zbus::Result<()>;
+
+    #[zbus(signal)]
+    async fn released(emitter: &SignalEmitter<'_>, uid: u32, name: &str, base: u32) -> zbus::Result<()>;
+}
+
+impl IdMap {
+    async fn allocate_for(
+        &self,
+        conn: &Connection,
+        header: &Header<'_>,
+        caller: &Caller,
+        name: String,
+        userns: OwnedFd,
+    ) -> Result<(u32, u32, u32), BurrowError> {
+        validate_name(&name)?;
+        let userns = UserNs::from_caller_fd(userns.into(), caller.uid)?;
+        caller.authorize(conn, header, idmap::ACTION_ALLOCATE).await?;
+        let uid = caller.uid;
+        let (userns, worker) = blocking(move || {
+            let worker = userns.enter()?;
+            allocator::check_unmapped(&worker)?;
+            Ok((userns, worker))
+        })
+        .await?;
+        self.with_allocator(move |allocator| {
+            let record = allocator.allocate(uid, &name, &userns, &worker)?;
+            Ok((record.base, record.base, record.size))
+        })
+        .await
+    }
+}

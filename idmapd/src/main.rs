@@ -1,0 +1,89 @@
+//! burrow-idmapd: hands out exclusive 65536-ID ranges and maps user namespaces onto them.
+
+mod allocator;
+mod dbus;
+mod liveness;
+mod pool;
+mod registry;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use burrow_bus::contract::idmap;
+use burrow_bus::service::{Activity, Service};
+use burrow_bus::state::InstanceLock;
+use caps::Capability;
+use clap::Parser;
+
+/// What idmapd needs: join user namespaces (SYS_ADMIN), write their ID maps including uid 0
+/// (SETUID, SETGID, SETFCAP), and see every process's namespaces to tell which are alive
+/// (SYS_PTRACE, DAC_READ_SEARCH).
+const CAPABILITIES: &[Capability] = &[
+    Capability::CAP_SYS_ADMIN,
+    Capability::CAP_SETUID,
+    Capability::CAP_SETGID,
+    Capability::CAP_SETFCAP,
+    Capability::CAP_SYS_PTRACE,
+    Capability::CAP_DAC_READ_SEARCH,
+];
+
+#[derive(Parser, Debug)]
+#[command(version, about = "Burrow ID-range helper (D-Bus service org.burrow.IdMap1)")]
+struct Args {
+    /// Directory holding one record per allocated range.
+    #[arg(long, env = "BURROW_IDMAP_STATE_DIR", default_value = "/var/lib/burrow/idmap")]
+    state_dir: PathBuf,
+    /// First host ID of the pool ranges are taken from.
+    #[arg(long, env = "BURROW_IDMAP_POOL_START", default_value_t = 524288)]
+    pool_start: u32,
+    /// Last host ID of the pool (inclusive).
+    #[arg(long, env = "BURROW_IDMAP_POOL_END", default_value_t = 1879048191)]
+    pool_end: u32,
+    /// Most ranges one uid may hold at once.
+    #[arg(long, env = "BURROW_IDMAP_MAX_PER_USER", default_value_t = 256)]
+    max_per_user: usize,
+    /// Exit after this many seconds without calls (0: never); the bus restarts it on demand.
+    #[arg(long, env = "BURROW_IDLE_TIMEOUT", default_value_t = 30)]
+    idle_timeout: u64,
+    /// Subordinate-ID files whose ranges are never handed out.
+    #[arg(long, default_values = ["/etc/subuid", "/etc/subgid"])]
+    subid_file: Vec<PathBuf>,
+    /// Account databases whose IDs are never handed out.
+    #[arg(long, default_values = ["/etc/passwd", "/etc/group"])]
+    id_db_file: Vec<PathBuf>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    burrow_bus::service::init_logging("info");
+    burrow_bus::privileges::retain_only(CAPABILITIES).context("dropping capabilities")?;
+    let pool = pool::Pool::new(args.pool_start, args.pool_end).context("invalid pool")?;
+    let _lock = InstanceLock::acquire(&args.state_dir.with_extension("lock"))?;
+    let registry = registry::Registry::load(&args.state_dir)?;
+    let exclusions = allocator::Exclusions { subid_files: args.subid_file, id_db_files: args.id_db_file };
+    let allocator = allocator::Allocator::open(pool, args.max_per_user, exclusions, registry);
+    tracing::info!(pool_start = pool.start, pool_end = pool.end, capacity = pool.capacity(),
+        in_use = allocator.in_use(), state_dir = %args.state_dir.display(), "registry loaded");
+
+    let activity = Activity::default();
+    let interface = dbus::IdMap::new(allocator, activity.clone());
+    let drain_watch = dbus::IdMap::watch_draining(interface.allocator(), Duration::from_secs(2));
+    let service = Service {
+        bus_name: idmap::BUS_NAME,
+        object_path: idmap::OBJECT_PATH,
+        interface,
+        activity,
+        idle_timeout: Duration::from_secs(args.idle_timeout),
+    };
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(async {
+            tokio::spawn(drain_watch);
+            service.run().await
+        })?;
+    Ok(())
+}

@@ -1,0 +1,174 @@
+//! The persistent record of every range handed out: one small JSON file per range, named by
+//! its base, written atomically before the caller hears about the range.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+
+use burrow_bus::state::{self, StateError};
+use burrow_bus::userns::NsId;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordState {
+    /// Owned under its name by its uid.
+    Held,
+    /// Released by its owner while its user namespace was still alive: the name is free, the
+    /// range is not, until the namespace is gone.
+    Draining,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub uid: u32,
+    pub name: String,
+    pub base: u32,
+    pub size: u32,
+    pub userns: NsId,
+    pub state: RecordState,
+    /// Seconds since the epoch, for people reading the state directory.
+    pub created: u64,
+}
+
+impl Record {
+    pub fn ids(&self) -> RangeInclusive<u32> {
+        self.base..=self.base + (self.size - 1)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("reading state directory {path}: {source}")]
+    ReadDir { path: PathBuf, source: std::io::Error },
+    #[error("corrupt record {path}: {reason}; move it away only once no namespace uses its range")]
+    Corrupt { path: PathBuf, reason: String },
+}
+
+pub struct Registry {
+    dir: PathBuf,
+    by_base: BTreeMap<u32, Record>,
+}
+
+impl Registry {
+    /// Loads every record under `dir`, creating it if needed. Leftover temporary files are
+    /// writes that never completed, hence never acknowledged: they are removed.
+    pub fn load(dir: &Path) -> Result<Self, RegistryError> {
+        state::ensure_private_dir(dir)?;
+        let read_err = |source| RegistryError::ReadDir { path: dir.to_path_buf(), source };
+        let mut by_base = BTreeMap::new();
+        for entry in fs::read_dir(dir).map_err(read_err)? {
+            let path = entry.map_err(read_err)?.path();
+            let file_name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+            if file_name.starts_with('.') && file_name.ends_with(".tmp") {
+                tracing::warn!(path = %path.display(), "removing unfinished write");
+                state::remove_durably(&path)?;
+                continue;
+            }
+            let Some(base) = file_name.strip_suffix(".json").and_then(|b| b.parse::<u32>().ok()) else {
+                tracing::warn!(path = %path.display(), "ignoring unexpected file in state directory");
+                continue;
+            };
+            let corrupt = |reason: String| RegistryError::Corrupt { path: path.clone(), reason };
+            let text = fs::read(&path).map_err(|e| corrupt(e.to_string()))?;
+            let record: Record = serde_json::from_slice(&text).map_err(|e| corrupt(e.to_string()))?;
+            if record.base != base {
+                return Err(corrupt(format!("holds base {} but is named {base}", record.base)));
+            }
+            by_base.insert(base, record);
+        }
+        Ok(Registry { dir: dir.to_path_buf(), by_base })
+    }
+
+    fn path_of(&self, base: u32) -> PathBuf {
+        self.dir.join(format!("{base}.json"))
+    }
+
+    fn persist(&self, record: &Record) -> Result<(), RegistryError> {
+        let json = serde_json::to_vec_pretty(record).expect("records always serialize");
+        Ok(state::write_atomic(&self.path_of(record.base), &json)?)
+    }
+
+    pub fn records(&self) -> impl Iterator<Item = &Record> {
+        self.by_base.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_base.len()
+    }
+
+    pub fn held(&self, uid: u32, name: &str) -> Option<&Record> {
+        self.records().find(|r| r.state == RecordState::Held && r.uid == uid && r.name == name)
+    }
+
+    pub fn held_count(&self, uid: u32) -> usize {
+        self.records().filter(|r| r.state == RecordState::Held && r.uid == uid).count()
+    }
+
+    pub fn taken(&self) -> Vec<RangeInclusive<u32>> {
+        self.records().map(Record::ids).collect()
+    }
+
+    /// Records `record` durably; only then is it in the registry.
+    pub fn insert(&mut self, record: Record) -> Result<(), RegistryError> {
+        self.persist(&record)?;
+        self.by_base.insert(record.base, record);
+        Ok(())
+    }
+
+    pub fn set_state(&mut self, base: u32, new_state: RecordState) -> Result<(), RegistryError> {
+        let Some(record) = self.by_base.get(&base) else { return Ok(()) };
+        let updated = Record { state: new_state, ..record.clone() };
+        self.persist(&updated)?;
+        self.by_base.insert(base, updated);
+        Ok(())
+    }
+
+    /// Forgets the range durably; it may be handed out again afterwards.
+    pub fn remove(&mut self, base: u32) -> Result<Option<Record>, RegistryError> {
+        state::remove_durably(&self.path_of(base))?;
+        Ok(self.by_base.remove(&base))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(base: u32, name: &str) -> Record {
+        Record {
+            uid: 1000,
+            name: name.into(),
+            base,
+            size: 65536,
+            userns: NsId { dev: 4, ino: 4026531837 },
+            state: RecordState::Held,
+            created: 0,
+        }
+    }
+
+    #[test]
+    fn survives_reload_and_cleans_temp_files() {
+        let dir = std::env::temp_dir().join(format!("burrow-registry-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let mut reg = Registry::load(&dir).unwrap();
+        reg.insert(record(524288, "a")).unwrap();
+        reg.insert(record(589824, "b")).unwrap();
+        reg.set_state(589824, RecordState::Draining).unwrap();
+        fs::write(dir.join(".655360.json.tmp"), b"{partial").unwrap();
+        let reg = Registry::load(&dir).unwrap();
+        assert_eq!(reg.len(), 2);
+        assert_eq!(reg.held(1000, "a").unwrap().base, 524288);
+        assert!(reg.held(1000, "b").is_none());
+        assert!(!dir.join(".655360.json.tmp").exists());
+        let mut reg = reg;
+        reg.remove(524288).unwrap();
+        assert_eq!(Registry::load(&dir).unwrap().len(), 1);
+        fs::write(dir.join("1.json"), b"not json").unwrap();
+        assert!(matches!(Registry::load(&dir), Err(RegistryError::Corrupt { .. })));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,368 @@
+//! Test harness shared by Burrow's black-box tests and benchmarks.
+//!
+//! A [`Harness`] starts a private system bus (dbus-daemon with a `system`-type config that
+//! includes Burrow's shipped bus policy and an activation directory pointing at the freshly
+//! built helpers) and a real polkitd on it, and tears both down (with any helper they
+//! activated) when dropped. It needs root: it installs the shipped polkit action file and
+//! example rule, and creates two unprivileged users: [`ALICE`] in group `burrow` and [`BOB`]
+//! in no Burrow group. `make test-clean` removes them again.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub const ALICE: &str = "burrow-alice";
+pub const BOB: &str = "burrow-bob";
+pub const GROUP: &str = "burrow";
+
+/// The workspace root (where dbus-policy/ lives).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}
+
+/// Directory of the workspace's built binaries (`BURROW_BIN_DIR` overrides).
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("BURROW_BIN_DIR") {
+        return dir.into();
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().expect("exe dir");
+    // Test executables live in target/<profile>/deps, binaries one level up.
+    if dir.ends_with("deps") { dir.parent().unwrap().to_path_buf() } else { dir.to_path_buf() }
+}
+
+/// A built binary of the workspace; `cargo build --workspace` must have run.
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(path.exists(), "{} not built; run `cargo build --workspace --bins` first", path.display());
+    path
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+/// A local user for tests.
+#[derive(Debug, Clone, Copy)]
+pub struct User {
+    pub name: &'static str,
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: &'static [u32],
+}
+
+pub struct TestUsers {
+    pub alice: User,
+    pub bob: User,
+}
+
+/// Creates the test users and group once per process (idempotent across runs).
+pub fn test_users() -> &'static TestUsers {
+    static USERS: OnceLock<TestUsers> = OnceLock::new();
+    USERS.get_or_init(|| {
+        let exists = |db: &str, key: &str| {
+            Command::new("getent").args([db, key]).output().is_ok_and(|o| o.status.success())
+        };
+        if !exists("group", GROUP) {
+            run(Command::new("groupadd").args(["--system", GROUP]));
+        }
+        if !exists("passwd", ALICE) {
+            run(Command::new("useradd").args(["--create-home", "--groups", GROUP, ALICE]));
+        }
+        if !exists("passwd", BOB) {
+            run(Command::new("useradd").args(["--create-home", BOB]));
+        }
+        let lookup = |name: &str| {
+            let user = nix::unistd::User::from_name(name).unwrap().expect("user exists");
+            (user.uid.as_raw(), user.gid.as_raw())
+        };
+        let burrow_gid = nix::unistd::Group::from_name(GROUP).unwrap().expect("group").gid.as_raw();
+        let (alice_uid, alice_gid) = lookup(ALICE);
+        let (bob_uid, bob_gid) = lookup(BOB);
+        let alice_groups: &'static [u32] = Box::leak(vec![alice_gid, burrow_gid].into_boxed_slice());
+        let bob_groups: &'static [u32] = Box::leak(vec![bob_gid].into_boxed_slice());
+        TestUsers {
+            alice: User { name: ALICE, uid: alice_uid, gid: alice_gid, groups: alice_groups },
+            bob: User { name: BOB, uid: bob_uid, gid: bob_gid, groups: bob_groups },
+        }
+    })
+}
+
+/// Puts the shipped polkit action file and example rule where polkitd reads them.
+fn install_polkit_files() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let policy = workspace_root().join("dbus-policy");
+        for (src, dst) in [
+            ("org.burrow.policy", "/usr/share/polkit-1/actions/org.burrow.policy"),
+            ("50-burrow.rules", "/etc/polkit-1/rules.d/50-burrow.rules"),
+        ] {
+            let content = fs::read(policy.join(src)).expect("read shipped polkit file");
+            if fs::read(dst).ok().as_deref() != Some(&content[..]) {
+                fs::create_dir_all(Path::new(dst).parent().unwrap()).unwrap();
+                fs::write(dst, content).unwrap();
+            }
+        }
+    });
+}
+
+/// Copies a binary to a world-executable place, so the test users can run it whatever the
+/// permissions of the checkout.
+pub fn shared_bin(name: &str) -> PathBuf {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _serialized = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = Path::new("/tmp/burrow-test-bin");
+    fs::create_dir_all(dir).unwrap();
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
+    let src = bin(name);
+    let dst = dir.join(format!("{name}-{}", std::process::id()));
+    if !dst.exists() {
+        let tmp = dst.with_extension("tmp");
+        fs::copy(&src, &tmp).unwrap();
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755)).unwrap();
+        fs::rename(&tmp, &dst).unwrap();
+    }
+    dst
+}
+
+/// How the harness runs idmapd when the bus activates it.
+#[derive(Debug, Clone)]
+pub struct IdmapdOptions {
+    pub idle_timeout_s: u64,
+    pub extra_args: Vec<String>,
+}
+
+impl Default for IdmapdOptions {
+    fn default() -> Self {
+        IdmapdOptions { idle_timeout_s: 0, extra_args: vec![] }
+    }
+}
+
+/// A private system bus with polkitd and Burrow's helpers activatable on it.
+pub struct Harness {
+    pub dir: PathBuf,
+    pub address: String,
+    dbus: Child,
+    polkitd: Child,
+}
+
+impl Harness {
+    pub fn start(idmapd: IdmapdOptions) -> Harness {
+        assert!(nix::unistd::geteuid().is_root(), "the Burrow test harness must run as root");
+        test_users();
+        install_polkit_files();
+        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let dir = PathBuf::from(format!("/tmp/burrow-harness-{}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        for sub in ["services", "policy", "state"] {
+            fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        fs::copy(workspace_root().join("dbus-policy/org.burrow.conf"), dir.join("policy/org.burrow.conf")).unwrap();
+
+        let mut exec = vec![
+            bin("burrow-idmapd").display().to_string(),
+            "--state-dir".into(),
+            dir.join("state/idmap").display().to_string(),
+            "--idle-timeout".into(),
+            idmapd.idle_timeout_s.to_string(),
+        ];
+        exec.extend(idmapd.extra_args);
+        fs::write(
+            dir.join("services/org.burrow.IdMap1.service"),
+            format!("[D-BUS Service]\nName=org.burrow.IdMap1\nExec={}\nUser=root\n", exec.join(" ")),
+        )
+        .unwrap();
+
+        let socket = dir.join("system_bus_socket");
+        fs::write(dir.join("bus.conf"), bus_config(&socket, &dir)).unwrap();
+        let address = format!("unix:path={}", socket.display());
+        let dbus_log = fs::File::create(dir.join("dbus.log")).unwrap();
+        let dbus = Command::new("dbus-daemon")
+            .arg(format!("--config-file={}", dir.join("bus.conf").display()))
+            .arg("--nofork")
+            .env("DBUS_SYSTEM_BUS_ADDRESS", &address)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdout(Stdio::null())
+            .stderr(dbus_log)
+            .process_group(0)
+            .spawn()
+            .expect("start dbus-daemon (apt-get install dbus-daemon)");
+        wait_for("bus socket", || socket.exists());
+        let polkit_log = fs::File::create(dir.join("polkitd.log")).unwrap();
+        let polkitd = Command::new("/usr/lib/polkit-1/polkitd")
+            .arg("--no-debug")
+            .env("DBUS_SYSTEM_BUS_ADDRESS", &address)
+            .stdout(Stdio::null())
+            .stderr(polkit_log)
+            .process_group(0)
+            .spawn()
+            .expect("start polkitd (apt-get install polkitd)");
+        let harness = Harness { dir, address, dbus, polkitd };
+        wait_for("polkitd on the bus", || harness.name_has_owner("org.freedesktop.PolicyKit1"));
+        harness
+    }
+
+    /// A command with this bus as its system bus.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.env("DBUS_SYSTEM_BUS_ADDRESS", &self.address);
+        cmd
+    }
+
+    /// The test client, run as `user` (None: root).
+    pub fn client(&self, user: Option<User>) -> Command {
+        let mut cmd = self.command(shared_bin("burrow-test-client"));
+        if let Some(user) = user {
+            cmd.env("HOME", "/").current_dir("/");
+            let groups: Vec<libc::gid_t> = user.groups.to_vec();
+            // SAFETY: only raw syscalls between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                        || libc::setgid(user.gid) != 0
+                        || libc::setuid(user.uid) != 0
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        cmd
+    }
+
+    /// `busctl --system ARGS` against this bus.
+    pub fn busctl(&self, args: &[&str]) -> Output {
+        self.command("busctl").arg("--system").args(args).output().expect("run busctl")
+    }
+
+    pub fn name_has_owner(&self, name: &str) -> bool {
+        let out = self.busctl(&[
+            "call", "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus",
+            "NameHasOwner", "s", name,
+        ]);
+        String::from_utf8_lossy(&out.stdout).trim() == "b true"
+    }
+
+    /// PIDs of the idmapd processes this harness's bus activated.
+    pub fn idmapd_pids(&self) -> Vec<i32> {
+        let needle = format!("--state-dir {}", self.dir.join("state/idmap").display());
+        fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| {
+                fs::read(format!("/proc/{pid}/cmdline"))
+                    .map(|c| String::from_utf8_lossy(&c).replace('\0', " ").contains(&needle))
+                    .unwrap_or(false)
+            })
+            .collect()
+    }
+
+    /// SIGKILLs the running idmapd and waits until that process is gone (a call may already
+    /// have activated a new one).
+    pub fn kill_idmapd(&self) {
+        let killed = self.idmapd_pids();
+        for pid in &killed {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), nix::sys::signal::Signal::SIGKILL);
+        }
+        wait_for("killed idmapd gone", || !self.idmapd_pids().iter().any(|p| killed.contains(p)));
+    }
+
+    pub fn idmap_state_dir(&self) -> PathBuf {
+        self.dir.join("state/idmap")
+    }
+
+    /// The JSON records idmapd has persisted.
+    pub fn persisted_records(&self) -> Vec<serde_json::Value> {
+        let Ok(entries) = fs::read_dir(self.idmap_state_dir()) else { return vec![] };
+        entries
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+            .map(|e| serde_json::from_slice(&fs::read(e.path()).unwrap()).unwrap())
+            .collect()
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("dbus.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        for pid in self.idmapd_pids() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+        for child in [&mut self.polkitd, &mut self.dbus] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::env::var_os("BURROW_KEEP_HARNESS").is_none() {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn bus_config(socket: &Path, dir: &Path) -> String {
+    format!(
+        r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <listen>unix:path={socket}</listen>
+  <auth>EXTERNAL</auth>
+  <servicedir>{dir}/services</servicedir>
+  <policy context="default">
+    <allow user="*"/>
+    <deny own="*"/>
+    <deny send_type="method_call"/>
+    <allow send_type="signal"/>
+    <allow send_requested_reply="true" send_type="method_return"/>
+    <allow send_requested_reply="true" send_type="error"/>
+    <allow receive_type="method_call"/>
+    <allow receive_type="method_return"/>
+    <allow receive_type="error"/>
+    <allow receive_type="signal"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Introspectable"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Properties"/>
+    <deny send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus" send_member="UpdateActivationEnvironment"/>
+  </policy>
+  <includedir>/usr/share/dbus-1/system.d</includedir>
+  <includedir>{dir}/policy</includedir>
+  <limit name="max_completed_connections">4096</limit>
+  <limit name="max_connections_per_user">4096</limit>
+  <limit name="max_pending_service_starts">4096</limit>
+  <limit name="max_replies_per_connection">4096</limit>
+</busconfig>
+"#,
+        socket = socket.display(),
+        dir = dir.display()
+    )
+}
+
+/// Polls `check` every 20 ms for up to 20 s.
+pub fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(start.elapsed() < Duration::from_secs(20), "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One JSON line the test client printed.
+pub fn json_lines(out: &[u8]) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(out)
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad client output {l:?}: {e}")))
+        .collect()
+}

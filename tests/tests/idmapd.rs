@@ -1,0 +1,428 @@
+//! idmapd against a real dbus-daemon, polkitd and kernel: run as root (`make test`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::process::{Output, Stdio};
+
+use burrow_tests::{json_lines, test_users, wait_for, Harness, IdmapdOptions, User};
+use serde_json::Value;
+
+const RANGE: u64 = 65536;
+
+fn harness() -> Harness {
+    Harness::start(IdmapdOptions::default())
+}
+
+fn client(h: &Harness, user: Option<User>, args: &[&str]) -> Vec<Value> {
+    let out = h.client(user).args(args).output().expect("run test client");
+    check(&out, h);
+    json_lines(&out.stdout)
+}
+
+fn check(out: &Output, h: &Harness) {
+    assert!(
+        out.status.success(),
+        "client failed: {}\n--- bus log ---\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        h.log()
+    );
+}
+
+fn one(h: &Harness, user: Option<User>, args: &[&str]) -> Value {
+    let mut lines = client(h, user, args);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    lines.remove(0)
+}
+
+fn base_of(v: &Value) -> u64 {
+    assert_eq!(v["ok"], true, "call failed: {v}");
+    v["base"].as_u64().unwrap()
+}
+
+fn assert_error(v: &Value, name: &str) {
+    assert_eq!(v["ok"], false, "expected {name}, got success: {v}");
+    assert_eq!(v["error"], name, "{v}");
+    assert!(!v["message"].as_str().unwrap_or("").is_empty(), "error without message: {v}");
+}
+
+fn alice() -> Option<User> {
+    Some(test_users().alice)
+}
+
+fn bob() -> Option<User> {
+    Some(test_users().bob)
+}
+
+fn in_use(h: &Harness) -> u64 {
+    one(h, None, &["props"])["in_use"].as_u64().unwrap()
+}
+
+/// Kills idmapd (without Release) until a start-up reconciliation finds every range dead. One
+/// restart does it unless another process happens to be inside a namespace at that moment.
+fn restart_until_reclaimed(h: &Harness) {
+    for _ in 0..5 {
+        h.kill_idmapd();
+        if in_use(h) == 0 {
+            assert!(h.persisted_records().is_empty());
+            return;
+        }
+    }
+    panic!("dead namespaces not reclaimed at start-up: {:?}\n{}", h.persisted_records(), h.log());
+}
+
+/// Released ranges drain until no process is in (or holds) their namespace any more; a process
+/// briefly entering it (another helper's worker, `nsenter`) delays that by a moment.
+fn wait_all_free(h: &Harness) {
+    wait_for("all ranges free", || in_use(h) == 0);
+    assert!(h.persisted_records().is_empty());
+}
+
+#[test]
+fn introspection_shows_the_interface() {
+    let h = harness();
+    let out = h.busctl(&["introspect", "org.burrow.IdMap1", "/org/burrow/IdMap1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for member in [".Allocate", ".Release", ".Get", ".List", ".PoolStart", ".PoolEnd", ".InUse", ".Allocated", ".Released"] {
+        assert!(text.contains(member), "{member} missing from:\n{text}");
+    }
+    assert!(text.contains("sh ") && text.contains("uuu"), "Allocate signature (sh)->(uuu) missing:\n{text}");
+}
+
+#[test]
+fn two_allocations_are_disjoint_and_mapped() {
+    let h = harness();
+    for user in [None, alice()] {
+        let mut a = h.client(user).args(["allocate", "--name", "one", "--hold"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+        let first: Value = serde_json::from_str(&BufReader::new(a.stdout.take().unwrap()).lines().next().unwrap().unwrap()).unwrap();
+        let second = one(&h, user, &["allocate", "--name", "two"]);
+        let (b1, b2) = (base_of(&first), base_of(&second));
+        assert!(b1 + RANGE <= b2 || b2 + RANGE <= b1, "overlap: {b1} {b2}");
+        for (v, b) in [(&first, b1), (&second, b2)] {
+            assert!(b > 0 && b % RANGE == 0);
+            let map: Vec<&str> = v["uid_map"].as_str().unwrap().split_whitespace().collect();
+            assert_eq!(map, ["0", &b.to_string(), "65536"]);
+            let gmap: Vec<&str> = v["gid_map"].as_str().unwrap().split_whitespace().collect();
+            assert_eq!(gmap, ["0", &b.to_string(), "65536"]);
+        }
+        drop(a.stdin.take());
+        a.wait().unwrap();
+        for name in ["one", "two"] {
+            assert_eq!(one(&h, user, &["release", "--name", name])["ok"], true);
+        }
+    }
+    wait_all_free(&h);
+}
+
+/// Spawns `args` as a long-running client and returns it with a line reader on its stdout.
+struct Running {
+    child: std::process::Child,
+    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
+}
+
+fn spawn(h: &Harness, user: Option<User>, args: &[&str]) -> Running {
+    let mut child = h.client(user).args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    Running { child, lines }
+}
+
+impl Running {
+    fn next_json(&mut self) -> Value {
+        let line = self.lines.next().expect("client ended early").unwrap();
+        serde_json::from_str(&line).unwrap()
+    }
+
+    /// Closes stdin (the client drops what it holds) and waits.
+    fn finish(mut self) -> Vec<Value> {
+        drop(self.child.stdin.take());
+        let rest: Vec<Value> = self.lines.by_ref().map(|l| serde_json::from_str(&l.unwrap()).unwrap()).collect();
+        assert!(self.child.wait().unwrap().success());
+        rest
+    }
+}
+
+#[test]
+fn concurrent_clients_never_share_a_range() {
+    let h = harness();
+    let clients: Vec<_> = (0..32)
+        .map(|i| {
+            let user = if i % 2 == 0 { None } else { alice() };
+            let prefix = format!("c{i}");
+            h.client(user).args(["cycles", "--prefix", &prefix, "--count", "200"]).stdout(Stdio::piped()).spawn().unwrap()
+        })
+        .collect();
+    let mut holds: BTreeMap<u64, Vec<(u128, u128)>> = BTreeMap::new();
+    let mut total = 0;
+    for child in clients {
+        let out = child.wait_with_output().unwrap();
+        check(&out, &h);
+        for v in json_lines(&out.stdout) {
+            let base = base_of(&v);
+            let map: Vec<&str> = v["uid_map"].as_str().unwrap().split_whitespace().collect();
+            assert_eq!(map, ["0", &base.to_string(), "65536"], "{v}");
+            assert_eq!(v["release"]["ok"], true, "{v}");
+            let t = |k: &str| v[k].as_str().unwrap().parse::<u128>().unwrap();
+            holds.entry(base).or_default().push((t("t_acquired"), t("t_released")));
+            total += 1;
+        }
+    }
+    assert_eq!(total, 32 * 200);
+    // While one client held a range (between getting it and giving it back), nobody else did.
+    for (base, mut spans) in holds {
+        spans.sort();
+        for pair in spans.windows(2) {
+            assert!(pair[0].1 <= pair[1].0, "range {base} held twice at once: {pair:?}");
+        }
+    }
+    wait_all_free(&h);
+}
+
+#[test]
+fn kill_9_in_a_burst_loses_nothing_and_gives_nothing_twice() {
+    let h = harness();
+    let users = [None, alice(), None, alice(), None, alice()];
+    let mut bursts: Vec<Running> = users
+        .iter()
+        .enumerate()
+        .map(|(i, user)| spawn(&h, *user, &["burst", "--prefix", &format!("b{i}"), "--count", "40"]))
+        .collect();
+    // Let the burst get going, then kill the helper twice while calls are in flight.
+    wait_for("first allocations", || h.persisted_records().len() >= 20);
+    h.kill_idmapd();
+    wait_for("allocations after restart", || h.persisted_records().len() >= 60);
+    h.kill_idmapd();
+
+    let mut acknowledged: BTreeSet<(u32, String, u64)> = BTreeSet::new();
+    let mut interrupted = 0;
+    for (burst, user) in bursts.iter_mut().zip(users) {
+        let uid = user.map_or(0, |u| u.uid);
+        loop {
+            let v = burst.next_json();
+            if v["op"] == "burst-done" {
+                break;
+            }
+            if v["ok"] == true {
+                acknowledged.insert((uid, v["name"].as_str().unwrap().to_string(), base_of(&v)));
+            } else {
+                interrupted += 1;
+                assert_eq!(v["retry"], true, "unexpected failure: {v}");
+            }
+        }
+    }
+    eprintln!("{} acknowledged, {interrupted} interrupted by kill -9", acknowledged.len());
+    assert!(acknowledged.len() >= 200, "too few allocations went through: {}", acknowledged.len());
+
+    // Every acknowledged range is still recorded, under its owner and name.
+    let listed = one(&h, None, &["list"]);
+    let entries: BTreeSet<(u32, String, u64)> = listed["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["uid"].as_u64().unwrap() as u32, e["name"].as_str().unwrap().to_string(), e["base"].as_u64().unwrap()))
+        .collect();
+    for ack in &acknowledged {
+        assert!(entries.contains(ack), "acknowledged {ack:?} lost after kill -9");
+    }
+    // No range was given twice: all recorded ranges are distinct, and a new one is fresh.
+    let bases: BTreeSet<u64> = h.persisted_records().iter().map(|r| r["base"].as_u64().unwrap()).collect();
+    assert_eq!(bases.len(), h.persisted_records().len());
+    let fresh = base_of(&one(&h, None, &["allocate", "--name", "after-crash"]));
+    assert!(!bases.contains(&fresh));
+
+    // The holders exit: their namespaces die, and a restarted helper reclaims every range.
+    for burst in bursts {
+        burst.finish();
+    }
+    restart_until_reclaimed(&h);
+}
+
+#[test]
+fn bad_input_is_named_and_changes_nothing() {
+    let h = harness();
+    let kept = spawn(&h, alice(), &["allocate", "--name", "kept", "--hold"]);
+    let mut kept = kept;
+    let kept_base = base_of(&kept.next_json());
+    let before = h.persisted_records();
+    assert_eq!(before.len(), 1);
+
+    // Not a user namespace.
+    assert_error(&one(&h, alice(), &["allocate", "--name", "f", "--fd-kind", "file"]), "org.burrow.Error.InvalidArgument");
+    assert_error(&one(&h, alice(), &["allocate", "--name", "n", "--fd-kind", "net-ns"]), "org.burrow.Error.InvalidArgument");
+    // Already mapped: by the caller itself, or by an earlier Allocate.
+    assert_error(&one(&h, alice(), &["allocate", "--name", "m", "--fd-kind", "self-mapped"]), "org.burrow.Error.InvalidArgument");
+    let twice = client(&h, alice(), &["allocate", "--name", "first", "--again-as", "second"]);
+    base_of(&twice[0]);
+    assert_error(&twice[1], "org.burrow.Error.InvalidArgument");
+    assert_eq!(one(&h, alice(), &["release", "--name", "first"])["ok"], true);
+    // Bad names.
+    let long = "x".repeat(300);
+    for name in ["", long.as_str(), "../x", "a/b", ".hidden"] {
+        assert_error(&one(&h, alice(), &["allocate", "--name", name]), "org.burrow.Error.InvalidArgument");
+    }
+    // D-Bus strings cannot carry NUL: the call never reaches the helper.
+    let nul = one(&h, alice(), &["allocate", "--name", "a\\0b"]);
+    assert_eq!(nul["ok"], false, "{nul}");
+    // Duplicate name.
+    assert_error(&one(&h, alice(), &["allocate", "--name", "kept"]), "org.burrow.Error.AlreadyExists");
+    // Someone else's user namespace (root's), handed to alice as fd 3.
+    let root_ns = std::process::Command::new("unshare").args(["--user", "sleep", "60"]).spawn().unwrap();
+    let own = std::fs::read_link("/proc/self/ns/user").unwrap();
+    wait_for("root's userns", || std::fs::read_link(format!("/proc/{}/ns/user", root_ns.id())).is_ok_and(|l| l != own));
+    let ns_file = std::fs::File::open(format!("/proc/{}/ns/user", root_ns.id())).unwrap();
+    let mut cmd = h.client(alice());
+    cmd.args(["allocate", "--name", "stolen", "--fd-kind", "inherited"]);
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let raw = ns_file.as_raw_fd();
+    // SAFETY: dup2 between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            // dup2 onto itself would keep close-on-exec, so clear the flag explicitly.
+            if libc::dup2(raw, 3) < 0 || libc::fcntl(3, libc::F_SETFD, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    check(&out, &h);
+    assert_error(&json_lines(&out.stdout)[0], "org.burrow.Error.NotAuthorized");
+    let mut root_ns = root_ns;
+    root_ns.kill().unwrap();
+    root_ns.wait().unwrap();
+    // Not in group burrow: polkit says no.
+    assert_error(&one(&h, bob(), &["allocate", "--name", "bob"]), "org.burrow.Error.NotAuthorized");
+    // Unknown names.
+    assert_error(&one(&h, alice(), &["get", "--name", "nope"]), "org.burrow.Error.NotFound");
+    assert_error(&one(&h, alice(), &["release", "--name", "nope"]), "org.burrow.Error.NotFound");
+    // Names are per caller: bob cannot see or release alice's.
+    assert_error(&one(&h, bob(), &["release", "--name", "kept"]), "org.burrow.Error.NotFound");
+    assert_eq!(one(&h, bob(), &["list"])["entries"].as_array().unwrap().len(), 0);
+
+    assert_eq!(h.persisted_records(), before, "a refused call changed the state");
+    assert_eq!(base_of(&one(&h, alice(), &["get", "--name", "kept"])), kept_base);
+    kept.finish();
+}
+
+#[test]
+fn pool_and_quota_exhaustion() {
+    let small = Harness::start(IdmapdOptions {
+        idle_timeout_s: 0,
+        extra_args: ["--pool-start", "524288", "--pool-end", &(524288 + 3 * 65536 - 1).to_string(), "--max-per-user", "2"]
+            .map(String::from)
+            .to_vec(),
+    });
+    let mut held = vec![];
+    for name in ["a1", "a2"] {
+        let mut r = spawn(&small, alice(), &["allocate", "--name", name, "--hold"]);
+        base_of(&r.next_json());
+        held.push(r);
+    }
+    assert_error(&one(&small, alice(), &["allocate", "--name", "a3"]), "org.burrow.Error.Exhausted");
+    // The quota is alice's alone: root still gets the last range, then the pool is empty.
+    let mut r = spawn(&small, None, &["allocate", "--name", "r1", "--hold"]);
+    base_of(&r.next_json());
+    held.push(r);
+    assert_error(&one(&small, None, &["allocate", "--name", "r2"]), "org.burrow.Error.Exhausted");
+    assert_eq!(small.persisted_records().len(), 3);
+    // Namespaces gone without Release: the helper reclaims them rather than report exhaustion.
+    for r in held {
+        r.finish();
+    }
+    base_of(&one(&small, None, &["allocate", "--name", "r2"]));
+}
+
+#[test]
+fn ranges_avoid_subordinate_ids_and_accounts() {
+    let dir = std::env::temp_dir().join(format!("burrow-excl-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // subuid covers the first range, a passwd entry sits in the second, a group in the fourth.
+    std::fs::write(dir.join("subuid"), "someone:524288:65536\n").unwrap();
+    std::fs::write(dir.join("passwd"), "far:x:600000:600000::/:/bin/false\n").unwrap();
+    std::fs::write(dir.join("group"), "farg:x:786500:\n").unwrap();
+    let p = |f: &str| dir.join(f).display().to_string();
+    let h = Harness::start(IdmapdOptions {
+        idle_timeout_s: 0,
+        extra_args: vec![
+            "--subid-file".into(), p("subuid"),
+            "--id-db-file".into(), p("passwd"),
+            "--id-db-file".into(), p("group"),
+        ],
+    });
+    let mut a = spawn(&h, None, &["allocate", "--name", "a", "--hold"]);
+    assert_eq!(base_of(&a.next_json()), 655360);
+    let b = base_of(&one(&h, None, &["allocate", "--name", "b"]));
+    assert_eq!(b, 720896);
+    a.finish();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn pool_that_includes_root_is_refused_at_start() {
+    let out = std::process::Command::new(burrow_tests::bin("burrow-idmapd"))
+        .args(["--pool-start", "0", "--state-dir", "/tmp/burrow-never-used"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("host ID 0"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn bus_activation_and_idle_exit() {
+    let h = Harness::start(IdmapdOptions { idle_timeout_s: 1, extra_args: vec![] });
+    assert!(!h.name_has_owner("org.burrow.IdMap1"), "helper running before any call");
+    assert_eq!(in_use(&h), 0);
+    assert!(h.idmapd_pids().len() == 1, "the call did not activate the helper");
+    wait_for("idle exit", || h.idmapd_pids().is_empty());
+    assert!(!h.name_has_owner("org.burrow.IdMap1"));
+    let base = base_of(&one(&h, alice(), &["allocate", "--name", "again"]));
+    assert!(base >= 524288);
+}
+
+#[test]
+fn a_second_instance_is_refused() {
+    let h = harness();
+    assert_eq!(in_use(&h), 0);
+    let out = h
+        .command(burrow_tests::bin("burrow-idmapd"))
+        .args(["--state-dir", &h.idmap_state_dir().display().to_string()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("another instance"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn release_while_alive_drains_and_frees_when_the_namespace_dies() {
+    let h = harness();
+    let mut held = spawn(&h, alice(), &["allocate", "--name", "live", "--hold"]);
+    let base = base_of(&held.next_json());
+    assert_eq!(one(&h, alice(), &["release", "--name", "live"])["ok"], true);
+    // The name is free, the range is not: its namespace still runs with those IDs.
+    assert_error(&one(&h, alice(), &["get", "--name", "live"]), "org.burrow.Error.NotFound");
+    assert_eq!(in_use(&h), 1);
+    let mut other = spawn(&h, alice(), &["allocate", "--name", "live", "--hold"]);
+    let other_base = base_of(&other.next_json());
+    assert_ne!(other_base, base);
+    held.finish();
+    other.finish();
+    assert_eq!(one(&h, alice(), &["release", "--name", "live"])["ok"], true);
+    // A restart reclaims the drained range, and it is handed out again.
+    restart_until_reclaimed(&h);
+    assert_eq!(base_of(&one(&h, alice(), &["allocate", "--name", "reuse"])), base.min(other_base));
+}
+
+#[test]
+fn signals_announce_allocations() {
+    let h = harness();
+    let mut watcher = spawn(&h, bob(), &["watch-signals", "--count", "2"]);
+    assert_eq!(watcher.next_json()["op"], "subscribed");
+    let base = base_of(&one(&h, alice(), &["allocate", "--name", "sig"]));
+    assert_eq!(one(&h, alice(), &["release", "--name", "sig"])["ok"], true);
+    let uid = test_users().alice.uid;
+    let allocated = watcher.next_json();
+    assert_eq!(allocated, serde_json::json!({"signal": "Allocated", "uid": uid, "name": "sig", "base": base, "size": 65536}));
+    let released = watcher.next_json();
+    assert_eq!(released, serde_json::json!({"signal": "Released", "uid": uid, "name": "sig", "base": base}));
+    watcher.finish();
+}
