@@ -20,7 +20,10 @@ pub struct Caller {
 
 impl Caller {
     /// Asks the bus who sent `header`'s message.
-    pub async fn identify(conn: &zbus::Connection, header: &Header<'_>) -> Result<Self, BurrowError> {
+    pub async fn identify(
+        conn: &zbus::Connection,
+        header: &Header<'_>,
+    ) -> Result<Self, BurrowError> {
         let sender = header
             .sender()
             .ok_or_else(|| BurrowError::NotAuthorized("message has no sender".into()))?;
@@ -30,11 +33,17 @@ impl Caller {
             .await?
             .get_connection_credentials(BusName::Unique(sender.clone()))
             .await
-            .map_err(|e| BurrowError::NotAuthorized(format!("cannot identify caller {sender}: {e}")))?;
+            .map_err(|e| {
+                BurrowError::NotAuthorized(format!("cannot identify caller {sender}: {e}"))
+            })?;
         let uid = creds.unix_user_id().ok_or_else(|| {
             BurrowError::NotAuthorized(format!("bus reports no uid for caller {sender}"))
         })?;
-        Ok(Caller { bus_name: sender.to_string(), uid, pid: creds.process_id() })
+        Ok(Caller {
+            bus_name: sender.to_string(),
+            uid,
+            pid: creds.process_id(),
+        })
     }
 
     pub fn is_root(&self) -> bool {
@@ -52,9 +61,13 @@ impl Caller {
         if self.is_root() {
             return Ok(());
         }
-        let subject = Subject::new_for_message_header(header)
-            .map_err(|e| BurrowError::NotAuthorized(format!("no polkit subject for caller: {e}")))?;
-        let authority = AuthorityProxy::builder(conn).cache_properties(CacheProperties::No).build().await?;
+        let subject = Subject::new_for_message_header(header).map_err(|e| {
+            BurrowError::NotAuthorized(format!("no polkit subject for caller: {e}"))
+        })?;
+        let authority = AuthorityProxy::builder(conn)
+            .cache_properties(CacheProperties::No)
+            .build()
+            .await?;
         let result = authority
             .check_authorization(&subject, action, &HashMap::new(), Default::default(), "")
             .await

@@ -72,7 +72,9 @@ mod tests {
 
     #[test]
     fn rejects_bad_names() {
-        for bad in ["", "../x", "a/b", ".", "..", ".hidden", "-flag", "a\0b", "sp ace", "é"] {
+        for bad in [
+            "", "../x", "a/b", ".", "..", ".hidden", "-flag", "a\0b", "sp ace", "é",
+        ] {
             assert!(validate_name(bad).is_err(), "{bad:?} accepted");
         }
         assert!(validate_name(&"x".repeat(300)).is_err());

@@ -10,7 +10,10 @@ pub enum PrivilegeError {
     #[error("capability {cap} is needed but not held (check the unit's CapabilityBoundingSet)")]
     Missing { cap: Capability },
     #[error("cannot change capability set {set:?}: {source}")]
-    Caps { set: CapSet, source: caps::errors::CapsError },
+    Caps {
+        set: CapSet,
+        source: caps::errors::CapsError,
+    },
 }
 
 /// Keeps exactly `keep` in the permitted and effective sets, empties the inheritable and
@@ -22,23 +25,35 @@ pub fn retain_only(keep: &[Capability]) -> Result<(), PrivilegeError> {
         return Err(PrivilegeError::NotRoot(uid));
     }
     let keep: CapsHashSet = keep.iter().copied().collect();
-    let permitted = caps::read(None, CapSet::Permitted)
-        .map_err(|source| PrivilegeError::Caps { set: CapSet::Permitted, source })?;
+    let permitted = caps::read(None, CapSet::Permitted).map_err(|source| PrivilegeError::Caps {
+        set: CapSet::Permitted,
+        source,
+    })?;
     if let Some(cap) = keep.iter().find(|c| !permitted.contains(c)) {
         return Err(PrivilegeError::Missing { cap: *cap });
     }
     // Bounding-set changes need CAP_SETPCAP, so they come first.
     for cap in caps::all().difference(&keep) {
-        caps::drop(None, CapSet::Bounding, *cap)
-            .map_err(|source| PrivilegeError::Caps { set: CapSet::Bounding, source })?;
+        caps::drop(None, CapSet::Bounding, *cap).map_err(|source| PrivilegeError::Caps {
+            set: CapSet::Bounding,
+            source,
+        })?;
     }
-    caps::clear(None, CapSet::Ambient)
-        .map_err(|source| PrivilegeError::Caps { set: CapSet::Ambient, source })?;
-    caps::clear(None, CapSet::Inheritable)
-        .map_err(|source| PrivilegeError::Caps { set: CapSet::Inheritable, source })?;
-    caps::set(None, CapSet::Effective, &keep)
-        .map_err(|source| PrivilegeError::Caps { set: CapSet::Effective, source })?;
-    caps::set(None, CapSet::Permitted, &keep)
-        .map_err(|source| PrivilegeError::Caps { set: CapSet::Permitted, source })?;
+    caps::clear(None, CapSet::Ambient).map_err(|source| PrivilegeError::Caps {
+        set: CapSet::Ambient,
+        source,
+    })?;
+    caps::clear(None, CapSet::Inheritable).map_err(|source| PrivilegeError::Caps {
+        set: CapSet::Inheritable,
+        source,
+    })?;
+    caps::set(None, CapSet::Effective, &keep).map_err(|source| PrivilegeError::Caps {
+        set: CapSet::Effective,
+        source,
+    })?;
+    caps::set(None, CapSet::Permitted, &keep).map_err(|source| PrivilegeError::Caps {
+        set: CapSet::Permitted,
+        source,
+    })?;
     Ok(())
 }

@@ -28,3 +28,18 @@ pub trait IdMap1 {
     #[zbus(signal)]
     fn released(&self, uid: u32, name: &str, base: u32) -> zbus::Result<()>;
 }
+
+#[zbus::proxy(
+    interface = "org.burrow.Dev1",
+    default_service = "org.burrow.Dev1",
+    default_path = "/org/burrow/Dev1"
+)]
+pub trait Dev1 {
+    fn create(
+        &self,
+        userns: OwnedFd,
+        options: std::collections::HashMap<&str, zbus::zvariant::Value<'_>>,
+    ) -> zbus::Result<OwnedFd>;
+    #[zbus(property)]
+    fn allowed_extra(&self) -> zbus::Result<Vec<String>>;
+}

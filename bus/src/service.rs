@@ -1,6 +1,7 @@
 //! The skeleton every helper runs in: logging, the bus connection, sd-notify, clean shutdown
 //! and exit after an idle period (the bus re-activates the helper on the next call).
 
+use std::future::Future;
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,10 +14,24 @@ use zbus::object_server::Interface;
 pub enum ServiceError {
     #[error("cannot connect to the system bus (DBUS_SYSTEM_BUS_ADDRESS or /run/dbus/system_bus_socket): {0}")]
     Connect(#[source] zbus::Error),
-    #[error("cannot own bus name {name} (check the bus policy, or another instance owns it): {source}")]
-    OwnName { name: &'static str, source: zbus::Error },
+    #[error(
+        "cannot own bus name {name} (check the bus policy, or another instance owns it): {source}"
+    )]
+    OwnName {
+        name: &'static str,
+        source: zbus::Error,
+    },
     #[error("signal handler: {0}")]
     Signal(#[source] std::io::Error),
+    #[error("starting the async runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+}
+
+/// First thing a helper's `main` does: log to stderr and drop to `capabilities`, while the
+/// process still has one thread.
+pub fn start(capabilities: &[caps::Capability]) -> Result<(), crate::privileges::PrivilegeError> {
+    init_logging("info");
+    crate::privileges::retain_only(capabilities)
 }
 
 /// Sends logs to stderr (the journal when run by systemd); `RUST_LOG` overrides the level.
@@ -43,7 +58,10 @@ pub struct CallGuard(Activity);
 
 impl Default for Activity {
     fn default() -> Self {
-        Activity { in_flight: Arc::new(AtomicUsize::new(0)), last: Arc::new(Mutex::new(Instant::now())) }
+        Activity {
+            in_flight: Arc::new(AtomicUsize::new(0)),
+            last: Arc::new(Mutex::new(Instant::now())),
+        }
     }
 }
 
@@ -57,7 +75,12 @@ impl Activity {
         if self.in_flight.load(Ordering::SeqCst) > 0 {
             return None;
         }
-        Some(self.last.lock().unwrap_or_else(|p| p.into_inner()).elapsed())
+        Some(
+            self.last
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .elapsed(),
+        )
     }
 }
 
@@ -78,6 +101,23 @@ pub struct Service<I> {
 }
 
 impl<I: Interface> Service<I> {
+    /// Runs the service on a fresh runtime, with `background` (e.g. a periodic cleanup)
+    /// spawned beside it, until it exits.
+    pub fn run_blocking(
+        self,
+        background: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServiceError> {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(ServiceError::Runtime)?
+            .block_on(async {
+                tokio::spawn(background);
+                self.run().await
+            })
+    }
+
     /// Serves until SIGTERM/SIGINT or until idle for `idle_timeout`. On the way out the name is
     /// released first, so a call racing with the exit either still reaches this instance or
     /// activates a new one.
@@ -94,8 +134,15 @@ impl<I: Interface> Service<I> {
             zbus::fdo::RequestNameFlags::DoNotQueue.into(),
         )
         .await
-        .map_err(|source| ServiceError::OwnName { name: self.bus_name, source })?;
-        tracing::info!(bus_name = self.bus_name, idle_timeout_s = self.idle_timeout.as_secs(), "ready");
+        .map_err(|source| ServiceError::OwnName {
+            name: self.bus_name,
+            source,
+        })?;
+        tracing::info!(
+            bus_name = self.bus_name,
+            idle_timeout_s = self.idle_timeout.as_secs(),
+            "ready"
+        );
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
 
         let mut term = signal(SignalKind::terminate()).map_err(ServiceError::Signal)?;

@@ -10,20 +10,31 @@ use nix::fcntl::{Flock, FlockArg};
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("{op} {path}: {source}")]
-    Io { op: &'static str, path: PathBuf, source: std::io::Error },
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("another instance holds the lock {0} (is the helper already running?)")]
     Locked(PathBuf),
 }
 
 fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StateError + 'a {
-    move |source| StateError::Io { op, path: path.to_path_buf(), source }
+    move |source| StateError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Makes `path` hold exactly `contents`, or leaves its old contents: write a temporary file
 /// beside it, fsync it, rename it over `path`, fsync the directory.
 pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), StateError> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let file_name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{file_name}.tmp"));
     let mut file = OpenOptions::new()
         .write(true)
@@ -49,12 +60,18 @@ pub fn remove_durably(path: &Path) -> Result<(), StateError> {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StateError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io("fsync", dir))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("fsync", dir))
 }
 
 /// Creates `dir` (and parents) with mode 0700 if missing.
 pub fn ensure_private_dir(dir: &Path) -> Result<(), StateError> {
-    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io("create", dir))
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io("create", dir))
 }
 
 /// An exclusive advisory lock held for the life of the helper, so a second instance (a manual
@@ -92,7 +109,10 @@ mod tests {
         write_atomic(&target, b"one").unwrap();
         write_atomic(&target, b"two").unwrap();
         assert_eq!(fs::read(&target).unwrap(), b"two");
-        let names: Vec<_> = fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("r.json")]);
         remove_durably(&target).unwrap();
         remove_durably(&target).unwrap();
@@ -103,7 +123,10 @@ mod tests {
     fn second_lock_is_refused() {
         let path = std::env::temp_dir().join(format!("burrow-lock-test-{}", std::process::id()));
         let first = InstanceLock::acquire(&path).unwrap();
-        assert!(matches!(InstanceLock::acquire(&path), Err(StateError::Locked(_))));
+        assert!(matches!(
+            InstanceLock::acquire(&path),
+            Err(StateError::Locked(_))
+        ));
         drop(first);
         InstanceLock::acquire(&path).unwrap();
         fs::remove_file(&path).unwrap();

@@ -14,10 +14,16 @@ const NSIO: u8 = 0xb7;
 nix::ioctl_none!(ns_get_userns, NSIO, 0x1);
 nix::ioctl_none!(ns_get_parent, NSIO, 0x2);
 nix::ioctl_none!(ns_get_nstype, NSIO, 0x3);
-nix::ioctl_read_bad!(ns_get_owner_uid, nix::request_code_none!(NSIO, 0x4), libc::uid_t);
+nix::ioctl_read_bad!(
+    ns_get_owner_uid,
+    nix::request_code_none!(NSIO, 0x4),
+    libc::uid_t
+);
 
 /// Identity of a namespace: the nsfs device and inode, as `stat` reports them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct NsId {
     pub dev: u64,
     pub ino: u64,
@@ -26,7 +32,10 @@ pub struct NsId {
 impl NsId {
     pub fn of(fd: BorrowedFd<'_>) -> nix::Result<Self> {
         let st = fstat(fd.as_raw_fd())?;
-        Ok(NsId { dev: st.st_dev, ino: st.st_ino })
+        Ok(NsId {
+            dev: st.st_dev,
+            ino: st.st_ino,
+        })
     }
 }
 
@@ -75,17 +84,21 @@ impl UserNs {
             }
             None => {
                 return Err(BurrowError::InvalidArgument(
-                    "fd is not a namespace (pass an fd of /proc/PID/ns/user, opened O_RDONLY)".into(),
+                    "fd is not a namespace (pass an fd of /proc/PID/ns/user, opened O_RDONLY)"
+                        .into(),
                 ))
             }
         }
-        let id = NsId::of(fd.as_fd()).map_err(|e| BurrowError::Failed(format!("fstat userns: {e}")))?;
+        let id =
+            NsId::of(fd.as_fd()).map_err(|e| BurrowError::Failed(format!("fstat userns: {e}")))?;
         let mut owner: libc::uid_t = 0;
         // SAFETY: NS_GET_OWNER_UID writes one uid_t into `owner`, which outlives the call.
         unsafe { ns_get_owner_uid(fd.as_raw_fd(), &mut owner) }
             .map_err(|e| BurrowError::Failed(format!("NS_GET_OWNER_UID: {e}")))?;
         let parent = parent_userns(fd.as_fd()).ok_or_else(|| {
-            BurrowError::InvalidArgument("the initial user namespace cannot be given a range".into())
+            BurrowError::InvalidArgument(
+                "the initial user namespace cannot be given a range".into(),
+            )
         })?;
         let own = File::open("/proc/self/ns/user")
             .map_err(|e| BurrowError::Failed(format!("open own userns: {e}")))?;
@@ -103,7 +116,11 @@ impl UserNs {
                 "user namespace is owned by uid {owner}, not by the caller (uid {caller_uid})"
             )));
         }
-        Ok(UserNs { fd, id, owner_uid: owner })
+        Ok(UserNs {
+            fd,
+            id,
+            owner_uid: owner,
+        })
     }
 
     pub fn as_fd(&self) -> BorrowedFd<'_> {
@@ -149,7 +166,9 @@ impl NsWorker {
                         "worker could not join the user namespace: {}",
                         nix::errno::Errno::from_raw(i32::from_ne_bytes(status))
                     ))),
-                    Err(e) => Err(BurrowError::Failed(format!("worker died before joining: {e}"))),
+                    Err(e) => Err(BurrowError::Failed(format!(
+                        "worker died before joining: {e}"
+                    ))),
                 }
             }
             Err(e) => Err(BurrowError::Failed(format!("fork: {e}"))),
@@ -160,6 +179,34 @@ impl NsWorker {
     pub fn proc_path(&self, file: &str) -> std::path::PathBuf {
         format!("/proc/{}/{file}", self.pid).into()
     }
+}
+
+impl NsWorker {
+    /// The host uid and gid that the namespace's root (ID 0) maps to.
+    pub fn root_ids(&self) -> Result<(u32, u32), BurrowError> {
+        let host_root = |which: &str| -> Result<u32, BurrowError> {
+            let path = self.proc_path(which);
+            let map = std::fs::read_to_string(&path)
+                .map_err(|e| BurrowError::Failed(format!("reading {}: {e}", path.display())))?;
+            host_id_of(&map, 0).ok_or_else(|| {
+                BurrowError::InvalidArgument(format!(
+                    "the user namespace maps no {} 0 yet; allocate its range first \
+                     (org.burrow.IdMap1.Allocate)",
+                    if which == "uid_map" { "uid" } else { "gid" }
+                ))
+            })
+        };
+        Ok((host_root("uid_map")?, host_root("gid_map")?))
+    }
+}
+
+/// The outside ID that `inside` maps to in a `uid_map`/`gid_map` text.
+pub fn host_id_of(map: &str, inside: u32) -> Option<u32> {
+    map.lines().find_map(|line| {
+        let mut fields = line.split_whitespace().map(|f| f.parse::<u32>().ok());
+        let (start, outside, count) = (fields.next()??, fields.next()??, fields.next()??);
+        (inside >= start && inside - start < count).then(|| outside + (inside - start))
+    })
 }
 
 impl Drop for NsWorker {
@@ -220,3 +267,25 @@ unsafe fn close_all_except(keep: &[RawFd]) {
     unsafe { libc::syscall(libc::SYS_close_range, from, u32::MAX, 0) };
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_host_ids_in_maps() {
+        assert_eq!(
+            host_id_of("         0     524288      65536\n", 0),
+            Some(524288)
+        );
+        assert_eq!(
+            host_id_of("         0     524288      65536\n", 1000),
+            Some(525288)
+        );
+        assert_eq!(
+            host_id_of("         0     524288      65536\n", 65536),
+            None
+        );
+        assert_eq!(host_id_of("1 1000 1\n0 2000 1\n", 0), Some(2000));
+        assert_eq!(host_id_of("", 0), None);
+    }
+}

@@ -21,16 +21,27 @@ pub enum AllocError {
     Duplicate { uid: u32, name: String, base: u32 },
     #[error("uid {uid} already holds {limit} ranges, the per-user limit")]
     Quota { uid: u32, limit: usize },
-    #[error("no free range of {RANGE_SIZE} IDs left in the pool {start}..={end} ({in_use} in use)")]
+    #[error(
+        "no free range of {RANGE_SIZE} IDs left in the pool {start}..={end} ({in_use} in use)"
+    )]
     PoolExhausted { start: u32, end: u32, in_use: usize },
     #[error("user namespace already has an ID map ({which}: {content:?}); pass a fresh one")]
-    AlreadyMapped { which: &'static str, content: String },
+    AlreadyMapped {
+        which: &'static str,
+        content: String,
+    },
     #[error("no range named {name:?} for uid {uid}")]
     NotFound { uid: u32, name: String },
     #[error("writing {path}: {source}")]
-    WriteMap { path: PathBuf, source: std::io::Error },
+    WriteMap {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("reading {path}: {source}")]
-    ReadMap { path: PathBuf, source: std::io::Error },
+    ReadMap {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Registry(#[from] RegistryError),
 }
@@ -40,7 +51,9 @@ impl From<AllocError> for BurrowError {
         let msg = e.to_string();
         match e {
             AllocError::Duplicate { .. } => BurrowError::AlreadyExists(msg),
-            AllocError::Quota { .. } | AllocError::PoolExhausted { .. } => BurrowError::Exhausted(msg),
+            AllocError::Quota { .. } | AllocError::PoolExhausted { .. } => {
+                BurrowError::Exhausted(msg)
+            }
             AllocError::AlreadyMapped { .. } => BurrowError::InvalidArgument(msg),
             AllocError::NotFound { .. } => BurrowError::NotFound(msg),
             AllocError::WriteMap { .. } | AllocError::ReadMap { .. } | AllocError::Registry(_) => {
@@ -61,8 +74,14 @@ impl Exclusions {
     /// Read at every allocation: admins add users and subordinate ranges at any time.
     fn ranges(&self) -> Vec<RangeInclusive<u32>> {
         let read = |p: &PathBuf| fs::read_to_string(p).unwrap_or_default();
-        let sub = self.subid_files.iter().flat_map(|p| pool::parse_subid(&read(p)));
-        let ids = self.id_db_files.iter().flat_map(|p| pool::parse_id_db(&read(p)));
+        let sub = self
+            .subid_files
+            .iter()
+            .flat_map(|p| pool::parse_subid(&read(p)));
+        let ids = self
+            .id_db_files
+            .iter()
+            .flat_map(|p| pool::parse_id_db(&read(p)));
         sub.chain(ids).collect()
     }
 }
@@ -76,8 +95,18 @@ pub struct Allocator {
 
 impl Allocator {
     /// Loads the registry and frees every range whose user namespace is gone.
-    pub fn open(pool: Pool, max_per_user: usize, exclusions: Exclusions, registry: Registry) -> Self {
-        let mut allocator = Allocator { pool, max_per_user, exclusions, registry };
+    pub fn open(
+        pool: Pool,
+        max_per_user: usize,
+        exclusions: Exclusions,
+        registry: Registry,
+    ) -> Self {
+        let mut allocator = Allocator {
+            pool,
+            max_per_user,
+            exclusions,
+            registry,
+        };
         allocator.reclaim_dead(None);
         allocator
     }
@@ -87,13 +116,18 @@ impl Allocator {
     }
 
     pub fn records(&self) -> impl Iterator<Item = &Record> {
-        self.registry.records().filter(|r| r.state == RecordState::Held)
+        self.registry
+            .records()
+            .filter(|r| r.state == RecordState::Held)
     }
 
     pub fn get(&self, uid: u32, name: &str) -> Result<&Record, AllocError> {
         self.registry
             .held(uid, name)
-            .ok_or_else(|| AllocError::NotFound { uid, name: name.to_string() })
+            .ok_or_else(|| AllocError::NotFound {
+                uid,
+                name: name.to_string(),
+            })
     }
 
     /// Frees the ranges of dead namespaces (only of `uid`'s records, if given); returns how
@@ -106,7 +140,9 @@ impl Allocator {
     }
 
     pub fn has_draining(&self) -> bool {
-        self.registry.records().any(|r| r.state == RecordState::Draining)
+        self.registry
+            .records()
+            .any(|r| r.state == RecordState::Draining)
     }
 
     /// Frees the released ranges whose namespaces are gone by the time of `live`.
@@ -145,10 +181,17 @@ impl Allocator {
         worker: &NsWorker,
     ) -> Result<Record, AllocError> {
         if let Some(existing) = self.registry.held(uid, name) {
-            return Err(AllocError::Duplicate { uid, name: name.into(), base: existing.base });
+            return Err(AllocError::Duplicate {
+                uid,
+                name: name.into(),
+                base: existing.base,
+            });
         }
         if self.registry.held_count(uid) >= self.max_per_user && self.reclaim_dead(Some(uid)) == 0 {
-            return Err(AllocError::Quota { uid, limit: self.max_per_user });
+            return Err(AllocError::Quota {
+                uid,
+                limit: self.max_per_user,
+            });
         }
         let base = match self.pick() {
             Some(base) => base,
@@ -162,13 +205,16 @@ impl Allocator {
             size: RANGE_SIZE,
             userns: userns.id,
             state: RecordState::Held,
-            created: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            created: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
         };
         self.registry.insert(record.clone())?;
         if let Err(e) = write_maps(worker, base) {
             // A half-written map (uid done, gid failed) still uses the range: keep it reserved
             // until the namespace dies rather than risk handing it out twice.
-            let untouched = matches!(&e, AllocError::WriteMap { path, .. } if path.ends_with("uid_map"));
+            let untouched =
+                matches!(&e, AllocError::WriteMap { path, .. } if path.ends_with("uid_map"));
             if untouched {
                 self.registry.remove(base)?;
             } else {
@@ -186,17 +232,27 @@ impl Allocator {
     }
 
     fn exhausted(&self) -> AllocError {
-        AllocError::PoolExhausted { start: self.pool.start, end: self.pool.end, in_use: self.registry.len() }
+        AllocError::PoolExhausted {
+            start: self.pool.start,
+            end: self.pool.end,
+            in_use: self.registry.len(),
+        }
     }
 
     /// Drops `uid`'s name. The range is free at once if its namespace is gone (`alive` is a
     /// scan taken after the caller looked the record up: a dead namespace never comes back, so
     /// a stale "dead" is still true); otherwise it drains until the namespace dies, so it is
     /// never shared by two live namespaces.
-    pub fn release(&mut self, uid: u32, name: &str, alive: &LiveNamespaces) -> Result<Record, AllocError> {
+    pub fn release(
+        &mut self,
+        uid: u32,
+        name: &str,
+        alive: &LiveNamespaces,
+    ) -> Result<Record, AllocError> {
         let record = self.get(uid, name)?.clone();
         if alive.maps_range(&record.userns, record.base, record.size) {
-            self.registry.set_state(record.base, RecordState::Draining)?;
+            self.registry
+                .set_state(record.base, RecordState::Draining)?;
             tracing::info!(uid, name, base = record.base, held_by = ?alive.holder(&record.userns),
                 "released; range drains until its namespace exits");
         } else {
@@ -213,9 +269,13 @@ impl Allocator {
 pub fn check_unmapped(worker: &NsWorker) -> Result<(), AllocError> {
     for which in ["uid_map", "gid_map"] {
         let path = worker.proc_path(which);
-        let content = fs::read_to_string(&path).map_err(|source| AllocError::ReadMap { path, source })?;
+        let content =
+            fs::read_to_string(&path).map_err(|source| AllocError::ReadMap { path, source })?;
         if !content.trim().is_empty() {
-            return Err(AllocError::AlreadyMapped { which, content: content.trim().to_string() });
+            return Err(AllocError::AlreadyMapped {
+                which,
+                content: content.trim().to_string(),
+            });
         }
     }
     Ok(())

@@ -23,7 +23,10 @@ pub struct IdMap {
 
 impl IdMap {
     pub fn new(allocator: Allocator, activity: Activity) -> Self {
-        IdMap { allocator: Arc::new(Mutex::new(allocator)), activity }
+        IdMap {
+            allocator: Arc::new(Mutex::new(allocator)),
+            activity,
+        }
     }
 
     /// Frees drained ranges soon after their namespaces exit, rather than at the next start.
@@ -71,7 +74,9 @@ async fn blocking<T: Send + 'static>(
 // A panic while holding the lock cannot leave the registry half-updated (every change is one
 // atomic file operation followed by an in-memory insert/remove), so the data stays usable.
 fn lock(allocator: &Mutex<Allocator>) -> MutexGuard<'_, Allocator> {
-    allocator.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    allocator
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[zbus::interface(name = "org.burrow.IdMap1")]
@@ -89,15 +94,19 @@ impl IdMap {
     ) -> Result<(u32, u32, u32), BurrowError> {
         let _call = self.activity.begin();
         let caller = Caller::identify(conn, &header).await?;
-        let result = self.allocate_for(conn, &header, &caller, name.clone(), userns).await;
+        let result = self
+            .allocate_for(conn, &header, &caller, name.clone(), userns)
+            .await;
         match &result {
             Ok(record) => {
                 tracing::info!(uid = caller.uid, pid = ?caller.pid, name, base = record.0, "allocated");
                 Self::allocated(&emitter, caller.uid, &name, record.0, record.2).await?;
                 self.in_use_changed(&emitter).await?;
             }
-            Err(e) => tracing::info!(uid = caller.uid, pid = ?caller.pid, name = %name.escape_debug(),
-                error = %e.dbus_name(), reason = %e, "allocate refused"),
+            Err(e) => {
+                tracing::info!(uid = caller.uid, pid = ?caller.pid, name = %name.escape_debug(),
+                error = %e.dbus_name(), reason = %e, "allocate refused")
+            }
         }
         result
     }
@@ -118,7 +127,9 @@ impl IdMap {
         self.lock().get(uid, &name)?;
         // The /proc scan is the slow part; take it without holding the allocator.
         let alive = blocking(|| Ok(LiveNamespaces::scan())).await?;
-        let record = self.with_allocator(move |a| Ok(a.release(uid, &released_name, &alive)?)).await?;
+        let record = self
+            .with_allocator(move |a| Ok(a.release(uid, &released_name, &alive)?))
+            .await?;
         Self::released(&emitter, uid, &name, record.base).await?;
         self.in_use_changed(&emitter).await?;
         Ok(())
@@ -182,10 +193,21 @@ impl IdMap {
     }
 
     #[zbus(signal)]
-    async fn allocated(emitter: &SignalEmitter<'_>, uid: u32, name: &str, base: u32, size: u32) -> zbus::Result<()>;
+    async fn allocated(
+        emitter: &SignalEmitter<'_>,
+        uid: u32,
+        name: &str,
+        base: u32,
+        size: u32,
+    ) -> zbus::Result<()>;
 
     #[zbus(signal)]
-    async fn released(emitter: &SignalEmitter<'_>, uid: u32, name: &str, base: u32) -> zbus::Result<()>;
+    async fn released(
+        emitter: &SignalEmitter<'_>,
+        uid: u32,
+        name: &str,
+        base: u32,
+    ) -> zbus::Result<()>;
 }
 
 impl IdMap {
@@ -199,7 +221,9 @@ impl IdMap {
     ) -> Result<(u32, u32, u32), BurrowError> {
         validate_name(&name)?;
         let userns = UserNs::from_caller_fd(userns.into(), caller.uid)?;
-        caller.authorize(conn, header, idmap::ACTION_ALLOCATE).await?;
+        caller
+            .authorize(conn, header, idmap::ACTION_ALLOCATE)
+            .await?;
         let uid = caller.uid;
         let (userns, worker) = blocking(move || {
             let worker = userns.enter()?;

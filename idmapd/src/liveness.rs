@@ -40,12 +40,17 @@ impl LiveNamespaces {
     /// message, fds included, queued a little longer), which is no use of the range.
     pub fn scan() -> Self {
         let mut live = LiveNamespaces::default();
-        let Ok(procs) = fs::read_dir("/proc") else { return live };
+        let Ok(procs) = fs::read_dir("/proc") else {
+            return live;
+        };
         let me = std::process::id();
+        let workers = own_children();
         for pid in procs.flatten().map(|e| e.file_name()) {
-            let Some(pid) = pid.to_str().and_then(|p| p.parse::<u32>().ok()) else { continue };
+            let Some(pid) = pid.to_str().and_then(|p| p.parse::<u32>().ok()) else {
+                continue;
+            };
             let proc_dir = Path::new("/proc").join(pid.to_string());
-            if pid == me || parent_of(&proc_dir) == Some(me) {
+            if pid == me || workers.contains(&pid) {
                 continue;
             }
             live.scanning = pid;
@@ -66,7 +71,9 @@ impl LiveNamespaces {
 
     /// Does the live namespace `id` map `base..base+size` (as `0 base size`)?
     pub fn maps_range(&self, id: &NsId, base: u32, size: u32) -> bool {
-        let Some(witness) = self.users.get(id) else { return false };
+        let Some(witness) = self.users.get(id) else {
+            return false;
+        };
         let expected = format!("0 {base} {size}");
         if let Some(pid) = witness.member {
             if let Ok(map) = fs::read_to_string(format!("/proc/{pid}/uid_map")) {
@@ -90,8 +97,12 @@ impl LiveNamespaces {
     }
 
     fn follow_member(&mut self, pid: u32, proc_dir: &Path) {
-        let Ok(file) = File::open(proc_dir.join("ns/user")) else { return };
-        let Ok(id) = NsId::of(file.as_fd()) else { return };
+        let Ok(file) = File::open(proc_dir.join("ns/user")) else {
+            return;
+        };
+        let Ok(id) = NsId::of(file.as_fd()) else {
+            return;
+        };
         match self.users.get_mut(&id) {
             Some(witness) => {
                 witness.member.get_or_insert(pid);
@@ -106,9 +117,13 @@ impl LiveNamespaces {
     }
 
     fn follow_links_in(&mut self, dir: &Path) {
-        let Ok(entries) = fs::read_dir(dir) else { return };
+        let Ok(entries) = fs::read_dir(dir) else {
+            return;
+        };
         for path in entries.flatten().map(|e| e.path()) {
-            let Ok(target) = fs::read_link(&path) else { continue };
+            let Ok(target) = fs::read_link(&path) else {
+                continue;
+            };
             let target = target.to_string_lossy().into_owned();
             if is_ns_link(&target) && self.seen_links.insert(target) {
                 self.follow_path(&path);
@@ -118,19 +133,34 @@ impl LiveNamespaces {
 
     /// Namespaces bind-mounted somewhere (nsfs mounts), once per mount namespace.
     fn follow_nsfs_mounts(&mut self, proc_dir: &Path) {
-        let Ok(mnt_ns) = fs::read_link(proc_dir.join("ns/mnt")) else { return };
-        if !self.seen_mount_ns.insert(mnt_ns.to_string_lossy().into_owned()) {
+        let Ok(mnt_ns) = fs::read_link(proc_dir.join("ns/mnt")) else {
+            return;
+        };
+        if !self
+            .seen_mount_ns
+            .insert(mnt_ns.to_string_lossy().into_owned())
+        {
             return;
         }
-        let Ok(mountinfo) = fs::read_to_string(proc_dir.join("mountinfo")) else { return };
+        let Ok(mountinfo) = fs::read_to_string(proc_dir.join("mountinfo")) else {
+            return;
+        };
         for line in mountinfo.lines() {
-            let Some((fields, tail)) = line.split_once(" - ") else { continue };
+            let Some((fields, tail)) = line.split_once(" - ") else {
+                continue;
+            };
             if tail.split(' ').next() != Some("nsfs") {
                 continue;
             }
-            let Some(mount_point) = fields.split(' ').nth(4) else { continue };
+            let Some(mount_point) = fields.split(' ').nth(4) else {
+                continue;
+            };
             let mount_point = unescape_mountinfo(mount_point);
-            self.follow_path(&proc_dir.join("root").join(mount_point.trim_start_matches('/')));
+            self.follow_path(
+                &proc_dir
+                    .join("root")
+                    .join(mount_point.trim_start_matches('/')),
+            );
         }
     }
 
@@ -153,14 +183,25 @@ impl LiveNamespaces {
     }
 
     fn follow_user_ancestry(&mut self, ns: BorrowedFd<'_>) {
-        let Ok(mut current) = ns.try_clone_to_owned() else { return };
+        let Ok(mut current) = ns.try_clone_to_owned() else {
+            return;
+        };
         loop {
-            let Ok(id) = NsId::of(current.as_fd()) else { return };
+            let Ok(id) = NsId::of(current.as_fd()) else {
+                return;
+            };
             if self.users.contains_key(&id) {
                 return;
             }
             let parent = userns::parent_userns(current.as_fd());
-            self.users.insert(id, Witness { fd: current, member: None, found_via: self.scanning });
+            self.users.insert(
+                id,
+                Witness {
+                    fd: current,
+                    member: None,
+                    found_via: self.scanning,
+                },
+            );
             match parent {
                 Some(parent) => current = parent,
                 None => return,
@@ -169,9 +210,20 @@ impl LiveNamespaces {
     }
 }
 
-fn parent_of(proc_dir: &Path) -> Option<u32> {
-    let status = fs::read_to_string(proc_dir.join("status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix("PPid:"))?.trim().parse().ok()
+/// Children of any thread of this process (the helper's namespace workers).
+fn own_children() -> HashSet<u32> {
+    let Ok(tasks) = fs::read_dir("/proc/self/task") else {
+        return HashSet::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
 }
 
 fn member_of(pid: u32) -> Option<NsId> {
@@ -180,12 +232,19 @@ fn member_of(pid: u32) -> Option<NsId> {
 }
 
 fn first_line_is(map: &str, expected: &str) -> bool {
-    let first: Vec<&str> = map.lines().next().unwrap_or("").split_whitespace().collect();
+    let first: Vec<&str> = map
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
     first == expected.split(' ').collect::<Vec<_>>()
 }
 
 fn is_ns_link(target: &str) -> bool {
-    const KINDS: [&str; 8] = ["user:[", "net:[", "mnt:[", "pid:[", "ipc:[", "uts:[", "cgroup:[", "time:["];
+    const KINDS: [&str; 8] = [
+        "user:[", "net:[", "mnt:[", "pid:[", "ipc:[", "uts:[", "cgroup:[", "time:[",
+    ];
     KINDS.iter().any(|k| target.starts_with(k))
 }
 
@@ -195,8 +254,15 @@ fn unescape_mountinfo(field: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
-            out.push((bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0'));
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
+        {
+            out.push(
+                (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0'),
+            );
             i += 4;
         } else {
             out.push(bytes[i]);
@@ -219,8 +285,14 @@ mod tests {
 
     #[test]
     fn compares_map_lines_ignoring_padding() {
-        assert!(first_line_is("         0     524288      65536\n", "0 524288 65536"));
-        assert!(!first_line_is("         0     524288      65535\n", "0 524288 65536"));
+        assert!(first_line_is(
+            "         0     524288      65536\n",
+            "0 524288 65536"
+        ));
+        assert!(!first_line_is(
+            "         0     524288      65535\n",
+            "0 524288 65536"
+        ));
         assert!(!first_line_is("", "0 524288 65536"));
     }
 

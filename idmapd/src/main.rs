@@ -29,10 +29,17 @@ const CAPABILITIES: &[Capability] = &[
 ];
 
 #[derive(Parser, Debug)]
-#[command(version, about = "Burrow ID-range helper (D-Bus service org.burrow.IdMap1)")]
+#[command(
+    version,
+    about = "Burrow ID-range helper (D-Bus service org.burrow.IdMap1)"
+)]
 struct Args {
     /// Directory holding one record per allocated range.
-    #[arg(long, env = "BURROW_IDMAP_STATE_DIR", default_value = "/var/lib/burrow/idmap")]
+    #[arg(
+        long,
+        env = "BURROW_IDMAP_STATE_DIR",
+        default_value = "/var/lib/burrow/idmap"
+    )]
     state_dir: PathBuf,
     /// First host ID of the pool ranges are taken from.
     #[arg(long, env = "BURROW_IDMAP_POOL_START", default_value_t = 524288)]
@@ -56,12 +63,14 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    burrow_bus::service::init_logging("info");
-    burrow_bus::privileges::retain_only(CAPABILITIES).context("dropping capabilities")?;
+    burrow_bus::service::start(CAPABILITIES).context("dropping capabilities")?;
     let pool = pool::Pool::new(args.pool_start, args.pool_end).context("invalid pool")?;
     let _lock = InstanceLock::acquire(&args.state_dir.with_extension("lock"))?;
     let registry = registry::Registry::load(&args.state_dir)?;
-    let exclusions = allocator::Exclusions { subid_files: args.subid_file, id_db_files: args.id_db_file };
+    let exclusions = allocator::Exclusions {
+        subid_files: args.subid_file,
+        id_db_files: args.id_db_file,
+    };
     let allocator = allocator::Allocator::open(pool, args.max_per_user, exclusions, registry);
     tracing::info!(pool_start = pool.start, pool_end = pool.end, capacity = pool.capacity(),
         in_use = allocator.in_use(), state_dir = %args.state_dir.display(), "registry loaded");
@@ -76,14 +85,6 @@ fn main() -> anyhow::Result<()> {
         activity,
         idle_timeout: Duration::from_secs(args.idle_timeout),
     };
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?
-        .block_on(async {
-            tokio::spawn(drain_watch);
-            service.run().await
-        })?;
+    service.run_blocking(drain_watch)?;
     Ok(())
 }

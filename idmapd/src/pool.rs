@@ -39,7 +39,9 @@ impl Pool {
     /// Number of aligned ranges the pool holds.
     pub fn capacity(&self) -> u32 {
         match self.first_base() {
-            Some(first) => ((u64::from(self.end) + 1 - u64::from(first)) / u64::from(RANGE_SIZE)) as u32,
+            Some(first) => {
+                ((u64::from(self.end) + 1 - u64::from(first)) / u64::from(RANGE_SIZE)) as u32
+            }
             None => 0,
         }
     }
@@ -58,7 +60,7 @@ impl Pool {
                 next.next();
             }
             match next.peek() {
-                Some(r) if u64::from(*r.start()) <= base + size - 1 => {
+                Some(r) if u64::from(*r.start()) < base + size => {
                     // Overlap: jump to the first aligned base past this interval.
                     base = (u64::from(*r.end()) / size + 1) * size;
                 }
@@ -100,7 +102,10 @@ mod tests {
     #[test]
     fn rejects_root_and_tiny_pools() {
         assert_eq!(Pool::new(0, 10 * R).unwrap_err(), PoolError::IncludesRoot);
-        assert!(matches!(Pool::new(R + 1, 2 * R + 5), Err(PoolError::TooSmall { .. })));
+        assert!(matches!(
+            Pool::new(R + 1, 2 * R + 5),
+            Err(PoolError::TooSmall { .. })
+        ));
         assert_eq!(Pool::new(R, 2 * R - 1).unwrap().capacity(), 1);
     }
 
@@ -132,10 +137,14 @@ mod tests {
         let mut taken: Vec<RangeInclusive<u32>> = vec![];
         let mut seed = 12345u64;
         while let Some(base) = pool.pick(&taken) {
-            assert!(taken.iter().all(|t| base + R - 1 < *t.start() || base > *t.end()));
+            assert!(taken
+                .iter()
+                .all(|t| base + R - 1 < *t.start() || base > *t.end()));
             assert_eq!(base % R, 0);
             taken.push(base..=base + R - 1);
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             if seed % 3 == 0 {
                 taken.remove((seed as usize >> 7) % taken.len());
             }

@@ -43,7 +43,10 @@ pub enum RegistryError {
     #[error(transparent)]
     State(#[from] StateError),
     #[error("reading state directory {path}: {source}")]
-    ReadDir { path: PathBuf, source: std::io::Error },
+    ReadDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("corrupt record {path}: {reason}; move it away only once no namespace uses its range")]
     Corrupt { path: PathBuf, reason: String },
 }
@@ -58,29 +61,49 @@ impl Registry {
     /// writes that never completed, hence never acknowledged: they are removed.
     pub fn load(dir: &Path) -> Result<Self, RegistryError> {
         state::ensure_private_dir(dir)?;
-        let read_err = |source| RegistryError::ReadDir { path: dir.to_path_buf(), source };
+        let read_err = |source| RegistryError::ReadDir {
+            path: dir.to_path_buf(),
+            source,
+        };
         let mut by_base = BTreeMap::new();
         for entry in fs::read_dir(dir).map_err(read_err)? {
             let path = entry.map_err(read_err)?.path();
-            let file_name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+            let file_name = path
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
             if file_name.starts_with('.') && file_name.ends_with(".tmp") {
                 tracing::warn!(path = %path.display(), "removing unfinished write");
                 state::remove_durably(&path)?;
                 continue;
             }
-            let Some(base) = file_name.strip_suffix(".json").and_then(|b| b.parse::<u32>().ok()) else {
+            let Some(base) = file_name
+                .strip_suffix(".json")
+                .and_then(|b| b.parse::<u32>().ok())
+            else {
                 tracing::warn!(path = %path.display(), "ignoring unexpected file in state directory");
                 continue;
             };
-            let corrupt = |reason: String| RegistryError::Corrupt { path: path.clone(), reason };
+            let corrupt = |reason: String| RegistryError::Corrupt {
+                path: path.clone(),
+                reason,
+            };
             let text = fs::read(&path).map_err(|e| corrupt(e.to_string()))?;
-            let record: Record = serde_json::from_slice(&text).map_err(|e| corrupt(e.to_string()))?;
+            let record: Record =
+                serde_json::from_slice(&text).map_err(|e| corrupt(e.to_string()))?;
             if record.base != base {
-                return Err(corrupt(format!("holds base {} but is named {base}", record.base)));
+                return Err(corrupt(format!(
+                    "holds base {} but is named {base}",
+                    record.base
+                )));
             }
             by_base.insert(base, record);
         }
-        Ok(Registry { dir: dir.to_path_buf(), by_base })
+        Ok(Registry {
+            dir: dir.to_path_buf(),
+            by_base,
+        })
     }
 
     fn path_of(&self, base: u32) -> PathBuf {
@@ -101,11 +124,14 @@ impl Registry {
     }
 
     pub fn held(&self, uid: u32, name: &str) -> Option<&Record> {
-        self.records().find(|r| r.state == RecordState::Held && r.uid == uid && r.name == name)
+        self.records()
+            .find(|r| r.state == RecordState::Held && r.uid == uid && r.name == name)
     }
 
     pub fn held_count(&self, uid: u32) -> usize {
-        self.records().filter(|r| r.state == RecordState::Held && r.uid == uid).count()
+        self.records()
+            .filter(|r| r.state == RecordState::Held && r.uid == uid)
+            .count()
     }
 
     pub fn taken(&self) -> Vec<RangeInclusive<u32>> {
@@ -120,8 +146,13 @@ impl Registry {
     }
 
     pub fn set_state(&mut self, base: u32, new_state: RecordState) -> Result<(), RegistryError> {
-        let Some(record) = self.by_base.get(&base) else { return Ok(()) };
-        let updated = Record { state: new_state, ..record.clone() };
+        let Some(record) = self.by_base.get(&base) else {
+            return Ok(());
+        };
+        let updated = Record {
+            state: new_state,
+            ..record.clone()
+        };
         self.persist(&updated)?;
         self.by_base.insert(base, updated);
         Ok(())
@@ -144,7 +175,10 @@ mod tests {
             name: name.into(),
             base,
             size: 65536,
-            userns: NsId { dev: 4, ino: 4026531837 },
+            userns: NsId {
+                dev: 4,
+                ino: 4026531837,
+            },
             state: RecordState::Held,
             created: 0,
         }
@@ -168,7 +202,10 @@ mod tests {
         reg.remove(524288).unwrap();
         assert_eq!(Registry::load(&dir).unwrap().len(), 1);
         fs::write(dir.join("1.json"), b"not json").unwrap();
-        assert!(matches!(Registry::load(&dir), Err(RegistryError::Corrupt { .. })));
+        assert!(matches!(
+            Registry::load(&dir),
+            Err(RegistryError::Corrupt { .. })
+        ));
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -21,7 +21,10 @@ pub const GROUP: &str = "burrow";
 
 /// The workspace root (where dbus-policy/ lives).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
 }
 
 /// Directory of the workspace's built binaries (`BURROW_BIN_DIR` overrides).
@@ -32,19 +35,33 @@ pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let dir = exe.parent().expect("exe dir");
     // Test executables live in target/<profile>/deps, binaries one level up.
-    if dir.ends_with("deps") { dir.parent().unwrap().to_path_buf() } else { dir.to_path_buf() }
+    if dir.ends_with("deps") {
+        dir.parent().unwrap().to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
 }
 
 /// A built binary of the workspace; `cargo build --workspace` must have run.
 pub fn bin(name: &str) -> PathBuf {
     let path = bin_dir().join(name);
-    assert!(path.exists(), "{} not built; run `cargo build --workspace --bins` first", path.display());
+    assert!(
+        path.exists(),
+        "{} not built; run `cargo build --workspace --bins` first",
+        path.display()
+    );
     path
 }
 
 fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out
 }
 
@@ -67,7 +84,10 @@ pub fn test_users() -> &'static TestUsers {
     static USERS: OnceLock<TestUsers> = OnceLock::new();
     USERS.get_or_init(|| {
         let exists = |db: &str, key: &str| {
-            Command::new("getent").args([db, key]).output().is_ok_and(|o| o.status.success())
+            Command::new("getent")
+                .args([db, key])
+                .output()
+                .is_ok_and(|o| o.status.success())
         };
         if !exists("group", GROUP) {
             run(Command::new("groupadd").args(["--system", GROUP]));
@@ -79,17 +99,34 @@ pub fn test_users() -> &'static TestUsers {
             run(Command::new("useradd").args(["--create-home", BOB]));
         }
         let lookup = |name: &str| {
-            let user = nix::unistd::User::from_name(name).unwrap().expect("user exists");
+            let user = nix::unistd::User::from_name(name)
+                .unwrap()
+                .expect("user exists");
             (user.uid.as_raw(), user.gid.as_raw())
         };
-        let burrow_gid = nix::unistd::Group::from_name(GROUP).unwrap().expect("group").gid.as_raw();
+        let burrow_gid = nix::unistd::Group::from_name(GROUP)
+            .unwrap()
+            .expect("group")
+            .gid
+            .as_raw();
         let (alice_uid, alice_gid) = lookup(ALICE);
         let (bob_uid, bob_gid) = lookup(BOB);
-        let alice_groups: &'static [u32] = Box::leak(vec![alice_gid, burrow_gid].into_boxed_slice());
+        let alice_groups: &'static [u32] =
+            Box::leak(vec![alice_gid, burrow_gid].into_boxed_slice());
         let bob_groups: &'static [u32] = Box::leak(vec![bob_gid].into_boxed_slice());
         TestUsers {
-            alice: User { name: ALICE, uid: alice_uid, gid: alice_gid, groups: alice_groups },
-            bob: User { name: BOB, uid: bob_uid, gid: bob_gid, groups: bob_groups },
+            alice: User {
+                name: ALICE,
+                uid: alice_uid,
+                gid: alice_gid,
+                groups: alice_groups,
+            },
+            bob: User {
+                name: BOB,
+                uid: bob_uid,
+                gid: bob_gid,
+                groups: bob_groups,
+            },
         }
     })
 }
@@ -100,7 +137,10 @@ fn install_polkit_files() {
     DONE.get_or_init(|| {
         let policy = workspace_root().join("dbus-policy");
         for (src, dst) in [
-            ("org.burrow.policy", "/usr/share/polkit-1/actions/org.burrow.policy"),
+            (
+                "org.burrow.policy",
+                "/usr/share/polkit-1/actions/org.burrow.policy",
+            ),
             ("50-burrow.rules", "/etc/polkit-1/rules.d/50-burrow.rules"),
         ] {
             let content = fs::read(policy.join(src)).expect("read shipped polkit file");
@@ -131,18 +171,20 @@ pub fn shared_bin(name: &str) -> PathBuf {
     dst
 }
 
-/// How the harness runs idmapd when the bus activates it.
-#[derive(Debug, Clone)]
-pub struct IdmapdOptions {
+/// How the harness runs the helpers when the bus activates them.
+#[derive(Debug, Clone, Default)]
+pub struct HarnessOptions {
+    /// Idle timeout of every helper (0: never exit).
     pub idle_timeout_s: u64,
-    pub extra_args: Vec<String>,
+    pub idmapd_args: Vec<String>,
+    pub devd_args: Vec<String>,
 }
 
-impl Default for IdmapdOptions {
-    fn default() -> Self {
-        IdmapdOptions { idle_timeout_s: 0, extra_args: vec![] }
-    }
-}
+/// The helpers: bus name, binary, state directory argument.
+const HELPERS: [(&str, &str); 2] = [
+    ("org.burrow.IdMap1", "burrow-idmapd"),
+    ("org.burrow.Dev1", "burrow-devd"),
+];
 
 /// A private system bus with polkitd and Burrow's helpers activatable on it.
 pub struct Harness {
@@ -153,8 +195,11 @@ pub struct Harness {
 }
 
 impl Harness {
-    pub fn start(idmapd: IdmapdOptions) -> Harness {
-        assert!(nix::unistd::geteuid().is_root(), "the Burrow test harness must run as root");
+    pub fn start(options: HarnessOptions) -> Harness {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "the Burrow test harness must run as root"
+        );
         test_users();
         install_polkit_files();
         static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -165,21 +210,37 @@ impl Harness {
             fs::create_dir_all(dir.join(sub)).unwrap();
         }
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
-        fs::copy(workspace_root().join("dbus-policy/org.burrow.conf"), dir.join("policy/org.burrow.conf")).unwrap();
-
-        let mut exec = vec![
-            bin("burrow-idmapd").display().to_string(),
-            "--state-dir".into(),
-            dir.join("state/idmap").display().to_string(),
-            "--idle-timeout".into(),
-            idmapd.idle_timeout_s.to_string(),
-        ];
-        exec.extend(idmapd.extra_args);
-        fs::write(
-            dir.join("services/org.burrow.IdMap1.service"),
-            format!("[D-BUS Service]\nName=org.burrow.IdMap1\nExec={}\nUser=root\n", exec.join(" ")),
+        fs::copy(
+            workspace_root().join("dbus-policy/org.burrow.conf"),
+            dir.join("policy/org.burrow.conf"),
         )
         .unwrap();
+
+        for (bus_name, binary) in HELPERS {
+            let mut exec = vec![
+                bin(binary).display().to_string(),
+                "--idle-timeout".into(),
+                options.idle_timeout_s.to_string(),
+            ];
+            match binary {
+                "burrow-idmapd" => {
+                    exec.extend([
+                        "--state-dir".into(),
+                        dir.join("state/idmap").display().to_string(),
+                    ]);
+                    exec.extend(options.idmapd_args.iter().cloned());
+                }
+                _ => exec.extend(options.devd_args.iter().cloned()),
+            }
+            fs::write(
+                dir.join(format!("services/{bus_name}.service")),
+                format!(
+                    "[D-BUS Service]\nName={bus_name}\nExec={}\nUser=root\n",
+                    exec.join(" ")
+                ),
+            )
+            .unwrap();
+        }
 
         let socket = dir.join("system_bus_socket");
         fs::write(dir.join("bus.conf"), bus_config(&socket, &dir)).unwrap();
@@ -189,7 +250,10 @@ impl Harness {
             .arg(format!("--config-file={}", dir.join("bus.conf").display()))
             .arg("--nofork")
             .env("DBUS_SYSTEM_BUS_ADDRESS", &address)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(dbus_log)
             .process_group(0)
@@ -205,8 +269,15 @@ impl Harness {
             .process_group(0)
             .spawn()
             .expect("start polkitd (apt-get install polkitd)");
-        let harness = Harness { dir, address, dbus, polkitd };
-        wait_for("polkitd on the bus", || harness.name_has_owner("org.freedesktop.PolicyKit1"));
+        let harness = Harness {
+            dir,
+            address,
+            dbus,
+            polkitd,
+        };
+        wait_for("polkitd on the bus", || {
+            harness.name_has_owner("org.freedesktop.PolicyKit1")
+        });
         harness
     }
 
@@ -241,28 +312,48 @@ impl Harness {
 
     /// `busctl --system ARGS` against this bus.
     pub fn busctl(&self, args: &[&str]) -> Output {
-        self.command("busctl").arg("--system").args(args).output().expect("run busctl")
+        self.command("busctl")
+            .arg("--system")
+            .args(args)
+            .output()
+            .expect("run busctl")
     }
 
     pub fn name_has_owner(&self, name: &str) -> bool {
         let out = self.busctl(&[
-            "call", "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus",
-            "NameHasOwner", "s", name,
+            "call",
+            "org.freedesktop.DBus",
+            "/org/freedesktop/DBus",
+            "org.freedesktop.DBus",
+            "NameHasOwner",
+            "s",
+            name,
         ]);
         String::from_utf8_lossy(&out.stdout).trim() == "b true"
     }
 
     /// PIDs of the idmapd processes this harness's bus activated.
     pub fn idmapd_pids(&self) -> Vec<i32> {
-        let needle = format!("--state-dir {}", self.dir.join("state/idmap").display());
+        self.helper_pids("burrow-idmapd")
+    }
+
+    /// PIDs of the processes running `binary` that this harness's bus activated (they share
+    /// the bus's process group).
+    pub fn helper_pids(&self, binary: &str) -> Vec<i32> {
+        let dbus = self.dbus.id().to_string();
+        let needle = bin(binary).display().to_string();
         fs::read_dir("/proc")
             .unwrap()
             .flatten()
             .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
             .filter(|pid| {
-                fs::read(format!("/proc/{pid}/cmdline"))
-                    .map(|c| String::from_utf8_lossy(&c).replace('\0', " ").contains(&needle))
-                    .unwrap_or(false)
+                let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                // Activated helpers are re-parented to init but stay in the bus's process group.
+                let pgid = stat
+                    .rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(2).map(String::from));
+                cmdline.starts_with(needle.as_bytes()) && pgid.as_deref() == Some(dbus.as_str())
             })
             .collect()
     }
@@ -272,9 +363,14 @@ impl Harness {
     pub fn kill_idmapd(&self) {
         let killed = self.idmapd_pids();
         for pid in &killed {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
-        wait_for("killed idmapd gone", || !self.idmapd_pids().iter().any(|p| killed.contains(p)));
+        wait_for("killed idmapd gone", || {
+            !self.idmapd_pids().iter().any(|p| killed.contains(p))
+        });
     }
 
     pub fn idmap_state_dir(&self) -> PathBuf {
@@ -283,7 +379,9 @@ impl Harness {
 
     /// The JSON records idmapd has persisted.
     pub fn persisted_records(&self) -> Vec<serde_json::Value> {
-        let Ok(entries) = fs::read_dir(self.idmap_state_dir()) else { return vec![] };
+        let Ok(entries) = fs::read_dir(self.idmap_state_dir()) else {
+            return vec![];
+        };
         entries
             .flatten()
             .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
@@ -298,9 +396,9 @@ impl Harness {
 
 impl Drop for Harness {
     fn drop(&mut self) {
-        for pid in self.idmapd_pids() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-        }
+        // The bus and every helper it activated share one process group.
+        let group = nix::unistd::Pid::from_raw(self.dbus.id() as i32);
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
         for child in [&mut self.polkitd, &mut self.dbus] {
             let _ = child.kill();
             let _ = child.wait();
@@ -353,7 +451,10 @@ fn bus_config(socket: &Path, dir: &Path) -> String {
 pub fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
     let start = Instant::now();
     while !check() {
-        assert!(start.elapsed() < Duration::from_secs(20), "timed out waiting for {what}");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "timed out waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }

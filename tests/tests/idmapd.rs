@@ -4,13 +4,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::process::{Output, Stdio};
 
-use burrow_tests::{json_lines, test_users, wait_for, Harness, IdmapdOptions, User};
+use burrow_tests::{json_lines, test_users, wait_for, Harness, HarnessOptions, User};
 use serde_json::Value;
 
 const RANGE: u64 = 65536;
 
 fn harness() -> Harness {
-    Harness::start(IdmapdOptions::default())
+    Harness::start(HarnessOptions::default())
 }
 
 fn client(h: &Harness, user: Option<User>, args: &[&str]) -> Vec<Value> {
@@ -42,7 +42,10 @@ fn base_of(v: &Value) -> u64 {
 fn assert_error(v: &Value, name: &str) {
     assert_eq!(v["ok"], false, "expected {name}, got success: {v}");
     assert_eq!(v["error"], name, "{v}");
-    assert!(!v["message"].as_str().unwrap_or("").is_empty(), "error without message: {v}");
+    assert!(
+        !v["message"].as_str().unwrap_or("").is_empty(),
+        "error without message: {v}"
+    );
 }
 
 fn alice() -> Option<User> {
@@ -67,7 +70,11 @@ fn restart_until_reclaimed(h: &Harness) {
             return;
         }
     }
-    panic!("dead namespaces not reclaimed at start-up: {:?}\n{}", h.persisted_records(), h.log());
+    panic!(
+        "dead namespaces not reclaimed at start-up: {:?}\n{}",
+        h.persisted_records(),
+        h.log()
+    );
 }
 
 /// Released ranges drain until no process is in (or holds) their namespace any more; a process
@@ -81,20 +88,50 @@ fn wait_all_free(h: &Harness) {
 fn introspection_shows_the_interface() {
     let h = harness();
     let out = h.busctl(&["introspect", "org.burrow.IdMap1", "/org/burrow/IdMap1"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
-    for member in [".Allocate", ".Release", ".Get", ".List", ".PoolStart", ".PoolEnd", ".InUse", ".Allocated", ".Released"] {
+    for member in [
+        ".Allocate",
+        ".Release",
+        ".Get",
+        ".List",
+        ".PoolStart",
+        ".PoolEnd",
+        ".InUse",
+        ".Allocated",
+        ".Released",
+    ] {
         assert!(text.contains(member), "{member} missing from:\n{text}");
     }
-    assert!(text.contains("sh ") && text.contains("uuu"), "Allocate signature (sh)->(uuu) missing:\n{text}");
+    assert!(
+        text.contains("sh ") && text.contains("uuu"),
+        "Allocate signature (sh)->(uuu) missing:\n{text}"
+    );
 }
 
 #[test]
 fn two_allocations_are_disjoint_and_mapped() {
     let h = harness();
     for user in [None, alice()] {
-        let mut a = h.client(user).args(["allocate", "--name", "one", "--hold"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
-        let first: Value = serde_json::from_str(&BufReader::new(a.stdout.take().unwrap()).lines().next().unwrap().unwrap()).unwrap();
+        let mut a = h
+            .client(user)
+            .args(["allocate", "--name", "one", "--hold"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let first: Value = serde_json::from_str(
+            &BufReader::new(a.stdout.take().unwrap())
+                .lines()
+                .next()
+                .unwrap()
+                .unwrap(),
+        )
+        .unwrap();
         let second = one(&h, user, &["allocate", "--name", "two"]);
         let (b1, b2) = (base_of(&first), base_of(&second));
         assert!(b1 + RANGE <= b2 || b2 + RANGE <= b1, "overlap: {b1} {b2}");
@@ -121,7 +158,13 @@ struct Running {
 }
 
 fn spawn(h: &Harness, user: Option<User>, args: &[&str]) -> Running {
-    let mut child = h.client(user).args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut child = h
+        .client(user)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     let lines = BufReader::new(child.stdout.take().unwrap()).lines();
     Running { child, lines }
 }
@@ -135,7 +178,11 @@ impl Running {
     /// Closes stdin (the client drops what it holds) and waits.
     fn finish(mut self) -> Vec<Value> {
         drop(self.child.stdin.take());
-        let rest: Vec<Value> = self.lines.by_ref().map(|l| serde_json::from_str(&l.unwrap()).unwrap()).collect();
+        let rest: Vec<Value> = self
+            .lines
+            .by_ref()
+            .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
+            .collect();
         assert!(self.child.wait().unwrap().success());
         rest
     }
@@ -148,7 +195,11 @@ fn concurrent_clients_never_share_a_range() {
         .map(|i| {
             let user = if i % 2 == 0 { None } else { alice() };
             let prefix = format!("c{i}");
-            h.client(user).args(["cycles", "--prefix", &prefix, "--count", "200"]).stdout(Stdio::piped()).spawn().unwrap()
+            h.client(user)
+                .args(["cycles", "--prefix", &prefix, "--count", "200"])
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
         })
         .collect();
     let mut holds: BTreeMap<u64, Vec<(u128, u128)>> = BTreeMap::new();
@@ -162,7 +213,10 @@ fn concurrent_clients_never_share_a_range() {
             assert_eq!(map, ["0", &base.to_string(), "65536"], "{v}");
             assert_eq!(v["release"]["ok"], true, "{v}");
             let t = |k: &str| v[k].as_str().unwrap().parse::<u128>().unwrap();
-            holds.entry(base).or_default().push((t("t_acquired"), t("t_released")));
+            holds
+                .entry(base)
+                .or_default()
+                .push((t("t_acquired"), t("t_released")));
             total += 1;
         }
     }
@@ -171,7 +225,10 @@ fn concurrent_clients_never_share_a_range() {
     for (base, mut spans) in holds {
         spans.sort();
         for pair in spans.windows(2) {
-            assert!(pair[0].1 <= pair[1].0, "range {base} held twice at once: {pair:?}");
+            assert!(
+                pair[0].1 <= pair[1].0,
+                "range {base} held twice at once: {pair:?}"
+            );
         }
     }
     wait_all_free(&h);
@@ -184,12 +241,20 @@ fn kill_9_in_a_burst_loses_nothing_and_gives_nothing_twice() {
     let mut bursts: Vec<Running> = users
         .iter()
         .enumerate()
-        .map(|(i, user)| spawn(&h, *user, &["burst", "--prefix", &format!("b{i}"), "--count", "40"]))
+        .map(|(i, user)| {
+            spawn(
+                &h,
+                *user,
+                &["burst", "--prefix", &format!("b{i}"), "--count", "40"],
+            )
+        })
         .collect();
     // Let the burst get going, then kill the helper twice while calls are in flight.
     wait_for("first allocations", || h.persisted_records().len() >= 20);
     h.kill_idmapd();
-    wait_for("allocations after restart", || h.persisted_records().len() >= 60);
+    wait_for("allocations after restart", || {
+        h.persisted_records().len() >= 60
+    });
     h.kill_idmapd();
 
     let mut acknowledged: BTreeSet<(u32, String, u64)> = BTreeSet::new();
@@ -209,8 +274,15 @@ fn kill_9_in_a_burst_loses_nothing_and_gives_nothing_twice() {
             }
         }
     }
-    eprintln!("{} acknowledged, {interrupted} interrupted by kill -9", acknowledged.len());
-    assert!(acknowledged.len() >= 200, "too few allocations went through: {}", acknowledged.len());
+    eprintln!(
+        "{} acknowledged, {interrupted} interrupted by kill -9",
+        acknowledged.len()
+    );
+    assert!(
+        acknowledged.len() >= 200,
+        "too few allocations went through: {}",
+        acknowledged.len()
+    );
 
     // Every acknowledged range is still recorded, under its owner and name.
     let listed = one(&h, None, &["list"]);
@@ -218,13 +290,26 @@ fn kill_9_in_a_burst_loses_nothing_and_gives_nothing_twice() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|e| (e["uid"].as_u64().unwrap() as u32, e["name"].as_str().unwrap().to_string(), e["base"].as_u64().unwrap()))
+        .map(|e| {
+            (
+                e["uid"].as_u64().unwrap() as u32,
+                e["name"].as_str().unwrap().to_string(),
+                e["base"].as_u64().unwrap(),
+            )
+        })
         .collect();
     for ack in &acknowledged {
-        assert!(entries.contains(ack), "acknowledged {ack:?} lost after kill -9");
+        assert!(
+            entries.contains(ack),
+            "acknowledged {ack:?} lost after kill -9"
+        );
     }
     // No range was given twice: all recorded ranges are distinct, and a new one is fresh.
-    let bases: BTreeSet<u64> = h.persisted_records().iter().map(|r| r["base"].as_u64().unwrap()).collect();
+    let bases: BTreeSet<u64> = h
+        .persisted_records()
+        .iter()
+        .map(|r| r["base"].as_u64().unwrap())
+        .collect();
     assert_eq!(bases.len(), h.persisted_records().len());
     let fresh = base_of(&one(&h, None, &["allocate", "--name", "after-crash"]));
     assert!(!bases.contains(&fresh));
@@ -246,28 +331,67 @@ fn bad_input_is_named_and_changes_nothing() {
     assert_eq!(before.len(), 1);
 
     // Not a user namespace.
-    assert_error(&one(&h, alice(), &["allocate", "--name", "f", "--fd-kind", "file"]), "org.burrow.Error.InvalidArgument");
-    assert_error(&one(&h, alice(), &["allocate", "--name", "n", "--fd-kind", "net-ns"]), "org.burrow.Error.InvalidArgument");
+    assert_error(
+        &one(
+            &h,
+            alice(),
+            &["allocate", "--name", "f", "--fd-kind", "file"],
+        ),
+        "org.burrow.Error.InvalidArgument",
+    );
+    assert_error(
+        &one(
+            &h,
+            alice(),
+            &["allocate", "--name", "n", "--fd-kind", "net-ns"],
+        ),
+        "org.burrow.Error.InvalidArgument",
+    );
     // Already mapped: by the caller itself, or by an earlier Allocate.
-    assert_error(&one(&h, alice(), &["allocate", "--name", "m", "--fd-kind", "self-mapped"]), "org.burrow.Error.InvalidArgument");
-    let twice = client(&h, alice(), &["allocate", "--name", "first", "--again-as", "second"]);
+    assert_error(
+        &one(
+            &h,
+            alice(),
+            &["allocate", "--name", "m", "--fd-kind", "self-mapped"],
+        ),
+        "org.burrow.Error.InvalidArgument",
+    );
+    let twice = client(
+        &h,
+        alice(),
+        &["allocate", "--name", "first", "--again-as", "second"],
+    );
     base_of(&twice[0]);
     assert_error(&twice[1], "org.burrow.Error.InvalidArgument");
-    assert_eq!(one(&h, alice(), &["release", "--name", "first"])["ok"], true);
+    assert_eq!(
+        one(&h, alice(), &["release", "--name", "first"])["ok"],
+        true
+    );
     // Bad names.
     let long = "x".repeat(300);
     for name in ["", long.as_str(), "../x", "a/b", ".hidden"] {
-        assert_error(&one(&h, alice(), &["allocate", "--name", name]), "org.burrow.Error.InvalidArgument");
+        assert_error(
+            &one(&h, alice(), &["allocate", "--name", name]),
+            "org.burrow.Error.InvalidArgument",
+        );
     }
     // D-Bus strings cannot carry NUL: the call never reaches the helper.
     let nul = one(&h, alice(), &["allocate", "--name", "a\\0b"]);
     assert_eq!(nul["ok"], false, "{nul}");
     // Duplicate name.
-    assert_error(&one(&h, alice(), &["allocate", "--name", "kept"]), "org.burrow.Error.AlreadyExists");
+    assert_error(
+        &one(&h, alice(), &["allocate", "--name", "kept"]),
+        "org.burrow.Error.AlreadyExists",
+    );
     // Someone else's user namespace (root's), handed to alice as fd 3.
-    let root_ns = std::process::Command::new("unshare").args(["--user", "sleep", "60"]).spawn().unwrap();
+    let root_ns = std::process::Command::new("unshare")
+        .args(["--user", "sleep", "60"])
+        .spawn()
+        .unwrap();
     let own = std::fs::read_link("/proc/self/ns/user").unwrap();
-    wait_for("root's userns", || std::fs::read_link(format!("/proc/{}/ns/user", root_ns.id())).is_ok_and(|l| l != own));
+    wait_for("root's userns", || {
+        std::fs::read_link(format!("/proc/{}/ns/user", root_ns.id())).is_ok_and(|l| l != own)
+    });
     let ns_file = std::fs::File::open(format!("/proc/{}/ns/user", root_ns.id())).unwrap();
     let mut cmd = h.client(alice());
     cmd.args(["allocate", "--name", "stolen", "--fd-kind", "inherited"]);
@@ -286,31 +410,66 @@ fn bad_input_is_named_and_changes_nothing() {
     }
     let out = cmd.output().unwrap();
     check(&out, &h);
-    assert_error(&json_lines(&out.stdout)[0], "org.burrow.Error.NotAuthorized");
+    assert_error(
+        &json_lines(&out.stdout)[0],
+        "org.burrow.Error.NotAuthorized",
+    );
     let mut root_ns = root_ns;
     root_ns.kill().unwrap();
     root_ns.wait().unwrap();
     // Not in group burrow: polkit says no.
-    assert_error(&one(&h, bob(), &["allocate", "--name", "bob"]), "org.burrow.Error.NotAuthorized");
+    assert_error(
+        &one(&h, bob(), &["allocate", "--name", "bob"]),
+        "org.burrow.Error.NotAuthorized",
+    );
     // Unknown names.
-    assert_error(&one(&h, alice(), &["get", "--name", "nope"]), "org.burrow.Error.NotFound");
-    assert_error(&one(&h, alice(), &["release", "--name", "nope"]), "org.burrow.Error.NotFound");
+    assert_error(
+        &one(&h, alice(), &["get", "--name", "nope"]),
+        "org.burrow.Error.NotFound",
+    );
+    assert_error(
+        &one(&h, alice(), &["release", "--name", "nope"]),
+        "org.burrow.Error.NotFound",
+    );
     // Names are per caller: bob cannot see or release alice's.
-    assert_error(&one(&h, bob(), &["release", "--name", "kept"]), "org.burrow.Error.NotFound");
-    assert_eq!(one(&h, bob(), &["list"])["entries"].as_array().unwrap().len(), 0);
+    assert_error(
+        &one(&h, bob(), &["release", "--name", "kept"]),
+        "org.burrow.Error.NotFound",
+    );
+    assert_eq!(
+        one(&h, bob(), &["list"])["entries"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
 
-    assert_eq!(h.persisted_records(), before, "a refused call changed the state");
-    assert_eq!(base_of(&one(&h, alice(), &["get", "--name", "kept"])), kept_base);
+    assert_eq!(
+        h.persisted_records(),
+        before,
+        "a refused call changed the state"
+    );
+    assert_eq!(
+        base_of(&one(&h, alice(), &["get", "--name", "kept"])),
+        kept_base
+    );
     kept.finish();
 }
 
 #[test]
 fn pool_and_quota_exhaustion() {
-    let small = Harness::start(IdmapdOptions {
-        idle_timeout_s: 0,
-        extra_args: ["--pool-start", "524288", "--pool-end", &(524288 + 3 * 65536 - 1).to_string(), "--max-per-user", "2"]
-            .map(String::from)
-            .to_vec(),
+    let small = Harness::start(HarnessOptions {
+        idmapd_args: [
+            "--pool-start",
+            "524288",
+            "--pool-end",
+            &(524288 + 3 * 65536 - 1).to_string(),
+            "--max-per-user",
+            "2",
+        ]
+        .map(String::from)
+        .to_vec(),
+        ..Default::default()
     });
     let mut held = vec![];
     for name in ["a1", "a2"] {
@@ -318,12 +477,18 @@ fn pool_and_quota_exhaustion() {
         base_of(&r.next_json());
         held.push(r);
     }
-    assert_error(&one(&small, alice(), &["allocate", "--name", "a3"]), "org.burrow.Error.Exhausted");
+    assert_error(
+        &one(&small, alice(), &["allocate", "--name", "a3"]),
+        "org.burrow.Error.Exhausted",
+    );
     // The quota is alice's alone: root still gets the last range, then the pool is empty.
     let mut r = spawn(&small, None, &["allocate", "--name", "r1", "--hold"]);
     base_of(&r.next_json());
     held.push(r);
-    assert_error(&one(&small, None, &["allocate", "--name", "r2"]), "org.burrow.Error.Exhausted");
+    assert_error(
+        &one(&small, None, &["allocate", "--name", "r2"]),
+        "org.burrow.Error.Exhausted",
+    );
     assert_eq!(small.persisted_records().len(), 3);
     // Namespaces gone without Release: the helper reclaims them rather than report exhaustion.
     for r in held {
@@ -341,13 +506,16 @@ fn ranges_avoid_subordinate_ids_and_accounts() {
     std::fs::write(dir.join("passwd"), "far:x:600000:600000::/:/bin/false\n").unwrap();
     std::fs::write(dir.join("group"), "farg:x:786500:\n").unwrap();
     let p = |f: &str| dir.join(f).display().to_string();
-    let h = Harness::start(IdmapdOptions {
-        idle_timeout_s: 0,
-        extra_args: vec![
-            "--subid-file".into(), p("subuid"),
-            "--id-db-file".into(), p("passwd"),
-            "--id-db-file".into(), p("group"),
+    let h = Harness::start(HarnessOptions {
+        idmapd_args: vec![
+            "--subid-file".into(),
+            p("subuid"),
+            "--id-db-file".into(),
+            p("passwd"),
+            "--id-db-file".into(),
+            p("group"),
         ],
+        ..Default::default()
     });
     let mut a = spawn(&h, None, &["allocate", "--name", "a", "--hold"]);
     assert_eq!(base_of(&a.next_json()), 655360);
@@ -364,15 +532,28 @@ fn pool_that_includes_root_is_refused_at_start() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("host ID 0"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("host ID 0"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
 fn bus_activation_and_idle_exit() {
-    let h = Harness::start(IdmapdOptions { idle_timeout_s: 1, extra_args: vec![] });
-    assert!(!h.name_has_owner("org.burrow.IdMap1"), "helper running before any call");
+    let h = Harness::start(HarnessOptions {
+        idle_timeout_s: 1,
+        ..Default::default()
+    });
+    assert!(
+        !h.name_has_owner("org.burrow.IdMap1"),
+        "helper running before any call"
+    );
     assert_eq!(in_use(&h), 0);
-    assert!(h.idmapd_pids().len() == 1, "the call did not activate the helper");
+    assert!(
+        h.idmapd_pids().len() == 1,
+        "the call did not activate the helper"
+    );
     wait_for("idle exit", || h.idmapd_pids().is_empty());
     assert!(!h.name_has_owner("org.burrow.IdMap1"));
     let base = base_of(&one(&h, alice(), &["allocate", "--name", "again"]));
@@ -389,7 +570,11 @@ fn a_second_instance_is_refused() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("another instance"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("another instance"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -399,7 +584,10 @@ fn release_while_alive_drains_and_frees_when_the_namespace_dies() {
     let base = base_of(&held.next_json());
     assert_eq!(one(&h, alice(), &["release", "--name", "live"])["ok"], true);
     // The name is free, the range is not: its namespace still runs with those IDs.
-    assert_error(&one(&h, alice(), &["get", "--name", "live"]), "org.burrow.Error.NotFound");
+    assert_error(
+        &one(&h, alice(), &["get", "--name", "live"]),
+        "org.burrow.Error.NotFound",
+    );
     assert_eq!(in_use(&h), 1);
     let mut other = spawn(&h, alice(), &["allocate", "--name", "live", "--hold"]);
     let other_base = base_of(&other.next_json());
@@ -409,7 +597,10 @@ fn release_while_alive_drains_and_frees_when_the_namespace_dies() {
     assert_eq!(one(&h, alice(), &["release", "--name", "live"])["ok"], true);
     // A restart reclaims the drained range, and it is handed out again.
     restart_until_reclaimed(&h);
-    assert_eq!(base_of(&one(&h, alice(), &["allocate", "--name", "reuse"])), base.min(other_base));
+    assert_eq!(
+        base_of(&one(&h, alice(), &["allocate", "--name", "reuse"])),
+        base.min(other_base)
+    );
 }
 
 #[test]
@@ -421,8 +612,14 @@ fn signals_announce_allocations() {
     assert_eq!(one(&h, alice(), &["release", "--name", "sig"])["ok"], true);
     let uid = test_users().alice.uid;
     let allocated = watcher.next_json();
-    assert_eq!(allocated, serde_json::json!({"signal": "Allocated", "uid": uid, "name": "sig", "base": base, "size": 65536}));
+    assert_eq!(
+        allocated,
+        serde_json::json!({"signal": "Allocated", "uid": uid, "name": "sig", "base": base, "size": 65536})
+    );
     let released = watcher.next_json();
-    assert_eq!(released, serde_json::json!({"signal": "Released", "uid": uid, "name": "sig", "base": base}));
+    assert_eq!(
+        released,
+        serde_json::json!({"signal": "Released", "uid": uid, "name": "sig", "base": base})
+    );
     watcher.finish();
 }

@@ -71,6 +71,23 @@ enum Cmd {
     List,
     /// The pool and usage properties.
     Props,
+    /// Get a /dev from devd for a user namespace (allocated through idmapd unless --unmapped),
+    /// then look at it from inside that namespace (see inspect-dev).
+    DevCreate {
+        #[arg(long, value_enum, default_value = "fresh")]
+        fd_kind: FdKind,
+        /// Skip the idmapd allocation (the namespace stays unmapped).
+        #[arg(long)]
+        unmapped: bool,
+        #[arg(long)]
+        extra: Vec<String>,
+        /// Add an option devd does not know.
+        #[arg(long)]
+        bogus_option: bool,
+    },
+    /// Internal: joins the user namespace on fd 3 as its root, attaches the mount on fd 4 in a
+    /// new mount namespace and reports what it sees.
+    InspectDev,
     /// Print the next COUNT Allocated/Released signals (after a `subscribed` line).
     WatchSignals {
         #[arg(long)]
@@ -128,11 +145,16 @@ impl Holder {
     }
 
     fn ns(&self, kind: &str) -> OwnedFd {
-        File::open(format!("/proc/{}/ns/{kind}", self.pid)).unwrap().into()
+        File::open(format!("/proc/{}/ns/{kind}", self.pid))
+            .unwrap()
+            .into()
     }
 
     fn map(&self, which: &str) -> String {
-        std::fs::read_to_string(format!("/proc/{}/{which}", self.pid)).unwrap_or_default().trim().to_string()
+        std::fs::read_to_string(format!("/proc/{}/{which}", self.pid))
+            .unwrap_or_default()
+            .trim()
+            .to_string()
     }
 }
 
@@ -168,7 +190,12 @@ fn unescape(name: &str) -> String {
     name.replace("\\0", "\0")
 }
 
-async fn allocate(proxy: &IdMap1Proxy<'_>, name: &str, fd: OwnedFd, holder: Option<&Holder>) -> Value {
+async fn allocate(
+    proxy: &IdMap1Proxy<'_>,
+    name: &str,
+    fd: OwnedFd,
+    holder: Option<&Holder>,
+) -> Value {
     let mut result = match proxy.allocate(name, fd.into()).await {
         Ok((uid_base, gid_base, size)) => {
             json!({"ok": true, "base": uid_base, "gid_base": gid_base, "size": size})
@@ -185,7 +212,9 @@ async fn allocate(proxy: &IdMap1Proxy<'_>, name: &str, fd: OwnedFd, holder: Opti
 }
 
 async fn connect() -> zbus::Connection {
-    zbus::Connection::system().await.expect("connect to the system bus")
+    zbus::Connection::system()
+        .await
+        .expect("connect to the system bus")
 }
 
 fn wait_for_stdin_eof() {
@@ -195,11 +224,25 @@ fn wait_for_stdin_eof() {
 
 fn main() {
     let args = Args::parse();
+    if matches!(args.command, Cmd::InspectDev) {
+        // Before any thread exists: setns(CLONE_NEWUSER) needs a single-threaded process.
+        print(inspect_dev::run());
+        return;
+    }
     // Take the inherited fd before anything else can be opened as fd 3.
-    let mut inherited = matches!(args.command, Cmd::Allocate { fd_kind: FdKind::Inherited, .. })
-        // SAFETY: the test passes fd 3 to the client on purpose; nothing else owns it yet.
-        .then(|| unsafe { OwnedFd::from_raw_fd(3) });
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let mut inherited = matches!(
+        args.command,
+        Cmd::Allocate {
+            fd_kind: FdKind::Inherited,
+            ..
+        }
+    )
+    // SAFETY: the test passes fd 3 to the client on purpose; nothing else owns it yet.
+    .then(|| unsafe { OwnedFd::from_raw_fd(3) });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async move {
         let conn = connect().await;
         let proxy = IdMap1Proxy::new(&conn).await.unwrap();
@@ -300,6 +343,42 @@ fn main() {
                     print(both.next().await.expect("signal stream ended"));
                 }
             }
+            Cmd::InspectDev => unreachable!("handled before the runtime starts"),
+            Cmd::DevCreate { fd_kind, unmapped, extra, bogus_option } => {
+                let holder = Holder::new(fd_kind == FdKind::SelfMapped);
+                let name = format!("dev-{}", std::process::id());
+                if !unmapped {
+                    let allocated = allocate(&proxy, &name, holder.ns("user"), Some(&holder)).await;
+                    assert_eq!(allocated["ok"], true, "idmapd: {allocated}");
+                }
+                let fd: OwnedFd = match fd_kind {
+                    FdKind::File => File::open("/etc/hostname").unwrap().into(),
+                    FdKind::Inherited => inherited.take().expect("fd 3"),
+                    FdKind::NetNs => holder.ns("net"),
+                    FdKind::Fresh | FdKind::SelfMapped => holder.ns("user"),
+                };
+                let dev = burrow_bus::proxy::Dev1Proxy::new(&conn).await.unwrap();
+                let mut options = std::collections::HashMap::new();
+                if !extra.is_empty() {
+                    options.insert("extra", zbus::zvariant::Value::from(extra.clone()));
+                }
+                if bogus_option {
+                    options.insert("bogus", zbus::zvariant::Value::from("x"));
+                }
+                let mut result = match dev.create(fd.into(), options).await {
+                    Ok(mount) => {
+                        let out = inspect_dev::spawn(holder.ns("user"), mount.into());
+                        json!({"ok": true, "inside": out})
+                    }
+                    Err(e) => error_json(&e),
+                };
+                result["op"] = "dev-create".into();
+                drop(holder);
+                if !unmapped {
+                    proxy.release(&name).await.unwrap();
+                }
+                print(result);
+            }
             Cmd::Props => {
                 print(json!({
                     "pool_start": proxy.pool_start().await.unwrap(),
@@ -310,4 +389,154 @@ fn main() {
             }
         }
     });
+}
+
+mod inspect_dev {
+    use std::os::fd::{AsRawFd, OwnedFd};
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    use std::os::unix::process::CommandExt;
+    use std::process::Command;
+
+    use serde_json::{json, Value};
+
+    /// Runs `inspect-dev` in a new process with the two fds as 3 and 4; returns its report.
+    pub fn spawn(userns: OwnedFd, mount: OwnedFd) -> Value {
+        let (ns, mnt) = (userns.as_raw_fd(), mount.as_raw_fd());
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.arg("inspect-dev");
+        // SAFETY: only dup2/fcntl between fork and exec; fds 3 and 4 are set up from copies
+        // above 10 so neither dup2 clobbers the other's source.
+        unsafe {
+            cmd.pre_exec(move || {
+                let a = libc::fcntl(ns, libc::F_DUPFD, 10);
+                let b = libc::fcntl(mnt, libc::F_DUPFD, 10);
+                if a < 0 || b < 0 || libc::dup2(a, 3) < 0 || libc::dup2(b, 4) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "inspect-dev: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        drop((userns, mount));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn errno_of(r: std::io::Result<()>) -> Value {
+        match r {
+            Ok(()) => Value::Null,
+            Err(e) => e.raw_os_error().map(|n| json!(n)).unwrap_or(Value::Null),
+        }
+    }
+
+    pub fn run() -> Value {
+        // SAFETY: single-threaded process (called before any runtime or thread starts).
+        unsafe {
+            assert_eq!(
+                libc::setns(3, libc::CLONE_NEWUSER),
+                0,
+                "setns user: {}",
+                std::io::Error::last_os_error()
+            );
+            assert_eq!(libc::setresgid(0, 0, 0), 0, "setgid 0 in the namespace");
+            assert_eq!(libc::setresuid(0, 0, 0), 0, "setuid 0 in the namespace");
+            assert_eq!(libc::unshare(libc::CLONE_NEWNS), 0, "unshare mnt");
+            let root = c"/";
+            assert_eq!(
+                libc::mount(
+                    std::ptr::null(),
+                    root.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null()
+                ),
+                0
+            );
+            let target = c"/mnt";
+            let empty = c"";
+            let moved = libc::syscall(
+                libc::SYS_move_mount,
+                4,
+                empty.as_ptr(),
+                libc::AT_FDCWD,
+                target.as_ptr(),
+                0x4, /* MOVE_MOUNT_F_EMPTY_PATH */
+            );
+            assert_eq!(moved, 0, "move_mount: {}", std::io::Error::last_os_error());
+        }
+        let dev = std::path::Path::new("/mnt");
+        let mut entries = vec![];
+        let mut walk = vec![dev.to_path_buf()];
+        while let Some(dir) = walk.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+                let path = entry.path();
+                let meta = std::fs::symlink_metadata(&path).unwrap();
+                let name = path.strip_prefix(dev).unwrap().display().to_string();
+                let kind = if meta.file_type().is_char_device() {
+                    "chr"
+                } else if meta.is_dir() {
+                    "dir"
+                } else if meta.file_type().is_symlink() {
+                    "lnk"
+                } else {
+                    "other"
+                };
+                let rdev = meta.rdev();
+                let mut e = json!({"name": name, "kind": kind, "mode": format!("{:o}", meta.mode() & 0o7777),
+                    "uid": meta.uid(), "gid": meta.gid(),
+                    "rdev": format!("{}:{}", libc::major(rdev), libc::minor(rdev))});
+                if kind == "lnk" {
+                    e["target"] = std::fs::read_link(&path)
+                        .unwrap()
+                        .display()
+                        .to_string()
+                        .into();
+                }
+                if kind == "dir" && !["pts", "shm", "mqueue"].contains(&name.as_str()) {
+                    walk.push(path);
+                }
+                entries.push(e);
+            }
+        }
+        entries.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+        let null_write = errno_of(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open("/mnt/null")
+                .and_then(|mut f| {
+                    use std::io::Write;
+                    f.write_all(b"discard me")
+                }),
+        );
+        let mut zero = [1u8; 16];
+        let zero_read = errno_of(std::fs::File::open("/mnt/zero").and_then(|mut f| {
+            use std::io::Read;
+            f.read_exact(&mut zero)
+        }));
+        let mknod = errno_of(
+            nix::sys::stat::mknod(
+                "/mnt/newnull",
+                nix::sys::stat::SFlag::S_IFCHR,
+                nix::sys::stat::Mode::from_bits_truncate(0o666),
+                nix::sys::stat::makedev(1, 3),
+            )
+            .map_err(std::io::Error::from),
+        );
+        let vfs = nix::sys::statvfs::statvfs("/mnt").unwrap();
+        let flags = vfs.flags();
+        json!({
+            "entries": entries,
+            "null_write_errno": null_write,
+            "zero_read_errno": zero_read,
+            "zero_is_zero": zero == [0u8; 16],
+            "mknod_errno": mknod,
+            "nosuid": flags.contains(nix::sys::statvfs::FsFlags::ST_NOSUID),
+            "noexec": flags.contains(nix::sys::statvfs::FsFlags::ST_NOEXEC),
+            "uid_inside": nix::unistd::getuid().as_raw(),
+        })
+    }
 }

@@ -1,0 +1,73 @@
+# Burrow: build, install, test. Run as root on Debian 12 (see README.md).
+PREFIX      ?= /usr/local
+DESTDIR     ?=
+BINDIR      ?= $(PREFIX)/bin
+LIBEXECDIR  ?= $(PREFIX)/libexec/burrow
+DBUS_SYSTEM_CONF_DIR     ?= /usr/share/dbus-1/system.d
+DBUS_SYSTEM_SERVICES_DIR ?= /usr/share/dbus-1/system-services
+POLKIT_ACTIONS_DIR       ?= /usr/share/polkit-1/actions
+POLKIT_RULES_DIR         ?= /etc/polkit-1/rules.d
+SYSTEMD_UNIT_DIR         ?= /lib/systemd/system
+CARGO       ?= cargo
+PROFILE     ?= release
+HELPERS     := idmapd devd
+TARGET_DIR  := target/$(PROFILE)
+
+.PHONY: all build install uninstall test test-clean bench deps lint clean
+
+all: build
+
+build:
+	$(CARGO) build --workspace --bins --profile $(PROFILE)
+
+# System packages the tests and helpers need (Debian 12).
+deps:
+	./.ci/deps.sh
+
+install: build
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBEXECDIR)
+	for h in $(HELPERS); do install -m 0755 $(TARGET_DIR)/burrow-$$h $(DESTDIR)$(LIBEXECDIR)/burrow-$$h; done
+	install -d $(DESTDIR)$(DBUS_SYSTEM_CONF_DIR) $(DESTDIR)$(DBUS_SYSTEM_SERVICES_DIR) \
+		$(DESTDIR)$(POLKIT_ACTIONS_DIR) $(DESTDIR)$(POLKIT_RULES_DIR) $(DESTDIR)$(SYSTEMD_UNIT_DIR)
+	install -m 0644 dbus-policy/org.burrow.conf $(DESTDIR)$(DBUS_SYSTEM_CONF_DIR)/org.burrow.conf
+	for h in $(HELPERS); do \
+		svc=$$(grep -l "burrow-$$h\$$" dbus-policy/*.service); \
+		sed 's|@LIBEXECDIR@|$(LIBEXECDIR)|' $$svc > $(DESTDIR)$(DBUS_SYSTEM_SERVICES_DIR)/$$(basename $$svc); \
+		sed 's|@LIBEXECDIR@|$(LIBEXECDIR)|' systemd-units/burrow-$$h.service > $(DESTDIR)$(SYSTEMD_UNIT_DIR)/burrow-$$h.service; \
+	done
+	install -m 0644 dbus-policy/org.burrow.policy $(DESTDIR)$(POLKIT_ACTIONS_DIR)/org.burrow.policy
+	install -m 0644 dbus-policy/50-burrow.rules $(DESTDIR)$(POLKIT_RULES_DIR)/50-burrow.rules
+
+uninstall:
+	for h in $(HELPERS); do \
+		rm -f $(DESTDIR)$(LIBEXECDIR)/burrow-$$h $(DESTDIR)$(SYSTEMD_UNIT_DIR)/burrow-$$h.service; \
+	done
+	rm -f $(DESTDIR)$(DBUS_SYSTEM_SERVICES_DIR)/org.burrow.*.service
+	rm -f $(DESTDIR)$(DBUS_SYSTEM_CONF_DIR)/org.burrow.conf
+	rm -f $(DESTDIR)$(POLKIT_ACTIONS_DIR)/org.burrow.policy $(DESTDIR)$(POLKIT_RULES_DIR)/50-burrow.rules
+	-rmdir $(DESTDIR)$(LIBEXECDIR)
+
+# The test command of README and CI: black-box tests against a private system bus and a real
+# polkitd, plus the unit tests. Needs root.
+test:
+	$(CARGO) build --workspace --bins
+	$(CARGO) test --workspace
+
+# Removes the test users and group and any harness leftovers. The polkit action file and
+# example rule the harness installs are the shipped ones (`make uninstall` removes them).
+test-clean:
+	-userdel --remove burrow-alice 2>/dev/null
+	-userdel --remove burrow-bob 2>/dev/null
+	-groupdel burrow 2>/dev/null
+	rm -rf /tmp/burrow-test-bin /tmp/burrow-harness-*
+
+bench:
+	$(CARGO) build --workspace --bins --release
+	BURROW_BIN_DIR=$(CURDIR)/target/release $(CARGO) run --release -p burrow-tests --bin burrow-bench-idmap
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+clean:
+	$(CARGO) clean
