@@ -13,13 +13,13 @@ use zbus::object_server::Interface;
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
     #[error("cannot connect to the system bus (DBUS_SYSTEM_BUS_ADDRESS or /run/dbus/system_bus_socket): {0}")]
-    Connect(#[source] zbus::Error),
+    Connect(#[source] Box<zbus::Error>),
     #[error(
         "cannot own bus name {name} (check the bus policy, or another instance owns it): {source}"
     )]
     OwnName {
         name: &'static str,
-        source: zbus::Error,
+        source: Box<zbus::Error>,
     },
     #[error("signal handler: {0}")]
     Signal(#[source] std::io::Error),
@@ -123,12 +123,12 @@ impl<I: Interface> Service<I> {
     /// activates a new one.
     pub async fn run(self) -> Result<(), ServiceError> {
         let conn = zbus::connection::Builder::system()
-            .map_err(ServiceError::Connect)?
+            .map_err(|e| ServiceError::Connect(Box::new(e)))?
             .serve_at(self.object_path, self.interface)
-            .map_err(ServiceError::Connect)?
+            .map_err(|e| ServiceError::Connect(Box::new(e)))?
             .build()
             .await
-            .map_err(ServiceError::Connect)?;
+            .map_err(|e| ServiceError::Connect(Box::new(e)))?;
         conn.request_name_with_flags(
             self.bus_name,
             zbus::fdo::RequestNameFlags::DoNotQueue.into(),
@@ -136,7 +136,7 @@ impl<I: Interface> Service<I> {
         .await
         .map_err(|source| ServiceError::OwnName {
             name: self.bus_name,
-            source,
+            source: Box::new(source),
         })?;
         tracing::info!(
             bus_name = self.bus_name,
