@@ -10,7 +10,7 @@ POLKIT_RULES_DIR         ?= /etc/polkit-1/rules.d
 SYSTEMD_UNIT_DIR         ?= /lib/systemd/system
 CARGO       ?= cargo
 PROFILE     ?= release
-HELPERS     := idmapd devd
+HELPERS     := idmapd devd mountd
 TARGET_DIR  := target/$(PROFILE)
 
 .PHONY: all build install uninstall test test-clean bench deps lint clean

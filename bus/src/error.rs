@@ -19,6 +19,8 @@ pub enum BurrowError {
     AlreadyExists(String),
     /// The object is in use; try again later.
     Busy(String),
+    /// The kernel or filesystem cannot do what was asked (e.g. ID-map this filesystem).
+    NotSupported(String),
     /// The helper failed for a reason of its own (I/O, kernel); details in the message and log.
     Failed(String),
 }

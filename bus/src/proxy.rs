@@ -43,3 +43,18 @@ pub trait Dev1 {
     #[zbus(property)]
     fn allowed_extra(&self) -> zbus::Result<Vec<String>>;
 }
+
+#[zbus::proxy(
+    interface = "org.burrow.Mount1",
+    default_service = "org.burrow.Mount1",
+    default_path = "/org/burrow/Mount1"
+)]
+pub trait Mount1 {
+    fn idmap_mount(&self, dir: OwnedFd, userns: OwnedFd, read_only: bool) -> zbus::Result<OwnedFd>;
+    fn build_root(
+        &self,
+        init_pidfd: OwnedFd,
+        plan: std::collections::HashMap<&str, zbus::zvariant::Value<'_>>,
+        fds: Vec<OwnedFd>,
+    ) -> zbus::Result<OwnedFd>;
+}

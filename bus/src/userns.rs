@@ -11,14 +11,29 @@ use crate::BurrowError;
 
 // From <linux/nsfs.h>.
 const NSIO: u8 = 0xb7;
-nix::ioctl_none!(ns_get_userns, NSIO, 0x1);
-nix::ioctl_none!(ns_get_parent, NSIO, 0x2);
-nix::ioctl_none!(ns_get_nstype, NSIO, 0x3);
+const NS_GET_USERNS: u64 = nix::request_code_none!(NSIO, 0x1);
+const NS_GET_PARENT: u64 = nix::request_code_none!(NSIO, 0x2);
+const NS_GET_NSTYPE: u64 = nix::request_code_none!(NSIO, 0x3);
 nix::ioctl_read_bad!(
     ns_get_owner_uid,
     nix::request_code_none!(NSIO, 0x4),
     libc::uid_t
 );
+
+/// An argument-less ioctl that returns an int (a new fd, or a value), with the unused third
+/// argument explicitly 0: some kernels reject garbage there (pidfs answers EINVAL).
+pub fn ioctl_no_arg(fd: BorrowedFd<'_>, request: u64) -> nix::Result<i32> {
+    // SAFETY: the request takes no argument; 0 is passed for it.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), request as _, 0) };
+    nix::errno::Errno::result(ret)
+}
+
+/// An argument-less ioctl that returns a new fd.
+pub fn ioctl_new_fd(fd: BorrowedFd<'_>, request: u64) -> nix::Result<OwnedFd> {
+    let raw = ioctl_no_arg(fd, request)?;
+    // SAFETY: the ioctl returned a fresh fd owned by no one else.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
 
 /// Identity of a namespace: the nsfs device and inode, as `stat` reports them.
 #[derive(
@@ -41,24 +56,17 @@ impl NsId {
 
 /// The namespace type of an nsfs fd (a `CLONE_NEW*` constant), or `None` if it is no namespace.
 pub fn ns_type(fd: BorrowedFd<'_>) -> Option<i32> {
-    // SAFETY: NS_GET_NSTYPE takes no argument and only reads the fd's inode.
-    unsafe { ns_get_nstype(fd.as_raw_fd()) }.ok()
+    ioctl_no_arg(fd, NS_GET_NSTYPE).ok()
 }
 
 /// The user namespace that owns a non-user namespace (NS_GET_USERNS).
 pub fn owning_userns(fd: BorrowedFd<'_>) -> nix::Result<OwnedFd> {
-    // SAFETY: NS_GET_USERNS returns a new fd that we take ownership of.
-    let raw = unsafe { ns_get_userns(fd.as_raw_fd()) }?;
-    // SAFETY: `raw` is a fresh fd owned by no one else.
-    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+    ioctl_new_fd(fd, NS_GET_USERNS)
 }
 
 /// The parent of a user namespace, or `None` once outside what this process may see.
 pub fn parent_userns(fd: BorrowedFd<'_>) -> Option<OwnedFd> {
-    // SAFETY: NS_GET_PARENT returns a new fd that we take ownership of.
-    let raw = unsafe { ns_get_parent(fd.as_raw_fd()) }.ok()?;
-    // SAFETY: `raw` is a fresh fd owned by no one else.
-    Some(unsafe { OwnedFd::from_raw_fd(raw) })
+    ioctl_new_fd(fd, NS_GET_PARENT).ok()
 }
 
 /// A user namespace received from a caller, checked to be one.
@@ -200,6 +208,80 @@ impl NsWorker {
     }
 }
 
+impl NsWorker {
+    /// The namespace's (uid_map, gid_map) texts.
+    pub fn maps(&self) -> Result<(String, String), BurrowError> {
+        let read = |which: &str| {
+            let path = self.proc_path(which);
+            std::fs::read_to_string(&path)
+                .map_err(|e| BurrowError::Failed(format!("reading {}: {e}", path.display())))
+        };
+        Ok((read("uid_map")?, read("gid_map")?))
+    }
+}
+
+/// A new user namespace (a child of the helper's own) with the given maps, held by fd only.
+/// Helpers use such namespaces as mount idmappings; no process ever runs in them.
+pub fn create_userns(uid_map: &str, gid_map: &str) -> Result<OwnedFd, BurrowError> {
+    let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| BurrowError::Failed(format!("pipe: {e}")))?;
+    // SAFETY: the child only makes raw syscalls (prctl, close_range, unshare, write, pause).
+    match unsafe { nix::unistd::fork() } {
+        Ok(nix::unistd::ForkResult::Child) => {
+            // SAFETY: freshly forked child; never returns.
+            unsafe { unshared_child(ready_w.as_raw_fd()) }
+        }
+        Ok(nix::unistd::ForkResult::Parent { child }) => {
+            drop(ready_w);
+            let worker = NsWorker { pid: child };
+            let mut status = [0u8; 4];
+            File::from(ready_r)
+                .read_exact(&mut status)
+                .map_err(|e| BurrowError::Failed(format!("userns child died: {e}")))?;
+            if status != [0; 4] {
+                return Err(BurrowError::Failed(format!(
+                    "unshare(CLONE_NEWUSER): {}",
+                    nix::errno::Errno::from_raw(i32::from_ne_bytes(status))
+                )));
+            }
+            for (which, map) in [("uid_map", uid_map), ("gid_map", gid_map)] {
+                let path = worker.proc_path(which);
+                std::fs::write(&path, map).map_err(|e| {
+                    BurrowError::Failed(format!("writing {} ({map:?}): {e}", path.display()))
+                })?;
+            }
+            let ns = File::open(worker.proc_path("ns/user"))
+                .map_err(|e| BurrowError::Failed(format!("opening the new user namespace: {e}")))?;
+            Ok(ns.into())
+        }
+        Err(e) => Err(BurrowError::Failed(format!("fork: {e}"))),
+    }
+}
+
+/// Body of the child that creates a user namespace for [`create_userns`].
+///
+/// # Safety
+/// Must only be called in a freshly forked child; never returns.
+unsafe fn unshared_child(ready: RawFd) -> ! {
+    // SAFETY: plain syscalls on integers.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        libc::prctl(libc::PR_SET_DUMPABLE, 0);
+        close_all_except(&[ready]);
+        let status: i32 = if libc::unshare(libc::CLONE_NEWUSER) == 0 {
+            0
+        } else {
+            *libc::__errno_location()
+        };
+        let bytes = status.to_ne_bytes();
+        libc::write(ready, bytes.as_ptr().cast(), bytes.len());
+        libc::close(ready);
+        loop {
+            libc::pause();
+        }
+    }
+}
+
 /// The outside ID that `inside` maps to in a `uid_map`/`gid_map` text.
 pub fn host_id_of(map: &str, inside: u32) -> Option<u32> {
     map.lines().find_map(|line| {
@@ -253,7 +335,7 @@ unsafe fn worker_main(userns: RawFd, ready: RawFd) -> ! {
 ///
 /// # Safety
 /// Only for a freshly forked child that owns no Rust fd wrappers it still uses.
-unsafe fn close_all_except(keep: &[RawFd]) {
+pub unsafe fn close_all_except(keep: &[RawFd]) {
     let mut from: u32 = 0;
     for &fd in keep {
         let fd = fd as u32;

@@ -181,9 +181,10 @@ pub struct HarnessOptions {
 }
 
 /// The helpers: bus name, binary, state directory argument.
-const HELPERS: [(&str, &str); 2] = [
+const HELPERS: [(&str, &str); 3] = [
     ("org.burrow.IdMap1", "burrow-idmapd"),
     ("org.burrow.Dev1", "burrow-devd"),
+    ("org.burrow.Mount1", "burrow-mountd"),
 ];
 
 /// A private system bus with polkitd and Burrow's helpers activatable on it.
@@ -230,7 +231,8 @@ impl Harness {
                     ]);
                     exec.extend(options.idmapd_args.iter().cloned());
                 }
-                _ => exec.extend(options.devd_args.iter().cloned()),
+                "burrow-devd" => exec.extend(options.devd_args.iter().cloned()),
+                _ => exec.extend(["--staging-dir".into(), dir.join("staging").display().to_string()]),
             }
             fs::write(
                 dir.join(format!("services/{bus_name}.service")),

@@ -85,9 +85,40 @@ enum Cmd {
         #[arg(long)]
         bogus_option: bool,
     },
+    /// Assemble a container by hand from the helpers (idmapd, devd, mountd BuildRoot), run
+    /// SCRIPT in it with /bin/sh, report its output and exit status.
+    Container {
+        #[arg(long)]
+        rootfs: String,
+        #[arg(long)]
+        script: String,
+        /// Extra plan entries as JSON: {"mounts": [[dest, type, fd_or_null, [opts]]...],
+        /// "masked_paths": [...], "readonly_paths": [...], "extra_fds": ["/path", ...],
+        /// "bogus_key": true, "pidfd_of": PID}
+        #[arg(long, default_value = "{}")]
+        plan: String,
+    },
+    /// IdmapMount of DIR for a fresh, allocated user namespace; reports the owner of DIR's
+    /// entries as seen through the mount from inside, and creates FILE (if given) through it.
+    IdmapMount {
+        #[arg(long)]
+        dir: String,
+        #[arg(long)]
+        read_only: bool,
+        #[arg(long)]
+        create: Option<String>,
+        #[arg(long, value_enum, default_value = "fresh")]
+        fd_kind: FdKind,
+    },
     /// Internal: joins the user namespace on fd 3 as its root, attaches the mount on fd 4 in a
     /// new mount namespace and reports what it sees.
     InspectDev,
+    /// Internal: like inspect-dev, for an ID-mapped directory: owners inside, and creates
+    /// FILE through it.
+    InspectMount {
+        #[arg(long)]
+        create: Option<String>,
+    },
     /// Print the next COUNT Allocated/Released signals (after a `subscribed` line).
     WatchSignals {
         #[arg(long)]
@@ -224,15 +255,22 @@ fn wait_for_stdin_eof() {
 
 fn main() {
     let args = Args::parse();
-    if matches!(args.command, Cmd::InspectDev) {
-        // Before any thread exists: setns(CLONE_NEWUSER) needs a single-threaded process.
-        print(inspect_dev::run());
-        return;
+    // Before any thread exists: setns(CLONE_NEWUSER) needs a single-threaded process.
+    match &args.command {
+        Cmd::InspectDev => return print(inspect_dev::run()),
+        Cmd::InspectMount { create } => return print(inspect_dev::run_mount(create.as_deref())),
+        _ => {}
     }
     // Take the inherited fd before anything else can be opened as fd 3.
     let mut inherited = matches!(
         args.command,
         Cmd::Allocate {
+            fd_kind: FdKind::Inherited,
+            ..
+        } | Cmd::DevCreate {
+            fd_kind: FdKind::Inherited,
+            ..
+        } | Cmd::IdmapMount {
             fd_kind: FdKind::Inherited,
             ..
         }
@@ -343,7 +381,35 @@ fn main() {
                     print(both.next().await.expect("signal stream ended"));
                 }
             }
-            Cmd::InspectDev => unreachable!("handled before the runtime starts"),
+            Cmd::InspectDev | Cmd::InspectMount { .. } => unreachable!("handled before the runtime starts"),
+            Cmd::Container { rootfs, script, plan } => {
+                let plan: Value = serde_json::from_str(&plan).expect("--plan is JSON");
+                print(container::run(&conn, &proxy, &rootfs, &script, &plan).await);
+            }
+            Cmd::IdmapMount { dir, read_only, create, fd_kind } => {
+                let holder = Holder::new(false);
+                let name = format!("idm-{}", std::process::id());
+                let allocated = allocate(&proxy, &name, holder.ns("user"), Some(&holder)).await;
+                assert_eq!(allocated["ok"], true, "idmapd: {allocated}");
+                let userns = match fd_kind {
+                    FdKind::Inherited => inherited.take().expect("fd 3"),
+                    FdKind::File => File::open("/etc/hostname").unwrap().into(),
+                    _ => holder.ns("user"),
+                };
+                let dir_fd: OwnedFd = rustix::fs::open(dir.as_str(), rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC, rustix::fs::Mode::empty()).unwrap();
+                let mountd = burrow_bus::proxy::Mount1Proxy::new(&conn).await.unwrap();
+                let mut result = match mountd.idmap_mount(dir_fd.into(), userns.into(), read_only).await {
+                    Ok(mount) => {
+                        let report = inspect_dev::spawn_with("inspect-mount", holder.ns("user"), mount.into(), create.as_deref());
+                        json!({"ok": true, "inside": report})
+                    }
+                    Err(e) => error_json(&e),
+                };
+                result["op"] = "idmap-mount".into();
+                drop(holder);
+                proxy.release(&name).await.unwrap();
+                print(result);
+            }
             Cmd::DevCreate { fd_kind, unmapped, extra, bogus_option } => {
                 let holder = Holder::new(fd_kind == FdKind::SelfMapped);
                 let name = format!("dev-{}", std::process::id());
@@ -401,9 +467,21 @@ mod inspect_dev {
 
     /// Runs `inspect-dev` in a new process with the two fds as 3 and 4; returns its report.
     pub fn spawn(userns: OwnedFd, mount: OwnedFd) -> Value {
+        spawn_with("inspect-dev", userns, mount, None)
+    }
+
+    pub fn spawn_with(
+        command: &str,
+        userns: OwnedFd,
+        mount: OwnedFd,
+        create: Option<&str>,
+    ) -> Value {
         let (ns, mnt) = (userns.as_raw_fd(), mount.as_raw_fd());
         let mut cmd = Command::new(std::env::current_exe().unwrap());
-        cmd.arg("inspect-dev");
+        cmd.arg(command);
+        if let Some(create) = create {
+            cmd.args(["--create", create]);
+        }
         // SAFETY: only dup2/fcntl between fork and exec; fds 3 and 4 are set up from copies
         // above 10 so neither dup2 clobbers the other's source.
         unsafe {
@@ -433,7 +511,32 @@ mod inspect_dev {
         }
     }
 
+    /// Joins the namespace, attaches fd 4 on /mnt, reports owners and creates `create`.
+    pub fn run_mount(create: Option<&str>) -> Value {
+        enter_and_attach();
+        let mut owners = serde_json::Map::new();
+        for entry in std::fs::read_dir("/mnt").unwrap().flatten() {
+            let meta = std::fs::symlink_metadata(entry.path()).unwrap();
+            owners.insert(
+                entry.file_name().to_string_lossy().into_owned(),
+                json!([meta.uid(), meta.gid()]),
+            );
+        }
+        let created = create.map(|name| {
+            errno_of(std::fs::write(
+                std::path::Path::new("/mnt").join(name),
+                b"written inside",
+            ))
+        });
+        json!({"owners": owners, "create_errno": created})
+    }
+
     pub fn run() -> Value {
+        enter_and_attach();
+        inspect()
+    }
+
+    fn enter_and_attach() {
         // SAFETY: single-threaded process (called before any runtime or thread starts).
         unsafe {
             assert_eq!(
@@ -468,6 +571,9 @@ mod inspect_dev {
             );
             assert_eq!(moved, 0, "move_mount: {}", std::io::Error::last_os_error());
         }
+    }
+
+    fn inspect() -> Value {
         let dev = std::path::Path::new("/mnt");
         let mut entries = vec![];
         let mut walk = vec![dev.to_path_buf()];
@@ -538,5 +644,364 @@ mod inspect_dev {
             "noexec": flags.contains(nix::sys::statvfs::FsFlags::ST_NOEXEC),
             "uid_inside": nix::unistd::getuid().as_raw(),
         })
+    }
+}
+
+mod container {
+    use std::ffi::CString;
+    use std::io::Read;
+    use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+    use burrow_bus::proxy::{Dev1Proxy, IdMap1Proxy, Mount1Proxy};
+    use nix::sys::socket::{self, ControlMessage, MsgFlags};
+    use serde_json::{json, Value};
+    use zbus::zvariant::Value as ZValue;
+
+    /// runc's defaults.
+    pub const MASKED: [&str; 11] = [
+        "/proc/acpi",
+        "/proc/asound",
+        "/proc/kcore",
+        "/proc/keys",
+        "/proc/latency_stats",
+        "/proc/timer_list",
+        "/proc/timer_stats",
+        "/proc/sched_debug",
+        "/proc/scsi",
+        "/sys/firmware",
+        "/sys/devices/virtual/powercap",
+    ];
+    pub const READONLY: [&str; 5] = [
+        "/proc/bus",
+        "/proc/fs",
+        "/proc/irq",
+        "/proc/sys",
+        "/proc/sysrq-trigger",
+    ];
+
+    fn read_byte(fd: RawFd) -> u8 {
+        let mut b = 0u8;
+        // SAFETY: reading one byte into a local.
+        unsafe { libc::read(fd, (&mut b as *mut u8).cast(), 1) };
+        b
+    }
+
+    fn write_bytes(fd: RawFd, bytes: &[u8]) {
+        // SAFETY: writing from a valid slice.
+        unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+    }
+
+    /// The container's init (P2) and its parent (P1), forked like a runtime does it: P1
+    /// creates the user namespace and waits for its maps, becomes root in it, unshares the
+    /// rest and forks P2, the pid 1. P2 waits for its mount namespace on `sock`, joins it and
+    /// execs /bin/sh -c SCRIPT with its output on `out`.
+    struct Init {
+        p1: nix::unistd::Pid,
+        /// P1 reports P2's pid here.
+        up: OwnedFd,
+        /// Tells P1 the maps are written.
+        go: OwnedFd,
+        userns: OwnedFd,
+    }
+
+    fn start(script: &str, sock: RawFd, out: RawFd) -> Init {
+        let argv: Vec<CString> = ["/bin/sh", "-c", script]
+            .iter()
+            .map(|a| CString::new(*a).unwrap())
+            .collect();
+        let argv_ptrs: Vec<*const libc::c_char> = argv
+            .iter()
+            .map(|a| a.as_ptr())
+            .chain([std::ptr::null()])
+            .collect();
+        let envp: Vec<CString> = ["PATH=/bin:/sbin:/usr/bin:/usr/sbin", "HOME=/root"]
+            .iter()
+            .map(|a| CString::new(*a).unwrap())
+            .collect();
+        let envp_ptrs: Vec<*const libc::c_char> = envp
+            .iter()
+            .map(|a| a.as_ptr())
+            .chain([std::ptr::null()])
+            .collect();
+        let (up_r, up_w_owned) = nix::unistd::pipe().unwrap();
+        let (down_r_owned, down_w) = nix::unistd::pipe().unwrap();
+        let (up_w, down_r_fd) = (up_w_owned.as_raw_fd(), down_r_owned.as_raw_fd());
+        // SAFETY: the children only make raw syscalls with data prepared above.
+        match unsafe { nix::unistd::fork() }.unwrap() {
+            nix::unistd::ForkResult::Child => unsafe {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                if libc::unshare(libc::CLONE_NEWUSER) != 0 {
+                    libc::_exit(101);
+                }
+                write_bytes(up_w, b"u");
+                read_byte(down_r_fd); // maps written
+                if libc::setresgid(0, 0, 0) != 0 || libc::setresuid(0, 0, 0) != 0 {
+                    libc::_exit(102);
+                }
+                let flags = libc::CLONE_NEWPID
+                    | libc::CLONE_NEWNET
+                    | libc::CLONE_NEWIPC
+                    | libc::CLONE_NEWUTS
+                    | libc::CLONE_NEWCGROUP;
+                if libc::unshare(flags) != 0 {
+                    libc::_exit(103);
+                }
+                let p2 = libc::fork();
+                if p2 == 0 {
+                    // P2: pid 1 of the container.
+                    let mut byte = 0u8;
+                    let mut iov = libc::iovec {
+                        iov_base: (&mut byte as *mut u8).cast(),
+                        iov_len: 1,
+                    };
+                    let mut cbuf = [0u8; 64];
+                    let mut msg: libc::msghdr = std::mem::zeroed();
+                    msg.msg_iov = &mut iov;
+                    msg.msg_iovlen = 1;
+                    msg.msg_control = cbuf.as_mut_ptr().cast();
+                    msg.msg_controllen = cbuf.len();
+                    if libc::recvmsg(sock, &mut msg, 0) <= 0 {
+                        libc::_exit(104);
+                    }
+                    let cmsg = libc::CMSG_FIRSTHDR(&msg);
+                    if cmsg.is_null() {
+                        libc::_exit(105);
+                    }
+                    let mntns = *(libc::CMSG_DATA(cmsg) as *const i32);
+                    if libc::setns(mntns, libc::CLONE_NEWNS) != 0 {
+                        libc::_exit(106);
+                    }
+                    libc::close(mntns);
+                    libc::chdir(c"/".as_ptr());
+                    libc::dup2(out, 1);
+                    libc::dup2(out, 2);
+                    libc::execve(argv_ptrs[0], argv_ptrs.as_ptr(), envp_ptrs.as_ptr());
+                    libc::_exit(107);
+                }
+                let pid_bytes = p2.to_ne_bytes();
+                write_bytes(up_w, &pid_bytes);
+                let mut status = 0;
+                libc::waitpid(p2, &mut status, 0);
+                libc::_exit(if libc::WIFEXITED(status) {
+                    libc::WEXITSTATUS(status)
+                } else {
+                    128 + libc::WTERMSIG(status)
+                });
+            },
+            nix::unistd::ForkResult::Parent { child } => {
+                drop((up_w_owned, down_r_owned));
+                assert_eq!(
+                    read_byte(up_r.as_raw_fd()),
+                    b'u',
+                    "P1 failed to unshare its user namespace"
+                );
+                let userns: OwnedFd = std::fs::File::open(format!("/proc/{child}/ns/user"))
+                    .unwrap()
+                    .into();
+                Init {
+                    p1: child,
+                    up: up_r,
+                    go: down_w,
+                    userns,
+                }
+            }
+        }
+    }
+
+    fn fd_arg(plan: &Value, key: &str) -> Vec<String> {
+        plan[key]
+            .as_array()
+            .map(|a| a.iter().map(|v| v.as_str().unwrap().to_string()).collect())
+            .unwrap_or_default()
+    }
+
+    pub async fn run(
+        conn: &zbus::Connection,
+        idmap: &IdMap1Proxy<'_>,
+        rootfs: &str,
+        script: &str,
+        plan: &Value,
+    ) -> Value {
+        let (ours, theirs) = socket::socketpair(
+            socket::AddressFamily::Unix,
+            socket::SockType::SeqPacket,
+            None,
+            socket::SockFlag::empty(),
+        )
+        .unwrap();
+        let (out_r, out_w) = nix::unistd::pipe().unwrap();
+        let init = start(script, theirs.as_raw_fd(), out_w.as_raw_fd());
+        drop(theirs);
+        drop(out_w);
+        let name = format!("ctr-{}", std::process::id());
+        let result = async {
+            let (base, _, _) = idmap
+                .allocate(&name, init.userns.try_clone().unwrap().into())
+                .await?;
+            write_bytes(init.go.as_raw_fd(), b"g");
+            let mut pid = [0u8; 4];
+            nix::unistd::read(init.up.as_raw_fd(), &mut pid).unwrap();
+            let p2 = i32::from_ne_bytes(pid);
+            let pidfd_target = plan["pidfd_of"].as_i64().map_or(p2, |p| p as i32);
+            let pidfd: OwnedFd = match plan["pidfd_kind"].as_str() {
+                Some("file") => std::fs::File::open("/etc/hostname").unwrap().into(),
+                _ => rustix::process::pidfd_open(
+                    rustix::process::Pid::from_raw(pidfd_target).unwrap(),
+                    rustix::process::PidfdFlags::empty(),
+                )
+                .unwrap(),
+            };
+            let dev = Dev1Proxy::new(conn)
+                .await?
+                .create(init.userns.try_clone().unwrap().into(), Default::default())
+                .await?;
+            let open_path = |path: &str| -> OwnedFd {
+                rustix::fs::open(
+                    path,
+                    rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC,
+                    rustix::fs::Mode::empty(),
+                )
+                .unwrap()
+            };
+            let mut fds: Vec<zbus::zvariant::OwnedFd> = vec![open_path(rootfs).into(), dev];
+            for extra in fd_arg(plan, "extra_fds") {
+                fds.push(open_path(&extra).into());
+            }
+            let none = u32::MAX;
+            let mut mounts: Vec<(String, String, u32, Vec<String>)> = vec![
+                (
+                    "/proc".into(),
+                    "proc".into(),
+                    none,
+                    vec!["nosuid".into(), "noexec".into(), "nodev".into()],
+                ),
+                (
+                    "/sys".into(),
+                    "sysfs".into(),
+                    none,
+                    vec![
+                        "nosuid".into(),
+                        "noexec".into(),
+                        "nodev".into(),
+                        "ro".into(),
+                    ],
+                ),
+                (
+                    "/dev/pts".into(),
+                    "devpts".into(),
+                    none,
+                    [
+                        "nosuid",
+                        "noexec",
+                        "newinstance",
+                        "ptmxmode=0666",
+                        "mode=0620",
+                        "gid=5",
+                    ]
+                    .map(String::from)
+                    .to_vec(),
+                ),
+                (
+                    "/dev/mqueue".into(),
+                    "mqueue".into(),
+                    none,
+                    vec!["nosuid".into(), "noexec".into(), "nodev".into()],
+                ),
+                (
+                    "/dev/shm".into(),
+                    "tmpfs".into(),
+                    none,
+                    ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]
+                        .map(String::from)
+                        .to_vec(),
+                ),
+                (
+                    "/run".into(),
+                    "tmpfs".into(),
+                    none,
+                    ["nosuid", "nodev", "mode=755"].map(String::from).to_vec(),
+                ),
+                (
+                    "/tmp".into(),
+                    "tmpfs".into(),
+                    none,
+                    ["nosuid", "nodev", "mode=1777"].map(String::from).to_vec(),
+                ),
+                (
+                    "/sys/fs/cgroup".into(),
+                    "cgroup".into(),
+                    none,
+                    vec!["nosuid".into(), "noexec".into(), "nodev".into()],
+                ),
+            ];
+            for m in plan["mounts"].as_array().cloned().unwrap_or_default() {
+                let opts = m[3]
+                    .as_array()
+                    .map(|a| a.iter().map(|o| o.as_str().unwrap().to_string()).collect())
+                    .unwrap_or_default();
+                mounts.push((
+                    m[0].as_str().unwrap().into(),
+                    m[1].as_str().unwrap().into(),
+                    m[2].as_u64().map_or(none, |v| v as u32),
+                    opts,
+                ));
+            }
+            let masked: Vec<String> = MASKED
+                .iter()
+                .map(|s| s.to_string())
+                .chain(fd_arg(plan, "masked_paths"))
+                .collect();
+            let readonly: Vec<String> = READONLY
+                .iter()
+                .map(|s| s.to_string())
+                .chain(fd_arg(plan, "readonly_paths"))
+                .collect();
+            let mut wire = std::collections::HashMap::new();
+            wire.insert("rootfs", ZValue::from(0u32));
+            wire.insert("dev", ZValue::from(1u32));
+            wire.insert("mounts", ZValue::from(mounts));
+            wire.insert("masked_paths", ZValue::from(masked));
+            wire.insert("readonly_paths", ZValue::from(readonly));
+            if plan["bogus_key"] == true {
+                wire.insert("bogus", ZValue::from(true));
+            }
+            let mntns = Mount1Proxy::new(conn)
+                .await?
+                .build_root(pidfd.into(), wire, fds)
+                .await?;
+            let mntns: OwnedFd = mntns.into();
+            socket::sendmsg::<()>(
+                ours.as_raw_fd(),
+                &[std::io::IoSlice::new(b"m")],
+                &[ControlMessage::ScmRights(&[mntns.as_raw_fd()])],
+                MsgFlags::empty(),
+                None,
+            )
+            .unwrap();
+            Ok::<u32, zbus::Error>(base)
+        }
+        .await;
+        let value = match result {
+            Ok(base) => {
+                let mut output = String::new();
+                std::fs::File::from(out_r)
+                    .read_to_string(&mut output)
+                    .unwrap();
+                let status = nix::sys::wait::waitpid(init.p1, None).unwrap();
+                let code = match status {
+                    nix::sys::wait::WaitStatus::Exited(_, c) => c,
+                    other => panic!("container P1: {other:?}"),
+                };
+                json!({"ok": true, "base": base, "exit": code, "output": output})
+            }
+            Err(e) => {
+                let _ = nix::sys::signal::kill(init.p1, nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::wait::waitpid(init.p1, None);
+                super::error_json(&e)
+            }
+        };
+        drop(init.userns);
+        let _ = idmap.release(&name).await;
+        value
     }
 }

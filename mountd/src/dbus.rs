@@ -1,0 +1,289 @@
+//! The `org.burrow.Mount1` interface.
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use burrow_bus::contract::mount;
+use burrow_bus::service::Activity;
+use burrow_bus::userns::{NsWorker, UserNs};
+use burrow_bus::{BurrowError, Caller};
+use rustix::mount::MountAttrFlags;
+use zbus::message::Header;
+use zbus::zvariant::{self, OwnedValue};
+use zbus::Connection;
+
+use crate::build::{self, CgroupLayout, Job, Prepared};
+use crate::idmap::{caller_disk_map, check_owner, idmapped_clone, set_attributes};
+use crate::pidfd::container_namespaces;
+use crate::plan::{translate_ids, Kind, MountEntry, Plan};
+
+const TMPFS_MAGIC: i64 = 0x01021994;
+
+pub struct Mount {
+    pub staging: CString,
+    pub activity: Activity,
+}
+
+/// The user namespace whose mapping an ID-mapped mount of `caller`'s gets: the container's own
+/// for root (on-disk root is the container's root, as Docker expects), a derived one for
+/// everyone else (see [`caller_disk_map`]).
+fn mapping_for(
+    caller_uid: u32,
+    userns: &UserNs,
+    worker: &NsWorker,
+) -> Result<OwnedFd, BurrowError> {
+    if caller_uid == 0 {
+        return userns
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| BurrowError::Failed(format!("dup userns: {e}")));
+    }
+    let gid = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(caller_uid))
+        .ok()
+        .flatten()
+        .ok_or_else(|| BurrowError::NotAuthorized(format!("uid {caller_uid} has no account")))?
+        .gid
+        .as_raw();
+    let (uid_map, gid_map) = worker.maps()?;
+    burrow_bus::userns::create_userns(
+        &caller_disk_map(&uid_map, caller_uid)?,
+        &caller_disk_map(&gid_map, gid)?,
+    )
+}
+
+fn flags_of(options: &crate::plan::Options) -> MountAttrFlags {
+    let mut attrs = MountAttrFlags::empty();
+    for (on, flag) in [
+        (options.read_only, MountAttrFlags::MOUNT_ATTR_RDONLY),
+        (options.nosuid, MountAttrFlags::MOUNT_ATTR_NOSUID),
+        (options.nodev, MountAttrFlags::MOUNT_ATTR_NODEV),
+        (options.noexec, MountAttrFlags::MOUNT_ATTR_NOEXEC),
+    ] {
+        if on {
+            attrs |= flag;
+        }
+    }
+    attrs
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, BurrowError> + Send + 'static,
+) -> Result<T, BurrowError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| BurrowError::Failed(format!("worker task failed: {e}")))?
+}
+
+#[zbus::interface(name = "org.burrow.Mount1")]
+impl Mount {
+    /// An ID-mapped clone of the directory `dir` (an O_PATH fd the caller opened), mapped
+    /// through the user namespace `userns` (owned by the caller, already mapped), as a
+    /// detached mount. Overlayfs mounts are re-made on ID-mapped layers. Non-root callers may
+    /// only map directories they own, and what the container writes is stored as the caller
+    /// (for its root) or as IDs of the container's own range, never as host root.
+    async fn idmap_mount(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        dir: zvariant::OwnedFd,
+        userns: zvariant::OwnedFd,
+        read_only: bool,
+    ) -> Result<zvariant::OwnedFd, BurrowError> {
+        let _call = self.activity.begin();
+        let caller = Caller::identify(conn, &header).await?;
+        let result = async {
+            let userns = UserNs::from_caller_fd(userns.into(), caller.uid)?;
+            let dir: OwnedFd = dir.into();
+            check_directory(dir.as_fd())?;
+            check_owner(dir.as_fd(), caller.uid)?;
+            caller.authorize(conn, &header, mount::ACTION_IDMAP).await?;
+            let uid = caller.uid;
+            blocking(move || {
+                let worker = userns.enter()?;
+                let mapping = mapping_for(uid, &userns, &worker)?;
+                let clone = idmapped_clone(dir.as_fd(), mapping.as_fd(), false)?;
+                if read_only {
+                    set_attributes(
+                        clone.as_fd(),
+                        MountAttrFlags::MOUNT_ATTR_RDONLY,
+                        MountAttrFlags::empty(),
+                        None,
+                        false,
+                    )
+                    .map_err(|e| BurrowError::Failed(format!("read-only: {e}")))?;
+                }
+                Ok(clone)
+            })
+            .await
+        }
+        .await;
+        log_result(&caller, "IdmapMount", &result);
+        result.map(Into::into)
+    }
+
+    /// The container's whole mount namespace, locked, as an fd to setns(2) into. `init_pidfd`
+    /// is a pidfd of the container's init: its user namespace (owned by the caller) and its
+    /// pid, network, ipc and cgroup namespaces (owned by that user namespace) are used.
+    /// `plan` (a{sv}): `rootfs` (u, index into `fds` of an O_PATH directory), `dev` (u, the
+    /// mount from org.burrow.Dev1), `rootfs_readonly` (b), `mounts` (a(ssuas): destination,
+    /// type, source fd index or 0xffffffff, options), `masked_paths` (as), `readonly_paths` (as).
+    async fn build_root(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        init_pidfd: zvariant::OwnedFd,
+        plan: HashMap<String, OwnedValue>,
+        fds: Vec<zvariant::OwnedFd>,
+    ) -> Result<zvariant::OwnedFd, BurrowError> {
+        let _call = self.activity.begin();
+        let caller = Caller::identify(conn, &header).await?;
+        let staging = self.staging.clone();
+        let result = async {
+            let plan = Plan::parse(plan, fds.len())?;
+            let fds: Vec<OwnedFd> = fds.into_iter().map(Into::into).collect();
+            let pidfd: OwnedFd = init_pidfd.into();
+            let (userns, namespaces) = container_namespaces(pidfd.as_fd(), caller.uid)?;
+            check_directory(fds[plan.rootfs].as_fd())?;
+            for index in
+                std::iter::once(plan.rootfs).chain(plan.mounts.iter().filter_map(
+                    |m| match m.kind {
+                        Kind::Bind { source, .. } => Some(source),
+                        _ => None,
+                    },
+                ))
+            {
+                check_owner(fds[index].as_fd(), caller.uid)?;
+            }
+            caller.authorize(conn, &header, mount::ACTION_BUILD).await?;
+            let uid = caller.uid;
+            blocking(move || prepare_and_build(uid, userns, namespaces, plan, fds, staging)).await
+        }
+        .await;
+        log_result(&caller, "BuildRoot", &result);
+        result.map(Into::into)
+    }
+}
+
+fn log_result<T>(caller: &Caller, method: &str, result: &Result<T, BurrowError>) {
+    match result {
+        Ok(_) => tracing::info!(uid = caller.uid, pid = ?caller.pid, method, "done"),
+        Err(e) => {
+            tracing::info!(uid = caller.uid, pid = ?caller.pid, method, error = %e.dbus_name(), reason = %e, "refused")
+        }
+    }
+}
+
+fn check_directory(fd: BorrowedFd<'_>) -> Result<(), BurrowError> {
+    let st =
+        rustix::fs::fstat(fd).map_err(|e| BurrowError::InvalidArgument(format!("fstat: {e}")))?;
+    if !rustix::fs::FileType::from_raw_mode(st.st_mode).is_dir() {
+        return Err(BurrowError::InvalidArgument(
+            "the rootfs / directory fd is not a directory".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn prepare_and_build(
+    caller_uid: u32,
+    userns: UserNs,
+    namespaces: crate::pidfd::Namespaces,
+    plan: Plan,
+    fds: Vec<OwnedFd>,
+    staging: CString,
+) -> Result<OwnedFd, BurrowError> {
+    let worker = userns.enter()?;
+    let root_ids = worker.root_ids()?;
+    let (uid_map, gid_map) = worker.maps()?;
+    drop(worker);
+    let dev_fs = rustix::fs::fstatfs(fds[plan.dev].as_fd())
+        .map_err(|e| BurrowError::InvalidArgument(format!("dev fd: {e}")))?;
+    let dev_owner = rustix::fs::fstat(fds[plan.dev].as_fd())
+        .map_err(|e| BurrowError::InvalidArgument(format!("dev fd: {e}")))?
+        .st_uid;
+    if dev_fs.f_type as i64 != TMPFS_MAGIC || dev_owner != root_ids.0 {
+        return Err(BurrowError::InvalidArgument(
+            "the dev fd must be the /dev mount org.burrow.Dev1 made for this user namespace".into(),
+        ));
+    }
+    let worker = userns.enter()?;
+    let mapping = mapping_for(caller_uid, &userns, &worker)?;
+    drop(worker);
+    let rootfs = idmapped_clone(fds[plan.rootfs].as_fd(), mapping.as_fd(), false)?;
+    if plan.rootfs_read_only {
+        set_attributes(
+            rootfs.as_fd(),
+            MountAttrFlags::MOUNT_ATTR_RDONLY,
+            MountAttrFlags::empty(),
+            None,
+            false,
+        )
+        .map_err(|e| BurrowError::Failed(format!("read-only rootfs: {e}")))?;
+    }
+    let mut mounts = vec![];
+    for MountEntry {
+        destination,
+        kind,
+        options,
+    } in plan.mounts
+    {
+        let attrs = flags_of(&options);
+        let data = translate_ids(&options.data, &uid_map, &gid_map)?;
+        let fresh = |fstype: &'static str,
+                     mut data: Vec<(String, Option<String>)>,
+                     attrs: MountAttrFlags| {
+            if fstype == "tmpfs" {
+                for (key, id) in [("uid", root_ids.0), ("gid", root_ids.1)] {
+                    if !data.iter().any(|(k, _)| k == key) {
+                        data.push((key.to_string(), Some(id.to_string())));
+                    }
+                }
+            }
+            Prepared::Fresh {
+                destination: destination.clone(),
+                fstype,
+                data,
+                attrs,
+            }
+        };
+        mounts.push(match kind {
+            Kind::Bind { source, recursive } => {
+                let is_file = rustix::fs::fstat(fds[source].as_fd())
+                    .is_ok_and(|st| !rustix::fs::FileType::from_raw_mode(st.st_mode).is_dir());
+                let mount = idmapped_clone(fds[source].as_fd(), mapping.as_fd(), recursive)?;
+                Prepared::Attach {
+                    destination,
+                    mount,
+                    is_file,
+                    attrs,
+                }
+            }
+            Kind::Proc => fresh("proc", data, attrs),
+            Kind::Sysfs => fresh("sysfs", data, attrs | MountAttrFlags::MOUNT_ATTR_RDONLY),
+            Kind::Tmpfs => fresh("tmpfs", data, attrs),
+            Kind::Devpts => fresh("devpts", data, attrs),
+            Kind::Mqueue => fresh("mqueue", data, attrs),
+            Kind::Cgroup => Prepared::Cgroup { destination, attrs },
+        });
+    }
+    let dev = fds[plan.dev]
+        .try_clone()
+        .map_err(|e| BurrowError::Failed(format!("dup dev fd: {e}")))?;
+    let job = Job {
+        user: userns
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| BurrowError::Failed(e.to_string()))?,
+        namespaces,
+        root_ids,
+        rootfs,
+        dev,
+        mounts,
+        masked: plan.masked_paths,
+        readonly: plan.readonly_paths,
+        cgroups: CgroupLayout::of_host()?,
+        staging,
+    };
+    build::build(job)
+}

@@ -1,0 +1,294 @@
+//! ID-mapped clones of directories the caller opened, including overlayfs (whose layers are
+//! mapped one by one, since this kernel cannot map an overlay mount itself).
+
+use std::fs;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+
+use burrow_bus::BurrowError;
+use rustix::fs::{statx, AtFlags, Mode, OFlags, StatxFlags};
+use rustix::mount::{
+    fsconfig_create, fsconfig_set_fd, fsmount, fsopen, open_tree, FsMountFlags, FsOpenFlags,
+    MountAttrFlags, OpenTreeFlags,
+};
+
+const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c7630;
+
+/// `struct mount_attr` of mount_setattr(2).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// mount_setattr(2) on the mount `fd` (and, with `recursive`, every mount below it).
+pub fn set_attributes(
+    fd: BorrowedFd<'_>,
+    set: MountAttrFlags,
+    clear: MountAttrFlags,
+    userns: Option<BorrowedFd<'_>>,
+    recursive: bool,
+) -> rustix::io::Result<()> {
+    let attr = MountAttr {
+        attr_set: u64::from(set.bits()),
+        attr_clr: u64::from(clear.bits()),
+        propagation: 0,
+        userns_fd: userns.map_or(0, |fd| fd.as_raw_fd() as u64),
+    };
+    let flags = libc::AT_EMPTY_PATH as libc::c_uint
+        | if recursive {
+            libc::AT_RECURSIVE as libc::c_uint
+        } else {
+            0
+        };
+    // SAFETY: `attr` is a valid mount_attr of the size passed, the path is an empty C string,
+    // and `fd` is a live fd borrowed for the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            flags,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if ret == 0 {
+        Ok(())
+    } else {
+        Err(rustix::io::Errno::from_raw_os_error(
+            nix::errno::Errno::last_raw(),
+        ))
+    }
+}
+
+/// A mount idmapping for non-root callers: the container's own host range maps to itself
+/// on disk, except the container's root, which is stored on disk as the caller. So the
+/// container's root owns the caller's files, and nothing the container writes is ever owned on
+/// disk by an ID outside what the caller already controls (never host root: no setuid-root
+/// file can appear in the caller's directories).
+pub fn caller_disk_map(container_map: &str, caller_id: u32) -> Result<String, BurrowError> {
+    let root_host = burrow_bus::userns::host_id_of(container_map, 0).ok_or_else(|| {
+        BurrowError::InvalidArgument(
+            "the user namespace maps no root yet; allocate its range first".into(),
+        )
+    })?;
+    let mut lines = vec![format!("{caller_id} {root_host} 1")];
+    for line in container_map.lines() {
+        let fields: Vec<u32> = line
+            .split_whitespace()
+            .filter_map(|f| f.parse().ok())
+            .collect();
+        let [_, outside, count] = fields[..] else {
+            continue;
+        };
+        let end = outside + count; // exclusive
+        let mut push = |from: u32, to: u32| {
+            if to > from {
+                lines.push(format!("{from} {from} {}", to - from));
+            }
+        };
+        if (outside..end).contains(&root_host) {
+            push(outside, root_host);
+            push(root_host + 1, end);
+        } else {
+            push(outside, end);
+        }
+    }
+    if lines.iter().skip(1).any(|l| {
+        let start: u32 = l
+            .split(' ')
+            .next()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let count: u32 = l
+            .rsplit(' ')
+            .next()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        (start..start + count).contains(&caller_id)
+    }) {
+        return Err(BurrowError::InvalidArgument(
+            "the container's range contains the caller's own ID".into(),
+        ));
+    }
+    if lines.len() > 340 {
+        return Err(BurrowError::InvalidArgument(
+            "the container's ID map has too many extents".into(),
+        ));
+    }
+    Ok(lines.join("\n") + "\n")
+}
+
+/// Non-root callers may only map what they own.
+pub fn check_owner(fd: BorrowedFd<'_>, caller_uid: u32) -> Result<(), BurrowError> {
+    if caller_uid == 0 {
+        return Ok(());
+    }
+    let st = rustix::fs::fstat(fd)
+        .map_err(|e| BurrowError::InvalidArgument(format!("fstat of the passed fd: {e}")))?;
+    if st.st_uid != caller_uid {
+        return Err(BurrowError::NotAuthorized(format!(
+            "the passed directory is owned by uid {}, not by the caller (uid {caller_uid}); only your own directories can be mapped",
+            st.st_uid
+        )));
+    }
+    Ok(())
+}
+
+/// A detached, ID-mapped clone of the directory (or file) `source`, mapped through `mapping`.
+pub fn idmapped_clone(
+    source: BorrowedFd<'_>,
+    mapping: BorrowedFd<'_>,
+    recursive: bool,
+) -> Result<OwnedFd, BurrowError> {
+    let fs_type = rustix::fs::fstatfs(source)
+        .map_err(|e| BurrowError::InvalidArgument(format!("fstatfs: {e}")))?
+        .f_type;
+    if fs_type as i64 == OVERLAYFS_SUPER_MAGIC {
+        return overlay_on_mapped_layers(source, mapping);
+    }
+    let mut flags = OpenTreeFlags::OPEN_TREE_CLONE
+        | OpenTreeFlags::OPEN_TREE_CLOEXEC
+        | OpenTreeFlags::AT_EMPTY_PATH;
+    if recursive {
+        flags |= OpenTreeFlags::AT_RECURSIVE;
+    }
+    let tree = open_tree(source, "", flags)
+        .map_err(|e| BurrowError::InvalidArgument(format!("cloning the passed mount: {e}")))?;
+    set_attributes(tree.as_fd(), MountAttrFlags::MOUNT_ATTR_IDMAP, MountAttrFlags::empty(), Some(mapping), recursive)
+        .map_err(|e| {
+            BurrowError::NotSupported(format!(
+                "the filesystem (magic {fs_type:#x}) cannot be ID-mapped: {e}; Burrow never falls back to chown"
+            ))
+        })?;
+    Ok(tree)
+}
+
+/// The layers of the overlay mounted at `merged`, from this process's mountinfo.
+fn overlay_layers(merged: BorrowedFd<'_>) -> Result<(Vec<String>, String, String), BurrowError> {
+    let mnt_id = statx(merged, "", AtFlags::EMPTY_PATH, StatxFlags::MNT_ID)
+        .map_err(|e| BurrowError::Failed(format!("statx: {e}")))?
+        .stx_mnt_id;
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| BurrowError::Failed(format!("mountinfo: {e}")))?;
+    let line = mountinfo
+        .lines()
+        .find(|l| l.split(' ').next().and_then(|id| id.parse::<u64>().ok()) == Some(mnt_id))
+        .ok_or_else(|| {
+            BurrowError::InvalidArgument(
+                "the overlay is not mounted in the helper's mount namespace".into(),
+            )
+        })?;
+    let (fields, tail) = line.split_once(" - ").unwrap_or((line, ""));
+    if fields.split(' ').nth(3) != Some("/") {
+        return Err(BurrowError::InvalidArgument(
+            "pass the root of the overlay mount, not a directory inside it".into(),
+        ));
+    }
+    let super_options = tail.splitn(3, ' ').nth(2).unwrap_or("");
+    let (mut lower, mut upper, mut work) = (vec![], String::new(), String::new());
+    for option in split_unescaped(super_options) {
+        if let Some(v) = option.strip_prefix("lowerdir=") {
+            lower.extend(v.split(':').map(String::from));
+        } else if let Some(v) = option.strip_prefix("lowerdir+=") {
+            lower.push(v.to_string());
+        } else if let Some(v) = option.strip_prefix("upperdir=") {
+            upper = v.to_string();
+        } else if let Some(v) = option.strip_prefix("workdir=") {
+            work = v.to_string();
+        }
+    }
+    if lower.is_empty()
+        || lower
+            .iter()
+            .chain([&upper, &work])
+            .any(|p| !p.is_empty() && !p.starts_with('/'))
+    {
+        return Err(BurrowError::NotSupported(format!(
+            "overlay layers must be absolute paths to be re-mounted ID-mapped (got {super_options:?})"
+        )));
+    }
+    Ok((lower, upper, work))
+}
+
+/// Splits mount options at commas not escaped with a backslash.
+fn split_unescaped(options: &str) -> Vec<String> {
+    let mut out = vec![String::new()];
+    let mut escaped = false;
+    for c in options.chars() {
+        match c {
+            ',' if !escaped => out.push(String::new()),
+            '\\' if !escaped => escaped = true,
+            _ => {
+                escaped = false;
+                out.last_mut().unwrap().push(c);
+            }
+        }
+    }
+    out
+}
+
+fn overlay_on_mapped_layers(
+    merged: BorrowedFd<'_>,
+    mapping: BorrowedFd<'_>,
+) -> Result<OwnedFd, BurrowError> {
+    let (lower, upper, work) = overlay_layers(merged)?;
+    let map_layer = |path: &str| -> Result<OwnedFd, BurrowError> {
+        let dir = rustix::fs::open(
+            path,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| BurrowError::Failed(format!("opening overlay layer {path}: {e}")))?;
+        idmapped_clone(dir.as_fd(), mapping, false)
+    };
+    let fs = fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC)
+        .map_err(|e| BurrowError::Failed(format!("fsopen overlay: {e}")))?;
+    let config =
+        |what: &str, e: rustix::io::Errno| BurrowError::Failed(format!("overlay {what}: {e}"));
+    for layer in &lower {
+        let mapped = map_layer(layer)?;
+        fsconfig_set_fd(fs.as_fd(), "lowerdir+", mapped.as_fd())
+            .map_err(|e| config("lowerdir+", e))?;
+    }
+    if !upper.is_empty() {
+        let (u, w) = (map_layer(&upper)?, map_layer(&work)?);
+        fsconfig_set_fd(fs.as_fd(), "upperdir", u.as_fd()).map_err(|e| config("upperdir", e))?;
+        fsconfig_set_fd(fs.as_fd(), "workdir", w.as_fd()).map_err(|e| config("workdir", e))?;
+    }
+    fsconfig_create(fs.as_fd()).map_err(|e| config("create", e))?;
+    fsmount(
+        fs.as_fd(),
+        FsMountFlags::FSMOUNT_CLOEXEC,
+        MountAttrFlags::empty(),
+    )
+    .map_err(|e| config("fsmount", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caller_disk_map_keeps_root_off_disk() {
+        let map = caller_disk_map("         0     524288      65536\n", 1001).unwrap();
+        assert_eq!(map, "1001 524288 1\n524289 524289 65535\n");
+        // A self-mapped namespace ("0 1001 1") maps the caller to itself.
+        assert_eq!(
+            caller_disk_map("0 1001 1\n", 1001).unwrap(),
+            "1001 1001 1\n"
+        );
+        assert!(caller_disk_map("", 1001).is_err());
+        assert!(caller_disk_map("0 1000 100\n", 1001).is_err());
+    }
+
+    #[test]
+    fn splits_options_at_unescaped_commas() {
+        assert_eq!(
+            split_unescaped(r"rw,lowerdir=/a\,b:/c,upperdir=/u"),
+            ["rw", "lowerdir=/a,b:/c", "upperdir=/u"]
+        );
+    }
+}

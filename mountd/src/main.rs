@@ -1,0 +1,70 @@
+//! burrow-mountd: ID-mapped mounts and a container's locked, masked mount namespace, as fds.
+
+mod build;
+mod dbus;
+mod idmap;
+mod pidfd;
+mod plan;
+mod target;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use burrow_bus::contract::mount;
+use burrow_bus::service::{Activity, Service};
+use caps::Capability;
+use clap::Parser;
+
+/// What mountd needs: make mounts and enter namespaces (SYS_ADMIN, SYS_CHROOT), read a
+/// container init's namespaces through its pidfd (SYS_PTRACE), write ID maps of mapping-only
+/// user namespaces and act as the container's root on its files (SETUID, SETGID), and reach
+/// layer directories such as Docker's (DAC_OVERRIDE, DAC_READ_SEARCH).
+const CAPABILITIES: &[Capability] = &[
+    Capability::CAP_SYS_ADMIN,
+    Capability::CAP_SYS_CHROOT,
+    Capability::CAP_SYS_PTRACE,
+    Capability::CAP_SETUID,
+    Capability::CAP_SETGID,
+    Capability::CAP_DAC_OVERRIDE,
+    Capability::CAP_DAC_READ_SEARCH,
+];
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "Burrow mount helper (D-Bus service org.burrow.Mount1)"
+)]
+struct Args {
+    /// An empty directory where workers attach a rootfs in their private mount namespaces.
+    #[arg(
+        long,
+        env = "BURROW_MOUNTD_STAGING",
+        default_value = "/run/burrow/mountd-staging"
+    )]
+    staging_dir: PathBuf,
+    /// Exit after this many seconds without calls (0: never); the bus restarts it on demand.
+    #[arg(long, env = "BURROW_IDLE_TIMEOUT", default_value_t = 30)]
+    idle_timeout: u64,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    burrow_bus::service::start(CAPABILITIES).context("dropping capabilities")?;
+    burrow_bus::state::ensure_private_dir(&args.staging_dir)?;
+    let staging = std::ffi::CString::new(args.staging_dir.as_os_str().as_encoded_bytes())
+        .context("staging dir path")?;
+    let activity = Activity::default();
+    let service = Service {
+        bus_name: mount::BUS_NAME,
+        object_path: mount::OBJECT_PATH,
+        interface: dbus::Mount {
+            staging,
+            activity: activity.clone(),
+        },
+        activity,
+        idle_timeout: Duration::from_secs(args.idle_timeout),
+    };
+    service.run_blocking(async {})?;
+    Ok(())
+}

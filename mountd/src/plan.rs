@@ -1,0 +1,447 @@
+//! The BuildRoot plan: what the caller asks for, checked before anything is mounted.
+
+use std::collections::HashMap;
+
+use zbus::zvariant::OwnedValue;
+
+use burrow_bus::BurrowError;
+
+/// Most fds one BuildRoot call may pass.
+pub const MAX_FDS: usize = 64;
+/// Most mounts, masked and read-only paths one plan may hold, each.
+pub const MAX_ENTRIES: usize = 256;
+/// Marks "no source fd" in a mount entry.
+pub const NO_FD: u32 = u32::MAX;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Kind {
+    Bind { source: usize, recursive: bool },
+    Proc,
+    Sysfs,
+    Tmpfs,
+    Devpts,
+    Mqueue,
+    Cgroup,
+}
+
+/// Mount flags (MOUNT_ATTR_*) and filesystem data options of one mount.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Options {
+    pub read_only: bool,
+    pub nosuid: bool,
+    pub nodev: bool,
+    pub noexec: bool,
+    /// `key=value` or bare-word options for the filesystem (tmpfs size, devpts mode...).
+    pub data: Vec<(String, Option<String>)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MountEntry {
+    /// Absolute path inside the container, normalized (no `.`/`..`, no double slashes).
+    pub destination: String,
+    pub kind: Kind,
+    pub options: Options,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub rootfs: usize,
+    pub rootfs_read_only: bool,
+    pub dev: usize,
+    pub mounts: Vec<MountEntry>,
+    pub masked_paths: Vec<String>,
+    pub readonly_paths: Vec<String>,
+}
+
+fn invalid(msg: impl Into<String>) -> BurrowError {
+    BurrowError::InvalidArgument(msg.into())
+}
+
+/// An absolute container path without `..`: `..` could only climb to the root anyway (targets
+/// are resolved inside the rootfs), but a plan that says it is almost certainly confused.
+pub fn normalize_path(path: &str) -> Result<String, BurrowError> {
+    if !path.starts_with('/') {
+        return Err(invalid(format!("path {path:?} must be absolute")));
+    }
+    if path.contains('\0') || path.len() > 4096 {
+        return Err(invalid(format!(
+            "path {:?} is malformed",
+            path.escape_debug().to_string()
+        )));
+    }
+    let mut parts = vec![];
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => return Err(invalid(format!("path {path:?} must not contain '..'"))),
+            other => parts.push(other),
+        }
+    }
+    Ok(format!("/{}", parts.join("/")))
+}
+
+fn parse_options(destination: &str, raw: &[String]) -> Result<(Options, bool), BurrowError> {
+    let mut options = Options::default();
+    let mut recursive = false;
+    for option in raw {
+        match option.as_str() {
+            "ro" => options.read_only = true,
+            "rw" => options.read_only = false,
+            "nosuid" => options.nosuid = true,
+            "nodev" => options.nodev = true,
+            "noexec" => options.noexec = true,
+            "suid" | "dev" | "exec" | "defaults" | "bind" => {}
+            "rbind" => recursive = true,
+            // Propagation: every mount of the container is private to it anyway.
+            "private" | "rprivate" | "slave" | "rslave" | "shared" | "rshared" | "unbindable"
+            | "runbindable" => {}
+            // Access-time options are accepted and left to the filesystem's default.
+            "relatime" | "norelatime" | "strictatime" | "nostrictatime" | "noatime" | "atime"
+            | "nodiratime" => {}
+            other => {
+                let (key, value) = match other.split_once('=') {
+                    Some((k, v)) => (k, Some(v.to_string())),
+                    None => (other, None),
+                };
+                const DATA_KEYS: [&str; 9] = [
+                    "mode",
+                    "size",
+                    "nr_inodes",
+                    "uid",
+                    "gid",
+                    "newinstance",
+                    "ptmxmode",
+                    "hidepid",
+                    "subset",
+                ];
+                if !DATA_KEYS.contains(&key) {
+                    return Err(invalid(format!(
+                        "mount {destination}: unsupported option {other:?}"
+                    )));
+                }
+                options.data.push((key.to_string(), value));
+            }
+        }
+    }
+    Ok((options, recursive))
+}
+
+fn take<T: TryFrom<OwnedValue>>(
+    key: &str,
+    value: OwnedValue,
+    what: &str,
+) -> Result<T, BurrowError> {
+    T::try_from(value).map_err(|_| invalid(format!("plan key {key:?} must be {what}")))
+}
+
+fn fd_index(key: &str, index: u32, fds: usize) -> Result<usize, BurrowError> {
+    let index = index as usize;
+    if index >= fds {
+        return Err(invalid(format!(
+            "plan key {key:?} names fd {index}, but only {fds} fds were passed"
+        )));
+    }
+    Ok(index)
+}
+
+fn paths(key: &str, value: OwnedValue) -> Result<Vec<String>, BurrowError> {
+    let list: Vec<String> = take(key, value, "an array of strings (as)")?;
+    if list.len() > MAX_ENTRIES {
+        return Err(invalid(format!(
+            "plan key {key:?} has more than {MAX_ENTRIES} entries"
+        )));
+    }
+    list.iter().map(|p| normalize_path(p)).collect()
+}
+
+/// One raw mount entry on the wire: (destination, type, source fd index or NO_FD, options).
+pub type WireMount = (String, String, u32, Vec<String>);
+
+impl Plan {
+    /// Checks a plan against the number of fds passed with it. Every key must be known.
+    pub fn parse(raw: HashMap<String, OwnedValue>, fds: usize) -> Result<Plan, BurrowError> {
+        if fds > MAX_FDS {
+            return Err(invalid(format!(
+                "{fds} fds passed, at most {MAX_FDS} allowed"
+            )));
+        }
+        let (mut rootfs, mut dev) = (None, None);
+        let mut plan = Plan {
+            rootfs: 0,
+            rootfs_read_only: false,
+            dev: 0,
+            mounts: vec![],
+            masked_paths: vec![],
+            readonly_paths: vec![],
+        };
+        for (key, value) in raw {
+            match key.as_str() {
+                "rootfs" => {
+                    rootfs = Some(fd_index(&key, take(&key, value, "an fd index (u)")?, fds)?)
+                }
+                "dev" => dev = Some(fd_index(&key, take(&key, value, "an fd index (u)")?, fds)?),
+                "rootfs_readonly" => plan.rootfs_read_only = take(&key, value, "a boolean (b)")?,
+                "masked_paths" => plan.masked_paths = paths(&key, value)?,
+                "readonly_paths" => plan.readonly_paths = paths(&key, value)?,
+                "mounts" => {
+                    let wire: Vec<WireMount> = take(&key, value, "an array of (ssuas)")?;
+                    if wire.len() > MAX_ENTRIES {
+                        return Err(invalid(format!("more than {MAX_ENTRIES} mounts")));
+                    }
+                    plan.mounts = wire
+                        .into_iter()
+                        .map(|m| Self::mount(m, fds))
+                        .collect::<Result<_, _>>()?;
+                }
+                other => {
+                    return Err(invalid(format!(
+                        "unknown plan key {other:?} (known: rootfs, rootfs_readonly, dev, mounts, \
+                         masked_paths, readonly_paths)"
+                    )))
+                }
+            }
+        }
+        plan.rootfs = rootfs.ok_or_else(|| invalid("plan has no \"rootfs\" fd"))?;
+        plan.dev =
+            dev.ok_or_else(|| invalid("plan has no \"dev\" fd (a mount from org.burrow.Dev1)"))?;
+        if plan.rootfs == plan.dev {
+            return Err(invalid("\"rootfs\" and \"dev\" name the same fd"));
+        }
+        Ok(plan)
+    }
+
+    fn mount(
+        (destination, kind, source, options): WireMount,
+        fds: usize,
+    ) -> Result<MountEntry, BurrowError> {
+        let destination = normalize_path(&destination)?;
+        if destination == "/" || destination == "/dev" {
+            return Err(invalid(format!(
+                "mount on {destination} is not allowed (the rootfs and /dev come from \"rootfs\" and \"dev\")"
+            )));
+        }
+        let (options, recursive) = parse_options(&destination, &options)?;
+        let kind = match kind.as_str() {
+            "bind" | "none" | "" => {
+                if source == NO_FD {
+                    return Err(invalid(format!(
+                        "bind mount {destination} needs a source fd"
+                    )));
+                }
+                Kind::Bind {
+                    source: fd_index("mounts", source, fds)?,
+                    recursive,
+                }
+            }
+            "proc" => Kind::Proc,
+            "sysfs" => Kind::Sysfs,
+            "tmpfs" => Kind::Tmpfs,
+            "devpts" => Kind::Devpts,
+            "mqueue" => Kind::Mqueue,
+            "cgroup" | "cgroup2" => Kind::Cgroup,
+            other => {
+                return Err(invalid(format!(
+                    "mount {destination}: unsupported type {other:?}"
+                )))
+            }
+        };
+        if !matches!(kind, Kind::Bind { .. }) && source != NO_FD {
+            return Err(invalid(format!(
+                "mount {destination}: a {:?} mount takes no source fd",
+                kind
+            )));
+        }
+        if !matches!(kind, Kind::Tmpfs | Kind::Devpts | Kind::Proc) && !options.data.is_empty() {
+            return Err(invalid(format!(
+                "mount {destination}: data options are only for tmpfs, devpts and proc"
+            )));
+        }
+        Ok(MountEntry {
+            destination,
+            kind,
+            options,
+        })
+    }
+}
+
+/// Turns container IDs in `uid=`/`gid=` data options into host IDs through `map`.
+pub fn translate_ids(
+    data: &[(String, Option<String>)],
+    uid_map: &str,
+    gid_map: &str,
+) -> Result<Vec<(String, Option<String>)>, BurrowError> {
+    data.iter()
+        .map(|(key, value)| {
+            let map = match key.as_str() {
+                "uid" => uid_map,
+                "gid" => gid_map,
+                _ => return Ok((key.clone(), value.clone())),
+            };
+            let inside: u32 = value
+                .as_deref()
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| invalid(format!("option {key} needs a numeric value")))?;
+            let host = burrow_bus::userns::host_id_of(map, inside).ok_or_else(|| {
+                invalid(format!(
+                    "option {key}={inside}: not mapped in the container"
+                ))
+            })?;
+            Ok((key.clone(), Some(host.to_string())))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zbus::zvariant::Value;
+
+    fn owned<'a>(v: impl Into<Value<'a>>) -> OwnedValue {
+        v.into().try_to_owned().unwrap()
+    }
+
+    fn base_plan() -> HashMap<String, OwnedValue> {
+        HashMap::from([
+            ("rootfs".to_string(), owned(0u32)),
+            ("dev".to_string(), owned(1u32)),
+        ])
+    }
+
+    #[test]
+    fn normalizes_paths() {
+        assert_eq!(
+            normalize_path("/proc//sys/./kernel/").unwrap(),
+            "/proc/sys/kernel"
+        );
+        assert_eq!(normalize_path("/").unwrap(), "/");
+        for bad in ["proc", "../../etc", "/a/../../etc", "/x\0y", ""] {
+            assert!(normalize_path(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn parses_a_docker_like_plan() {
+        let mut raw = base_plan();
+        let mounts: Vec<WireMount> = vec![
+            (
+                "/proc".into(),
+                "proc".into(),
+                NO_FD,
+                vec!["nosuid".into(), "noexec".into(), "nodev".into()],
+            ),
+            (
+                "/dev/pts".into(),
+                "devpts".into(),
+                NO_FD,
+                [
+                    "nosuid",
+                    "noexec",
+                    "newinstance",
+                    "ptmxmode=0666",
+                    "mode=0620",
+                    "gid=5",
+                ]
+                .map(String::from)
+                .to_vec(),
+            ),
+            ("/sys".into(), "sysfs".into(), NO_FD, vec!["ro".into()]),
+            (
+                "/etc/hosts".into(),
+                "bind".into(),
+                2,
+                vec!["rbind".into(), "rprivate".into()],
+            ),
+        ];
+        raw.insert("mounts".into(), owned(mounts));
+        raw.insert(
+            "masked_paths".into(),
+            owned(vec!["/proc/kcore".to_string()]),
+        );
+        let plan = Plan::parse(raw, 3).unwrap();
+        assert_eq!(plan.mounts.len(), 4);
+        assert_eq!(
+            plan.mounts[3].kind,
+            Kind::Bind {
+                source: 2,
+                recursive: true
+            }
+        );
+        assert!(plan.mounts[2].options.read_only);
+        assert_eq!(
+            plan.mounts[1].options.data[1],
+            ("ptmxmode".to_string(), Some("0666".to_string()))
+        );
+        assert_eq!(plan.masked_paths, ["/proc/kcore"]);
+    }
+
+    #[test]
+    fn rejects_bad_plans() {
+        let with = |key: &str, value: OwnedValue| {
+            let mut raw = base_plan();
+            raw.insert(key.to_string(), value);
+            raw
+        };
+        let mount = |m: WireMount| owned(vec![m]);
+        let cases: Vec<(HashMap<String, OwnedValue>, usize)> = vec![
+            (with("surprise", owned(1u32)), 2),
+            (with("rootfs", owned(7u32)), 2),
+            (with("rootfs", owned("x")), 2),
+            (with("masked_paths", owned(vec!["relative".to_string()])), 2),
+            (
+                with("mounts", mount(("/x".into(), "bind".into(), NO_FD, vec![]))),
+                2,
+            ),
+            (
+                with("mounts", mount(("/x".into(), "ext4".into(), NO_FD, vec![]))),
+                2,
+            ),
+            (
+                with(
+                    "mounts",
+                    mount(("/x".into(), "tmpfs".into(), NO_FD, vec!["exotic=1".into()])),
+                ),
+                2,
+            ),
+            (
+                with(
+                    "mounts",
+                    mount(("/../../etc".into(), "tmpfs".into(), NO_FD, vec![])),
+                ),
+                2,
+            ),
+            (
+                with(
+                    "mounts",
+                    mount(("/dev".into(), "tmpfs".into(), NO_FD, vec![])),
+                ),
+                2,
+            ),
+            (base_plan(), MAX_FDS + 1),
+            (HashMap::from([("rootfs".to_string(), owned(0u32))]), 2),
+        ];
+        for (raw, fds) in cases {
+            let shown = format!("{raw:?}");
+            assert!(
+                matches!(Plan::parse(raw, fds), Err(BurrowError::InvalidArgument(_))),
+                "{shown}"
+            );
+        }
+    }
+
+    #[test]
+    fn translates_ids_through_maps() {
+        let data = vec![
+            ("gid".to_string(), Some("5".to_string())),
+            ("mode".to_string(), Some("0620".to_string())),
+        ];
+        let out = translate_ids(&data, "0 524288 65536", "0 524288 65536").unwrap();
+        assert_eq!(out[0].1.as_deref(), Some("524293"));
+        assert_eq!(out[1].1.as_deref(), Some("0620"));
+        assert!(translate_ids(
+            &[("uid".into(), Some("70000".into()))],
+            "0 524288 65536",
+            ""
+        )
+        .is_err());
+    }
+}
