@@ -10,11 +10,9 @@
 //! and hold only the fds of this job.
 
 use std::ffi::CString;
-use std::io::IoSlice;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use burrow_bus::BurrowError;
-use nix::sys::socket::{self, ControlMessage, ControlMessageOwned, MsgFlags};
 use rustix::fs::{Mode, OFlags};
 use rustix::mount::{
     fsconfig_create, fsconfig_set_flag, fsconfig_set_string, fsmount, fsopen, move_mount,
@@ -24,6 +22,7 @@ use rustix::mount::{
 use crate::idmap::set_attributes;
 use crate::pidfd::{self, Namespaces};
 use crate::target::{resolve, Create};
+use crate::worker::reply;
 
 /// Where, in the container's /dev, the fully visible proc and sysfs live under their cover.
 pub const VISIBLE_DIR: &str = "/dev/.burrow-visible";
@@ -158,98 +157,13 @@ impl Job {
 
 /// Runs the job in workers; returns the container's mount namespace.
 pub fn build(job: Job) -> Result<OwnedFd, BurrowError> {
-    let (ours, theirs) = socket::socketpair(
-        socket::AddressFamily::Unix,
-        socket::SockType::SeqPacket,
-        None,
-        socket::SockFlag::SOCK_CLOEXEC,
-    )
-    .map_err(|e| BurrowError::Failed(format!("socketpair: {e}")))?;
-    let mut keep = job.fds();
-    keep.push(theirs.as_raw_fd());
-    keep.sort_unstable();
-    // SAFETY: the workers only use memory prepared before the fork, raw syscalls and the
-    // allocator (glibc's malloc is safe after fork); they never return into the helper.
-    match unsafe { nix::unistd::fork() } {
-        Ok(nix::unistd::ForkResult::Child) => unsafe {
-            outer_worker(&job, theirs.as_raw_fd(), &keep)
-        },
-        Ok(nix::unistd::ForkResult::Parent { child }) => {
-            drop(theirs);
-            let result = receive(ours.as_fd());
-            let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
-            let _ = nix::sys::wait::waitpid(child, None);
-            result
-        }
-        Err(e) => Err(BurrowError::Failed(format!("fork: {e}"))),
-    }
-}
-
-fn receive(sock: BorrowedFd<'_>) -> Result<OwnedFd, BurrowError> {
-    let mut buf = vec![0u8; 4096];
-    let mut cmsg = nix::cmsg_space!([RawFd; 1]);
-    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-    let msg = socket::recvmsg::<()>(
-        sock.as_raw_fd(),
-        &mut iov,
-        Some(&mut cmsg),
-        MsgFlags::MSG_CMSG_CLOEXEC,
-    )
-    .map_err(|e| BurrowError::Failed(format!("waiting for the mount worker: {e}")))?;
-    let fd = msg
-        .cmsgs()
-        .ok()
-        .into_iter()
-        .flatten()
-        .find_map(|c| match c {
-            ControlMessageOwned::ScmRights(fds) => fds.first().copied(),
-            _ => None,
-        });
-    let len = msg.bytes;
-    let text = String::from_utf8_lossy(&buf[..len]).into_owned();
-    match fd {
-        // SAFETY: received with SCM_RIGHTS, owned by nobody else.
-        Some(fd) if text == "ok" => Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) }),
-        _ if text.is_empty() => Err(BurrowError::Failed(
-            "the mount worker died without an answer".into(),
-        )),
-        _ => Err(BurrowError::InvalidArgument(format!(
-            "building the mount namespace: {text}"
-        ))),
-    }
-}
-
-fn reply(sock: RawFd, result: Result<OwnedFd, String>) {
-    let _ = match &result {
-        Ok(fd) => {
-            let fds = [fd.as_raw_fd()];
-            socket::sendmsg::<()>(
-                sock,
-                &[IoSlice::new(b"ok")],
-                &[ControlMessage::ScmRights(&fds)],
-                MsgFlags::empty(),
-                None,
-            )
-        }
-        Err(text) => socket::sendmsg::<()>(
-            sock,
-            &[IoSlice::new(text.as_bytes())],
-            &[],
-            MsgFlags::empty(),
-            None,
-        ),
-    };
+    // SAFETY: `outer_worker` is written for a freshly forked child.
+    crate::worker::run(&job.fds(), |sock| unsafe { outer_worker(&job, sock) })
 }
 
 /// # Safety
-/// Only in the freshly forked child of [`build`]; never returns.
-unsafe fn outer_worker(job: &Job, sock: RawFd, keep: &[RawFd]) -> ! {
-    // SAFETY: raw syscalls on integers and fds owned by this job.
-    unsafe {
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-        libc::prctl(libc::PR_SET_DUMPABLE, 0);
-        burrow_bus::userns::close_all_except(keep);
-    }
+/// Only in the freshly forked worker of [`build`].
+unsafe fn outer_worker(job: &Job, sock: RawFd) {
     let ns = &job.namespaces;
     let joined = [
         (&ns.net, "network"),
@@ -263,9 +177,7 @@ unsafe fn outer_worker(job: &Job, sock: RawFd, keep: &[RawFd]) -> ! {
             .map_err(|e| format!("joining the {what} namespace: {e}"))
     });
     if let Err(e) = joined {
-        reply(sock, Err(e));
-        // SAFETY: leaving the forked child.
-        unsafe { libc::_exit(1) };
+        return reply(sock, Err(e));
     }
     // SAFETY: still a single-threaded forked child.
     match unsafe { nix::unistd::fork() } {
@@ -284,11 +196,9 @@ unsafe fn outer_worker(job: &Job, sock: RawFd, keep: &[RawFd]) -> ! {
         }
         Err(e) => reply(sock, Err(format!("fork into the pid namespace: {e}"))),
     }
-    // SAFETY: leaving the forked child.
-    unsafe { libc::_exit(0) }
 }
 
-fn fresh(
+pub(crate) fn fresh(
     fstype: &str,
     data: &[(String, Option<String>)],
     attrs: MountAttrFlags,

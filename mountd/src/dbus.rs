@@ -14,7 +14,7 @@ use zbus::zvariant::{self, OwnedValue};
 use zbus::Connection;
 
 use crate::build::{self, CgroupLayout, Job, Prepared};
-use crate::idmap::{caller_disk_map, check_owner, idmapped_clone, set_attributes};
+use crate::idmap::{caller_disk_map, check_owner, idmapped_clone, set_attributes, Mapping};
 use crate::pidfd::container_namespaces;
 use crate::plan::{translate_ids, Kind, MountEntry, Plan};
 
@@ -92,6 +92,7 @@ impl Mount {
     ) -> Result<zvariant::OwnedFd, BurrowError> {
         let _call = self.activity.begin();
         let caller = Caller::identify(conn, &header).await?;
+        let staging = self.staging.clone();
         let result = async {
             let userns = UserNs::from_caller_fd(userns.into(), caller.uid)?;
             let dir: OwnedFd = dir.into();
@@ -102,7 +103,13 @@ impl Mount {
             blocking(move || {
                 let worker = userns.enter()?;
                 let mapping = mapping_for(uid, &userns, &worker)?;
-                let clone = idmapped_clone(dir.as_fd(), mapping.as_fd(), false)?;
+                let owner = worker.root_ids()?;
+                let mapping = Mapping {
+                    userns: mapping.as_fd(),
+                    owner,
+                    staging: &staging,
+                };
+                let clone = idmapped_clone(dir.as_fd(), &mapping, false)?;
                 if read_only {
                     set_attributes(
                         clone.as_fd(),
@@ -210,7 +217,12 @@ fn prepare_and_build(
     let worker = userns.enter()?;
     let mapping = mapping_for(caller_uid, &userns, &worker)?;
     drop(worker);
-    let rootfs = idmapped_clone(fds[plan.rootfs].as_fd(), mapping.as_fd(), false)?;
+    let mapping = Mapping {
+        userns: mapping.as_fd(),
+        owner: root_ids,
+        staging: &staging,
+    };
+    let rootfs = idmapped_clone(fds[plan.rootfs].as_fd(), &mapping, false)?;
     if plan.rootfs_read_only {
         set_attributes(
             rootfs.as_fd(),
@@ -251,7 +263,7 @@ fn prepare_and_build(
             Kind::Bind { source, recursive } => {
                 let is_file = rustix::fs::fstat(fds[source].as_fd())
                     .is_ok_and(|st| !rustix::fs::FileType::from_raw_mode(st.st_mode).is_dir());
-                let mount = idmapped_clone(fds[source].as_fd(), mapping.as_fd(), recursive)?;
+                let mount = idmapped_clone(fds[source].as_fd(), &mapping, recursive)?;
                 Prepared::Attach {
                     destination,
                     mount,

@@ -1,8 +1,9 @@
 //! ID-mapped clones of directories the caller opened, including overlayfs (whose layers are
 //! mapped one by one, since this kernel cannot map an overlay mount itself).
 
+use std::ffi::CStr;
 use std::fs;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use burrow_bus::BurrowError;
 use rustix::fs::{statx, AtFlags, Mode, OFlags, StatxFlags};
@@ -137,10 +138,22 @@ pub fn check_owner(fd: BorrowedFd<'_>, caller_uid: u32) -> Result<(), BurrowErro
     Ok(())
 }
 
-/// A detached, ID-mapped clone of the directory (or file) `source`, mapped through `mapping`.
+/// How to ID-map a caller's directories for one container.
+pub struct Mapping<'a> {
+    /// The user namespace whose map becomes the mount's idmapping.
+    pub userns: BorrowedFd<'a>,
+    /// Host uid and gid of the container's root: an overlay is mounted as them, so that what
+    /// overlayfs itself creates (work directories, whiteouts) is the container root's on disk.
+    pub owner: (u32, u32),
+    /// An empty directory of the helper's, where overlays are assembled in a worker's private
+    /// mount namespace.
+    pub staging: &'a CStr,
+}
+
+/// A detached, ID-mapped clone of the directory (or file) `source`.
 pub fn idmapped_clone(
     source: BorrowedFd<'_>,
-    mapping: BorrowedFd<'_>,
+    mapping: &Mapping<'_>,
     recursive: bool,
 ) -> Result<OwnedFd, BurrowError> {
     let fs_type = rustix::fs::fstatfs(source)
@@ -157,7 +170,7 @@ pub fn idmapped_clone(
     }
     let tree = open_tree(source, "", flags)
         .map_err(|e| BurrowError::InvalidArgument(format!("cloning the passed mount: {e}")))?;
-    set_attributes(tree.as_fd(), MountAttrFlags::MOUNT_ATTR_IDMAP, MountAttrFlags::empty(), Some(mapping), recursive)
+    set_attributes(tree.as_fd(), MountAttrFlags::MOUNT_ATTR_IDMAP, MountAttrFlags::empty(), Some(mapping.userns), recursive)
         .map_err(|e| {
             BurrowError::NotSupported(format!(
                 "the filesystem (magic {fs_type:#x}) cannot be ID-mapped: {e}; Burrow never falls back to chown"
@@ -232,10 +245,10 @@ fn split_unescaped(options: &str) -> Vec<String> {
 
 fn overlay_on_mapped_layers(
     merged: BorrowedFd<'_>,
-    mapping: BorrowedFd<'_>,
+    mapping: &Mapping<'_>,
 ) -> Result<OwnedFd, BurrowError> {
     let (lower, upper, work) = overlay_layers(merged)?;
-    let map_layer = |path: &str| -> Result<OwnedFd, BurrowError> {
+    let map_dir = |path: &str| -> Result<OwnedFd, BurrowError> {
         let dir = rustix::fs::open(
             path,
             OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
@@ -244,27 +257,120 @@ fn overlay_on_mapped_layers(
         .map_err(|e| BurrowError::Failed(format!("opening overlay layer {path}: {e}")))?;
         idmapped_clone(dir.as_fd(), mapping, false)
     };
+    let lower: Vec<OwnedFd> = lower.iter().map(|l| map_dir(l)).collect::<Result<_, _>>()?;
+    // upperdir and workdir must sit on one mount: map their common parent once.
+    let upper_work = if upper.is_empty() {
+        None
+    } else {
+        let (parent, upper_rel, work_rel) = common_parent(&upper, &work).ok_or_else(|| {
+            BurrowError::NotSupported(format!(
+                "overlay upperdir {upper} and workdir {work} share no parent directory"
+            ))
+        })?;
+        Some((map_dir(&parent)?, upper_rel, work_rel))
+    };
+    let mut keep: Vec<RawFd> = lower.iter().map(|fd| fd.as_raw_fd()).collect();
+    keep.extend(upper_work.iter().map(|(fd, _, _)| fd.as_raw_fd()));
+    // overlayfs takes private clones of its layers, which only works for mounts attached in
+    // the mounter's namespace: attach them in a worker's private copy, then mount.
+    crate::worker::run(&keep, |sock| {
+        crate::worker::reply(
+            sock,
+            overlay_in_private_namespace(&lower, upper_work.as_ref(), mapping),
+        )
+    })
+}
+
+/// The deepest directory holding both `a` and `b`, and their paths relative to it.
+fn common_parent(a: &str, b: &str) -> Option<(String, String, String)> {
+    let (pa, pb): (Vec<&str>, Vec<&str>) = (a.split('/').collect(), b.split('/').collect());
+    let common = pa.iter().zip(&pb).take_while(|(x, y)| x == y).count();
+    if common < 2 || common >= pa.len() || common >= pb.len() {
+        return None;
+    }
+    Some((
+        pa[..common].join("/"),
+        pa[common..].join("/"),
+        pb[common..].join("/"),
+    ))
+}
+
+fn overlay_in_private_namespace(
+    lower: &[OwnedFd],
+    upper_work: Option<&(OwnedFd, String, String)>,
+    mapping: &Mapping<'_>,
+) -> Result<OwnedFd, String> {
+    let staging = mapping.staging;
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+        .map_err(|e| format!("unshare: {e}"))?;
+    nix::mount::mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|e| format!("making the copy private: {e}"))?;
+    let scratch = crate::build::fresh(
+        "tmpfs",
+        &[("mode".into(), Some("0700".into()))],
+        MountAttrFlags::empty(),
+    )?;
+    rustix::mount::move_mount(
+        scratch.as_fd(),
+        "",
+        rustix::fs::CWD,
+        staging,
+        rustix::mount::MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+    )
+    .map_err(|e| format!("attaching the scratch tmpfs: {e}"))?;
+    let layers = lower.iter().chain(upper_work.map(|(fd, _, _)| fd));
+    for (i, layer) in layers.enumerate() {
+        let name = i.to_string();
+        rustix::fs::mkdirat(scratch.as_fd(), name.as_str(), Mode::from_raw_mode(0o700))
+            .map_err(|e| format!("mkdir: {e}"))?;
+        rustix::mount::move_mount(
+            layer.as_fd(),
+            "",
+            scratch.as_fd(),
+            name.as_str(),
+            rustix::mount::MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+        .map_err(|e| format!("attaching layer {i}: {e}"))?;
+    }
     let fs = fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC)
-        .map_err(|e| BurrowError::Failed(format!("fsopen overlay: {e}")))?;
-    let config =
-        |what: &str, e: rustix::io::Errno| BurrowError::Failed(format!("overlay {what}: {e}"));
-    for layer in &lower {
-        let mapped = map_layer(layer)?;
-        fsconfig_set_fd(fs.as_fd(), "lowerdir+", mapped.as_fd())
-            .map_err(|e| config("lowerdir+", e))?;
+        .map_err(|e| format!("fsopen overlay: {e}"))?;
+    for layer in lower {
+        fsconfig_set_fd(fs.as_fd(), "lowerdir+", layer.as_fd())
+            .map_err(|e| format!("overlay lowerdir+: {e}"))?;
     }
-    if !upper.is_empty() {
-        let (u, w) = (map_layer(&upper)?, map_layer(&work)?);
-        fsconfig_set_fd(fs.as_fd(), "upperdir", u.as_fd()).map_err(|e| config("upperdir", e))?;
-        fsconfig_set_fd(fs.as_fd(), "workdir", w.as_fd()).map_err(|e| config("workdir", e))?;
+    if let Some((parent, upper, work)) = upper_work {
+        for (key, relative) in [("upperdir", upper), ("workdir", work)] {
+            let dir = rustix::fs::openat(
+                parent.as_fd(),
+                relative.as_str(),
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| format!("overlay {key} {relative}: {e}"))?;
+            fsconfig_set_fd(fs.as_fd(), key, dir.as_fd())
+                .map_err(|e| format!("overlay {key}: {e}"))?;
+        }
     }
-    fsconfig_create(fs.as_fd()).map_err(|e| config("create", e))?;
+    // overlayfs records its mounter's credentials and uses them for its own work: mount as the
+    // container's root (fsuid/fsgid), keeping the file capabilities a setfsuid drops.
+    nix::unistd::setfsgid(nix::unistd::Gid::from_raw(mapping.owner.1));
+    nix::unistd::setfsuid(nix::unistd::Uid::from_raw(mapping.owner.0));
+    let permitted =
+        caps::read(None, caps::CapSet::Permitted).map_err(|e| format!("capget: {e}"))?;
+    caps::set(None, caps::CapSet::Effective, &permitted).map_err(|e| format!("capset: {e}"))?;
+    fsconfig_create(fs.as_fd()).map_err(|e| format!("creating the overlay: {e}"))?;
     fsmount(
         fs.as_fd(),
         FsMountFlags::FSMOUNT_CLOEXEC,
         MountAttrFlags::empty(),
     )
-    .map_err(|e| config("fsmount", e))
+    .map_err(|e| format!("fsmount overlay: {e}"))
 }
 
 #[cfg(test)]
@@ -282,6 +388,22 @@ mod tests {
         );
         assert!(caller_disk_map("", 1001).is_err());
         assert!(caller_disk_map("0 1000 100\n", 1001).is_err());
+    }
+
+    #[test]
+    fn finds_the_common_parent_of_upper_and_work() {
+        assert_eq!(
+            common_parent(
+                "/var/lib/docker/overlay2/abc/diff",
+                "/var/lib/docker/overlay2/abc/work"
+            ),
+            Some((
+                "/var/lib/docker/overlay2/abc".into(),
+                "diff".into(),
+                "work".into()
+            ))
+        );
+        assert_eq!(common_parent("/a/u", "/b/w"), None);
     }
 
     #[test]

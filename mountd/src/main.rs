@@ -6,6 +6,7 @@ mod idmap;
 mod pidfd;
 mod plan;
 mod target;
+mod worker;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -18,8 +19,10 @@ use clap::Parser;
 
 /// What mountd needs: make mounts and enter namespaces (SYS_ADMIN, SYS_CHROOT), read a
 /// container init's namespaces through its pidfd (SYS_PTRACE), write ID maps of mapping-only
-/// user namespaces and act as the container's root on its files (SETUID, SETGID), and reach
-/// layer directories such as Docker's (DAC_OVERRIDE, DAC_READ_SEARCH).
+/// user namespaces and act as the container's root on its files (SETUID, SETGID), reach
+/// layer directories such as Docker's (DAC_OVERRIDE, DAC_READ_SEARCH), and be an overlay's
+/// mounter, whose credentials overlayfs uses to copy files up and make whiteouts (CHOWN,
+/// FOWNER, FSETID, MKNOD).
 const CAPABILITIES: &[Capability] = &[
     Capability::CAP_SYS_ADMIN,
     Capability::CAP_SYS_CHROOT,
@@ -28,6 +31,10 @@ const CAPABILITIES: &[Capability] = &[
     Capability::CAP_SETGID,
     Capability::CAP_DAC_OVERRIDE,
     Capability::CAP_DAC_READ_SEARCH,
+    Capability::CAP_CHOWN,
+    Capability::CAP_FOWNER,
+    Capability::CAP_FSETID,
+    Capability::CAP_MKNOD,
 ];
 
 #[derive(Parser, Debug)]

@@ -232,7 +232,10 @@ impl Harness {
                     exec.extend(options.idmapd_args.iter().cloned());
                 }
                 "burrow-devd" => exec.extend(options.devd_args.iter().cloned()),
-                _ => exec.extend(["--staging-dir".into(), dir.join("staging").display().to_string()]),
+                _ => exec.extend([
+                    "--staging-dir".into(),
+                    dir.join("staging").display().to_string(),
+                ]),
             }
             fs::write(
                 dir.join(format!("services/{bus_name}.service")),
@@ -468,4 +471,71 @@ pub fn json_lines(out: &[u8]) -> Vec<serde_json::Value> {
         .filter(|l| l.starts_with('{'))
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad client output {l:?}: {e}")))
         .collect()
+}
+
+/// A minimal root filesystem: busybox-static and its applet links, plus the usual empty
+/// directories, owned by `owner` (root if None). Needs `busybox-static` on the host.
+pub fn busybox_rootfs(dir: &Path, owner: Option<User>) -> PathBuf {
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.exists())
+        .expect("busybox not found (apt-get install busybox-static)");
+    let _ = fs::remove_dir_all(dir);
+    for sub in ["bin", "etc", "root", "proc", "sys", "dev", "tmp", "run"] {
+        fs::create_dir_all(dir.join(sub)).unwrap();
+    }
+    fs::copy(busybox, dir.join("bin/busybox")).unwrap();
+    let out = Command::new(dir.join("bin/busybox"))
+        .arg("--list")
+        .output()
+        .unwrap();
+    for applet in String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|a| *a != "busybox")
+    {
+        let _ = std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet));
+    }
+    fs::write(dir.join("etc/hostname"), "burrow-test\n").unwrap();
+    if let Some(user) = owner {
+        run(Command::new("chown")
+            .args(["-R", "-h", &format!("{}:{}", user.uid, user.gid)])
+            .arg(dir));
+    }
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
+    dir.to_path_buf()
+}
+
+/// Lines of the host's mount table, to check that nothing leaked into it (without the
+/// overlays that tests mount on purpose, possibly in parallel).
+pub fn host_mounts() -> Vec<String> {
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| !l.contains("/ovl/merged "))
+        .map(String::from)
+        .collect()
+}
+
+/// `key=value` lines of a container script's output.
+pub fn key_values(output: &str) -> std::collections::BTreeMap<String, String> {
+    output
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+        .collect()
+}
+
+/// The pid of the first child of `parent` (e.g. the process `unshare --fork` started).
+pub fn wait_for_child(parent: u32) -> u32 {
+    let mut child = None;
+    wait_for("child process", || {
+        child = fs::read_to_string(format!("/proc/{parent}/task/{parent}/children"))
+            .ok()
+            .and_then(|c| c.split_whitespace().next().and_then(|p| p.parse().ok()));
+        child.is_some()
+    });
+    // Let it finish exec'ing into its namespaces.
+    std::thread::sleep(Duration::from_millis(100));
+    child.unwrap()
 }

@@ -730,6 +730,11 @@ mod container {
         match unsafe { nix::unistd::fork() }.unwrap() {
             nix::unistd::ForkResult::Child => unsafe {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                // Keep the client's stdout (the test's pipe) out of the container.
+                let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+                for fd in 0..3 {
+                    libc::dup2(null, fd);
+                }
                 if libc::unshare(libc::CLONE_NEWUSER) != 0 {
                     libc::_exit(101);
                 }
@@ -738,6 +743,8 @@ mod container {
                 if libc::setresgid(0, 0, 0) != 0 || libc::setresuid(0, 0, 0) != 0 {
                     libc::_exit(102);
                 }
+                // Credential changes clear the parent-death signal.
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
                 let flags = libc::CLONE_NEWPID
                     | libc::CLONE_NEWNET
                     | libc::CLONE_NEWIPC
@@ -749,6 +756,7 @@ mod container {
                 let p2 = libc::fork();
                 if p2 == 0 {
                     // P2: pid 1 of the container.
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
                     let mut byte = 0u8;
                     let mut iov = libc::iovec {
                         iov_base: (&mut byte as *mut u8).cast(),

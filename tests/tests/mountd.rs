@@ -1,0 +1,413 @@
+//! mountd (with idmapd and devd) against a real bus, polkitd and kernel: containers built by
+//! hand from the helpers, checked from inside. Run as root (`make test`).
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use burrow_tests::{
+    busybox_rootfs, host_mounts, json_lines, key_values, test_users, Harness, HarnessOptions, User,
+};
+use serde_json::{json, Value};
+
+/// Prints one `key=ok|denied` line per check, and a few `key=value` facts.
+const PROBE: &str = r#"
+r() { if "$@" >/dev/null 2>&1; then echo ok; else echo denied; fi; }
+echo "umount_timer_list=$(r umount /proc/timer_list)"
+echo "umount_keys=$(r umount /proc/keys)"
+echo "umount_acpi=$(r umount /proc/acpi)"
+echo "umount_firmware=$(r umount /sys/firmware)"
+echo "umount_proc_sys=$(r umount /proc/sys)"
+echo "umount_cover=$(r umount /dev/.burrow-visible)"
+echo "umount_lazy_proc=$(r umount -l /proc)"
+echo "remount_proc_sys=$(r mount -o remount,rw /proc/sys)"
+echo "remount_sys=$(r mount -o remount,rw /sys)"
+echo "remount_dev=$(r mount -o remount,suid /dev)"
+echo "sysrq=$(r sh -c 'echo 1 > /proc/sys/kernel/sysrq')"
+echo "sysrq_trigger=$(r sh -c 'echo h > /proc/sysrq-trigger')"
+echo "null_write=$(r sh -c 'echo x > /dev/null')"
+echo "mknod=$(r mknod /tmp/n c 1 3)"
+echo "nested_proc=$(r unshare -U -r -p -m -f sh -c 'mount -t proc proc /proc')"
+echo "timer_list_bytes=$(wc -c < /proc/timer_list)"
+echo "dev=$(ls /dev | tr '\n' ' ')"
+echo "uid_map=$(cat /proc/self/uid_map | tr -s ' ')"
+echo "busybox_owner=$(stat -c %u:%g /bin/busybox)"
+echo "pts=$(r test -e /dev/pts/ptmx)"
+echo "touch=$(r touch /written-inside)"
+"#;
+
+fn container(h: &Harness, user: Option<User>, rootfs: &Path, script: &str, plan: Value) -> Value {
+    let out = h
+        .client(user)
+        .args([
+            "container",
+            "--rootfs",
+            &rootfs.display().to_string(),
+            "--script",
+            script,
+            "--plan",
+            &plan.to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "client: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        h.log()
+    );
+    let mut lines = json_lines(&out.stdout);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    lines.remove(0)
+}
+
+fn assert_error(v: &Value, name: &str) {
+    assert_eq!(v["ok"], false, "expected {name}: {v}");
+    assert_eq!(v["error"], name, "{v}");
+}
+
+fn workdir(h: &Harness, name: &str) -> PathBuf {
+    h.dir.join(name)
+}
+
+const EXPECTED_DEV: &str =
+    "fd full mqueue null ptmx pts random shm stderr stdin stdout tty urandom zero";
+
+#[test]
+fn container_mounts_are_locked_masked_and_id_mapped() {
+    let h = Harness::start(HarnessOptions::default());
+    let alice = test_users().alice;
+    let before = host_mounts();
+    for user in [None, Some(alice)] {
+        let rootfs = busybox_rootfs(
+            &workdir(&h, &format!("rootfs-{}", user.map_or(0, |u| u.uid))),
+            user,
+        );
+        let disk_owner = user.map_or(0, |u| u.uid);
+        let v = container(&h, user, &rootfs, PROBE, json!({}));
+        assert_eq!(v["ok"], true, "{v}\n{}", h.log());
+        assert_eq!(v["exit"], 0, "{v}");
+        let kv = key_values(v["output"].as_str().unwrap());
+        for denied in [
+            "umount_timer_list",
+            "umount_keys",
+            "umount_acpi",
+            "umount_firmware",
+            "umount_proc_sys",
+            "umount_cover",
+            "umount_lazy_proc",
+            "remount_proc_sys",
+            "remount_sys",
+            "remount_dev",
+            "sysrq",
+            "sysrq_trigger",
+            "mknod",
+        ] {
+            assert_eq!(
+                kv[denied], "denied",
+                "{denied} was allowed inside the container: {kv:?}"
+            );
+        }
+        for allowed in ["null_write", "nested_proc", "pts", "touch"] {
+            assert_eq!(
+                kv[allowed], "ok",
+                "{allowed} failed inside the container: {kv:?}"
+            );
+        }
+        assert_eq!(kv["timer_list_bytes"], "0");
+        assert_eq!(kv["dev"], EXPECTED_DEV);
+        assert_eq!(kv["uid_map"], format!("0 {} 65536", v["base"]));
+        // The image's files are the container root's, through the ID-mapped mount...
+        assert_eq!(kv["busybox_owner"], "0:0");
+        // ...and on disk nothing was chowned; what root wrote inside is stored as root for a
+        // root caller, as the caller for anyone else (never as host root).
+        assert_eq!(
+            std::fs::metadata(rootfs.join("bin/busybox")).unwrap().uid(),
+            disk_owner
+        );
+        assert_eq!(
+            std::fs::metadata(rootfs.join("written-inside"))
+                .unwrap()
+                .uid(),
+            disk_owner
+        );
+    }
+    assert_eq!(
+        host_mounts(),
+        before,
+        "a mount leaked into the host namespace"
+    );
+}
+
+#[test]
+fn overlay_rootfs_is_mapped_layer_by_layer() {
+    let h = Harness::start(HarnessOptions::default());
+    let base = workdir(&h, "ovl");
+    let lower = busybox_rootfs(&base.join("lower"), None);
+    let (upper, work, merged) = (base.join("upper"), base.join("work"), base.join("merged"));
+    for d in [&upper, &work, &merged] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.display(),
+        upper.display(),
+        work.display()
+    );
+    let status = std::process::Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o", &options])
+        .arg(&merged)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let script = "stat -c busybox_owner=%u /bin/busybox; echo hi > /from-inside && echo write=ok; \
+                  echo changed > /etc/hostname && rm /bin/ls && echo copy_up=ok";
+    let v = container(&h, None, &merged, script, json!({}));
+    let _ = std::process::Command::new("umount").arg(&merged).status();
+    assert_eq!(v["ok"], true, "{v}\n{}", h.log());
+    let kv = key_values(v["output"].as_str().unwrap());
+    assert_eq!(kv["busybox_owner"], "0");
+    assert_eq!(kv["write"], "ok");
+    let written = upper.join("from-inside");
+    assert_eq!(std::fs::read_to_string(&written).unwrap(), "hi\n");
+    assert_eq!(std::fs::metadata(&written).unwrap().uid(), 0);
+    assert!(!lower.join("from-inside").exists());
+    // Copy-up and whiteouts, which overlayfs does with its mounter's credentials.
+    assert_eq!(kv["copy_up"], "ok");
+    assert_eq!(
+        std::fs::read_to_string(upper.join("etc/hostname")).unwrap(),
+        "changed\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(lower.join("etc/hostname")).unwrap(),
+        "burrow-test\n"
+    );
+    let whiteout = std::fs::symlink_metadata(upper.join("bin/ls")).unwrap();
+    use std::os::unix::fs::FileTypeExt;
+    assert!(
+        whiteout.file_type().is_char_device() && whiteout.rdev() == 0,
+        "no whiteout for /bin/ls"
+    );
+}
+
+#[test]
+fn symlinks_in_the_image_cannot_reach_the_host() {
+    let h = Harness::start(HarnessOptions::default());
+    let rootfs = busybox_rootfs(&workdir(&h, "evil"), None);
+    std::os::unix::fs::symlink("/etc", rootfs.join("evil")).unwrap();
+    std::os::unix::fs::symlink("../../../../../../etc", rootfs.join("evil-relative")).unwrap();
+    let before = host_mounts();
+    let plan = json!({"mounts": [
+        ["/evil/hostile", "tmpfs", null, []],
+        ["/evil-relative/also", "tmpfs", null, []],
+    ]});
+    let v = container(
+        &h,
+        None,
+        &rootfs,
+        "grep -c ' /etc/' /proc/self/mountinfo | sed 's/^/etc_mounts=/'",
+        plan,
+    );
+    assert_eq!(v["ok"], true, "{v}\n{}", h.log());
+    assert_eq!(key_values(v["output"].as_str().unwrap())["etc_mounts"], "2");
+    // The mount points were made in the image's /etc, not the host's.
+    assert!(rootfs.join("etc/hostile").is_dir() && rootfs.join("etc/also").is_dir());
+    assert!(!Path::new("/etc/hostile").exists() && !Path::new("/etc/also").exists());
+    assert_eq!(host_mounts(), before);
+}
+
+#[test]
+fn bad_plans_and_fds_are_named_errors_and_leave_nothing() {
+    let h = Harness::start(HarnessOptions::default());
+    let alice = Some(test_users().alice);
+    let rootfs = busybox_rootfs(&workdir(&h, "rootfs"), None);
+    let alice_rootfs = busybox_rootfs(&workdir(&h, "alice-rootfs"), alice);
+    let before = host_mounts();
+    let invalid = "org.burrow.Error.InvalidArgument";
+    assert_error(
+        &container(&h, None, &rootfs, "true", json!({"bogus_key": true})),
+        invalid,
+    );
+    assert_error(
+        &container(
+            &h,
+            None,
+            &rootfs,
+            "true",
+            json!({"mounts": [["/../../etc", "tmpfs", null, []]]}),
+        ),
+        invalid,
+    );
+    assert_error(
+        &container(
+            &h,
+            None,
+            &rootfs,
+            "true",
+            json!({"mounts": [["/x", "ext4", null, []]]}),
+        ),
+        invalid,
+    );
+    assert_error(
+        &container(&h, None, &rootfs, "true", json!({"pidfd_kind": "file"})),
+        invalid,
+    );
+    let many: Vec<String> = (0..70).map(|_| "/etc/hostname".to_string()).collect();
+    let v = container(&h, None, &rootfs, "true", json!({"extra_fds": many}));
+    assert_eq!(v["ok"], false, "{v}");
+    // Another user's plain process is in the initial user namespace: not a container.
+    let mut bobs = std::process::Command::new("setpriv")
+        .args([
+            "--reuid",
+            &test_users().bob.uid.to_string(),
+            "--regid",
+            &test_users().bob.gid.to_string(),
+            "--clear-groups",
+            "sleep",
+            "60",
+        ])
+        .spawn()
+        .unwrap();
+    assert_error(
+        &container(
+            &h,
+            alice,
+            &alice_rootfs,
+            "true",
+            json!({"pidfd_of": bobs.id()}),
+        ),
+        invalid,
+    );
+    bobs.kill().unwrap();
+    bobs.wait().unwrap();
+    // A process in root's user namespace is not alice's to build for.
+    let mut foreign = std::process::Command::new("unshare")
+        .args([
+            "--user",
+            "--map-root-user",
+            "--pid",
+            "--net",
+            "--ipc",
+            "--cgroup",
+            "--fork",
+            "sleep",
+            "60",
+        ])
+        .spawn()
+        .unwrap();
+    let sleeper = burrow_tests::wait_for_child(foreign.id());
+    assert_error(
+        &container(
+            &h,
+            alice,
+            &alice_rootfs,
+            "true",
+            json!({"pidfd_of": sleeper}),
+        ),
+        "org.burrow.Error.NotAuthorized",
+    );
+    foreign.kill().unwrap();
+    foreign.wait().unwrap();
+    // alice cannot build on, or bind in, a directory that is not hers.
+    assert_error(
+        &container(&h, alice, &rootfs, "true", json!({})),
+        "org.burrow.Error.NotAuthorized",
+    );
+    assert_error(
+        &container(
+            &h,
+            alice,
+            &alice_rootfs,
+            "true",
+            json!({"extra_fds": ["/root"], "mounts": [["/mnt", "bind", 2, ["rbind"]]]}),
+        ),
+        "org.burrow.Error.NotAuthorized",
+    );
+    // Masking a path that does not exist is fine, as with runc.
+    let v = container(
+        &h,
+        None,
+        &rootfs,
+        "echo fine",
+        json!({"masked_paths": ["/proc/does-not-exist", "/nope/at/all"]}),
+    );
+    assert_eq!(v["exit"], 0, "{v}");
+    assert_eq!(host_mounts(), before, "a refused build left a mount behind");
+    // No fd of any request stays in the helper.
+    let pid = h.helper_pids("burrow-mountd")[0];
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+    };
+    let settled = fds();
+    container(&h, None, &rootfs, "true", json!({}));
+    burrow_tests::wait_for("mountd fds back to baseline", || fds() <= settled);
+}
+
+fn idmap_mount(h: &Harness, user: Option<User>, dir: &Path, args: &[&str]) -> Value {
+    let out = h
+        .client(user)
+        .args(["idmap-mount", "--dir", &dir.display().to_string()])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "client: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        h.log()
+    );
+    json_lines(&out.stdout).remove(0)
+}
+
+#[test]
+fn idmap_mount_for_root_and_for_a_user() {
+    let h = Harness::start(HarnessOptions::default());
+    let alice = test_users().alice;
+    let root_dir = busybox_rootfs(&workdir(&h, "root-dir"), None);
+    let alice_dir = busybox_rootfs(&workdir(&h, "alice-dir"), Some(alice));
+    let before = host_mounts();
+
+    let v = idmap_mount(&h, None, &root_dir, &["--create", "made-by-root"]);
+    assert_eq!(v["inside"]["owners"]["bin"], json!([0, 0]), "{v}");
+    assert_eq!(v["inside"]["create_errno"], Value::Null);
+    assert_eq!(
+        std::fs::metadata(root_dir.join("made-by-root"))
+            .unwrap()
+            .uid(),
+        0
+    );
+
+    // alice's own files are her container root's; what it writes is stored as alice.
+    let v = idmap_mount(&h, Some(alice), &alice_dir, &["--create", "made-by-alice"]);
+    assert_eq!(v["inside"]["owners"]["bin"], json!([0, 0]), "{v}");
+    assert_eq!(
+        std::fs::metadata(alice_dir.join("made-by-alice"))
+            .unwrap()
+            .uid(),
+        alice.uid
+    );
+    let v = idmap_mount(
+        &h,
+        Some(alice),
+        &alice_dir,
+        &["--read-only", "--create", "nope"],
+    );
+    assert_eq!(v["inside"]["create_errno"], libc::EROFS);
+
+    for dir in ["/root", "/etc"] {
+        assert_error(
+            &idmap_mount(&h, Some(alice), Path::new(dir), &[]),
+            "org.burrow.Error.NotAuthorized",
+        );
+    }
+    assert_error(
+        &idmap_mount(&h, Some(alice), &alice_dir, &["--fd-kind", "file"]),
+        "org.burrow.Error.InvalidArgument",
+    );
+    assert_error(
+        &idmap_mount(&h, None, Path::new("/proc"), &[]),
+        "org.burrow.Error.NotSupported",
+    );
+    assert_eq!(host_mounts(), before);
+}
