@@ -63,7 +63,8 @@ test-clean:
 
 bench:
 	$(CARGO) build --workspace --bins --release
-	BURROW_BIN_DIR=$(CURDIR)/target/release $(CARGO) run --release -p burrow-tests --bin burrow-bench-idmap
+	BURROW_BIN_DIR=$(CURDIR)/target/release ./target/release/burrow-bench-idmap
+	BURROW_BIN_DIR=$(CURDIR)/target/release ./target/release/burrow-bench-mount
 
 lint:
 	$(CARGO) fmt --all --check

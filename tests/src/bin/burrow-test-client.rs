@@ -398,10 +398,12 @@ fn main() {
                 };
                 let dir_fd: OwnedFd = rustix::fs::open(dir.as_str(), rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC, rustix::fs::Mode::empty()).unwrap();
                 let mountd = burrow_bus::proxy::Mount1Proxy::new(&conn).await.unwrap();
+                let started = Instant::now();
                 let mut result = match mountd.idmap_mount(dir_fd.into(), userns.into(), read_only).await {
                     Ok(mount) => {
+                        let idmap_us = started.elapsed().as_micros() as u64;
                         let report = inspect_dev::spawn_with("inspect-mount", holder.ns("user"), mount.into(), create.as_deref());
-                        json!({"ok": true, "inside": report})
+                        json!({"ok": true, "inside": report, "idmap_us": idmap_us})
                     }
                     Err(e) => error_json(&e),
                 };
@@ -973,10 +975,10 @@ mod container {
             if plan["bogus_key"] == true {
                 wire.insert("bogus", ZValue::from(true));
             }
-            let mntns = Mount1Proxy::new(conn)
-                .await?
-                .build_root(pidfd.into(), wire, fds)
-                .await?;
+            let mountd = Mount1Proxy::new(conn).await?;
+            let started = std::time::Instant::now();
+            let mntns = mountd.build_root(pidfd.into(), wire, fds).await?;
+            let build_us = started.elapsed().as_micros() as u64;
             let mntns: OwnedFd = mntns.into();
             socket::sendmsg::<()>(
                 ours.as_raw_fd(),
@@ -986,11 +988,11 @@ mod container {
                 None,
             )
             .unwrap();
-            Ok::<u32, zbus::Error>(base)
+            Ok::<(u32, u64), zbus::Error>((base, build_us))
         }
         .await;
         let value = match result {
-            Ok(base) => {
+            Ok((base, build_us)) => {
                 let mut output = String::new();
                 std::fs::File::from(out_r)
                     .read_to_string(&mut output)
@@ -1000,7 +1002,7 @@ mod container {
                     nix::sys::wait::WaitStatus::Exited(_, c) => c,
                     other => panic!("container P1: {other:?}"),
                 };
-                json!({"ok": true, "base": base, "exit": code, "output": output})
+                json!({"ok": true, "base": base, "exit": code, "output": output, "build_us": build_us})
             }
             Err(e) => {
                 let _ = nix::sys::signal::kill(init.p1, nix::sys::signal::Signal::SIGKILL);
