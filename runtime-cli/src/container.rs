@@ -1,0 +1,761 @@
+//! create, start, kill, delete: the container's life, with each privileged step asked of a
+//! helper over the bus.
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use burrow_bus::proxy::{Dev1Proxy, IdMap1Proxy, Mount1Proxy};
+use oci_spec::runtime::{Hook, LinuxNamespaceType, Spec};
+use zbus::zvariant::Value;
+
+use crate::error::{CliError, Result};
+use crate::init::{self, InitConfig};
+use crate::spec::Bundle;
+use crate::state::{start_time, Record, Status, Store};
+
+pub struct CreateOptions<'a> {
+    pub id: &'a str,
+    pub bundle: &'a Path,
+    pub pid_file: Option<&'a Path>,
+    pub console_socket: Option<&'a Path>,
+    pub preserve_fds: i32,
+    pub systemd_cgroup: bool,
+}
+
+/// The range's name at idmapd: the container id, qualified by the state root, so that two
+/// runtimes (two `--root`s) can use the same container id.
+pub fn range_name(store: &Store, id: &str) -> String {
+    let hash = store
+        .root
+        .to_string_lossy()
+        .bytes()
+        .fold(0xcbf29ce484222325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
+        });
+    format!("{:08x}-{id}", hash as u32)
+}
+
+fn cstring(s: &str, what: &str) -> Result<CString> {
+    CString::new(s).map_err(|_| CliError::Setup(format!("{what} contains a NUL byte")))
+}
+
+fn init_config(spec: &Spec, rootfs: &Path, fifo: RawFd, preserve_fds: i32) -> Result<InitConfig> {
+    let process = spec.process().as_ref().expect("checked by Bundle::load");
+    let args: Vec<String> = process.args().clone().unwrap_or_default();
+    let env: Vec<String> = process.env().clone().unwrap_or_default();
+    let path_var = env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    let program: Vec<String> = if args[0].contains('/') {
+        vec![args[0].clone()]
+    } else {
+        // Looked up now, inside the rootfs, so the init only execs.
+        path_var
+            .split(':')
+            .map(|dir| format!("{}/{}", dir.trim_end_matches('/'), args[0]))
+            .filter(|candidate| rootfs.join(candidate.trim_start_matches('/')).exists())
+            .chain([args[0].clone()])
+            .collect()
+    };
+    let user = process.user();
+    let mut unshare_flags = libc::CLONE_NEWPID
+        | libc::CLONE_NEWNET
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWUTS
+        | libc::CLONE_NEWCGROUP;
+    let namespaces = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().clone())
+        .unwrap_or_default();
+    if namespaces
+        .iter()
+        .any(|n| n.typ() == LinuxNamespaceType::Time)
+    {
+        unshare_flags |= libc::CLONE_NEWTIME;
+    }
+    Ok(InitConfig {
+        args: args
+            .iter()
+            .map(|a| cstring(a, "an argument"))
+            .collect::<Result<_>>()?,
+        env: env
+            .iter()
+            .map(|e| cstring(e, "an environment variable"))
+            .collect::<Result<_>>()?,
+        program: program
+            .iter()
+            .map(|p| cstring(p, "the program path"))
+            .collect::<Result<_>>()?,
+        cwd: cstring(&process.cwd().to_string_lossy(), "cwd")?,
+        hostname: spec
+            .hostname()
+            .as_deref()
+            .map(|h| cstring(h, "hostname"))
+            .transpose()?,
+        rlimits: rlimits(spec)?,
+        uid: user.uid(),
+        gid: user.gid(),
+        additional_gids: user.additional_gids().clone().unwrap_or_default(),
+        no_new_privileges: process.no_new_privileges().unwrap_or(false),
+        terminal: process.terminal().unwrap_or(false),
+        fifo,
+        preserve_fds,
+        unshare_flags,
+    })
+}
+
+/// The spec's rlimits, with RLIMIT_NOFILE held to the caller's hard limit (raising a hard limit
+/// fails inside a user namespace).
+fn rlimits(spec: &Spec) -> Result<Vec<(libc::__rlimit_resource_t, u64, u64)>> {
+    let mut out = vec![];
+    for limit in spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.rlimits().clone())
+        .unwrap_or_default()
+    {
+        let name = serde_json::to_value(limit.typ())
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default();
+        let resource = match name.as_str() {
+            "RLIMIT_NOFILE" => libc::RLIMIT_NOFILE,
+            "RLIMIT_NPROC" => libc::RLIMIT_NPROC,
+            "RLIMIT_CORE" => libc::RLIMIT_CORE,
+            "RLIMIT_MEMLOCK" => libc::RLIMIT_MEMLOCK,
+            "RLIMIT_STACK" => libc::RLIMIT_STACK,
+            "RLIMIT_AS" => libc::RLIMIT_AS,
+            "RLIMIT_CPU" => libc::RLIMIT_CPU,
+            "RLIMIT_DATA" => libc::RLIMIT_DATA,
+            "RLIMIT_FSIZE" => libc::RLIMIT_FSIZE,
+            "RLIMIT_LOCKS" => libc::RLIMIT_LOCKS,
+            "RLIMIT_MSGQUEUE" => libc::RLIMIT_MSGQUEUE,
+            "RLIMIT_NICE" => libc::RLIMIT_NICE,
+            "RLIMIT_RTPRIO" => libc::RLIMIT_RTPRIO,
+            "RLIMIT_RTTIME" => libc::RLIMIT_RTTIME,
+            "RLIMIT_SIGPENDING" => libc::RLIMIT_SIGPENDING,
+            other => return Err(CliError::Setup(format!("unknown rlimit {other:?}"))),
+        };
+        let (mut soft, mut hard) = (limit.soft(), limit.hard());
+        let mut current = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit into a local struct.
+        if unsafe { libc::getrlimit(resource, &mut current) } == 0 {
+            hard = hard.min(current.rlim_max);
+            soft = soft.min(hard);
+        }
+        out.push((resource, soft, hard));
+    }
+    Ok(out)
+}
+
+fn expect(sock: RawFd, what: &str) -> Result<(Vec<u8>, Option<RawFd>)> {
+    let (msg, fd) = init::recv(sock).map_err(|e| CliError::Setup(format!("{what}: {e}")))?;
+    if msg.is_empty() {
+        return Err(CliError::Setup(format!(
+            "{what}: the container process died"
+        )));
+    }
+    if let Some(error) = msg.strip_prefix(b"error: ") {
+        return Err(CliError::Setup(String::from_utf8_lossy(error).into_owned()));
+    }
+    Ok((msg, fd))
+}
+
+/// Runs `hooks` with the container's state on stdin, each within its timeout.
+pub fn run_hooks(hooks: &[Hook], state: &serde_json::Value, phase: &str) -> Result<()> {
+    for hook in hooks {
+        let mut cmd = std::process::Command::new(hook.path());
+        if let Some(args) = hook.args() {
+            if let Some((first, rest)) = args.split_first() {
+                cmd.arg0(first).args(rest);
+            }
+        }
+        if let Some(env) = hook.env() {
+            cmd.env_clear();
+            for e in env {
+                if let Some((k, v)) = e.split_once('=') {
+                    cmd.env(k, v);
+                }
+            }
+        }
+        cmd.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().map_err(CliError::io(format!(
+            "{phase} hook {}",
+            hook.path().display()
+        )))?;
+        {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().unwrap();
+            let _ = stdin.write_all(state.to_string().as_bytes());
+        }
+        let deadline =
+            Instant::now() + Duration::from_secs(hook.timeout().map_or(120, |t| t.max(1) as u64));
+        loop {
+            if let Some(status) = child
+                .try_wait()
+                .map_err(CliError::io("waiting for a hook"))?
+            {
+                if !status.success() {
+                    let mut err = String::new();
+                    use std::io::Read;
+                    let _ = child.stderr.take().map(|mut s| s.read_to_string(&mut err));
+                    return Err(CliError::Setup(format!(
+                        "{phase} hook {} failed ({status}): {}",
+                        hook.path().display(),
+                        err.trim()
+                    )));
+                }
+                break;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return Err(CliError::Setup(format!(
+                    "{phase} hook {} timed out",
+                    hook.path().display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    Ok(())
+}
+
+use std::os::unix::process::CommandExt;
+
+pub fn hooks_of(spec: &Spec, phase: &str) -> Vec<Hook> {
+    let Some(hooks) = spec.hooks().as_ref() else {
+        return vec![];
+    };
+    let list = match phase {
+        "createRuntime" => hooks.create_runtime(),
+        "prestart" => hooks.prestart(),
+        "poststart" => hooks.poststart(),
+        "poststop" => hooks.poststop(),
+        _ => &None,
+    };
+    list.clone().unwrap_or_default()
+}
+
+/// What create leaves behind if it fails half-way, undone in reverse.
+struct Undo<'a> {
+    store: &'a Store,
+    id: String,
+    init_pid: Option<i32>,
+    range: Option<String>,
+    cgroup: Option<String>,
+    armed: bool,
+}
+
+impl Undo<'_> {
+    fn run(&mut self, rt: &tokio::runtime::Runtime, conn: Option<&zbus::Connection>) {
+        if !self.armed {
+            return;
+        }
+        if let Some(pid) = self.init_pid {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+        }
+        if let Some(cgroup) = &self.cgroup {
+            crate::cgroup::remove(cgroup);
+        }
+        if let (Some(name), Some(conn)) = (&self.range, conn) {
+            let _ = rt.block_on(async { IdMap1Proxy::new(conn).await?.release(name).await });
+        }
+        let _ = self.store.remove(&self.id);
+    }
+}
+
+pub fn create(store: &Store, options: &CreateOptions<'_>) -> Result<()> {
+    crate::state::check_id(options.id)?;
+    let bundle = Bundle::load(options.bundle)?;
+    let dir = store.dir(options.id);
+    std::fs::create_dir(&dir).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            CliError::Exists(options.id.to_string())
+        } else {
+            CliError::io(format!("creating {}", dir.display()))(e)
+        }
+    })?;
+    // The init, as the container's root, must reach the fifo through this directory.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))
+        .map_err(CliError::io("chmod state dir"))?;
+    let mut undo = Undo {
+        store,
+        id: options.id.to_string(),
+        init_pid: None,
+        range: None,
+        cgroup: None,
+        armed: true,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(CliError::io("starting the async runtime"))?;
+    let mut conn = None;
+    let result = create_steps(store, options, &bundle, &rt, &mut conn, &mut undo);
+    if result.is_err() {
+        undo.run(&rt, conn.as_ref());
+    }
+    result
+}
+
+fn create_steps(
+    store: &Store,
+    options: &CreateOptions<'_>,
+    bundle: &Bundle,
+    rt: &tokio::runtime::Runtime,
+    conn_slot: &mut Option<zbus::Connection>,
+    undo: &mut Undo<'_>,
+) -> Result<()> {
+    let id = options.id;
+    let dir = store.dir(id);
+    let fifo_path = dir.join("exec.fifo");
+    nix::unistd::mkfifo(&fifo_path, nix::sys::stat::Mode::from_bits_truncate(0o600))
+        .map_err(|e| CliError::Setup(format!("mkfifo: {e}")))?;
+    let fifo: OwnedFd = rustix::fs::open(
+        &fifo_path,
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| CliError::Setup(format!("opening the exec fifo: {e}")))?;
+    let config = init_config(
+        &bundle.spec,
+        &bundle.rootfs,
+        fifo.as_raw_fd(),
+        options.preserve_fds,
+    )?;
+    let (ours, theirs) = nix::sys::socket::socketpair(
+        nix::sys::socket::AddressFamily::Unix,
+        nix::sys::socket::SockType::SeqPacket,
+        None,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| CliError::Setup(format!("socketpair: {e}")))?;
+
+    // Fork while this process has one thread: the children need no async-signal-safety.
+    // SAFETY: the runtime `rt` is current-thread and has spawned no thread yet.
+    let intermediate =
+        match unsafe { nix::unistd::fork() }.map_err(|e| CliError::Setup(format!("fork: {e}")))? {
+            nix::unistd::ForkResult::Child => {
+                drop(ours);
+                init::intermediate(&config, theirs.as_raw_fd())
+            }
+            nix::unistd::ForkResult::Parent { child } => child,
+        };
+    drop(theirs);
+    let sock = ours.as_raw_fd();
+    let result = (|| -> Result<(i32, (u32, u32))> {
+        expect(sock, "creating the user namespace")?;
+        let userns: OwnedFd = std::fs::File::open(format!("/proc/{intermediate}/ns/user"))
+            .map_err(CliError::io("opening the user namespace"))?
+            .into();
+        let conn = rt
+            .block_on(zbus::Connection::system())
+            .map_err(CliError::helper("system bus"))?;
+        *conn_slot = Some(conn.clone());
+        let name = range_name(store, id);
+        let (base, gid_base, _) = rt
+            .block_on(async {
+                IdMap1Proxy::new(&conn)
+                    .await?
+                    .allocate(&name, userns.try_clone().unwrap().into())
+                    .await
+            })
+            .map_err(CliError::helper("idmapd"))?;
+        undo.range = Some(name);
+        let root_ids = (base, gid_base);
+        std::os::unix::fs::chown(&fifo_path, Some(base), Some(gid_base))
+            .map_err(CliError::io("chown exec fifo"))?;
+        let linux = bundle.spec.linux().as_ref();
+        let cgroup = crate::cgroup::path_for(
+            linux.and_then(|l| l.cgroups_path().as_deref()),
+            options.systemd_cgroup,
+            id,
+        );
+        undo.cgroup = Some(cgroup.clone());
+        crate::cgroup::create(
+            &cgroup,
+            intermediate.as_raw(),
+            root_ids,
+            linux.and_then(|l| l.resources().as_ref()),
+        )?;
+        init::send(sock, b"go", None)
+            .map_err(|e| CliError::Setup(format!("signalling the intermediate: {e}")))?;
+        let (msg, _) = expect(sock, "creating the init")?;
+        let pid: i32 = String::from_utf8_lossy(&msg)
+            .strip_prefix("init ")
+            .and_then(|p| p.parse().ok())
+            .ok_or_else(|| CliError::Setup("bad message from the intermediate".into()))?;
+        undo.init_pid = Some(pid);
+        Ok((pid, root_ids))
+    })();
+    let _ = nix::sys::wait::waitpid(intermediate, None);
+    let (pid, root_ids) = result?;
+    let conn = conn_slot.clone().expect("connected above");
+
+    // /dev from devd, the mount namespace from mountd.
+    let pidfd = rustix::process::pidfd_open(
+        rustix::process::Pid::from_raw(pid).unwrap(),
+        rustix::process::PidfdFlags::empty(),
+    )
+    .map_err(|e| CliError::Setup(format!("pidfd_open: {e}")))?;
+    let userns: OwnedFd = std::fs::File::open(format!("/proc/{pid}/ns/user"))
+        .map_err(CliError::io("opening the user namespace"))?
+        .into();
+    let open_path = |path: &Path| -> Result<OwnedFd> {
+        rustix::fs::open(
+            path,
+            rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(|e| CliError::Bundle {
+            bundle: bundle.dir.display().to_string(),
+            reason: format!("cannot open {}: {e}", path.display()),
+        })
+    };
+    let rootfs = open_path(&bundle.rootfs)?;
+    let mut fds: Vec<OwnedFd> = vec![rootfs];
+    let mut mounts: Vec<(String, String, u32, Vec<String>)> = vec![];
+    for m in &bundle.mounts {
+        let source = match &m.source {
+            Some(path) => {
+                fds.push(open_path(path)?);
+                (fds.len() - 1) as u32
+            }
+            None => u32::MAX,
+        };
+        mounts.push((
+            m.destination.clone(),
+            m.typ.clone(),
+            source,
+            m.options.clone(),
+        ));
+    }
+    let readonly_root = bundle
+        .spec
+        .root()
+        .as_ref()
+        .and_then(|r| r.readonly())
+        .unwrap_or(false);
+    let mntns = rt
+        .block_on(async {
+            let dev = Dev1Proxy::new(&conn)
+                .await?
+                .create(userns.try_clone().unwrap().into(), HashMap::new())
+                .await?;
+            let dev_index = fds.len() as u32;
+            let mut wire: Vec<zbus::zvariant::OwnedFd> = fds.into_iter().map(Into::into).collect();
+            wire.push(dev);
+            let mut plan: HashMap<&str, Value<'_>> = HashMap::new();
+            plan.insert("rootfs", Value::from(0u32));
+            plan.insert("dev", Value::from(dev_index));
+            plan.insert("rootfs_readonly", Value::from(readonly_root));
+            plan.insert("mounts", Value::from(mounts));
+            plan.insert("masked_paths", Value::from(bundle.masked.clone()));
+            plan.insert("readonly_paths", Value::from(bundle.readonly.clone()));
+            Mount1Proxy::new(&conn)
+                .await?
+                .build_root(pidfd.try_clone().unwrap().into(), plan, wire)
+                .await
+        })
+        .map_err(CliError::helper("devd/mountd"))?;
+    let mntns: OwnedFd = mntns.into();
+    init::send(sock, b"mntns", Some(mntns.as_raw_fd()))
+        .map_err(|e| CliError::Setup(format!("handing the mount namespace to the init: {e}")))?;
+    drop(mntns);
+    write_sysctls(&bundle.spec, pid)?;
+    loop {
+        let (msg, fd) = expect(sock, "setting up the container")?;
+        match (msg.as_slice(), fd) {
+            (b"console", Some(master)) => {
+                // SAFETY: received with SCM_RIGHTS, owned by nobody else.
+                let master = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(master) };
+                let socket = options.console_socket.ok_or_else(|| {
+                    CliError::Setup(
+                        "process.terminal is set but no --console-socket was given".into(),
+                    )
+                })?;
+                send_console(socket, master.as_fd())?;
+            }
+            (b"ready", _) => break,
+            (other, _) => {
+                return Err(CliError::Setup(format!(
+                    "unexpected message from the init: {}",
+                    String::from_utf8_lossy(other)
+                )))
+            }
+        }
+    }
+
+    let record = Record {
+        id: id.to_string(),
+        bundle: bundle.dir.clone(),
+        pid,
+        pid_start: start_time(pid)
+            .ok_or_else(|| CliError::Setup("the container's init died during create".into()))?,
+        created: crate::log::now(),
+        root_ids,
+        cgroup: undo.cgroup.clone(),
+        annotations: bundle.spec.annotations().clone().unwrap_or_default(),
+    };
+    store.save(&record)?;
+    let state = record.oci_state(store);
+    run_hooks(
+        &hooks_of(&bundle.spec, "createRuntime"),
+        &state,
+        "createRuntime",
+    )?;
+    run_hooks(&hooks_of(&bundle.spec, "prestart"), &state, "prestart")?;
+    if let Some(pid_file) = options.pid_file {
+        let tmp = pid_file.with_extension("burrow-tmp");
+        std::fs::write(&tmp, pid.to_string())
+            .map_err(CliError::io(format!("writing {}", tmp.display())))?;
+        std::fs::rename(&tmp, pid_file)
+            .map_err(CliError::io(format!("writing {}", pid_file.display())))?;
+    }
+    undo.armed = false;
+    Ok(())
+}
+
+/// Namespaced sysctls, written from the host side into the container's network, ipc and uts
+/// namespaces (the container's /proc/sys is read-only).
+fn write_sysctls(spec: &Spec, pid: i32) -> Result<()> {
+    let sysctls = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.sysctl().clone())
+        .unwrap_or_default();
+    if sysctls.is_empty() {
+        return Ok(());
+    }
+    for key in sysctls.keys() {
+        let namespaced = key.starts_with("net.")
+            || key.starts_with("kernel.shm")
+            || key.starts_with("kernel.msg")
+            || key.starts_with("kernel.sem")
+            || key.starts_with("fs.mqueue.")
+            || key == "kernel.hostname"
+            || key == "kernel.domainname";
+        if !namespaced {
+            return Err(CliError::Refused(format!(
+                "sysctl {key} is not namespaced and cannot be set for a container"
+            )));
+        }
+    }
+    let ns: Vec<OwnedFd> = ["net", "ipc", "uts"]
+        .iter()
+        .map(|n| std::fs::File::open(format!("/proc/{pid}/ns/{n}")).map(Into::into))
+        .collect::<std::io::Result<_>>()
+        .map_err(CliError::io("opening the container's namespaces"))?;
+    // SAFETY: the child joins namespaces, writes files and exits; glibc's allocator is safe
+    // after fork.
+    match unsafe { nix::unistd::fork() }.map_err(|e| CliError::Setup(format!("fork: {e}")))? {
+        nix::unistd::ForkResult::Child => {
+            let mut code = 0;
+            for fd in &ns {
+                if nix::sched::setns(fd.as_fd(), nix::sched::CloneFlags::empty()).is_err() {
+                    code = 2;
+                }
+            }
+            for (key, value) in &sysctls {
+                if std::fs::write(format!("/proc/sys/{}", key.replace('.', "/")), value).is_err() {
+                    code = 3;
+                }
+            }
+            // SAFETY: leaving the forked child.
+            unsafe { libc::_exit(code) }
+        }
+        nix::unistd::ForkResult::Parent { child } => match nix::sys::wait::waitpid(child, None) {
+            Ok(nix::sys::wait::WaitStatus::Exited(_, 0)) => Ok(()),
+            _ => Err(CliError::Setup(format!(
+                "setting sysctls {:?} failed",
+                sysctls.keys().collect::<Vec<_>>()
+            ))),
+        },
+    }
+}
+
+/// Sends the pty master to the console socket, as runc does.
+fn send_console(socket: &Path, master: std::os::fd::BorrowedFd<'_>) -> Result<()> {
+    let stream = std::os::unix::net::UnixStream::connect(socket).map_err(CliError::io(format!(
+        "connecting to console socket {}",
+        socket.display()
+    )))?;
+    init::send(stream.as_raw_fd(), b"/dev/ptmx", Some(master.as_raw_fd()))
+        .map_err(|e| CliError::Setup(format!("sending the console: {e}")))
+}
+
+pub fn start(store: &Store, id: &str) -> Result<()> {
+    let record = store.load(id)?;
+    let status = record.status(store);
+    if status != Status::Created {
+        return Err(CliError::WrongState {
+            id: id.into(),
+            status: status.as_str().into(),
+            need: "only a created container can be started".into(),
+        });
+    }
+    let fifo_path = store.dir(id).join("exec.fifo");
+    let fifo = nix::fcntl::open(
+        &fifo_path,
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| CliError::Setup(format!("opening the exec fifo: {e}")))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut byte = [0u8; 1];
+    loop {
+        match nix::unistd::read(fifo, &mut byte) {
+            Ok(1) => break,
+            _ if !record.init_alive() => {
+                let _ = nix::unistd::close(fifo);
+                return Err(CliError::Setup(format!(
+                    "container {id}'s init exited before start"
+                )));
+            }
+            _ if Instant::now() > deadline => {
+                let _ = nix::unistd::close(fifo);
+                return Err(CliError::Setup(format!(
+                    "container {id}'s init did not take the start signal"
+                )));
+            }
+            _ => std::thread::sleep(Duration::from_millis(2)),
+        }
+    }
+    let _ = nix::unistd::close(fifo);
+    let _ = std::fs::remove_file(&fifo_path);
+    let spec = Bundle::load(&record.bundle).map(|b| b.spec).ok();
+    if let Some(spec) = spec {
+        run_hooks(
+            &hooks_of(&spec, "poststart"),
+            &record.oci_state(store),
+            "poststart",
+        )?;
+    }
+    Ok(())
+}
+
+pub fn parse_signal(name: &str) -> Result<nix::sys::signal::Signal> {
+    use std::str::FromStr;
+    let bad = || CliError::BadSignal(name.to_string());
+    if let Ok(n) = name.parse::<i32>() {
+        return nix::sys::signal::Signal::try_from(n).map_err(|_| bad());
+    }
+    let upper = name.to_ascii_uppercase();
+    let full = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    nix::sys::signal::Signal::from_str(&full).map_err(|_| bad())
+}
+
+/// Sends a raw signal number (also real-time ones such as 37, SIGRTMIN+3, systemd's stop signal).
+fn signal_number(name: &str) -> Result<i32> {
+    if let Ok(n) = name.parse::<i32>() {
+        if (1..=64).contains(&n) {
+            return Ok(n);
+        }
+        return Err(CliError::BadSignal(name.to_string()));
+    }
+    Ok(parse_signal(name)? as i32)
+}
+
+pub fn kill(store: &Store, id: &str, signal: &str, all: bool) -> Result<()> {
+    let signo = signal_number(signal)?;
+    let record = store.load(id)?;
+    if record.status(store) == Status::Stopped {
+        return Err(CliError::WrongState {
+            id: id.into(),
+            status: "stopped".into(),
+            need: "it cannot be signalled".into(),
+        });
+    }
+    let targets = match (&record.cgroup, all) {
+        (Some(cgroup), true) => crate::cgroup::pids(cgroup),
+        _ => vec![record.pid],
+    };
+    for pid in targets {
+        // SAFETY: kill(2) with a checked signal number.
+        unsafe { libc::kill(pid, signo) };
+    }
+    Ok(())
+}
+
+pub fn delete(store: &Store, id: &str, force: bool) -> Result<()> {
+    let record = match store.load(id) {
+        Ok(record) => record,
+        Err(CliError::NotFound(_)) if force => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let status = record.status(store);
+    if (status == Status::Running || status == Status::Paused) && !force {
+        return Err(CliError::WrongState {
+            id: id.into(),
+            status: status.as_str().into(),
+            need: "stop it first or use --force".into(),
+        });
+    }
+    if let Some(cgroup) = &record.cgroup {
+        if status == Status::Paused {
+            let _ = crate::cgroup::freeze(cgroup, false);
+        }
+        for pid in crate::cgroup::pids(cgroup) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+    if record.init_alive() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(record.pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while record.init_alive() && Instant::now() < deadline {
+        let _ = nix::sys::wait::waitpid(
+            nix::unistd::Pid::from_raw(record.pid),
+            Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    if let Some(cgroup) = &record.cgroup {
+        crate::cgroup::remove(cgroup);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(CliError::io("starting the async runtime"))?;
+    let name = range_name(store, id);
+    let released = rt.block_on(async {
+        let conn = zbus::Connection::system().await?;
+        IdMap1Proxy::new(&conn).await?.release(&name).await
+    });
+    match released {
+        Ok(()) => {}
+        Err(zbus::Error::MethodError(n, _, _)) if n.as_str() == "org.burrow.Error.NotFound" => {}
+        Err(e) => return Err(CliError::helper("idmapd")(e)),
+    }
+    if let Ok(bundle) = Bundle::load(&record.bundle) {
+        let mut state = record.oci_state(store);
+        state["status"] = "stopped".into();
+        let _ = run_hooks(&hooks_of(&bundle.spec, "poststop"), &state, "poststop");
+    }
+    store.remove(id)
+}

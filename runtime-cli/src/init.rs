@@ -1,0 +1,276 @@
+//! The two processes the CLI forks for a container. The intermediate creates the user
+//! namespace, waits for idmapd to map it and for its cgroup, becomes root in it, unshares the
+//! other namespaces and clones the init as a sibling (a child of the CLI, so a subreaper such as
+//! containerd's shim adopts it). The init waits for its mount namespace from mountd, sets up
+//! its terminal, hostname, limits and user, waits for `start` on the exec fifo and execs the
+//! container's process. Both are non-dumpable until exec: the container's root cannot open
+//! them through /proc (the lesson of CVE-2019-5736), and the init keeps no host fd past exec.
+
+use std::ffi::CString;
+use std::io::IoSlice;
+use std::os::fd::{AsRawFd, RawFd};
+
+use nix::sys::socket::{self, ControlMessage, ControlMessageOwned, MsgFlags};
+
+/// Everything the init needs, prepared before the fork.
+pub struct InitConfig {
+    pub args: Vec<CString>,
+    pub env: Vec<CString>,
+    /// Candidate paths for args[0] (PATH lookup is done before the fork).
+    pub program: Vec<CString>,
+    pub cwd: CString,
+    pub hostname: Option<CString>,
+    pub rlimits: Vec<(libc::__rlimit_resource_t, u64, u64)>,
+    pub uid: u32,
+    pub gid: u32,
+    pub additional_gids: Vec<u32>,
+    pub no_new_privileges: bool,
+    pub terminal: bool,
+    /// O_PATH fd of the exec fifo, reopened for writing through /proc/self/fd.
+    pub fifo: RawFd,
+    /// Extra fds (3..3+N) passed on to the process (`--preserve-fds`).
+    pub preserve_fds: i32,
+    pub unshare_flags: libc::c_int,
+}
+
+pub fn send(sock: RawFd, data: &[u8], fd: Option<RawFd>) -> nix::Result<()> {
+    let fds;
+    let cmsgs: Vec<ControlMessage> = match fd {
+        Some(fd) => {
+            fds = [fd];
+            vec![ControlMessage::ScmRights(&fds)]
+        }
+        None => vec![],
+    };
+    socket::sendmsg::<()>(sock, &[IoSlice::new(data)], &cmsgs, MsgFlags::empty(), None).map(drop)
+}
+
+/// Receives one message (and an fd, if one came with it).
+pub fn recv(sock: RawFd) -> nix::Result<(Vec<u8>, Option<RawFd>)> {
+    let mut buf = vec![0u8; 4096];
+    let mut cmsg = nix::cmsg_space!([RawFd; 1]);
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let msg = socket::recvmsg::<()>(sock, &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC)?;
+    let fd = msg.cmsgs()?.find_map(|c| match c {
+        ControlMessageOwned::ScmRights(fds) => fds.first().copied(),
+        _ => None,
+    });
+    let len = msg.bytes;
+    buf.truncate(len);
+    Ok((buf, fd))
+}
+
+fn fail(sock: RawFd, what: &str, e: impl std::fmt::Display) -> ! {
+    let _ = send(sock, format!("error: {what}: {e}").as_bytes(), None);
+    // SAFETY: leaving a forked child.
+    unsafe { libc::_exit(1) }
+}
+
+/// The intermediate process. Never returns.
+pub fn intermediate(config: &InitConfig, sock: RawFd) -> ! {
+    // SAFETY: prctl on the calling process.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0) };
+    if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER) {
+        fail(sock, "unshare(CLONE_NEWUSER)", e);
+    }
+    let _ = send(sock, b"userns", None);
+    match recv(sock) {
+        Ok((msg, _)) if msg == b"go" => {}
+        Ok((msg, _)) => fail(
+            sock,
+            "waiting for the ID map",
+            String::from_utf8_lossy(&msg),
+        ),
+        Err(e) => fail(sock, "waiting for the ID map", e),
+    }
+    if let Err(e) = nix::unistd::setresgid(0.into(), 0.into(), 0.into())
+        .and(nix::unistd::setresuid(0.into(), 0.into(), 0.into()))
+    {
+        fail(sock, "becoming root in the user namespace", e);
+    }
+    // SAFETY: unshare with flags prepared from the spec.
+    if unsafe { libc::unshare(config.unshare_flags) } != 0 {
+        fail(
+            sock,
+            "unsharing the container's namespaces",
+            std::io::Error::last_os_error(),
+        );
+    }
+    // SAFETY: a single-threaded process clones itself; CLONE_PARENT makes the child a sibling.
+    let child = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            libc::CLONE_PARENT | libc::SIGCHLD,
+            0,
+            0,
+            0,
+            0,
+        )
+    };
+    match child {
+        0 => init(config, sock),
+        pid if pid > 0 => {
+            let _ = send(sock, format!("init {pid}").as_bytes(), None);
+            // SAFETY: leaving a forked child.
+            unsafe { libc::_exit(0) }
+        }
+        _ => fail(sock, "clone of the init", std::io::Error::last_os_error()),
+    }
+}
+
+fn init(config: &InitConfig, sock: RawFd) -> ! {
+    // SAFETY: prctl on the calling process.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0) };
+    let mntns = match recv(sock) {
+        Ok((msg, Some(fd))) if msg == b"mntns" => fd,
+        Ok((msg, _)) => fail(
+            sock,
+            "waiting for the mount namespace",
+            String::from_utf8_lossy(&msg),
+        ),
+        Err(e) => fail(sock, "waiting for the mount namespace", e),
+    };
+    // SAFETY: setns on an fd received from the CLI.
+    if unsafe { libc::setns(mntns, libc::CLONE_NEWNS) } != 0 {
+        fail(
+            sock,
+            "joining the mount namespace",
+            std::io::Error::last_os_error(),
+        );
+    }
+    let _ = nix::unistd::close(mntns);
+    let _ = nix::unistd::setsid();
+    if config.terminal {
+        if let Err(e) = console(sock) {
+            fail(sock, "setting up the console", e);
+        }
+    }
+    if let Some(hostname) = &config.hostname {
+        if let Err(e) = nix::unistd::sethostname(hostname.to_str().unwrap_or_default()) {
+            fail(sock, "sethostname", e);
+        }
+    }
+    for (resource, soft, hard) in &config.rlimits {
+        let limit = libc::rlimit {
+            rlim_cur: *soft,
+            rlim_max: *hard,
+        };
+        // SAFETY: setrlimit with a valid struct.
+        if unsafe { libc::setrlimit(*resource, &limit) } != 0 {
+            fail(
+                sock,
+                &format!("setrlimit({resource}) to {soft}/{hard}"),
+                std::io::Error::last_os_error(),
+            );
+        }
+    }
+    if config.uid != 0 || config.gid != 0 || !config.additional_gids.is_empty() {
+        let groups: Vec<nix::unistd::Gid> =
+            config.additional_gids.iter().map(|g| (*g).into()).collect();
+        let result = nix::unistd::setgroups(&groups)
+            .and(nix::unistd::setresgid(
+                config.gid.into(),
+                config.gid.into(),
+                config.gid.into(),
+            ))
+            .and(nix::unistd::setresuid(
+                config.uid.into(),
+                config.uid.into(),
+                config.uid.into(),
+            ));
+        if let Err(e) = result {
+            fail(
+                sock,
+                &format!("switching to uid {} gid {}", config.uid, config.gid),
+                e,
+            );
+        }
+    }
+    if config.no_new_privileges {
+        // SAFETY: prctl on the calling process.
+        unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+    }
+    if let Err(e) = nix::unistd::chdir(config.cwd.as_c_str()) {
+        fail(sock, &format!("chdir to {:?}", config.cwd), e);
+    }
+    let _ = send(sock, b"ready", None);
+    let _ = nix::unistd::close(sock);
+    // Blocks until `burrow start` opens the fifo for reading.
+    let fifo = CString::new(format!("/proc/self/fd/{}", config.fifo)).unwrap();
+    // SAFETY: open of a path we built; the result is checked.
+    let w = unsafe { libc::open(fifo.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
+    if w < 0 {
+        // SAFETY: leaving the process.
+        unsafe { libc::_exit(126) };
+    }
+    // SAFETY: writing one byte from a static buffer.
+    unsafe {
+        libc::write(w, b"0".as_ptr().cast(), 1);
+        libc::close(w);
+        libc::close(config.fifo);
+        // No fd of the runtime survives exec.
+        libc::syscall(
+            libc::SYS_close_range,
+            3 + config.preserve_fds as u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        );
+    }
+    let argv: Vec<*const libc::c_char> = config
+        .args
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain([std::ptr::null()])
+        .collect();
+    let envp: Vec<*const libc::c_char> = config
+        .env
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain([std::ptr::null()])
+        .collect();
+    for program in &config.program {
+        // SAFETY: NUL-terminated argument vectors built above.
+        unsafe { libc::execve(program.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+    }
+    let message = format!(
+        "burrow: exec {:?}: {}\n",
+        config.args[0],
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: writing to the container's stderr, then leaving.
+    unsafe {
+        libc::write(2, message.as_ptr().cast(), message.len());
+        libc::_exit(127)
+    }
+}
+
+/// Opens a pty in the container's devpts, sends the master to the CLI, makes the slave the
+/// controlling terminal and stdio.
+fn console(sock: RawFd) -> Result<(), String> {
+    use nix::fcntl::OFlag;
+    let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
+        .map_err(|e| format!("open /dev/ptmx: {e}"))?;
+    nix::pty::grantpt(&master).map_err(|e| format!("grantpt: {e}"))?;
+    nix::pty::unlockpt(&master).map_err(|e| format!("unlockpt: {e}"))?;
+    let name = nix::pty::ptsname_r(&master).map_err(|e| format!("ptsname: {e}"))?;
+    let slave = nix::fcntl::open(
+        name.as_str(),
+        OFlag::O_RDWR | OFlag::O_NOCTTY,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| format!("open {name}: {e}"))?;
+    send(sock, b"console", Some(master.as_raw_fd()))
+        .map_err(|e| format!("sending the console: {e}"))?;
+    drop(master);
+    // SAFETY: ioctl on the slave we opened.
+    if unsafe { libc::ioctl(slave, libc::TIOCSCTTY, 0) } != 0 {
+        return Err(format!("TIOCSCTTY: {}", std::io::Error::last_os_error()));
+    }
+    for fd in 0..3 {
+        nix::unistd::dup2(slave, fd).map_err(|e| format!("dup2: {e}"))?;
+    }
+    if slave > 2 {
+        let _ = nix::unistd::close(slave);
+    }
+    Ok(())
+}

@@ -1,0 +1,471 @@
+//! burrow: an OCI runtime with runc's command line that runs every container as a system
+//! container — its own user namespace with an exclusive ID range, all namespaces, a minimal
+//! /dev and locked masks — by asking Burrow's root helpers over the system bus for each
+//! privileged step.
+
+mod cgroup;
+mod container;
+mod error;
+mod init;
+mod log;
+mod spec;
+mod state;
+
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand};
+
+use crate::error::{CliError, Result};
+use crate::state::{Status, Store};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "burrow",
+    version,
+    about = "OCI runtime for system containers (runc-compatible command line)"
+)]
+struct Cli {
+    /// Directory for container state (default /run/burrow, or $XDG_RUNTIME_DIR/burrow for non-root).
+    #[arg(long, global = true)]
+    root: Option<PathBuf>,
+    /// Log file (errors go there; with --log-format json as JSON lines).
+    #[arg(long, global = true)]
+    log: Option<String>,
+    /// Log format: text or json.
+    #[arg(long, global = true, default_value = "text")]
+    log_format: String,
+    /// More logging.
+    #[arg(long, global = true)]
+    debug: bool,
+    /// cgroupsPath is systemd's slice:prefix:name (made as cgroupfs directories).
+    #[arg(long, global = true)]
+    systemd_cgroup: bool,
+    /// Accepted for runc compatibility (burrow decides by the caller's uid).
+    #[arg(long, global = true, num_args = 0..=1, default_missing_value = "true")]
+    rootless: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create a container from a bundle; it waits for `start`.
+    Create {
+        #[arg(long, short, default_value = ".")]
+        bundle: PathBuf,
+        #[arg(long)]
+        pid_file: Option<PathBuf>,
+        #[arg(long)]
+        console_socket: Option<PathBuf>,
+        #[arg(long)]
+        no_pivot: bool,
+        #[arg(long)]
+        no_new_keyring: bool,
+        #[arg(long, default_value_t = 0)]
+        preserve_fds: i32,
+        id: String,
+    },
+    /// Start a created container.
+    Start { id: String },
+    /// Create and start a container, wait for it, delete it, exit with its status.
+    Run {
+        #[arg(long, short, default_value = ".")]
+        bundle: PathBuf,
+        #[arg(long)]
+        pid_file: Option<PathBuf>,
+        #[arg(long)]
+        console_socket: Option<PathBuf>,
+        #[arg(long, short)]
+        detach: bool,
+        #[arg(long)]
+        no_pivot: bool,
+        #[arg(long)]
+        no_new_keyring: bool,
+        #[arg(long, default_value_t = 0)]
+        preserve_fds: i32,
+        id: String,
+    },
+    /// The container's OCI state as JSON.
+    State { id: String },
+    /// List containers.
+    List {
+        #[arg(long, short, default_value = "table")]
+        format: String,
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Send a signal (name or number; default SIGTERM) to the container's init, or with --all to
+    /// every process in it.
+    Kill {
+        #[arg(long, short)]
+        all: bool,
+        id: String,
+        signal: Option<String>,
+    },
+    /// Delete a container (a running one only with --force) and give back its ID range.
+    Delete {
+        #[arg(long, short)]
+        force: bool,
+        id: String,
+    },
+    /// Processes in the container.
+    Ps {
+        #[arg(long, short, default_value = "table")]
+        format: String,
+        id: String,
+    },
+    /// Freeze every process in the container.
+    Pause { id: String },
+    /// Thaw a paused container.
+    Resume { id: String },
+    /// Change the container's resource limits (`--resources FILE`, `-` for stdin; zeros mean
+    /// unchanged).
+    Update {
+        #[arg(long, short)]
+        resources: Option<String>,
+        id: String,
+    },
+    /// What this runtime supports, as JSON.
+    Features,
+    /// Write a config.json for a system container.
+    Spec {
+        #[arg(long, short, default_value = ".")]
+        bundle: PathBuf,
+    },
+}
+
+const SUBCOMMANDS: [&str; 15] = [
+    "create", "start", "run", "state", "list", "kill", "delete", "ps", "pause", "resume", "update",
+    "features", "spec", "help", "exec",
+];
+const GLOBAL_WITH_VALUE: [&str; 4] = ["--root", "--log", "--log-format", "--rootless"];
+const GLOBAL_SWITCHES: [&str; 4] = ["--debug", "--systemd-cgroup", "--help", "--version"];
+
+/// Drops global flags burrow does not know (Docker and containerd may prepend some, such as
+/// `--criu`), keeping everything from the subcommand on.
+fn tolerate_unknown_globals(args: Vec<String>) -> Vec<String> {
+    let mut out = vec![args[0].clone()];
+    let mut iter = args.into_iter().skip(1).peekable();
+    while let Some(arg) = iter.next() {
+        if SUBCOMMANDS.contains(&arg.as_str()) || !arg.starts_with('-') {
+            out.push(arg);
+            out.extend(iter);
+            break;
+        }
+        let name = arg.split('=').next().unwrap_or("").to_string();
+        if GLOBAL_WITH_VALUE.contains(&name.as_str()) {
+            let takes_next = !arg.contains('=') && name != "--rootless";
+            out.push(arg);
+            if takes_next {
+                if let Some(value) = iter.next() {
+                    out.push(value);
+                }
+            }
+        } else if GLOBAL_SWITCHES.contains(&name.as_str())
+            || ["-h", "-v", "-V"].contains(&name.as_str())
+        {
+            out.push(arg);
+        }
+    }
+    out
+}
+
+fn default_root() -> PathBuf {
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/run/burrow");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(dir) => Path::new(&dir).join("burrow"),
+        None => PathBuf::from(format!("/tmp/burrow-{}", nix::unistd::geteuid())),
+    }
+}
+
+fn main() {
+    let args = tolerate_unknown_globals(std::env::args().collect());
+    let cli = Cli::parse_from(args);
+    // fds 0-2 belong to the container during create and run.
+    let quiet_stderr = matches!(cli.command, Command::Create { .. } | Command::Run { .. });
+    let logger = log::Logger::new(cli.log.as_deref(), &cli.log_format, !quiet_stderr);
+    match run(&cli) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            logger.error(&e.to_string());
+            std::process::exit(1);
+        }
+    }
+}
+
+fn run(cli: &Cli) -> Result<i32> {
+    let store = || Store::new(&cli.root.clone().unwrap_or_else(default_root));
+    match &cli.command {
+        Command::Create {
+            bundle,
+            pid_file,
+            console_socket,
+            preserve_fds,
+            id,
+            ..
+        } => {
+            let options = container::CreateOptions {
+                id,
+                bundle,
+                pid_file: pid_file.as_deref(),
+                console_socket: console_socket.as_deref(),
+                preserve_fds: *preserve_fds,
+                systemd_cgroup: cli.systemd_cgroup,
+            };
+            container::create(&store()?, &options)?;
+        }
+        Command::Start { id } => container::start(&store()?, id)?,
+        Command::Run {
+            bundle,
+            pid_file,
+            console_socket,
+            detach,
+            preserve_fds,
+            id,
+            ..
+        } => {
+            let store = store()?;
+            let options = container::CreateOptions {
+                id,
+                bundle,
+                pid_file: pid_file.as_deref(),
+                console_socket: console_socket.as_deref(),
+                preserve_fds: *preserve_fds,
+                systemd_cgroup: cli.systemd_cgroup,
+            };
+            container::create(&store, &options)?;
+            container::start(&store, id)?;
+            if *detach {
+                return Ok(0);
+            }
+            let pid = store.load(id)?.pid;
+            let code = match nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None) {
+                Ok(nix::sys::wait::WaitStatus::Exited(_, code)) => code,
+                Ok(nix::sys::wait::WaitStatus::Signaled(_, signal, _)) => 128 + signal as i32,
+                _ => 255,
+            };
+            container::delete(&store, id, true)?;
+            return Ok(code);
+        }
+        Command::State { id } => {
+            let store = store()?;
+            let record = store.load(id)?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&record.oci_state(&store)).unwrap()
+            );
+        }
+        Command::List { format, quiet } => {
+            let store = store()?;
+            let records = store.list();
+            if *quiet {
+                records.iter().for_each(|r| println!("{}", r.id));
+            } else if format == "json" {
+                let states: Vec<_> = records.iter().map(|r| r.oci_state(&store)).collect();
+                println!("{}", serde_json::to_string(&states).unwrap());
+            } else {
+                println!(
+                    "{:<20} {:<8} {:<10} {:<40} CREATED",
+                    "ID", "PID", "STATUS", "BUNDLE"
+                );
+                for r in &records {
+                    let status = r.status(&store);
+                    let pid = if status == Status::Stopped { 0 } else { r.pid };
+                    println!(
+                        "{:<20} {:<8} {:<10} {:<40} {}",
+                        r.id,
+                        pid,
+                        status.as_str(),
+                        r.bundle.display(),
+                        r.created
+                    );
+                }
+            }
+        }
+        Command::Kill { all, id, signal } => {
+            container::kill(&store()?, id, signal.as_deref().unwrap_or("SIGTERM"), *all)?
+        }
+        Command::Delete { force, id } => container::delete(&store()?, id, *force)?,
+        Command::Ps { format, id } => {
+            let store = store()?;
+            let record = store.load(id)?;
+            let pids = record
+                .cgroup
+                .as_deref()
+                .map(cgroup::pids)
+                .unwrap_or_default();
+            if format == "json" {
+                println!("{}", serde_json::to_string(&pids).unwrap());
+            } else {
+                println!("PID");
+                pids.iter().for_each(|p| println!("{p}"));
+            }
+        }
+        Command::Pause { id } | Command::Resume { id } => {
+            let store = store()?;
+            let record = store.load(id)?;
+            let status = record.status(&store);
+            let pause = matches!(cli.command, Command::Pause { .. });
+            let need = if pause {
+                Status::Running
+            } else {
+                Status::Paused
+            };
+            if status != need {
+                return Err(CliError::WrongState {
+                    id: id.clone(),
+                    status: status.as_str().into(),
+                    need: format!("it must be {}", need.as_str()),
+                });
+            }
+            let cgroup = record
+                .cgroup
+                .as_deref()
+                .ok_or_else(|| CliError::Setup("the container has no cgroup".into()))?;
+            cgroup::freeze(cgroup, pause)?;
+        }
+        Command::Update { resources, id } => {
+            let store = store()?;
+            let record = store.load(id)?;
+            let text = match resources.as_deref() {
+                None | Some("-") => std::io::read_to_string(std::io::stdin())
+                    .map_err(CliError::io("reading resources from stdin"))?,
+                Some(path) => std::fs::read_to_string(path)
+                    .map_err(CliError::io(format!("reading {path}")))?,
+            };
+            let resources: oci_spec::runtime::LinuxResources = serde_json::from_str(&text)
+                .map_err(|e| CliError::Setup(format!("invalid resources JSON: {e}")))?;
+            let cgroup = record
+                .cgroup
+                .as_deref()
+                .ok_or_else(|| CliError::Setup("the container has no cgroup".into()))?;
+            cgroup::update(cgroup, &resources)?;
+        }
+        Command::Features => println!("{}", serde_json::to_string_pretty(&features()).unwrap()),
+        Command::Spec { bundle, .. } => {
+            let path = bundle.join("config.json");
+            if path.exists() {
+                return Err(CliError::Setup(format!(
+                    "{} already exists",
+                    path.display()
+                )));
+            }
+            std::fs::write(
+                &path,
+                serde_json::to_string_pretty(&default_spec()).unwrap(),
+            )
+            .map_err(CliError::io(format!("writing {}", path.display())))?;
+        }
+    }
+    Ok(0)
+}
+
+fn features() -> serde_json::Value {
+    serde_json::json!({
+        "ociVersionMin": "1.0.0",
+        "ociVersionMax": "1.2.0",
+        "hooks": ["prestart", "createRuntime", "poststart", "poststop"],
+        "mountOptions": ["ro", "rw", "nosuid", "nodev", "noexec", "bind", "rbind", "private", "rprivate"],
+        "linux": {
+            "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "user", "uts", "time"],
+            "capabilities": [],
+            "cgroup": {"v1": true, "v2": true, "systemd": false, "systemdUser": false},
+            "seccomp": {"enabled": false},
+            "apparmor": {"enabled": false},
+            "selinux": {"enabled": false},
+            "mountExtensions": {"idmap": {"enabled": true}}
+        },
+        "annotations": {"org.burrow.system-container": "true"}
+    })
+}
+
+fn default_spec() -> serde_json::Value {
+    serde_json::json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": true,
+            "user": {"uid": 0, "gid": 0},
+            "args": ["sh"],
+            "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "TERM=xterm"],
+            "cwd": "/",
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+            "noNewPrivileges": true
+        },
+        "root": {"path": "rootfs", "readonly": false},
+        "hostname": "burrow",
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
+            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+            {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]},
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
+            {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}
+        ],
+        "linux": {
+            "namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "cgroup"}],
+            "maskedPaths": ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware"],
+            "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(args: &[&str]) -> Vec<String> {
+        args.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn unknown_global_flags_are_dropped() {
+        assert_eq!(
+            tolerate_unknown_globals(v(&[
+                "burrow",
+                "--root",
+                "/r",
+                "--criu",
+                "--log=/l",
+                "--systemd-cgroup",
+                "kill",
+                "--all",
+                "x",
+                "9"
+            ])),
+            v(&[
+                "burrow",
+                "--root",
+                "/r",
+                "--log=/l",
+                "--systemd-cgroup",
+                "kill",
+                "--all",
+                "x",
+                "9"
+            ])
+        );
+        assert_eq!(
+            tolerate_unknown_globals(v(&["burrow", "state", "x"])),
+            v(&["burrow", "state", "x"])
+        );
+    }
+
+    #[test]
+    fn signals_by_name_and_number() {
+        assert_eq!(
+            container::parse_signal("KILL").unwrap(),
+            nix::sys::signal::Signal::SIGKILL
+        );
+        assert_eq!(
+            container::parse_signal("SIGTERM").unwrap(),
+            nix::sys::signal::Signal::SIGTERM
+        );
+        assert_eq!(
+            container::parse_signal("9").unwrap(),
+            nix::sys::signal::Signal::SIGKILL
+        );
+        assert!(container::parse_signal("SIGNOPE").is_err());
+    }
+}

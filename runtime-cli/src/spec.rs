@@ -1,0 +1,230 @@
+//! The OCI bundle, checked, and turned into a system container: a user namespace with an
+//! exclusive range, every namespace of its own, Burrow's /dev, the standard system mounts.
+
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+
+use crate::error::{CliError, Result};
+
+/// One mount for mountd's plan, with its host source for binds.
+#[derive(Debug, Clone)]
+pub struct PlannedMount {
+    pub destination: String,
+    pub typ: String,
+    pub source: Option<PathBuf>,
+    pub options: Vec<String>,
+}
+
+pub struct Bundle {
+    pub dir: PathBuf,
+    pub spec: Spec,
+    pub rootfs: PathBuf,
+    pub mounts: Vec<PlannedMount>,
+    pub masked: Vec<String>,
+    pub readonly: Vec<String>,
+}
+
+fn bundle_error(dir: &Path, reason: impl Into<String>) -> CliError {
+    CliError::Bundle {
+        bundle: dir.display().to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// Mounts every system container gets, unless the spec has its own at that destination.
+fn standard_mounts() -> Vec<PlannedMount> {
+    let m = |d: &str, t: &str, o: &[&str]| PlannedMount {
+        destination: d.into(),
+        typ: t.into(),
+        source: None,
+        options: o.iter().map(|s| s.to_string()).collect(),
+    };
+    vec![
+        m("/proc", "proc", &["nosuid", "noexec", "nodev"]),
+        m("/sys", "sysfs", &["nosuid", "noexec", "nodev", "ro"]),
+        m(
+            "/dev/pts",
+            "devpts",
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
+                "gid=5",
+            ],
+        ),
+        m("/dev/mqueue", "mqueue", &["nosuid", "noexec", "nodev"]),
+        m(
+            "/dev/shm",
+            "tmpfs",
+            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+        ),
+        m("/sys/fs/cgroup", "cgroup", &["nosuid", "noexec", "nodev"]),
+    ]
+}
+
+/// runc's default masked and read-only paths, used when the spec names none.
+const MASKED: [&str; 11] = [
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+const READONLY: [&str; 5] = [
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+impl Bundle {
+    pub fn load(dir: &Path) -> Result<Bundle> {
+        let dir = dir
+            .canonicalize()
+            .map_err(|e| bundle_error(dir, format!("cannot open: {e}")))?;
+        let config = dir.join("config.json");
+        if !config.exists() {
+            return Err(bundle_error(&dir, "config.json is missing"));
+        }
+        let spec = Spec::load(&config)
+            .map_err(|e| bundle_error(&dir, format!("config.json is invalid: {e}")))?;
+        let root = spec
+            .root()
+            .as_ref()
+            .ok_or_else(|| bundle_error(&dir, "config.json has no root"))?;
+        let rootfs = if root.path().is_absolute() {
+            root.path().clone()
+        } else {
+            dir.join(root.path())
+        };
+        if !rootfs.is_dir() {
+            return Err(bundle_error(
+                &dir,
+                format!(
+                    "rootfs {} does not exist or is not a directory",
+                    rootfs.display()
+                ),
+            ));
+        }
+        let process = spec
+            .process()
+            .as_ref()
+            .ok_or_else(|| bundle_error(&dir, "config.json has no process"))?;
+        if process.args().as_ref().is_none_or(|a| a.is_empty()) {
+            return Err(bundle_error(&dir, "process.args is empty"));
+        }
+        check_isolation(&spec)?;
+
+        let mut mounts = vec![];
+        for mount in spec.mounts().as_deref().unwrap_or_default() {
+            let destination = mount.destination().to_string_lossy().into_owned();
+            let options = mount.options().clone().unwrap_or_default();
+            let is_bind = options.iter().any(|o| o == "bind" || o == "rbind");
+            let typ = if is_bind {
+                "bind".to_string()
+            } else {
+                mount.typ().clone().unwrap_or_else(|| "bind".into())
+            };
+            // The container's /dev comes from devd, not from the spec.
+            if destination == "/dev" {
+                continue;
+            }
+            let source = if typ == "bind" {
+                let source = mount.source().clone().ok_or_else(|| {
+                    bundle_error(&dir, format!("bind mount {destination} has no source"))
+                })?;
+                Some(if source.is_absolute() {
+                    source
+                } else {
+                    dir.join(source)
+                })
+            } else {
+                None
+            };
+            mounts.push(PlannedMount {
+                destination,
+                typ,
+                source,
+                options,
+            });
+        }
+        for standard in standard_mounts() {
+            if !mounts.iter().any(|m| m.destination == standard.destination) {
+                mounts.push(standard);
+            }
+        }
+        let linux = spec.linux().as_ref();
+        let masked = linux
+            .and_then(|l| l.masked_paths().clone())
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| MASKED.iter().map(|s| s.to_string()).collect());
+        let readonly = linux
+            .and_then(|l| l.readonly_paths().clone())
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| READONLY.iter().map(|s| s.to_string()).collect());
+        Ok(Bundle {
+            dir,
+            spec,
+            rootfs,
+            mounts,
+            masked,
+            readonly,
+        })
+    }
+}
+
+/// A system container has all namespaces of its own and no privilege beyond them.
+fn check_isolation(spec: &Spec) -> Result<()> {
+    let namespaces = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().clone())
+        .unwrap_or_default();
+    let has = |t: LinuxNamespaceType| namespaces.iter().any(|n| n.typ() == t);
+    for (typ, flag, what) in [
+        (LinuxNamespaceType::Pid, "--pid=host", "pid"),
+        (LinuxNamespaceType::Network, "--net=host", "network"),
+        (LinuxNamespaceType::Ipc, "--ipc=host", "ipc"),
+        (LinuxNamespaceType::Mount, "--mount=host", "mount"),
+    ] {
+        if !has(typ) {
+            return Err(CliError::Refused(format!(
+                "the host's {what} namespace ({flag}) cannot be shared with a Burrow system container"
+            )));
+        }
+    }
+    if let Some(ns) = namespaces.iter().find(|n| n.path().is_some()) {
+        return Err(CliError::Refused(format!(
+            "joining an existing {:?} namespace ({}) is not supported",
+            ns.typ(),
+            ns.path().as_ref().unwrap().display()
+        )));
+    }
+    let devices = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.resources().as_ref())
+        .and_then(|r| r.devices().clone())
+        .unwrap_or_default();
+    if devices
+        .iter()
+        .any(|d| d.allow() && d.typ().is_none() && d.major().is_none() && d.minor().is_none())
+    {
+        return Err(CliError::Refused(
+            "--privileged is not supported: a Burrow system container runs systemd and Docker without it \
+             (it has full capabilities inside its own user namespace)"
+                .into(),
+        ));
+    }
+    Ok(())
+}
