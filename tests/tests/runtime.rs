@@ -1,0 +1,447 @@
+//! The `burrow` runtime CLI against the real helpers, bus, polkitd and kernel, driven the way
+//! containerd's shim drives runc: create (pid file, log file in JSON), state, start, kill,
+//! delete, run. Run as root (`make test`). Docker and containerd themselves are not exercised
+//! yet (see README).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use burrow_tests::{bin, busybox_rootfs, wait_for, Harness, HarnessOptions};
+use serde_json::{json, Value};
+
+struct Runtime<'a> {
+    h: &'a Harness,
+    root: PathBuf,
+    log: PathBuf,
+}
+
+impl<'a> Runtime<'a> {
+    fn new(h: &'a Harness) -> Self {
+        Runtime {
+            h,
+            root: h.dir.join("burrow-root"),
+            log: h.dir.join("log.json"),
+        }
+    }
+
+    fn cmd(&self) -> Command {
+        let mut cmd = self.h.command(bin("burrow"));
+        cmd.args([
+            "--root",
+            &self.root.display().to_string(),
+            "--log",
+            &self.log.display().to_string(),
+            "--log-format",
+            "json",
+        ]);
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).stdin(Stdio::null()).output().unwrap()
+    }
+
+    /// `burrow create` with the container's stdio on a file.
+    fn create(&self, bundle: &Path, id: &str) -> (Output, PathBuf, PathBuf) {
+        let out_file = bundle.join(format!("{id}.out"));
+        let pid_file = bundle.join(format!("{id}.pid"));
+        let stdout = fs::File::create(&out_file).unwrap();
+        let out = self
+            .cmd()
+            .args([
+                "create",
+                "--bundle",
+                &bundle.display().to_string(),
+                "--pid-file",
+                &pid_file.display().to_string(),
+                id,
+            ])
+            .stdin(Stdio::null())
+            .stdout(stdout.try_clone().unwrap())
+            .stderr(stdout)
+            .output()
+            .unwrap();
+        (out, out_file, pid_file)
+    }
+
+    fn state(&self, id: &str) -> Value {
+        let out = self.run(&["state", id]);
+        assert!(out.status.success(), "state {id}: {}", self.last_error());
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn last_error(&self) -> String {
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        let line = text.lines().last().unwrap_or("").to_string();
+        if line.is_empty() {
+            return line;
+        }
+        let v: Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
+        assert_eq!(v["level"], "error");
+        assert!(
+            v["time"].as_str().is_some_and(|t| t.ends_with('Z')),
+            "{line}"
+        );
+        v["msg"].as_str().unwrap().to_string()
+    }
+
+    fn leftovers(&self) -> Vec<String> {
+        fs::read_dir(&self.root)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+fn bundle(h: &Harness, name: &str, args: &[&str], edit: impl FnOnce(&mut Value)) -> PathBuf {
+    let dir = h.dir.join(name);
+    fs::create_dir_all(&dir).unwrap();
+    busybox_rootfs(&dir.join("rootfs"), None);
+    let out = Command::new(bin("burrow"))
+        .args(["spec", "--bundle", &dir.display().to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut config: Value =
+        serde_json::from_str(&fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    config["process"]["terminal"] = json!(false);
+    config["process"]["args"] = json!(args);
+    edit(&mut config);
+    fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    dir
+}
+
+fn wait_output(file: &Path, needle: &str) -> String {
+    let start = Instant::now();
+    loop {
+        let text = fs::read_to_string(file).unwrap_or_default();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "timed out waiting for {needle:?} in {text:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn in_use(h: &Harness) -> u64 {
+    let out = h.client(None).arg("props").output().unwrap();
+    burrow_tests::json_lines(&out.stdout)[0]["in_use"]
+        .as_u64()
+        .unwrap()
+}
+
+fn cgroup_exists(path: &str) -> bool {
+    [
+        "/sys/fs/cgroup/pids",
+        "/sys/fs/cgroup/memory",
+        "/sys/fs/cgroup/unified",
+        "/sys/fs/cgroup",
+    ]
+    .iter()
+    .any(|h| {
+        Path::new(h).join(path.trim_start_matches('/')).exists()
+            && Path::new(h).join("cgroup.procs").exists()
+    })
+}
+
+const PROBE: &str = "cat /proc/self/uid_map; grep CapEff /proc/self/status; \
+    (echo 1 > /proc/sys/kernel/sysrq) 2>/dev/null && echo sysrq=written || echo sysrq=denied; \
+    (echo h > /proc/sysrq-trigger) 2>/dev/null && echo trigger=written || echo trigger=denied; \
+    echo dev=$(ls /dev | tr '\\n' ' '); echo probe-done; exec sleep 1000";
+
+#[test]
+fn lifecycle_of_a_system_container() {
+    let h = Harness::start(HarnessOptions::default());
+    let rt = Runtime::new(&h);
+    let b = bundle(&h, "life", &["sh", "-c", PROBE], |c| {
+        c["linux"]["cgroupsPath"] = json!("/burrow-test/life")
+    });
+    let (out, out_file, pid_file) = rt.create(&b, "life");
+    assert!(out.status.success(), "create: {}", rt.last_error());
+    assert!(
+        out.stdout.is_empty() && out.stderr.is_empty(),
+        "create printed something"
+    );
+    let pid_text = fs::read_to_string(&pid_file).unwrap();
+    assert!(
+        !pid_text.ends_with('\n') && pid_text.parse::<i32>().is_ok(),
+        "pid file {pid_text:?}"
+    );
+    let state = rt.state("life");
+    assert_eq!(state["status"], "created");
+    assert_eq!(state["pid"].as_i64().unwrap().to_string(), pid_text);
+    assert_eq!(state["id"], "life");
+    assert!(cgroup_exists("/burrow-test/life"), "no cgroup");
+
+    assert!(
+        rt.run(&["start", "life"]).status.success(),
+        "start: {}",
+        rt.last_error()
+    );
+    assert_eq!(rt.state("life")["status"], "running");
+    let text = wait_output(&out_file, "probe-done");
+    let map: Vec<u64> = text
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .map(|f| f.parse().unwrap())
+        .collect();
+    assert_eq!(map[0], 0);
+    assert!(map[1] > 0 && map[1] % 65536 == 0);
+    assert_eq!(map[2], 65536);
+    let last_cap: u32 = fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let full = format!("{:016x}", (1u64 << (last_cap + 1)) - 1);
+    assert!(
+        text.contains(&format!("CapEff:\t{full}")),
+        "root's CapEff is not the full set {full}: {text}"
+    );
+    assert!(
+        text.contains("sysrq=denied") && text.contains("trigger=denied"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "dev=fd full mqueue null ptmx pts random shm stderr stdin stdout tty urandom zero"
+        ),
+        "{text}"
+    );
+
+    let ps = rt.run(&["ps", "--format", "json", "life"]);
+    let pids: Vec<i64> = serde_json::from_slice(&ps.stdout).unwrap();
+    assert!(pids.contains(&pid_text.parse().unwrap()), "ps {pids:?}");
+    assert!(
+        rt.run(&["pause", "life"]).status.success(),
+        "pause: {}",
+        rt.last_error()
+    );
+    assert_eq!(rt.state("life")["status"], "paused");
+    assert!(
+        rt.run(&["resume", "life"]).status.success(),
+        "resume: {}",
+        rt.last_error()
+    );
+    assert_eq!(rt.state("life")["status"], "running");
+    // A running container is only deleted with --force.
+    assert!(!rt.run(&["delete", "life"]).status.success());
+    assert!(
+        rt.last_error().contains("is running"),
+        "{}",
+        rt.last_error()
+    );
+
+    assert!(
+        rt.run(&["kill", "life", "KILL"]).status.success(),
+        "kill: {}",
+        rt.last_error()
+    );
+    wait_for("stopped", || rt.state("life")["status"] == "stopped");
+    assert!(
+        rt.run(&["delete", "life"]).status.success(),
+        "delete: {}",
+        rt.last_error()
+    );
+    assert!(
+        rt.leftovers().is_empty(),
+        "state left: {:?}",
+        rt.leftovers()
+    );
+    assert!(!cgroup_exists("/burrow-test/life"), "cgroup left");
+    wait_for("range released", || in_use(&h) == 0);
+}
+
+#[test]
+fn run_propagates_the_exit_code_and_cleans_up() {
+    let h = Harness::start(HarnessOptions::default());
+    let rt = Runtime::new(&h);
+    let b = bundle(&h, "exit", &["sh", "-c", "exit 3"], |_| {});
+    let out = rt.run(&["run", "--bundle", &b.display().to_string(), "exit3"]);
+    assert_eq!(out.status.code(), Some(3), "{}", rt.last_error());
+    assert!(rt.leftovers().is_empty());
+    wait_for("range released", || in_use(&h) == 0);
+}
+
+#[test]
+fn two_containers_have_disjoint_ranges_and_created_ones_can_be_deleted() {
+    let h = Harness::start(HarnessOptions::default());
+    let rt = Runtime::new(&h);
+    let b = bundle(&h, "two", &["sleep", "1000"], |_| {});
+    let mut bases = vec![];
+    for id in ["a", "b"] {
+        let (out, _, pid_file) = rt.create(&b, id);
+        assert!(out.status.success(), "create {id}: {}", rt.last_error());
+        let pid = fs::read_to_string(pid_file).unwrap();
+        let map = fs::read_to_string(format!("/proc/{pid}/uid_map")).unwrap();
+        bases.push(
+            map.split_whitespace()
+                .nth(1)
+                .unwrap()
+                .parse::<u64>()
+                .unwrap(),
+        );
+    }
+    assert!(
+        bases[0] + 65536 <= bases[1] || bases[1] + 65536 <= bases[0],
+        "overlap {bases:?}"
+    );
+    // Created, never started: delete works without --force.
+    for id in ["a", "b"] {
+        assert!(
+            rt.run(&["delete", id]).status.success(),
+            "delete {id}: {}",
+            rt.last_error()
+        );
+    }
+    assert!(rt.leftovers().is_empty());
+    wait_for("ranges released", || in_use(&h) == 0);
+}
+
+#[test]
+fn hooks_get_the_state_on_stdin() {
+    let h = Harness::start(HarnessOptions::default());
+    let rt = Runtime::new(&h);
+    let seen = h.dir.join("prestart.json");
+    let b = bundle(&h, "hooks", &["sleep", "1000"], |c| {
+        c["hooks"] = json!({"prestart": [{"path": "/bin/sh", "args": ["sh", "-c", format!("cat > {}", seen.display())]}]});
+    });
+    let (out, _, pid_file) = rt.create(&b, "hooked");
+    assert!(out.status.success(), "create: {}", rt.last_error());
+    let state: Value = serde_json::from_str(&fs::read_to_string(&seen).unwrap()).unwrap();
+    assert_eq!(state["id"], "hooked");
+    assert_eq!(state["status"], "created");
+    assert_eq!(
+        state["pid"].as_i64().unwrap().to_string(),
+        fs::read_to_string(pid_file).unwrap()
+    );
+    assert!(rt.run(&["delete", "--force", "hooked"]).status.success());
+}
+
+#[test]
+fn bad_input_fails_with_a_named_message_and_leaves_nothing() {
+    let h = Harness::start(HarnessOptions::default());
+    let rt = Runtime::new(&h);
+    let ok = bundle(&h, "ok", &["sleep", "1000"], |_| {});
+    let cases: Vec<(PathBuf, &str)> = vec![
+        (
+            bundle(&h, "privileged", &["true"], |c| {
+                c["linux"]["resources"] = json!({"devices": [{"allow": true, "access": "rwm"}]})
+            }),
+            "--privileged is not supported",
+        ),
+        (
+            bundle(&h, "hostnet", &["true"], |c| {
+                c["linux"]["namespaces"] =
+                    json!([{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}]);
+            }),
+            "--net=host",
+        ),
+        (
+            bundle(&h, "norootfs", &["true"], |c| {
+                c["root"]["path"] = json!("missing")
+            }),
+            "does not exist",
+        ),
+        (
+            bundle(&h, "noargs", &["true"], |c| {
+                c["process"]["args"] = json!([])
+            }),
+            "process.args is empty",
+        ),
+    ];
+    for (dir, message) in cases {
+        let (out, _, _) = rt.create(&dir, "bad");
+        assert_eq!(out.status.code(), Some(1), "{} was accepted", dir.display());
+        assert!(
+            rt.last_error().contains(message),
+            "{}: {}",
+            dir.display(),
+            rt.last_error()
+        );
+    }
+    let malformed = h.dir.join("malformed");
+    fs::create_dir_all(malformed.join("rootfs")).unwrap();
+    fs::write(malformed.join("config.json"), "{not json").unwrap();
+    assert_eq!(rt.create(&malformed, "bad").0.status.code(), Some(1));
+    assert!(
+        rt.last_error().contains("config.json is invalid"),
+        "{}",
+        rt.last_error()
+    );
+    fs::remove_file(malformed.join("config.json")).unwrap();
+    assert_eq!(rt.create(&malformed, "bad").0.status.code(), Some(1));
+    assert!(
+        rt.last_error().contains("config.json is missing"),
+        "{}",
+        rt.last_error()
+    );
+    assert!(
+        rt.leftovers().is_empty(),
+        "a failed create left {:?}",
+        rt.leftovers()
+    );
+    wait_for("no range left", || in_use(&h) == 0);
+
+    assert!(
+        rt.create(&ok, "dup").0.status.success(),
+        "{}",
+        rt.last_error()
+    );
+    assert_eq!(rt.create(&ok, "dup").0.status.code(), Some(1));
+    assert!(
+        rt.last_error().contains("already exists"),
+        "{}",
+        rt.last_error()
+    );
+    assert_eq!(rt.run(&["kill", "dup", "SIGNOPE"]).status.code(), Some(1));
+    assert!(
+        rt.last_error().contains("invalid signal"),
+        "{}",
+        rt.last_error()
+    );
+    for args in [
+        &["state", "ghost"][..],
+        &["start", "ghost"],
+        &["kill", "ghost", "9"],
+        &["delete", "ghost"],
+    ] {
+        assert_eq!(rt.run(args).status.code(), Some(1), "{args:?}");
+        assert!(
+            rt.last_error().contains("does not exist"),
+            "{args:?}: {}",
+            rt.last_error()
+        );
+    }
+    assert_eq!(rt.run(&["state", "../x"]).status.code(), Some(1));
+    assert!(
+        rt.last_error().contains("invalid container id"),
+        "{}",
+        rt.last_error()
+    );
+    // Unknown global flags (as Docker may prepend) are tolerated.
+    let out = rt
+        .cmd()
+        .args(["--some-new-flag", "state", "dup"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", rt.last_error());
+    assert!(rt.run(&["delete", "dup"]).status.success());
+    assert!(rt.leftovers().is_empty());
+    wait_for("no range left", || in_use(&h) == 0);
+}
