@@ -13,7 +13,7 @@ PROFILE     ?= release
 HELPERS     := idmapd devd mountd
 TARGET_DIR  := target/$(PROFILE)
 
-.PHONY: all build install uninstall test test-clean bench deps lint clean
+.PHONY: all build install uninstall run test test-clean bench deps lint clean
 
 all: build
 
@@ -26,6 +26,7 @@ deps:
 
 install: build
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBEXECDIR)
+	install -m 0755 $(TARGET_DIR)/burrow $(DESTDIR)$(BINDIR)/burrow
 	for h in $(HELPERS); do install -m 0755 $(TARGET_DIR)/burrow-$$h $(DESTDIR)$(LIBEXECDIR)/burrow-$$h; done
 	install -d $(DESTDIR)$(DBUS_SYSTEM_CONF_DIR) $(DESTDIR)$(DBUS_SYSTEM_SERVICES_DIR) \
 		$(DESTDIR)$(POLKIT_ACTIONS_DIR) $(DESTDIR)$(POLKIT_RULES_DIR) $(DESTDIR)$(SYSTEMD_UNIT_DIR)
@@ -39,6 +40,7 @@ install: build
 	install -m 0644 dbus-policy/50-burrow.rules $(DESTDIR)$(POLKIT_RULES_DIR)/50-burrow.rules
 
 uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/burrow
 	for h in $(HELPERS); do \
 		rm -f $(DESTDIR)$(LIBEXECDIR)/burrow-$$h $(DESTDIR)$(SYSTEMD_UNIT_DIR)/burrow-$$h.service; \
 	done
@@ -46,6 +48,11 @@ uninstall:
 	rm -f $(DESTDIR)$(DBUS_SYSTEM_CONF_DIR)/org.burrow.conf
 	rm -f $(DESTDIR)$(POLKIT_ACTIONS_DIR)/org.burrow.policy $(DESTDIR)$(POLKIT_RULES_DIR)/50-burrow.rules
 	-rmdir $(DESTDIR)$(LIBEXECDIR)
+
+# The main job: install what is missing, build, install, start a system bus and polkitd if
+# none runs, and run a demo system container.
+run:
+	./scripts/run-demo.sh
 
 # The test command of README and CI: black-box tests against a private system bus and a real
 # polkitd, plus the unit tests. Needs root.

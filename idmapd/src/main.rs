@@ -65,6 +65,7 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     burrow_bus::service::start(CAPABILITIES).context("dropping capabilities")?;
     let pool = pool::Pool::new(args.pool_start, args.pool_end).context("invalid pool")?;
+    burrow_bus::state::ensure_private_dir(&args.state_dir)?;
     let _lock = InstanceLock::acquire(&args.state_dir.with_extension("lock"))?;
     let registry = registry::Registry::load(&args.state_dir)?;
     let exclusions = allocator::Exclusions {

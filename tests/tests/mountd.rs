@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 /// Prints one `key=ok|denied` line per check, and a few `key=value` facts.
 const PROBE: &str = r#"
 r() { if "$@" >/dev/null 2>&1; then echo ok; else echo denied; fi; }
+w() { test -e "$1" || { echo absent; return; }; if (echo "$2" > "$1") 2>/dev/null; then echo written; else echo denied; fi; }
 echo "umount_timer_list=$(r umount /proc/timer_list)"
 echo "umount_keys=$(r umount /proc/keys)"
 echo "umount_acpi=$(r umount /proc/acpi)"
@@ -22,8 +23,10 @@ echo "umount_lazy_proc=$(r umount -l /proc)"
 echo "remount_proc_sys=$(r mount -o remount,rw /proc/sys)"
 echo "remount_sys=$(r mount -o remount,rw /sys)"
 echo "remount_dev=$(r mount -o remount,suid /dev)"
-echo "sysrq=$(r sh -c 'echo 1 > /proc/sys/kernel/sysrq')"
-echo "sysrq_trigger=$(r sh -c 'echo h > /proc/sysrq-trigger')"
+echo "sysrq=$(w /proc/sys/kernel/sysrq 1)"
+echo "sysrq_trigger=$(w /proc/sysrq-trigger h)"
+echo "panic_sysctl=$(w /proc/sys/kernel/panic 5)"
+echo "drop_caches=$(w /proc/sys/vm/drop_caches 3)"
 echo "null_write=$(r sh -c 'echo x > /dev/null')"
 echo "mknod=$(r mknod /tmp/n c 1 3)"
 echo "nested_proc=$(r unshare -U -r -p -m -f sh -c 'mount -t proc proc /proc')"
@@ -98,14 +101,23 @@ fn container_mounts_are_locked_masked_and_id_mapped() {
             "remount_proc_sys",
             "remount_sys",
             "remount_dev",
-            "sysrq",
-            "sysrq_trigger",
             "mknod",
+            "panic_sysctl",
+            "drop_caches",
         ] {
             assert_eq!(
                 kv[denied], "denied",
                 "{denied} was allowed inside the container: {kv:?}"
             );
+        }
+        // This machine's kernel has no CONFIG_MAGIC_SYSRQ; where it has, the write must fail.
+        for sysrq in ["sysrq", "sysrq_trigger"] {
+            let expected = if Path::new("/proc/sys/kernel/sysrq").exists() {
+                "denied"
+            } else {
+                "absent"
+            };
+            assert_eq!(kv[sysrq], expected, "{sysrq}: {kv:?}");
         }
         for allowed in ["null_write", "nested_proc", "pts", "touch"] {
             assert_eq!(

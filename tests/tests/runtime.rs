@@ -158,8 +158,8 @@ fn cgroup_exists(path: &str) -> bool {
 }
 
 const PROBE: &str = "cat /proc/self/uid_map; grep CapEff /proc/self/status; \
-    (echo 1 > /proc/sys/kernel/sysrq) 2>/dev/null && echo sysrq=written || echo sysrq=denied; \
-    (echo h > /proc/sysrq-trigger) 2>/dev/null && echo trigger=written || echo trigger=denied; \
+    w() { test -e $1 || { echo $3=absent; return; }; (echo $2 > $1) 2>/dev/null && echo $3=written || echo $3=denied; }; \
+    w /proc/sys/kernel/sysrq 1 sysrq; w /proc/sysrq-trigger h trigger; w /proc/sys/kernel/panic 5 panic; \
     echo dev=$(ls /dev | tr '\\n' ' '); echo probe-done; exec sleep 1000";
 
 #[test]
