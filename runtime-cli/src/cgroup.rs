@@ -144,7 +144,7 @@ pub fn create(
 ) -> Result<()> {
     for hierarchy in hierarchies() {
         let unified = is_cgroup2(&hierarchy);
-        let dir = join(&hierarchy, path);
+        let dir = join_path(&hierarchy, path);
         fs::create_dir_all(&dir)
             .map_err(CliError::io(format!("creating cgroup {}", dir.display())))?;
         if hierarchy.ends_with("cpuset") || hierarchy.to_string_lossy().contains("cpuset,") {
@@ -157,11 +157,22 @@ pub fn create(
     Ok(())
 }
 
+/// Moves `pid` into the container's cgroup in every hierarchy (for `exec`); best effort, as
+/// the process is contained by the namespaces anyway.
+pub fn join(path: &str, pid: i32) {
+    for hierarchy in hierarchies() {
+        let _ = fs::write(
+            join_path(&hierarchy, path).join("cgroup.procs"),
+            pid.to_string(),
+        );
+    }
+}
+
 /// Updates the limits of an existing cgroup (`burrow update`).
 pub fn update(path: &str, resources: &LinuxResources) -> Result<()> {
     for hierarchy in hierarchies() {
         apply_resources(
-            &join(&hierarchy, path),
+            &join_path(&hierarchy, path),
             is_cgroup2(&hierarchy),
             Some(resources),
         )?;
@@ -198,7 +209,7 @@ fn is_cgroup2(hierarchy: &Path) -> bool {
     hierarchy.join("cgroup.controllers").exists()
 }
 
-fn join(hierarchy: &Path, path: &str) -> PathBuf {
+fn join_path(hierarchy: &Path, path: &str) -> PathBuf {
     hierarchy.join(path.trim_start_matches('/'))
 }
 
@@ -211,7 +222,7 @@ pub fn pids(path: &str) -> Vec<i32> {
         return vec![];
     };
     let mut pids = vec![];
-    let mut stack = vec![join(&hierarchy, path)];
+    let mut stack = vec![join_path(&hierarchy, path)];
     while let Some(dir) = stack.pop() {
         if let Ok(text) = fs::read_to_string(dir.join("cgroup.procs")) {
             pids.extend(text.lines().filter_map(|l| l.parse::<i32>().ok()));
@@ -234,7 +245,7 @@ fn freezer_file(path: &str) -> Option<(PathBuf, &'static str, &'static str)> {
     for hierarchy in hierarchies() {
         if hierarchy.ends_with("freezer") {
             return Some((
-                join(&hierarchy, path).join("freezer.state"),
+                join_path(&hierarchy, path).join("freezer.state"),
                 "FROZEN",
                 "THAWED",
             ));
@@ -242,8 +253,8 @@ fn freezer_file(path: &str) -> Option<(PathBuf, &'static str, &'static str)> {
     }
     hierarchies()
         .into_iter()
-        .find(|h| is_cgroup2(h) && join(h, path).join("cgroup.freeze").exists())
-        .map(|h| (join(&h, path).join("cgroup.freeze"), "1", "0"))
+        .find(|h| is_cgroup2(h) && join_path(h, path).join("cgroup.freeze").exists())
+        .map(|h| (join_path(&h, path).join("cgroup.freeze"), "1", "0"))
 }
 
 pub fn is_frozen(path: &str) -> bool {
@@ -271,7 +282,7 @@ pub fn freeze(path: &str, frozen: bool) -> Result<()> {
 /// Removes the container's cgroup (with any sub-cgroups its root made) from every hierarchy.
 pub fn remove(path: &str) {
     for hierarchy in hierarchies() {
-        let top = join(&hierarchy, path);
+        let top = join_path(&hierarchy, path);
         let mut dirs = vec![];
         let mut stack = vec![top.clone()];
         while let Some(dir) = stack.pop() {

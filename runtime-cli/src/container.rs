@@ -45,7 +45,38 @@ fn cstring(s: &str, what: &str) -> Result<CString> {
 
 fn init_config(spec: &Spec, rootfs: &Path, fifo: RawFd, preserve_fds: i32) -> Result<InitConfig> {
     let process = spec.process().as_ref().expect("checked by Bundle::load");
+    let mut config = process_config(process, rootfs, Some(fifo), preserve_fds)?;
+    config.hostname = spec
+        .hostname()
+        .as_deref()
+        .map(|h| cstring(h, "hostname"))
+        .transpose()?;
+    let namespaces = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().clone())
+        .unwrap_or_default();
+    if namespaces
+        .iter()
+        .any(|n| n.typ() == LinuxNamespaceType::Time)
+    {
+        config.unshare_flags |= libc::CLONE_NEWTIME;
+    }
+    Ok(config)
+}
+
+/// What a process of the container (the init, or one `exec` starts) needs, prepared before any
+/// fork. `rootfs` is where args[0] is looked up in PATH.
+pub fn process_config(
+    process: &oci_spec::runtime::Process,
+    rootfs: &Path,
+    fifo: Option<RawFd>,
+    preserve_fds: i32,
+) -> Result<InitConfig> {
     let args: Vec<String> = process.args().clone().unwrap_or_default();
+    if args.is_empty() {
+        return Err(CliError::Setup("process.args is empty".into()));
+    }
     let env: Vec<String> = process.env().clone().unwrap_or_default();
     let path_var = env
         .iter()
@@ -63,22 +94,11 @@ fn init_config(spec: &Spec, rootfs: &Path, fifo: RawFd, preserve_fds: i32) -> Re
             .collect()
     };
     let user = process.user();
-    let mut unshare_flags = libc::CLONE_NEWPID
+    let unshare_flags = libc::CLONE_NEWPID
         | libc::CLONE_NEWNET
         | libc::CLONE_NEWIPC
         | libc::CLONE_NEWUTS
         | libc::CLONE_NEWCGROUP;
-    let namespaces = spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.namespaces().clone())
-        .unwrap_or_default();
-    if namespaces
-        .iter()
-        .any(|n| n.typ() == LinuxNamespaceType::Time)
-    {
-        unshare_flags |= libc::CLONE_NEWTIME;
-    }
     Ok(InitConfig {
         args: args
             .iter()
@@ -93,12 +113,8 @@ fn init_config(spec: &Spec, rootfs: &Path, fifo: RawFd, preserve_fds: i32) -> Re
             .map(|p| cstring(p, "the program path"))
             .collect::<Result<_>>()?,
         cwd: cstring(&process.cwd().to_string_lossy(), "cwd")?,
-        hostname: spec
-            .hostname()
-            .as_deref()
-            .map(|h| cstring(h, "hostname"))
-            .transpose()?,
-        rlimits: rlimits(spec)?,
+        hostname: None,
+        rlimits: rlimits(process.rlimits().as_deref().unwrap_or_default())?,
         uid: user.uid(),
         gid: user.gid(),
         additional_gids: user.additional_gids().clone().unwrap_or_default(),
@@ -112,14 +128,11 @@ fn init_config(spec: &Spec, rootfs: &Path, fifo: RawFd, preserve_fds: i32) -> Re
 
 /// The spec's rlimits, with RLIMIT_NOFILE held to the caller's hard limit (raising a hard limit
 /// fails inside a user namespace).
-fn rlimits(spec: &Spec) -> Result<Vec<(libc::__rlimit_resource_t, u64, u64)>> {
+fn rlimits(
+    limits: &[oci_spec::runtime::PosixRlimit],
+) -> Result<Vec<(libc::__rlimit_resource_t, u64, u64)>> {
     let mut out = vec![];
-    for limit in spec
-        .process()
-        .as_ref()
-        .and_then(|p| p.rlimits().clone())
-        .unwrap_or_default()
-    {
+    for limit in limits {
         let name = serde_json::to_value(limit.typ())
             .ok()
             .and_then(|v| v.as_str().map(String::from))
@@ -504,6 +517,7 @@ fn create_steps(
     let record = Record {
         id: id.to_string(),
         bundle: bundle.dir.clone(),
+        rootfs: bundle.rootfs.clone(),
         pid,
         pid_start: start_time(pid)
             .ok_or_else(|| CliError::Setup("the container's init died during create".into()))?,
@@ -590,7 +604,7 @@ fn write_sysctls(spec: &Spec, pid: i32) -> Result<()> {
 }
 
 /// Sends the pty master to the console socket, as runc does.
-fn send_console(socket: &Path, master: std::os::fd::BorrowedFd<'_>) -> Result<()> {
+pub fn send_console(socket: &Path, master: std::os::fd::BorrowedFd<'_>) -> Result<()> {
     let stream = std::os::unix::net::UnixStream::connect(socket).map_err(CliError::io(format!(
         "connecting to console socket {}",
         socket.display()

@@ -26,8 +26,9 @@ pub struct InitConfig {
     pub additional_gids: Vec<u32>,
     pub no_new_privileges: bool,
     pub terminal: bool,
-    /// O_PATH fd of the exec fifo, reopened for writing through /proc/self/fd.
-    pub fifo: RawFd,
+    /// O_PATH fd of the exec fifo, reopened for writing through /proc/self/fd: the init waits
+    /// on it for `start` (an exec'd process does not wait).
+    pub fifo: Option<RawFd>,
     /// Extra fds (3..3+N) passed on to the process (`--preserve-fds`).
     pub preserve_fds: i32,
     pub unshare_flags: libc::c_int,
@@ -139,6 +140,12 @@ fn init(config: &InitConfig, sock: RawFd) -> ! {
         );
     }
     let _ = nix::unistd::close(mntns);
+    setup_and_exec(config, sock)
+}
+
+/// In the container's namespaces already: terminal, hostname, limits, user, then (after
+/// `start`, for the init) exec. Never returns.
+pub fn setup_and_exec(config: &InitConfig, sock: RawFd) -> ! {
     let _ = nix::unistd::setsid();
     if config.terminal {
         if let Err(e) = console(sock) {
@@ -195,19 +202,11 @@ fn init(config: &InitConfig, sock: RawFd) -> ! {
     }
     let _ = send(sock, b"ready", None);
     let _ = nix::unistd::close(sock);
-    // Blocks until `burrow start` opens the fifo for reading.
-    let fifo = CString::new(format!("/proc/self/fd/{}", config.fifo)).unwrap();
-    // SAFETY: open of a path we built; the result is checked.
-    let w = unsafe { libc::open(fifo.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
-    if w < 0 {
-        // SAFETY: leaving the process.
-        unsafe { libc::_exit(126) };
+    if let Some(fifo) = config.fifo {
+        wait_for_start(fifo);
     }
-    // SAFETY: writing one byte from a static buffer.
+    // SAFETY: closing (on exec) every fd above the ones passed on.
     unsafe {
-        libc::write(w, b"0".as_ptr().cast(), 1);
-        libc::close(w);
-        libc::close(config.fifo);
         // No fd of the runtime survives exec.
         libc::syscall(
             libc::SYS_close_range,
@@ -241,6 +240,23 @@ fn init(config: &InitConfig, sock: RawFd) -> ! {
     unsafe {
         libc::write(2, message.as_ptr().cast(), message.len());
         libc::_exit(127)
+    }
+}
+
+/// Blocks until `burrow start` opens the fifo for reading.
+fn wait_for_start(fifo: RawFd) {
+    let path = CString::new(format!("/proc/self/fd/{fifo}")).unwrap();
+    // SAFETY: open of a path we built; the result is checked.
+    let w = unsafe { libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
+    if w < 0 {
+        // SAFETY: leaving the process.
+        unsafe { libc::_exit(126) };
+    }
+    // SAFETY: writing one byte from a static buffer, closing our fds.
+    unsafe {
+        libc::write(w, b"0".as_ptr().cast(), 1);
+        libc::close(w);
+        libc::close(fifo);
     }
 }
 

@@ -6,6 +6,7 @@
 mod cgroup;
 mod container;
 mod error;
+mod exec;
 mod init;
 mod log;
 mod spec;
@@ -84,6 +85,28 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         preserve_fds: i32,
         id: String,
+    },
+    /// Run a new process in a running container.
+    Exec {
+        /// process.json (OCI Process); without it, the command after the id.
+        #[arg(long, short)]
+        process: Option<PathBuf>,
+        #[arg(long, short)]
+        detach: bool,
+        #[arg(long)]
+        pid_file: Option<PathBuf>,
+        #[arg(long)]
+        console_socket: Option<PathBuf>,
+        #[arg(long, short)]
+        tty: bool,
+        #[arg(long)]
+        cwd: Option<String>,
+        #[arg(long, short)]
+        env: Vec<String>,
+        #[arg(long, default_value_t = 0)]
+        preserve_fds: i32,
+        id: String,
+        command: Vec<String>,
     },
     /// The container's OCI state as JSON.
     State { id: String },
@@ -184,7 +207,10 @@ fn main() {
     let args = tolerate_unknown_globals(std::env::args().collect());
     let cli = Cli::parse_from(args);
     // fds 0-2 belong to the container during create and run.
-    let quiet_stderr = matches!(cli.command, Command::Create { .. } | Command::Run { .. });
+    let quiet_stderr = matches!(
+        cli.command,
+        Command::Create { .. } | Command::Run { .. } | Command::Exec { .. }
+    );
     let logger = log::Logger::new(cli.log.as_deref(), &cli.log_format, !quiet_stderr);
     match run(&cli) {
         Ok(code) => std::process::exit(code),
@@ -248,6 +274,51 @@ fn run(cli: &Cli) -> Result<i32> {
             };
             container::delete(&store, id, true)?;
             return Ok(code);
+        }
+        Command::Exec {
+            process,
+            detach,
+            pid_file,
+            console_socket,
+            tty,
+            cwd,
+            env,
+            preserve_fds,
+            id,
+            command,
+        } => {
+            let process: oci_spec::runtime::Process = match process {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path)
+                        .map_err(CliError::io(format!("reading {}", path.display())))?;
+                    serde_json::from_str(&text).map_err(|e| {
+                        CliError::Setup(format!("invalid process JSON {}: {e}", path.display()))
+                    })?
+                }
+                None => {
+                    let mut env_all = vec![
+                        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+                            .to_string(),
+                    ];
+                    env_all.extend(env.iter().cloned());
+                    oci_spec::runtime::ProcessBuilder::default()
+                        .args(command.clone())
+                        .env(env_all)
+                        .cwd(cwd.clone().unwrap_or_else(|| "/".into()))
+                        .terminal(*tty)
+                        .build()
+                        .map_err(|e| CliError::Setup(format!("exec: {e}")))?
+                }
+            };
+            let options = exec::ExecOptions {
+                id,
+                process,
+                detach: *detach,
+                pid_file: pid_file.as_deref(),
+                console_socket: console_socket.as_deref(),
+                preserve_fds: *preserve_fds,
+            };
+            return exec::exec(&store()?, &options);
         }
         Command::State { id } => {
             let store = store()?;

@@ -12,6 +12,8 @@ use crate::error::{CliError, Result};
 pub struct Record {
     pub id: String,
     pub bundle: PathBuf,
+    /// The rootfs as the host sees it (for PATH lookups of `exec`).
+    pub rootfs: PathBuf,
     /// Host pid of the container's init.
     pub pid: i32,
     /// Its start time (field 22 of /proc/PID/stat), so a recycled pid is never mistaken for it.
@@ -140,7 +142,7 @@ impl Record {
             "status": status.as_str(),
             "pid": if status == Status::Stopped { 0 } else { self.pid },
             "bundle": self.bundle,
-            "rootfs": self.bundle.join("rootfs"),
+            "rootfs": self.rootfs,
             "created": self.created,
             "owner": "",
         });
