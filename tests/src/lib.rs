@@ -539,3 +539,155 @@ pub fn wait_for_child(parent: u32) -> u32 {
     std::thread::sleep(Duration::from_millis(100));
     child.unwrap()
 }
+
+/// A dockerd of the test's own (own data-root, exec-root, socket and containerd namespace),
+/// with `burrow` registered as runtime `burrow` through a wrapper that points it at the
+/// harness's bus. Needs docker.io (dockerd, containerd, runc) installed.
+pub struct Docker {
+    pub dir: PathBuf,
+    socket: String,
+    dockerd: Child,
+}
+
+impl Docker {
+    pub fn start(h: &Harness) -> Docker {
+        let dir = h.dir.join("d");
+        fs::create_dir_all(&dir).unwrap();
+        let wrapper = dir.join("burrow-runtime");
+        fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\nexport DBUS_SYSTEM_BUS_ADDRESS='{}'\nexec '{}' \"$@\"\n",
+                h.address,
+                bin("burrow").display()
+            ),
+        )
+        .unwrap();
+        fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
+        let socket = dir.join("docker.sock");
+        let config = serde_json::json!({
+            "data-root": dir.join("data"),
+            "exec-root": dir.join("x"),
+            "pidfile": dir.join("docker.pid"),
+            "hosts": [format!("unix://{}", socket.display())],
+            "runtimes": {"burrow": {"path": wrapper}},
+            "storage-driver": "overlay2",
+            "containerd-namespace": format!("burrow-test-{}", std::process::id()),
+            "containerd-plugins-namespace": format!("burrow-test-plugins-{}", std::process::id()),
+        });
+        fs::write(dir.join("daemon.json"), config.to_string()).unwrap();
+        let log = fs::File::create(dir.join("dockerd.log")).unwrap();
+        let dockerd = Command::new("dockerd")
+            .arg("--config-file")
+            .arg(dir.join("daemon.json"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .expect("start dockerd (apt-get install docker.io)");
+        let docker = Docker {
+            dir,
+            socket: format!("unix://{}", socket.display()),
+            dockerd,
+        };
+        wait_for("dockerd", || docker.run(&["version"]).status.success());
+        docker
+    }
+
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new("docker");
+        cmd.env("DOCKER_HOST", &self.socket);
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command()
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// Output of a docker command that must succeed.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "docker {args:?}: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log_tail()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Imports `rootfs` as image `name`.
+    pub fn import(&self, rootfs: &Path, name: &str) {
+        let tar = Command::new("tar")
+            .arg("-C")
+            .arg(rootfs)
+            .args(["-c", "."])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = self
+            .command()
+            .args(["import", "-", name])
+            .stdin(tar.stdout.unwrap())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "docker import: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = fs::read_to_string(self.dir.join("dockerd.log")).unwrap_or_default();
+        text.lines()
+            .rev()
+            .take(15)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Where the shim keeps burrow's state (`--root`).
+    pub fn runtime_root(&self) -> PathBuf {
+        self.dir.join("x/runtime-burrow/moby")
+    }
+}
+
+impl Drop for Docker {
+    fn drop(&mut self) {
+        let ids = self.run(&["ps", "-aq"]);
+        for id in String::from_utf8_lossy(&ids.stdout).split_whitespace() {
+            let _ = self.run(&["rm", "-f", id]);
+        }
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.dockerd.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline && self.dockerd.try_wait().ok().flatten().is_none() {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(self.dockerd.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = self.dockerd.wait();
+        let _ = Command::new("umount")
+            .arg("-R")
+            .arg(self.dir.join("data"))
+            .stderr(Stdio::null())
+            .status();
+        let _ = Command::new("umount")
+            .arg("-R")
+            .arg(self.dir.join("x"))
+            .stderr(Stdio::null())
+            .status();
+    }
+}

@@ -1,0 +1,227 @@
+//! `docker run --runtime=burrow` against a dockerd (and its containerd and shim) started by the
+//! test, with the helpers on the harness's private bus. One test, one dockerd: dockerds share
+//! the host's bridge and iptables. Run as root (`make test`).
+
+use std::path::Path;
+
+use burrow_tests::{busybox_rootfs, json_lines, wait_for, Docker, Harness, HarnessOptions};
+
+fn in_use(h: &Harness) -> u64 {
+    let out = h.client(None).arg("props").output().unwrap();
+    json_lines(&out.stdout)[0]["in_use"].as_u64().unwrap()
+}
+
+fn base_of(uid_map: &str) -> u64 {
+    let fields: Vec<u64> = uid_map
+        .split_whitespace()
+        .map(|f| f.parse().unwrap())
+        .collect();
+    assert_eq!((fields[0], fields[2]), (0, 65536), "{uid_map}");
+    assert!(fields[1] > 0);
+    fields[1]
+}
+
+#[test]
+fn docker_runs_system_containers() {
+    let h = Harness::start(HarnessOptions::default());
+    let docker = Docker::start(&h);
+    docker.import(&busybox_rootfs(&h.dir.join("bb"), None), "bb");
+    let run = |args: &[&str]| {
+        let mut all = vec!["run", "--runtime=burrow"];
+        all.extend_from_slice(args);
+        docker.run(&all)
+    };
+
+    // User namespace with an exclusive range, full capabilities inside, masks that hold.
+    let probe = "cat /proc/self/uid_map; grep CapEff /proc/self/status; \
+        (echo 5 > /proc/sys/kernel/panic) 2>/dev/null && echo panic=written || echo panic=denied; \
+        test -e /proc/sysrq-trigger && { (echo h > /proc/sysrq-trigger) 2>/dev/null && echo trigger=written || echo trigger=denied; }; \
+        echo dev=$(ls /dev | tr '\\n' ' ')";
+    let out = run(&["--rm", "bb", "sh", "-c", probe]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        docker.log_tail()
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    base_of(text.lines().next().unwrap());
+    let last_cap: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        text.contains(&format!("CapEff:\t{:016x}", (1u64 << (last_cap + 1)) - 1)),
+        "{text}"
+    );
+    assert!(
+        text.contains("panic=denied") && !text.contains("trigger=written"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "dev=fd full mqueue null ptmx pts random shm stderr stdin stdout tty urandom zero"
+        ),
+        "{text}"
+    );
+
+    // Exit codes propagate.
+    assert_eq!(
+        run(&["--rm", "bb", "sh", "-c", "exit 3"]).status.code(),
+        Some(3)
+    );
+
+    // Two at once: disjoint ranges; exec, exec -t, exit codes of exec, top, logs, pause.
+    let stoppable = "trap 'exit 0' TERM; echo started; while true; do sleep 0.1; done";
+    for name in ["one", "two"] {
+        docker.ok(&[
+            "run",
+            "-d",
+            "--runtime=burrow",
+            "--name",
+            name,
+            "bb",
+            "sh",
+            "-c",
+            stoppable,
+        ]);
+    }
+    let bases: Vec<u64> = ["one", "two"]
+        .iter()
+        .map(|n| base_of(&docker.ok(&["exec", n, "cat", "/proc/self/uid_map"])))
+        .collect();
+    assert!(
+        bases[0] + 65536 <= bases[1] || bases[1] + 65536 <= bases[0],
+        "{bases:?}"
+    );
+    assert_eq!(
+        docker
+            .run(&["exec", "one", "sh", "-c", "exit 4"])
+            .status
+            .code(),
+        Some(4)
+    );
+    assert_eq!(
+        docker.ok(&["exec", "-t", "one", "tty"]).trim(),
+        "/dev/pts/0"
+    );
+    assert!(
+        docker.ok(&["top", "one"]).contains("sleep")
+            || docker.ok(&["top", "one"]).contains("sh -c")
+    );
+    wait_for("logs", || docker.ok(&["logs", "one"]).contains("started"));
+    docker.ok(&["pause", "one"]);
+    assert_eq!(
+        docker
+            .ok(&["inspect", "-f", "{{.State.Status}}", "one"])
+            .trim(),
+        "paused"
+    );
+    docker.ok(&["unpause", "one"]);
+    // update: the new memory limit lands in the container's cgroup.
+    docker.ok(&["update", "--memory", "64m", "--memory-swap", "128m", "one"]);
+    let id = docker
+        .ok(&["inspect", "-f", "{{.Id}}", "one"])
+        .trim()
+        .to_string();
+    let limit = Path::new("/sys/fs/cgroup/memory/docker")
+        .join(&id)
+        .join("memory.limit_in_bytes");
+    if limit.parent().unwrap().exists() {
+        assert_eq!(std::fs::read_to_string(&limit).unwrap().trim(), "67108864");
+    }
+    // stop delivers SIGTERM (the trap exits 0; a SIGKILL after the timeout would give 137).
+    docker.ok(&["stop", "one"]);
+    assert_eq!(
+        docker
+            .ok(&["inspect", "-f", "{{.State.ExitCode}}", "one"])
+            .trim(),
+        "0"
+    );
+    docker.ok(&["restart", "one"]);
+    assert_eq!(
+        docker
+            .ok(&["inspect", "-f", "{{.State.Status}}", "one"])
+            .trim(),
+        "running"
+    );
+    docker.ok(&["kill", "one"]);
+    wait_for("killed", || {
+        docker
+            .ok(&["inspect", "-f", "{{.State.Status}}", "one"])
+            .trim()
+            == "exited"
+    });
+    assert_eq!(
+        docker
+            .ok(&["inspect", "-f", "{{.State.ExitCode}}", "one"])
+            .trim(),
+        "137"
+    );
+    docker.ok(&["rm", "-f", "one", "two"]);
+
+    // Bridge networking: the container reaches its gateway.
+    let out = run(&[
+        "--rm",
+        "bb",
+        "sh",
+        "-c",
+        "ping -c1 -W3 $(ip route | awk '/default/ {print $3}')",
+    ]);
+    assert!(
+        out.status.success(),
+        "ping gateway: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A volume works both ways, owned by root on the host when root wrote it inside.
+    let vol = h.dir.join("vol");
+    std::fs::create_dir_all(&vol).unwrap();
+    std::fs::write(vol.join("from-host"), "host\n").unwrap();
+    let out = run(&[
+        "--rm",
+        "-v",
+        &format!("{}:/data", vol.display()),
+        "bb",
+        "sh",
+        "-c",
+        "cat /data/from-host; echo inside > /data/from-inside",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "host\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(vol.join("from-inside")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (0, 0));
+
+    // Refused outright, with the reason shown to the user.
+    for (flag, reason) in [
+        ("--privileged", "--privileged is not supported"),
+        ("--net=host", "--net=host"),
+    ] {
+        let out = run(&["--rm", flag, "bb", "true"]);
+        assert!(!out.status.success(), "{flag} was accepted");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(reason),
+            "{flag}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // --rm and rm leave no state, no cgroup and no range behind.
+    wait_for("runtime state gone", || {
+        std::fs::read_dir(docker.runtime_root())
+            .map(|d| d.count() == 0)
+            .unwrap_or(true)
+    });
+    assert!(
+        !Path::new("/sys/fs/cgroup/memory/docker").join(&id).exists(),
+        "cgroup left behind"
+    );
+    wait_for("ranges released", || in_use(&h) == 0);
+}
