@@ -622,7 +622,7 @@ impl Docker {
 
     /// Imports `rootfs` as image `name`.
     pub fn import(&self, rootfs: &Path, name: &str) {
-        let tar = Command::new("tar")
+        let mut tar = Command::new("tar")
             .arg("-C")
             .arg(rootfs)
             .args(["-c", "."])
@@ -632,9 +632,10 @@ impl Docker {
         let out = self
             .command()
             .args(["import", "-", name])
-            .stdin(tar.stdout.unwrap())
+            .stdin(tar.stdout.take().unwrap())
             .output()
             .unwrap();
+        assert!(tar.wait().unwrap().success(), "tar of {}", rootfs.display());
         assert!(
             out.status.success(),
             "docker import: {}",
