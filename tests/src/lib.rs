@@ -680,15 +680,17 @@ impl Drop for Docker {
             nix::sys::signal::Signal::SIGKILL,
         );
         let _ = self.dockerd.wait();
-        let _ = Command::new("umount")
-            .arg("-R")
-            .arg(self.dir.join("data"))
-            .stderr(Stdio::null())
-            .status();
-        let _ = Command::new("umount")
-            .arg("-R")
-            .arg(self.dir.join("x"))
-            .stderr(Stdio::null())
-            .status();
+        // dockerd leaves mounts below its roots (e.g. exec-root/netns/default): detach them all.
+        let prefix = format!("{}/", self.dir.display());
+        let mut points: Vec<String> = fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4).map(String::from))
+            .filter(|p| p.starts_with(&prefix))
+            .collect();
+        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        for point in points {
+            let _ = nix::mount::umount2(point.as_str(), nix::mount::MntFlags::MNT_DETACH);
+        }
     }
 }
