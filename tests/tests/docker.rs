@@ -66,6 +66,11 @@ fn docker_runs_system_containers() {
         "{text}"
     );
 
+    // A terminal: the pty master goes to containerd's console socket.
+    assert_eq!(
+        String::from_utf8_lossy(&run(&["--rm", "-t", "bb", "tty"]).stdout).trim(),
+        "/dev/pts/0"
+    );
     // Exit codes propagate.
     assert_eq!(
         run(&["--rm", "bb", "sh", "-c", "exit 3"]).status.code(),
