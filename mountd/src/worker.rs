@@ -38,7 +38,12 @@ pub fn run(keep: &[RawFd], body: impl FnOnce(RawFd)) -> Result<OwnedFd, BurrowEr
         Ok(nix::unistd::ForkResult::Parent { child }) => {
             drop(theirs);
             let result = receive(ours.as_fd());
-            let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+            // After an answer the worker only reaps its own child and exits: let it, so that a
+            // process it left in a container's pid namespace is never orphaned there (the
+            // container's init would wait for it when it exits). Without one, kill it.
+            if result.is_err() {
+                let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+            }
             let _ = nix::sys::wait::waitpid(child, None);
             result
         }

@@ -36,6 +36,7 @@ echo "uid_map=$(cat /proc/self/uid_map | tr -s ' ')"
 echo "busybox_owner=$(stat -c %u:%g /bin/busybox)"
 echo "pts=$(r test -e /dev/pts/ptmx)"
 echo "touch=$(r touch /written-inside)"
+echo "foreign_zombies=$(grep -l 'State:.Z' /proc/[0-9]*/status 2>/dev/null | wc -l)"
 "#;
 
 fn container(h: &Harness, user: Option<User>, rootfs: &Path, script: &str, plan: Value) -> Value {
@@ -126,6 +127,8 @@ fn container_mounts_are_locked_masked_and_id_mapped() {
             );
         }
         assert_eq!(kv["timer_list_bytes"], "0");
+        // No helper worker may be left (orphaned) in the container's pid namespace.
+        assert_eq!(kv["foreign_zombies"], "0", "{kv:?}");
         assert_eq!(kv["dev"], EXPECTED_DEV);
         assert_eq!(kv["uid_map"], format!("0 {} 65536", v["base"]));
         // The image's files are the container root's, through the ID-mapped mount...
