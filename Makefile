@@ -13,7 +13,7 @@ PROFILE     ?= release
 HELPERS     := idmapd devd mountd
 TARGET_DIR  := target/$(PROFILE)
 
-.PHONY: all build install uninstall run test test-clean bench deps lint clean
+.PHONY: all build install uninstall run test test-clean bench bench-runtimes deps lint clean
 
 all: build
 
@@ -72,6 +72,10 @@ bench:
 	$(CARGO) build --workspace --bins --release
 	BURROW_BIN_DIR=$(CURDIR)/target/release ./target/release/burrow-bench-idmap
 	BURROW_BIN_DIR=$(CURDIR)/target/release ./target/release/burrow-bench-mount
+
+# burrow vs runc vs crun (and docker run with each, given DOCKER_HOST); needs `make run` first.
+bench-runtimes:
+	./bench/runtimes.sh
 
 lint:
 	$(CARGO) fmt --all --check
