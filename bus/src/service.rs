@@ -34,6 +34,15 @@ pub fn start(capabilities: &[caps::Capability]) -> Result<(), crate::privileges:
     crate::privileges::retain_only(capabilities)
 }
 
+/// Runs blocking helper work (forks, fsyncs, /proc scans) off the async executor.
+pub async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, crate::BurrowError> + Send + 'static,
+) -> Result<T, crate::BurrowError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| crate::BurrowError::Failed(format!("worker task failed: {e}")))?
+}
+
 /// Sends logs to stderr (the journal when run by systemd); `RUST_LOG` overrides the level.
 pub fn init_logging(default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

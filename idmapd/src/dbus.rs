@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use burrow_bus::contract::{idmap, validate_name};
 use burrow_bus::proxy::RangeEntry;
-use burrow_bus::service::Activity;
+use burrow_bus::service::{blocking, Activity};
 use burrow_bus::userns::UserNs;
 use burrow_bus::{BurrowError, Caller};
 use zbus::message::Header;
@@ -61,14 +61,6 @@ impl IdMap {
         let allocator = Arc::clone(&self.allocator);
         blocking(move || work(&mut lock(&allocator))).await
     }
-}
-
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, BurrowError> + Send + 'static,
-) -> Result<T, BurrowError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| BurrowError::Failed(format!("worker task failed: {e}")))?
 }
 
 // A panic while holding the lock cannot leave the registry half-updated (every change is one

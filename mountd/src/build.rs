@@ -247,15 +247,7 @@ const BASIC: MountAttrFlags = MountAttrFlags::MOUNT_ATTR_NOSUID
 /// W2's work, in a private copy of the host's mount namespace.
 fn assemble(job: &Job) -> Result<OwnedFd, String> {
     use nix::sched::{unshare, CloneFlags};
-    unshare(CloneFlags::CLONE_NEWNS).map_err(|e| format!("unshare mount namespace: {e}"))?;
-    nix::mount::mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .map_err(|e| format!("making the copy private: {e}"))?;
+    crate::worker::private_mount_namespace()?;
     // Mount points are created as the container's root, so they belong to it.
     let (uid, gid) = job.root_ids;
     nix::unistd::setfsgid(nix::unistd::Gid::from_raw(gid));

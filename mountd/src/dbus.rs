@@ -5,7 +5,7 @@ use std::ffi::CString;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use burrow_bus::contract::mount;
-use burrow_bus::service::Activity;
+use burrow_bus::service::{blocking, Activity};
 use burrow_bus::userns::{NsWorker, UserNs};
 use burrow_bus::{BurrowError, Caller};
 use rustix::mount::MountAttrFlags;
@@ -65,14 +65,6 @@ fn flags_of(options: &crate::plan::Options) -> MountAttrFlags {
         }
     }
     attrs
-}
-
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, BurrowError> + Send + 'static,
-) -> Result<T, BurrowError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| BurrowError::Failed(format!("worker task failed: {e}")))?
 }
 
 #[zbus::interface(name = "org.burrow.Mount1")]

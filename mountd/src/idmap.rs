@@ -301,16 +301,7 @@ fn overlay_in_private_namespace(
     mapping: &Mapping<'_>,
 ) -> Result<OwnedFd, String> {
     let staging = mapping.staging;
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
-        .map_err(|e| format!("unshare: {e}"))?;
-    nix::mount::mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .map_err(|e| format!("making the copy private: {e}"))?;
+    crate::worker::private_mount_namespace()?;
     let scratch = crate::build::fresh(
         "tmpfs",
         &[("mode".into(), Some("0700".into()))],

@@ -107,3 +107,18 @@ pub fn reply(sock: RawFd, result: Result<OwnedFd, String>) {
         ),
     };
 }
+
+/// Gives the calling worker a private copy of its mount namespace, so nothing it mounts
+/// propagates anywhere.
+pub fn private_mount_namespace() -> Result<(), String> {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+        .map_err(|e| format!("unshare mount namespace: {e}"))?;
+    nix::mount::mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|e| format!("making the copy private: {e}"))
+}

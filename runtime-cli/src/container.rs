@@ -183,6 +183,54 @@ fn expect(sock: RawFd, what: &str) -> Result<(Vec<u8>, Option<RawFd>)> {
     Ok((msg, fd))
 }
 
+/// Reads a new process's messages until it is set up: forwards its pty master to the console
+/// socket, collects the pid reported as `pid N` (by exec's joiner, racing with the process's own
+/// messages), stops at `ready` (and, with `want_pid`, once the pid came too).
+pub fn until_ready(
+    sock: RawFd,
+    what: &str,
+    console_socket: Option<&Path>,
+    want_pid: bool,
+) -> Result<Option<i32>> {
+    let mut pid = None;
+    let mut ready = false;
+    while !ready || (want_pid && pid.is_none()) {
+        let (msg, fd) = expect(sock, what)?;
+        match (msg.as_slice(), fd) {
+            (b"console", Some(master)) => {
+                // SAFETY: received with SCM_RIGHTS, owned by nobody else.
+                let master = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(master) };
+                let socket = console_socket.ok_or_else(|| {
+                    CliError::Setup(
+                        "process.terminal is set but no --console-socket was given".into(),
+                    )
+                })?;
+                send_console(socket, master.as_fd())?;
+            }
+            (b"ready", _) => ready = true,
+            (other, _) => {
+                let text = String::from_utf8_lossy(other);
+                pid = Some(
+                    text.strip_prefix("pid ")
+                        .and_then(|p| p.parse::<i32>().ok())
+                        .ok_or_else(|| {
+                            CliError::Setup(format!("{what}: unexpected message {text}"))
+                        })?,
+                );
+            }
+        }
+    }
+    Ok(pid)
+}
+
+/// The pid file containerd and Docker read: decimal, no newline, replaced atomically.
+pub fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
+    let tmp = path.with_extension("burrow-tmp");
+    std::fs::write(&tmp, pid.to_string())
+        .map_err(CliError::io(format!("writing {}", tmp.display())))?;
+    std::fs::rename(&tmp, path).map_err(CliError::io(format!("writing {}", path.display())))
+}
+
 /// Runs `hooks` with the container's state on stdin, each within its timeout.
 pub fn run_hooks(hooks: &[Hook], state: &serde_json::Value, phase: &str) -> Result<()> {
     for hook in hooks {
@@ -491,28 +539,12 @@ fn create_steps(
         .map_err(|e| CliError::Setup(format!("handing the mount namespace to the init: {e}")))?;
     drop(mntns);
     write_sysctls(&bundle.spec, pid)?;
-    loop {
-        let (msg, fd) = expect(sock, "setting up the container")?;
-        match (msg.as_slice(), fd) {
-            (b"console", Some(master)) => {
-                // SAFETY: received with SCM_RIGHTS, owned by nobody else.
-                let master = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(master) };
-                let socket = options.console_socket.ok_or_else(|| {
-                    CliError::Setup(
-                        "process.terminal is set but no --console-socket was given".into(),
-                    )
-                })?;
-                send_console(socket, master.as_fd())?;
-            }
-            (b"ready", _) => break,
-            (other, _) => {
-                return Err(CliError::Setup(format!(
-                    "unexpected message from the init: {}",
-                    String::from_utf8_lossy(other)
-                )))
-            }
-        }
-    }
+    until_ready(
+        sock,
+        "setting up the container",
+        options.console_socket,
+        false,
+    )?;
 
     let record = Record {
         id: id.to_string(),
@@ -535,11 +567,7 @@ fn create_steps(
     )?;
     run_hooks(&hooks_of(&bundle.spec, "prestart"), &state, "prestart")?;
     if let Some(pid_file) = options.pid_file {
-        let tmp = pid_file.with_extension("burrow-tmp");
-        std::fs::write(&tmp, pid.to_string())
-            .map_err(CliError::io(format!("writing {}", tmp.display())))?;
-        std::fs::rename(&tmp, pid_file)
-            .map_err(CliError::io(format!("writing {}", pid_file.display())))?;
+        write_pid_file(pid_file, pid)?;
     }
     undo.armed = false;
     Ok(())

@@ -4,7 +4,7 @@
 //! its terminal and user like the init and execs. Nothing here runs a binary the container can
 //! reach before the final exec, and the joining processes are non-dumpable.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
 use crate::error::{CliError, Result};
@@ -125,46 +125,10 @@ pub fn exec(store: &Store, options: &ExecOptions<'_>) -> Result<i32> {
     let sock = ours.as_raw_fd();
     let mut pid = None;
     let result = (|| -> Result<i32> {
-        loop {
-            let (msg, fd) = init::recv(sock).map_err(|e| CliError::Setup(format!("exec: {e}")))?;
-            if msg.is_empty() {
-                return Err(CliError::Setup(
-                    "exec: the process died during setup".into(),
-                ));
-            }
-            if let Some(error) = msg.strip_prefix(b"error: ") {
-                return Err(CliError::Setup(String::from_utf8_lossy(error).into_owned()));
-            }
-            match (msg.as_slice(), fd) {
-                (b"console", Some(master)) => {
-                    // SAFETY: received with SCM_RIGHTS, owned by nobody else.
-                    let master = unsafe { OwnedFd::from_raw_fd(master) };
-                    let socket = options.console_socket.ok_or_else(|| {
-                        CliError::Setup(
-                            "process.terminal is set but no --console-socket was given".into(),
-                        )
-                    })?;
-                    crate::container::send_console(socket, std::os::fd::AsFd::as_fd(&master))?;
-                }
-                (b"ready", _) => break,
-                (other, _) => {
-                    let text = String::from_utf8_lossy(other);
-                    pid = text
-                        .strip_prefix("pid ")
-                        .and_then(|p| p.parse::<i32>().ok());
-                    if pid.is_none() {
-                        return Err(CliError::Setup(format!("exec: unexpected message {text}")));
-                    }
-                }
-            }
-        }
+        pid = crate::container::until_ready(sock, "exec", options.console_socket, true)?;
         let pid = pid.ok_or_else(|| CliError::Setup("exec: no pid".into()))?;
         if let Some(pid_file) = options.pid_file {
-            let tmp = pid_file.with_extension("burrow-tmp");
-            std::fs::write(&tmp, pid.to_string())
-                .map_err(CliError::io(format!("writing {}", tmp.display())))?;
-            std::fs::rename(&tmp, pid_file)
-                .map_err(CliError::io(format!("writing {}", pid_file.display())))?;
+            crate::container::write_pid_file(pid_file, pid)?;
         }
         if options.detach {
             return Ok(0);

@@ -694,3 +694,13 @@ impl Drop for Docker {
         }
     }
 }
+
+/// Asserts that a client result is the named D-Bus error, with a message for a person.
+pub fn assert_error(v: &serde_json::Value, name: &str) {
+    assert_eq!(v["ok"], false, "expected {name}, got success: {v}");
+    assert_eq!(v["error"], name, "{v}");
+    assert!(
+        !v["message"].as_str().unwrap_or("").is_empty(),
+        "error without message: {v}"
+    );
+}

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use burrow_tests::{json_lines, test_users, wait_for, Harness, HarnessOptions, User};
+use burrow_tests::{assert_error, json_lines, test_users, wait_for, Harness, HarnessOptions, User};
 use serde_json::Value;
 
 fn dev_create(h: &Harness, user: Option<User>, args: &[&str]) -> Value {
@@ -21,11 +21,6 @@ fn dev_create(h: &Harness, user: Option<User>, args: &[&str]) -> Value {
     let mut lines = json_lines(&out.stdout);
     assert_eq!(lines.len(), 1);
     lines.remove(0)
-}
-
-fn assert_error(v: &Value, name: &str) {
-    assert_eq!(v["ok"], false, "expected {name}: {v}");
-    assert_eq!(v["error"], name, "{v}");
 }
 
 fn harness_with_allowlist() -> (Harness, std::path::PathBuf) {

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::process::{Output, Stdio};
 
-use burrow_tests::{json_lines, test_users, wait_for, Harness, HarnessOptions, User};
+use burrow_tests::{assert_error, json_lines, test_users, wait_for, Harness, HarnessOptions, User};
 use serde_json::Value;
 
 const RANGE: u64 = 65536;
@@ -37,15 +37,6 @@ fn one(h: &Harness, user: Option<User>, args: &[&str]) -> Value {
 fn base_of(v: &Value) -> u64 {
     assert_eq!(v["ok"], true, "call failed: {v}");
     v["base"].as_u64().unwrap()
-}
-
-fn assert_error(v: &Value, name: &str) {
-    assert_eq!(v["ok"], false, "expected {name}, got success: {v}");
-    assert_eq!(v["error"], name, "{v}");
-    assert!(
-        !v["message"].as_str().unwrap_or("").is_empty(),
-        "error without message: {v}"
-    );
 }
 
 fn alice() -> Option<User> {

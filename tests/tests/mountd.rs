@@ -5,7 +5,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use burrow_tests::{
-    busybox_rootfs, host_mounts, json_lines, key_values, test_users, Harness, HarnessOptions, User,
+    assert_error, busybox_rootfs, host_mounts, json_lines, key_values, test_users, Harness,
+    HarnessOptions, User,
 };
 use serde_json::{json, Value};
 
@@ -62,11 +63,6 @@ fn container(h: &Harness, user: Option<User>, rootfs: &Path, script: &str, plan:
     let mut lines = json_lines(&out.stdout);
     assert_eq!(lines.len(), 1, "{lines:?}");
     lines.remove(0)
-}
-
-fn assert_error(v: &Value, name: &str) {
-    assert_eq!(v["ok"], false, "expected {name}: {v}");
-    assert_eq!(v["error"], name, "{v}");
 }
 
 fn workdir(h: &Harness, name: &str) -> PathBuf {
