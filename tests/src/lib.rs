@@ -655,6 +655,23 @@ impl Docker {
             .join("\n")
     }
 
+    /// The wrapper that runs `burrow` against the harness's bus (the runtime's path).
+    pub fn runtime_wrapper(&self) -> PathBuf {
+        self.dir.join("burrow-runtime")
+    }
+
+    /// `ctr` against the containerd that dockerd started, in namespace `burrow-ctr`.
+    pub fn ctr(&self, args: &[&str]) -> Output {
+        Command::new("ctr")
+            .arg("-a")
+            .arg(self.dir.join("x/containerd/containerd.sock"))
+            .args(["-n", "burrow-ctr"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
     /// Where the shim keeps burrow's state (`--root`).
     pub fn runtime_root(&self) -> PathBuf {
         self.dir.join("x/runtime-burrow/moby")

@@ -218,6 +218,48 @@ fn docker_runs_system_containers() {
         );
     }
 
+    // containerd directly: ctr run --runc-binary, through the same runc v2 shim.
+    let tar = h.dir.join("bb.tar");
+    docker.ok(&["save", "bb", "-o", &tar.display().to_string()]);
+    let out = docker.ctr(&["images", "import", &tar.display().to_string()]);
+    assert!(
+        out.status.success(),
+        "ctr import: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let wrapper = docker.runtime_wrapper().display().to_string();
+    let ctr_run = |id: &str, script: &str| {
+        docker.ctr(&[
+            "run",
+            "--rm",
+            "--runc-binary",
+            &wrapper,
+            "docker.io/library/bb:latest",
+            id,
+            "sh",
+            "-c",
+            script,
+        ])
+    };
+    let out = ctr_run(
+        "ctr-probe",
+        "cat /proc/self/uid_map; echo dev=$(ls /dev | tr '\\n' ' ')",
+    );
+    assert!(
+        out.status.success(),
+        "ctr run: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    base_of(text.lines().next().unwrap());
+    assert!(
+        text.contains(
+            "dev=fd full mqueue null ptmx pts random shm stderr stdin stdout tty urandom zero"
+        ),
+        "{text}"
+    );
+    assert_eq!(ctr_run("ctr-exit", "exit 3").status.code(), Some(3));
+
     // --rm and rm leave no state, no cgroup and no range behind.
     wait_for("runtime state gone", || {
         std::fs::read_dir(docker.runtime_root())
