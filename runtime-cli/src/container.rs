@@ -123,6 +123,7 @@ pub fn process_config(
         fifo,
         preserve_fds,
         unshare_flags,
+        seccomp: crate::seccomp::system_container_filter()?,
     })
 }
 

@@ -32,6 +32,8 @@ pub struct InitConfig {
     /// Extra fds (3..3+N) passed on to the process (`--preserve-fds`).
     pub preserve_fds: i32,
     pub unshare_flags: libc::c_int,
+    /// The system-container seccomp filter, applied just before the user switch and exec.
+    pub seccomp: seccompiler::BpfProgram,
 }
 
 pub fn send(sock: RawFd, data: &[u8], fd: Option<RawFd>) -> nix::Result<()> {
@@ -170,6 +172,11 @@ pub fn setup_and_exec(config: &InitConfig, sock: RawFd) -> ! {
                 std::io::Error::last_os_error(),
             );
         }
+    }
+    // Applied while still root in the namespace (CAP_SYS_ADMIN there allows it without
+    // no_new_privs), before the switch to the process's user.
+    if let Err(e) = seccompiler::apply_filter(&config.seccomp) {
+        fail(sock, "applying the seccomp filter", e);
     }
     if config.uid != 0 || config.gid != 0 || !config.additional_gids.is_empty() {
         let groups: Vec<nix::unistd::Gid> =

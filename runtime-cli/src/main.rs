@@ -9,6 +9,7 @@ mod error;
 mod exec;
 mod init;
 mod log;
+mod seccomp;
 mod spec;
 mod state;
 
@@ -443,7 +444,7 @@ fn features() -> serde_json::Value {
             "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "user", "uts", "time"],
             "capabilities": [],
             "cgroup": {"v1": true, "v2": true, "systemd": false, "systemdUser": false},
-            "seccomp": {"enabled": false},
+            "seccomp": {"enabled": true, "actions": ["SCMP_ACT_ALLOW", "SCMP_ACT_ERRNO"], "note": "burrow applies its own system-container profile; the spec's is not used"},
             "apparmor": {"enabled": false},
             "selinux": {"enabled": false},
             "mountExtensions": {"idmap": {"enabled": true}}

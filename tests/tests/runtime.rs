@@ -160,6 +160,7 @@ fn cgroup_exists(path: &str) -> bool {
 const PROBE: &str = "cat /proc/self/uid_map; grep CapEff /proc/self/status; \
     w() { test -e $1 || { echo $3=absent; return; }; (echo $2 > $1) 2>/dev/null && echo $3=written || echo $3=denied; }; \
     w /proc/sys/kernel/sysrq 1 sysrq; w /proc/sysrq-trigger h trigger; w /proc/sys/kernel/panic 5 panic; \
+    grep -E '^Seccomp:' /proc/self/status; unshare -U -r -m true && echo nested_userns=ok; \
     echo dev=$(ls /dev | tr '\\n' ' '); echo probe-done; exec sleep 1000";
 
 #[test]
@@ -214,6 +215,9 @@ fn lifecycle_of_a_system_container() {
         "root's CapEff is not the full set {full}: {text}"
     );
     assert!(text.contains("panic=denied"), "{text}");
+    // The system-container seccomp filter is on, and leaves namespaces and mounts usable.
+    assert!(text.contains("Seccomp:\t2"), "no seccomp filter: {text}");
+    assert!(text.contains("nested_userns=ok"), "{text}");
     // This machine's kernel has no CONFIG_MAGIC_SYSRQ; where it has, the writes must fail.
     let sysrq = if Path::new("/proc/sys/kernel/sysrq").exists() {
         "denied"
