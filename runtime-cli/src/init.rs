@@ -150,7 +150,7 @@ fn init(config: &InitConfig, sock: RawFd) -> ! {
 pub fn setup_and_exec(config: &InitConfig, sock: RawFd) -> ! {
     let _ = nix::unistd::setsid();
     if config.terminal {
-        if let Err(e) = console(sock) {
+        if let Err(e) = console(sock, config.fifo.is_some()) {
             fail(sock, "setting up the console", e);
         }
     }
@@ -268,8 +268,8 @@ fn wait_for_start(fifo: RawFd) {
 }
 
 /// Opens a pty in the container's devpts, sends the master to the CLI, makes the slave the
-/// controlling terminal and stdio.
-fn console(sock: RawFd) -> Result<(), String> {
+/// controlling terminal and stdio; for the init, also binds it on /dev/console, as runc does.
+fn console(sock: RawFd, is_init: bool) -> Result<(), String> {
     use nix::fcntl::OFlag;
     let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
         .map_err(|e| format!("open /dev/ptmx: {e}"))?;
@@ -282,6 +282,24 @@ fn console(sock: RawFd) -> Result<(), String> {
         nix::sys::stat::Mode::empty(),
     )
     .map_err(|e| format!("open {name}: {e}"))?;
+    if is_init {
+        let console = "/dev/console";
+        nix::fcntl::open(
+            console,
+            OFlag::O_CREAT | OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .and_then(nix::unistd::close)
+        .map_err(|e| format!("creating {console}: {e}"))?;
+        nix::mount::mount(
+            Some(name.as_str()),
+            console,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| format!("binding {name} on {console}: {e}"))?;
+    }
     send(sock, b"console", Some(master.as_raw_fd()))
         .map_err(|e| format!("sending the console: {e}"))?;
     drop(master);

@@ -31,11 +31,22 @@ pub const DENIED: [(&str, libc::c_long); 14] = [
 
 /// The compiled filter, built before any fork (it allocates).
 pub fn system_container_filter() -> Result<BpfProgram> {
-    let rules = DENIED.iter().map(|(_, nr)| (*nr as i64, vec![])).collect::<BTreeMap<_, _>>();
-    let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(|e| CliError::Setup(format!("seccomp: {e}")))?;
-    let filter = SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(libc::EPERM as u32), arch)
-        .map_err(|e| CliError::Setup(format!("seccomp filter: {e}")))?;
-    filter.try_into().map_err(|e: seccompiler::BackendError| CliError::Setup(format!("seccomp filter: {e}")))
+    let rules = DENIED
+        .iter()
+        .map(|(_, nr)| (*nr, vec![]))
+        .collect::<BTreeMap<_, _>>();
+    let arch = TargetArch::try_from(std::env::consts::ARCH)
+        .map_err(|e| CliError::Setup(format!("seccomp: {e}")))?;
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EPERM as u32),
+        arch,
+    )
+    .map_err(|e| CliError::Setup(format!("seccomp filter: {e}")))?;
+    filter
+        .try_into()
+        .map_err(|e: seccompiler::BackendError| CliError::Setup(format!("seccomp filter: {e}")))
 }
 
 #[cfg(test)]

@@ -67,9 +67,30 @@ fn docker_runs_system_containers() {
     );
 
     // A terminal: the pty master goes to containerd's console socket.
+    let out = run(&[
+        "--rm",
+        "-t",
+        "bb",
+        "sh",
+        "-c",
+        "tty; test -c /dev/console && echo console=ok; ls /dev | tr '\\n' ' '",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+    assert!(text.starts_with("/dev/pts/0\n"), "{text}");
+    assert!(text.contains("console=ok"), "{text}");
+    assert!(
+        text.contains(
+            "console fd full mqueue null ptmx pts random shm stderr stdin stdout tty urandom zero"
+        ),
+        "{text}"
+    );
+    // --rm leaves no mount on the host.
+    let before = burrow_tests::host_mounts();
+    assert!(run(&["--rm", "bb", "true"]).status.success());
     assert_eq!(
-        String::from_utf8_lossy(&run(&["--rm", "-t", "bb", "tty"]).stdout).trim(),
-        "/dev/pts/0"
+        burrow_tests::host_mounts(),
+        before,
+        "docker run --rm left a mount"
     );
     // Exit codes propagate.
     assert_eq!(
