@@ -400,13 +400,7 @@ fn create_steps(
         fifo.as_raw_fd(),
         options.preserve_fds,
     )?;
-    let (ours, theirs) = nix::sys::socket::socketpair(
-        nix::sys::socket::AddressFamily::Unix,
-        nix::sys::socket::SockType::SeqPacket,
-        None,
-        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
-    )
-    .map_err(|e| CliError::Setup(format!("socketpair: {e}")))?;
+    let (ours, theirs) = init::channel()?;
 
     // Fork while this process has one thread: the children need no async-signal-safety.
     // SAFETY: the runtime `rt` is current-thread and has spawned no thread yet.

@@ -101,13 +101,7 @@ pub fn exec(store: &Store, options: &ExecOptions<'_>) -> Result<i32> {
             need: "exec needs a running container".into(),
         });
     }
-    let (ours, theirs) = nix::sys::socket::socketpair(
-        nix::sys::socket::AddressFamily::Unix,
-        nix::sys::socket::SockType::SeqPacket,
-        None,
-        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
-    )
-    .map_err(|e| CliError::Setup(format!("socketpair: {e}")))?;
+    let (ours, theirs) = init::channel()?;
     // SAFETY: this command starts no thread before forking.
     let joiner_pid =
         match unsafe { nix::unistd::fork() }.map_err(|e| CliError::Setup(format!("fork: {e}")))? {

@@ -36,6 +36,17 @@ pub struct InitConfig {
     pub seccomp: seccompiler::BpfProgram,
 }
 
+/// The socket pair between the CLI and the processes it forks for a container.
+pub fn channel() -> crate::error::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    socket::socketpair(
+        socket::AddressFamily::Unix,
+        socket::SockType::SeqPacket,
+        None,
+        socket::SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| crate::error::CliError::Setup(format!("socketpair: {e}")))
+}
+
 pub fn send(sock: RawFd, data: &[u8], fd: Option<RawFd>) -> nix::Result<()> {
     let fds;
     let cmsgs: Vec<ControlMessage> = match fd {
