@@ -187,6 +187,24 @@ const HELPERS: [(&str, &str); 3] = [
     ("org.burrow.Mount1", "burrow-mountd"),
 ];
 
+/// Ranges per harness pool window.
+const WINDOW: u32 = 2048 * 65536;
+
+/// The pool of the `n`-th harness of this process: windows 1..=12 of 2048 ranges each, so
+/// harnesses running in parallel never hand out the same range. (In production one idmapd
+/// owns the pool; parallel test idmapds sharing one would let two live namespaces map the same
+/// range, which idmapd's liveness check rightly treats as "in use".) Window 0 (from 524288)
+/// and 13 are left to tests that set their own pool.
+fn default_pool(n: u32) -> (u32, u32) {
+    let start = 524288 + (1 + n % 12) * WINDOW;
+    (start, start + (WINDOW - 1))
+}
+
+/// The first ID of pool window `w` (see `default_pool`), for tests that set their own pool.
+pub fn pool_window(w: u32) -> u32 {
+    524288 + w * WINDOW
+}
+
 /// A private system bus with polkitd and Burrow's helpers activatable on it.
 pub struct Harness {
     pub dir: PathBuf,
@@ -229,6 +247,15 @@ impl Harness {
                         "--state-dir".into(),
                         dir.join("state/idmap").display().to_string(),
                     ]);
+                    if !options.idmapd_args.iter().any(|a| a == "--pool-start") {
+                        let (start, end) = default_pool(n);
+                        exec.extend([
+                            "--pool-start".into(),
+                            start.to_string(),
+                            "--pool-end".into(),
+                            end.to_string(),
+                        ]);
+                    }
                     exec.extend(options.idmapd_args.iter().cloned());
                 }
                 "burrow-devd" => exec.extend(options.devd_args.iter().cloned()),

@@ -452,9 +452,9 @@ fn pool_and_quota_exhaustion() {
     let small = Harness::start(HarnessOptions {
         idmapd_args: [
             "--pool-start",
-            "524288",
+            &burrow_tests::pool_window(13).to_string(),
             "--pool-end",
-            &(524288 + 3 * 65536 - 1).to_string(),
+            &(burrow_tests::pool_window(13) + 3 * 65536 - 1).to_string(),
             "--max-per-user",
             "2",
         ]
@@ -499,6 +499,10 @@ fn ranges_avoid_subordinate_ids_and_accounts() {
     let p = |f: &str| dir.join(f).display().to_string();
     let h = Harness::start(HarnessOptions {
         idmapd_args: vec![
+            "--pool-start".into(),
+            "524288".into(),
+            "--pool-end".into(),
+            (burrow_tests::pool_window(1) - 1).to_string(),
             "--subid-file".into(),
             p("subuid"),
             "--id-db-file".into(),
