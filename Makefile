@@ -56,7 +56,7 @@ run:
 
 # The test command of README and CI: black-box tests against a private system bus and a real
 # polkitd, plus the unit tests. Needs root.
-test:
+test: deps
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
 
