@@ -6,7 +6,6 @@ pub const RANGE_SIZE: u32 = 65536;
 pub mod idmap {
     pub const BUS_NAME: &str = "org.burrow.IdMap1";
     pub const OBJECT_PATH: &str = "/org/burrow/IdMap1";
-    pub const INTERFACE: &str = "org.burrow.IdMap1";
     /// polkit action a non-root caller needs to allocate an ID range.
     pub const ACTION_ALLOCATE: &str = "org.burrow.idmap.allocate";
 }

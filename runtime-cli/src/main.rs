@@ -52,40 +52,15 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Create a container from a bundle; it waits for `start`.
-    Create {
-        #[arg(long, short, default_value = ".")]
-        bundle: PathBuf,
-        #[arg(long)]
-        pid_file: Option<PathBuf>,
-        #[arg(long)]
-        console_socket: Option<PathBuf>,
-        #[arg(long)]
-        no_pivot: bool,
-        #[arg(long)]
-        no_new_keyring: bool,
-        #[arg(long, default_value_t = 0)]
-        preserve_fds: i32,
-        id: String,
-    },
+    Create(CreateArgs),
     /// Start a created container.
     Start { id: String },
     /// Create and start a container, wait for it, delete it, exit with its status.
     Run {
-        #[arg(long, short, default_value = ".")]
-        bundle: PathBuf,
-        #[arg(long)]
-        pid_file: Option<PathBuf>,
-        #[arg(long)]
-        console_socket: Option<PathBuf>,
         #[arg(long, short)]
         detach: bool,
-        #[arg(long)]
-        no_pivot: bool,
-        #[arg(long)]
-        no_new_keyring: bool,
-        #[arg(long, default_value_t = 0)]
-        preserve_fds: i32,
-        id: String,
+        #[command(flatten)]
+        create: CreateArgs,
     },
     /// Run a new process in a running container.
     Exec {
@@ -158,6 +133,39 @@ enum Command {
     },
 }
 
+/// What `create` and `run` take.
+#[derive(clap::Args, Debug)]
+struct CreateArgs {
+    #[arg(long, short, default_value = ".")]
+    bundle: PathBuf,
+    #[arg(long)]
+    pid_file: Option<PathBuf>,
+    #[arg(long)]
+    console_socket: Option<PathBuf>,
+    /// Accepted for runc compatibility (burrow always pivots into the rootfs).
+    #[arg(long)]
+    no_pivot: bool,
+    /// Accepted for runc compatibility.
+    #[arg(long)]
+    no_new_keyring: bool,
+    #[arg(long, default_value_t = 0)]
+    preserve_fds: i32,
+    id: String,
+}
+
+impl CreateArgs {
+    fn options(&self, systemd_cgroup: bool) -> container::CreateOptions<'_> {
+        container::CreateOptions {
+            id: &self.id,
+            bundle: &self.bundle,
+            pid_file: self.pid_file.as_deref(),
+            console_socket: self.console_socket.as_deref(),
+            preserve_fds: self.preserve_fds,
+            systemd_cgroup,
+        }
+    }
+}
+
 const SUBCOMMANDS: [&str; 15] = [
     "create", "start", "run", "state", "list", "kill", "delete", "ps", "pause", "resume", "update",
     "features", "spec", "help", "exec",
@@ -210,7 +218,7 @@ fn main() {
     // fds 0-2 belong to the container during create and run.
     let quiet_stderr = matches!(
         cli.command,
-        Command::Create { .. } | Command::Run { .. } | Command::Exec { .. }
+        Command::Create(_) | Command::Run { .. } | Command::Exec { .. }
     );
     let logger = log::Logger::new(cli.log.as_deref(), &cli.log_format, !quiet_stderr);
     match run(&cli) {
@@ -225,43 +233,12 @@ fn main() {
 fn run(cli: &Cli) -> Result<i32> {
     let store = || Store::new(&cli.root.clone().unwrap_or_else(default_root));
     match &cli.command {
-        Command::Create {
-            bundle,
-            pid_file,
-            console_socket,
-            preserve_fds,
-            id,
-            ..
-        } => {
-            let options = container::CreateOptions {
-                id,
-                bundle,
-                pid_file: pid_file.as_deref(),
-                console_socket: console_socket.as_deref(),
-                preserve_fds: *preserve_fds,
-                systemd_cgroup: cli.systemd_cgroup,
-            };
-            container::create(&store()?, &options)?;
-        }
+        Command::Create(args) => container::create(&store()?, &args.options(cli.systemd_cgroup))?,
         Command::Start { id } => container::start(&store()?, id)?,
-        Command::Run {
-            bundle,
-            pid_file,
-            console_socket,
-            detach,
-            preserve_fds,
-            id,
-            ..
-        } => {
+        Command::Run { detach, create } => {
             let store = store()?;
-            let options = container::CreateOptions {
-                id,
-                bundle,
-                pid_file: pid_file.as_deref(),
-                console_socket: console_socket.as_deref(),
-                preserve_fds: *preserve_fds,
-                systemd_cgroup: cli.systemd_cgroup,
-            };
+            let id = &create.id;
+            let options = create.options(cli.systemd_cgroup);
             container::create(&store, &options)?;
             container::start(&store, id)?;
             if *detach {
