@@ -151,12 +151,15 @@ impl Allocator {
     }
 
     fn reclaim(&mut self, live: &LiveNamespaces, candidate: impl Fn(&Record) -> bool) -> usize {
-        let dead: Vec<Record> = self
-            .registry
-            .records()
-            .filter(|r| candidate(r) && !live.maps_range(&r.userns, r.base, r.size))
-            .cloned()
-            .collect();
+        let mut dead = vec![];
+        for record in self.registry.records().filter(|r| candidate(r)) {
+            if live.maps_range(&record.userns, record.base, record.size) {
+                tracing::debug!(uid = record.uid, name = %record.name, base = record.base,
+                    held_by = ?live.holder(&record.userns), "range still in use");
+            } else {
+                dead.push(record.clone());
+            }
+        }
         let mut freed = 0;
         for record in dead {
             match self.registry.remove(record.base) {
