@@ -127,6 +127,7 @@ pub struct Job {
     pub mounts: Vec<Prepared>,
     pub masked: Vec<String>,
     pub readonly: Vec<String>,
+    pub writable_sysctls: Vec<String>,
     pub cgroups: CgroupLayout,
     /// An empty directory of the helper's where W2 attaches the rootfs in its private copy.
     pub staging: CString,
@@ -363,6 +364,34 @@ fn assemble(job: &Job) -> Result<OwnedFd, String> {
             true,
         )
         .map_err(|e| format!("making {path} read-only: {e}"))?;
+        attach(clone.as_fd(), t.as_fd(), path)?;
+    }
+    for path in &job.writable_sysctls {
+        let Some(t) = resolve(root, path, Create::Nothing)? else {
+            continue;
+        };
+        // A rootfs could put anything at /proc/sys/...: reopen only what really is procfs.
+        let is_proc = rustix::fs::fstatfs(t.as_fd())
+            .is_ok_and(|st| st.f_type as i64 == libc::PROC_SUPER_MAGIC as i64);
+        if !is_proc {
+            return Err(format!("{path} is not in a proc filesystem"));
+        }
+        let clone = open_tree(
+            t.as_fd(),
+            "",
+            OpenTreeFlags::OPEN_TREE_CLONE
+                | OpenTreeFlags::OPEN_TREE_CLOEXEC
+                | OpenTreeFlags::AT_EMPTY_PATH,
+        )
+        .map_err(|e| format!("cloning {path}: {e}"))?;
+        set_attributes(
+            clone.as_fd(),
+            BASIC,
+            MountAttrFlags::MOUNT_ATTR_RDONLY,
+            None,
+            false,
+        )
+        .map_err(|e| format!("making {path} writable: {e}"))?;
         attach(clone.as_fd(), t.as_fd(), path)?;
     }
 

@@ -14,7 +14,9 @@ use zbus::zvariant::{self, OwnedValue};
 use zbus::Connection;
 
 use crate::build::{self, CgroupLayout, Job, Prepared};
-use crate::idmap::{caller_disk_map, check_owner, idmapped_clone, set_attributes, Mapping};
+use crate::idmap::{
+    caller_disk_map, check_owner, clone_tree, idmapped_clone, set_attributes, Mapping,
+};
 use crate::pidfd::container_namespaces;
 use crate::plan::{translate_ids, Kind, MountEntry, Plan};
 
@@ -126,7 +128,9 @@ impl Mount {
     /// pid, network, ipc and cgroup namespaces (owned by that user namespace) are used.
     /// `plan` (a{sv}): `rootfs` (u, index into `fds` of an O_PATH directory), `dev` (u, the
     /// mount from org.burrow.Dev1), `rootfs_readonly` (b), `mounts` (a(ssuas): destination,
-    /// type, source fd index or 0xffffffff, options), `masked_paths` (as), `readonly_paths` (as).
+    /// type, source fd index or 0xffffffff, options), `masked_paths` (as), `readonly_paths` (as). A bind with option `noidmap` is not ID-mapped
+    /// and must be a directory owned by the container's root;
+    /// `writable_sysctls` (as: subtrees of /proc/sys made writable again, e.g. /proc/sys/net).
     async fn build_root(
         &self,
         #[zbus(header)] header: Header<'_>,
@@ -147,6 +151,10 @@ impl Mount {
             for index in
                 std::iter::once(plan.rootfs).chain(plan.mounts.iter().filter_map(
                     |m| match m.kind {
+                        // Checked against the container's root once its maps are read.
+                        Kind::Bind {
+                            idmapped: false, ..
+                        } => None,
                         Kind::Bind { source, .. } => Some(source),
                         _ => None,
                     },
@@ -171,6 +179,28 @@ fn log_result<T>(caller: &Caller, method: &str, result: &Result<T, BurrowError>)
             tracing::info!(uid = caller.uid, pid = ?caller.pid, method, error = %e.dbus_name(), reason = %e, "refused")
         }
     }
+}
+
+/// A `noidmap` bind: the container sees the directory's on-disk IDs through its own map, so it
+/// must already belong to the container's root (e.g. a per-container /var/lib/docker that the
+/// runtime made in the container's range).
+fn unmapped_clone(
+    source: BorrowedFd<'_>,
+    destination: &str,
+    root_ids: (u32, u32),
+    recursive: bool,
+) -> Result<OwnedFd, BurrowError> {
+    let st = rustix::fs::fstat(source).map_err(|e| {
+        BurrowError::InvalidArgument(format!("fstat of {destination}'s source: {e}"))
+    })?;
+    if !rustix::fs::FileType::from_raw_mode(st.st_mode).is_dir() || st.st_uid != root_ids.0 {
+        return Err(BurrowError::NotAuthorized(format!(
+            "noidmap bind {destination}: the source must be a directory owned by the container's root              (host uid {}), not uid {}",
+            root_ids.0, st.st_uid
+        )));
+    }
+    clone_tree(source, recursive)
+        .map_err(|e| BurrowError::InvalidArgument(format!("cloning {destination}'s source: {e}")))
 }
 
 fn check_directory(fd: BorrowedFd<'_>) -> Result<(), BurrowError> {
@@ -252,10 +282,18 @@ fn prepare_and_build(
             }
         };
         mounts.push(match kind {
-            Kind::Bind { source, recursive } => {
+            Kind::Bind {
+                source,
+                recursive,
+                idmapped,
+            } => {
                 let is_file = rustix::fs::fstat(fds[source].as_fd())
                     .is_ok_and(|st| !rustix::fs::FileType::from_raw_mode(st.st_mode).is_dir());
-                let mount = idmapped_clone(fds[source].as_fd(), &mapping, recursive)?;
+                let mount = if idmapped {
+                    idmapped_clone(fds[source].as_fd(), &mapping, recursive)?
+                } else {
+                    unmapped_clone(fds[source].as_fd(), &destination, root_ids, recursive)?
+                };
                 Prepared::Attach {
                     destination,
                     mount,
@@ -286,6 +324,7 @@ fn prepare_and_build(
         mounts,
         masked: plan.masked_paths,
         readonly: plan.readonly_paths,
+        writable_sysctls: plan.writable_sysctls,
         cgroups: CgroupLayout::of_host()?,
         staging,
     };

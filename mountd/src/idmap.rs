@@ -151,6 +151,17 @@ pub struct Mapping<'a> {
 }
 
 /// A detached, ID-mapped clone of the directory (or file) `source`.
+/// A detached copy of the mount at `source` (with the mounts below it, if `recursive`).
+pub fn clone_tree(source: BorrowedFd<'_>, recursive: bool) -> rustix::io::Result<OwnedFd> {
+    let mut flags = OpenTreeFlags::OPEN_TREE_CLONE
+        | OpenTreeFlags::OPEN_TREE_CLOEXEC
+        | OpenTreeFlags::AT_EMPTY_PATH;
+    if recursive {
+        flags |= OpenTreeFlags::AT_RECURSIVE;
+    }
+    open_tree(source, "", flags)
+}
+
 pub fn idmapped_clone(
     source: BorrowedFd<'_>,
     mapping: &Mapping<'_>,
@@ -162,13 +173,7 @@ pub fn idmapped_clone(
     if fs_type as i64 == OVERLAYFS_SUPER_MAGIC {
         return overlay_on_mapped_layers(source, mapping);
     }
-    let mut flags = OpenTreeFlags::OPEN_TREE_CLONE
-        | OpenTreeFlags::OPEN_TREE_CLOEXEC
-        | OpenTreeFlags::AT_EMPTY_PATH;
-    if recursive {
-        flags |= OpenTreeFlags::AT_RECURSIVE;
-    }
-    let tree = open_tree(source, "", flags)
+    let tree = clone_tree(source, recursive)
         .map_err(|e| BurrowError::InvalidArgument(format!("cloning the passed mount: {e}")))?;
     set_attributes(tree.as_fd(), MountAttrFlags::MOUNT_ATTR_IDMAP, MountAttrFlags::empty(), Some(mapping.userns), recursive)
         .map_err(|e| {

@@ -15,7 +15,13 @@ pub const NO_FD: u32 = u32::MAX;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Kind {
-    Bind { source: usize, recursive: bool },
+    /// `idmapped`: the source is ID-mapped into the container (the default). `noidmap` binds are
+    /// mounted as they are and must already belong to the container's root.
+    Bind {
+        source: usize,
+        recursive: bool,
+        idmapped: bool,
+    },
     Proc,
     Sysfs,
     Tmpfs,
@@ -51,7 +57,14 @@ pub struct Plan {
     pub mounts: Vec<MountEntry>,
     pub masked_paths: Vec<String>,
     pub readonly_paths: Vec<String>,
+    /// Sysctl subtrees made writable again under a read-only /proc/sys (see `SYSCTL_ROOT`).
+    pub writable_sysctls: Vec<String>,
 }
+
+/// Only sysctls can be made writable again: the kernel checks every sysctl write against the
+/// namespace that owns it (net.* against the network namespace's owner), so a container's root
+/// can change its own namespaces' values and is refused (EACCES) for the host's.
+pub const SYSCTL_ROOT: &str = "/proc/sys";
 
 fn invalid(msg: impl Into<String>) -> BurrowError {
     BurrowError::InvalidArgument(msg.into())
@@ -80,9 +93,18 @@ pub fn normalize_path(path: &str) -> Result<String, BurrowError> {
     Ok(format!("/{}", parts.join("/")))
 }
 
-fn parse_options(destination: &str, raw: &[String]) -> Result<(Options, bool), BurrowError> {
+/// How a bind is cloned: with its submounts (`rbind`), ID-mapped (unless `noidmap`).
+struct BindOptions {
+    recursive: bool,
+    idmapped: bool,
+}
+
+fn parse_options(destination: &str, raw: &[String]) -> Result<(Options, BindOptions), BurrowError> {
     let mut options = Options::default();
-    let mut recursive = false;
+    let mut bind = BindOptions {
+        recursive: false,
+        idmapped: true,
+    };
     for option in raw {
         match option.as_str() {
             "ro" => options.read_only = true,
@@ -91,7 +113,8 @@ fn parse_options(destination: &str, raw: &[String]) -> Result<(Options, bool), B
             "nodev" => options.nodev = true,
             "noexec" => options.noexec = true,
             "suid" | "dev" | "exec" | "defaults" | "bind" => {}
-            "rbind" => recursive = true,
+            "rbind" => bind.recursive = true,
+            "noidmap" => bind.idmapped = false,
             // Propagation: every mount of the container is private to it anyway.
             "private" | "rprivate" | "slave" | "rslave" | "shared" | "rshared" | "unbindable"
             | "runbindable" => {}
@@ -123,7 +146,7 @@ fn parse_options(destination: &str, raw: &[String]) -> Result<(Options, bool), B
             }
         }
     }
-    Ok((options, recursive))
+    Ok((options, bind))
 }
 
 fn take<T: TryFrom<OwnedValue>>(
@@ -173,6 +196,7 @@ impl Plan {
             mounts: vec![],
             masked_paths: vec![],
             readonly_paths: vec![],
+            writable_sysctls: vec![],
         };
         for (key, value) in raw {
             match key.as_str() {
@@ -183,6 +207,17 @@ impl Plan {
                 "rootfs_readonly" => plan.rootfs_read_only = take(&key, value, "a boolean (b)")?,
                 "masked_paths" => plan.masked_paths = paths(&key, value)?,
                 "readonly_paths" => plan.readonly_paths = paths(&key, value)?,
+                "writable_sysctls" => {
+                    plan.writable_sysctls = paths(&key, value)?;
+                    if let Some(outside) = plan.writable_sysctls.iter().find(|p| {
+                        p.strip_prefix(SYSCTL_ROOT)
+                            .is_none_or(|rest| !rest.starts_with('/'))
+                    }) {
+                        return Err(invalid(format!(
+                            "writable_sysctls: {outside:?} is not below {SYSCTL_ROOT}/"
+                        )));
+                    }
+                }
                 "mounts" => {
                     let wire: Vec<WireMount> = take(&key, value, "an array of (ssuas)")?;
                     if wire.len() > MAX_ENTRIES {
@@ -196,7 +231,7 @@ impl Plan {
                 other => {
                     return Err(invalid(format!(
                         "unknown plan key {other:?} (known: rootfs, rootfs_readonly, dev, mounts, \
-                         masked_paths, readonly_paths)"
+                         masked_paths, readonly_paths, writable_sysctls)"
                     )))
                 }
             }
@@ -220,7 +255,7 @@ impl Plan {
                 "mount on {destination} is not allowed (the rootfs and /dev come from \"rootfs\" and \"dev\")"
             )));
         }
-        let (options, recursive) = parse_options(&destination, &options)?;
+        let (options, bind) = parse_options(&destination, &options)?;
         let kind = match kind.as_str() {
             "bind" | "none" | "" => {
                 if source == NO_FD {
@@ -230,7 +265,8 @@ impl Plan {
                 }
                 Kind::Bind {
                     source: fd_index("mounts", source, fds)?,
-                    recursive,
+                    recursive: bind.recursive,
+                    idmapped: bind.idmapped,
                 }
             }
             "proc" => Kind::Proc,
@@ -245,6 +281,11 @@ impl Plan {
                 )))
             }
         };
+        if !bind.idmapped && !matches!(kind, Kind::Bind { .. }) {
+            return Err(invalid(format!(
+                "mount {destination}: noidmap is an option of bind mounts"
+            )));
+        }
         if !matches!(kind, Kind::Bind { .. }) && source != NO_FD {
             return Err(invalid(format!(
                 "mount {destination}: a {:?} mount takes no source fd",
@@ -363,7 +404,8 @@ mod tests {
             plan.mounts[3].kind,
             Kind::Bind {
                 source: 2,
-                recursive: true
+                recursive: true,
+                idmapped: true,
             }
         );
         assert!(plan.mounts[2].options.read_only);
@@ -372,6 +414,54 @@ mod tests {
             ("ptmxmode".to_string(), Some("0666".to_string()))
         );
         assert_eq!(plan.masked_paths, ["/proc/kcore"]);
+    }
+
+    #[test]
+    fn noidmap_is_for_binds_only() {
+        let mut raw = base_plan();
+        let bind: WireMount = (
+            "/var/lib/docker".into(),
+            "bind".into(),
+            2,
+            vec!["rbind".into(), "noidmap".into()],
+        );
+        raw.insert("mounts".into(), owned(vec![bind]));
+        let plan = Plan::parse(raw, 3).unwrap();
+        assert_eq!(
+            plan.mounts[0].kind,
+            Kind::Bind {
+                source: 2,
+                recursive: true,
+                idmapped: false,
+            }
+        );
+        let mut raw = base_plan();
+        let tmpfs: WireMount = ("/run".into(), "tmpfs".into(), NO_FD, vec!["noidmap".into()]);
+        raw.insert("mounts".into(), owned(vec![tmpfs]));
+        assert!(Plan::parse(raw, 3).is_err());
+    }
+
+    #[test]
+    fn only_sysctls_can_be_made_writable() {
+        let with = |paths: &[&str]| {
+            let mut raw = base_plan();
+            let paths: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
+            raw.insert("writable_sysctls".into(), owned(paths));
+            Plan::parse(raw, 2)
+        };
+        assert_eq!(
+            with(&["/proc/sys/net"]).unwrap().writable_sysctls,
+            ["/proc/sys/net"]
+        );
+        for bad in [
+            "/proc/sys",
+            "/proc/sysrq-trigger",
+            "/proc",
+            "/sys/kernel",
+            "/etc",
+        ] {
+            assert!(with(&[bad]).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use burrow_bus::proxy::{Dev1Proxy, IdMap1Proxy, Mount1Proxy};
@@ -14,7 +14,7 @@ use zbus::zvariant::Value;
 
 use crate::error::{CliError, Result};
 use crate::init::{self, InitConfig};
-use crate::spec::Bundle;
+use crate::spec::{Bundle, PlannedMount};
 use crate::state::{start_time, Record, Status, Store};
 
 pub struct CreateOptions<'a> {
@@ -316,6 +316,7 @@ struct Undo<'a> {
     init_pid: Option<i32>,
     range: Option<String>,
     cgroup: Option<String>,
+    docker_data: Option<PathBuf>,
     armed: bool,
 }
 
@@ -333,6 +334,9 @@ impl Undo<'_> {
         }
         if let Some(cgroup) = &self.cgroup {
             crate::cgroup::remove(cgroup);
+        }
+        if let Some(data) = &self.docker_data {
+            let _ = remove_docker_data(data);
         }
         if let (Some(name), Some(conn)) = (&self.range, conn) {
             let _ = rt.block_on(async { IdMap1Proxy::new(conn).await?.release(name).await });
@@ -361,6 +365,7 @@ pub fn create(store: &Store, options: &CreateOptions<'_>) -> Result<()> {
         init_pid: None,
         range: None,
         cgroup: None,
+        docker_data: None,
         armed: true,
     };
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -432,10 +437,15 @@ fn create_steps(
                     .await
             })
             .map_err(CliError::helper("idmapd"))?;
-        undo.range = Some(name);
+        undo.range = Some(name.clone());
         let root_ids = (base, gid_base);
         std::os::unix::fs::chown(&fifo_path, Some(base), Some(gid_base))
             .map_err(CliError::io("chown exec fifo"))?;
+        if bundle.wants_docker_data {
+            let data = crate::state::data_root().join(&name).join("docker");
+            undo.docker_data = Some(data.clone());
+            make_docker_data(&data, root_ids)?;
+        }
         let linux = bundle.spec.linux().as_ref();
         let cgroup = crate::cgroup::path_for(
             linux.and_then(|l| l.cgroups_path().as_deref()),
@@ -486,7 +496,19 @@ fn create_steps(
     let rootfs = open_path(&bundle.rootfs)?;
     let mut fds: Vec<OwnedFd> = vec![rootfs];
     let mut mounts: Vec<(String, String, u32, Vec<String>)> = vec![];
-    for m in &bundle.mounts {
+    let docker_data = undo.docker_data.as_ref().map(|dir| PlannedMount {
+        destination: crate::spec::DOCKER_DATA.into(),
+        typ: "bind".into(),
+        source: Some(dir.clone()),
+        // Root made the directory in the container's range: mounted as it is, like Sysbox.
+        // Another user's directory is theirs on disk, and mountd maps it to the container root.
+        options: ["rbind", "nosuid", "nodev"]
+            .into_iter()
+            .chain(nix::unistd::geteuid().is_root().then_some("noidmap"))
+            .map(String::from)
+            .collect(),
+    });
+    for m in bundle.mounts.iter().chain(docker_data.as_ref()) {
         let source = match &m.source {
             Some(path) => {
                 fds.push(open_path(path)?);
@@ -523,6 +545,10 @@ fn create_steps(
             plan.insert("mounts", Value::from(mounts));
             plan.insert("masked_paths", Value::from(bundle.masked.clone()));
             plan.insert("readonly_paths", Value::from(bundle.readonly.clone()));
+            plan.insert(
+                "writable_sysctls",
+                Value::from(bundle.writable_sysctls.clone()),
+            );
             Mount1Proxy::new(&conn)
                 .await?
                 .build_root(pidfd.try_clone().unwrap().into(), plan, wire)
@@ -552,6 +578,8 @@ fn create_steps(
         root_ids,
         cgroup: undo.cgroup.clone(),
         annotations: bundle.spec.annotations().clone().unwrap_or_default(),
+        systemd: bundle.systemd,
+        docker_data: undo.docker_data.clone(),
     };
     store.save(&record)?;
     let state = record.oci_state(store);
@@ -624,6 +652,40 @@ fn write_sysctls(spec: &Spec, pid: i32) -> Result<()> {
             ))),
         },
     }
+}
+
+/// The host directory for the container's /var/lib/docker: owned by the container's root, in
+/// a parent only the runtime's user can enter.
+fn make_docker_data(dir: &Path, root_ids: (u32, u32)) -> Result<()> {
+    // A leftover of a container that was never deleted must not be handed to a new one.
+    remove_docker_data(dir)?;
+    let parent = dir.parent().expect("data dir has a parent");
+    std::fs::create_dir_all(parent)
+        .map_err(CliError::io(format!("creating {}", parent.display())))?;
+    std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o711))
+        .map_err(CliError::io(format!("chmod {}", parent.display())))?;
+    std::fs::create_dir(dir).map_err(CliError::io(format!("creating {}", dir.display())))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o710))
+        .map_err(CliError::io(format!("chmod {}", dir.display())))?;
+    if nix::unistd::geteuid().is_root() {
+        std::os::unix::fs::chown(dir, Some(root_ids.0), Some(root_ids.1))
+            .map_err(CliError::io(format!("chown {}", dir.display())))?;
+    }
+    Ok(())
+}
+
+/// Removes a container's /var/lib/docker directory and its per-container parent. The tree was
+/// written by the container; std's remove_dir_all never follows its symlinks.
+fn remove_docker_data(dir: &Path) -> Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(CliError::io(format!("removing {}", dir.display()))(e)),
+    }
+    if let Some(parent) = dir.parent() {
+        let _ = std::fs::remove_dir(parent);
+    }
+    Ok(())
 }
 
 /// Sends the pty master to the console socket, as runc does.
@@ -722,6 +784,12 @@ pub fn kill(store: &Store, id: &str, signal: &str, all: bool) -> Result<()> {
             need: "it cannot be signalled".into(),
         });
     }
+    let signo = if record.systemd && signo == libc::SIGTERM {
+        // `docker stop` sends SIGTERM, which systemd ignores; SIGRTMIN+3 makes it shut down.
+        libc::SIGRTMIN() + 3
+    } else {
+        signo
+    };
     let targets = match (&record.cgroup, all) {
         (Some(cgroup), true) => crate::cgroup::pids(cgroup),
         _ => vec![record.pid],
@@ -774,6 +842,9 @@ pub fn delete(store: &Store, id: &str, force: bool) -> Result<()> {
     }
     if let Some(cgroup) = &record.cgroup {
         crate::cgroup::remove(cgroup);
+    }
+    if let Some(data) = &record.docker_data {
+        remove_docker_data(data)?;
     }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

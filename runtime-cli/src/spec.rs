@@ -23,7 +23,17 @@ pub struct Bundle {
     pub mounts: Vec<PlannedMount>,
     pub masked: Vec<String>,
     pub readonly: Vec<String>,
+    /// Sysctl subtrees writable again under a read-only /proc/sys: the namespaced net.* ones.
+    pub writable_sysctls: Vec<String>,
+    /// The init is systemd (see `runs_systemd`).
+    pub systemd: bool,
+    /// The image has dockerd and the spec mounts nothing at /var/lib/docker: the container gets
+    /// a host directory there, since overlay2 cannot use the overlay rootfs as its upper layer.
+    pub wants_docker_data: bool,
 }
+
+/// Where an inner dockerd keeps its images and layers.
+pub const DOCKER_DATA: &str = "/var/lib/docker";
 
 fn bundle_error(dir: &Path, reason: impl Into<String>) -> CliError {
     CliError::Bundle {
@@ -163,6 +173,21 @@ impl Bundle {
                 mounts.push(standard);
             }
         }
+        // The container's cgroups are delegated to its root, which owns only its own subtree
+        // (never the limit files): a writable cgroupfs is what lets systemd and Docker inside
+        // manage sub-cgroups, as on a host.
+        for cgroup in mounts.iter_mut().filter(|m| m.typ.starts_with("cgroup")) {
+            cgroup.options.retain(|o| o != "ro");
+        }
+        let mut spec = spec;
+        let systemd = runs_systemd(&rootfs, &spec);
+        if systemd {
+            prepare_for_systemd(&mut spec, &mut mounts);
+        }
+        let wants_docker_data = !mounts.iter().any(|m| m.destination == DOCKER_DATA)
+            && ["usr/bin/dockerd", "usr/sbin/dockerd"]
+                .iter()
+                .any(|p| rootfs.join(p).exists());
         let linux = spec.linux().as_ref();
         let masked = linux
             .and_then(|l| l.masked_paths().clone())
@@ -172,6 +197,11 @@ impl Bundle {
             .and_then(|l| l.readonly_paths().clone())
             .filter(|p| !p.is_empty())
             .unwrap_or_else(|| READONLY.iter().map(|s| s.to_string()).collect());
+        let writable_sysctls = if readonly.iter().any(|p| p == "/proc/sys") {
+            vec!["/proc/sys/net".to_string()]
+        } else {
+            vec![]
+        };
         Ok(Bundle {
             dir,
             spec,
@@ -179,7 +209,88 @@ impl Bundle {
             mounts,
             masked,
             readonly,
+            writable_sysctls,
+            systemd,
+            wants_docker_data,
         })
+    }
+}
+
+/// Does the spec start systemd? args[0], looked up in PATH and with symlinks followed inside
+/// the rootfs (`/sbin/init` is a link to `/lib/systemd/systemd` on Debian).
+fn runs_systemd(rootfs: &Path, spec: &Spec) -> bool {
+    let Some(process) = spec.process() else {
+        return false;
+    };
+    let Some(program) = process.args().as_ref().and_then(|a| a.first()) else {
+        return false;
+    };
+    let candidates: Vec<String> = if program.contains('/') {
+        vec![program.clone()]
+    } else {
+        let env = process.env().clone().unwrap_or_default();
+        let path = env
+            .iter()
+            .find_map(|e| e.strip_prefix("PATH="))
+            .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .to_string();
+        path.split(':')
+            .map(|dir| format!("{}/{program}", dir.trim_end_matches('/')))
+            .collect()
+    };
+    candidates.iter().any(|candidate| {
+        resolve_in(rootfs, candidate)
+            .is_some_and(|p| p.file_name().is_some_and(|n| n == "systemd") && p.is_file())
+    })
+}
+
+/// `path` inside `rootfs` with symlinks followed as the container would (absolute targets
+/// start at the rootfs), or None if it does not exist.
+fn resolve_in(rootfs: &Path, path: &str) -> Option<PathBuf> {
+    let mut inside = PathBuf::from("/").join(path.trim_start_matches('/'));
+    for _ in 0..16 {
+        let host = rootfs.join(inside.strip_prefix("/").ok()?);
+        match std::fs::read_link(&host) {
+            Ok(target) => {
+                inside = if target.is_absolute() {
+                    target
+                } else {
+                    inside.parent()?.join(target)
+                };
+            }
+            Err(_) => return host.exists().then_some(host),
+        }
+    }
+    None
+}
+
+/// What systemd as PID 1 expects of a container: tmpfs on /run and /run/lock (before any
+/// mount the spec puts below them) and `container=` in its environment.
+fn prepare_for_systemd(spec: &mut Spec, mounts: &mut Vec<PlannedMount>) {
+    let tmpfs = |destination: &str, options: &[&str]| PlannedMount {
+        destination: destination.into(),
+        typ: "tmpfs".into(),
+        source: None,
+        options: options.iter().map(|s| s.to_string()).collect(),
+    };
+    for (index, wanted) in [
+        tmpfs("/run", &["nosuid", "nodev", "mode=755", "size=20%"]),
+        tmpfs("/run/lock", &["nosuid", "nodev", "noexec", "size=5m"]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        if !mounts.iter().any(|m| m.destination == wanted.destination) {
+            mounts.insert(index, wanted);
+        }
+    }
+    if let Some(mut process) = spec.process().clone() {
+        let mut env = process.env().clone().unwrap_or_default();
+        if !env.iter().any(|e| e.starts_with("container=")) {
+            env.push("container=burrow".into());
+        }
+        process.set_env(Some(env));
+        spec.set_process(Some(process));
     }
 }
 

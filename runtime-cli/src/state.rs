@@ -24,6 +24,12 @@ pub struct Record {
     /// cgroup path below each hierarchy, if the container has one.
     pub cgroup: Option<String>,
     pub annotations: std::collections::HashMap<String, String>,
+    /// The init is systemd: `kill` turns SIGTERM into SIGRTMIN+3, its clean-shutdown signal.
+    #[serde(default)]
+    pub systemd: bool,
+    /// The host directory behind the container's /var/lib/docker, removed with it.
+    #[serde(default)]
+    pub docker_data: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,4 +157,17 @@ impl Record {
         }
         state
     }
+}
+
+/// Where containers' persistent data (an inner Docker's /var/lib/docker) lives on the host:
+/// /var/lib/burrow for root, the XDG data directory for other users.
+pub fn data_root() -> PathBuf {
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/var/lib/burrow");
+    }
+    std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("/tmp"))
+        .join("burrow")
 }

@@ -500,6 +500,25 @@ pub fn json_lines(out: &[u8]) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// The Debian bookworm rootfs with systemd and docker.io (`tests/fixtures/debian-rootfs.sh
+/// system`), built once per machine under /var/cache/burrow; the first build takes minutes.
+pub fn debian_system_rootfs() -> PathBuf {
+    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/debian-rootfs.sh");
+    let out = Command::new("bash")
+        .arg(script)
+        .arg("system")
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "building the Debian system rootfs failed"
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
 /// A minimal root filesystem: busybox-static and its applet links, plus the usual empty
 /// directories, owned by `owner` (root if None). Needs `busybox-static` on the host.
 pub fn busybox_rootfs(dir: &Path, owner: Option<User>) -> PathBuf {
