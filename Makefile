@@ -13,7 +13,7 @@ PROFILE     ?= release
 HELPERS     := idmapd devd mountd
 TARGET_DIR  := target/$(PROFILE)
 
-.PHONY: all build install uninstall run test test-clean bench bench-runtimes deps lint clean
+.PHONY: bench-system all build install uninstall run test test-clean bench bench-runtimes deps lint clean
 
 all: build
 
@@ -76,6 +76,11 @@ bench:
 # burrow vs runc vs crun (and docker run with each, given DOCKER_HOST); needs `make run` first.
 bench-runtimes:
 	./bench/runtimes.sh
+
+# Boot time, inner docker run latency and idle memory of systemd+Docker system containers;
+# needs `make run` first and DOCKER_HOST pointing at a dockerd with runtime burrow.
+bench-system:
+	./bench/system.sh
 
 lint:
 	$(CARGO) fmt --all --check

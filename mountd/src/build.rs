@@ -371,8 +371,8 @@ fn assemble(job: &Job) -> Result<OwnedFd, String> {
             continue;
         };
         // A rootfs could put anything at /proc/sys/...: reopen only what really is procfs.
-        let is_proc = rustix::fs::fstatfs(t.as_fd())
-            .is_ok_and(|st| st.f_type == libc::PROC_SUPER_MAGIC);
+        let is_proc =
+            rustix::fs::fstatfs(t.as_fd()).is_ok_and(|st| st.f_type == libc::PROC_SUPER_MAGIC);
         if !is_proc {
             return Err(format!("{path} is not in a proc filesystem"));
         }

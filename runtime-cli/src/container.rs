@@ -333,7 +333,7 @@ impl Undo<'_> {
             let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
         }
         if let Some(cgroup) = &self.cgroup {
-            crate::cgroup::remove(cgroup);
+            burrow_bus::cgroup::remove(cgroup);
         }
         if let Some(data) = &self.docker_data {
             let _ = remove_docker_data(data);
@@ -447,17 +447,20 @@ fn create_steps(
             make_docker_data(&data, root_ids)?;
         }
         let linux = bundle.spec.linux().as_ref();
-        let cgroup = crate::cgroup::path_for(
+        let cgroup = burrow_bus::cgroup::path_for(
             linux.and_then(|l| l.cgroups_path().as_deref()),
             options.systemd_cgroup,
             id,
         );
         undo.cgroup = Some(cgroup.clone());
-        crate::cgroup::create(
+        burrow_bus::cgroup::create(
             &cgroup,
             intermediate.as_raw(),
             root_ids,
-            linux.and_then(|l| l.resources().as_ref()),
+            &linux
+                .and_then(|l| l.resources().as_ref())
+                .map(crate::spec::limits_of)
+                .unwrap_or_default(),
         )?;
         init::send(sock, b"go", None)
             .map_err(|e| CliError::Setup(format!("signalling the intermediate: {e}")))?;
@@ -791,7 +794,7 @@ pub fn kill(store: &Store, id: &str, signal: &str, all: bool) -> Result<()> {
         signo
     };
     let targets = match (&record.cgroup, all) {
-        (Some(cgroup), true) => crate::cgroup::pids(cgroup),
+        (Some(cgroup), true) => burrow_bus::cgroup::pids(cgroup),
         _ => vec![record.pid],
     };
     for pid in targets {
@@ -817,9 +820,9 @@ pub fn delete(store: &Store, id: &str, force: bool) -> Result<()> {
     }
     if let Some(cgroup) = &record.cgroup {
         if status == Status::Paused {
-            let _ = crate::cgroup::freeze(cgroup, false);
+            let _ = burrow_bus::cgroup::freeze(cgroup, false);
         }
-        for pid in crate::cgroup::pids(cgroup) {
+        for pid in burrow_bus::cgroup::pids(cgroup) {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),
                 nix::sys::signal::Signal::SIGKILL,
@@ -841,7 +844,7 @@ pub fn delete(store: &Store, id: &str, force: bool) -> Result<()> {
         std::thread::sleep(Duration::from_millis(5));
     }
     if let Some(cgroup) = &record.cgroup {
-        crate::cgroup::remove(cgroup);
+        burrow_bus::cgroup::remove(cgroup);
     }
     if let Some(data) = &record.docker_data {
         remove_docker_data(data)?;

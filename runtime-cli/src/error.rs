@@ -28,6 +28,8 @@ pub enum CliError {
     },
     #[error("{0}")]
     Setup(String),
+    #[error(transparent)]
+    Cgroup(#[from] burrow_bus::cgroup::CgroupError),
     #[error("{what}: {source}")]
     Io {
         what: String,

@@ -108,7 +108,7 @@ pub fn exec(store: &Store, options: &ExecOptions<'_>) -> Result<i32> {
             nix::unistd::ForkResult::Child => {
                 drop(ours);
                 if let Some(cgroup) = &record.cgroup {
-                    crate::cgroup::join(cgroup, std::process::id() as i32);
+                    burrow_bus::cgroup::join(cgroup, std::process::id() as i32);
                 }
                 joiner(&namespaces, &config, theirs.as_raw_fd())
             }

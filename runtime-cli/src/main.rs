@@ -3,7 +3,6 @@
 //! /dev and locked masks — by asking Burrow's root helpers over the system bus for each
 //! privileged step.
 
-mod cgroup;
 mod container;
 mod error;
 mod exec;
@@ -15,6 +14,7 @@ mod state;
 
 use std::path::{Path, PathBuf};
 
+use burrow_bus::cgroup;
 use clap::{Parser, Subcommand};
 
 use crate::error::{CliError, Result};
@@ -390,7 +390,7 @@ fn run(cli: &Cli) -> Result<i32> {
                 .cgroup
                 .as_deref()
                 .ok_or_else(|| CliError::Setup("the container has no cgroup".into()))?;
-            cgroup::update(cgroup, &resources)?;
+            cgroup::update(cgroup, &spec::limits_of(&resources))?;
         }
         Command::Features => println!("{}", serde_json::to_string_pretty(&features()).unwrap()),
         Command::Spec { bundle, .. } => {

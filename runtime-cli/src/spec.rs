@@ -3,7 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use burrow_bus::cgroup::Limits;
+use oci_spec::runtime::{LinuxNamespaceType, LinuxResources, Spec};
 
 use crate::error::{CliError, Result};
 
@@ -213,6 +214,18 @@ impl Bundle {
             systemd,
             wants_docker_data,
         })
+    }
+}
+
+/// The limits of the spec's (or `burrow update`'s) resources that Burrow applies.
+pub fn limits_of(resources: &LinuxResources) -> Limits {
+    let cpu = resources.cpu().as_ref();
+    Limits {
+        memory: resources.memory().as_ref().and_then(|m| m.limit()),
+        pids: resources.pids().as_ref().map(|p| p.limit()),
+        cpu_shares: cpu.and_then(|c| c.shares()),
+        cpu_quota: cpu.and_then(|c| c.quota()),
+        cpu_period: cpu.and_then(|c| c.period()),
     }
 }
 

@@ -133,7 +133,11 @@ impl Record {
         if store.dir(&self.id).join("exec.fifo").exists() {
             return Status::Created;
         }
-        if self.cgroup.as_deref().is_some_and(crate::cgroup::is_frozen) {
+        if self
+            .cgroup
+            .as_deref()
+            .is_some_and(burrow_bus::cgroup::is_frozen)
+        {
             return Status::Paused;
         }
         Status::Running

@@ -1,14 +1,41 @@
 //! cgroups for containers, on v1, hybrid (v1 + cgroup2 at `unified`, this machine) and v2:
 //! one directory per hierarchy, the container's limits written into it, and the subtree handed
 //! to the container's root (directory and membership files, never the limit files) so that
-//! systemd and Docker inside can manage their own sub-cgroups.
+//! systemd and Docker inside can manage their own sub-cgroups. Used by the runtime as root and
+//! by idmapd for other users' containers.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::LinuxResources;
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("no freezer cgroup on this host")]
+    NoFreezer,
+    #[error("cgroup {path} did not {action}")]
+    FreezeTimeout { path: String, action: &'static str },
+}
 
-use crate::error::{CliError, Result};
+type Result<T> = std::result::Result<T, CgroupError>;
+
+fn io(what: String) -> impl FnOnce(std::io::Error) -> CgroupError {
+    move |source| CgroupError::Io { what, source }
+}
+
+/// Resource limits, in the units of the OCI spec (bytes, pids, CFS shares and microseconds);
+/// zero or None leaves a limit alone.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Limits {
+    pub memory: Option<i64>,
+    pub pids: Option<i64>,
+    pub cpu_shares: Option<u64>,
+    pub cpu_quota: Option<i64>,
+    pub cpu_period: Option<u64>,
+}
 
 /// The mount points of every cgroup hierarchy (v1 and cgroup2).
 pub fn hierarchies() -> Vec<PathBuf> {
@@ -56,10 +83,7 @@ pub fn path_for(cgroups_path: Option<&Path>, systemd: bool, id: &str) -> String 
 }
 
 fn write(path: &Path, value: &str) -> Result<()> {
-    fs::write(path, value).map_err(CliError::io(format!(
-        "writing {value:?} to {}",
-        path.display()
-    )))
+    fs::write(path, value).map_err(io(format!("writing {value:?} to {}", path.display())))
 }
 
 /// v1 cpuset cgroups start empty and refuse tasks until cpus and mems are set: copy them down.
@@ -79,10 +103,7 @@ fn fill_cpuset(hierarchy: &Path, path: &str) -> Result<()> {
     Ok(())
 }
 
-fn apply_resources(dir: &Path, unified: bool, resources: Option<&LinuxResources>) -> Result<()> {
-    let Some(resources) = resources else {
-        return Ok(());
-    };
+fn apply_limits(dir: &Path, unified: bool, limits: &Limits) -> Result<()> {
     let set = |file: &str, value: String| -> Result<()> {
         let path = dir.join(file);
         if path.exists() {
@@ -91,68 +112,61 @@ fn apply_resources(dir: &Path, unified: bool, resources: Option<&LinuxResources>
             Ok(())
         }
     };
-    if let Some(memory) = resources.memory() {
-        if let Some(limit) = memory.limit().filter(|l| *l > 0) {
-            set(
-                if unified {
-                    "memory.max"
-                } else {
-                    "memory.limit_in_bytes"
-                },
-                limit.to_string(),
-            )?;
+    if let Some(limit) = limits.memory.filter(|l| *l > 0) {
+        let file = if unified {
+            "memory.max"
+        } else {
+            "memory.limit_in_bytes"
+        };
+        set(file, limit.to_string())?;
+    }
+    if let Some(limit) = limits.pids.filter(|l| *l > 0) {
+        set("pids.max", limit.to_string())?;
+    }
+    if let Some(shares) = limits.cpu_shares.filter(|s| *s > 0) {
+        if unified {
+            // runc's conversion from shares (2..262144) to weight (1..10000).
+            let weight = 1 + ((shares.saturating_sub(2)) * 9999) / 262142;
+            set("cpu.weight", weight.to_string())?;
+        } else {
+            set("cpu.shares", shares.to_string())?;
         }
     }
-    if let Some(pids) = resources.pids() {
-        let limit = pids.limit();
-        if limit > 0 {
-            set("pids.max", limit.to_string())?;
-        }
-    }
-    if let Some(cpu) = resources.cpu() {
-        if let Some(shares) = cpu.shares().filter(|s| *s > 0) {
-            if unified {
-                // runc's conversion from shares (2..262144) to weight (1..10000).
-                let weight = 1 + ((shares.saturating_sub(2)) * 9999) / 262142;
-                set("cpu.weight", weight.to_string())?;
-            } else {
-                set("cpu.shares", shares.to_string())?;
+    let period = limits.cpu_period.filter(|p| *p > 0);
+    if let Some(quota) = limits.cpu_quota.filter(|q| *q != 0) {
+        if unified {
+            set("cpu.max", format!("{quota} {}", period.unwrap_or(100000)))?;
+        } else {
+            if let Some(period) = period {
+                set("cpu.cfs_period_us", period.to_string())?;
             }
-        }
-        let period = cpu.period().filter(|p| *p > 0);
-        if let Some(quota) = cpu.quota().filter(|q| *q != 0) {
-            if unified {
-                set("cpu.max", format!("{quota} {}", period.unwrap_or(100000)))?;
-            } else {
-                if let Some(period) = period {
-                    set("cpu.cfs_period_us", period.to_string())?;
-                }
-                set("cpu.cfs_quota_us", quota.to_string())?;
-            }
+            set("cpu.cfs_quota_us", quota.to_string())?;
         }
     }
     Ok(())
 }
 
-/// Creates `path` in every hierarchy, applies `resources`, moves `pid` in and delegates the
-/// subtree to `owner` (host uid, gid of the container's root).
-pub fn create(
-    path: &str,
-    pid: i32,
-    owner: (u32, u32),
-    resources: Option<&LinuxResources>,
-) -> Result<()> {
+/// Creates `path` in every hierarchy with `limits` (parents that do not exist yet get none).
+pub fn make(path: &str, limits: &Limits) -> Result<()> {
     for hierarchy in hierarchies() {
-        let unified = is_cgroup2(&hierarchy);
         let dir = join_path(&hierarchy, path);
-        fs::create_dir_all(&dir)
-            .map_err(CliError::io(format!("creating cgroup {}", dir.display())))?;
+        fs::create_dir_all(&dir).map_err(io(format!("creating cgroup {}", dir.display())))?;
         if hierarchy.ends_with("cpuset") || hierarchy.to_string_lossy().contains("cpuset,") {
             fill_cpuset(&hierarchy, path)?;
         }
-        apply_resources(&dir, unified, resources)?;
+        apply_limits(&dir, is_cgroup2(&hierarchy), limits)?;
+    }
+    Ok(())
+}
+
+/// Creates `path` in every hierarchy, applies `limits`, moves `pid` in and delegates the
+/// subtree to `owner` (host uid, gid of the container's root).
+pub fn create(path: &str, pid: i32, owner: (u32, u32), limits: &Limits) -> Result<()> {
+    make(path, limits)?;
+    for hierarchy in hierarchies() {
+        let dir = join_path(&hierarchy, path);
         write(&dir.join("cgroup.procs"), &pid.to_string())?;
-        delegate(&dir, unified, owner)?;
+        delegate(&dir, is_cgroup2(&hierarchy), owner)?;
     }
     Ok(())
 }
@@ -169,13 +183,9 @@ pub fn join(path: &str, pid: i32) {
 }
 
 /// Updates the limits of an existing cgroup (`burrow update`).
-pub fn update(path: &str, resources: &LinuxResources) -> Result<()> {
+pub fn update(path: &str, limits: &Limits) -> Result<()> {
     for hierarchy in hierarchies() {
-        apply_resources(
-            &join_path(&hierarchy, path),
-            is_cgroup2(&hierarchy),
-            Some(resources),
-        )?;
+        apply_limits(&join_path(&hierarchy, path), is_cgroup2(&hierarchy), limits)?;
     }
     Ok(())
 }
@@ -199,7 +209,7 @@ fn delegate(dir: &Path, unified: bool, (uid, gid): (u32, u32)) -> Result<()> {
         };
         if path.exists() {
             std::os::unix::fs::chown(&path, Some(uid), Some(gid))
-                .map_err(CliError::io(format!("delegating {}", path.display())))?;
+                .map_err(io(format!("delegating {}", path.display())))?;
         }
     }
     Ok(())
@@ -264,8 +274,7 @@ pub fn is_frozen(path: &str) -> bool {
 }
 
 pub fn freeze(path: &str, frozen: bool) -> Result<()> {
-    let (file, on, off) = freezer_file(path)
-        .ok_or_else(|| CliError::Setup("no freezer cgroup on this host".into()))?;
+    let (file, on, off) = freezer_file(path).ok_or(CgroupError::NoFreezer)?;
     write(&file, if frozen { on } else { off })?;
     for _ in 0..100 {
         if is_frozen(path) == frozen {
@@ -273,10 +282,10 @@ pub fn freeze(path: &str, frozen: bool) -> Result<()> {
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    Err(CliError::Setup(format!(
-        "cgroup {path} did not {}",
-        if frozen { "freeze" } else { "thaw" }
-    )))
+    Err(CgroupError::FreezeTimeout {
+        path: path.to_string(),
+        action: if frozen { "freeze" } else { "thaw" },
+    })
 }
 
 /// Removes the container's cgroup (with any sub-cgroups its root made) from every hierarchy.

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Benchmark (not a test) of system containers under Docker: boot time of systemd to "running",
+# latency of `docker run` inside one (vs the host's own `docker run` with runc), and host
+# memory per idle system container. Needs root, an installed Burrow (`make install`), a running
+# system bus with polkitd (as `make run` leaves them) and DOCKER_HOST pointing at a dockerd that
+# has runtime "burrow". Uses the cached Debian image (tests/fixtures/debian-rootfs.sh system).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+: "${DOCKER_HOST:?point DOCKER_HOST at a dockerd with runtime burrow}"
+for tool in hyperfine docker busybox python3; do
+    command -v $tool >/dev/null || { echo "missing $tool" >&2; exit 1; }
+done
+runs=${RUNS:-5}
+rootfs=$(bash tests/fixtures/debian-rootfs.sh system)
+work=$(mktemp -d /tmp/burrow-bench-system.XXXXXX)
+cleanup() { docker ps -aq --filter label=burrow-bench | xargs -r docker rm -f >/dev/null; rm -rf "$work"; }
+trap cleanup EXIT
+echo "importing the system image" >&2
+tar -C "$rootfs" -c . | docker import - burrow-bench-system >/dev/null
+mkdir -p "$work/bb/bin"
+cp "$(command -v busybox)" "$work/bb/bin/busybox"
+for applet in $(busybox --list); do [ "$applet" = busybox ] || ln -sf busybox "$work/bb/bin/$applet"; done
+tar -C "$work/bb" -cf "$work/bb.tar" .
+docker image inspect bb >/dev/null 2>&1 || docker import "$work/bb.tar" bb >/dev/null
+
+now() { date +%s.%N; }
+boot() { # name -> seconds from `docker run` to "running"
+    local start state
+    start=$(now)
+    docker run -d --label burrow-bench --runtime=burrow --name "$1" -v "$work/bb.tar:/bb.tar:ro" \
+        burrow-bench-system /sbin/init >/dev/null
+    for _ in $(seq 1200); do
+        state=$(docker exec "$1" systemctl is-system-running 2>/dev/null || true)
+        case $state in running|degraded) break ;; esac
+        sleep 0.05
+    done
+    [ "$state" = running ] || echo "warning: $1 is $state" >&2
+    python3 -c "print(f'{$(now) - $start:.3f}')"
+}
+
+echo "booting $runs system containers" >&2
+for i in $(seq "$runs"); do boot "boot$i"; done >"$work/boot.txt"
+for i in $(seq "$runs"); do docker rm -f "boot$i" >/dev/null; done
+
+boot sys >/dev/null
+docker exec sys docker import /bb.tar bb >/dev/null
+hyperfine --warmup 2 --runs 15 --export-json "$work/inner.json" \
+    -n "inner docker run (in a burrow system container)" "docker exec sys docker run --rm bb true" \
+    -n "host docker run --runtime=runc" "docker run --rm --runtime=runc bb true" \
+    -n "docker exec alone (overhead included above)" "docker exec sys true" >&2
+
+# Idle footprint: let the boot settle, then the proportional set size of every process in the
+# container (systemd, journald, dbus, containerd, dockerd...) and its memory cgroup's usage.
+sleep 10
+pid=$(docker inspect -f '{{.State.Pid}}' sys)
+cgroup=$(awk -F: '$2 == "memory" {print $3}' "/proc/$pid/cgroup")
+pss_kb=0
+for p in $(cat "/sys/fs/cgroup/memory$cgroup/cgroup.procs" 2>/dev/null || true); do
+    kb=$(awk '/^Pss:/ {print $2}' "/proc/$p/smaps_rollup" 2>/dev/null || echo 0)
+    pss_kb=$((pss_kb + ${kb:-0}))
+done
+usage=$(cat "/sys/fs/cgroup/memory$cgroup/memory.usage_in_bytes" 2>/dev/null || echo 0)
+procs=$(wc -l <"/sys/fs/cgroup/memory$cgroup/cgroup.procs" 2>/dev/null || echo 0)
+
+python3 - "$work/boot.txt" "$work/inner.json" "$pss_kb" "$usage" "$procs" <<'PY'
+import json, statistics, sys
+boots = [float(x) for x in open(sys.argv[1]).read().split()]
+inner = [(x["command"], x["median"]) for x in json.load(open(sys.argv[2]))["results"]]
+pss_kb, usage, procs = int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+print("| system container (Debian 12, systemd + dockerd) | value |")
+print("|---|---|")
+print(f"| boot to `running` (docker run -> is-system-running), median of {len(boots)} | {statistics.median(boots)*1000:.0f} ms (min {min(boots)*1000:.0f}, max {max(boots)*1000:.0f}) |")
+for name, m in inner:
+    print(f"| {name}, median | {m*1000:.0f} ms |")
+print(f"| inner docker run less the exec, vs host docker run | {(inner[0][1]-inner[2][1])/inner[1][1]:.2f}x |")
+print(f"| idle host memory: PSS of its {procs} processes | {pss_kb/1024:.1f} MiB |")
+print(f"| idle host memory: its memory cgroup (incl. page cache) | {usage/2**20:.1f} MiB |")
+PY
