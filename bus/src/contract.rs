@@ -8,6 +8,11 @@ pub mod idmap {
     pub const OBJECT_PATH: &str = "/org/burrow/IdMap1";
     /// polkit action a non-root caller needs to allocate an ID range.
     pub const ACTION_ALLOCATE: &str = "org.burrow.idmap.allocate";
+    /// polkit action a non-root caller needs to get a delegated cgroup for a range's namespace.
+    pub const ACTION_CGROUP: &str = "org.burrow.idmap.cgroup";
+    /// Where idmapd puts non-root users' containers, in every cgroup hierarchy: the admin's
+    /// per-user limits on `user-UID`, one delegated cgroup per range below it.
+    pub const CGROUP_ROOT: &str = "/burrow-users";
 }
 
 pub mod dev {

@@ -15,6 +15,7 @@ pub trait IdMap1 {
     fn release(&self, name: &str) -> zbus::Result<()>;
     fn get(&self, name: &str) -> zbus::Result<(u32, u32, u32)>;
     fn list(&self) -> zbus::Result<Vec<RangeEntry>>;
+    fn add_control_group(&self, name: &str, process: OwnedFd) -> zbus::Result<String>;
     #[zbus(property)]
     fn pool_start(&self) -> zbus::Result<u32>;
     #[zbus(property)]

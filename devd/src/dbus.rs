@@ -24,6 +24,8 @@ pub struct Dev {
     pub allowlist: Allowlist,
     pub host_dev: PathBuf,
     pub activity: Activity,
+    /// Per-user quotas (max_extra_devices), read at every call.
+    pub quotas: burrow_bus::quota::QuotaFile,
 }
 
 impl From<DeviceError> for BurrowError {
@@ -125,6 +127,16 @@ impl Dev {
         caller.authorize(conn, header, dev::ACTION_CREATE).await?;
         if !options.extra.is_empty() {
             caller.authorize(conn, header, dev::ACTION_EXTRA).await?;
+            let quota = self.quotas.for_uid(caller.uid)?;
+            if let Some(limit) = quota.max_extra_devices {
+                if options.extra.len() > limit {
+                    return Err(BurrowError::Exhausted(format!(
+                        "{} extra devices asked for, uid {}'s quota is {limit} per /dev",
+                        options.extra.len(),
+                        caller.uid
+                    )));
+                }
+            }
         }
         let mount = tokio::task::spawn_blocking(move || {
             let owner = userns.enter()?.root_ids()?;

@@ -31,6 +31,9 @@ struct Args {
         default_value = "/etc/burrow/devd-allowlist"
     )]
     allowlist: PathBuf,
+    /// Per-user quotas (max_extra_devices), read at every call.
+    #[arg(long, env = "BURROW_QUOTA_FILE", default_value = burrow_bus::quota::DEFAULT_PATH)]
+    quota_file: PathBuf,
     /// Exit after this many seconds without calls (0: never); the bus restarts it on demand.
     #[arg(long, env = "BURROW_IDLE_TIMEOUT", default_value_t = 30)]
     idle_timeout: u64,
@@ -56,6 +59,9 @@ fn main() -> anyhow::Result<()> {
             },
             host_dev: PathBuf::from("/dev"),
             activity: activity.clone(),
+            quotas: burrow_bus::quota::QuotaFile {
+                path: args.quota_file,
+            },
         },
         activity,
         idle_timeout: Duration::from_secs(args.idle_timeout),

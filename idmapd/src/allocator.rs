@@ -165,6 +165,7 @@ impl Allocator {
             match self.registry.remove(record.base) {
                 Ok(_) => {
                     freed += 1;
+                    remove_cgroup(&record);
                     tracing::info!(uid = record.uid, name = %record.name, base = record.base,
                         state = ?record.state, "reclaimed range of a dead user namespace");
                 }
@@ -182,6 +183,7 @@ impl Allocator {
         name: &str,
         userns: &UserNs,
         worker: &NsWorker,
+        max_ranges: usize,
     ) -> Result<Record, AllocError> {
         if let Some(existing) = self.registry.held(uid, name) {
             return Err(AllocError::Duplicate {
@@ -190,10 +192,10 @@ impl Allocator {
                 base: existing.base,
             });
         }
-        if self.registry.held_count(uid) >= self.max_per_user && self.reclaim_dead(Some(uid)) == 0 {
+        if self.registry.held_count(uid) >= max_ranges && self.reclaim_dead(Some(uid)) == 0 {
             return Err(AllocError::Quota {
                 uid,
-                limit: self.max_per_user,
+                limit: max_ranges,
             });
         }
         let base = match self.pick() {
@@ -260,11 +262,18 @@ impl Allocator {
                 "released; range drains until its namespace exits");
         } else {
             self.registry.remove(record.base)?;
+            remove_cgroup(&record);
             tracing::info!(uid, name, base = record.base, "released");
         }
         self.reclaim_draining(alive);
         Ok(record)
     }
+}
+
+/// The delegated cgroup of a range (see `ControlGroups`), once the range is free: its
+/// namespace is gone, so its processes are too.
+fn remove_cgroup(record: &Record) {
+    burrow_bus::cgroup::remove(&crate::cgroups::path_of(record));
 }
 
 /// Refuses a namespace that already has maps (they are write-once, and a caller who mapped it

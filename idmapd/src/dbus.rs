@@ -1,10 +1,12 @@
 //! The `org.burrow.IdMap1` interface: identify the caller, check the objects, ask polkit, then
 //! hand the work to the allocator on a blocking thread.
 
+use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use burrow_bus::contract::{idmap, validate_name};
 use burrow_bus::proxy::RangeEntry;
+use burrow_bus::quota::QuotaFile;
 use burrow_bus::service::{blocking, Activity};
 use burrow_bus::userns::UserNs;
 use burrow_bus::{BurrowError, Caller};
@@ -19,13 +21,15 @@ use crate::liveness::LiveNamespaces;
 pub struct IdMap {
     allocator: Arc<Mutex<Allocator>>,
     activity: Activity,
+    quotas: QuotaFile,
 }
 
 impl IdMap {
-    pub fn new(allocator: Allocator, activity: Activity) -> Self {
+    pub fn new(allocator: Allocator, activity: Activity, quotas: QuotaFile) -> Self {
         IdMap {
             allocator: Arc::new(Mutex::new(allocator)),
             activity,
+            quotas,
         }
     }
 
@@ -158,6 +162,42 @@ impl IdMap {
             .collect())
     }
 
+    /// Moves `process` (a pidfd of a process inside the user namespace of the caller's range
+    /// `name`) into a new cgroup delegated to that range's root, below the caller's per-user
+    /// cgroup with the admin's limits. Returns the cgroup's path below each hierarchy's root.
+    /// For non-root runtimes, which cannot create cgroups; removed when the range is freed.
+    async fn add_control_group(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        name: String,
+        process: OwnedFd,
+    ) -> Result<String, BurrowError> {
+        let _call = self.activity.begin();
+        let caller = Caller::identify(conn, &header).await?;
+        let result = async {
+            validate_name(&name)?;
+            let record = self.lock().get(caller.uid, &name)?.clone();
+            caller
+                .authorize(conn, &header, idmap::ACTION_CGROUP)
+                .await?;
+            let quota = self.quotas.for_uid(caller.uid)?;
+            let process: std::os::fd::OwnedFd = process.into();
+            blocking(move || crate::cgroups::grant(&record, process.as_fd(), &quota)).await
+        }
+        .await;
+        match &result {
+            Ok(path) => {
+                tracing::info!(uid = caller.uid, pid = ?caller.pid, name, path, "cgroup delegated")
+            }
+            Err(e) => {
+                tracing::info!(uid = caller.uid, pid = ?caller.pid, name = %name.escape_debug(),
+                error = %e.dbus_name(), reason = %e, "cgroup refused")
+            }
+        }
+        result
+    }
+
     #[zbus(property(emits_changed_signal = "const"))]
     fn pool_start(&self) -> u32 {
         self.lock().pool.start
@@ -217,6 +257,11 @@ impl IdMap {
             .authorize(conn, header, idmap::ACTION_ALLOCATE)
             .await?;
         let uid = caller.uid;
+        let max_ranges = self
+            .quotas
+            .for_uid(uid)?
+            .max_ranges
+            .unwrap_or(self.lock().max_per_user);
         let (userns, worker) = blocking(move || {
             let worker = userns.enter()?;
             allocator::check_unmapped(&worker)?;
@@ -224,7 +269,7 @@ impl IdMap {
         })
         .await?;
         self.with_allocator(move |allocator| {
-            let record = allocator.allocate(uid, &name, &userns, &worker)?;
+            let record = allocator.allocate(uid, &name, &userns, &worker, max_ranges)?;
             Ok((record.base, record.base, record.size))
         })
         .await

@@ -1,6 +1,7 @@
 //! burrow-idmapd: hands out exclusive 65536-ID ranges and maps user namespaces onto them.
 
 mod allocator;
+mod cgroups;
 mod dbus;
 mod liveness;
 mod pool;
@@ -17,9 +18,13 @@ use caps::Capability;
 use clap::Parser;
 
 /// What idmapd needs: join user namespaces (SYS_ADMIN), write their ID maps including uid 0
-/// (SETUID, SETGID, SETFCAP), and see every process's namespaces to tell which are alive
-/// (SYS_PTRACE, DAC_READ_SEARCH).
+/// (SETUID, SETGID, SETFCAP), see every process's namespaces to tell which are alive
+/// (SYS_PTRACE, DAC_READ_SEARCH), and hand delegated cgroups to ranges (CHOWN; SYS_NICE
+/// because the cpuset controller lets a process be moved only by one whose capabilities are a
+/// superset of its own, and a process in a fresh user namespace has all of them there).
 const CAPABILITIES: &[Capability] = &[
+    Capability::CAP_CHOWN,
+    Capability::CAP_SYS_NICE,
     Capability::CAP_SYS_ADMIN,
     Capability::CAP_SETUID,
     Capability::CAP_SETGID,
@@ -47,7 +52,10 @@ struct Args {
     /// Last host ID of the pool (inclusive).
     #[arg(long, env = "BURROW_IDMAP_POOL_END", default_value_t = 1879048191)]
     pool_end: u32,
-    /// Most ranges one uid may hold at once.
+    /// Per-user quotas (max_ranges, memory_max, pids_max), read at every call.
+    #[arg(long, env = "BURROW_QUOTA_FILE", default_value = burrow_bus::quota::DEFAULT_PATH)]
+    quota_file: PathBuf,
+    /// Most ranges one uid may hold at once, unless the quota file says otherwise.
     #[arg(long, env = "BURROW_IDMAP_MAX_PER_USER", default_value_t = 256)]
     max_per_user: usize,
     /// Exit after this many seconds without calls (0: never); the bus restarts it on demand.
@@ -63,6 +71,11 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // cgroup hierarchy roots are mode 0555: their directory for users' cgroups is made while
+    // idmapd still has CAP_DAC_OVERRIDE, which it then drops.
+    if let Err(e) = burrow_bus::cgroup::make(idmap::CGROUP_ROOT, &Default::default()) {
+        eprintln!("burrow-idmapd: no cgroups for non-root containers: {e}");
+    }
     burrow_bus::service::start(CAPABILITIES).context("dropping capabilities")?;
     let pool = pool::Pool::new(args.pool_start, args.pool_end).context("invalid pool")?;
     burrow_bus::state::ensure_private_dir(&args.state_dir)?;
@@ -77,7 +90,10 @@ fn main() -> anyhow::Result<()> {
         in_use = allocator.in_use(), state_dir = %args.state_dir.display(), "registry loaded");
 
     let activity = Activity::default();
-    let interface = dbus::IdMap::new(allocator, activity.clone());
+    let quotas = burrow_bus::quota::QuotaFile {
+        path: args.quota_file,
+    };
+    let interface = dbus::IdMap::new(allocator, activity.clone(), quotas);
     let drain_watch = dbus::IdMap::watch_draining(interface.allocator(), Duration::from_secs(2));
     let service = Service {
         bus_name: idmap::BUS_NAME,

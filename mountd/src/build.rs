@@ -20,9 +20,9 @@ use rustix::mount::{
 };
 
 use crate::idmap::set_attributes;
-use crate::pidfd::{self, Namespaces};
 use crate::target::{resolve, Create};
 use crate::worker::reply;
+use burrow_bus::pidfd::{self, Namespaces};
 
 /// Where, in the container's /dev, the fully visible proc and sysfs live under their cover.
 pub const VISIBLE_DIR: &str = "/dev/.burrow-visible";

@@ -17,8 +17,8 @@ use crate::build::{self, CgroupLayout, Job, Prepared};
 use crate::idmap::{
     caller_disk_map, check_owner, clone_tree, idmapped_clone, set_attributes, Mapping,
 };
-use crate::pidfd::container_namespaces;
 use crate::plan::{translate_ids, Kind, MountEntry, Plan};
+use burrow_bus::pidfd::container_namespaces;
 
 const TMPFS_MAGIC: i64 = 0x01021994;
 
@@ -217,7 +217,7 @@ fn check_directory(fd: BorrowedFd<'_>) -> Result<(), BurrowError> {
 fn prepare_and_build(
     caller_uid: u32,
     userns: UserNs,
-    namespaces: crate::pidfd::Namespaces,
+    namespaces: burrow_bus::pidfd::Namespaces,
     plan: Plan,
     fds: Vec<OwnedFd>,
     staging: CString,

@@ -3,7 +3,6 @@
 mod build;
 mod dbus;
 mod idmap;
-mod pidfd;
 mod plan;
 mod target;
 mod worker;

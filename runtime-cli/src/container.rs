@@ -332,7 +332,11 @@ impl Undo<'_> {
             );
             let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
         }
-        if let Some(cgroup) = &self.cgroup {
+        if let Some(cgroup) = self
+            .cgroup
+            .as_ref()
+            .filter(|_| nix::unistd::geteuid().is_root())
+        {
             burrow_bus::cgroup::remove(cgroup);
         }
         if let Some(data) = &self.docker_data {
@@ -419,11 +423,16 @@ fn create_steps(
         };
     drop(theirs);
     let sock = ours.as_raw_fd();
-    let result = (|| -> Result<(i32, (u32, u32))> {
-        expect(sock, "creating the user namespace")?;
-        let userns: OwnedFd = std::fs::File::open(format!("/proc/{intermediate}/ns/user"))
-            .map_err(CliError::io("opening the user namespace"))?
-            .into();
+    let result = (|| -> Result<(i32, (u32, u32), OwnedFd)> {
+        let userns = match expect(sock, "creating the user namespace")? {
+            // SAFETY: received with SCM_RIGHTS, owned by nobody else.
+            (_, Some(fd)) => unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) },
+            (_, None) => {
+                return Err(CliError::Setup(
+                    "the intermediate sent no user namespace".into(),
+                ))
+            }
+        };
         let conn = rt
             .block_on(zbus::Connection::system())
             .map_err(CliError::helper("system bus"))?;
@@ -439,29 +448,55 @@ fn create_steps(
             .map_err(CliError::helper("idmapd"))?;
         undo.range = Some(name.clone());
         let root_ids = (base, gid_base);
-        std::os::unix::fs::chown(&fifo_path, Some(base), Some(gid_base))
-            .map_err(CliError::io("chown exec fifo"))?;
+        if nix::unistd::geteuid().is_root() {
+            std::os::unix::fs::chown(&fifo_path, Some(base), Some(gid_base))
+                .map_err(CliError::io("chown exec fifo"))?;
+        } else {
+            // The init (the container's root, another uid) reopens it through its fd; nobody
+            // else can reach it inside this user's private runtime directory.
+            std::fs::set_permissions(&fifo_path, std::fs::Permissions::from_mode(0o622))
+                .map_err(CliError::io("chmod exec fifo"))?;
+        }
         if bundle.wants_docker_data {
             let data = crate::state::data_root().join(&name).join("docker");
             undo.docker_data = Some(data.clone());
             make_docker_data(&data, root_ids)?;
         }
         let linux = bundle.spec.linux().as_ref();
-        let cgroup = burrow_bus::cgroup::path_for(
-            linux.and_then(|l| l.cgroups_path().as_deref()),
-            options.systemd_cgroup,
-            id,
-        );
-        undo.cgroup = Some(cgroup.clone());
-        burrow_bus::cgroup::create(
-            &cgroup,
-            intermediate.as_raw(),
-            root_ids,
-            &linux
-                .and_then(|l| l.resources().as_ref())
-                .map(crate::spec::limits_of)
-                .unwrap_or_default(),
-        )?;
+        if nix::unistd::geteuid().is_root() {
+            let cgroup = burrow_bus::cgroup::path_for(
+                linux.and_then(|l| l.cgroups_path().as_deref()),
+                options.systemd_cgroup,
+                id,
+            );
+            undo.cgroup = Some(cgroup.clone());
+            burrow_bus::cgroup::create(
+                &cgroup,
+                intermediate.as_raw(),
+                root_ids,
+                &linux
+                    .and_then(|l| l.resources().as_ref())
+                    .map(crate::spec::limits_of)
+                    .unwrap_or_default(),
+            )?;
+        } else {
+            // Only root can make cgroups: idmapd delegates one to the range (and removes it
+            // with the range), under the limits the admin set for this user.
+            let process = rustix::process::pidfd_open(
+                rustix::process::Pid::from_raw(intermediate.as_raw()).expect("a child's pid"),
+                rustix::process::PidfdFlags::empty(),
+            )
+            .map_err(|e| CliError::Setup(format!("pidfd_open: {e}")))?;
+            let cgroup = rt
+                .block_on(async {
+                    IdMap1Proxy::new(&conn)
+                        .await?
+                        .add_control_group(&name, process.into())
+                        .await
+                })
+                .map_err(CliError::helper("idmapd"))?;
+            undo.cgroup = Some(cgroup);
+        }
         init::send(sock, b"go", None)
             .map_err(|e| CliError::Setup(format!("signalling the intermediate: {e}")))?;
         let (msg, _) = expect(sock, "creating the init")?;
@@ -470,10 +505,14 @@ fn create_steps(
             .and_then(|p| p.parse().ok())
             .ok_or_else(|| CliError::Setup("bad message from the intermediate".into()))?;
         undo.init_pid = Some(pid);
-        Ok((pid, root_ids))
+        Ok((pid, root_ids, userns))
     })();
+    if result.is_err() {
+        // It may still wait for "go".
+        let _ = nix::sys::signal::kill(intermediate, nix::sys::signal::Signal::SIGKILL);
+    }
     let _ = nix::sys::wait::waitpid(intermediate, None);
-    let (pid, root_ids) = result?;
+    let (pid, root_ids, userns) = result?;
     let conn = conn_slot.clone().expect("connected above");
 
     // /dev from devd, the mount namespace from mountd.
@@ -482,9 +521,6 @@ fn create_steps(
         rustix::process::PidfdFlags::empty(),
     )
     .map_err(|e| CliError::Setup(format!("pidfd_open: {e}")))?;
-    let userns: OwnedFd = std::fs::File::open(format!("/proc/{pid}/ns/user"))
-        .map_err(CliError::io("opening the user namespace"))?
-        .into();
     let open_path = |path: &Path| -> Result<OwnedFd> {
         rustix::fs::open(
             path,
@@ -843,7 +879,12 @@ pub fn delete(store: &Store, id: &str, force: bool) -> Result<()> {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
-    if let Some(cgroup) = &record.cgroup {
+    // Other users' cgroups are idmapd's, removed with the range.
+    if let Some(cgroup) = record
+        .cgroup
+        .as_ref()
+        .filter(|_| nix::unistd::geteuid().is_root())
+    {
         burrow_bus::cgroup::remove(cgroup);
     }
     if let Some(data) = &record.docker_data {

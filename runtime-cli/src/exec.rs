@@ -38,6 +38,7 @@ fn joiner(namespaces: &[(OwnedFd, &str)], config: &InitConfig, sock: RawFd) -> !
         if *what == "user" {
             let _ = nix::unistd::setresgid(0.into(), 0.into(), 0.into());
             let _ = nix::unistd::setresuid(0.into(), 0.into(), 0.into());
+            let _ = nix::unistd::setgroups(&[]);
         }
     }
     // SAFETY: a single-threaded process clones itself; CLONE_PARENT makes the child the CLI's.

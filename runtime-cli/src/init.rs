@@ -87,7 +87,18 @@ pub fn intermediate(config: &InitConfig, sock: RawFd) -> ! {
     if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER) {
         fail(sock, "unshare(CLONE_NEWUSER)", e);
     }
-    let _ = send(sock, b"userns", None);
+    // Sent as an fd: a non-dumpable process's /proc/PID/ns cannot be opened by a non-root
+    // parent.
+    match std::fs::File::open("/proc/self/ns/user") {
+        Ok(userns) => {
+            let _ = send(
+                sock,
+                b"userns",
+                Some(std::os::fd::AsRawFd::as_raw_fd(&userns)),
+            );
+        }
+        Err(e) => fail(sock, "opening the new user namespace", e),
+    }
     match recv(sock) {
         Ok((msg, _)) if msg == b"go" => {}
         Ok((msg, _)) => fail(
@@ -97,8 +108,11 @@ pub fn intermediate(config: &InitConfig, sock: RawFd) -> ! {
         ),
         Err(e) => fail(sock, "waiting for the ID map", e),
     }
+    // Also shed the caller's supplementary groups: host groups (unmapped inside, but still
+    // checked on host files) must not follow a user into the container.
     if let Err(e) = nix::unistd::setresgid(0.into(), 0.into(), 0.into())
         .and(nix::unistd::setresuid(0.into(), 0.into(), 0.into()))
+        .and(nix::unistd::setgroups(&[]))
     {
         fail(sock, "becoming root in the user namespace", e);
     }

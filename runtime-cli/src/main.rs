@@ -215,11 +215,13 @@ fn default_root() -> PathBuf {
 fn main() {
     let args = tolerate_unknown_globals(std::env::args().collect());
     let cli = Cli::parse_from(args);
-    // fds 0-2 belong to the container during create and run.
-    let quiet_stderr = matches!(
-        cli.command,
-        Command::Create(_) | Command::Run { .. } | Command::Exec { .. }
-    );
+    // fds 0-2 belong to the container during create and run: with a log file (containerd,
+    // Docker), errors go there only; a person running `burrow run` sees them on stderr.
+    let quiet_stderr = cli.log.is_some()
+        && matches!(
+            cli.command,
+            Command::Create(_) | Command::Run { .. } | Command::Exec { .. }
+        );
     let logger = log::Logger::new(cli.log.as_deref(), &cli.log_format, !quiet_stderr);
     match run(&cli) {
         Ok(code) => std::process::exit(code),

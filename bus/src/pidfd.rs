@@ -2,8 +2,8 @@
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use burrow_bus::userns::{self, NsId, UserNs};
-use burrow_bus::BurrowError;
+use crate::userns::{self, NsId, UserNs};
+use crate::BurrowError;
 
 // PIDFD_GET_*_NAMESPACE from <linux/pidfd.h> (Linux 6.11).
 const PIDFS_IOCTL_MAGIC: u8 = 0xFF;
@@ -39,6 +39,31 @@ fn get(pidfd: BorrowedFd<'_>, request: u64, what: &str) -> Result<OwnedFd, Burro
     }
 }
 
+/// The user namespace of the pidfd's process (unchecked: compare it with what you expect).
+pub fn user_namespace(pidfd: BorrowedFd<'_>) -> Result<OwnedFd, BurrowError> {
+    get(pidfd, PIDFD_GET_USER_NAMESPACE, "user")
+}
+
+/// The pid (in this process's pid namespace) of the pidfd's process, from its fdinfo.
+pub fn pid_of(pidfd: BorrowedFd<'_>) -> Result<i32, BurrowError> {
+    let fdinfo = std::fs::read_to_string(format!(
+        "/proc/self/fdinfo/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&pidfd)
+    ))
+    .map_err(|e| BurrowError::Failed(format!("reading the pidfd's fdinfo: {e}")))?;
+    match fdinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("Pid:"))
+        .and_then(|p| p.trim().parse::<i32>().ok())
+    {
+        Some(pid) if pid > 0 => Ok(pid),
+        Some(_) => Err(BurrowError::InvalidArgument(
+            "the pidfd's process has exited".into(),
+        )),
+        None => Err(BurrowError::InvalidArgument("fd is not a pidfd".into())),
+    }
+}
+
 /// The user namespace of the pidfd's process, checked as for any caller's userns, and its
 /// pid, net, ipc and cgroup namespaces, each of which must be owned by that user namespace
 /// (so they are the container's own, not the host's).
@@ -46,7 +71,7 @@ pub fn container_namespaces(
     pidfd: BorrowedFd<'_>,
     caller_uid: u32,
 ) -> Result<(UserNs, Namespaces), BurrowError> {
-    let user = UserNs::from_caller_fd(get(pidfd, PIDFD_GET_USER_NAMESPACE, "user")?, caller_uid)?;
+    let user = UserNs::from_caller_fd(user_namespace(pidfd)?, caller_uid)?;
     let owned = |request: u64, what: &str| -> Result<OwnedFd, BurrowError> {
         let ns = get(pidfd, request, what)?;
         let owner = userns::owning_userns(ns.as_fd())
