@@ -51,6 +51,9 @@ pub fn grant(
     };
     cgroup::make(&user_path(record.uid), &user_limits).map_err(failed)?;
     let path = path_of(record);
+    // A leftover of the range's previous holder (idmapd was killed before it removed it): the
+    // range is this caller's now, and nothing can still run in the old one's namespace.
+    cgroup::remove(&path);
     cgroup::create(&path, pid, (record.base, record.base), &Limits::default()).map_err(failed)?;
     // The pid came from the pidfd: while that process still lives, the pid moved was its.
     // (Signal 0 checks existence; EPERM, as idmapd may not signal it, still means alive.)

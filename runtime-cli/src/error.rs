@@ -7,6 +7,10 @@ pub enum CliError {
     NotFound(String),
     #[error("container {0:?} already exists")]
     Exists(String),
+    #[error("sandbox {0:?} does not exist (see `burrow sandbox list`)")]
+    NoSandbox(String),
+    #[error("sandbox {name:?} already exists in {dir}")]
+    SandboxExists { name: String, dir: String },
     #[error("invalid container id {0:?}: use 1-128 characters of [A-Za-z0-9_.+-], not starting with '.' or '-'")]
     BadId(String),
     #[error("bundle {bundle}: {reason}")]

@@ -8,6 +8,7 @@ mod error;
 mod exec;
 mod init;
 mod log;
+mod sandbox;
 mod seccomp;
 mod spec;
 mod state;
@@ -126,11 +127,38 @@ enum Command {
     },
     /// What this runtime supports, as JSON.
     Features,
+    /// Sandboxes: systemd (and Docker, if the image has it) in a system container of your own,
+    /// without root.
+    Sandbox {
+        #[command(subcommand)]
+        command: SandboxCommand,
+    },
     /// Write a config.json for a system container.
     Spec {
         #[arg(long, short, default_value = ".")]
         bundle: PathBuf,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum SandboxCommand {
+    /// Unpack a root filesystem with systemd and boot it as sandbox NAME.
+    Create {
+        name: String,
+        /// The root filesystem: a directory or a tarball.
+        #[arg(long)]
+        image: PathBuf,
+    },
+    /// Your sandboxes and their state.
+    List,
+    /// Run a command (default: a login shell) in sandbox NAME.
+    Shell {
+        name: String,
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// Shut sandbox NAME down and delete it with its files.
+    Rm { name: String },
 }
 
 /// What `create` and `run` take.
@@ -166,9 +194,9 @@ impl CreateArgs {
     }
 }
 
-const SUBCOMMANDS: [&str; 15] = [
+const SUBCOMMANDS: [&str; 16] = [
     "create", "start", "run", "state", "list", "kill", "delete", "ps", "pause", "resume", "update",
-    "features", "spec", "help", "exec",
+    "features", "spec", "help", "exec", "sandbox",
 ];
 const GLOBAL_WITH_VALUE: [&str; 4] = ["--root", "--log", "--log-format", "--rootless"];
 const GLOBAL_SWITCHES: [&str; 4] = ["--debug", "--systemd-cgroup", "--help", "--version"];
@@ -394,6 +422,14 @@ fn run(cli: &Cli) -> Result<i32> {
                 .ok_or_else(|| CliError::Setup("the container has no cgroup".into()))?;
             cgroup::update(cgroup, &spec::limits_of(&resources))?;
         }
+        Command::Sandbox { command } => match command {
+            SandboxCommand::Create { name, image } => sandbox::create(&store()?, name, image)?,
+            SandboxCommand::List => sandbox::list(&store()?)?,
+            SandboxCommand::Shell { name, command } => {
+                return sandbox::shell(&store()?, name, command)
+            }
+            SandboxCommand::Rm { name } => sandbox::remove(&store()?, name)?,
+        },
         Command::Features => println!("{}", serde_json::to_string_pretty(&features()).unwrap()),
         Command::Spec { bundle, .. } => {
             let path = bundle.join("config.json");
@@ -432,7 +468,7 @@ fn features() -> serde_json::Value {
     })
 }
 
-fn default_spec() -> serde_json::Value {
+pub(crate) fn default_spec() -> serde_json::Value {
     serde_json::json!({
         "ociVersion": "1.0.2",
         "process": {

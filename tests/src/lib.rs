@@ -322,7 +322,12 @@ impl Harness {
 
     /// The test client, run as `user` (None: root).
     pub fn client(&self, user: Option<User>) -> Command {
-        let mut cmd = self.command(shared_bin("burrow-test-client"));
+        self.as_user(shared_bin("burrow-test-client"), user)
+    }
+
+    /// `program` (on this bus) as `user` with exactly its groups (None: root).
+    pub fn as_user(&self, program: impl AsRef<std::ffi::OsStr>, user: Option<User>) -> Command {
+        let mut cmd = self.command(program);
         if let Some(user) = user {
             cmd.env("HOME", "/").current_dir("/");
             let groups: Vec<libc::gid_t> = user.groups.to_vec();

@@ -1,0 +1,234 @@
+//! `burrow sandbox`: a system container per name, made from a root filesystem (a directory or
+//! a tarball) with systemd as its init, for "a Docker sandbox per user" without root. The
+//! sandbox's files live under the user's data directory (`sandboxes/NAME`), its container is
+//! `sandbox-NAME` in the usual state root.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::error::{CliError, Result};
+use crate::state::{Status, Store};
+
+fn container_id(name: &str) -> String {
+    format!("sandbox-{name}")
+}
+
+fn sandbox_dir(name: &str) -> PathBuf {
+    crate::state::data_root().join("sandboxes").join(name)
+}
+
+/// This binary, pointed at the same state root.
+fn burrow(store: &Store) -> Command {
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("burrow"));
+    let mut cmd = Command::new(exe);
+    cmd.arg("--root").arg(&store.root);
+    cmd
+}
+
+/// Runs `cmd` (whose stdin the caller sets) and fails with its stderr.
+fn run_quietly(mut cmd: Command, what: &str) -> Result<()> {
+    let out = cmd
+        .output()
+        .map_err(CliError::io(what.to_string()))?;
+    if !out.status.success() {
+        return Err(CliError::Setup(format!(
+            "{what} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+/// Unpacks `image` (a directory or a tarball) into `rootfs`, keeping modes; as another user
+/// than root every file becomes that user's, which the container sees as its root's.
+fn unpack(image: &Path, rootfs: &Path) -> Result<()> {
+    let mut extract = Command::new("tar");
+    extract
+        .arg("-C")
+        .arg(rootfs)
+        .args(["-xpf", "-", "--exclude=./dev/*"]);
+    if !nix::unistd::geteuid().is_root() {
+        extract.arg("--no-same-owner");
+    }
+    let source: Stdio = if image.is_dir() {
+        let mut pack = Command::new("tar")
+            .arg("-C")
+            .arg(image)
+            .args(["-cf", "-", "."])
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(CliError::io("running tar"))?;
+        let stdout = pack.stdout.take().expect("piped");
+        extract.stdin(stdout);
+        let result = run_quietly(extract, "unpacking the image");
+        let packed = pack.wait().map_err(CliError::io("running tar"))?;
+        result?;
+        if !packed.success() {
+            return Err(CliError::Setup(format!(
+                "reading {} failed (is every file readable by you?)",
+                image.display()
+            )));
+        }
+        return Ok(());
+    } else {
+        std::fs::File::open(image)
+            .map_err(CliError::io(format!("opening {}", image.display())))?
+            .into()
+    };
+    extract.stdin(source);
+    run_quietly(extract, "unpacking the image")
+}
+
+/// A bundle that boots systemd: the system-container defaults, systemd as init, no
+/// no_new_privileges (sudo, su and setuid helpers work inside), a generous open-files limit.
+fn write_config(dir: &Path, name: &str) -> Result<()> {
+    let mut spec = crate::default_spec();
+    spec["process"]["terminal"] = false.into();
+    spec["process"]["args"] = serde_json::json!(["/sbin/init"]);
+    spec["process"]["noNewPrivileges"] = false.into();
+    spec["process"]["rlimits"] =
+        serde_json::json!([{"type": "RLIMIT_NOFILE", "hard": 1048576, "soft": 1048576}]);
+    spec["hostname"] = name.into();
+    let path = dir.join("config.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&spec).unwrap())
+        .map_err(CliError::io(format!("writing {}", path.display())))
+}
+
+pub fn create(store: &Store, name: &str, image: &Path) -> Result<()> {
+    crate::state::check_id(name)?;
+    let dir = sandbox_dir(name);
+    if dir.exists() {
+        return Err(CliError::SandboxExists {
+            name: name.into(),
+            dir: dir.display().to_string(),
+        });
+    }
+    if !image.exists() {
+        return Err(CliError::Setup(format!(
+            "image {} does not exist (give a root filesystem directory or tarball)",
+            image.display()
+        )));
+    }
+    let rootfs = dir.join("rootfs");
+    std::fs::create_dir_all(&rootfs).map_err(CliError::io(format!("creating {}", rootfs.display())))?;
+    let result = (|| {
+        eprintln!("burrow: unpacking {} into {}", image.display(), rootfs.display());
+        let started = Instant::now();
+        unpack(image, &rootfs)?;
+        for sub in ["dev", "proc", "sys", "run"] {
+            std::fs::create_dir_all(rootfs.join(sub))
+                .map_err(CliError::io(format!("creating {sub} in the rootfs")))?;
+        }
+        if !rootfs.join("sbin/init").exists() {
+            return Err(CliError::Setup(format!(
+                "{} has no /sbin/init: a sandbox needs an image with systemd",
+                image.display()
+            )));
+        }
+        write_config(&dir, name)?;
+        eprintln!("burrow: unpacked in {:.1?}; starting systemd", started.elapsed());
+        let console = std::fs::File::create(dir.join("console.log"))
+            .map_err(CliError::io("creating console.log"))?;
+        let status = burrow(store)
+            .arg("create")
+            .arg("--bundle")
+            .arg(&dir)
+            .arg(container_id(name))
+            .stdin(Stdio::null())
+            .stdout(console.try_clone().map_err(CliError::io("console.log"))?)
+            .stderr(console)
+            .status()
+            .map_err(CliError::io("running burrow create"))?;
+        if !status.success() {
+            let log = std::fs::read_to_string(dir.join("console.log")).unwrap_or_default();
+            return Err(CliError::Setup(format!(
+                "creating the sandbox's container failed: {}",
+                log.trim()
+            )));
+        }
+        crate::container::start(store, &container_id(name))
+    })();
+    if result.is_err() {
+        let _ = crate::container::delete(store, &container_id(name), true);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    result
+}
+
+pub fn list(store: &Store) -> Result<()> {
+    println!("{:<20} {:<10} {:<8} DIRECTORY", "NAME", "STATUS", "PID");
+    let Ok(entries) = std::fs::read_dir(crate::state::data_root().join("sandboxes")) else {
+        return Ok(());
+    };
+    let mut names: Vec<String> = entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    for name in names {
+        let (status, pid) = match store.load(&container_id(&name)) {
+            Ok(record) => (record.status(store).as_str(), record.pid.to_string()),
+            Err(_) => ("stopped", "-".into()),
+        };
+        println!(
+            "{name:<20} {status:<10} {pid:<8} {}",
+            sandbox_dir(&name).display()
+        );
+    }
+    Ok(())
+}
+
+/// Runs `command` (a login shell if empty) in the sandbox with this terminal's stdio;
+/// returns its exit code.
+pub fn shell(store: &Store, name: &str, command: &[String]) -> Result<i32> {
+    store.load(&container_id(name)).map_err(|e| match e {
+        CliError::NotFound(_) => CliError::NoSandbox(name.into()),
+        other => other,
+    })?;
+    let mut cmd = burrow(store);
+    cmd.arg("exec").arg(container_id(name)).arg("--");
+    if command.is_empty() {
+        cmd.args(["/bin/bash", "-l"]);
+    } else {
+        cmd.args(command);
+    }
+    let status = cmd.status().map_err(CliError::io("running burrow exec"))?;
+    Ok(status.code().unwrap_or(255))
+}
+
+pub fn remove(store: &Store, name: &str) -> Result<()> {
+    let dir = sandbox_dir(name);
+    let id = container_id(name);
+    let record = store.load(&id).ok();
+    if record.is_none() && !dir.exists() {
+        return Err(CliError::NoSandbox(name.into()));
+    }
+    if let Some(record) = record.filter(|r| r.status(store) == Status::Running) {
+        if !nix::unistd::geteuid().is_root() {
+            // Files the container made as its other users are stored as IDs of its range, which
+            // this user could not delete afterwards: hand them to the container's root (this
+            // user on disk) while the range is still its own.
+            let mut chown = burrow(store);
+            chown.stdin(Stdio::null());
+            chown.args(["exec", &id, "sh", "-c"]).arg(
+                "chown -R -h 0:0 --one-file-system / ; \
+                 test -d /var/lib/docker && chown -R -h 0:0 --one-file-system /var/lib/docker; true",
+            );
+            let _ = run_quietly(chown, "handing the sandbox's files back");
+        }
+        // SIGTERM becomes systemd's SIGRTMIN+3: a clean shutdown, then the container ends.
+        crate::container::kill(store, &id, "SIGTERM", false)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while record.init_alive() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    if store.load(&id).is_ok() {
+        crate::container::delete(store, &id, true)?;
+    }
+    std::fs::remove_dir_all(&dir).map_err(CliError::io(format!(
+        "removing {} (files the sandbox made while stopped may belong to its old range)",
+        dir.display()
+    )))
+}
