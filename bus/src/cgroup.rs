@@ -190,18 +190,24 @@ pub fn update(path: &str, limits: &Limits) -> Result<()> {
     Ok(())
 }
 
+/// What a delegated cgroup's owner gets: the directory (to make sub-cgroups) and the files that
+/// move processes and enable controllers below it, never a limit.
+const DELEGATED: [&str; 7] = [
+    "",
+    "cgroup.procs",
+    "tasks",
+    "cgroup.clone_children",
+    "notify_on_release",
+    "cgroup.subtree_control",
+    "cgroup.threads",
+];
+
 fn delegate(dir: &Path, unified: bool, (uid, gid): (u32, u32)) -> Result<()> {
-    let mut files = vec![
-        "",
-        "cgroup.procs",
-        "tasks",
-        "cgroup.clone_children",
-        "notify_on_release",
-    ];
-    if unified {
-        files.extend(["cgroup.subtree_control", "cgroup.threads"]);
-    }
-    for file in files {
+    let v2_only = ["cgroup.subtree_control", "cgroup.threads"];
+    for file in DELEGATED
+        .into_iter()
+        .filter(|f| unified || !v2_only.contains(f))
+    {
         let path = if file.is_empty() {
             dir.to_path_buf()
         } else {
@@ -305,13 +311,15 @@ pub fn remove(path: &str) {
             }
             dirs.push(dir);
         }
-        for dir in dirs.iter().rev() {
-            // A delegated subtree's directories belong to the container's root: take them back
-            // (CAP_CHOWN) so that removing them needs no CAP_DAC_OVERRIDE.
-            let _ = std::os::unix::fs::chown(dir, Some(0), Some(0));
-            if let Some(parent) = dir.parent() {
-                let _ = std::os::unix::fs::chown(parent, Some(0), Some(0));
+        // A delegated subtree belongs to the container's root: take it back (CAP_CHOWN) so
+        // that removing it needs no CAP_DAC_OVERRIDE, and a cgroup that cannot go yet (a
+        // process still in it) is root's again.
+        for dir in &dirs {
+            for file in DELEGATED {
+                let _ = std::os::unix::fs::chown(dir.join(file), Some(0), Some(0));
             }
+        }
+        for dir in dirs.iter().rev() {
             for _ in 0..50 {
                 match fs::remove_dir(dir) {
                     Ok(()) => break,

@@ -28,9 +28,7 @@ fn burrow(store: &Store) -> Command {
 
 /// Runs `cmd` (whose stdin the caller sets) and fails with its stderr.
 fn run_quietly(mut cmd: Command, what: &str) -> Result<()> {
-    let out = cmd
-        .output()
-        .map_err(CliError::io(what.to_string()))?;
+    let out = cmd.output().map_err(CliError::io(what.to_string()))?;
     if !out.status.success() {
         return Err(CliError::Setup(format!(
             "{what} failed: {}",
@@ -111,9 +109,14 @@ pub fn create(store: &Store, name: &str, image: &Path) -> Result<()> {
         )));
     }
     let rootfs = dir.join("rootfs");
-    std::fs::create_dir_all(&rootfs).map_err(CliError::io(format!("creating {}", rootfs.display())))?;
+    std::fs::create_dir_all(&rootfs)
+        .map_err(CliError::io(format!("creating {}", rootfs.display())))?;
     let result = (|| {
-        eprintln!("burrow: unpacking {} into {}", image.display(), rootfs.display());
+        eprintln!(
+            "burrow: unpacking {} into {}",
+            image.display(),
+            rootfs.display()
+        );
         let started = Instant::now();
         unpack(image, &rootfs)?;
         for sub in ["dev", "proc", "sys", "run"] {
@@ -127,7 +130,10 @@ pub fn create(store: &Store, name: &str, image: &Path) -> Result<()> {
             )));
         }
         write_config(&dir, name)?;
-        eprintln!("burrow: unpacked in {:.1?}; starting systemd", started.elapsed());
+        eprintln!(
+            "burrow: unpacked in {:.1?}; starting systemd",
+            started.elapsed()
+        );
         let console = std::fs::File::create(dir.join("console.log"))
             .map_err(CliError::io("creating console.log"))?;
         let status = burrow(store)

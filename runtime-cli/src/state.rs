@@ -77,8 +77,12 @@ impl Store {
 
     pub fn load(&self, id: &str) -> Result<Record> {
         check_id(id)?;
-        let text = fs::read(self.dir(id).join("state.json"))
-            .map_err(|_| CliError::NotFound(id.to_string()))?;
+        let path = self.dir(id).join("state.json");
+        let text = fs::read(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => CliError::NotFound(id.to_string()),
+            // Someone else's container (another user's state root): not "missing".
+            _ => CliError::io(format!("reading {}", path.display()))(e),
+        })?;
         serde_json::from_slice(&text)
             .map_err(|e| CliError::Setup(format!("corrupt state of {id}: {e}")))
     }

@@ -69,6 +69,13 @@ enum Cmd {
         name: String,
     },
     List,
+    /// AddControlGroup for range NAME with a pidfd of PID.
+    AddCgroup {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        pid: i32,
+    },
     /// The pool and usage properties.
     Props,
     /// Get a /dev from devd for a user namespace (allocated through idmapd unless --unmapped),
@@ -354,6 +361,19 @@ fn main() {
                     Err(e) => error_json(&e),
                 };
                 result["op"] = "get".into();
+                print(result);
+            }
+            Cmd::AddCgroup { name, pid } => {
+                let pidfd = rustix::process::pidfd_open(
+                    rustix::process::Pid::from_raw(pid).expect("a pid"),
+                    rustix::process::PidfdFlags::empty(),
+                )
+                .expect("pidfd_open");
+                let mut result = match proxy.add_control_group(&name, pidfd.into()).await {
+                    Ok(path) => json!({"ok": true, "path": path}),
+                    Err(e) => error_json(&e),
+                };
+                result["op"] = "add-cgroup".into();
                 print(result);
             }
             Cmd::List => {
