@@ -31,7 +31,7 @@ impl Home {
     }
 
     fn burrow(&self, h: &Harness, args: &[&str]) -> Command {
-        let mut cmd = h.as_user(shared_bin("burrow"), Some(self.user.clone()));
+        let mut cmd = h.as_user(shared_bin("burrow"), Some(self.user));
         cmd.env("HOME", &self.dir)
             .env("XDG_RUNTIME_DIR", self.dir.join("run"))
             .env_remove("XDG_DATA_HOME")
@@ -90,7 +90,7 @@ fn stderr(out: &Output) -> String {
 /// A busybox bundle in `home` that sleeps, owned by its user.
 fn sleeper_bundle(home: &Home, name: &str) -> PathBuf {
     let bundle = home.dir.join(name);
-    busybox_rootfs(&bundle.join("rootfs"), Some(home.user.clone()));
+    busybox_rootfs(&bundle.join("rootfs"), Some(home.user));
     let mut spec = default_spec_via_file(&bundle);
     spec["process"]["terminal"] = false.into();
     spec["process"]["args"] = serde_json::json!(["sleep", "1000"]);
@@ -160,8 +160,8 @@ fn unprivileged_users_get_isolated_sandboxes() {
         ..Default::default()
     });
     let users = test_users();
-    let alice = Home::new(&work, users.alice.clone());
-    let bob = Home::new(&work, users.bob.clone());
+    let alice = Home::new(&work, users.alice);
+    let bob = Home::new(&work, users.bob);
     let root_state = work.join("root-state");
     let _cleanup = Cleanup {
         h: &h,
@@ -424,7 +424,7 @@ fn unprivileged_users_get_isolated_sandboxes() {
         .unwrap();
     let name = mine["name"].as_str().unwrap().to_string();
     let out = h
-        .client(Some(alice.user.clone()))
+        .client(Some(alice.user))
         .args([
             "add-cgroup",
             "--name",
@@ -439,7 +439,7 @@ fn unprivileged_users_get_isolated_sandboxes() {
         "org.burrow.Error.NotAuthorized",
     );
     let out = h
-        .client(Some(alice.user.clone()))
+        .client(Some(alice.user))
         .args([
             "add-cgroup",
             "--name",
