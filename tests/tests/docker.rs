@@ -264,7 +264,9 @@ fn docker_runs_system_containers() {
     };
     let out = ctr_run(
         "ctr-probe",
-        "cat /proc/self/uid_map; echo dev=$(ls /dev | tr '\\n' ' ')",
+        "cat /proc/self/uid_map; grep CapEff /proc/self/status; \
+         (echo 5 > /proc/sys/kernel/panic) 2>/dev/null && echo panic=written || echo panic=denied; \
+         echo dev=$(ls /dev | tr '\\n' ' ')",
     );
     assert!(
         out.status.success(),
@@ -279,7 +281,67 @@ fn docker_runs_system_containers() {
         ),
         "{text}"
     );
+    assert!(
+        text.contains(&format!("CapEff:\t{:016x}", (1u64 << (last_cap + 1)) - 1))
+            && text.contains("panic=denied"),
+        "{text}"
+    );
     assert_eq!(ctr_run("ctr-exit", "exit 3").status.code(), Some(3));
+    // A long-running task through the shim: exec, pause/resume, kill.
+    let ctr_ok = |args: &[&str]| -> String {
+        let out = docker.ctr(args);
+        assert!(
+            out.status.success(),
+            "ctr {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    ctr_ok(&[
+        "run",
+        "-d",
+        "--runc-binary",
+        &wrapper,
+        "docker.io/library/bb:latest",
+        "ctr-long",
+        "sleep",
+        "1000",
+    ]);
+    let exec_map = ctr_ok(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        "ctr-long",
+        "cat",
+        "/proc/self/uid_map",
+    ]);
+    base_of(exec_map.trim());
+    let status = |id: &str| -> String {
+        ctr_ok(&["task", "ls"])
+            .lines()
+            .find(|l| l.starts_with(id))
+            .unwrap_or_default()
+            .to_string()
+    };
+    ctr_ok(&["task", "pause", "ctr-long"]);
+    assert!(
+        status("ctr-long").contains("PAUSED"),
+        "{}",
+        status("ctr-long")
+    );
+    ctr_ok(&["task", "resume", "ctr-long"]);
+    assert!(
+        status("ctr-long").contains("RUNNING"),
+        "{}",
+        status("ctr-long")
+    );
+    ctr_ok(&["task", "kill", "-s", "SIGKILL", "ctr-long"]);
+    wait_for("ctr task stopped", || {
+        status("ctr-long").contains("STOPPED")
+    });
+    ctr_ok(&["task", "rm", "ctr-long"]);
+    ctr_ok(&["container", "rm", "ctr-long"]);
 
     // --rm and rm leave no state, no cgroup and no range behind.
     wait_for("runtime state gone", || {

@@ -17,6 +17,7 @@ const SETGID: u32 = 6;
 const SETUID: u32 = 7;
 const SYS_CHROOT: u32 = 18;
 const SYS_PTRACE: u32 = 19;
+const SYS_NICE: u32 = 23;
 const SYS_ADMIN: u32 = 21;
 const MKNOD: u32 = 27;
 const SETFCAP: u32 = 31;
@@ -48,6 +49,8 @@ fn helpers_keep_only_the_capabilities_they_need() {
                 SETFCAP,
                 SYS_PTRACE,
                 DAC_READ_SEARCH,
+                CHOWN,
+                SYS_NICE,
             ]),
         ),
         (
