@@ -447,6 +447,7 @@ fn create_steps(
             })
             .map_err(CliError::helper("idmapd"))?;
         undo.range = Some(name.clone());
+        crate::log::debug(format!("idmapd: range {name} at host ID {base}"));
         let root_ids = (base, gid_base);
         if nix::unistd::geteuid().is_root() {
             std::os::unix::fs::chown(&fifo_path, Some(base), Some(gid_base))
@@ -479,6 +480,7 @@ fn create_steps(
                     .map(crate::spec::limits_of)
                     .unwrap_or_default(),
             )?;
+            crate::log::debug(format!("cgroup {cgroup}, delegated to host uid {base}"));
         } else {
             // Only root can make cgroups: idmapd delegates one to the range (and removes it
             // with the range), under the limits the admin set for this user.
@@ -495,6 +497,7 @@ fn create_steps(
                         .await
                 })
                 .map_err(CliError::helper("idmapd"))?;
+            crate::log::debug(format!("idmapd: delegated cgroup {cgroup}"));
             undo.cgroup = Some(cgroup);
         }
         init::send(sock, b"go", None)
@@ -595,6 +598,10 @@ fn create_steps(
         })
         .map_err(CliError::helper("devd/mountd"))?;
     let mntns: OwnedFd = mntns.into();
+    crate::log::debug(format!(
+        "devd made /dev, mountd the mount namespace ({} mounts) for init {pid}",
+        bundle.mounts.len()
+    ));
     init::send(sock, b"mntns", Some(mntns.as_raw_fd()))
         .map_err(|e| CliError::Setup(format!("handing the mount namespace to the init: {e}")))?;
     drop(mntns);
@@ -833,6 +840,7 @@ pub fn kill(store: &Store, id: &str, signal: &str, all: bool) -> Result<()> {
         (Some(cgroup), true) => burrow_bus::cgroup::pids(cgroup),
         _ => vec![record.pid],
     };
+    crate::log::debug(format!("signal {signo} to {targets:?}"));
     for pid in targets {
         // SAFETY: kill(2) with a checked signal number.
         unsafe { libc::kill(pid, signo) };

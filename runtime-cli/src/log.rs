@@ -8,10 +8,27 @@ pub struct Logger {
     file: Option<std::fs::File>,
     json: bool,
     stderr_allowed: bool,
+    debug: bool,
+}
+
+/// The process's logger, for `debug` from anywhere in the CLI.
+static LOGGER: std::sync::OnceLock<Logger> = std::sync::OnceLock::new();
+
+/// Installs the logger `debug` writes through; returns it.
+pub fn install(logger: Logger) -> &'static Logger {
+    LOGGER.get_or_init(|| logger)
+}
+
+/// With `--debug`: a step of the container's life (helper answers, cgroup, pids), as a
+/// `debug` line in `--log` (or on stderr when that is free).
+pub fn debug(msg: impl AsRef<str>) {
+    if let Some(logger) = LOGGER.get().filter(|l| l.debug) {
+        logger.log("debug", msg.as_ref());
+    }
 }
 
 impl Logger {
-    pub fn new(path: Option<&str>, format: &str, stderr_allowed: bool) -> Self {
+    pub fn new(path: Option<&str>, format: &str, stderr_allowed: bool, debug: bool) -> Self {
         let file = path.and_then(|p| {
             std::fs::OpenOptions::new()
                 .create(true)
@@ -23,6 +40,7 @@ impl Logger {
             file,
             json: format == "json",
             stderr_allowed,
+            debug,
         }
     }
 

@@ -250,7 +250,12 @@ fn main() {
             cli.command,
             Command::Create(_) | Command::Run { .. } | Command::Exec { .. }
         );
-    let logger = log::Logger::new(cli.log.as_deref(), &cli.log_format, !quiet_stderr);
+    let logger = log::install(log::Logger::new(
+        cli.log.as_deref(),
+        &cli.log_format,
+        !quiet_stderr,
+        cli.debug,
+    ));
     match run(&cli) {
         Ok(code) => std::process::exit(code),
         Err(e) => {

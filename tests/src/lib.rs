@@ -163,8 +163,13 @@ pub fn shared_bin(name: &str) -> PathBuf {
     let src = bin(name);
     let dst = dir.join(format!("{name}-{}", std::process::id()));
     if !dst.exists() {
+        // A hard link where possible: a copy is written through an fd that a parallel test's
+        // fork may still hold when the copy is exec'd (ETXTBSY).
         let tmp = dst.with_extension("tmp");
-        fs::copy(&src, &tmp).unwrap();
+        let _ = fs::remove_file(&tmp);
+        if fs::hard_link(&src, &tmp).is_err() {
+            fs::copy(&src, &tmp).unwrap();
+        }
         fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755)).unwrap();
         fs::rename(&tmp, &dst).unwrap();
     }
@@ -537,10 +542,9 @@ pub fn busybox_rootfs(dir: &Path, owner: Option<User>) -> PathBuf {
         fs::create_dir_all(dir.join(sub)).unwrap();
     }
     fs::copy(busybox, dir.join("bin/busybox")).unwrap();
-    let out = Command::new(dir.join("bin/busybox"))
-        .arg("--list")
-        .output()
-        .unwrap();
+    // The host's copy: exec'ing the fresh one can fail with ETXTBSY while a parallel test's
+    // fork still holds the fd it was written through.
+    let out = Command::new(busybox).arg("--list").output().unwrap();
     for applet in String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|a| *a != "busybox")

@@ -287,6 +287,38 @@ fn run_propagates_the_exit_code_and_cleans_up() {
     assert_eq!(out.status.code(), Some(3), "{}", rt.last_error());
     assert!(rt.leftovers().is_empty());
     wait_for("range released", || in_use(&h) == 0);
+    // Without --debug the log holds no debug lines; with it, the helpers' answers.
+    assert!(!fs::read_to_string(&rt.log)
+        .unwrap_or_default()
+        .contains("\"debug\""));
+    let out = rt
+        .cmd()
+        .args([
+            "--debug",
+            "run",
+            "--bundle",
+            &b.display().to_string(),
+            "exit3-debug",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let debug: Vec<Value> = fs::read_to_string(&rt.log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|v: &Value| v["level"] == "debug")
+        .collect();
+    let said = |needle: &str| {
+        debug
+            .iter()
+            .any(|v| v["msg"].as_str().unwrap().contains(needle))
+    };
+    assert!(
+        said("idmapd: range") && said("mountd the mount namespace") && said("cgroup"),
+        "{debug:?}"
+    );
 }
 
 #[test]

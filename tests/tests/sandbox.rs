@@ -193,62 +193,31 @@ fn unprivileged_users_get_isolated_sandboxes() {
             &image.display().to_string(),
         ],
     );
+    // `sandbox shell sb1 -- COMMAND` as alice: (stdout, success).
+    let in_sb1 = |command: &str| -> (String, bool) {
+        let mut args = vec!["sandbox", "shell", "sb1", "--"];
+        args.extend(command.split(' '));
+        let out = alice.run(&h, &args);
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        (text, out.status.success())
+    };
     let deadline = Instant::now() + Duration::from_secs(120);
     let state = loop {
-        let out = alice.run(
-            &h,
-            &[
-                "sandbox",
-                "shell",
-                "sb1",
-                "--",
-                "systemctl",
-                "is-system-running",
-            ],
-        );
-        let state = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let (state, _) = in_sb1("systemctl is-system-running");
         if !matches!(state.as_str(), "" | "initializing" | "starting") || Instant::now() > deadline
         {
             break state;
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    let failed = alice.run(
-        &h,
-        &[
-            "sandbox",
-            "shell",
-            "sb1",
-            "--",
-            "systemctl",
-            "--failed",
-            "--no-legend",
-        ],
-    );
-    assert_eq!(
-        state,
-        "running",
-        "failed units: {}",
-        String::from_utf8_lossy(&failed.stdout)
-    );
+    let (failed, _) = in_sb1("systemctl --failed --no-legend");
+    assert_eq!(state, "running", "failed units: {failed}");
     assert!(alice
         .ok(&h, &["sandbox", "list"])
         .contains("sb1                  running"));
     assert_eq!(
-        alice.ok(
-            &h,
-            &[
-                "sandbox",
-                "shell",
-                "sb1",
-                "--",
-                "docker",
-                "info",
-                "-f",
-                "{{.Driver}}"
-            ]
-        ),
-        "overlay2"
+        in_sb1("docker info -f {{.Driver}}"),
+        ("overlay2".into(), true)
     );
     let bb = busybox_rootfs(&work.join("bb"), None);
     let bb_tar = work.join("bb.tar");
@@ -273,11 +242,8 @@ fn unprivileged_users_get_isolated_sandboxes() {
         .unwrap();
     assert!(import.status.success(), "{}", stderr(&import));
     assert_eq!(
-        alice.ok(
-            &h,
-            &["sandbox", "shell", "sb1", "--", "docker", "run", "--rm", "bb", "echo", "inner-ok"]
-        ),
-        "inner-ok"
+        in_sb1("docker run --rm bb echo inner-ok"),
+        ("inner-ok".into(), true)
     );
 
     // Her sandbox's range is exclusive, far from host ID 0, and her init's cgroup is the one
