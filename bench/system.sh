@@ -53,14 +53,17 @@ hyperfine --warmup 2 --runs 15 --export-json "$work/inner.json" \
 # container (systemd, journald, dbus, containerd, dockerd...) and its memory cgroup's usage.
 sleep 10
 pid=$(docker inspect -f '{{.State.Pid}}' sys)
+# systemd moved itself to init.scope: the container's cgroup is the one above.
 cgroup=$(awk -F: '$2 == "memory" {print $3}' "/proc/$pid/cgroup")
+cgroup=${cgroup%/init.scope}
 pss_kb=0
-for p in $(cat "/sys/fs/cgroup/memory$cgroup/cgroup.procs" 2>/dev/null || true); do
+procs=0
+for p in $(find "/sys/fs/cgroup/memory$cgroup" -name cgroup.procs -exec cat {} +); do
     kb=$(awk '/^Pss:/ {print $2}' "/proc/$p/smaps_rollup" 2>/dev/null || echo 0)
     pss_kb=$((pss_kb + ${kb:-0}))
+    procs=$((procs + 1))
 done
 usage=$(cat "/sys/fs/cgroup/memory$cgroup/memory.usage_in_bytes" 2>/dev/null || echo 0)
-procs=$(wc -l <"/sys/fs/cgroup/memory$cgroup/cgroup.procs" 2>/dev/null || echo 0)
 
 python3 - "$work/boot.txt" "$work/inner.json" "$pss_kb" "$usage" "$procs" <<'PY'
 import json, statistics, sys
