@@ -148,6 +148,10 @@ enum SandboxCommand {
         /// The root filesystem: a directory or a tarball.
         #[arg(long)]
         image: PathBuf,
+        /// Connect the sandbox through pasta (user-mode networking) and forward the host's
+        /// 127.0.0.1:PORT to its sshd.
+        #[arg(long, value_name = "PORT")]
+        ssh_port: Option<u16>,
     },
     /// Your sandboxes and their state.
     List,
@@ -428,7 +432,11 @@ fn run(cli: &Cli) -> Result<i32> {
             cgroup::update(cgroup, &spec::limits_of(&resources))?;
         }
         Command::Sandbox { command } => match command {
-            SandboxCommand::Create { name, image } => sandbox::create(&store()?, name, image)?,
+            SandboxCommand::Create {
+                name,
+                image,
+                ssh_port,
+            } => sandbox::create(&store()?, name, image, *ssh_port)?,
             SandboxCommand::List => sandbox::list(&store()?)?,
             SandboxCommand::Shell { name, command } => {
                 return sandbox::shell(&store()?, name, command)

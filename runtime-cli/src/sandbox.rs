@@ -93,7 +93,64 @@ fn write_config(dir: &Path, name: &str) -> Result<()> {
         .map_err(CliError::io(format!("writing {}", path.display())))
 }
 
-pub fn create(store: &Store, name: &str, image: &Path) -> Result<()> {
+/// Gives the sandbox a network through pasta (user-mode networking, as rootless Podman): a
+/// default route out, and the host's 127.0.0.1:`port` forwarded to the sandbox's sshd.
+fn connect_network(store: &Store, name: &str, dir: &Path, port: u16) -> Result<()> {
+    let pid = store.load(&container_id(name))?.pid;
+    let log = std::fs::File::create(dir.join("pasta.log")).map_err(CliError::io("pasta.log"))?;
+    let status = Command::new("pasta")
+        .args([
+            "--config-net",
+            "-q",
+            "-u",
+            "none",
+            "-T",
+            "none",
+            "-U",
+            "none",
+            "-t",
+        ])
+        .arg(format!("127.0.0.1/{port}:22"))
+        .arg("-P")
+        .arg(dir.join("pasta.pid"))
+        .arg(pid.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .status()
+        .map_err(|e| {
+            CliError::Setup(format!(
+                "running pasta for the sandbox's network: {e} (apt-get install passt)"
+            ))
+        })?;
+    if !status.success() {
+        let log = std::fs::read_to_string(dir.join("pasta.log")).unwrap_or_default();
+        let reason = log
+            .lines()
+            .filter(|l| !l.contains("syslog"))
+            .last()
+            .unwrap_or("")
+            .to_string();
+        return Err(CliError::Setup(format!(
+            "pasta could not connect the sandbox ({reason}); /dev/net/tun must be usable by you (mode 0666)"
+        )));
+    }
+    std::fs::write(dir.join("ssh-port"), port.to_string()).map_err(CliError::io("ssh-port"))
+}
+
+fn stop_network(dir: &Path) {
+    let pid = std::fs::read_to_string(dir.join("pasta.pid"))
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok());
+    if let Some(pid) = pid {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+}
+
+pub fn create(store: &Store, name: &str, image: &Path, ssh_port: Option<u16>) -> Result<()> {
     crate::state::check_id(name)?;
     let dir = sandbox_dir(name);
     if dir.exists() {
@@ -153,9 +210,14 @@ pub fn create(store: &Store, name: &str, image: &Path) -> Result<()> {
                 log.trim()
             )));
         }
-        crate::container::start(store, &container_id(name))
+        crate::container::start(store, &container_id(name))?;
+        match ssh_port {
+            Some(port) => connect_network(store, name, &dir, port),
+            None => Ok(()),
+        }
     })();
     if result.is_err() {
+        stop_network(&dir);
         let _ = crate::container::delete(store, &container_id(name), true);
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -163,7 +225,10 @@ pub fn create(store: &Store, name: &str, image: &Path) -> Result<()> {
 }
 
 pub fn list(store: &Store) -> Result<()> {
-    println!("{:<20} {:<10} {:<8} DIRECTORY", "NAME", "STATUS", "PID");
+    println!(
+        "{:<20} {:<10} {:<8} {:<16} DIRECTORY",
+        "NAME", "STATUS", "PID", "SSH"
+    );
     let Ok(entries) = std::fs::read_dir(crate::state::data_root().join("sandboxes")) else {
         return Ok(());
     };
@@ -177,8 +242,11 @@ pub fn list(store: &Store) -> Result<()> {
             Ok(record) => (record.status(store).as_str(), record.pid.to_string()),
             Err(_) => ("stopped", "-".into()),
         };
+        let ssh = std::fs::read_to_string(sandbox_dir(&name).join("ssh-port"))
+            .map(|port| format!("127.0.0.1:{}", port.trim()))
+            .unwrap_or_else(|_| "-".into());
         println!(
-            "{name:<20} {status:<10} {pid:<8} {}",
+            "{name:<20} {status:<10} {pid:<8} {ssh:<16} {}",
             sandbox_dir(&name).display()
         );
     }
@@ -230,6 +298,7 @@ pub fn remove(store: &Store, name: &str) -> Result<()> {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+    stop_network(&dir);
     if store.load(&id).is_ok() {
         crate::container::delete(store, &id, true)?;
     }

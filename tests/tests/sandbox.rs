@@ -182,7 +182,11 @@ fn unprivileged_users_get_isolated_sandboxes() {
         .success());
     std::fs::set_permissions(&image, std::fs::Permissions::from_mode(0o644)).unwrap();
 
-    // alice's sandbox boots systemd, runs dockerd (overlay2) and an inner container.
+    // alice's sandbox boots systemd, runs dockerd (overlay2) and an inner container, and its
+    // sshd is reachable from the host through pasta. pasta needs /dev/net/tun usable by users,
+    // as udev leaves it on Debian (0666); this VM has no udev.
+    std::fs::set_permissions("/dev/net/tun", std::fs::Permissions::from_mode(0o666)).unwrap();
+    let ssh_port = (20000 + std::process::id() % 10000).to_string();
     alice.ok(
         &h,
         &[
@@ -191,6 +195,8 @@ fn unprivileged_users_get_isolated_sandboxes() {
             "sb1",
             "--image",
             &image.display().to_string(),
+            "--ssh-port",
+            &ssh_port,
         ],
     );
     // `sandbox shell sb1 -- COMMAND` as alice: (stdout, success).
@@ -244,6 +250,62 @@ fn unprivileged_users_get_isolated_sandboxes() {
     assert_eq!(
         in_sb1("docker run --rm bb echo inner-ok"),
         ("inner-ok".into(), true)
+    );
+    assert!(alice
+        .ok(&h, &["sandbox", "list"])
+        .contains(&format!("127.0.0.1:{ssh_port}")));
+    // Over ssh, with a key of hers: the sandbox's root, its systemd and its Docker.
+    let key = alice.dir.join("id_ed25519");
+    let keygen = h
+        .as_user("ssh-keygen", Some(alice.user))
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key)
+        .env("HOME", &alice.dir)
+        .output()
+        .unwrap();
+    assert!(keygen.status.success(), "{}", stderr(&keygen));
+    let authorize = alice
+        .burrow(
+            &h,
+            &[
+                "sandbox",
+                "shell",
+                "sb1",
+                "--",
+                "sh",
+                "-c",
+                "mkdir -p -m 700 /root/.ssh && cat > /root/.ssh/authorized_keys",
+            ],
+        )
+        .stdin(std::fs::File::open(key.with_extension("pub")).unwrap())
+        .output()
+        .unwrap();
+    assert!(authorize.status.success(), "{}", stderr(&authorize));
+    let ssh = h
+        .as_user("ssh", Some(alice.user))
+        .env("HOME", &alice.dir)
+        .args(["-p", &ssh_port, "-i"])
+        .arg(&key)
+        .args([
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "LogLevel=ERROR",
+            "root@127.0.0.1",
+            "id -u; systemctl is-system-running; docker info -f '{{.Driver}}'",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&ssh.stdout).trim(),
+        "0\nrunning\noverlay2",
+        "{}",
+        stderr(&ssh)
     );
 
     // Her sandbox's range is exclusive, far from host ID 0, and her init's cgroup is the one
@@ -419,7 +481,16 @@ fn unprivileged_users_get_isolated_sandboxes() {
 
     // Removing the sandbox shuts systemd down and leaves nothing of it: files, range, cgroup.
     alice.ok(&h, &["delete", "--force", "shared-name"]);
+    let pasta = std::fs::read_to_string(
+        alice
+            .dir
+            .join(".local/share/burrow/sandboxes/sb1/pasta.pid"),
+    )
+    .unwrap();
     alice.ok(&h, &["sandbox", "rm", "sb1"]);
+    burrow_tests::wait_for("pasta gone", || {
+        !Path::new(&format!("/proc/{}", pasta.trim())).exists()
+    });
     assert_eq!(alice.ok(&h, &["sandbox", "list"]).lines().count(), 1);
     assert!(!alice.dir.join(".local/share/burrow/sandboxes/sb1").exists());
     burrow_tests::wait_for("alice's ranges and cgroups gone", || {
