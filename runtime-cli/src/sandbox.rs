@@ -128,7 +128,7 @@ fn connect_network(store: &Store, name: &str, dir: &Path, port: u16) -> Result<(
         let reason = log
             .lines()
             .filter(|l| !l.contains("syslog"))
-            .last()
+            .next_back()
             .unwrap_or("")
             .to_string();
         return Err(CliError::Setup(format!(
