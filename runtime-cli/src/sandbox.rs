@@ -127,8 +127,7 @@ fn connect_network(store: &Store, name: &str, dir: &Path, port: u16) -> Result<(
         let log = std::fs::read_to_string(dir.join("pasta.log")).unwrap_or_default();
         let reason = log
             .lines()
-            .filter(|l| !l.contains("syslog"))
-            .next_back()
+            .rfind(|l| !l.contains("syslog"))
             .unwrap_or("")
             .to_string();
         return Err(CliError::Setup(format!(
