@@ -252,22 +252,101 @@ pub fn list(store: &Store) -> Result<()> {
     Ok(())
 }
 
-/// Runs `command` (a login shell if empty) in the sandbox with this terminal's stdio;
-/// returns its exit code.
+/// Runs `command` (a login shell if empty) in the sandbox and returns its exit code: on a
+/// terminal of its own when stdin is one, else with this process's stdio.
 pub fn shell(store: &Store, name: &str, command: &[String]) -> Result<i32> {
     store.load(&container_id(name)).map_err(|e| match e {
         CliError::NotFound(_) => CliError::NoSandbox(name.into()),
         other => other,
     })?;
     let mut cmd = burrow(store);
-    cmd.arg("exec").arg(container_id(name)).arg("--");
+    cmd.arg("exec");
+    let terminal = nix::unistd::isatty(0).unwrap_or(false);
+    let socket_path = store
+        .root
+        .join(format!(".console-{}.sock", std::process::id()));
+    let listener = if terminal {
+        let _ = std::fs::remove_file(&socket_path);
+        let listener = std::os::unix::net::UnixListener::bind(&socket_path)
+            .map_err(CliError::io("creating the console socket"))?;
+        cmd.arg("-t").arg("--console-socket").arg(&socket_path);
+        Some(listener)
+    } else {
+        None
+    };
+    cmd.arg(container_id(name)).arg("--");
     if command.is_empty() {
         cmd.args(["/bin/bash", "-l"]);
     } else {
         cmd.args(command);
     }
-    let status = cmd.status().map_err(CliError::io("running burrow exec"))?;
-    Ok(status.code().unwrap_or(255))
+    let Some(listener) = listener else {
+        let status = cmd.status().map_err(CliError::io("running burrow exec"))?;
+        return Ok(status.code().unwrap_or(255));
+    };
+    let result = shell_on_terminal(cmd, &listener);
+    let _ = std::fs::remove_file(&socket_path);
+    result
+}
+
+/// `exec -t` sends the pty master to our console socket; this terminal, raw, is joined to it
+/// until the process ends.
+fn shell_on_terminal(mut cmd: Command, listener: &std::os::unix::net::UnixListener) -> Result<i32> {
+    use nix::sys::termios;
+    use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .spawn()
+        .map_err(CliError::io("running burrow exec"))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(CliError::io("console socket"))?;
+    let stream = loop {
+        match listener.accept() {
+            Ok((stream, _)) => break stream,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if let Some(status) = child.try_wait().map_err(CliError::io("burrow exec"))? {
+                    return Ok(status.code().unwrap_or(255));
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(CliError::io("console socket")(e)),
+        }
+    };
+    let master = match crate::init::recv(stream.as_raw_fd()) {
+        // SAFETY: received with SCM_RIGHTS, owned by nobody else.
+        Ok((_, Some(fd))) => unsafe { OwnedFd::from_raw_fd(fd) },
+        _ => return Err(CliError::Setup("exec -t sent no terminal".into())),
+    };
+    let stdin = std::io::stdin();
+    let saved = termios::tcgetattr(stdin.as_fd())
+        .map_err(|e| CliError::Setup(format!("reading the terminal's mode: {e}")))?;
+    let mut raw = saved.clone();
+    termios::cfmakeraw(&mut raw);
+    let _ = termios::tcsetattr(stdin.as_fd(), termios::SetArg::TCSANOW, &raw);
+    // SAFETY: TIOCGWINSZ/TIOCSWINSZ with a local winsize, on fds open for the call.
+    unsafe {
+        let mut size: libc::winsize = std::mem::zeroed();
+        if libc::ioctl(0, libc::TIOCGWINSZ, &mut size) == 0 {
+            libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &size);
+        }
+    }
+    let to_terminal = master.try_clone().map_err(CliError::io("pty"))?;
+    let mut from_terminal = std::fs::File::from(master);
+    // Output until the pty closes (EIO once the process is gone); input until then too.
+    let output = std::thread::spawn(move || {
+        let _ = std::io::copy(
+            &mut std::fs::File::from(to_terminal),
+            &mut std::io::stdout(),
+        );
+    });
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut std::io::stdin(), &mut from_terminal);
+    });
+    let status = child.wait().map_err(CliError::io("burrow exec"));
+    let _ = output.join();
+    let _ = termios::tcsetattr(stdin.as_fd(), termios::SetArg::TCSANOW, &saved);
+    Ok(status?.code().unwrap_or(255))
 }
 
 pub fn remove(store: &Store, name: &str) -> Result<()> {

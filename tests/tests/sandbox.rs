@@ -251,6 +251,29 @@ fn unprivileged_users_get_isolated_sandboxes() {
         in_sb1("docker run --rm bb echo inner-ok"),
         ("inner-ok".into(), true)
     );
+    // On a terminal (script(1) gives it one), `sandbox shell` gives the command a pty of its
+    // own and returns its exit code.
+    let on_tty = h
+        .as_user("script", Some(alice.user))
+        .env("HOME", &alice.dir)
+        .env("XDG_RUNTIME_DIR", alice.dir.join("run"))
+        .current_dir(&alice.dir)
+        .arg("-qec")
+        .arg(format!(
+            "{} sandbox shell sb1 -- sh -c 'tty; exit 7'",
+            shared_bin("burrow").display()
+        ))
+        .arg("/dev/null")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(on_tty.status.code(), Some(7), "{}", stderr(&on_tty));
+    assert!(
+        String::from_utf8_lossy(&on_tty.stdout).contains("/dev/pts/"),
+        "{}",
+        String::from_utf8_lossy(&on_tty.stdout)
+    );
+    assert_eq!(in_sb1("tty"), ("not a tty".into(), false));
     assert!(alice
         .ok(&h, &["sandbox", "list"])
         .contains(&format!("127.0.0.1:{ssh_port}")));
