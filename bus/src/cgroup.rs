@@ -149,22 +149,27 @@ fn apply_limits(dir: &Path, unified: bool, limits: &Limits) -> Result<()> {
 /// Creates `path` in every hierarchy with `limits` (parents that do not exist yet get none).
 pub fn make(path: &str, limits: &Limits) -> Result<()> {
     for hierarchy in hierarchies() {
-        let dir = join_path(&hierarchy, path);
-        fs::create_dir_all(&dir).map_err(io(format!("creating cgroup {}", dir.display())))?;
-        if hierarchy.ends_with("cpuset") || hierarchy.to_string_lossy().contains("cpuset,") {
-            fill_cpuset(&hierarchy, path)?;
-        }
-        apply_limits(&dir, is_cgroup2(&hierarchy), limits)?;
+        make_in(&hierarchy, path, limits)?;
     }
     Ok(())
+}
+
+/// `path` in one hierarchy, with `limits`; its directory.
+fn make_in(hierarchy: &Path, path: &str, limits: &Limits) -> Result<PathBuf> {
+    let dir = join_path(hierarchy, path);
+    fs::create_dir_all(&dir).map_err(io(format!("creating cgroup {}", dir.display())))?;
+    if hierarchy.ends_with("cpuset") || hierarchy.to_string_lossy().contains("cpuset,") {
+        fill_cpuset(hierarchy, path)?;
+    }
+    apply_limits(&dir, is_cgroup2(hierarchy), limits)?;
+    Ok(dir)
 }
 
 /// Creates `path` in every hierarchy, applies `limits`, moves `pid` in and delegates the
 /// subtree to `owner` (host uid, gid of the container's root).
 pub fn create(path: &str, pid: i32, owner: (u32, u32), limits: &Limits) -> Result<()> {
-    make(path, limits)?;
     for hierarchy in hierarchies() {
-        let dir = join_path(&hierarchy, path);
+        let dir = make_in(&hierarchy, path, limits)?;
         write(&dir.join("cgroup.procs"), &pid.to_string())?;
         delegate(&dir, is_cgroup2(&hierarchy), owner)?;
     }

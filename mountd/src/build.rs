@@ -16,10 +16,10 @@ use burrow_bus::BurrowError;
 use rustix::fs::{Mode, OFlags};
 use rustix::mount::{
     fsconfig_create, fsconfig_set_flag, fsconfig_set_string, fsmount, fsopen, move_mount,
-    open_tree, FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags, OpenTreeFlags,
+    FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags,
 };
 
-use crate::idmap::set_attributes;
+use crate::idmap::{clone_tree, set_attributes};
 use crate::target::{resolve, Create};
 use crate::worker::reply;
 use burrow_bus::pidfd::{self, Namespaces};
@@ -226,6 +226,21 @@ pub(crate) fn fresh(
         .map_err(|e| format!("fsmount {fstype}: {e}"))
 }
 
+/// Binds the mount at `target` over itself (with the mounts below it, if `recursive`), its
+/// flags `set` and `clear`ed: read-only paths, and sysctls writable again below them.
+fn rebind(
+    target: BorrowedFd<'_>,
+    path: &str,
+    set: MountAttrFlags,
+    clear: MountAttrFlags,
+    recursive: bool,
+) -> Result<(), String> {
+    let clone = clone_tree(target, recursive).map_err(|e| format!("cloning {path}: {e}"))?;
+    set_attributes(clone.as_fd(), set, clear, None, recursive)
+        .map_err(|e| format!("setting the flags of {path}: {e}"))?;
+    attach(clone.as_fd(), target, path)
+}
+
 fn attach(mount: BorrowedFd<'_>, target: BorrowedFd<'_>, what: &str) -> Result<(), String> {
     move_mount(
         mount,
@@ -332,39 +347,15 @@ fn assemble(job: &Job) -> Result<OwnedFd, String> {
             )?
         } else {
             let null = target(root, "/dev/null", Create::Nothing)?;
-            open_tree(
-                null.as_fd(),
-                "",
-                OpenTreeFlags::OPEN_TREE_CLONE
-                    | OpenTreeFlags::OPEN_TREE_CLOEXEC
-                    | OpenTreeFlags::AT_EMPTY_PATH,
-            )
-            .map_err(|e| format!("cloning /dev/null: {e}"))?
+            clone_tree(null.as_fd(), false).map_err(|e| format!("cloning /dev/null: {e}"))?
         };
         attach(cover.as_fd(), t.as_fd(), path)?;
     }
     for path in &job.readonly {
-        let Some(t) = resolve(root, path, Create::Nothing)? else {
-            continue;
-        };
-        let clone = open_tree(
-            t.as_fd(),
-            "",
-            OpenTreeFlags::OPEN_TREE_CLONE
-                | OpenTreeFlags::OPEN_TREE_CLOEXEC
-                | OpenTreeFlags::AT_EMPTY_PATH
-                | OpenTreeFlags::AT_RECURSIVE,
-        )
-        .map_err(|e| format!("cloning {path}: {e}"))?;
-        set_attributes(
-            clone.as_fd(),
-            BASIC | MountAttrFlags::MOUNT_ATTR_RDONLY,
-            MountAttrFlags::empty(),
-            None,
-            true,
-        )
-        .map_err(|e| format!("making {path} read-only: {e}"))?;
-        attach(clone.as_fd(), t.as_fd(), path)?;
+        if let Some(t) = resolve(root, path, Create::Nothing)? {
+            let read_only = BASIC | MountAttrFlags::MOUNT_ATTR_RDONLY;
+            rebind(t.as_fd(), path, read_only, MountAttrFlags::empty(), true)?;
+        }
     }
     for path in &job.writable_sysctls {
         let Some(t) = resolve(root, path, Create::Nothing)? else {
@@ -376,23 +367,13 @@ fn assemble(job: &Job) -> Result<OwnedFd, String> {
         if !is_proc {
             return Err(format!("{path} is not in a proc filesystem"));
         }
-        let clone = open_tree(
+        rebind(
             t.as_fd(),
-            "",
-            OpenTreeFlags::OPEN_TREE_CLONE
-                | OpenTreeFlags::OPEN_TREE_CLOEXEC
-                | OpenTreeFlags::AT_EMPTY_PATH,
-        )
-        .map_err(|e| format!("cloning {path}: {e}"))?;
-        set_attributes(
-            clone.as_fd(),
+            path,
             BASIC,
             MountAttrFlags::MOUNT_ATTR_RDONLY,
-            None,
             false,
-        )
-        .map_err(|e| format!("making {path} writable: {e}"))?;
-        attach(clone.as_fd(), t.as_fd(), path)?;
+        )?;
     }
 
     // A fully visible proc and sysfs, which the kernel requires before it lets the container

@@ -78,17 +78,12 @@ pub fn process_config(
         return Err(CliError::Setup("process.args is empty".into()));
     }
     let env: Vec<String> = process.env().clone().unwrap_or_default();
-    let path_var = env
-        .iter()
-        .find_map(|e| e.strip_prefix("PATH="))
-        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
     let program: Vec<String> = if args[0].contains('/') {
         vec![args[0].clone()]
     } else {
         // Looked up now, inside the rootfs, so the init only execs.
-        path_var
-            .split(':')
-            .map(|dir| format!("{}/{}", dir.trim_end_matches('/'), args[0]))
+        crate::spec::program_candidates(&args[0], &env)
+            .into_iter()
             .filter(|candidate| rootfs.join(candidate.trim_start_matches('/')).exists())
             .chain([args[0].clone()])
             .collect()
@@ -332,16 +327,7 @@ impl Undo<'_> {
             );
             let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
         }
-        if let Some(cgroup) = self
-            .cgroup
-            .as_ref()
-            .filter(|_| nix::unistd::geteuid().is_root())
-        {
-            burrow_bus::cgroup::remove(cgroup);
-        }
-        if let Some(data) = &self.docker_data {
-            let _ = remove_docker_data(data);
-        }
+        let _ = remove_host_side(self.cgroup.as_deref(), self.docker_data.as_deref());
         if let (Some(name), Some(conn)) = (&self.range, conn) {
             let _ = rt.block_on(async { IdMap1Proxy::new(conn).await?.release(name).await });
         }
@@ -720,6 +706,15 @@ fn make_docker_data(dir: &Path, root_ids: (u32, u32)) -> Result<()> {
     Ok(())
 }
 
+/// What a container had on the host besides its range: its cgroup (when the runtime made it;
+/// other users' cgroups are idmapd's, removed with the range) and its /var/lib/docker.
+fn remove_host_side(cgroup: Option<&str>, docker_data: Option<&Path>) -> Result<()> {
+    if let Some(cgroup) = cgroup.filter(|_| nix::unistd::geteuid().is_root()) {
+        burrow_bus::cgroup::remove(cgroup);
+    }
+    docker_data.map_or(Ok(()), remove_docker_data)
+}
+
 /// Removes a container's /var/lib/docker directory and its per-container parent. The tree was
 /// written by the container; std's remove_dir_all never follows its symlinks.
 fn remove_docker_data(dir: &Path) -> Result<()> {
@@ -887,17 +882,7 @@ pub fn delete(store: &Store, id: &str, force: bool) -> Result<()> {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
-    // Other users' cgroups are idmapd's, removed with the range.
-    if let Some(cgroup) = record
-        .cgroup
-        .as_ref()
-        .filter(|_| nix::unistd::geteuid().is_root())
-    {
-        burrow_bus::cgroup::remove(cgroup);
-    }
-    if let Some(data) = &record.docker_data {
-        remove_docker_data(data)?;
-    }
+    remove_host_side(record.cgroup.as_deref(), record.docker_data.as_deref())?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -238,23 +238,26 @@ fn runs_systemd(rootfs: &Path, spec: &Spec) -> bool {
     let Some(program) = process.args().as_ref().and_then(|a| a.first()) else {
         return false;
     };
-    let candidates: Vec<String> = if program.contains('/') {
-        vec![program.clone()]
-    } else {
-        let env = process.env().clone().unwrap_or_default();
-        let path = env
-            .iter()
-            .find_map(|e| e.strip_prefix("PATH="))
-            .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-            .to_string();
-        path.split(':')
-            .map(|dir| format!("{}/{program}", dir.trim_end_matches('/')))
-            .collect()
-    };
+    let env = process.env().clone().unwrap_or_default();
+    let candidates = program_candidates(program, &env);
     candidates.iter().any(|candidate| {
         resolve_in(rootfs, candidate)
             .is_some_and(|p| p.file_name().is_some_and(|n| n == "systemd") && p.is_file())
     })
+}
+
+/// Where the container finds `program`: itself if it has a slash, else each directory of the
+/// environment's PATH (or the usual default) joined with it, in order.
+pub fn program_candidates(program: &str, env: &[String]) -> Vec<String> {
+    if program.contains('/') {
+        return vec![program.to_string()];
+    }
+    env.iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .split(':')
+        .map(|dir| format!("{}/{program}", dir.trim_end_matches('/')))
+        .collect()
 }
 
 /// `path` inside `rootfs` with symlinks followed as the container would (absolute targets
@@ -370,4 +373,18 @@ fn check_isolation(spec: &Spec) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn programs_are_looked_up_in_path() {
+        let env = vec!["PATH=/a/:/b".to_string()];
+        assert_eq!(program_candidates("init", &env), ["/a/init", "/b/init"]);
+        assert_eq!(program_candidates("/sbin/init", &env), ["/sbin/init"]);
+        assert_eq!(program_candidates("x/y", &[]), ["x/y"]);
+        assert_eq!(program_candidates("sh", &[]).len(), 6);
+    }
 }
