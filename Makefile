@@ -11,9 +11,9 @@ SYSTEMD_UNIT_DIR         ?= /lib/systemd/system
 CARGO       ?= cargo
 PROFILE     ?= release
 HELPERS     := idmapd devd mountd
-TARGET_DIR  := target/$(PROFILE)
+TARGET_DIR  := target/$(if $(filter dev,$(PROFILE)),debug,$(PROFILE))
 
-.PHONY: bench-system all build install uninstall run test test-clean bench bench-runtimes deps lint clean
+.PHONY: bench-system all build install install-files uninstall run test test-clean bench bench-runtimes deps lint clean
 
 all: build
 
@@ -24,7 +24,10 @@ build:
 deps:
 	./.ci/deps.sh
 
-install: build
+install: build install-files
+
+# What `install` copies, from an existing build (PROFILE=dev for target/debug).
+install-files:
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBEXECDIR)
 	install -m 0755 $(TARGET_DIR)/burrow $(DESTDIR)$(BINDIR)/burrow
 	for h in $(HELPERS); do install -m 0755 $(TARGET_DIR)/burrow-$$h $(DESTDIR)$(LIBEXECDIR)/burrow-$$h; done

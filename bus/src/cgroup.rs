@@ -1,11 +1,25 @@
 //! cgroups for containers, on v1, hybrid (v1 + cgroup2 at `unified`, this machine) and v2:
-//! one directory per hierarchy, the container's limits written into it, and the subtree handed
-//! to the container's root (directory and membership files, never the limit files) so that
-//! systemd and Docker inside can manage their own sub-cgroups. Used by the runtime as root and
-//! by idmapd for other users' containers.
+//! one cgroup per container with its limits, and the subtree handed to the container's root
+//! (directory and membership files, never the limit files) so that systemd and Docker inside
+//! can manage their own sub-cgroups. Used by the runtime as root and by idmapd for other users'
+//! containers.
+//!
+//! cgroups-rs does the controllers (creation, cpuset inheritance, limits, membership, freezer,
+//! removal) in whichever mode the host runs. What it does not cover is done here: handing the
+//! subtree to the container's root, and the cgroup2 mount of a hybrid host, which has no
+//! controllers of interest but is where systemd inside tracks its units.
 
 use std::fs;
+use std::os::unix::fs::chown;
 use std::path::{Path, PathBuf};
+
+use cgroups_rs::fs::cpu::CpuController;
+use cgroups_rs::fs::freezer::FreezerController;
+use cgroups_rs::fs::hierarchies::{self, is_cgroup2_unified_mode};
+use cgroups_rs::fs::memory::MemController;
+use cgroups_rs::fs::pid::PidController;
+use cgroups_rs::fs::{Cgroup, Controller, MaxValue};
+use cgroups_rs::{CgroupPid, FreezerState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
@@ -13,6 +27,17 @@ pub enum CgroupError {
     Io {
         what: String,
         source: std::io::Error,
+    },
+    #[error("{what}: {source}")]
+    Controller {
+        what: String,
+        source: cgroups_rs::fs::error::Error,
+    },
+    #[error("cannot set {limit} on cgroup {path}: this host has no {controller} controller")]
+    NoController {
+        limit: &'static str,
+        controller: &'static str,
+        path: String,
     },
     #[error("no freezer cgroup on this host")]
     NoFreezer,
@@ -26,6 +51,10 @@ fn io(what: String) -> impl FnOnce(std::io::Error) -> CgroupError {
     move |source| CgroupError::Io { what, source }
 }
 
+fn controller(what: String) -> impl FnOnce(cgroups_rs::fs::error::Error) -> CgroupError {
+    move |source| CgroupError::Controller { what, source }
+}
+
 /// Resource limits, in the units of the OCI spec (bytes, pids, CFS shares and microseconds);
 /// zero or None leaves a limit alone.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -35,22 +64,6 @@ pub struct Limits {
     pub cpu_shares: Option<u64>,
     pub cpu_quota: Option<i64>,
     pub cpu_period: Option<u64>,
-}
-
-/// The mount points of every cgroup hierarchy (v1 and cgroup2).
-pub fn hierarchies() -> Vec<PathBuf> {
-    let Ok(mountinfo) = fs::read_to_string("/proc/self/mountinfo") else {
-        return vec![];
-    };
-    mountinfo
-        .lines()
-        .filter_map(|line| {
-            let (fields, tail) = line.split_once(" - ")?;
-            let fstype = tail.split(' ').next()?;
-            let mount_point = fields.split(' ').nth(4)?;
-            (fstype == "cgroup" || fstype == "cgroup2").then(|| PathBuf::from(mount_point))
-        })
-        .collect()
 }
 
 /// The cgroup path for a container: `cgroupsPath` from the spec, in systemd's
@@ -82,65 +95,90 @@ pub fn path_for(cgroups_path: Option<&Path>, systemd: bool, id: &str) -> String 
     }
 }
 
-fn write(path: &Path, value: &str) -> Result<()> {
-    fs::write(path, value).map_err(io(format!("writing {value:?} to {}", path.display())))
+/// cgroups-rs's handle on `path` in the host's hierarchies (v1 controllers, or cgroup2).
+fn handle(path: &str) -> Cgroup {
+    Cgroup::load(hierarchies::auto(), path.trim_start_matches('/'))
 }
 
-/// v1 cpuset cgroups start empty and refuse tasks until cpus and mems are set: copy them down.
-fn fill_cpuset(hierarchy: &Path, path: &str) -> Result<()> {
-    let mut dir = hierarchy.to_path_buf();
-    for part in path.split('/').filter(|p| !p.is_empty()) {
-        let parent = dir.clone();
-        dir.push(part);
-        for file in ["cpuset.cpus", "cpuset.mems"] {
-            let current = fs::read_to_string(dir.join(file)).unwrap_or_default();
-            if current.trim().is_empty() {
-                let inherited = fs::read_to_string(parent.join(file)).unwrap_or_default();
-                write(&dir.join(file), inherited.trim())?;
-            }
-        }
+/// The cgroup2 mount of a hybrid host (`/sys/fs/cgroup/unified`), which cgroups-rs leaves out.
+fn hybrid_unified_mount() -> Option<PathBuf> {
+    if is_cgroup2_unified_mode() {
+        return None;
     }
-    Ok(())
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mountinfo.lines().find_map(|line| {
+        let (fields, tail) = line.split_once(" - ")?;
+        let mount_point = fields.split(' ').nth(4)?;
+        (tail.split(' ').next()? == "cgroup2").then(|| PathBuf::from(mount_point))
+    })
 }
 
-fn apply_limits(dir: &Path, unified: bool, limits: &Limits) -> Result<()> {
-    let set = |file: &str, value: String| -> Result<()> {
-        let path = dir.join(file);
-        if path.exists() {
-            write(&path, &value)
-        } else {
-            Ok(())
-        }
+/// Every directory of `path`'s cgroup, one per hierarchy, with whether it is cgroup2.
+fn directories(cgroup: &Cgroup, path: &str) -> Vec<(PathBuf, bool)> {
+    let mut dirs: Vec<(PathBuf, bool)> = cgroup
+        .subsystems()
+        .iter()
+        .map(|s| (s.to_controller().path().to_path_buf(), cgroup.v2()))
+        .collect();
+    if let Some(unified) = hybrid_unified_mount() {
+        dirs.push((unified.join(path.trim_start_matches('/')), true));
+    }
+    dirs.sort();
+    dirs.dedup();
+    dirs
+}
+
+fn apply_limits(cgroup: &Cgroup, path: &str, limits: &Limits) -> Result<()> {
+    let missing = |limit, controller| CgroupError::NoController {
+        limit,
+        controller,
+        path: path.to_string(),
     };
+    let setting = |what: &str| controller(format!("setting {what} of cgroup {path}"));
     if let Some(limit) = limits.memory.filter(|l| *l > 0) {
-        let file = if unified {
-            "memory.max"
-        } else {
-            "memory.limit_in_bytes"
-        };
-        set(file, limit.to_string())?;
+        cgroup
+            .controller_of::<MemController>()
+            .ok_or_else(|| missing("a memory limit", "memory"))?
+            .set_limit(limit)
+            .map_err(setting("the memory limit"))?;
     }
     if let Some(limit) = limits.pids.filter(|l| *l > 0) {
-        set("pids.max", limit.to_string())?;
-    }
-    if let Some(shares) = limits.cpu_shares.filter(|s| *s > 0) {
-        if unified {
-            // runc's conversion from shares (2..262144) to weight (1..10000).
-            let weight = 1 + ((shares.saturating_sub(2)) * 9999) / 262142;
-            set("cpu.weight", weight.to_string())?;
-        } else {
-            set("cpu.shares", shares.to_string())?;
-        }
+        cgroup
+            .controller_of::<PidController>()
+            .ok_or_else(|| missing("a pids limit", "pids"))?
+            .set_pid_max(MaxValue::Value(limit))
+            .map_err(setting("the pids limit"))?;
     }
     let period = limits.cpu_period.filter(|p| *p > 0);
-    if let Some(quota) = limits.cpu_quota.filter(|q| *q != 0) {
-        if unified {
-            set("cpu.max", format!("{quota} {}", period.unwrap_or(100000)))?;
+    let quota = limits.cpu_quota.filter(|q| *q != 0);
+    let shares = limits.cpu_shares.filter(|s| *s > 0);
+    if shares.is_none() && quota.is_none() && period.is_none() {
+        return Ok(());
+    }
+    let cpu = cgroup
+        .controller_of::<CpuController>()
+        .ok_or_else(|| missing("CPU limits", "cpu"))?;
+    if let Some(shares) = shares {
+        // cgroup2 has weights: runc's conversion from shares (2..262144) to weight (1..10000).
+        let value = if cgroup.v2() {
+            1 + ((shares.saturating_sub(2)) * 9999) / 262142
         } else {
-            if let Some(period) = period {
-                set("cpu.cfs_period_us", period.to_string())?;
-            }
-            set("cpu.cfs_quota_us", quota.to_string())?;
+            shares
+        };
+        cpu.set_shares(value).map_err(setting("CPU shares"))?;
+    }
+    if cgroup.v2() {
+        if quota.is_some() || period.is_some() {
+            cpu.set_cfs_quota_and_period(quota, period)
+                .map_err(setting("the CPU quota"))?;
+        }
+    } else {
+        if let Some(period) = period {
+            cpu.set_cfs_period(period)
+                .map_err(setting("the CPU period"))?;
+        }
+        if let Some(quota) = quota {
+            cpu.set_cfs_quota(quota).map_err(setting("the CPU quota"))?;
         }
     }
     Ok(())
@@ -148,30 +186,38 @@ fn apply_limits(dir: &Path, unified: bool, limits: &Limits) -> Result<()> {
 
 /// Creates `path` in every hierarchy with `limits` (parents that do not exist yet get none).
 pub fn make(path: &str, limits: &Limits) -> Result<()> {
-    for hierarchy in hierarchies() {
-        make_in(&hierarchy, path, limits)?;
-    }
-    Ok(())
+    make_handle(path, limits).map(|_| ())
 }
 
-/// `path` in one hierarchy, with `limits`; its directory.
-fn make_in(hierarchy: &Path, path: &str, limits: &Limits) -> Result<PathBuf> {
-    let dir = join_path(hierarchy, path);
-    fs::create_dir_all(&dir).map_err(io(format!("creating cgroup {}", dir.display())))?;
-    if hierarchy.ends_with("cpuset") || hierarchy.to_string_lossy().contains("cpuset,") {
-        fill_cpuset(hierarchy, path)?;
+fn make_handle(path: &str, limits: &Limits) -> Result<Cgroup> {
+    let cgroup = Cgroup::new(hierarchies::auto(), path.trim_start_matches('/'))
+        .map_err(controller(format!("creating cgroup {path}")))?;
+    if let Some(unified) = hybrid_unified_mount() {
+        let dir = unified.join(path.trim_start_matches('/'));
+        fs::create_dir_all(&dir).map_err(io(format!("creating cgroup {}", dir.display())))?;
     }
-    apply_limits(&dir, is_cgroup2(hierarchy), limits)?;
-    Ok(dir)
+    apply_limits(&cgroup, path, limits)?;
+    Ok(cgroup)
 }
 
 /// Creates `path` in every hierarchy, applies `limits`, moves `pid` in and delegates the
 /// subtree to `owner` (host uid, gid of the container's root).
 pub fn create(path: &str, pid: i32, owner: (u32, u32), limits: &Limits) -> Result<()> {
-    for hierarchy in hierarchies() {
-        let dir = make_in(&hierarchy, path, limits)?;
-        write(&dir.join("cgroup.procs"), &pid.to_string())?;
-        delegate(&dir, is_cgroup2(&hierarchy), owner)?;
+    let cgroup = make_handle(path, limits)?;
+    cgroup
+        .add_task_by_tgid(CgroupPid::from(pid as u64))
+        .map_err(controller(format!(
+            "moving process {pid} into cgroup {path}"
+        )))?;
+    if let Some(unified) = hybrid_unified_mount() {
+        let procs = unified
+            .join(path.trim_start_matches('/'))
+            .join("cgroup.procs");
+        fs::write(&procs, pid.to_string())
+            .map_err(io(format!("moving process {pid} into {}", procs.display())))?;
+    }
+    for (dir, unified) in directories(&cgroup, path) {
+        delegate(&dir, unified, owner)?;
     }
     Ok(())
 }
@@ -179,20 +225,14 @@ pub fn create(path: &str, pid: i32, owner: (u32, u32), limits: &Limits) -> Resul
 /// Moves `pid` into the container's cgroup in every hierarchy (for `exec`); best effort, as
 /// the process is contained by the namespaces anyway.
 pub fn join(path: &str, pid: i32) {
-    for hierarchy in hierarchies() {
-        let _ = fs::write(
-            join_path(&hierarchy, path).join("cgroup.procs"),
-            pid.to_string(),
-        );
+    for (dir, _) in directories(&handle(path), path) {
+        let _ = fs::write(dir.join("cgroup.procs"), pid.to_string());
     }
 }
 
 /// Updates the limits of an existing cgroup (`burrow update`).
 pub fn update(path: &str, limits: &Limits) -> Result<()> {
-    for hierarchy in hierarchies() {
-        apply_limits(&join_path(&hierarchy, path), is_cgroup2(&hierarchy), limits)?;
-    }
-    Ok(())
+    apply_limits(&handle(path), path, limits)
 }
 
 /// What a delegated cgroup's owner gets: the directory (to make sub-cgroups) and the files that
@@ -213,41 +253,20 @@ fn delegate(dir: &Path, unified: bool, (uid, gid): (u32, u32)) -> Result<()> {
         .into_iter()
         .filter(|f| unified || !v2_only.contains(f))
     {
-        let path = if file.is_empty() {
-            dir.to_path_buf()
-        } else {
-            dir.join(file)
-        };
+        let path = dir.join(file);
         if path.exists() {
-            std::os::unix::fs::chown(&path, Some(uid), Some(gid))
+            chown(&path, Some(uid), Some(gid))
                 .map_err(io(format!("delegating {}", path.display())))?;
         }
     }
     Ok(())
 }
 
-fn is_cgroup2(hierarchy: &Path) -> bool {
-    hierarchy.join("cgroup.controllers").exists()
-}
-
-fn join_path(hierarchy: &Path, path: &str) -> PathBuf {
-    hierarchy.join(path.trim_start_matches('/'))
-}
-
-/// Every process in the container's cgroup (and its sub-cgroups).
-pub fn pids(path: &str) -> Vec<i32> {
-    let Some(hierarchy) = hierarchies()
-        .into_iter()
-        .find(|h| h.ends_with("pids") || h.ends_with("memory") || is_cgroup2(h))
-    else {
-        return vec![];
-    };
-    let mut pids = vec![];
-    let mut stack = vec![join_path(&hierarchy, path)];
+/// `dir` and every cgroup below it, parents first.
+fn subtree(dir: &Path) -> Vec<PathBuf> {
+    let mut dirs = vec![];
+    let mut stack = vec![dir.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        if let Ok(text) = fs::read_to_string(dir.join("cgroup.procs")) {
-            pids.extend(text.lines().filter_map(|l| l.parse::<i32>().ok()));
-        }
         if let Ok(entries) = fs::read_dir(&dir) {
             stack.extend(
                 entries
@@ -256,82 +275,94 @@ pub fn pids(path: &str) -> Vec<i32> {
                     .map(|e| e.path()),
             );
         }
+        dirs.push(dir);
     }
+    dirs
+}
+
+/// Every process in the container's cgroup and the sub-cgroups its root made.
+pub fn pids(path: &str) -> Vec<i32> {
+    let cgroup = handle(path);
+    // Every process is in each hierarchy: one is enough.
+    let Some(top) = cgroup
+        .controller_of::<PidController>()
+        .map(|c| c.path().to_path_buf())
+        .or_else(|| directories(&cgroup, path).into_iter().next().map(|d| d.0))
+    else {
+        return vec![];
+    };
+    let mut pids: Vec<i32> = subtree(&top)
+        .iter()
+        .filter_map(|dir| fs::read_to_string(dir.join("cgroup.procs")).ok())
+        .flat_map(|text| {
+            text.lines()
+                .filter_map(|l| l.parse::<i32>().ok())
+                .collect::<Vec<_>>()
+        })
+        .collect();
     pids.sort_unstable();
     pids.dedup();
     pids
 }
 
-fn freezer_file(path: &str) -> Option<(PathBuf, &'static str, &'static str)> {
-    for hierarchy in hierarchies() {
-        if hierarchy.ends_with("freezer") {
-            return Some((
-                join_path(&hierarchy, path).join("freezer.state"),
-                "FROZEN",
-                "THAWED",
-            ));
-        }
-    }
-    hierarchies()
-        .into_iter()
-        .find(|h| is_cgroup2(h) && join_path(h, path).join("cgroup.freeze").exists())
-        .map(|h| (join_path(&h, path).join("cgroup.freeze"), "1", "0"))
+fn freezer_state(cgroup: &Cgroup) -> Option<FreezerState> {
+    cgroup.controller_of::<FreezerController>()?.state().ok()
 }
 
 pub fn is_frozen(path: &str) -> bool {
-    freezer_file(path)
-        .and_then(|(file, frozen, _)| Some(fs::read_to_string(file).ok()?.trim() == frozen))
-        .unwrap_or(false)
+    matches!(freezer_state(&handle(path)), Some(FreezerState::Frozen))
 }
 
 pub fn freeze(path: &str, frozen: bool) -> Result<()> {
-    let (file, on, off) = freezer_file(path).ok_or(CgroupError::NoFreezer)?;
-    write(&file, if frozen { on } else { off })?;
+    let cgroup = handle(path);
+    let freezer = cgroup
+        .controller_of::<FreezerController>()
+        .filter(|f| f.path().exists())
+        .ok_or(CgroupError::NoFreezer)?;
+    let action = if frozen { "freeze" } else { "thaw" };
+    if frozen {
+        freezer.freeze()
+    } else {
+        freezer.thaw()
+    }
+    .map_err(controller(format!("asking cgroup {path} to {action}")))?;
     for _ in 0..100 {
-        if is_frozen(path) == frozen {
+        let state = freezer_state(&cgroup);
+        if matches!(
+            (frozen, state),
+            (true, Some(FreezerState::Frozen)) | (false, Some(FreezerState::Thawed))
+        ) {
             return Ok(());
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     Err(CgroupError::FreezeTimeout {
         path: path.to_string(),
-        action: if frozen { "freeze" } else { "thaw" },
+        action,
     })
 }
 
 /// Removes the container's cgroup (with any sub-cgroups its root made) from every hierarchy.
 pub fn remove(path: &str) {
-    for hierarchy in hierarchies() {
-        let top = join_path(&hierarchy, path);
-        let mut dirs = vec![];
-        let mut stack = vec![top.clone()];
-        while let Some(dir) = stack.pop() {
-            if let Ok(entries) = fs::read_dir(&dir) {
-                stack.extend(
-                    entries
-                        .flatten()
-                        .filter(|e| e.path().is_dir())
-                        .map(|e| e.path()),
-                );
-            }
-            dirs.push(dir);
+    let cgroup = handle(path);
+    let dirs = directories(&cgroup, path);
+    // A delegated subtree belongs to the container's root: take it back (CAP_CHOWN) so that
+    // removing it needs no CAP_DAC_OVERRIDE, and a cgroup that cannot go yet (a process still
+    // in it) is root's again.
+    for dir in dirs.iter().flat_map(|(dir, _)| subtree(dir)) {
+        for file in DELEGATED {
+            let _ = chown(dir.join(file), Some(0), Some(0));
         }
-        // A delegated subtree belongs to the container's root: take it back (CAP_CHOWN) so
-        // that removing it needs no CAP_DAC_OVERRIDE, and a cgroup that cannot go yet (a
-        // process still in it) is root's again.
-        for dir in &dirs {
-            for file in DELEGATED {
-                let _ = std::os::unix::fs::chown(dir.join(file), Some(0), Some(0));
-            }
-        }
-        for dir in dirs.iter().rev() {
-            for _ in 0..50 {
-                match fs::remove_dir(dir) {
-                    Ok(()) => break,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
-                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
-                }
-            }
+    }
+    if let Err(e) = cgroup.delete() {
+        tracing::debug!("removing cgroup {path}: {e}");
+    }
+    if let Some(unified) = hybrid_unified_mount() {
+        for dir in subtree(&unified.join(path.trim_start_matches('/')))
+            .iter()
+            .rev()
+        {
+            let _ = fs::remove_dir(dir);
         }
     }
 }

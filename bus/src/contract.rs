@@ -27,6 +27,9 @@ pub mod mount {
     pub const OBJECT_PATH: &str = "/org/burrow/Mount1";
     pub const ACTION_IDMAP: &str = "org.burrow.mount.idmap";
     pub const ACTION_BUILD: &str = "org.burrow.mount.build";
+    /// Most fds in BuildRoot's `fds`: below the 64 fds per message that Burrow's bus policy
+    /// allows (the system bus's default is 16), so that mountd answers, not the bus.
+    pub const MAX_FDS: usize = 48;
 }
 
 /// Longest object name (container id) a helper accepts, in bytes.

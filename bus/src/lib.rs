@@ -6,6 +6,7 @@
 //! state files and user-namespace fd checks.
 
 pub mod authz;
+#[cfg(feature = "cgroup")]
 pub mod cgroup;
 pub mod contract;
 pub mod error;

@@ -7,6 +7,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::sys::stat::fstat;
 
+use crate::contract::RANGE_SIZE;
 use crate::BurrowError;
 
 // From <linux/nsfs.h>.
@@ -190,21 +191,42 @@ impl NsWorker {
 }
 
 impl NsWorker {
-    /// The host uid and gid that the namespace's root (ID 0) maps to.
+    /// The host uid and gid of the namespace's root, once idmapd has given it a range: devd and
+    /// mountd serve only such namespaces, never one its creator mapped itself.
     pub fn root_ids(&self) -> Result<(u32, u32), BurrowError> {
-        let host_root = |which: &str| -> Result<u32, BurrowError> {
-            let path = self.proc_path(which);
-            let map = std::fs::read_to_string(&path)
-                .map_err(|e| BurrowError::Failed(format!("reading {}: {e}", path.display())))?;
-            host_id_of(&map, 0).ok_or_else(|| {
-                BurrowError::InvalidArgument(format!(
-                    "the user namespace maps no {} 0 yet; allocate its range first \
-                     (org.burrow.IdMap1.Allocate)",
-                    if which == "uid_map" { "uid" } else { "gid" }
-                ))
-            })
-        };
-        Ok((host_root("uid_map")?, host_root("gid_map")?))
+        let (uid_map, gid_map) = self.maps()?;
+        Ok((range_base(&uid_map, "uid")?, range_base(&gid_map, "gid")?))
+    }
+}
+
+/// The first host ID of a map that is one Burrow range (`0 BASE 65536`, BASE aligned).
+fn range_base(map: &str, which: &str) -> Result<u32, BurrowError> {
+    let extents: Vec<Vec<u32>> = map
+        .lines()
+        .map(|l| {
+            l.split_whitespace()
+                .filter_map(|f| f.parse().ok())
+                .collect()
+        })
+        .collect();
+    match &extents[..] {
+        [] => Err(BurrowError::InvalidArgument(format!(
+            "the user namespace maps no {which} 0 yet; allocate its range first \
+             (org.burrow.IdMap1.Allocate)"
+        ))),
+        [extent]
+            if extent[..] == [0, extent[1], RANGE_SIZE]
+                && extent[1] > 0
+                && extent[1] % RANGE_SIZE == 0 =>
+        {
+            Ok(extent[1])
+        }
+        _ => Err(BurrowError::InvalidArgument(format!(
+            "the user namespace's {which}_map ({}) is not a range from idmapd: it was mapped \
+             by its creator; allocate a range with org.burrow.IdMap1.Allocate on a fresh \
+             namespace",
+            map.split_whitespace().collect::<Vec<_>>().join(" ")
+        ))),
     }
 }
 
@@ -352,6 +374,28 @@ pub unsafe fn close_all_except(keep: &[RawFd]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_idmapd_ranges_count() {
+        assert_eq!(
+            range_base("         0     524288      65536\n", "uid").unwrap(),
+            524288
+        );
+        for map in [
+            "",
+            "0 1000 1\n",
+            "0 0 65536\n",
+            "0 524289 65536\n",
+            "0 524288 65535\n",
+            "0 524288 1\n1 600000 65535\n",
+            "1 524288 65536\n",
+        ] {
+            assert!(
+                matches!(range_base(map, "uid"), Err(BurrowError::InvalidArgument(_))),
+                "{map:?} accepted"
+            );
+        }
+    }
 
     #[test]
     fn finds_host_ids_in_maps() {

@@ -117,6 +117,10 @@ pub fn extra_node(
             allowlist_path.display().to_string(),
         ));
     }
+    // By name too, so the answer does not depend on whether this host has the node.
+    if let Some((major, minor, what)) = NEVER.iter().find(|(_, _, never)| *never == name) {
+        return Err(DeviceError::Forbidden(name.into(), what, *major, *minor));
+    }
     let st = rustix::fs::lstat(host_dev.join(name))
         .map_err(|e| DeviceError::Host(name.into(), e.to_string()))?;
     if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::CharacterDevice {

@@ -96,8 +96,8 @@ impl Mount {
             let uid = caller.uid;
             blocking(move || {
                 let worker = userns.enter()?;
-                let mapping = mapping_for(uid, &userns, &worker)?;
                 let owner = worker.root_ids()?;
+                let mapping = mapping_for(uid, &userns, &worker)?;
                 let mapping = Mapping {
                     userns: mapping.as_fd(),
                     owner,

@@ -4,10 +4,9 @@ use std::collections::HashMap;
 
 use zbus::zvariant::OwnedValue;
 
+use burrow_bus::contract::mount::MAX_FDS;
 use burrow_bus::BurrowError;
 
-/// Most fds one BuildRoot call may pass.
-pub const MAX_FDS: usize = 64;
 /// Most mounts, masked and read-only paths one plan may hold, each.
 pub const MAX_ENTRIES: usize = 256;
 /// Marks "no source fd" in a mount entry.

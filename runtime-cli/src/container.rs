@@ -551,6 +551,17 @@ fn create_steps(
             m.options.clone(),
         ));
     }
+    // One more for devd's /dev.
+    if fds.len() + 1 > burrow_bus::contract::mount::MAX_FDS {
+        return Err(CliError::Bundle {
+            bundle: bundle.dir.display().to_string(),
+            reason: format!(
+                "{} bind mounts: a container can have at most {}",
+                fds.len() - 1,
+                burrow_bus::contract::mount::MAX_FDS - 2
+            ),
+        });
+    }
     let readonly_root = bundle
         .spec
         .root()

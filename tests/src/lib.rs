@@ -318,6 +318,21 @@ impl Harness {
         harness
     }
 
+    /// The helper owning `bus_name`, started by hand with the command line the bus would
+    /// activate it with.
+    pub fn helper_command(&self, bus_name: &str) -> Command {
+        let service =
+            fs::read_to_string(self.dir.join(format!("services/{bus_name}.service"))).unwrap();
+        let exec = service
+            .lines()
+            .find_map(|l| l.strip_prefix("Exec="))
+            .expect("Exec= line");
+        let mut argv = exec.split(' ');
+        let mut cmd = self.command(argv.next().unwrap());
+        cmd.args(argv);
+        cmd
+    }
+
     /// A command with this bus as its system bus.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut cmd = Command::new(program);
@@ -490,6 +505,57 @@ fn bus_config(socket: &Path, dir: &Path) -> String {
 }
 
 /// Polls `check` every 20 ms for up to 20 s.
+/// A user namespace of root's (held by a `sleep` in it), to hand to a user's client as fd 3:
+/// someone else's namespace, which every helper must refuse.
+pub struct RootsUserns {
+    holder: Child,
+    file: fs::File,
+}
+
+impl RootsUserns {
+    pub fn new() -> Self {
+        let holder = Command::new("unshare")
+            .args(["--user", "sleep", "120"])
+            .spawn()
+            .unwrap();
+        let own = fs::read_link("/proc/self/ns/user").unwrap();
+        wait_for("root's userns", || {
+            fs::read_link(format!("/proc/{}/ns/user", holder.id())).is_ok_and(|l| l != own)
+        });
+        let file = fs::File::open(format!("/proc/{}/ns/user", holder.id())).unwrap();
+        RootsUserns { holder, file }
+    }
+
+    /// Makes `cmd` inherit the namespace as its fd 3.
+    pub fn pass_as_fd3(&self, cmd: &mut Command) {
+        use std::os::fd::AsRawFd;
+        let raw = self.file.as_raw_fd();
+        // SAFETY: dup2 and fcntl between fork and exec, on an fd that outlives the spawn.
+        unsafe {
+            cmd.pre_exec(move || {
+                // dup2 onto itself would keep close-on-exec, so clear the flag explicitly.
+                if libc::dup2(raw, 3) < 0 || libc::fcntl(3, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+}
+
+impl Default for RootsUserns {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for RootsUserns {
+    fn drop(&mut self) {
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+    }
+}
+
 pub fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
     let start = Instant::now();
     while !check() {
@@ -563,11 +629,15 @@ pub fn busybox_rootfs(dir: &Path, owner: Option<User>) -> PathBuf {
 
 /// Lines of the host's mount table, to check that nothing leaked into it (without the
 /// overlays that tests mount on purpose, possibly in parallel).
+/// The directory name below which tests mount filesystems of their own in the host's mount
+/// namespace (left out of [`host_mounts`], as tests run in parallel).
+pub const SCRATCH_FILESYSTEMS: &str = "/scratch-filesystems/";
+
 pub fn host_mounts() -> Vec<String> {
     fs::read_to_string("/proc/self/mountinfo")
         .unwrap()
         .lines()
-        .filter(|l| !l.contains("/ovl/merged "))
+        .filter(|l| !l.contains("/ovl/merged ") && !l.contains(SCRATCH_FILESYSTEMS))
         .map(String::from)
         .collect()
 }

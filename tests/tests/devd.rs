@@ -2,7 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use burrow_tests::{assert_error, json_lines, test_users, wait_for, Harness, HarnessOptions, User};
+use burrow_tests::{
+    assert_error, json_lines, test_users, wait_for, Harness, HarnessOptions, RootsUserns, User,
+};
 use serde_json::Value;
 
 fn dev_create(h: &Harness, user: Option<User>, args: &[&str]) -> Value {
@@ -29,8 +31,8 @@ fn harness_with_allowlist() -> (Harness, std::path::PathBuf) {
         std::process::id(),
         std::thread::current().id()
     ));
-    // fuse and net/tun are fine; kmsg is never allowed; loop0 is a block device.
-    std::fs::write(&list, "# test allowlist\nfuse\nnet/tun\nkmsg\nloop0\n").unwrap();
+    // fuse and net/tun are fine; kmsg and mem are never allowed; loop0 is a block device.
+    std::fs::write(&list, "# test allowlist\nfuse\nnet/tun\nkmsg\nmem\nloop0\n").unwrap();
     let h = Harness::start(HarnessOptions {
         devd_args: vec!["--allowlist".into(), list.display().to_string()],
         ..Default::default()
@@ -163,10 +165,15 @@ fn extra_devices_only_from_the_allowlist_and_with_their_own_action() {
         &dev_create(&h, None, &["--extra", "kvm"]),
         "org.burrow.Error.NotAuthorized",
     );
-    assert_error(
-        &dev_create(&h, None, &["--extra", "kmsg"]),
-        "org.burrow.Error.NotAuthorized",
-    );
+    // Listed by the admin, yet never given: the kernel log and raw memory.
+    for never in ["kmsg", "mem"] {
+        let refused = dev_create(&h, None, &["--extra", never]);
+        assert_error(&refused, "org.burrow.Error.NotAuthorized");
+        assert!(
+            refused["message"].as_str().unwrap().contains("never given"),
+            "{refused}"
+        );
+    }
     assert_error(
         &dev_create(&h, None, &["--extra", "tty1"]),
         "org.burrow.Error.NotAuthorized",
@@ -204,6 +211,29 @@ fn bad_input_is_named() {
     );
     assert_error(
         &dev_create(&h, Some(test_users().bob), &["--unmapped"]),
+        "org.burrow.Error.NotAuthorized",
+    );
+    // A namespace its creator mapped itself (`0 <alice> 1`), for her and for root: devd serves
+    // only ranges from idmapd.
+    for user in [alice, None] {
+        let refused = dev_create(&h, user, &["--fd-kind", "self-mapped", "--unmapped"]);
+        assert_error(&refused, "org.burrow.Error.InvalidArgument");
+        assert!(
+            refused["message"]
+                .as_str()
+                .unwrap()
+                .contains("not a range from idmapd"),
+            "{refused}"
+        );
+    }
+    // Someone else's namespace (root's), handed to alice.
+    let roots = RootsUserns::new();
+    let mut cmd = h.client(alice);
+    cmd.args(["dev-create", "--fd-kind", "inherited"]);
+    roots.pass_as_fd3(&mut cmd);
+    let out = cmd.output().unwrap();
+    assert_error(
+        &json_lines(&out.stdout)[0],
         "org.burrow.Error.NotAuthorized",
     );
 }

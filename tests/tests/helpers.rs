@@ -105,3 +105,196 @@ fn helpers_keep_only_the_capabilities_they_need() {
         assert_eq!(got["CapAmb"], 0, "{binary} keeps ambient capabilities");
     }
 }
+
+/// Each helper tells its service manager (`Type=notify`) when it owns its bus name and when it
+/// is shutting down, and exits cleanly on SIGTERM.
+#[test]
+fn helpers_notify_ready_and_stopping() {
+    let h = Harness::start(HarnessOptions::default());
+    for bus_name in ["org.burrow.IdMap1", "org.burrow.Dev1", "org.burrow.Mount1"] {
+        let socket_path = h.dir.join(format!("notify-{bus_name}"));
+        let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+        socket
+            .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        let mut helper = h
+            .helper_command(bus_name)
+            .env("NOTIFY_SOCKET", &socket_path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut message = [0u8; 256];
+        let n = socket.recv(&mut message).expect("no READY=1");
+        assert_eq!(
+            String::from_utf8_lossy(&message[..n]).trim(),
+            "READY=1",
+            "{bus_name}"
+        );
+        assert!(
+            h.name_has_owner(bus_name),
+            "{bus_name} was ready before owning its name"
+        );
+        // SAFETY: kill(2) on our own child, which has not been reaped yet.
+        assert_eq!(unsafe { libc::kill(helper.id() as i32, libc::SIGTERM) }, 0);
+        let n = socket.recv(&mut message).expect("no STOPPING=1");
+        assert_eq!(
+            String::from_utf8_lossy(&message[..n]).trim(),
+            "STOPPING=1",
+            "{bus_name}"
+        );
+        assert!(helper.wait().unwrap().success(), "{bus_name} exit status");
+        assert!(!h.name_has_owner(bus_name), "{bus_name} still owned");
+    }
+}
+
+fn make(args: &[&str]) {
+    let out = std::process::Command::new("make")
+        .arg("-C")
+        .arg(burrow_tests::workspace_root())
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "make {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn files_below(dir: &std::path::Path) -> Vec<String> {
+    let mut files = vec![];
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap().flatten() {
+            if entry.file_type().unwrap().is_dir() {
+                stack.push(entry.path());
+            } else {
+                let relative = entry.path().strip_prefix(dir).unwrap().to_owned();
+                files.push(relative.display().to_string());
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// `make install` (its file-copying part, on the debug build) into a DESTDIR puts everything
+/// where the system's services look for it, and `make uninstall` takes all of it away again;
+/// installed under a real prefix, the units pass `systemd-analyze verify`.
+#[test]
+fn make_install_uninstall_and_verified_units() {
+    use std::os::unix::fs::PermissionsExt;
+    let base = std::path::PathBuf::from(format!("/tmp/burrow-install-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let staged = base.join("destdir");
+    let destdir = format!("DESTDIR={}", staged.display());
+    make(&["install-files", "PROFILE=dev", &destdir]);
+    let mut expected = vec![
+        "etc/polkit-1/rules.d/50-burrow.rules".to_string(),
+        "usr/local/bin/burrow".into(),
+        "usr/share/dbus-1/system.d/org.burrow.conf".into(),
+        "usr/share/polkit-1/actions/org.burrow.policy".into(),
+    ];
+    for (helper, bus_name) in [("idmapd", "IdMap1"), ("devd", "Dev1"), ("mountd", "Mount1")] {
+        expected.push(format!("lib/systemd/system/burrow-{helper}.service"));
+        expected.push(format!("usr/local/libexec/burrow/burrow-{helper}"));
+        expected.push(format!(
+            "usr/share/dbus-1/system-services/org.burrow.{bus_name}.service"
+        ));
+        let activation = std::fs::read_to_string(staged.join(format!(
+            "usr/share/dbus-1/system-services/org.burrow.{bus_name}.service"
+        )))
+        .unwrap();
+        assert!(
+            activation.contains(&format!("Exec=/usr/local/libexec/burrow/burrow-{helper}\n"))
+                && activation.contains(&format!("SystemdService=burrow-{helper}.service")),
+            "{activation}"
+        );
+        let unit = std::fs::read_to_string(
+            staged.join(format!("lib/systemd/system/burrow-{helper}.service")),
+        )
+        .unwrap();
+        assert!(
+            unit.contains(&format!(
+                "ExecStart=/usr/local/libexec/burrow/burrow-{helper}"
+            )),
+            "{unit}"
+        );
+        let mode =
+            std::fs::metadata(staged.join(format!("usr/local/libexec/burrow/burrow-{helper}")))
+                .unwrap()
+                .permissions()
+                .mode();
+        assert_eq!(mode & 0o7777, 0o755);
+    }
+    expected.sort();
+    assert_eq!(files_below(&staged), expected);
+    make(&["uninstall", &destdir]);
+    assert_eq!(files_below(&staged), Vec::<String>::new());
+
+    let prefix = base.join("prefix");
+    let p = prefix.display();
+    make(&[
+        "install-files",
+        "PROFILE=dev",
+        &format!("PREFIX={p}"),
+        &format!("SYSTEMD_UNIT_DIR={p}/units"),
+        &format!("DBUS_SYSTEM_CONF_DIR={p}/dbus"),
+        &format!("DBUS_SYSTEM_SERVICES_DIR={p}/dbus-services"),
+        &format!("POLKIT_ACTIONS_DIR={p}/polkit"),
+        &format!("POLKIT_RULES_DIR={p}/rules"),
+    ]);
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .args(
+            ["idmapd", "devd", "mountd"].map(|h| prefix.join(format!("units/burrow-{h}.service"))),
+        )
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "systemd-analyze verify: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::remove_dir_all(&base).unwrap();
+}
+
+/// The bus policy: only root may own the helpers' names, so nobody can stand in for a helper
+/// and answer its callers.
+#[test]
+fn only_root_may_own_the_helpers_names() {
+    let h = Harness::start(HarnessOptions::default());
+    let alice = burrow_tests::test_users().alice;
+    for bus_name in ["org.burrow.IdMap1", "org.burrow.Dev1", "org.burrow.Mount1"] {
+        let request_name = |user| {
+            h.as_user("busctl", user)
+                .args([
+                    "--system",
+                    "call",
+                    "org.freedesktop.DBus",
+                    "/org/freedesktop/DBus",
+                    "org.freedesktop.DBus",
+                    "RequestName",
+                    "su",
+                    bus_name,
+                    "4",
+                ])
+                .output()
+                .unwrap()
+        };
+        let out = request_name(Some(alice));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains("Access denied"),
+            "alice could own {bus_name}: {stderr}"
+        );
+        // Root may (1: DBUS_REQUEST_NAME_REPLY_PRIMARY_OWNER; the name goes with busctl).
+        let out = request_name(None);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "u 1",
+            "{out:?}"
+        );
+    }
+}

@@ -4,7 +4,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::process::{Output, Stdio};
 
-use burrow_tests::{assert_error, json_lines, test_users, wait_for, Harness, HarnessOptions, User};
+use burrow_tests::{
+    assert_error, json_lines, test_users, wait_for, Harness, HarnessOptions, RootsUserns, User,
+};
 use serde_json::Value;
 
 const RANGE: u64 = 65536;
@@ -320,6 +322,13 @@ fn bad_input_is_named_and_changes_nothing() {
     let kept_base = base_of(&kept.next_json());
     let before = h.persisted_records();
     assert_eq!(before.len(), 1);
+    let idmapd = h.idmapd_pids()[0];
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{idmapd}/fd"))
+            .unwrap()
+            .count()
+    };
+    let fds_before = fds();
 
     // Not a user namespace.
     assert_error(
@@ -375,39 +384,17 @@ fn bad_input_is_named_and_changes_nothing() {
         "org.burrow.Error.AlreadyExists",
     );
     // Someone else's user namespace (root's), handed to alice as fd 3.
-    let root_ns = std::process::Command::new("unshare")
-        .args(["--user", "sleep", "60"])
-        .spawn()
-        .unwrap();
-    let own = std::fs::read_link("/proc/self/ns/user").unwrap();
-    wait_for("root's userns", || {
-        std::fs::read_link(format!("/proc/{}/ns/user", root_ns.id())).is_ok_and(|l| l != own)
-    });
-    let ns_file = std::fs::File::open(format!("/proc/{}/ns/user", root_ns.id())).unwrap();
+    let roots = RootsUserns::new();
     let mut cmd = h.client(alice());
     cmd.args(["allocate", "--name", "stolen", "--fd-kind", "inherited"]);
-    use std::os::fd::AsRawFd;
-    use std::os::unix::process::CommandExt;
-    let raw = ns_file.as_raw_fd();
-    // SAFETY: dup2 between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            // dup2 onto itself would keep close-on-exec, so clear the flag explicitly.
-            if libc::dup2(raw, 3) < 0 || libc::fcntl(3, libc::F_SETFD, 0) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    roots.pass_as_fd3(&mut cmd);
     let out = cmd.output().unwrap();
     check(&out, &h);
     assert_error(
         &json_lines(&out.stdout)[0],
         "org.burrow.Error.NotAuthorized",
     );
-    let mut root_ns = root_ns;
-    root_ns.kill().unwrap();
-    root_ns.wait().unwrap();
+    drop(roots);
     // Not in group burrow: polkit says no.
     assert_error(
         &one(&h, bob(), &["allocate", "--name", "bob"]),
@@ -444,6 +431,9 @@ fn bad_input_is_named_and_changes_nothing() {
         base_of(&one(&h, alice(), &["get", "--name", "kept"])),
         kept_base
     );
+    // No refused call left an fd (a namespace, say) in the same idmapd.
+    assert_eq!(h.idmapd_pids(), vec![idmapd]);
+    wait_for("idmapd's fds back to their count", || fds() <= fds_before);
     kept.finish();
 }
 
@@ -496,10 +486,12 @@ fn pool_and_quota_exhaustion() {
 fn ranges_avoid_subordinate_ids_and_accounts() {
     let dir = std::env::temp_dir().join(format!("burrow-excl-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    // subuid covers the first range, a passwd entry sits in the second, a group in the fourth.
+    // Ranges of the pool, in order: subuid covers the first, a passwd entry sits in the
+    // second, subgid reaches into the third, a group sits in the fourth. The fifth is free.
     std::fs::write(dir.join("subuid"), "someone:524288:65536\n").unwrap();
     std::fs::write(dir.join("passwd"), "far:x:600000:600000::/:/bin/false\n").unwrap();
-    std::fs::write(dir.join("group"), "farg:x:786500:\n").unwrap();
+    std::fs::write(dir.join("subgid"), "other:655000:1000\n").unwrap();
+    std::fs::write(dir.join("group"), "farg:x:786000:\n").unwrap();
     let p = |f: &str| dir.join(f).display().to_string();
     let h = Harness::start(HarnessOptions {
         idmapd_args: vec![
@@ -509,6 +501,8 @@ fn ranges_avoid_subordinate_ids_and_accounts() {
             (burrow_tests::pool_window(1) - 1).to_string(),
             "--subid-file".into(),
             p("subuid"),
+            "--subid-file".into(),
+            p("subgid"),
             "--id-db-file".into(),
             p("passwd"),
             "--id-db-file".into(),
@@ -516,10 +510,19 @@ fn ranges_avoid_subordinate_ids_and_accounts() {
         ],
         ..Default::default()
     });
+    // The pool's properties are the configured bounds.
+    let props = one(&h, None, &["props"]);
+    assert_eq!(props["pool_start"], 524288, "{props}");
+    assert_eq!(
+        props["pool_end"].as_u64(),
+        Some(u64::from(burrow_tests::pool_window(1) - 1)),
+        "{props}"
+    );
+    assert_eq!(props["range_size"], 65536, "{props}");
     let mut a = spawn(&h, None, &["allocate", "--name", "a", "--hold"]);
-    assert_eq!(base_of(&a.next_json()), 655360);
+    assert_eq!(base_of(&a.next_json()), 524288 + 4 * 65536);
     let b = base_of(&one(&h, None, &["allocate", "--name", "b"]));
-    assert_eq!(b, 720896);
+    assert_eq!(b, 524288 + 5 * 65536);
     a.finish();
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use burrow_tests::{
     assert_error, busybox_rootfs, host_mounts, json_lines, key_values, test_users, Harness,
-    HarnessOptions, User,
+    HarnessOptions, RootsUserns, User, SCRATCH_FILESYSTEMS,
 };
 use serde_json::{json, Value};
 
@@ -32,6 +32,9 @@ echo "null_write=$(r sh -c 'echo x > /dev/null')"
 echo "mknod=$(r mknod /tmp/n c 1 3)"
 echo "nested_proc=$(r unshare -U -r -p -m -f sh -c 'mount -t proc proc /proc')"
 echo "timer_list_bytes=$(wc -c < /proc/timer_list)"
+echo "keys_bytes=$(wc -c < /proc/keys)"
+echo "acpi_entries=$(ls -A /proc/acpi | wc -l)"
+echo "firmware_entries=$(ls -A /sys/firmware | wc -l)"
 echo "dev=$(ls /dev | tr '\n' ' ')"
 echo "uid_map=$(cat /proc/self/uid_map | tr -s ' ')"
 echo "busybox_owner=$(stat -c %u:%g /bin/busybox)"
@@ -122,7 +125,15 @@ fn container_mounts_are_locked_masked_and_id_mapped() {
                 "{allowed} failed inside the container: {kv:?}"
             );
         }
-        assert_eq!(kv["timer_list_bytes"], "0");
+        // The masks are there (the host's files are not empty), and stay: umount failed.
+        for masked in [
+            "timer_list_bytes",
+            "keys_bytes",
+            "acpi_entries",
+            "firmware_entries",
+        ] {
+            assert_eq!(kv[masked], "0", "{masked}: {kv:?}");
+        }
         // No helper worker may be left (orphaned) in the container's pid namespace.
         assert_eq!(kv["foreign_zombies"], "0", "{kv:?}");
         assert_eq!(kv["dev"], EXPECTED_DEV);
@@ -170,11 +181,45 @@ fn overlay_rootfs_is_mapped_layer_by_layer() {
         .status()
         .unwrap();
     assert!(status.success());
+    let owners_on_disk = || {
+        let mut owners = vec![];
+        let mut stack = vec![lower.clone()];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+                let meta = entry.path().symlink_metadata().unwrap();
+                owners.push((entry.path(), meta.uid(), meta.gid()));
+                if meta.is_dir() {
+                    stack.push(entry.path());
+                }
+            }
+        }
+        owners.sort();
+        owners
+    };
+    let lower_before = owners_on_disk();
+    let before = host_mounts();
     let script = "stat -c busybox_owner=%u /bin/busybox; echo hi > /from-inside && echo write=ok; \
                   echo changed > /etc/hostname && rm /bin/ls && echo copy_up=ok";
     let v = container(&h, None, &merged, script, json!({}));
+    // IdmapMount of the overlay on its own, as the runtime uses for Docker's rootfs.
+    let mapped = idmap_mount(&h, None, &merged, &["--create", "via-idmap-mount"]);
+    let after = host_mounts();
     let _ = std::process::Command::new("umount").arg(&merged).status();
     assert_eq!(v["ok"], true, "{v}\n{}", h.log());
+    assert_eq!(mapped["inside"]["owners"]["bin"], json!([0, 0]), "{mapped}");
+    assert_eq!(mapped["inside"]["create_errno"], Value::Null, "{mapped}");
+    assert_eq!(
+        std::fs::metadata(upper.join("via-idmap-mount"))
+            .unwrap()
+            .uid(),
+        0
+    );
+    assert_eq!(after, before, "a mount was left behind");
+    assert_eq!(
+        owners_on_disk(),
+        lower_before,
+        "the lower layer was chowned"
+    );
     let kv = key_values(v["output"].as_str().unwrap());
     assert_eq!(kv["busybox_owner"], "0");
     assert_eq!(kv["write"], "ok");
@@ -233,6 +278,15 @@ fn bad_plans_and_fds_are_named_errors_and_leave_nothing() {
     let rootfs = busybox_rootfs(&workdir(&h, "rootfs"), None);
     let alice_rootfs = busybox_rootfs(&workdir(&h, "alice-rootfs"), alice);
     let before = host_mounts();
+    // mountd's fds once it has served one build; every refusal below must leave it there.
+    assert_eq!(container(&h, None, &rootfs, "true", json!({}))["exit"], 0);
+    let pid = h.helper_pids("burrow-mountd")[0];
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+    };
+    let settled = fds();
     let invalid = "org.burrow.Error.InvalidArgument";
     assert_error(
         &container(&h, None, &rootfs, "true", json!({"bogus_key": true})),
@@ -262,9 +316,14 @@ fn bad_plans_and_fds_are_named_errors_and_leave_nothing() {
         &container(&h, None, &rootfs, "true", json!({"pidfd_kind": "file"})),
         invalid,
     );
-    let many: Vec<String> = (0..70).map(|_| "/etc/hostname".to_string()).collect();
-    let v = container(&h, None, &rootfs, "true", json!({"extra_fds": many}));
-    assert_eq!(v["ok"], false, "{v}");
+    // Burrow's bus policy lets 64 fds through (the system bus's default is 16): mountd's own
+    // limit of 48 answers. Past 64 the bus itself disconnects the sender.
+    let fds_of = |n: usize| -> Vec<String> { vec!["/etc/hostname".to_string(); n] };
+    let v = container(&h, None, &rootfs, "true", json!({"extra_fds": fds_of(30)}));
+    assert_eq!(v["exit"], 0, "{v}");
+    let v = container(&h, None, &rootfs, "true", json!({"extra_fds": fds_of(50)}));
+    assert_error(&v, invalid);
+    assert!(v["message"].as_str().unwrap().contains("at most 48"), "{v}");
     // Another user's plain process is in the initial user namespace: not a container.
     let mut bobs = std::process::Command::new("setpriv")
         .args([
@@ -343,15 +402,8 @@ fn bad_plans_and_fds_are_named_errors_and_leave_nothing() {
     );
     assert_eq!(v["exit"], 0, "{v}");
     assert_eq!(host_mounts(), before, "a refused build left a mount behind");
-    // No fd of any request stays in the helper.
-    let pid = h.helper_pids("burrow-mountd")[0];
-    let fds = || {
-        std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .unwrap()
-            .count()
-    };
-    let settled = fds();
-    container(&h, None, &rootfs, "true", json!({}));
+    // No fd of any request, refused or served, stays in the helper (the same process).
+    assert_eq!(h.helper_pids("burrow-mountd"), vec![pid]);
     burrow_tests::wait_for("mountd fds back to baseline", || fds() <= settled);
 }
 
@@ -420,5 +472,106 @@ fn idmap_mount_for_root_and_for_a_user() {
         &idmap_mount(&h, None, Path::new("/proc"), &[]),
         "org.burrow.Error.NotSupported",
     );
+    // A namespace alice mapped herself (`0 <alice> 1`), not a range from idmapd.
+    let refused = idmap_mount(&h, Some(alice), &alice_dir, &["--fd-kind", "self-mapped"]);
+    assert_error(&refused, "org.burrow.Error.InvalidArgument");
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("not a range from idmapd"),
+        "{refused}"
+    );
+    // Someone else's namespace (root's), handed to alice.
+    let roots = RootsUserns::new();
+    let mut cmd = h.client(Some(alice));
+    cmd.args(["idmap-mount", "--dir", &alice_dir.display().to_string()])
+        .args(["--fd-kind", "inherited"]);
+    roots.pass_as_fd3(&mut cmd);
+    let out = cmd.output().unwrap();
+    assert_error(
+        &json_lines(&out.stdout)[0],
+        "org.burrow.Error.NotAuthorized",
+    );
+    assert_eq!(host_mounts(), before);
+}
+
+/// tmpfs, and xfs and btrfs on loop images, mounted for a test in the host's mount namespace
+/// (mountd only maps mounts of its own namespace); unmounted when dropped.
+struct ScratchFilesystems {
+    mounted: Vec<PathBuf>,
+}
+
+impl ScratchFilesystems {
+    fn new(h: &Harness) -> Self {
+        let base = PathBuf::from(format!("{}{SCRATCH_FILESYSTEMS}", h.dir.display()));
+        std::fs::create_dir_all(&base).unwrap();
+        let mut scratch = ScratchFilesystems { mounted: vec![] };
+        let run = |program: &str, args: &[&str]| {
+            let out = std::process::Command::new(program)
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{program} {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        for kind in ["tmpfs", "xfs", "btrfs"] {
+            let dir = base.join(kind);
+            std::fs::create_dir(&dir).unwrap();
+            let target = dir.display().to_string();
+            if kind == "tmpfs" {
+                run("mount", &["-t", "tmpfs", "tmpfs", &target]);
+            } else {
+                let image = base.join(format!("{kind}.img")).display().to_string();
+                // xfs needs at least 300 MB; the file stays sparse.
+                run("truncate", &["-s", "320M", &image]);
+                run(&format!("mkfs.{kind}"), &["-q", &image]);
+                run("mount", &["-t", kind, "-o", "loop", &image, &target]);
+            }
+            scratch.mounted.push(dir);
+        }
+        scratch
+    }
+}
+
+impl Drop for ScratchFilesystems {
+    fn drop(&mut self) {
+        for dir in &self.mounted {
+            // The loop devices were set up with autoclear: unmounting frees them.
+            let _ = std::process::Command::new("umount").arg(dir).status();
+        }
+    }
+}
+
+/// IdmapMount on each filesystem kind a rootfs may live on (ext4 is the test directory's, in
+/// `idmap_mount_for_root_and_for_a_user`), for root and for alice.
+#[test]
+fn idmap_mount_on_tmpfs_xfs_and_btrfs() {
+    let h = Harness::start(HarnessOptions::default());
+    let alice = test_users().alice;
+    let scratch = ScratchFilesystems::new(&h);
+    let before = host_mounts();
+    for dir in &scratch.mounted {
+        let kind = dir.file_name().unwrap().to_string_lossy();
+        let root_dir = busybox_rootfs(&dir.join("root-dir"), None);
+        let v = idmap_mount(&h, None, &root_dir, &["--create", "made-by-root"]);
+        assert_eq!(v["inside"]["owners"]["bin"], json!([0, 0]), "{kind}: {v}");
+        assert_eq!(v["inside"]["create_errno"], Value::Null, "{kind}: {v}");
+        let stored = std::fs::metadata(root_dir.join("made-by-root")).unwrap();
+        assert_eq!((stored.uid(), stored.gid()), (0, 0), "{kind}");
+
+        let alice_dir = busybox_rootfs(&dir.join("alice-dir"), Some(alice));
+        let v = idmap_mount(&h, Some(alice), &alice_dir, &["--create", "made-by-alice"]);
+        assert_eq!(v["inside"]["owners"]["bin"], json!([0, 0]), "{kind}: {v}");
+        assert_eq!(v["inside"]["create_errno"], Value::Null, "{kind}: {v}");
+        let stored = std::fs::metadata(alice_dir.join("made-by-alice")).unwrap();
+        assert_eq!(stored.uid(), alice.uid, "{kind}");
+        // Nothing was chowned: the image's files are still alice's on disk.
+        let busybox = std::fs::metadata(alice_dir.join("bin/busybox")).unwrap();
+        assert_eq!(busybox.uid(), alice.uid, "{kind}");
+    }
     assert_eq!(host_mounts(), before);
 }

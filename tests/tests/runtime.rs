@@ -6,6 +6,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use burrow_tests::{bin, busybox_rootfs, wait_for, Harness, HarnessOptions};
@@ -15,6 +16,45 @@ struct Runtime<'a> {
     h: &'a Harness,
     root: PathBuf,
     log: PathBuf,
+}
+
+/// The cgroup v2 test turns this host into a cgroup v2 host for a while, which the other tests
+/// of this file must not see: they hold this shared, it exclusively. (Test files run one after
+/// another.)
+static HOST_CGROUPS: RwLock<()> = RwLock::new(());
+
+fn hybrid_host() -> RwLockReadGuard<'static, ()> {
+    HOST_CGROUPS.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The host's /sys/fs/cgroup overmounted with the cgroup2 hierarchy alone (on this hybrid host,
+/// the one at /sys/fs/cgroup/unified), until dropped.
+struct Cgroup2Host {
+    _exclusive: RwLockWriteGuard<'static, ()>,
+}
+
+impl Cgroup2Host {
+    fn new() -> Self {
+        let exclusive = HOST_CGROUPS.write().unwrap_or_else(|e| e.into_inner());
+        let status = Command::new("mount")
+            .args(["-t", "cgroup2", "cgroup2", "/sys/fs/cgroup"])
+            .status()
+            .unwrap();
+        assert!(status.success(), "mounting cgroup2 on /sys/fs/cgroup");
+        Cgroup2Host {
+            _exclusive: exclusive,
+        }
+    }
+}
+
+impl Drop for Cgroup2Host {
+    fn drop(&mut self) {
+        let status = Command::new("umount").arg("/sys/fs/cgroup").status();
+        assert!(
+            status.is_ok_and(|s| s.success()),
+            "restoring /sys/fs/cgroup"
+        );
+    }
 }
 
 impl<'a> Runtime<'a> {
@@ -165,6 +205,7 @@ const PROBE: &str = "cat /proc/self/uid_map; grep CapEff /proc/self/status; \
 
 #[test]
 fn lifecycle_of_a_system_container() {
+    let _hybrid = hybrid_host();
     let h = Harness::start(HarnessOptions::default());
     let rt = Runtime::new(&h);
     let b = bundle(&h, "life", &["sh", "-c", PROBE], |c| {
@@ -278,8 +319,133 @@ fn lifecycle_of_a_system_container() {
     wait_for("range released", || in_use(&h) == 0);
 }
 
+/// `delete --force` when dropped, so that a failed check leaves no container running.
+struct ForceDelete<'a>(&'a Runtime<'a>, &'a str);
+
+impl Drop for ForceDelete<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.run(&["delete", "--force", self.1]);
+    }
+}
+
+/// The cgroup v2 code paths of the runtime and mountd, on this hybrid host made to look like a
+/// v2 host. Its cgroup2 hierarchy has only the hugetlb controller (the others are bound to v1),
+/// so memory and pids limits cannot be set on it.
+#[test]
+fn cgroup_v2_host() {
+    let _v2 = Cgroup2Host::new();
+    let h = Harness::start(HarnessOptions::default());
+    let rt = Runtime::new(&h);
+    let b = bundle(&h, "v2", &["sleep", "1000"], |c| {
+        c["linux"]["cgroupsPath"] = json!("/burrow-v2/v2")
+    });
+    let (out, _, pid_file) = rt.create(&b, "v2");
+    let _removed_even_on_failure = ForceDelete(&rt, "v2");
+    assert!(out.status.success(), "create: {}", rt.last_error());
+    let pid = fs::read_to_string(&pid_file).unwrap();
+    let membership = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    assert!(
+        membership.lines().any(|l| l == "0::/burrow-v2/v2"),
+        "{membership}"
+    );
+    // mountd gives the container the host's layout: cgroup2 alone, rooted at its cgroup (which
+    // the host sees by its full path).
+    let mounts = fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    assert!(
+        mounts.lines().any(|l| l.contains(" /sys/fs/cgroup ")
+            && l.contains(" - cgroup2 ")
+            && l.split(' ').nth(3) == Some("/burrow-v2/v2")),
+        "{mounts}"
+    );
+    let dir = Path::new("/sys/fs/cgroup/burrow-v2/v2");
+    let base: u32 = fs::read_to_string(format!("/proc/{pid}/uid_map"))
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let owner = |file: &str| {
+        use std::os::unix::fs::MetadataExt;
+        fs::metadata(dir.join(file)).unwrap().uid()
+    };
+    // Delegated as on a v2 host: the directory and the files that manage the subtree.
+    for file in [
+        "",
+        "cgroup.procs",
+        "cgroup.subtree_control",
+        "cgroup.threads",
+    ] {
+        assert_eq!(owner(file), base, "{file:?} not delegated");
+    }
+    for file in ["cgroup.freeze", "cgroup.max.depth", "cgroup.type"] {
+        assert_eq!(owner(file), 0, "{file} must stay root's");
+    }
+    // The parent got the controllers enabled for its children, as runc does.
+    let enabled = fs::read_to_string("/sys/fs/cgroup/burrow-v2/cgroup.subtree_control").unwrap();
+    assert!(enabled.contains("hugetlb"), "{enabled:?}");
+
+    assert!(
+        rt.run(&["start", "v2"]).status.success(),
+        "{}",
+        rt.last_error()
+    );
+    let ps = rt.run(&["ps", "--format", "json", "v2"]);
+    let pids: Vec<i64> = serde_json::from_slice(&ps.stdout).unwrap();
+    assert_eq!(pids, vec![pid.parse::<i64>().unwrap()]);
+
+    assert!(
+        rt.run(&["pause", "v2"]).status.success(),
+        "{}",
+        rt.last_error()
+    );
+    assert_eq!(rt.state("v2")["status"], "paused");
+    let events = fs::read_to_string(dir.join("cgroup.events")).unwrap();
+    assert!(events.contains("frozen 1"), "{events}");
+    assert!(
+        rt.run(&["resume", "v2"]).status.success(),
+        "{}",
+        rt.last_error()
+    );
+    assert_eq!(rt.state("v2")["status"], "running");
+    assert!(fs::read_to_string(dir.join("cgroup.events"))
+        .unwrap()
+        .contains("frozen 0"));
+
+    // A limit whose controller the host lacks is a named error, not silently dropped.
+    let mut update = rt.cmd();
+    update
+        .args(["update", "--resources", "-", "v2"])
+        .stdin(Stdio::piped());
+    let mut child = update.spawn().unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(br#"{"memory": {"limit": 67108864}}"#)
+        .unwrap();
+    assert!(!child.wait().unwrap().success());
+    assert!(
+        rt.last_error().contains("no memory controller"),
+        "{}",
+        rt.last_error()
+    );
+
+    assert!(
+        rt.run(&["delete", "--force", "v2"]).status.success(),
+        "{}",
+        rt.last_error()
+    );
+    assert!(!dir.exists(), "cgroup left");
+    assert!(rt.leftovers().is_empty(), "{:?}", rt.leftovers());
+    let _ = fs::remove_dir("/sys/fs/cgroup/burrow-v2");
+    wait_for("range released", || in_use(&h) == 0);
+}
+
 #[test]
 fn run_propagates_the_exit_code_and_cleans_up() {
+    let _hybrid = hybrid_host();
     let h = Harness::start(HarnessOptions::default());
     let rt = Runtime::new(&h);
     let b = bundle(&h, "exit", &["sh", "-c", "exit 3"], |_| {});
@@ -323,6 +489,7 @@ fn run_propagates_the_exit_code_and_cleans_up() {
 
 #[test]
 fn two_containers_have_disjoint_ranges_and_created_ones_can_be_deleted() {
+    let _hybrid = hybrid_host();
     let h = Harness::start(HarnessOptions::default());
     let rt = Runtime::new(&h);
     let b = bundle(&h, "two", &["sleep", "1000"], |_| {});
@@ -358,6 +525,7 @@ fn two_containers_have_disjoint_ranges_and_created_ones_can_be_deleted() {
 
 #[test]
 fn hooks_get_the_state_on_stdin() {
+    let _hybrid = hybrid_host();
     let h = Harness::start(HarnessOptions::default());
     let rt = Runtime::new(&h);
     let seen = h.dir.join("prestart.json");
@@ -378,6 +546,7 @@ fn hooks_get_the_state_on_stdin() {
 
 #[test]
 fn bad_input_fails_with_a_named_message_and_leaves_nothing() {
+    let _hybrid = hybrid_host();
     let h = Harness::start(HarnessOptions::default());
     let rt = Runtime::new(&h);
     let ok = bundle(&h, "ok", &["sleep", "1000"], |_| {});
@@ -406,6 +575,16 @@ fn bad_input_fails_with_a_named_message_and_leaves_nothing() {
                 c["process"]["args"] = json!([])
             }),
             "process.args is empty",
+        ),
+        (
+            bundle(&h, "manybinds", &["true"], |c| {
+                let binds = (0..47).map(|i| {
+                    json!({"destination": format!("/mnt/b{i}"), "type": "bind",
+                           "source": "/etc/hostname", "options": ["rbind", "ro"]})
+                });
+                c["mounts"].as_array_mut().unwrap().extend(binds);
+            }),
+            "47 bind mounts: a container can have at most 46",
         ),
     ];
     for (dir, message) in cases {

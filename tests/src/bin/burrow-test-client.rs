@@ -407,10 +407,13 @@ fn main() {
                 print(container::run(&conn, &proxy, &rootfs, &script, &plan).await);
             }
             Cmd::IdmapMount { dir, read_only, create, fd_kind } => {
-                let holder = Holder::new(false);
+                let self_mapped = fd_kind == FdKind::SelfMapped;
+                let holder = Holder::new(self_mapped);
                 let name = format!("idm-{}", std::process::id());
-                let allocated = allocate(&proxy, &name, holder.ns("user"), Some(&holder)).await;
-                assert_eq!(allocated["ok"], true, "idmapd: {allocated}");
+                if !self_mapped {
+                    let allocated = allocate(&proxy, &name, holder.ns("user"), Some(&holder)).await;
+                    assert_eq!(allocated["ok"], true, "idmapd: {allocated}");
+                }
                 let userns = match fd_kind {
                     FdKind::Inherited => inherited.take().expect("fd 3"),
                     FdKind::File => File::open("/etc/hostname").unwrap().into(),
@@ -429,7 +432,9 @@ fn main() {
                 };
                 result["op"] = "idmap-mount".into();
                 drop(holder);
-                proxy.release(&name).await.unwrap();
+                if !self_mapped {
+                    proxy.release(&name).await.unwrap();
+                }
                 print(result);
             }
             Cmd::DevCreate { fd_kind, unmapped, extra, bogus_option } => {
