@@ -526,8 +526,23 @@ impl RootsUserns {
         RootsUserns { holder, file }
     }
 
+    /// The test client's answer to `args` (which use `--fd-kind inherited`), run as `user`
+    /// with this namespace as its fd 3.
+    pub fn hand_to(&self, h: &Harness, user: Option<User>, args: &[&str]) -> serde_json::Value {
+        let mut cmd = h.client(user);
+        cmd.args(args);
+        self.pass_as_fd3(&mut cmd);
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "client: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        json_lines(&out.stdout).remove(0)
+    }
+
     /// Makes `cmd` inherit the namespace as its fd 3.
-    pub fn pass_as_fd3(&self, cmd: &mut Command) {
+    fn pass_as_fd3(&self, cmd: &mut Command) {
         use std::os::fd::AsRawFd;
         let raw = self.file.as_raw_fd();
         // SAFETY: dup2 and fcntl between fork and exec, on an fd that outlives the spawn.
@@ -838,6 +853,20 @@ impl Drop for Docker {
 }
 
 /// Asserts that a client result is the named D-Bus error, with a message for a person.
+/// [`assert_error`], and the message says `fragment`.
+pub fn assert_error_says(v: &serde_json::Value, name: &str, fragment: &str) {
+    assert_error(v, name);
+    assert!(
+        v["message"].as_str().unwrap().contains(fragment),
+        "expected {fragment:?} in {v}"
+    );
+}
+
+/// How many fds process `pid` holds open.
+pub fn fd_count(pid: i32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+}
+
 pub fn assert_error(v: &serde_json::Value, name: &str) {
     assert_eq!(v["ok"], false, "expected {name}, got success: {v}");
     assert_eq!(v["error"], name, "{v}");

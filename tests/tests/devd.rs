@@ -3,7 +3,8 @@
 use std::collections::BTreeMap;
 
 use burrow_tests::{
-    assert_error, json_lines, test_users, wait_for, Harness, HarnessOptions, RootsUserns, User,
+    assert_error, assert_error_says, fd_count, json_lines, test_users, wait_for, Harness,
+    HarnessOptions, RootsUserns, User,
 };
 use serde_json::Value;
 
@@ -168,11 +169,7 @@ fn extra_devices_only_from_the_allowlist_and_with_their_own_action() {
     // Listed by the admin, yet never given: the kernel log and raw memory.
     for never in ["kmsg", "mem"] {
         let refused = dev_create(&h, None, &["--extra", never]);
-        assert_error(&refused, "org.burrow.Error.NotAuthorized");
-        assert!(
-            refused["message"].as_str().unwrap().contains("never given"),
-            "{refused}"
-        );
+        assert_error_says(&refused, "org.burrow.Error.NotAuthorized", "never given");
     }
     assert_error(
         &dev_create(&h, None, &["--extra", "tty1"]),
@@ -217,23 +214,15 @@ fn bad_input_is_named() {
     // only ranges from idmapd.
     for user in [alice, None] {
         let refused = dev_create(&h, user, &["--fd-kind", "self-mapped", "--unmapped"]);
-        assert_error(&refused, "org.burrow.Error.InvalidArgument");
-        assert!(
-            refused["message"]
-                .as_str()
-                .unwrap()
-                .contains("not a range from idmapd"),
-            "{refused}"
+        assert_error_says(
+            &refused,
+            "org.burrow.Error.InvalidArgument",
+            "not a range from idmapd",
         );
     }
     // Someone else's namespace (root's), handed to alice.
-    let roots = RootsUserns::new();
-    let mut cmd = h.client(alice);
-    cmd.args(["dev-create", "--fd-kind", "inherited"]);
-    roots.pass_as_fd3(&mut cmd);
-    let out = cmd.output().unwrap();
     assert_error(
-        &json_lines(&out.stdout)[0],
+        &RootsUserns::new().hand_to(&h, alice, &["dev-create", "--fd-kind", "inherited"]),
         "org.burrow.Error.NotAuthorized",
     );
 }
@@ -243,16 +232,13 @@ fn no_fds_or_mounts_left_in_the_helper() {
     let h = Harness::start(HarnessOptions::default());
     dev_create(&h, None, &[]);
     let pid = h.helper_pids("burrow-devd")[0];
-    let fds = || {
-        std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .unwrap()
-            .count()
-    };
-    let before = fds();
+    let before = fd_count(pid);
     for _ in 0..10 {
         dev_create(&h, None, &[]);
     }
-    wait_for("devd fd count back to its baseline", || fds() <= before);
+    wait_for("devd fd count back to its baseline", || {
+        fd_count(pid) <= before
+    });
     let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
     assert_eq!(
         mountinfo.lines().count(),

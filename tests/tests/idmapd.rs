@@ -323,12 +323,7 @@ fn bad_input_is_named_and_changes_nothing() {
     let before = h.persisted_records();
     assert_eq!(before.len(), 1);
     let idmapd = h.idmapd_pids()[0];
-    let fds = || {
-        std::fs::read_dir(format!("/proc/{idmapd}/fd"))
-            .unwrap()
-            .count()
-    };
-    let fds_before = fds();
+    let fds_before = burrow_tests::fd_count(idmapd);
 
     // Not a user namespace.
     assert_error(
@@ -384,17 +379,14 @@ fn bad_input_is_named_and_changes_nothing() {
         "org.burrow.Error.AlreadyExists",
     );
     // Someone else's user namespace (root's), handed to alice as fd 3.
-    let roots = RootsUserns::new();
-    let mut cmd = h.client(alice());
-    cmd.args(["allocate", "--name", "stolen", "--fd-kind", "inherited"]);
-    roots.pass_as_fd3(&mut cmd);
-    let out = cmd.output().unwrap();
-    check(&out, &h);
     assert_error(
-        &json_lines(&out.stdout)[0],
+        &RootsUserns::new().hand_to(
+            &h,
+            alice(),
+            &["allocate", "--name", "stolen", "--fd-kind", "inherited"],
+        ),
         "org.burrow.Error.NotAuthorized",
     );
-    drop(roots);
     // Not in group burrow: polkit says no.
     assert_error(
         &one(&h, bob(), &["allocate", "--name", "bob"]),
@@ -433,7 +425,9 @@ fn bad_input_is_named_and_changes_nothing() {
     );
     // No refused call left an fd (a namespace, say) in the same idmapd.
     assert_eq!(h.idmapd_pids(), vec![idmapd]);
-    wait_for("idmapd's fds back to their count", || fds() <= fds_before);
+    wait_for("idmapd's fds back to their count", || {
+        burrow_tests::fd_count(idmapd) <= fds_before
+    });
     kept.finish();
 }
 
