@@ -63,12 +63,14 @@ test: deps
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
 
-# Removes the test users and group and any harness leftovers. The polkit action file and
+# Removes the test users, group and polkit rule, and any harness leftovers. The polkit action file and
 # example rule the harness installs are the shipped ones (`make uninstall` removes them).
 test-clean:
 	-userdel --remove burrow-alice 2>/dev/null
 	-userdel --remove burrow-bob 2>/dev/null
+	-userdel --remove burrow-carol 2>/dev/null
 	-groupdel burrow 2>/dev/null
+	rm -f /etc/polkit-1/rules.d/60-burrow-test-carol.rules
 	rm -rf /tmp/burrow-test-bin /tmp/burrow-harness-*
 
 bench:

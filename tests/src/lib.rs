@@ -17,6 +17,18 @@ use std::time::{Duration, Instant};
 
 pub const ALICE: &str = "burrow-alice";
 pub const BOB: &str = "burrow-bob";
+/// In group `burrow` and, by a test-only polkit rule, also granted extra devices.
+pub const CAROL: &str = "burrow-carol";
+/// The test-only polkit rule for [`CAROL`] (removed by `make test-clean`).
+const CAROL_RULE: (&str, &str) = (
+    "/etc/polkit-1/rules.d/60-burrow-test-carol.rules",
+    "// Burrow's tests: burrow-carol may ask devd for extra devices.\n\
+     polkit.addRule(function(action, subject) {\n\
+     \x20   if (action.id == \"org.burrow.dev.extra\" && subject.user == \"burrow-carol\") {\n\
+     \x20       return polkit.Result.YES;\n\
+     \x20   }\n\
+     });\n",
+);
 pub const GROUP: &str = "burrow";
 
 /// The workspace root (where dbus-policy/ lives).
@@ -77,6 +89,7 @@ pub struct User {
 pub struct TestUsers {
     pub alice: User,
     pub bob: User,
+    pub carol: User,
 }
 
 /// Creates the test users and group once per process (idempotent across runs).
@@ -98,6 +111,9 @@ pub fn test_users() -> &'static TestUsers {
         if !exists("passwd", BOB) {
             run(Command::new("useradd").args(["--create-home", BOB]));
         }
+        if !exists("passwd", CAROL) {
+            run(Command::new("useradd").args(["--create-home", "--groups", GROUP, CAROL]));
+        }
         let lookup = |name: &str| {
             let user = nix::unistd::User::from_name(name)
                 .unwrap()
@@ -111,9 +127,12 @@ pub fn test_users() -> &'static TestUsers {
             .as_raw();
         let (alice_uid, alice_gid) = lookup(ALICE);
         let (bob_uid, bob_gid) = lookup(BOB);
+        let (carol_uid, carol_gid) = lookup(CAROL);
         let alice_groups: &'static [u32] =
             Box::leak(vec![alice_gid, burrow_gid].into_boxed_slice());
         let bob_groups: &'static [u32] = Box::leak(vec![bob_gid].into_boxed_slice());
+        let carol_groups: &'static [u32] =
+            Box::leak(vec![carol_gid, burrow_gid].into_boxed_slice());
         TestUsers {
             alice: User {
                 name: ALICE,
@@ -126,6 +145,12 @@ pub fn test_users() -> &'static TestUsers {
                 uid: bob_uid,
                 gid: bob_gid,
                 groups: bob_groups,
+            },
+            carol: User {
+                name: CAROL,
+                uid: carol_uid,
+                gid: carol_gid,
+                groups: carol_groups,
             },
         }
     })
@@ -148,6 +173,10 @@ fn install_polkit_files() {
                 fs::create_dir_all(Path::new(dst).parent().unwrap()).unwrap();
                 fs::write(dst, content).unwrap();
             }
+        }
+        let (rule, content) = CAROL_RULE;
+        if fs::read_to_string(rule).ok().as_deref() != Some(content) {
+            fs::write(rule, content).unwrap();
         }
     });
 }

@@ -34,8 +34,15 @@ fn harness_with_allowlist() -> (Harness, std::path::PathBuf) {
     ));
     // fuse and net/tun are fine; kmsg and mem are never allowed; loop0 is a block device.
     std::fs::write(&list, "# test allowlist\nfuse\nnet/tun\nkmsg\nmem\nloop0\n").unwrap();
+    let quotas = list.with_extension("quotas");
+    std::fs::write(&quotas, "[user burrow-carol]\nmax_extra_devices = 1\n").unwrap();
     let h = Harness::start(HarnessOptions {
-        devd_args: vec!["--allowlist".into(), list.display().to_string()],
+        devd_args: vec![
+            "--allowlist".into(),
+            list.display().to_string(),
+            "--quota-file".into(),
+            quotas.display().to_string(),
+        ],
         ..Default::default()
     });
     (h, list)
@@ -161,6 +168,20 @@ fn extra_devices_only_from_the_allowlist_and_with_their_own_action() {
         &dev_create(&h, alice, &["--extra", "fuse"]),
         "org.burrow.Error.NotAuthorized",
     );
+    // carol has a rule of her own for that action, and a quota of one extra device.
+    let carol = Some(test_users().carol);
+    let got = entries(&dev_create(&h, carol, &["--extra", "fuse"]));
+    assert_eq!(got["fuse"].4, "10:229");
+    assert_eq!(
+        (got["fuse"].2, got["fuse"].3),
+        (0, 0),
+        "fuse not owned by her root"
+    );
+    assert_error_says(
+        &dev_create(&h, carol, &["--extra", "fuse", "--extra", "net/tun"]),
+        "org.burrow.Error.Exhausted",
+        "quota is 1",
+    );
     // Not listed, never allowed, not a character device, malformed.
     assert_error(
         &dev_create(&h, None, &["--extra", "kvm"]),
@@ -183,7 +204,8 @@ fn extra_devices_only_from_the_allowlist_and_with_their_own_action() {
         &dev_create(&h, None, &["--extra", "../fuse"]),
         "org.burrow.Error.InvalidArgument",
     );
-    std::fs::remove_file(list).unwrap();
+    std::fs::remove_file(&list).unwrap();
+    std::fs::remove_file(list.with_extension("quotas")).unwrap();
 }
 
 #[test]
