@@ -31,7 +31,12 @@ fn hybrid_host() -> RwLockReadGuard<'static, ()> {
 /// the one at /sys/fs/cgroup/unified), until dropped.
 struct Cgroup2Host {
     _exclusive: RwLockWriteGuard<'static, ()>,
+    /// The root's controllers for its children before the test (the runtime enables more,
+    /// as runc does on a v2 host); restored afterwards.
+    enabled_before: String,
 }
+
+const ROOT_SUBTREE_CONTROL: &str = "/sys/fs/cgroup/cgroup.subtree_control";
 
 impl Cgroup2Host {
     fn new() -> Self {
@@ -43,12 +48,23 @@ impl Cgroup2Host {
         assert!(status.success(), "mounting cgroup2 on /sys/fs/cgroup");
         Cgroup2Host {
             _exclusive: exclusive,
+            enabled_before: fs::read_to_string(ROOT_SUBTREE_CONTROL).unwrap(),
         }
     }
 }
 
 impl Drop for Cgroup2Host {
     fn drop(&mut self) {
+        let enabled = fs::read_to_string(ROOT_SUBTREE_CONTROL).unwrap_or_default();
+        for controller in enabled.split_whitespace() {
+            if !self
+                .enabled_before
+                .split_whitespace()
+                .any(|c| c == controller)
+            {
+                let _ = fs::write(ROOT_SUBTREE_CONTROL, format!("-{controller}"));
+            }
+        }
         let status = Command::new("umount").arg("/sys/fs/cgroup").status();
         assert!(
             status.is_ok_and(|s| s.success()),
