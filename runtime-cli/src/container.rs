@@ -62,7 +62,40 @@ fn init_config(spec: &Spec, rootfs: &Path, fifo: RawFd, preserve_fds: i32) -> Re
     {
         config.unshare_flags |= libc::CLONE_NEWTIME;
     }
+    config.create_container_hooks = container_hooks(spec, "createContainer")?;
+    config.start_container_hooks = container_hooks(spec, "startContainer")?;
     Ok(config)
+}
+
+/// The spec's hooks of `phase`, which the init runs inside the container.
+fn container_hooks(spec: &Spec, phase: &str) -> Result<Vec<crate::init::ContainerHook>> {
+    hooks_of(spec, phase)
+        .iter()
+        .map(|hook| {
+            let path = hook.path().to_string_lossy();
+            Ok(crate::init::ContainerHook {
+                path: cstring(&path, "a hook path")?,
+                args: match hook.args() {
+                    Some(args) if !args.is_empty() => args
+                        .iter()
+                        .map(|a| cstring(a, "a hook argument"))
+                        .collect::<Result<_>>()?,
+                    _ => vec![cstring(&path, "a hook path")?],
+                },
+                env: hook
+                    .env()
+                    .iter()
+                    .flatten()
+                    .map(|e| cstring(e, "a hook's environment"))
+                    .collect::<Result<_>>()?,
+                timeout: hook_timeout(hook),
+            })
+        })
+        .collect()
+}
+
+fn hook_timeout(hook: &Hook) -> Duration {
+    Duration::from_secs(hook.timeout().map_or(120, |t| t.max(1) as u64))
 }
 
 /// What a process of the container (the init, or one `exec` starts) needs, prepared before any
@@ -119,6 +152,8 @@ pub fn process_config(
         preserve_fds,
         unshare_flags,
         seccomp: crate::seccomp::system_container_filter()?,
+        create_container_hooks: vec![],
+        start_container_hooks: vec![],
     })
 }
 
@@ -256,8 +291,7 @@ pub fn run_hooks(hooks: &[Hook], state: &serde_json::Value, phase: &str) -> Resu
             let mut stdin = child.stdin.take().unwrap();
             let _ = stdin.write_all(state.to_string().as_bytes());
         }
-        let deadline =
-            Instant::now() + Duration::from_secs(hook.timeout().map_or(120, |t| t.max(1) as u64));
+        let deadline = Instant::now() + hook_timeout(hook);
         loop {
             if let Some(status) = child
                 .try_wait()
@@ -296,6 +330,8 @@ pub fn hooks_of(spec: &Spec, phase: &str) -> Vec<Hook> {
     };
     let list = match phase {
         "createRuntime" => hooks.create_runtime(),
+        "createContainer" => hooks.create_container(),
+        "startContainer" => hooks.start_container(),
         "prestart" => hooks.prestart(),
         "poststart" => hooks.poststart(),
         "poststop" => hooks.poststop(),
@@ -603,13 +639,6 @@ fn create_steps(
         .map_err(|e| CliError::Setup(format!("handing the mount namespace to the init: {e}")))?;
     drop(mntns);
     write_sysctls(&bundle.spec, pid)?;
-    until_ready(
-        sock,
-        "setting up the container",
-        options.console_socket,
-        false,
-    )?;
-
     let record = Record {
         id: id.to_string(),
         bundle: bundle.dir.clone(),
@@ -624,14 +653,31 @@ fn create_steps(
         systemd: bundle.systemd,
         docker_data: undo.docker_data.clone(),
     };
-    store.save(&record)?;
-    let state = record.oci_state(store);
+    // The hooks of create, in the OCI order: the runtime's (here), then the container's (the
+    // init runs them once it has the state).
+    let mut state = record.oci_state(store);
+    state["status"] = "creating".into();
+    state["pid"] = pid.into();
+    run_hooks(&hooks_of(&bundle.spec, "prestart"), &state, "prestart")?;
     run_hooks(
         &hooks_of(&bundle.spec, "createRuntime"),
         &state,
         "createRuntime",
     )?;
-    run_hooks(&hooks_of(&bundle.spec, "prestart"), &state, "prestart")?;
+    if ["createContainer", "startContainer"]
+        .iter()
+        .any(|phase| !hooks_of(&bundle.spec, phase).is_empty())
+    {
+        init::send(sock, format!("state {state}").as_bytes(), None)
+            .map_err(|e| CliError::Setup(format!("handing the state to the init: {e}")))?;
+    }
+    until_ready(
+        sock,
+        "setting up the container",
+        options.console_socket,
+        false,
+    )?;
+    store.save(&record)?;
     if let Some(pid_file) = options.pid_file {
         write_pid_file(pid_file, pid)?;
     }
@@ -791,11 +837,14 @@ pub fn start(store: &Store, id: &str) -> Result<()> {
     let _ = std::fs::remove_file(&fifo_path);
     let spec = Bundle::load(&record.bundle).map(|b| b.spec).ok();
     if let Some(spec) = spec {
-        run_hooks(
+        // The process runs already: a failed poststart hook is only reported (OCI).
+        if let Err(e) = run_hooks(
             &hooks_of(&spec, "poststart"),
             &record.oci_state(store),
             "poststart",
-        )?;
+        ) {
+            crate::log::warn(e.to_string());
+        }
     }
     Ok(())
 }

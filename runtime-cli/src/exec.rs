@@ -53,7 +53,7 @@ fn joiner(namespaces: &[(OwnedFd, &str)], config: &InitConfig, sock: RawFd) -> !
         )
     };
     match child {
-        0 => init::setup_and_exec(config, sock),
+        0 => init::setup_and_exec(config, sock, &[]),
         pid if pid > 0 => {
             let _ = init::send(sock, format!("pid {pid}").as_bytes(), None);
             // SAFETY: leaving a forked child.

@@ -34,6 +34,20 @@ pub struct InitConfig {
     pub unshare_flags: libc::c_int,
     /// The system-container seccomp filter, applied just before the user switch and exec.
     pub seccomp: seccompiler::BpfProgram,
+    /// OCI hooks run inside the container by the init: createContainer ones (binaries of the
+    /// runtime's mount namespace, opened before the init joins the container's mounts) once
+    /// the mounts are in place, startContainer ones (found inside) after `start`, just before
+    /// the process.
+    pub create_container_hooks: Vec<ContainerHook>,
+    pub start_container_hooks: Vec<ContainerHook>,
+}
+
+/// An OCI hook, prepared before the fork.
+pub struct ContainerHook {
+    pub path: CString,
+    pub args: Vec<CString>,
+    pub env: Vec<CString>,
+    pub timeout: std::time::Duration,
 }
 
 /// The socket pair between the CLI and the processes it forks for a container.
@@ -61,7 +75,8 @@ pub fn send(sock: RawFd, data: &[u8], fd: Option<RawFd>) -> nix::Result<()> {
 
 /// Receives one message (and an fd, if one came with it).
 pub fn recv(sock: RawFd) -> nix::Result<(Vec<u8>, Option<RawFd>)> {
-    let mut buf = vec![0u8; 4096];
+    // Room for the container's state (with its annotations), which the init's hooks get.
+    let mut buf = vec![0u8; 256 * 1024];
     let mut cmsg = nix::cmsg_space!([RawFd; 1]);
     let mut iov = [std::io::IoSliceMut::new(&mut buf)];
     let msg = socket::recvmsg::<()>(sock, &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC)?;
@@ -149,6 +164,20 @@ pub fn intermediate(config: &InitConfig, sock: RawFd) -> ! {
 fn init(config: &InitConfig, sock: RawFd) -> ! {
     // SAFETY: prctl on the calling process.
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0) };
+    let create_hook_binaries: Vec<std::os::fd::OwnedFd> = config
+        .create_container_hooks
+        .iter()
+        .map(|hook| {
+            nix::fcntl::open(
+                hook.path.as_c_str(),
+                nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )
+            // SAFETY: a fresh fd from open(2), owned from here on.
+            .map(|fd| unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) })
+            .unwrap_or_else(|e| fail(sock, &format!("createContainer hook {:?}", hook.path), e))
+        })
+        .collect();
     let mntns = match recv(sock) {
         Ok((msg, Some(fd))) if msg == b"mntns" => fd,
         Ok((msg, _)) => fail(
@@ -167,12 +196,101 @@ fn init(config: &InitConfig, sock: RawFd) -> ! {
         );
     }
     let _ = nix::unistd::close(mntns);
-    setup_and_exec(config, sock)
+    let mut state = vec![];
+    if !config.create_container_hooks.is_empty() || !config.start_container_hooks.is_empty() {
+        state = match recv(sock) {
+            Ok((msg, None)) if msg.starts_with(b"state ") => msg[6..].to_vec(),
+            Ok((msg, _)) => fail(
+                sock,
+                "waiting for the container's state",
+                String::from_utf8_lossy(&msg),
+            ),
+            Err(e) => fail(sock, "waiting for the container's state", e),
+        };
+    }
+    for (hook, binary) in config
+        .create_container_hooks
+        .iter()
+        .zip(&create_hook_binaries)
+    {
+        if let Err(e) = run_hook(hook, Some(binary.as_raw_fd()), &state) {
+            fail(sock, &format!("createContainer hook {:?}", hook.path), e);
+        }
+    }
+    drop(create_hook_binaries);
+    setup_and_exec(config, sock, &state)
+}
+
+/// Runs `hook` with `state` on its stdin and waits for it, within its timeout. `binary` is an
+/// O_PATH fd to execute instead of looking the path up here.
+fn run_hook(hook: &ContainerHook, binary: Option<RawFd>, state: &[u8]) -> Result<(), String> {
+    let (stdin_r, stdin_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    let argv: Vec<*const libc::c_char> = hook
+        .args
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain([std::ptr::null()])
+        .collect();
+    let envp: Vec<*const libc::c_char> = hook
+        .env
+        .iter()
+        .map(|e| e.as_ptr())
+        .chain([std::ptr::null()])
+        .collect();
+    // SAFETY: the init is single-threaded; the child only makes raw syscalls before exec.
+    match unsafe { nix::unistd::fork() }.map_err(|e| format!("fork: {e}"))? {
+        nix::unistd::ForkResult::Child => {
+            // SAFETY: raw syscalls on fds and vectors prepared before the fork; never returns.
+            unsafe {
+                libc::dup2(stdin_r.as_raw_fd(), 0);
+                match binary {
+                    Some(fd) => {
+                        // An interpreter of a script finds it as /dev/fd/N: keep N open.
+                        libc::fcntl(fd, libc::F_SETFD, 0);
+                        libc::syscall(
+                            libc::SYS_execveat,
+                            fd,
+                            c"".as_ptr(),
+                            argv.as_ptr(),
+                            envp.as_ptr(),
+                            libc::AT_EMPTY_PATH,
+                        );
+                    }
+                    None => {
+                        libc::execve(hook.path.as_ptr(), argv.as_ptr(), envp.as_ptr());
+                    }
+                }
+                libc::_exit(127)
+            }
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            drop(stdin_r);
+            let _ = std::io::Write::write_all(&mut std::fs::File::from(stdin_w), state);
+            let deadline = std::time::Instant::now() + hook.timeout;
+            loop {
+                use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+                match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::Exited(_, 0)) => return Ok(()),
+                    Ok(WaitStatus::StillAlive) if std::time::Instant::now() < deadline => {
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                    }
+                    Ok(WaitStatus::StillAlive) => {
+                        let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+                        let _ = waitpid(child, None);
+                        return Err("timed out".into());
+                    }
+                    Ok(status) => return Err(format!("ended with {status:?}")),
+                    Err(e) => return Err(format!("waiting: {e}")),
+                }
+            }
+        }
+    }
 }
 
 /// In the container's namespaces already: terminal, hostname, limits, user, then (after
-/// `start`, for the init) exec. Never returns.
-pub fn setup_and_exec(config: &InitConfig, sock: RawFd) -> ! {
+/// `start`, for the init, and its startContainer hooks, which get `state`) exec. Never returns.
+pub fn setup_and_exec(config: &InitConfig, sock: RawFd, state: &[u8]) -> ! {
     let _ = nix::unistd::setsid();
     if config.terminal {
         if let Err(e) = console(sock, config.fifo.is_some()) {
@@ -236,6 +354,25 @@ pub fn setup_and_exec(config: &InitConfig, sock: RawFd) -> ! {
     let _ = nix::unistd::close(sock);
     if let Some(fifo) = config.fifo {
         wait_for_start(fifo);
+    }
+    if !config.start_container_hooks.is_empty() {
+        let state = serde_json::from_slice::<serde_json::Value>(state)
+            .map(|mut state| {
+                state["status"] = "created".into();
+                state.to_string().into_bytes()
+            })
+            .unwrap_or_default();
+        for hook in &config.start_container_hooks {
+            if let Err(e) = run_hook(hook, None, &state) {
+                // `start` has returned already: the container's stderr is the only witness.
+                let message = format!("burrow: startContainer hook {:?}: {e}\n", hook.path);
+                // SAFETY: writing to the container's stderr, then leaving.
+                unsafe {
+                    libc::write(2, message.as_ptr().cast(), message.len());
+                    libc::_exit(1)
+                }
+            }
+        }
     }
     // SAFETY: closing (on exec) every fd above the ones passed on.
     unsafe {

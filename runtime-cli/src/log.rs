@@ -27,6 +27,13 @@ pub fn debug(msg: impl AsRef<str>) {
     }
 }
 
+/// Something went wrong that does not fail the command (a poststart hook), as a `warning` line.
+pub fn warn(msg: impl AsRef<str>) {
+    if let Some(logger) = LOGGER.get() {
+        logger.log("warning", msg.as_ref());
+    }
+}
+
 impl Logger {
     pub fn new(path: Option<&str>, format: &str, stderr_allowed: bool, debug: bool) -> Self {
         let file = path.and_then(|p| {

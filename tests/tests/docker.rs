@@ -147,16 +147,21 @@ fn docker_runs_system_containers() {
     docker.ok(&["unpause", "one"]);
     // update: the new memory limit lands in the container's cgroup.
     docker.ok(&["update", "--memory", "64m", "--memory-swap", "128m", "one"]);
-    let id = docker
-        .ok(&["inspect", "-f", "{{.Id}}", "one"])
+    // Wherever the container's init is in the memory hierarchy (Docker's cgroup parent).
+    let pid = docker
+        .ok(&["inspect", "-f", "{{.State.Pid}}", "one"])
         .trim()
         .to_string();
-    let limit = Path::new("/sys/fs/cgroup/memory/docker")
-        .join(&id)
+    let membership = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let memory_cgroup = membership
+        .lines()
+        .find_map(|l| l.split_once(":memory:").map(|(_, path)| path.to_string()))
+        .expect("no memory cgroup");
+    assert!(memory_cgroup.starts_with("/docker/"), "{memory_cgroup}");
+    let limit = Path::new("/sys/fs/cgroup/memory")
+        .join(memory_cgroup.trim_start_matches('/'))
         .join("memory.limit_in_bytes");
-    if limit.parent().unwrap().exists() {
-        assert_eq!(std::fs::read_to_string(&limit).unwrap().trim(), "67108864");
-    }
+    assert_eq!(std::fs::read_to_string(&limit).unwrap().trim(), "67108864");
     // stop delivers SIGTERM (the trap exits 0; a SIGKILL after the timeout would give 137).
     docker.ok(&["stop", "one"]);
     assert_eq!(
@@ -349,9 +354,13 @@ fn docker_runs_system_containers() {
             .map(|d| d.count() == 0)
             .unwrap_or(true)
     });
-    assert!(
-        !Path::new("/sys/fs/cgroup/memory/docker").join(&id).exists(),
-        "cgroup left behind"
-    );
+    for hierarchy in [
+        "memory", "pids", "cpu", "freezer", "devices", "systemd", "unified",
+    ] {
+        let dir = Path::new("/sys/fs/cgroup")
+            .join(hierarchy)
+            .join(memory_cgroup.trim_start_matches('/'));
+        assert!(!dir.exists(), "cgroup {} left behind", dir.display());
+    }
     wait_for("ranges released", || in_use(&h) == 0);
 }

@@ -120,6 +120,9 @@ enum Cmd {
     /// Internal: joins the user namespace on fd 3 as its root, attaches the mount on fd 4 in a
     /// new mount namespace and reports what it sees.
     InspectDev,
+    /// Makes system calls a seccomp profile may deny, with harmless arguments, and prints
+    /// each one's errno (0: it succeeded), as the kernel answered here.
+    Syscalls,
     /// Internal: like inspect-dev, for an ID-mapped directory: owners inside, and creates
     /// FILE through it.
     InspectMount {
@@ -255,6 +258,43 @@ async fn connect() -> zbus::Connection {
         .expect("connect to the system bus")
 }
 
+fn syscalls() -> Value {
+    let errno = |result: libc::c_long| {
+        if result < 0 {
+            std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
+        } else {
+            0
+        }
+    };
+    let nowhere = c"/nonexistent-burrow-probe";
+    // SAFETY: each call gets null pointers, invalid fds or a path that does not exist, which the
+    // kernel rejects or treats as a no-op (Q_SYNC, iopl to the current level, unshare of nothing).
+    unsafe {
+        json!({
+            "kexec_load": errno(libc::syscall(libc::SYS_kexec_load, 0, 0, 0, 0)),
+            "kexec_file_load": errno(libc::syscall(libc::SYS_kexec_file_load, -1, -1, 0, 0, 0)),
+            "init_module": errno(libc::syscall(libc::SYS_init_module, 0, 0, c"".as_ptr())),
+            "finit_module": errno(libc::syscall(libc::SYS_finit_module, -1, c"".as_ptr(), 0)),
+            "delete_module": errno(libc::syscall(libc::SYS_delete_module, c"burrow-none".as_ptr(), 0)),
+            "open_by_handle_at": errno(libc::syscall(libc::SYS_open_by_handle_at, 9999, 0, 0)),
+            "iopl": errno(libc::syscall(libc::SYS_iopl, 0)),
+            "ioperm": errno(libc::syscall(libc::SYS_ioperm, 0, 0, 0)),
+            "swapon": errno(libc::syscall(libc::SYS_swapon, nowhere.as_ptr(), 0)),
+            "swapoff": errno(libc::syscall(libc::SYS_swapoff, nowhere.as_ptr())),
+            "acct": errno(libc::syscall(libc::SYS_acct, nowhere.as_ptr())),
+            "uselib": errno(libc::syscall(libc::SYS_uselib, nowhere.as_ptr())),
+            "lookup_dcookie": errno(libc::syscall(libc::SYS_lookup_dcookie, 0, 0, 0)),
+            // QCMD(Q_SYNC, USRQUOTA) on no device: sync every filesystem's quotas.
+            "quotactl": errno(libc::syscall(libc::SYS_quotactl, 0x800001 << 8, 0, 0, 0)),
+            "unshare": errno(libc::syscall(libc::SYS_unshare, 0)),
+            "setns": errno(libc::syscall(libc::SYS_setns, -1, 0)),
+            "keyctl": errno(libc::syscall(libc::SYS_keyctl, 0 /* KEYCTL_GET_KEYRING_ID */, -3 /* session */, 0)),
+            "mount": errno(libc::syscall(libc::SYS_mount, 0, nowhere.as_ptr(), 0, 0, 0)),
+            "umount2": errno(libc::syscall(libc::SYS_umount2, nowhere.as_ptr(), 0)),
+        })
+    }
+}
+
 fn wait_for_stdin_eof() {
     let stdin = std::io::stdin();
     for _ in stdin.lock().lines() {}
@@ -265,6 +305,7 @@ fn main() {
     // Before any thread exists: setns(CLONE_NEWUSER) needs a single-threaded process.
     match &args.command {
         Cmd::InspectDev => return print(inspect_dev::run()),
+        Cmd::Syscalls => return print(syscalls()),
         Cmd::InspectMount { create } => return print(inspect_dev::run_mount(create.as_deref())),
         _ => {}
     }
@@ -401,7 +442,7 @@ fn main() {
                     print(both.next().await.expect("signal stream ended"));
                 }
             }
-            Cmd::InspectDev | Cmd::InspectMount { .. } => unreachable!("handled before the runtime starts"),
+            Cmd::InspectDev | Cmd::InspectMount { .. } | Cmd::Syscalls => unreachable!("handled before the runtime starts"),
             Cmd::Container { rootfs, script, plan } => {
                 let plan: Value = serde_json::from_str(&plan).expect("--plan is JSON");
                 print(container::run(&conn, &proxy, &rootfs, &script, &plan).await);
