@@ -769,6 +769,11 @@ impl Docker {
         cmd
     }
 
+    /// The daemon's address, for `DOCKER_HOST`.
+    pub fn host(&self) -> &str {
+        &self.socket
+    }
+
     pub fn run(&self, args: &[&str]) -> Output {
         self.command()
             .args(args)

@@ -84,6 +84,19 @@ fn docker_runs_system_containers() {
         ),
         "{text}"
     );
+    // Interactive: stdin reaches the container, without and with a terminal (`-it` needs one
+    // on the client side too: script(1) provides it).
+    let interactive = |docker_args: &str, input: &str| -> String {
+        let command = format!("docker {docker_args} sh -c 'read line; echo got:$line'");
+        let mut child = docker_shell(&docker, &command);
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), input.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        String::from_utf8_lossy(&out.stdout).replace('\r', "")
+    };
+    let text = interactive("run -i --rm --runtime=burrow bb", "plain\n");
+    assert_eq!(text.trim(), "got:plain", "{text}");
+    let text = interactive("run -it --rm --runtime=burrow bb", "on-a-tty\n");
+    assert!(text.contains("got:on-a-tty"), "{text}");
     // --rm leaves no mount on the host.
     let before = burrow_tests::host_mounts();
     assert!(run(&["--rm", "bb", "true"]).status.success());
@@ -132,6 +145,10 @@ fn docker_runs_system_containers() {
         docker.ok(&["exec", "-t", "one", "tty"]).trim(),
         "/dev/pts/0"
     );
+    let text = interactive("exec -i one", "into-exec\n");
+    assert_eq!(text.trim(), "got:into-exec", "{text}");
+    let text = interactive("exec -it one", "into-exec-tty\n");
+    assert!(text.contains("got:into-exec-tty"), "{text}");
     assert!(
         docker.ok(&["top", "one"]).contains("sleep")
             || docker.ok(&["top", "one"]).contains("sh -c")
@@ -363,4 +380,23 @@ fn docker_runs_system_containers() {
         assert!(!dir.exists(), "cgroup {} left behind", dir.display());
     }
     wait_for("ranges released", || in_use(&h) == 0);
+}
+
+/// `command` (a docker command line for `docker`'s daemon) in a shell, under script(1) when it
+/// asks for a terminal, with stdin and stdout piped.
+fn docker_shell(docker: &burrow_tests::Docker, command: &str) -> std::process::Child {
+    let mut cmd = if command.contains(" -it ") {
+        let mut cmd = std::process::Command::new("script");
+        cmd.args(["-qec", command, "/dev/null"]);
+        cmd
+    } else {
+        let mut cmd = std::process::Command::new("sh");
+        cmd.args(["-c", command]);
+        cmd
+    };
+    cmd.env("DOCKER_HOST", docker.host())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
 }
