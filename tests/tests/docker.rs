@@ -338,7 +338,43 @@ fn docker_runs_system_containers() {
         "cat",
         "/proc/self/uid_map",
     ]);
-    base_of(exec_map.trim());
+    let long_base = base_of(exec_map.trim());
+    // A second task beside it: its own range, and a bind mount both ways.
+    let shared = docker.dir.join("ctr-shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    std::fs::write(shared.join("from-host"), "host-said\n").unwrap();
+    let out = docker.ctr(&[
+        "run",
+        "--rm",
+        "--runc-binary",
+        &wrapper,
+        "--mount",
+        &format!(
+            "type=bind,src={},dst=/data,options=rbind:rw",
+            shared.display()
+        ),
+        "docker.io/library/bb:latest",
+        "ctr-bind",
+        "sh",
+        "-c",
+        "cat /proc/self/uid_map; cat /data/from-host; echo ctr-said > /data/from-ctr",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}");
+    let bind_base = base_of(text.lines().next().unwrap());
+    assert!(
+        bind_base + 65536 <= long_base || long_base + 65536 <= bind_base,
+        "ranges overlap: {bind_base} {long_base}"
+    );
+    assert!(text.contains("host-said"), "{text}");
+    let written = shared.join("from-ctr");
+    assert_eq!(std::fs::read_to_string(&written).unwrap(), "ctr-said\n");
+    let meta = std::fs::metadata(&written).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.gid()),
+        (0, 0),
+        "stored as the container's root"
+    );
     let status = |id: &str| -> String {
         ctr_ok(&["task", "ls"])
             .lines()

@@ -337,6 +337,38 @@ fn lifecycle_of_a_system_container() {
         "67108864"
     );
     assert_eq!(limit("/sys/fs/cgroup/pids/burrow-test/life/pids.max"), "99");
+    // Delegated in every hierarchy of this hybrid host (v1 controllers, systemd's named one,
+    // cgroup2): the directory and membership files are the container root's, limits are not.
+    let base = map[1] as u32;
+    let owner = |path: &str| {
+        use std::os::unix::fs::MetadataExt;
+        fs::metadata(format!("/sys/fs/cgroup/{path}"))
+            .unwrap()
+            .uid()
+    };
+    for hierarchy in ["pids", "memory", "cpu", "freezer", "systemd", "unified"] {
+        assert_eq!(
+            owner(&format!("{hierarchy}/burrow-test/life")),
+            base,
+            "{hierarchy}"
+        );
+        assert_eq!(
+            owner(&format!("{hierarchy}/burrow-test/life/cgroup.procs")),
+            base,
+            "{hierarchy}"
+        );
+    }
+    assert_eq!(
+        owner("unified/burrow-test/life/cgroup.subtree_control"),
+        base
+    );
+    for limit_file in [
+        "pids/burrow-test/life/pids.max",
+        "memory/burrow-test/life/memory.limit_in_bytes",
+        "freezer/burrow-test/life/freezer.state",
+    ] {
+        assert_eq!(owner(limit_file), 0, "{limit_file} was delegated");
+    }
     assert!(
         rt.run(&["pause", "life"]).status.success(),
         "pause: {}",
