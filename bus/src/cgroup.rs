@@ -271,7 +271,8 @@ fn subtree(dir: &Path) -> Vec<PathBuf> {
             stack.extend(
                 entries
                     .flatten()
-                    .filter(|e| e.path().is_dir())
+                    // The entry's type from the directory listing: no stat per file.
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
                     .map(|e| e.path()),
             );
         }
