@@ -309,6 +309,22 @@ fn docker_runs_system_containers() {
         "{text}"
     );
     assert_eq!(ctr_run("ctr-exit", "exit 3").status.code(), Some(3));
+    // A terminal through containerd's console handling (script(1) gives ctr one).
+    let tty_run = format!(
+        "ctr -a {} -n burrow-ctr run --rm -t --runc-binary {wrapper} \
+         docker.io/library/bb:latest ctr-tty sh -c 'tty; test -c /dev/console && echo console=ok'",
+        docker.dir.join("x/containerd/containerd.sock").display()
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qec", &tty_run, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+    assert!(
+        text.contains("/dev/pts/0") && text.contains("console=ok"),
+        "{text}"
+    );
     // A long-running task through the shim: exec, pause/resume, kill.
     let ctr_ok = |args: &[&str]| -> String {
         let out = docker.ctr(args);
