@@ -428,6 +428,8 @@ fn idmap_mount_for_root_and_for_a_user() {
     let v = idmap_mount(&h, None, &root_dir, &["--create", "made-by-root"]);
     assert_eq!(v["inside"]["owners"]["bin"], json!([0, 0]), "{v}");
     assert_eq!(v["inside"]["create_errno"], Value::Null);
+    let mountd = h.helper_pids("burrow-mountd")[0];
+    let mountd_fds = fd_count(mountd);
     assert_eq!(
         std::fs::metadata(root_dir.join("made-by-root"))
             .unwrap()
@@ -484,6 +486,11 @@ fn idmap_mount_for_root_and_for_a_user() {
         "org.burrow.Error.NotAuthorized",
     );
     assert_eq!(host_mounts(), before);
+    // Every mount handed out, and every refused call's fds, are gone from the helper.
+    assert_eq!(h.helper_pids("burrow-mountd"), vec![mountd]);
+    burrow_tests::wait_for("mountd's fds back to their count", || {
+        fd_count(mountd) <= mountd_fds
+    });
 }
 
 /// tmpfs, and xfs and btrfs on loop images, mounted for a test in the host's mount namespace
