@@ -100,7 +100,37 @@ fn handle(path: &str) -> Cgroup {
     Cgroup::load(hierarchies::auto(), path.trim_start_matches('/'))
 }
 
-/// The cgroup2 mount of a hybrid host (`/sys/fs/cgroup/unified`), which cgroups-rs leaves out.
+/// A cgroup in every hierarchy: cgroups-rs's handle (v1 controllers, or cgroup2), and the
+/// cgroup's directory in a hybrid host's cgroup2 mount, which cgroups-rs leaves out.
+struct Hierarchies {
+    cgroup: Cgroup,
+    hybrid_unified: Option<PathBuf>,
+}
+
+impl Hierarchies {
+    fn of(path: &str) -> Self {
+        Hierarchies {
+            cgroup: handle(path),
+            hybrid_unified: hybrid_unified_mount().map(|m| m.join(path.trim_start_matches('/'))),
+        }
+    }
+
+    /// Every directory of the cgroup, one per hierarchy, with whether it is cgroup2.
+    fn directories(&self) -> Vec<(PathBuf, bool)> {
+        let mut dirs: Vec<(PathBuf, bool)> = self
+            .cgroup
+            .subsystems()
+            .iter()
+            .map(|s| (s.to_controller().path().to_path_buf(), self.cgroup.v2()))
+            .chain(self.hybrid_unified.clone().map(|dir| (dir, true)))
+            .collect();
+        dirs.sort();
+        dirs.dedup();
+        dirs
+    }
+}
+
+/// The cgroup2 mount of a hybrid host (`/sys/fs/cgroup/unified`).
 fn hybrid_unified_mount() -> Option<PathBuf> {
     if is_cgroup2_unified_mode() {
         return None;
@@ -111,21 +141,6 @@ fn hybrid_unified_mount() -> Option<PathBuf> {
         let mount_point = fields.split(' ').nth(4)?;
         (tail.split(' ').next()? == "cgroup2").then(|| PathBuf::from(mount_point))
     })
-}
-
-/// Every directory of `path`'s cgroup, one per hierarchy, with whether it is cgroup2.
-fn directories(cgroup: &Cgroup, path: &str) -> Vec<(PathBuf, bool)> {
-    let mut dirs: Vec<(PathBuf, bool)> = cgroup
-        .subsystems()
-        .iter()
-        .map(|s| (s.to_controller().path().to_path_buf(), cgroup.v2()))
-        .collect();
-    if let Some(unified) = hybrid_unified_mount() {
-        dirs.push((unified.join(path.trim_start_matches('/')), true));
-    }
-    dirs.sort();
-    dirs.dedup();
-    dirs
 }
 
 fn apply_limits(cgroup: &Cgroup, path: &str, limits: &Limits) -> Result<()> {
@@ -186,37 +201,38 @@ fn apply_limits(cgroup: &Cgroup, path: &str, limits: &Limits) -> Result<()> {
 
 /// Creates `path` in every hierarchy with `limits` (parents that do not exist yet get none).
 pub fn make(path: &str, limits: &Limits) -> Result<()> {
-    make_handle(path, limits).map(|_| ())
+    make_in_every_hierarchy(path, limits).map(|_| ())
 }
 
-fn make_handle(path: &str, limits: &Limits) -> Result<Cgroup> {
-    let cgroup = Cgroup::new(hierarchies::auto(), path.trim_start_matches('/'))
+fn make_in_every_hierarchy(path: &str, limits: &Limits) -> Result<Hierarchies> {
+    let hierarchies = Hierarchies::of(path);
+    hierarchies
+        .cgroup
+        .create()
         .map_err(controller(format!("creating cgroup {path}")))?;
-    if let Some(unified) = hybrid_unified_mount() {
-        let dir = unified.join(path.trim_start_matches('/'));
-        fs::create_dir_all(&dir).map_err(io(format!("creating cgroup {}", dir.display())))?;
+    if let Some(dir) = &hierarchies.hybrid_unified {
+        fs::create_dir_all(dir).map_err(io(format!("creating cgroup {}", dir.display())))?;
     }
-    apply_limits(&cgroup, path, limits)?;
-    Ok(cgroup)
+    apply_limits(&hierarchies.cgroup, path, limits)?;
+    Ok(hierarchies)
 }
 
 /// Creates `path` in every hierarchy, applies `limits`, moves `pid` in and delegates the
 /// subtree to `owner` (host uid, gid of the container's root).
 pub fn create(path: &str, pid: i32, owner: (u32, u32), limits: &Limits) -> Result<()> {
-    let cgroup = make_handle(path, limits)?;
-    cgroup
+    let hierarchies = make_in_every_hierarchy(path, limits)?;
+    hierarchies
+        .cgroup
         .add_task_by_tgid(CgroupPid::from(pid as u64))
         .map_err(controller(format!(
             "moving process {pid} into cgroup {path}"
         )))?;
-    if let Some(unified) = hybrid_unified_mount() {
-        let procs = unified
-            .join(path.trim_start_matches('/'))
-            .join("cgroup.procs");
+    if let Some(dir) = &hierarchies.hybrid_unified {
+        let procs = dir.join("cgroup.procs");
         fs::write(&procs, pid.to_string())
             .map_err(io(format!("moving process {pid} into {}", procs.display())))?;
     }
-    for (dir, unified) in directories(&cgroup, path) {
+    for (dir, unified) in hierarchies.directories() {
         delegate(&dir, unified, owner)?;
     }
     Ok(())
@@ -225,7 +241,7 @@ pub fn create(path: &str, pid: i32, owner: (u32, u32), limits: &Limits) -> Resul
 /// Moves `pid` into the container's cgroup in every hierarchy (for `exec`); best effort, as
 /// the process is contained by the namespaces anyway.
 pub fn join(path: &str, pid: i32) {
-    for (dir, _) in directories(&handle(path), path) {
+    for (dir, _) in Hierarchies::of(path).directories() {
         let _ = fs::write(dir.join("cgroup.procs"), pid.to_string());
     }
 }
@@ -283,12 +299,13 @@ fn subtree(dir: &Path) -> Vec<PathBuf> {
 
 /// Every process in the container's cgroup and the sub-cgroups its root made.
 pub fn pids(path: &str) -> Vec<i32> {
-    let cgroup = handle(path);
+    let hierarchies = Hierarchies::of(path);
     // Every process is in each hierarchy: one is enough.
-    let Some(top) = cgroup
+    let Some(top) = hierarchies
+        .cgroup
         .controller_of::<PidController>()
         .map(|c| c.path().to_path_buf())
-        .or_else(|| directories(&cgroup, path).into_iter().next().map(|d| d.0))
+        .or_else(|| hierarchies.directories().into_iter().next().map(|d| d.0))
     else {
         return vec![];
     };
@@ -345,24 +362,24 @@ pub fn freeze(path: &str, frozen: bool) -> Result<()> {
 
 /// Removes the container's cgroup (with any sub-cgroups its root made) from every hierarchy.
 pub fn remove(path: &str) {
-    let cgroup = handle(path);
-    let dirs = directories(&cgroup, path);
+    let hierarchies = Hierarchies::of(path);
     // A delegated subtree belongs to the container's root: take it back (CAP_CHOWN) so that
     // removing it needs no CAP_DAC_OVERRIDE, and a cgroup that cannot go yet (a process still
     // in it) is root's again.
-    for dir in dirs.iter().flat_map(|(dir, _)| subtree(dir)) {
+    for dir in hierarchies
+        .directories()
+        .iter()
+        .flat_map(|(dir, _)| subtree(dir))
+    {
         for file in DELEGATED {
             let _ = chown(dir.join(file), Some(0), Some(0));
         }
     }
-    if let Err(e) = cgroup.delete() {
+    if let Err(e) = hierarchies.cgroup.delete() {
         tracing::debug!("removing cgroup {path}: {e}");
     }
-    if let Some(unified) = hybrid_unified_mount() {
-        for dir in subtree(&unified.join(path.trim_start_matches('/')))
-            .iter()
-            .rev()
-        {
+    if let Some(unified) = &hierarchies.hybrid_unified {
+        for dir in subtree(unified).iter().rev() {
             let _ = fs::remove_dir(dir);
         }
     }

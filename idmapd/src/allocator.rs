@@ -165,7 +165,7 @@ impl Allocator {
             match self.registry.remove(record.base) {
                 Ok(_) => {
                     freed += 1;
-                    remove_cgroup(&record);
+                    crate::cgroups::remove(&record);
                     tracing::info!(uid = record.uid, name = %record.name, base = record.base,
                         state = ?record.state, "reclaimed range of a dead user namespace");
                 }
@@ -262,18 +262,12 @@ impl Allocator {
                 "released; range drains until its namespace exits");
         } else {
             self.registry.remove(record.base)?;
-            remove_cgroup(&record);
+            crate::cgroups::remove(&record);
             tracing::info!(uid, name, base = record.base, "released");
         }
         self.reclaim_draining(alive);
         Ok(record)
     }
-}
-
-/// The delegated cgroup of a range (see `ControlGroups`), once the range is free: its
-/// namespace is gone, so its processes are too.
-fn remove_cgroup(record: &Record) {
-    burrow_bus::cgroup::remove(&crate::cgroups::path_of(record));
 }
 
 /// Refuses a namespace that already has maps (they are write-once, and a caller who mapped it

@@ -19,8 +19,14 @@ fn user_path(uid: u32) -> String {
 }
 
 /// The cgroup (below every hierarchy's root) of a range.
-pub fn path_of(record: &Record) -> String {
+fn path_of(record: &Record) -> String {
     format!("{}/range-{}", user_path(record.uid), record.base)
+}
+
+/// Removes a range's delegated cgroup once the range is free: its namespace is gone, so its
+/// processes are too.
+pub fn remove(record: &Record) {
+    cgroup::remove(&path_of(record));
 }
 
 fn failed(e: cgroup::CgroupError) -> BurrowError {

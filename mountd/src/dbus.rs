@@ -128,9 +128,10 @@ impl Mount {
     /// pid, network, ipc and cgroup namespaces (owned by that user namespace) are used.
     /// `plan` (a{sv}): `rootfs` (u, index into `fds` of an O_PATH directory), `dev` (u, the
     /// mount from org.burrow.Dev1), `rootfs_readonly` (b), `mounts` (a(ssuas): destination,
-    /// type, source fd index or 0xffffffff, options), `masked_paths` (as), `readonly_paths` (as). A bind with option `noidmap` is not ID-mapped
-    /// and must be a directory owned by the container's root;
-    /// `writable_sysctls` (as: subtrees of /proc/sys made writable again, e.g. /proc/sys/net).
+    /// type, source fd index or 0xffffffff, options; a bind with option `noidmap` is not
+    /// ID-mapped and must be a directory owned by the container's root), `masked_paths` (as),
+    /// `readonly_paths` (as), `writable_sysctls` (as: subtrees of /proc/sys made writable
+    /// again, e.g. /proc/sys/net).
     async fn build_root(
         &self,
         #[zbus(header)] header: Header<'_>,
@@ -195,7 +196,8 @@ fn unmapped_clone(
     })?;
     if !rustix::fs::FileType::from_raw_mode(st.st_mode).is_dir() || st.st_uid != root_ids.0 {
         return Err(BurrowError::NotAuthorized(format!(
-            "noidmap bind {destination}: the source must be a directory owned by the container's root              (host uid {}), not uid {}",
+            "noidmap bind {destination}: the source must be a directory owned by the container's \
+             root (host uid {}), not uid {}",
             root_ids.0, st.st_uid
         )));
     }

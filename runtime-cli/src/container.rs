@@ -664,10 +664,7 @@ fn create_steps(
         &state,
         "createRuntime",
     )?;
-    if ["createContainer", "startContainer"]
-        .iter()
-        .any(|phase| !hooks_of(&bundle.spec, phase).is_empty())
-    {
+    if config.has_container_hooks() {
         init::send(sock, format!("state {state}").as_bytes(), None)
             .map_err(|e| CliError::Setup(format!("handing the state to the init: {e}")))?;
     }

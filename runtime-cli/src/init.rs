@@ -42,6 +42,13 @@ pub struct InitConfig {
     pub start_container_hooks: Vec<ContainerHook>,
 }
 
+impl InitConfig {
+    /// Whether the init runs hooks of its own, and so waits for the container's state.
+    pub fn has_container_hooks(&self) -> bool {
+        !self.create_container_hooks.is_empty() || !self.start_container_hooks.is_empty()
+    }
+}
+
 /// An OCI hook, prepared before the fork.
 pub struct ContainerHook {
     pub path: CString,
@@ -196,9 +203,8 @@ fn init(config: &InitConfig, sock: RawFd) -> ! {
         );
     }
     let _ = nix::unistd::close(mntns);
-    let mut state = vec![];
-    if !config.create_container_hooks.is_empty() || !config.start_container_hooks.is_empty() {
-        state = match recv(sock) {
+    let state = if config.has_container_hooks() {
+        match recv(sock) {
             Ok((msg, None)) if msg.starts_with(b"state ") => msg[6..].to_vec(),
             Ok((msg, _)) => fail(
                 sock,
@@ -206,8 +212,10 @@ fn init(config: &InitConfig, sock: RawFd) -> ! {
                 String::from_utf8_lossy(&msg),
             ),
             Err(e) => fail(sock, "waiting for the container's state", e),
-        };
-    }
+        }
+    } else {
+        vec![]
+    };
     for (hook, binary) in config
         .create_container_hooks
         .iter()
@@ -221,23 +229,22 @@ fn init(config: &InitConfig, sock: RawFd) -> ! {
     setup_and_exec(config, sock, &state)
 }
 
+/// The NULL-terminated pointer array execve(2) takes; `strings` must outlive it.
+fn null_terminated(strings: &[CString]) -> Vec<*const libc::c_char> {
+    strings
+        .iter()
+        .map(|s| s.as_ptr())
+        .chain([std::ptr::null()])
+        .collect()
+}
+
 /// Runs `hook` with `state` on its stdin and waits for it, within its timeout. `binary` is an
 /// O_PATH fd to execute instead of looking the path up here.
 fn run_hook(hook: &ContainerHook, binary: Option<RawFd>, state: &[u8]) -> Result<(), String> {
     let (stdin_r, stdin_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
-    let argv: Vec<*const libc::c_char> = hook
-        .args
-        .iter()
-        .map(|a| a.as_ptr())
-        .chain([std::ptr::null()])
-        .collect();
-    let envp: Vec<*const libc::c_char> = hook
-        .env
-        .iter()
-        .map(|e| e.as_ptr())
-        .chain([std::ptr::null()])
-        .collect();
+    let argv = null_terminated(&hook.args);
+    let envp = null_terminated(&hook.env);
     // SAFETY: the init is single-threaded; the child only makes raw syscalls before exec.
     match unsafe { nix::unistd::fork() }.map_err(|e| format!("fork: {e}"))? {
         nix::unistd::ForkResult::Child => {
@@ -384,18 +391,8 @@ pub fn setup_and_exec(config: &InitConfig, sock: RawFd, state: &[u8]) -> ! {
             libc::CLOSE_RANGE_CLOEXEC,
         );
     }
-    let argv: Vec<*const libc::c_char> = config
-        .args
-        .iter()
-        .map(|a| a.as_ptr())
-        .chain([std::ptr::null()])
-        .collect();
-    let envp: Vec<*const libc::c_char> = config
-        .env
-        .iter()
-        .map(|a| a.as_ptr())
-        .chain([std::ptr::null()])
-        .collect();
+    let argv = null_terminated(&config.args);
+    let envp = null_terminated(&config.env);
     for program in &config.program {
         // SAFETY: NUL-terminated argument vectors built above.
         unsafe { libc::execve(program.as_ptr(), argv.as_ptr(), envp.as_ptr()) };

@@ -65,7 +65,8 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-fn run(cmd: &mut Command) -> Output {
+/// Runs `cmd`, which must succeed (its stderr is the failure message).
+pub fn run(cmd: &mut Command) -> Output {
     let out = cmd
         .output()
         .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));

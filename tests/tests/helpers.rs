@@ -149,16 +149,11 @@ fn helpers_notify_ready_and_stopping() {
 }
 
 fn make(args: &[&str]) {
-    let out = std::process::Command::new("make")
-        .arg("-C")
-        .arg(burrow_tests::workspace_root())
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "make {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
+    burrow_tests::run(
+        std::process::Command::new("make")
+            .arg("-C")
+            .arg(burrow_tests::workspace_root())
+            .args(args),
     );
 }
 

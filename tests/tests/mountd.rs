@@ -505,15 +505,7 @@ impl ScratchFilesystems {
         std::fs::create_dir_all(&base).unwrap();
         let mut scratch = ScratchFilesystems { mounted: vec![] };
         let run = |program: &str, args: &[&str]| {
-            let out = std::process::Command::new(program)
-                .args(args)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{program} {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            burrow_tests::run(std::process::Command::new(program).args(args));
         };
         for kind in ["tmpfs", "xfs", "btrfs"] {
             let dir = base.join(kind);

@@ -128,6 +128,18 @@ impl<'a> Runtime<'a> {
         (out, out_file, pid_file)
     }
 
+    /// `burrow update --resources -` with `resources` on stdin; whether it succeeded.
+    fn update(&self, id: &str, resources: &str) -> bool {
+        let mut child = self
+            .cmd()
+            .args(["update", "--resources", "-", id])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), resources.as_bytes()).unwrap();
+        child.wait().unwrap().success()
+    }
+
     fn state(&self, id: &str) -> Value {
         let out = self.run(&["state", id]);
         assert!(out.status.success(), "state {id}: {}", self.last_error());
@@ -196,6 +208,17 @@ fn wait_output(file: &Path, needle: &str) -> String {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The first host ID of process `pid`'s user namespace (its uid_map's `0 BASE 65536`).
+fn range_base(pid: &str) -> u32 {
+    fs::read_to_string(format!("/proc/{}/uid_map", pid.trim()))
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 fn in_use(h: &Harness) -> u64 {
@@ -316,18 +339,11 @@ fn lifecycle_of_a_system_container() {
     assert!(pids.contains(&pid_text.parse().unwrap()), "ps {pids:?}");
 
     // update: limits land in the container's cgroup.
-    let mut update = rt.cmd();
-    update
-        .args(["update", "--resources", "-", "life"])
-        .stdin(Stdio::piped());
-    let mut child = update.spawn().unwrap();
-    std::io::Write::write_all(
-        &mut child.stdin.take().unwrap(),
-        br#"{"memory": {"limit": 67108864}, "pids": {"limit": 99}}"#,
-    )
-    .unwrap();
     assert!(
-        child.wait().unwrap().success(),
+        rt.update(
+            "life",
+            r#"{"memory": {"limit": 67108864}, "pids": {"limit": 99}}"#
+        ),
         "update: {}",
         rt.last_error()
     );
@@ -466,13 +482,7 @@ fn cgroup_v2_host() {
         "{mounts}"
     );
     let dir = Path::new("/sys/fs/cgroup/burrow-v2/v2");
-    let base: u32 = fs::read_to_string(format!("/proc/{pid}/uid_map"))
-        .unwrap()
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
+    let base = range_base(&pid);
     let owner = |file: &str| {
         use std::os::unix::fs::MetadataExt;
         fs::metadata(dir.join(file)).unwrap().uid()
@@ -521,19 +531,7 @@ fn cgroup_v2_host() {
         .contains("frozen 0"));
 
     // A limit whose controller the host lacks is a named error, not silently dropped.
-    let mut update = rt.cmd();
-    update
-        .args(["update", "--resources", "-", "v2"])
-        .stdin(Stdio::piped());
-    let mut child = update.spawn().unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(br#"{"memory": {"limit": 67108864}}"#)
-        .unwrap();
-    assert!(!child.wait().unwrap().success());
+    assert!(!rt.update("v2", r#"{"memory": {"limit": 67108864}}"#));
     assert!(
         rt.last_error().contains("no memory controller"),
         "{}",
@@ -614,14 +612,7 @@ fn two_containers_have_disjoint_ranges_and_created_ones_can_be_deleted() {
         let (out, _, pid_file) = rt.create_with(&global, b, id);
         assert!(out.status.success(), "create {id}: {}", rt.last_error());
         let pid = fs::read_to_string(pid_file).unwrap();
-        let map = fs::read_to_string(format!("/proc/{pid}/uid_map")).unwrap();
-        bases.push(
-            map.split_whitespace()
-                .nth(1)
-                .unwrap()
-                .parse::<u64>()
-                .unwrap(),
-        );
+        bases.push(u64::from(range_base(&pid)));
     }
     assert!(
         bases[0] + 65536 <= bases[1] || bases[1] + 65536 <= bases[0],
