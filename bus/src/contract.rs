@@ -20,6 +20,23 @@ pub mod dev {
     pub const OBJECT_PATH: &str = "/org/burrow/Dev1";
     pub const ACTION_CREATE: &str = "org.burrow.dev.create";
     pub const ACTION_EXTRA: &str = "org.burrow.dev.extra";
+    /// The character devices devd puts in every container's /dev, as (name below /dev, major,
+    /// minor). A container's device policy allows exactly these, its pseudo-terminals and the
+    /// extras it was granted.
+    pub const STANDARD_NODES: [(&str, u32, u32); 6] = [
+        ("null", 1, 3),
+        ("zero", 1, 5),
+        ("full", 1, 7),
+        ("random", 1, 8),
+        ("urandom", 1, 9),
+        ("tty", 5, 0),
+    ];
+    /// The pseudo-terminal multiplexer of the container's own devpts (`/dev/ptmx` links to
+    /// `pts/ptmx`).
+    pub const PTMX: (u32, u32) = (5, 2);
+    /// The Unix98 pseudo-terminal slave majors (any minor): the container's `/dev/pts/N`, and
+    /// `/dev/console`, which is one of them bound over.
+    pub const PTY_SLAVE_MAJORS: std::ops::RangeInclusive<u32> = 136..=143;
 }
 
 pub mod mount {

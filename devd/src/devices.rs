@@ -15,22 +15,15 @@ pub struct Node {
 
 /// The nodes every container gets, with the modes a normal host gives them.
 pub fn standard_nodes() -> Vec<Node> {
-    [
-        ("null", 1, 3),
-        ("zero", 1, 5),
-        ("full", 1, 7),
-        ("random", 1, 8),
-        ("urandom", 1, 9),
-        ("tty", 5, 0),
-    ]
-    .into_iter()
-    .map(|(name, major, minor)| Node {
-        name: name.into(),
-        major,
-        minor,
-        mode: 0o666,
-    })
-    .collect()
+    burrow_bus::contract::dev::STANDARD_NODES
+        .into_iter()
+        .map(|(name, major, minor)| Node {
+            name: name.into(),
+            major,
+            minor,
+            mode: 0o666,
+        })
+        .collect()
 }
 
 /// Directories the container's mounts go on (devpts, shm, mqueue), with their usual modes.

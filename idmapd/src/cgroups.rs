@@ -6,7 +6,7 @@
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
-use burrow_bus::cgroup::{self, Limits};
+use burrow_bus::cgroup::{self, DevicePolicy, Limits};
 use burrow_bus::contract::idmap::CGROUP_ROOT;
 use burrow_bus::quota::Quota;
 use burrow_bus::userns::NsId;
@@ -60,7 +60,14 @@ pub fn grant(
     // A leftover of the range's previous holder (idmapd was killed before it removed it): the
     // range is this caller's now, and nothing can still run in the old one's namespace.
     cgroup::remove(&path);
-    cgroup::create(&path, pid, (record.base, record.base), &Limits::default()).map_err(failed)?;
+    cgroup::create(
+        &path,
+        pid,
+        (record.base, record.base),
+        &Limits::default(),
+        &DevicePolicy::standard(),
+    )
+    .map_err(failed)?;
     // The pid came from the pidfd: while that process still lives, the pid moved was its.
     // (Signal 0 checks existence; EPERM, as idmapd may not signal it, still means alive.)
     // SAFETY: pidfd_send_signal with signal 0 on a borrowed, live fd.

@@ -35,6 +35,9 @@ pub enum Prepared {
         mount: OwnedFd,
         is_file: bool,
         attrs: MountAttrFlags,
+        /// An `rbind`: the flags go on every mount of the tree (a read-only rbind is read-only
+        /// all the way down).
+        recursive: bool,
     },
     /// A new filesystem instance, made inside the container's namespaces.
     Fresh {
@@ -297,9 +300,16 @@ fn assemble(job: &Job) -> Result<OwnedFd, String> {
                 mount,
                 is_file,
                 attrs,
+                recursive,
             } => {
-                set_attributes(mount.as_fd(), *attrs, MountAttrFlags::empty(), None, false)
-                    .map_err(|e| format!("setting flags of {destination}: {e}"))?;
+                set_attributes(
+                    mount.as_fd(),
+                    *attrs,
+                    MountAttrFlags::empty(),
+                    None,
+                    *recursive,
+                )
+                .map_err(|e| format!("setting flags of {destination}: {e}"))?;
                 let create = if *is_file {
                     Create::File
                 } else {

@@ -15,7 +15,7 @@ use zbus::Connection;
 
 use crate::build::{self, CgroupLayout, Job, Prepared};
 use crate::idmap::{
-    caller_disk_map, check_owner, clone_tree, idmapped_clone, set_attributes, Mapping,
+    caller_disk_map, check_owner, clone_tree, idmapped_clone, set_attributes, Mapping, NO_DEVICES,
 };
 use crate::plan::{translate_ids, Kind, MountEntry, Plan};
 use burrow_bus::pidfd::container_namespaces;
@@ -201,8 +201,18 @@ fn unmapped_clone(
             root_ids.0, st.st_uid
         )));
     }
-    clone_tree(source, recursive)
-        .map_err(|e| BurrowError::InvalidArgument(format!("cloning {destination}'s source: {e}")))
+    let clone = clone_tree(source, recursive).map_err(|e| {
+        BurrowError::InvalidArgument(format!("cloning {destination}'s source: {e}"))
+    })?;
+    set_attributes(
+        clone.as_fd(),
+        NO_DEVICES,
+        MountAttrFlags::empty(),
+        None,
+        recursive,
+    )
+    .map_err(|e| BurrowError::Failed(format!("nodev on {destination}: {e}")))?;
+    Ok(clone)
 }
 
 fn check_directory(fd: BorrowedFd<'_>) -> Result<(), BurrowError> {
@@ -301,6 +311,7 @@ fn prepare_and_build(
                     mount,
                     is_file,
                     attrs,
+                    recursive,
                 }
             }
             Kind::Proc => fresh("proc", data, attrs),

@@ -150,7 +150,11 @@ pub struct Mapping<'a> {
     pub staging: &'a CStr,
 }
 
-/// A detached, ID-mapped clone of the directory (or file) `source`.
+/// Every mount of a caller's directory (an image, a layer, a bind source) is nodev: a device
+/// node in it, which an image unpacked as root can carry for any host device, never opens.
+/// Only devd's /dev carries working nodes.
+pub const NO_DEVICES: MountAttrFlags = MountAttrFlags::MOUNT_ATTR_NODEV;
+
 /// A detached copy of the mount at `source` (with the mounts below it, if `recursive`).
 pub fn clone_tree(source: BorrowedFd<'_>, recursive: bool) -> rustix::io::Result<OwnedFd> {
     let mut flags = OpenTreeFlags::OPEN_TREE_CLONE
@@ -162,6 +166,7 @@ pub fn clone_tree(source: BorrowedFd<'_>, recursive: bool) -> rustix::io::Result
     open_tree(source, "", flags)
 }
 
+/// A detached, nodev, ID-mapped clone of the directory (or file) `source`.
 pub fn idmapped_clone(
     source: BorrowedFd<'_>,
     mapping: &Mapping<'_>,
@@ -175,7 +180,8 @@ pub fn idmapped_clone(
     }
     let tree = clone_tree(source, recursive)
         .map_err(|e| BurrowError::InvalidArgument(format!("cloning the passed mount: {e}")))?;
-    set_attributes(tree.as_fd(), MountAttrFlags::MOUNT_ATTR_IDMAP, MountAttrFlags::empty(), Some(mapping.userns), recursive)
+    let attrs = MountAttrFlags::MOUNT_ATTR_IDMAP | NO_DEVICES;
+    set_attributes(tree.as_fd(), attrs, MountAttrFlags::empty(), Some(mapping.userns), recursive)
         .map_err(|e| {
             BurrowError::NotSupported(format!(
                 "the filesystem (magic {fs_type:#x}) cannot be ID-mapped: {e}; Burrow never falls back to chown"
@@ -361,12 +367,8 @@ fn overlay_in_private_namespace(
         caps::read(None, caps::CapSet::Permitted).map_err(|e| format!("capget: {e}"))?;
     caps::set(None, caps::CapSet::Effective, &permitted).map_err(|e| format!("capset: {e}"))?;
     fsconfig_create(fs.as_fd()).map_err(|e| format!("creating the overlay: {e}"))?;
-    fsmount(
-        fs.as_fd(),
-        FsMountFlags::FSMOUNT_CLOEXEC,
-        MountAttrFlags::empty(),
-    )
-    .map_err(|e| format!("fsmount overlay: {e}"))
+    fsmount(fs.as_fd(), FsMountFlags::FSMOUNT_CLOEXEC, NO_DEVICES)
+        .map_err(|e| format!("fsmount overlay: {e}"))
 }
 
 #[cfg(test)]

@@ -501,6 +501,7 @@ fn create_steps(
                     .and_then(|l| l.resources().as_ref())
                     .map(crate::spec::limits_of)
                     .unwrap_or_default(),
+                &burrow_bus::cgroup::DevicePolicy::standard(),
             )?;
             crate::log::debug(format!("cgroup {cgroup}, delegated to host uid {base}"));
         } else {

@@ -910,3 +910,256 @@ pub fn assert_error(v: &serde_json::Value, name: &str) {
         "error without message: {v}"
     );
 }
+
+/// `burrow` on a harness's bus, run as root or as a test user the way that caller would: with a
+/// state root of its own (root) or an `XDG_RUNTIME_DIR` and home of the user's (a user).
+pub struct Burrow<'a> {
+    pub h: &'a Harness,
+    pub user: Option<User>,
+    /// The caller's home: state, bundles and the user's runtime directory live below it.
+    pub home: PathBuf,
+}
+
+impl<'a> Burrow<'a> {
+    /// A caller with a fresh home `name` below the harness's directory, owned by `user`.
+    pub fn new(h: &'a Harness, user: Option<User>, name: &str) -> Self {
+        let home = h.dir.join(name);
+        fs::create_dir_all(home.join("run")).unwrap();
+        for dir in [home.clone(), home.join("run")] {
+            if let Some(user) = user {
+                std::os::unix::fs::chown(&dir, Some(user.uid), Some(user.gid)).unwrap();
+            }
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
+        }
+        Burrow { h, user, home }
+    }
+
+    /// `burrow ARGS` as this caller (stdin empty).
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = self.h.as_user(shared_bin("burrow"), self.user);
+        match self.user {
+            Some(_) => {
+                cmd.env("HOME", &self.home)
+                    .env("XDG_RUNTIME_DIR", self.home.join("run"))
+                    .env_remove("XDG_DATA_HOME")
+                    .current_dir(&self.home);
+            }
+            None => {
+                cmd.arg("--root").arg(self.home.join("state"));
+            }
+        }
+        cmd.args(args).stdin(Stdio::null());
+        cmd
+    }
+
+    pub fn output(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
+    }
+
+    /// A bundle `name` in this caller's home around `rootfs` (made by `make_rootfs` in the
+    /// bundle's `rootfs` and then given to the caller), running `args`.
+    pub fn bundle(&self, name: &str, args: &[&str], make_rootfs: impl FnOnce(&Path)) -> PathBuf {
+        let dir = self.home.join(name);
+        fs::create_dir_all(&dir).unwrap();
+        make_rootfs(&dir.join("rootfs"));
+        let out = Command::new(bin("burrow"))
+            .args(["spec", "--bundle", &dir.display().to_string()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let path = dir.join("config.json");
+        let mut config: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+        config["process"]["terminal"] = serde_json::json!(false);
+        config["process"]["args"] = serde_json::json!(args);
+        fs::write(&path, config.to_string()).unwrap();
+        if let Some(user) = self.user {
+            run(Command::new("chown")
+                .args(["-R", "-h", &format!("{}:{}", user.uid, user.gid)])
+                .arg(&dir));
+        }
+        dir
+    }
+
+    /// `burrow run` of `bundle` as container `id`: its output (stdout and stderr together, as
+    /// the container wrote them) and exit status.
+    pub fn run_bundle(&self, bundle: &Path, id: &str) -> (String, std::process::ExitStatus) {
+        let out = self
+            .command(&["run", "--bundle", &bundle.display().to_string(), id])
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (text, out.status)
+    }
+}
+
+/// A loop device over a 1 MiB file of a known pattern: a host block device that a hostile image
+/// can name with a device node of its own. Detached when dropped.
+pub struct LoopDevice {
+    pub backing: PathBuf,
+    pub device: PathBuf,
+    pub major: u32,
+    pub minor: u32,
+}
+
+impl LoopDevice {
+    pub const PATTERN: u8 = 0x5a;
+
+    pub fn new(dir: &Path) -> Self {
+        let backing = dir.join("disk.img");
+        fs::write(&backing, vec![Self::PATTERN; 1 << 20]).unwrap();
+        let out = run(Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(&backing));
+        let device = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        let rdev = std::os::unix::fs::MetadataExt::rdev(&fs::metadata(&device).unwrap());
+        LoopDevice {
+            backing,
+            device,
+            major: nix::sys::stat::major(rdev) as u32,
+            minor: nix::sys::stat::minor(rdev) as u32,
+        }
+    }
+
+    /// Whether every byte of the backing file still holds the pattern.
+    pub fn untouched(&self) -> bool {
+        let _ = Command::new("blockdev")
+            .arg("--flushbufs")
+            .arg(&self.device)
+            .status();
+        fs::read(&self.backing)
+            .unwrap()
+            .iter()
+            .all(|b| *b == Self::PATTERN)
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.device).status();
+    }
+}
+
+/// Copies `binary` and the shared libraries it needs (as `ldd` lists them) into `rootfs`, at
+/// the same paths; returns its path inside.
+pub fn install_with_libraries(binary: &Path, rootfs: &Path, inside: &str) -> String {
+    let ldd = Command::new("ldd").arg(binary).output().unwrap();
+    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+        let library = match line.split_once("=>") {
+            Some((_, right)) => right.split_whitespace().next(),
+            None => line
+                .split_whitespace()
+                .next()
+                .filter(|p| p.starts_with('/')),
+        };
+        let Some(library) = library.filter(|l| l.starts_with('/')) else {
+            continue;
+        };
+        let target = rootfs.join(library.trim_start_matches('/'));
+        fs::create_dir_all(target.parent().unwrap()).unwrap();
+        fs::copy(library, &target).unwrap();
+    }
+    fs::copy(binary, rootfs.join(inside.trim_start_matches('/'))).unwrap();
+    inside.to_string()
+}
+
+/// A running container of a test, deleted (forcibly) when dropped, also when the test fails.
+pub struct Detached<'b, 'a> {
+    caller: &'b Burrow<'a>,
+    pub id: String,
+    /// The init's host pid.
+    pub pid: i32,
+}
+
+impl Drop for Detached<'_, '_> {
+    fn drop(&mut self) {
+        let _ = self.caller.output(&["delete", "--force", &self.id]);
+    }
+}
+
+impl<'a> Burrow<'a> {
+    /// `burrow run --detach` of `bundle` as `id`, the container's output going to `ID.out` in
+    /// the bundle; the container is deleted when the returned guard goes.
+    pub fn start_detached(&self, bundle: &Path, id: &str) -> Detached<'_, 'a> {
+        let log = fs::File::create(bundle.join(format!("{id}.out"))).unwrap();
+        if let Some(user) = self.user {
+            std::os::unix::fs::chown(bundle.join(format!("{id}.out")), Some(user.uid), None)
+                .unwrap();
+        }
+        let out = self
+            .command(&[
+                "run",
+                "--detach",
+                "--bundle",
+                &bundle.display().to_string(),
+                id,
+            ])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "run --detach {id}: {}",
+            self.output_of(bundle, id)
+        );
+        let state = self.output(&["state", id]);
+        assert!(state.status.success(), "state {id}");
+        let state: serde_json::Value = serde_json::from_slice(&state.stdout).unwrap();
+        Detached {
+            caller: self,
+            id: id.to_string(),
+            pid: state["pid"].as_i64().unwrap() as i32,
+        }
+    }
+
+    /// What container `id` of `bundle` (started by [`Self::start_detached`]) wrote so far.
+    pub fn output_of(&self, bundle: &Path, id: &str) -> String {
+        fs::read_to_string(bundle.join(format!("{id}.out"))).unwrap_or_default()
+    }
+
+    /// `burrow delete --force ID`, which must succeed.
+    pub fn delete(&self, id: &str) {
+        let out = self.output(&["delete", "--force", id]);
+        assert!(
+            out.status.success(),
+            "delete {id}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// The cgroup directories of process `pid`: (hierarchy name, directory), where the hierarchy is
+/// `devices`, `pids`... for v1 and `unified` for cgroup2.
+pub fn cgroup_dirs(pid: i32) -> Vec<(String, PathBuf)> {
+    let unified = if Path::new("/sys/fs/cgroup/unified/cgroup.procs").exists() {
+        "/sys/fs/cgroup/unified"
+    } else {
+        "/sys/fs/cgroup"
+    };
+    fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .unwrap()
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.splitn(3, ':');
+            let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+            let (name, root) = match controllers {
+                "" => ("unified".to_string(), unified.to_string()),
+                c => {
+                    let name = c.trim_start_matches("name=").to_string();
+                    let root = format!("/sys/fs/cgroup/{name}");
+                    (name, root)
+                }
+            };
+            Some((name, Path::new(&root).join(path.trim_start_matches('/'))))
+        })
+        .collect()
+}

@@ -9,7 +9,9 @@ use std::process::{Command, Output, Stdio};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
-use burrow_tests::{bin, busybox_rootfs, wait_for, Harness, HarnessOptions};
+use burrow_tests::{
+    bin, busybox_rootfs, install_with_libraries, wait_for, Harness, HarnessOptions,
+};
 use serde_json::{json, Value};
 
 struct Runtime<'a> {
@@ -499,6 +501,26 @@ fn cgroup_v2_host() {
     for file in ["cgroup.freeze", "cgroup.max.depth", "cgroup.type"] {
         assert_eq!(owner(file), 0, "{file} must stay root's");
     }
+    // The device policy is a BPF program on a v2 host: a host root process moved into the
+    // container's cgroup opens devd's kind of node, not a host block device.
+    let disk = burrow_tests::LoopDevice::new(&h.dir);
+    for (device, allowed) in [
+        ("/dev/null", true),
+        (&*disk.device.to_string_lossy(), false),
+    ] {
+        let script = format!(
+            "echo $$ > {}/cgroup.procs && exec 3<{device}",
+            dir.display()
+        );
+        let out = Command::new("sh").args(["-c", &script]).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.success(), allowed, "{device}: {err}");
+        assert!(
+            allowed || err.contains("Operation not permitted"),
+            "{device}: {err}"
+        );
+    }
+
     // The parent got the controllers enabled for its children, as runc does.
     let enabled = fs::read_to_string("/sys/fs/cgroup/burrow-v2/cgroup.subtree_control").unwrap();
     assert!(enabled.contains("hugetlb"), "{enabled:?}");
@@ -902,29 +924,6 @@ fn bad_input_fails_with_a_named_message_and_leaves_nothing() {
             .contains(&json!("user")),
         "{features}"
     );
-}
-
-/// Copies `binary` and the shared libraries it needs (as `ldd` lists them) into `rootfs`, at
-/// the same paths; returns its path inside.
-fn install_with_libraries(binary: &Path, rootfs: &Path, inside: &str) -> String {
-    let ldd = Command::new("ldd").arg(binary).output().unwrap();
-    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
-        let library = match line.split_once("=>") {
-            Some((_, right)) => right.split_whitespace().next(),
-            None => line
-                .split_whitespace()
-                .next()
-                .filter(|p| p.starts_with('/')),
-        };
-        let Some(library) = library.filter(|l| l.starts_with('/')) else {
-            continue;
-        };
-        let target = rootfs.join(library.trim_start_matches('/'));
-        fs::create_dir_all(target.parent().unwrap()).unwrap();
-        fs::copy(library, &target).unwrap();
-    }
-    fs::copy(binary, rootfs.join(inside.trim_start_matches('/'))).unwrap();
-    inside.to_string()
 }
 
 /// The system-container seccomp profile, from the kernel's answers: each denied call gets

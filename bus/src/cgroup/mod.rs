@@ -7,7 +7,8 @@
 //! cgroups-rs does the controllers (creation, cpuset inheritance, limits, membership, freezer,
 //! removal) in whichever mode the host runs. What it does not cover is done here: handing the
 //! subtree to the container's root, and the cgroup2 mount of a hybrid host, which has no
-//! controllers of interest but is where systemd inside tracks its units.
+//! controllers of interest but is where systemd inside tracks its units. The device policy
+//! (`devices`) is Burrow's too: cgroups-rs writes v1 device rules but has no cgroup2 program.
 
 use std::fs;
 use std::os::unix::fs::chown;
@@ -20,6 +21,12 @@ use cgroups_rs::fs::memory::MemController;
 use cgroups_rs::fs::pid::PidController;
 use cgroups_rs::fs::{Cgroup, Controller, MaxValue};
 use cgroups_rs::{CgroupPid, FreezerState};
+
+mod bpf;
+mod devices;
+
+pub use bpf::BpfError;
+pub use devices::{CharDevice, DevicePolicy};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
@@ -39,6 +46,15 @@ pub enum CgroupError {
         controller: &'static str,
         path: String,
     },
+    #[error(
+        "cannot restrict devices for cgroup {path}: this host has neither a devices controller \
+         nor cgroup2"
+    )]
+    NoDevicePolicy { path: String },
+    #[error("{what}: {source}")]
+    Bpf { what: String, source: BpfError },
+    #[error("cgroup {path} already holds processes: it belongs to another container")]
+    InUse { path: String },
     #[error("no freezer cgroup on this host")]
     NoFreezer,
     #[error("cgroup {path} did not {action}")]
@@ -217,10 +233,18 @@ fn make_in_every_hierarchy(path: &str, limits: &Limits) -> Result<Hierarchies> {
     Ok(hierarchies)
 }
 
-/// Creates `path` in every hierarchy, applies `limits`, moves `pid` in and delegates the
-/// subtree to `owner` (host uid, gid of the container's root).
-pub fn create(path: &str, pid: i32, owner: (u32, u32), limits: &Limits) -> Result<()> {
+/// Creates `path` in every hierarchy, applies `limits` and the device policy `devices`, moves
+/// `pid` in and delegates the subtree to `owner` (host uid, gid of the container's root).
+pub fn create(
+    path: &str,
+    pid: i32,
+    owner: (u32, u32),
+    limits: &Limits,
+    devices: &DevicePolicy,
+) -> Result<()> {
+    remove_if_stale(path)?;
     let hierarchies = make_in_every_hierarchy(path, limits)?;
+    devices::restrict(&hierarchies, path, devices)?;
     hierarchies
         .cgroup
         .add_task_by_tgid(CgroupPid::from(pid as u64))
@@ -235,6 +259,27 @@ pub fn create(path: &str, pid: i32, owner: (u32, u32), limits: &Limits) -> Resul
     for (dir, unified) in hierarchies.directories() {
         delegate(&dir, unified, owner)?;
     }
+    Ok(())
+}
+
+/// Removes a cgroup left behind by a container that is gone (no process remains in it): its
+/// sub-cgroups would keep a new device policy from applying (the kernel refuses to change the
+/// default of a cgroup with children), and its delegation belongs to a range given back. A
+/// cgroup that still holds processes is someone's: refused.
+fn remove_if_stale(path: &str) -> Result<()> {
+    let exists = Hierarchies::of(path)
+        .directories()
+        .iter()
+        .any(|(dir, _)| dir.exists());
+    if !exists {
+        return Ok(());
+    }
+    if !pids(path).is_empty() {
+        return Err(CgroupError::InUse {
+            path: path.to_string(),
+        });
+    }
+    remove(path);
     Ok(())
 }
 
