@@ -246,6 +246,37 @@ fn run_containers(docker: &Docker) {
     );
 }
 
+/// The admin allows `fuse` as an extra device (before devd first starts: it reads its
+/// allowlist then), and the node has the host node devd copies it from.
+fn allow_fuse(docker: &Docker) {
+    exec_ok(
+        docker,
+        "test -e /dev/fuse || mknod -m 666 /dev/fuse c 10 229; \
+         mkdir -p /etc/burrow && echo fuse > /etc/burrow/devd-allowlist",
+    );
+}
+
+/// devd under its unit makes an allowed extra device node (its DevicePolicy must let it
+/// mknod one): the test client asks for a /dev with fuse and looks at it from inside.
+fn extra_device(docker: &Docker) {
+    docker.ok(&[
+        "cp",
+        &bin("burrow-test-client").display().to_string(),
+        &format!("{NODE}:/root/burrow-test-client"),
+    ]);
+    let out = exec_ok(docker, "/root/burrow-test-client dev-create --extra fuse");
+    let answer: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let fuse = answer["inside"]["entries"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["name"] == "fuse");
+    assert!(
+        answer["ok"] == true && fuse.is_some_and(|e| e["kind"] == "chr" && e["rdev"] == "10:229"),
+        "{answer}"
+    );
+}
+
 /// `systemd-analyze security` of each unit, online in the node: the exposure numbers.
 fn exposure(docker: &Docker) -> Vec<(&'static str, f64)> {
     UNITS
@@ -346,7 +377,9 @@ fn helpers_run_under_their_units_on_a_systemd_node() {
         );
     }
 
+    allow_fuse(&docker);
     run_containers(&docker);
+    extra_device(&docker);
     assert_ran_as_units(&docker);
     let exposure = exposure(&docker);
     eprintln!("systemd-analyze security exposure: {exposure:?}");
