@@ -9,6 +9,12 @@ pub enum PrivilegeError {
     NotRoot(u32),
     #[error("capability {cap} is needed but not held (check the unit's CapabilityBoundingSet)")]
     Missing { cap: Capability },
+    #[error(
+        "capability {cap} is in the bounding set, and dropping it needs CAP_SETPCAP, which is \
+         not held (the unit's CapabilityBoundingSet should list exactly what the helper keeps, \
+         or also CAP_SETPCAP)"
+    )]
+    CannotDropBounding { cap: Capability },
     #[error("cannot change capability set {set:?}: {source}")]
     Caps {
         set: CapSet,
@@ -32,13 +38,7 @@ pub fn retain_only(keep: &[Capability]) -> Result<(), PrivilegeError> {
     if let Some(cap) = keep.iter().find(|c| !permitted.contains(c)) {
         return Err(PrivilegeError::Missing { cap: *cap });
     }
-    // Bounding-set changes need CAP_SETPCAP, so they come first.
-    for cap in caps::all().difference(&keep) {
-        caps::drop(None, CapSet::Bounding, *cap).map_err(|source| PrivilegeError::Caps {
-            set: CapSet::Bounding,
-            source,
-        })?;
-    }
+    drop_from_bounding(&keep)?;
     caps::clear(None, CapSet::Ambient).map_err(|source| PrivilegeError::Caps {
         set: CapSet::Ambient,
         source,
@@ -55,5 +55,35 @@ pub fn retain_only(keep: &[Capability]) -> Result<(), PrivilegeError> {
         set: CapSet::Permitted,
         source,
     })?;
+    Ok(())
+}
+
+/// Removes from the bounding set whatever it holds beyond `keep`. Only what is still there is
+/// dropped: a systemd unit whose `CapabilityBoundingSet` is already `keep` leaves nothing to
+/// drop, and so needs no CAP_SETPCAP (which every drop needs in the effective set, so this
+/// runs before the effective set shrinks).
+fn drop_from_bounding(keep: &CapsHashSet) -> Result<(), PrivilegeError> {
+    let bounding = caps::read(None, CapSet::Bounding).map_err(|source| PrivilegeError::Caps {
+        set: CapSet::Bounding,
+        source,
+    })?;
+    let mut extra: Vec<Capability> = bounding.difference(keep).copied().collect();
+    extra.sort_by_key(|c| c.index());
+    if let Some(cap) = extra.first() {
+        let effective =
+            caps::read(None, CapSet::Effective).map_err(|source| PrivilegeError::Caps {
+                set: CapSet::Effective,
+                source,
+            })?;
+        if !effective.contains(&Capability::CAP_SETPCAP) {
+            return Err(PrivilegeError::CannotDropBounding { cap: *cap });
+        }
+    }
+    for cap in extra {
+        caps::drop(None, CapSet::Bounding, cap).map_err(|source| PrivilegeError::Caps {
+            set: CapSet::Bounding,
+            source,
+        })?;
+    }
     Ok(())
 }

@@ -127,59 +127,97 @@ impl<I: Interface> Service<I> {
             })
     }
 
-    /// Serves until SIGTERM/SIGINT or until idle for `idle_timeout`. On the way out the name is
-    /// released first, so a call racing with the exit either still reaches this instance or
-    /// activates a new one.
+    /// Serves until SIGTERM/SIGINT, until idle for `idle_timeout`, or until the bus closes
+    /// the connection (a restarted bus activates a new instance; this one must not linger,
+    /// holding its state lock). On the way out the name is released first, so a call racing
+    /// with the exit either still reaches this instance or activates a new one.
     pub async fn run(self) -> Result<(), ServiceError> {
-        let conn = zbus::connection::Builder::system()
-            .map_err(|e| ServiceError::Connect(Box::new(e)))?
-            .serve_at(self.object_path, self.interface)
-            .map_err(|e| ServiceError::Connect(Box::new(e)))?
-            .build()
-            .await
-            .map_err(|e| ServiceError::Connect(Box::new(e)))?;
-        conn.request_name_with_flags(
-            self.bus_name,
-            zbus::fdo::RequestNameFlags::DoNotQueue.into(),
-        )
-        .await
-        .map_err(|source| ServiceError::OwnName {
-            name: self.bus_name,
-            source: Box::new(source),
-        })?;
-        tracing::info!(
-            bus_name = self.bus_name,
-            idle_timeout_s = self.idle_timeout.as_secs(),
-            "ready"
-        );
+        let Service {
+            bus_name,
+            object_path,
+            interface,
+            activity,
+            idle_timeout,
+        } = self;
+        let conn = connect(bus_name, object_path, interface).await?;
+        tracing::info!(bus_name, idle_timeout_s = idle_timeout.as_secs(), "ready");
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
-
-        let mut term = signal(SignalKind::terminate()).map_err(ServiceError::Signal)?;
-        let mut int = signal(SignalKind::interrupt()).map_err(ServiceError::Signal)?;
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
-        loop {
-            tokio::select! {
-                _ = term.recv() => { tracing::info!("SIGTERM, exiting"); break; }
-                _ = int.recv() => { tracing::info!("SIGINT, exiting"); break; }
-                _ = tick.tick() => {
-                    if !self.idle_timeout.is_zero()
-                        && self.activity.idle_for().is_some_and(|idle| idle >= self.idle_timeout)
-                    {
-                        tracing::info!("idle, exiting until the next call activates me");
-                        break;
-                    }
-                }
-            }
-        }
+        let why = wait_for_exit(&conn, &activity, idle_timeout).await?;
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
-        if let Err(e) = conn.release_name(self.bus_name).await {
-            tracing::warn!(error = %e, "releasing bus name");
+        if why != Exit::BusClosed {
+            if let Err(e) = conn.release_name(bus_name).await {
+                tracing::warn!(error = %e, "releasing bus name");
+            }
+            // Serve calls that were already routed to us before the name went away.
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        // Serve calls that were already routed to us before the name went away.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        while self.activity.idle_for().is_none() {
+        // Calls in flight finish their work (state is written before replies), also when no
+        // reply can reach the caller any more.
+        while activity.idle_for().is_none() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Ok(())
+    }
+}
+
+/// Connects to the system bus, serves `interface` at `object_path` and owns `bus_name`.
+async fn connect<I: Interface>(
+    bus_name: &'static str,
+    object_path: &'static str,
+    interface: I,
+) -> Result<zbus::Connection, ServiceError> {
+    let conn = zbus::connection::Builder::system()
+        .map_err(|e| ServiceError::Connect(Box::new(e)))?
+        .serve_at(object_path, interface)
+        .map_err(|e| ServiceError::Connect(Box::new(e)))?
+        .build()
+        .await
+        .map_err(|e| ServiceError::Connect(Box::new(e)))?;
+    conn.request_name_with_flags(bus_name, zbus::fdo::RequestNameFlags::DoNotQueue.into())
+        .await
+        .map_err(|source| ServiceError::OwnName {
+            name: bus_name,
+            source: Box::new(source),
+        })?;
+    Ok(conn)
+}
+
+/// Why a helper stops serving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Exit {
+    Signal,
+    Idle,
+    BusClosed,
+}
+
+/// Waits for a signal, for `idle_timeout` without calls (zero: never), or for the bus to close
+/// the connection (the bus exited or restarted).
+async fn wait_for_exit(
+    conn: &zbus::Connection,
+    activity: &Activity,
+    idle_timeout: Duration,
+) -> Result<Exit, ServiceError> {
+    let mut term = signal(SignalKind::terminate()).map_err(ServiceError::Signal)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(ServiceError::Signal)?;
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let closed = conn.closed();
+    tokio::pin!(closed);
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM, exiting"); return Ok(Exit::Signal); }
+            _ = int.recv() => { tracing::info!("SIGINT, exiting"); return Ok(Exit::Signal); }
+            _ = &mut closed => {
+                tracing::warn!("the bus closed the connection (it exited or restarted), exiting");
+                return Ok(Exit::BusClosed);
+            }
+            _ = tick.tick() => {
+                if !idle_timeout.is_zero()
+                    && activity.idle_for().is_some_and(|idle| idle >= idle_timeout)
+                {
+                    tracing::info!("idle, exiting until the next call activates me");
+                    return Ok(Exit::Idle);
+                }
+            }
+        }
     }
 }

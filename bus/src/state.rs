@@ -4,6 +4,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use nix::fcntl::{Flock, FlockArg};
 
@@ -95,6 +96,36 @@ impl InstanceLock {
             .map_err(|_| StateError::Locked(path.to_path_buf()))?;
         Ok(InstanceLock { _lock: lock })
     }
+
+    /// [`acquire`](Self::acquire), waiting up to `patience` for another instance to let go:
+    /// after the bus restarts, the new bus may activate a helper while the old bus's instance
+    /// is still on its way out.
+    pub fn acquire_waiting(path: &Path, patience: Duration) -> Result<Self, StateError> {
+        let started = Instant::now();
+        let mut waiting = false;
+        loop {
+            match Self::acquire(path) {
+                Err(StateError::Locked(_)) if started.elapsed() < patience => {
+                    if !waiting {
+                        tracing::warn!(lock = %path.display(), patience_s = patience.as_secs(),
+                            "another instance holds the state lock, waiting for it to exit");
+                        waiting = true;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Ok(lock) => {
+                    if waiting {
+                        tracing::info!(
+                            waited_ms = started.elapsed().as_millis() as u64,
+                            "got the state lock"
+                        );
+                    }
+                    return Ok(lock);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -129,6 +160,25 @@ mod tests {
         ));
         drop(first);
         InstanceLock::acquire(&path).unwrap();
+        fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn waiting_for_the_lock_is_bounded() {
+        let path = std::env::temp_dir().join(format!("burrow-wait-test-{}", std::process::id()));
+        let first = InstanceLock::acquire(&path).unwrap();
+        let started = Instant::now();
+        assert!(matches!(
+            InstanceLock::acquire_waiting(&path, Duration::from_millis(300)),
+            Err(StateError::Locked(_))
+        ));
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        let holder = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            drop(first);
+        });
+        InstanceLock::acquire_waiting(&path, Duration::from_secs(10)).unwrap();
+        holder.join().unwrap();
         fs::remove_file(&path).unwrap();
     }
 }

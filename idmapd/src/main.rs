@@ -33,6 +33,10 @@ const CAPABILITIES: &[Capability] = &[
     Capability::CAP_DAC_READ_SEARCH,
 ];
 
+/// How long a starting idmapd waits for another instance to release the state lock: well
+/// within the bus's activation timeout (25 s).
+const LOCK_PATIENCE: Duration = Duration::from_secs(10);
+
 #[derive(Parser, Debug)]
 #[command(
     version,
@@ -79,7 +83,9 @@ fn main() -> anyhow::Result<()> {
     burrow_bus::service::start(CAPABILITIES).context("dropping capabilities")?;
     let pool = pool::Pool::new(args.pool_start, args.pool_end).context("invalid pool")?;
     burrow_bus::state::ensure_private_dir(&args.state_dir)?;
-    let _lock = InstanceLock::acquire(&args.state_dir.with_extension("lock"))?;
+    // A restarted bus can activate idmapd while the old bus's instance is still exiting.
+    let _lock =
+        InstanceLock::acquire_waiting(&args.state_dir.with_extension("lock"), LOCK_PATIENCE)?;
     let registry = registry::Registry::load(&args.state_dir)?;
     let exclusions = allocator::Exclusions {
         subid_files: args.subid_file,

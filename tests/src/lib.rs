@@ -246,6 +246,50 @@ pub struct Harness {
     pub address: String,
     dbus: Child,
     polkitd: Child,
+    /// Process groups of buses [`Harness::restart_bus`] replaced.
+    old_buses: Vec<i32>,
+}
+
+/// A `dbus-daemon` on `dir`'s bus.conf, in a process group of its own that the helpers it
+/// activates share; their logs go to dir/dbus.log.
+fn start_dbus(dir: &Path, address: &str) -> Child {
+    let socket = dir.join("system_bus_socket");
+    let dbus_log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("dbus.log"))
+        .unwrap();
+    let dbus = Command::new("dbus-daemon")
+        .arg(format!("--config-file={}", dir.join("bus.conf").display()))
+        .arg("--nofork")
+        .env("DBUS_SYSTEM_BUS_ADDRESS", address)
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .stdout(Stdio::null())
+        .stderr(dbus_log)
+        .process_group(0)
+        .spawn()
+        .expect("start dbus-daemon (apt-get install dbus-daemon)");
+    wait_for("bus socket", || socket.exists());
+    dbus
+}
+
+fn start_polkitd(dir: &Path, address: &str) -> Child {
+    let polkit_log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("polkitd.log"))
+        .unwrap();
+    Command::new("/usr/lib/polkit-1/polkitd")
+        .arg("--no-debug")
+        .env("DBUS_SYSTEM_BUS_ADDRESS", address)
+        .stdout(Stdio::null())
+        .stderr(polkit_log)
+        .process_group(0)
+        .spawn()
+        .expect("start polkitd (apt-get install polkitd)")
 }
 
 impl Harness {
@@ -312,40 +356,62 @@ impl Harness {
         let socket = dir.join("system_bus_socket");
         fs::write(dir.join("bus.conf"), bus_config(&socket, &dir)).unwrap();
         let address = format!("unix:path={}", socket.display());
-        let dbus_log = fs::File::create(dir.join("dbus.log")).unwrap();
-        let dbus = Command::new("dbus-daemon")
-            .arg(format!("--config-file={}", dir.join("bus.conf").display()))
-            .arg("--nofork")
-            .env("DBUS_SYSTEM_BUS_ADDRESS", &address)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdout(Stdio::null())
-            .stderr(dbus_log)
-            .process_group(0)
-            .spawn()
-            .expect("start dbus-daemon (apt-get install dbus-daemon)");
-        wait_for("bus socket", || socket.exists());
-        let polkit_log = fs::File::create(dir.join("polkitd.log")).unwrap();
-        let polkitd = Command::new("/usr/lib/polkit-1/polkitd")
-            .arg("--no-debug")
-            .env("DBUS_SYSTEM_BUS_ADDRESS", &address)
-            .stdout(Stdio::null())
-            .stderr(polkit_log)
-            .process_group(0)
-            .spawn()
-            .expect("start polkitd (apt-get install polkitd)");
+        let dbus = start_dbus(&dir, &address);
+        let polkitd = start_polkitd(&dir, &address);
         let harness = Harness {
             dir,
             address,
             dbus,
             polkitd,
+            old_buses: vec![],
         };
         wait_for("polkitd on the bus", || {
             harness.name_has_owner("org.freedesktop.PolicyKit1")
         });
         harness
+    }
+
+    /// Restarts the system bus as an admin would: the bus exits (SIGTERM), and a new one starts
+    /// on the same socket with the same configuration, with a new polkitd on it. Helpers the
+    /// old bus activated are left alone: they must leave by themselves.
+    pub fn restart_bus(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.dbus.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.dbus.wait();
+        let _ = self.polkitd.kill();
+        let _ = self.polkitd.wait();
+        // The old bus's process group, with whatever helpers still linger in it.
+        self.old_buses.push(self.dbus.id() as i32);
+        let _ = fs::remove_file(self.dir.join("system_bus_socket"));
+        self.dbus = start_dbus(&self.dir, &self.address);
+        self.polkitd = start_polkitd(&self.dir, &self.address);
+        wait_for("polkitd on the new bus", || {
+            self.name_has_owner("org.freedesktop.PolicyKit1")
+        });
+    }
+
+    /// PIDs of the processes running `binary` in the process group of `bus` (a bus's pid).
+    pub fn helper_pids_of_bus(&self, binary: &str, bus: i32) -> Vec<i32> {
+        let needle = bin(binary).display().to_string();
+        fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| {
+                // A zombie has an empty command line: it is gone but for its exit status.
+                let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                cmdline.starts_with(needle.as_bytes())
+                    && nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(*pid)))
+                        .is_ok_and(|g| g.as_raw() == bus)
+            })
+            .collect()
+    }
+
+    /// The pid of the running bus (its helpers share it as their process group).
+    pub fn bus_pid(&self) -> i32 {
+        self.dbus.id() as i32
     }
 
     /// The helper owning `bus_name`, started by hand with the command line the bus would
@@ -425,24 +491,9 @@ impl Harness {
     }
 
     /// PIDs of the processes running `binary` that this harness's bus activated (they share
-    /// the bus's process group).
+    /// the bus's process group, also once re-parented to init).
     pub fn helper_pids(&self, binary: &str) -> Vec<i32> {
-        let dbus = self.dbus.id().to_string();
-        let needle = bin(binary).display().to_string();
-        fs::read_dir("/proc")
-            .unwrap()
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-            .filter(|pid| {
-                let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-                let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-                // Activated helpers are re-parented to init but stay in the bus's process group.
-                let pgid = stat
-                    .rsplit_once(')')
-                    .and_then(|(_, rest)| rest.split_whitespace().nth(2).map(String::from));
-                cmdline.starts_with(needle.as_bytes()) && pgid.as_deref() == Some(dbus.as_str())
-            })
-            .collect()
+        self.helper_pids_of_bus(binary, self.bus_pid())
     }
 
     /// SIGKILLs the running idmapd and waits until that process is gone (a call may already
@@ -483,9 +534,16 @@ impl Harness {
 
 impl Drop for Harness {
     fn drop(&mut self) {
-        // The bus and every helper it activated share one process group.
-        let group = nix::unistd::Pid::from_raw(self.dbus.id() as i32);
-        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+        // The bus and every helper it activated share one process group (one per bus started).
+        for bus in self
+            .old_buses
+            .iter()
+            .copied()
+            .chain([self.dbus.id() as i32])
+        {
+            let group = nix::unistd::Pid::from_raw(bus);
+            let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+        }
         for child in [&mut self.polkitd, &mut self.dbus] {
             let _ = child.kill();
             let _ = child.wait();

@@ -293,3 +293,104 @@ fn only_root_may_own_the_helpers_names() {
         );
     }
 }
+
+/// After the system bus restarts (issue item 10), the helpers the old bus activated leave at
+/// once (they never would by idle time here), and the first calls on the new bus reach fresh
+/// helpers: idmapd gets its state lock, waiting for the old instance if it must.
+#[test]
+fn helpers_leave_with_a_restarted_bus() {
+    let mut h = Harness::start(HarnessOptions::default());
+    let client = |h: &Harness, args: &[&str]| {
+        let out = h.client(None).args(args).output().unwrap();
+        let lines = burrow_tests::json_lines(&out.stdout);
+        assert!(
+            out.status.success() && lines.iter().all(|l| l["ok"] == true),
+            "{args:?}: {lines:?} {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            h.log()
+        );
+    };
+    // idmapd (allocate, list), devd and mountd (a /dev for the allocated namespace).
+    client(&h, &["allocate", "--name", "before-restart"]);
+    client(&h, &["dev-create"]);
+    burrow_tests::run(h.command("busctl").args([
+        "--system",
+        "introspect",
+        "org.burrow.Mount1",
+        "/org/burrow/Mount1",
+    ]));
+    let old_bus = h.bus_pid();
+    let binaries = ["burrow-idmapd", "burrow-devd", "burrow-mountd"];
+    for binary in binaries {
+        assert_eq!(h.helper_pids(binary).len(), 1, "{binary} not running");
+    }
+
+    let restarted = std::time::Instant::now();
+    h.restart_bus();
+    // The first call on the new bus activates a new idmapd at once, while the old one may
+    // still hold the lock.
+    client(&h, &["list"]);
+    client(&h, &["dev-create"]);
+    let first_calls = restarted.elapsed();
+    burrow_tests::wait_for("the old bus's helpers to exit", || {
+        binaries
+            .iter()
+            .all(|b| h.helper_pids_of_bus(b, old_bus).is_empty())
+    });
+    let gone = restarted.elapsed();
+    assert!(
+        gone < std::time::Duration::from_secs(3),
+        "the old helpers took {gone:?} to leave"
+    );
+    eprintln!("first calls on the new bus took {first_calls:?}, old helpers gone after {gone:?}");
+    assert!(
+        h.log()
+            .contains("the bus closed the connection (it exited or restarted), exiting"),
+        "{}",
+        h.log()
+    );
+    for binary in ["burrow-idmapd", "burrow-devd"] {
+        assert_eq!(h.helper_pids(binary).len(), 1, "{binary} on the new bus");
+    }
+}
+
+/// A starting idmapd waits (bounded) for the state lock held by another instance, and says so.
+#[test]
+fn idmapd_waits_for_the_state_lock() {
+    let h = Harness::start(HarnessOptions::default());
+    std::fs::create_dir_all(h.idmap_state_dir()).unwrap();
+    let lock = h.idmap_state_dir().with_extension("lock");
+    let mut holder = std::process::Command::new("flock")
+        .arg(&lock)
+        .args(["sleep", "2"])
+        .spawn()
+        .unwrap();
+    burrow_tests::wait_for("flock holding the lock", || {
+        std::process::Command::new("flock")
+            .arg("--nonblock")
+            .arg(&lock)
+            .arg("true")
+            .status()
+            .is_ok_and(|s| !s.success())
+    });
+    let started = std::time::Instant::now();
+    let out = h.client(None).arg("list").output().unwrap();
+    let waited = started.elapsed();
+    let _ = holder.wait();
+    assert!(
+        out.status.success() && burrow_tests::json_lines(&out.stdout)[0]["ok"] == true,
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        h.log()
+    );
+    assert!(
+        waited >= std::time::Duration::from_millis(1000),
+        "answered in {waited:?} while the lock was held"
+    );
+    assert!(
+        h.log()
+            .contains("another instance holds the state lock, waiting for it to exit"),
+        "{}",
+        h.log()
+    );
+}
