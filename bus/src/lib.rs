@@ -10,6 +10,8 @@ pub mod authz;
 pub mod cgroup;
 pub mod contract;
 pub mod error;
+pub mod mountinfo;
+pub mod nsfs;
 pub mod pidfd;
 pub mod privileges;
 pub mod proxy;

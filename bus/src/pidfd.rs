@@ -2,7 +2,8 @@
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use crate::userns::{self, NsId, UserNs};
+use crate::nsfs::ns_id;
+use crate::userns::{self, UserNs};
 use crate::BurrowError;
 
 // PIDFD_GET_*_NAMESPACE from <linux/pidfd.h> (Linux 6.11).
@@ -76,7 +77,7 @@ pub fn container_namespaces(
         let ns = get(pidfd, request, what)?;
         let owner = userns::owning_userns(ns.as_fd())
             .ok()
-            .and_then(|o| NsId::of(o.as_fd()).ok());
+            .and_then(|o| ns_id(o.as_fd()).ok());
         if owner != Some(user.id) {
             return Err(BurrowError::InvalidArgument(format!(
                 "the process's {what} namespace is not owned by its user namespace; \

@@ -116,7 +116,11 @@ pub fn parse(text: &str, path: &Path) -> Result<HashMap<String, Quota>, QuotaErr
             "max_ranges" => quota.max_ranges = Some(count()?),
             "max_extra_devices" => quota.max_extra_devices = Some(count()?),
             "memory_max" => quota.memory_max = Some(size()?),
-            "pids_max" => quota.pids_max = Some(count()? as i64),
+            "pids_max" => {
+                let pids = i64::try_from(count()?)
+                    .map_err(|_| error(format!("{key} is too large: {value:?}")))?;
+                quota.pids_max = Some(pids);
+            }
             other => {
                 return Err(error(format!(
                     "unknown key {other:?} (known: max_ranges, max_extra_devices, memory_max, pids_max)"
@@ -212,6 +216,25 @@ mod tests {
         ] {
             let err = parse(bad, Path::new("q")).unwrap_err().to_string();
             assert!(err.starts_with("quota file q: line "), "{bad}: {err}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Fuzzing: any file text either parses or is a named error with its line; never a
+        /// panic, never a negative limit.
+        #[test]
+        fn any_text_is_parsed_or_refused_by_line(
+            text in "(\\[[a-z ]{0,12}\\]|[a-z_]{0,18} ?= ?[0-9A-Za-z-]{0,24}|#.*|\\PC{0,40})(\n(\\[[a-z ]{0,12}\\]|[a-z_]{0,18} ?= ?[0-9A-Za-z-]{0,24}|#.*|\\PC{0,40})){0,12}"
+        ) {
+            match parse(&text, Path::new("q")) {
+                Ok(sections) => {
+                    for quota in sections.values() {
+                        proptest::prop_assert!(quota.memory_max.is_none_or(|m| m > 0));
+                        proptest::prop_assert!(quota.pids_max.is_none_or(|p| p >= 0));
+                    }
+                }
+                Err(e) => proptest::prop_assert!(e.to_string().starts_with("quota file q: line ")),
+            }
         }
     }
 }

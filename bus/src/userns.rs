@@ -5,9 +5,8 @@ use std::fs::File;
 use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
-use nix::sys::stat::fstat;
-
 use crate::contract::RANGE_SIZE;
+use crate::nsfs::{ns_id, NsHandle};
 use crate::BurrowError;
 
 // From <linux/nsfs.h>.
@@ -36,25 +35,6 @@ pub fn ioctl_new_fd(fd: BorrowedFd<'_>, request: u64) -> nix::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
-/// Identity of a namespace: the nsfs device and inode, as `stat` reports them.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
-pub struct NsId {
-    pub dev: u64,
-    pub ino: u64,
-}
-
-impl NsId {
-    pub fn of(fd: BorrowedFd<'_>) -> nix::Result<Self> {
-        let st = fstat(fd.as_raw_fd())?;
-        Ok(NsId {
-            dev: st.st_dev,
-            ino: st.st_ino,
-        })
-    }
-}
-
 /// The namespace type of an nsfs fd (a `CLONE_NEW*` constant), or `None` if it is no namespace.
 pub fn ns_type(fd: BorrowedFd<'_>) -> Option<i32> {
     ioctl_no_arg(fd, NS_GET_NSTYPE).ok()
@@ -74,7 +54,8 @@ pub fn parent_userns(fd: BorrowedFd<'_>) -> Option<OwnedFd> {
 #[derive(Debug)]
 pub struct UserNs {
     fd: OwnedFd,
-    pub id: NsId,
+    /// The kernel's id of the namespace (never another's while the machine runs).
+    pub id: u64,
     pub owner_uid: u32,
 }
 
@@ -98,8 +79,8 @@ impl UserNs {
                 ))
             }
         }
-        let id =
-            NsId::of(fd.as_fd()).map_err(|e| BurrowError::Failed(format!("fstat userns: {e}")))?;
+        let id = ns_id(fd.as_fd())
+            .map_err(|e| BurrowError::Failed(format!("NS_GET_ID of the user namespace: {e}")))?;
         let mut owner: libc::uid_t = 0;
         // SAFETY: NS_GET_OWNER_UID writes one uid_t into `owner`, which outlives the call.
         unsafe { ns_get_owner_uid(fd.as_raw_fd(), &mut owner) }
@@ -111,8 +92,8 @@ impl UserNs {
         })?;
         let own = File::open("/proc/self/ns/user")
             .map_err(|e| BurrowError::Failed(format!("open own userns: {e}")))?;
-        let parent_id = NsId::of(parent.as_fd()).map_err(|e| BurrowError::Failed(e.to_string()))?;
-        let own_id = NsId::of(own.as_fd()).map_err(|e| BurrowError::Failed(e.to_string()))?;
+        let parent_id = ns_id(parent.as_fd()).map_err(|e| BurrowError::Failed(e.to_string()))?;
+        let own_id = ns_id(own.as_fd()).map_err(|e| BurrowError::Failed(e.to_string()))?;
         if parent_id != own_id {
             return Err(BurrowError::InvalidArgument(
                 "user namespace is nested inside another one; create it directly in the host's \
@@ -134,6 +115,14 @@ impl UserNs {
 
     pub fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
+    }
+
+    /// The namespace's nsfs handle, through which the kernel later tells whether it still
+    /// exists.
+    pub fn handle(&self) -> Result<NsHandle, BurrowError> {
+        NsHandle::of(self.fd.as_fd()).map_err(|e| {
+            BurrowError::Failed(format!("name_to_handle_at of the user namespace: {e}"))
+        })
     }
 
     /// Starts a worker process inside this namespace.

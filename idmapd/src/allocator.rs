@@ -1,5 +1,6 @@
 //! The allocation policy: which range a caller gets, when a range comes back, and the
-//! start-up reconciliation. All of it runs under one lock, on a blocking thread.
+//! start-up reconciliation. All of it runs under one lock, on a blocking thread; none of it
+//! waits on anything a container controls (liveness is one nsfs lookup per record).
 
 use std::fs;
 use std::io::Write;
@@ -11,16 +12,23 @@ use burrow_bus::contract::RANGE_SIZE;
 use burrow_bus::userns::{NsWorker, UserNs};
 use burrow_bus::BurrowError;
 
-use crate::liveness::LiveNamespaces;
+use crate::liveness::Kernel;
 use crate::pool::{self, Pool};
-use crate::registry::{Record, RecordState, Registry, RegistryError};
+use crate::registry::{Namespace, Record, RecordState, Registry, RegistryError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AllocError {
     #[error("name {name:?} is already allocated for uid {uid} (range {base}); release it first")]
     Duplicate { uid: u32, name: String, base: u32 },
-    #[error("uid {uid} already holds {limit} ranges, the per-user limit")]
-    Quota { uid: u32, limit: usize },
+    #[error(
+        "uid {uid} already has {limit} ranges, the per-user limit ({draining} of them released \
+         but still used by a namespace that lives on)"
+    )]
+    Quota {
+        uid: u32,
+        limit: usize,
+        draining: usize,
+    },
     #[error(
         "no free range of {RANGE_SIZE} IDs left in the pool {start}..={end} ({in_use} in use)"
     )]
@@ -44,6 +52,8 @@ pub enum AllocError {
     },
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Kernel(BurrowError),
 }
 
 impl From<AllocError> for BurrowError {
@@ -59,6 +69,7 @@ impl From<AllocError> for BurrowError {
             AllocError::WriteMap { .. } | AllocError::ReadMap { .. } | AllocError::Registry(_) => {
                 BurrowError::Failed(msg)
             }
+            AllocError::Kernel(e) => e,
         }
     }
 }
@@ -71,7 +82,9 @@ pub struct Exclusions {
 }
 
 impl Exclusions {
-    /// Read at every allocation: admins add users and subordinate ranges at any time.
+    /// Read at every allocation: admins add users and subordinate ranges at any time. The
+    /// account files are read directly as well as through NSS, so that an explicitly named
+    /// database counts even where nsswitch.conf does not list it.
     fn ranges(&self) -> Vec<RangeInclusive<u32>> {
         let read = |p: &PathBuf| fs::read_to_string(p).unwrap_or_default();
         let sub = self
@@ -82,7 +95,7 @@ impl Exclusions {
             .id_db_files
             .iter()
             .flat_map(|p| pool::parse_id_db(&read(p)));
-        sub.chain(ids).collect()
+        sub.chain(ids).chain(crate::accounts::nss_ids()).collect()
     }
 }
 
@@ -91,23 +104,27 @@ pub struct Allocator {
     pub max_per_user: usize,
     exclusions: Exclusions,
     registry: Registry,
+    kernel: Kernel,
 }
 
 impl Allocator {
-    /// Loads the registry and frees every range whose user namespace is gone.
+    /// Loads the registry and frees every range whose user namespace is gone (all of them
+    /// after a reboot).
     pub fn open(
         pool: Pool,
         max_per_user: usize,
         exclusions: Exclusions,
         registry: Registry,
+        kernel: Kernel,
     ) -> Self {
         let mut allocator = Allocator {
             pool,
             max_per_user,
             exclusions,
             registry,
+            kernel,
         };
-        allocator.reclaim_dead(None);
+        allocator.reclaim(|_| true);
         allocator
     }
 
@@ -130,49 +147,56 @@ impl Allocator {
             })
     }
 
-    /// Frees the ranges of dead namespaces (only of `uid`'s records, if given); returns how
-    /// many were freed.
-    fn reclaim_dead(&mut self, uid: Option<u32>) -> usize {
-        if self.registry.len() == 0 {
-            return 0;
-        }
-        self.reclaim(&LiveNamespaces::scan(), |r| uid.is_none_or(|u| u == r.uid))
-    }
-
     pub fn has_draining(&self) -> bool {
         self.registry
             .records()
             .any(|r| r.state == RecordState::Draining)
     }
 
-    /// Frees the released ranges whose namespaces are gone by the time of `live`.
-    pub fn reclaim_draining(&mut self, live: &LiveNamespaces) -> usize {
-        self.reclaim(live, |r| r.state == RecordState::Draining)
+    /// Frees the released ranges whose namespaces are gone.
+    pub fn reclaim_draining(&mut self) -> usize {
+        self.reclaim(|r| r.state == RecordState::Draining)
     }
 
-    fn reclaim(&mut self, live: &LiveNamespaces, candidate: impl Fn(&Record) -> bool) -> usize {
-        let mut dead = vec![];
-        for record in self.registry.records().filter(|r| candidate(r)) {
-            if live.maps_range(&record.userns, record.base, record.size) {
-                tracing::debug!(uid = record.uid, name = %record.name, base = record.base,
-                    held_by = ?live.holder(&record.userns), "range still in use");
-            } else {
-                dead.push(record.clone());
-            }
-        }
+    /// Frees the `candidate` ranges whose namespaces the kernel says are gone; returns how
+    /// many. A held one is freed too: its container ended without a Release.
+    fn reclaim(&mut self, candidate: impl Fn(&Record) -> bool) -> usize {
+        let gone: Vec<Record> = self
+            .registry
+            .records()
+            .filter(|r| candidate(r) && !self.kernel.may_exist(r))
+            .cloned()
+            .collect();
         let mut freed = 0;
-        for record in dead {
+        for record in gone {
             match self.registry.remove(record.base) {
                 Ok(_) => {
                     freed += 1;
                     crate::cgroups::remove(&record);
                     tracing::info!(uid = record.uid, name = %record.name, base = record.base,
-                        state = ?record.state, "reclaimed range of a dead user namespace");
+                        state = ?record.state, "reclaimed the range of a namespace that is gone");
                 }
                 Err(e) => tracing::error!(base = record.base, error = %e, "cannot reclaim range"),
             }
         }
         freed
+    }
+
+    /// Refuses `uid` a new range if it has `max_ranges` already, counting the ones it released
+    /// whose namespaces still live: releasing a range does not make room while it is in use.
+    fn check_quota(&mut self, uid: u32, max_ranges: usize) -> Result<(), AllocError> {
+        if self.registry.count_of(uid).0 >= max_ranges {
+            self.reclaim(|r| r.uid == uid);
+        }
+        let (count, draining) = self.registry.count_of(uid);
+        if count >= max_ranges {
+            return Err(AllocError::Quota {
+                uid,
+                limit: max_ranges,
+                draining,
+            });
+        }
+        Ok(())
     }
 
     /// Gives `uid` a fresh range under `name` and maps `userns` onto it through `worker`
@@ -185,6 +209,11 @@ impl Allocator {
         worker: &NsWorker,
         max_ranges: usize,
     ) -> Result<Record, AllocError> {
+        let namespace = Namespace {
+            id: userns.id,
+            handle: userns.handle().map_err(AllocError::Kernel)?,
+            boot_id: self.kernel.boot_id.clone(),
+        };
         if let Some(existing) = self.registry.held(uid, name) {
             return Err(AllocError::Duplicate {
                 uid,
@@ -192,15 +221,10 @@ impl Allocator {
                 base: existing.base,
             });
         }
-        if self.registry.held_count(uid) >= max_ranges && self.reclaim_dead(Some(uid)) == 0 {
-            return Err(AllocError::Quota {
-                uid,
-                limit: max_ranges,
-            });
-        }
+        self.check_quota(uid, max_ranges)?;
         let base = match self.pick() {
             Some(base) => base,
-            None if self.reclaim_dead(None) > 0 => self.pick().ok_or_else(|| self.exhausted())?,
+            None if self.reclaim(|_| true) > 0 => self.pick().ok_or_else(|| self.exhausted())?,
             None => return Err(self.exhausted()),
         };
         let record = Record {
@@ -208,7 +232,7 @@ impl Allocator {
             name: name.into(),
             base,
             size: RANGE_SIZE,
-            userns: userns.id,
+            namespace: Some(namespace),
             state: RecordState::Held,
             created: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -244,28 +268,25 @@ impl Allocator {
         }
     }
 
-    /// Drops `uid`'s name. The range is free at once if its namespace is gone (`alive` is a
-    /// scan taken after the caller looked the record up: a dead namespace never comes back, so
-    /// a stale "dead" is still true); otherwise it drains until the namespace dies, so it is
-    /// never shared by two live namespaces.
-    pub fn release(
-        &mut self,
-        uid: u32,
-        name: &str,
-        alive: &LiveNamespaces,
-    ) -> Result<Record, AllocError> {
+    /// Drops `uid`'s name. The range is free at once if its namespace is gone; otherwise it
+    /// drains until the kernel says the namespace is gone, so it is never shared by two live
+    /// namespaces.
+    pub fn release(&mut self, uid: u32, name: &str) -> Result<Record, AllocError> {
         let record = self.get(uid, name)?.clone();
-        if alive.maps_range(&record.userns, record.base, record.size) {
+        if self.kernel.may_exist(&record) {
             self.registry
                 .set_state(record.base, RecordState::Draining)?;
-            tracing::info!(uid, name, base = record.base, held_by = ?alive.holder(&record.userns),
-                "released; range drains until its namespace exits");
+            tracing::info!(
+                uid,
+                name,
+                base = record.base,
+                "released; the range drains until its namespace is gone"
+            );
         } else {
             self.registry.remove(record.base)?;
             crate::cgroups::remove(&record);
             tracing::info!(uid, name, base = record.base, "released");
         }
-        self.reclaim_draining(alive);
         Ok(record)
     }
 }

@@ -4,12 +4,12 @@
 //! moves the container's first process in, and hands the subtree to the range's root. The
 //! cgroup goes when the range is freed.
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 
 use burrow_bus::cgroup::{self, DevicePolicy, Limits};
 use burrow_bus::contract::idmap::CGROUP_ROOT;
+use burrow_bus::nsfs::ns_id;
 use burrow_bus::quota::Quota;
-use burrow_bus::userns::NsId;
 use burrow_bus::{pidfd, BurrowError};
 
 use crate::registry::Record;
@@ -40,16 +40,7 @@ pub fn grant(
     process: BorrowedFd<'_>,
     quota: &Quota,
 ) -> Result<String, BurrowError> {
-    let userns = pidfd::user_namespace(process)?;
-    let id = NsId::of(userns.as_fd())
-        .map_err(|e| BurrowError::Failed(format!("reading the process's user namespace: {e}")))?;
-    if id != record.userns {
-        return Err(BurrowError::NotAuthorized(format!(
-            "the process is not in the user namespace of range {:?}",
-            record.name
-        )));
-    }
-    let pid = pidfd::pid_of(process)?;
+    check_member(record, process)?;
     let user_limits = Limits {
         memory: quota.memory_max,
         pids: quota.pids_max,
@@ -57,35 +48,31 @@ pub fn grant(
     };
     cgroup::make(&user_path(record.uid), &user_limits).map_err(failed)?;
     let path = path_of(record);
-    // A leftover of the range's previous holder (idmapd was killed before it removed it): the
-    // range is this caller's now, and nothing can still run in the old one's namespace.
-    cgroup::remove(&path);
-    cgroup::create(
-        &path,
-        pid,
-        (record.base, record.base),
-        &Limits::default(),
-        &DevicePolicy::standard(),
-    )
-    .map_err(failed)?;
-    // The pid came from the pidfd: while that process still lives, the pid moved was its.
-    // (Signal 0 checks existence; EPERM, as idmapd may not signal it, still means alive.)
-    // SAFETY: pidfd_send_signal with signal 0 on a borrowed, live fd.
-    let alive = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            process.as_raw_fd(),
-            0,
-            std::ptr::null::<libc::siginfo_t>(),
-            0,
-        )
-    } == 0
-        || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH);
-    if !alive {
+    // A leftover of the range's previous holder (idmapd was killed before it removed it) is
+    // removed first: that namespace is gone, and with it its processes.
+    let cgroup =
+        cgroup::create(&path, &Limits::default(), &DevicePolicy::standard()).map_err(failed)?;
+    let moved = crate::pin::move_into(process, &cgroup.procs_files())
+        .and_then(|()| cgroup.delegate((record.base, record.base)).map_err(failed));
+    if let Err(e) = moved {
         cgroup::remove(&path);
-        return Err(BurrowError::InvalidArgument(
-            "the pidfd's process exited while it was being moved".into(),
-        ));
+        return Err(e);
     }
     Ok(path)
+}
+
+/// Refuses a process outside the namespace that idmapd mapped onto `record`'s range: the
+/// kernel's namespace id is that namespace's alone (an inode number is not: it is reused as
+/// soon as a namespace goes), and only that namespace maps the range.
+fn check_member(record: &Record, process: BorrowedFd<'_>) -> Result<(), BurrowError> {
+    let userns = pidfd::user_namespace(process)?;
+    let id = ns_id(userns.as_fd())
+        .map_err(|e| BurrowError::Failed(format!("reading the process's user namespace: {e}")))?;
+    if record.namespace.as_ref().map(|ns| ns.id) != Some(id) {
+        return Err(BurrowError::NotAuthorized(format!(
+            "the process is not in the user namespace of range {:?}",
+            record.name
+        )));
+    }
+    Ok(())
 }

@@ -16,7 +16,6 @@ use zbus::zvariant::OwnedFd;
 use zbus::Connection;
 
 use crate::allocator::{self, Allocator};
-use crate::liveness::LiveNamespaces;
 
 pub struct IdMap {
     allocator: Arc<Mutex<Allocator>>,
@@ -41,11 +40,7 @@ impl IdMap {
                 continue;
             }
             let allocator = Arc::clone(&allocator);
-            let _ = tokio::task::spawn_blocking(move || {
-                let live = LiveNamespaces::scan();
-                lock(&allocator).reclaim_draining(&live);
-            })
-            .await;
+            let _ = tokio::task::spawn_blocking(move || lock(&allocator).reclaim_draining()).await;
         }
     }
 
@@ -120,11 +115,8 @@ impl IdMap {
         validate_name(&name)?;
         let uid = caller.uid;
         let released_name = name.clone();
-        self.lock().get(uid, &name)?;
-        // The /proc scan is the slow part; take it without holding the allocator.
-        let alive = blocking(|| Ok(LiveNamespaces::scan())).await?;
         let record = self
-            .with_allocator(move |a| Ok(a.release(uid, &released_name, &alive)?))
+            .with_allocator(move |a| Ok(a.release(uid, &released_name)?))
             .await?;
         Self::released(&emitter, uid, &name, record.base).await?;
         self.in_use_changed(&emitter).await?;

@@ -1,9 +1,11 @@
 //! burrow-idmapd: hands out exclusive 65536-ID ranges and maps user namespaces onto them.
 
+mod accounts;
 mod allocator;
 mod cgroups;
 mod dbus;
 mod liveness;
+mod pin;
 mod pool;
 mod registry;
 
@@ -50,11 +52,15 @@ struct Args {
         default_value = "/var/lib/burrow/idmap"
     )]
     state_dir: PathBuf,
-    /// First host ID of the pool ranges are taken from.
-    #[arg(long, env = "BURROW_IDMAP_POOL_START", default_value_t = 524288)]
+    /// First host ID of the pool ranges are taken from. The default pool, 0x70000000 up to
+    /// systemd's foreign UID range (0x7FFE0000), is the part of the signed 32-bit IDs that
+    /// systemd documents as unused: below it are its container ranges (524288..=1879048191,
+    /// used by systemd-nspawn --private-users=pick and nsresourced), above it IDs many programs
+    /// mishandle.
+    #[arg(long, env = "BURROW_IDMAP_POOL_START", default_value_t = 0x7000_0000)]
     pool_start: u32,
     /// Last host ID of the pool (inclusive).
-    #[arg(long, env = "BURROW_IDMAP_POOL_END", default_value_t = 1879048191)]
+    #[arg(long, env = "BURROW_IDMAP_POOL_END", default_value_t = 0x7FFD_FFFF)]
     pool_end: u32,
     /// Per-user quotas (max_ranges, memory_max, pids_max), read at every call.
     #[arg(long, env = "BURROW_QUOTA_FILE", default_value = burrow_bus::quota::DEFAULT_PATH)]
@@ -91,7 +97,11 @@ fn main() -> anyhow::Result<()> {
         subid_files: args.subid_file,
         id_db_files: args.id_db_file,
     };
-    let allocator = allocator::Allocator::open(pool, args.max_per_user, exclusions, registry);
+    let kernel = liveness::Kernel {
+        boot_id: burrow_bus::nsfs::boot_id().context("reading this boot's id")?,
+    };
+    let allocator =
+        allocator::Allocator::open(pool, args.max_per_user, exclusions, registry, kernel);
     tracing::info!(pool_start = pool.start, pool_end = pool.end, capacity = pool.capacity(),
         in_use = allocator.in_use(), state_dir = %args.state_dir.display(), "registry loaded");
 

@@ -6,8 +6,8 @@ use std::fs;
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 
+use burrow_bus::nsfs::NsHandle;
 use burrow_bus::state::{self, StateError};
-use burrow_bus::userns::NsId;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,10 +26,26 @@ pub struct Record {
     pub name: String,
     pub base: u32,
     pub size: u32,
-    pub userns: NsId,
+    /// The user namespace mapped onto the range, as the kernel identifies it: its id (for
+    /// comparing with a namespace a caller shows later) and its nsfs handle (through which the
+    /// kernel says whether it still exists). None in records of older idmapds (which kept an
+    /// inode number in `userns`): their namespaces count as alive until an admin removes the
+    /// record (README, operations).
+    #[serde(default)]
+    pub namespace: Option<Namespace>,
     pub state: RecordState,
     /// Seconds since the epoch, for people reading the state directory.
     pub created: u64,
+}
+
+/// A user namespace as the kernel knows it, during one boot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Namespace {
+    pub id: u64,
+    pub handle: NsHandle,
+    /// /proc/sys/kernel/random/boot_id when it was recorded: ids and handles mean nothing
+    /// after a reboot, when every namespace of the record's boot is gone.
+    pub boot_id: String,
 }
 
 impl Record {
@@ -128,10 +144,17 @@ impl Registry {
             .find(|r| r.state == RecordState::Held && r.uid == uid && r.name == name)
     }
 
-    pub fn held_count(&self, uid: u32) -> usize {
+    /// How many ranges `uid` has: held ones and released ones still draining, which its
+    /// namespaces still use.
+    pub fn count_of(&self, uid: u32) -> (usize, usize) {
         self.records()
-            .filter(|r| r.state == RecordState::Held && r.uid == uid)
-            .count()
+            .filter(|r| r.uid == uid)
+            .fold((0, 0), |(all, draining), r| {
+                (
+                    all + 1,
+                    draining + usize::from(r.state == RecordState::Draining),
+                )
+            })
     }
 
     pub fn taken(&self) -> Vec<RangeInclusive<u32>> {
@@ -175,10 +198,14 @@ mod tests {
             name: name.into(),
             base,
             size: 65536,
-            userns: NsId {
-                dev: 4,
-                ino: 4026531837,
-            },
+            namespace: Some(Namespace {
+                id: 4098,
+                handle: NsHandle {
+                    handle_type: 241,
+                    bytes: vec![2, 16, 0, 0, 0, 0, 0, 0, 0, 0, 0, 16, 253, 255, 255, 239],
+                },
+                boot_id: "b".into(),
+            }),
             state: RecordState::Held,
             created: 0,
         }

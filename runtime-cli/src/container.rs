@@ -493,16 +493,18 @@ fn create_steps(
                 id,
             );
             undo.cgroup = Some(cgroup.clone());
-            burrow_bus::cgroup::create(
+            let limits = linux
+                .and_then(|l| l.resources().as_ref())
+                .map(crate::spec::limits_of)
+                .unwrap_or_default();
+            let new = burrow_bus::cgroup::create(
                 &cgroup,
-                intermediate.as_raw(),
-                root_ids,
-                &linux
-                    .and_then(|l| l.resources().as_ref())
-                    .map(crate::spec::limits_of)
-                    .unwrap_or_default(),
+                &limits,
                 &burrow_bus::cgroup::DevicePolicy::standard(),
             )?;
+            // The intermediate is this process's child, not yet reaped: its pid is its own.
+            new.add(intermediate.as_raw())?;
+            new.delegate(root_ids)?;
             crate::log::debug(format!("cgroup {cgroup}, delegated to host uid {base}"));
         } else {
             // Only root can make cgroups: idmapd delegates one to the range (and removes it

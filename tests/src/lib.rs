@@ -527,6 +527,12 @@ impl Harness {
             .collect()
     }
 
+    /// How many ranges idmapd has out (held and draining), from its `InUse` property.
+    pub fn ranges_in_use(&self) -> u64 {
+        let out = self.client(None).arg("props").output().unwrap();
+        json_lines(&out.stdout)[0]["in_use"].as_u64().unwrap()
+    }
+
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.join("dbus.log")).unwrap_or_default()
     }
@@ -1016,7 +1022,12 @@ impl<'a> Burrow<'a> {
 
     /// A bundle `name` in this caller's home around `rootfs` (made by `make_rootfs` in the
     /// bundle's `rootfs` and then given to the caller), running `args`.
-    pub fn bundle(&self, name: &str, args: &[&str], make_rootfs: impl FnOnce(&Path)) -> PathBuf {
+    pub fn bundle<T>(
+        &self,
+        name: &str,
+        args: &[&str],
+        make_rootfs: impl FnOnce(&Path) -> T,
+    ) -> PathBuf {
         let dir = self.home.join(name);
         fs::create_dir_all(&dir).unwrap();
         make_rootfs(&dir.join("rootfs"));

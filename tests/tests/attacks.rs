@@ -219,3 +219,262 @@ fn the_device_cgroup_denies_all_but_devds_nodes() {
     }
     assert!(disk.untouched());
 }
+
+/// Runs `cmd` to its end, or kills it after `seconds` and fails: for attacks whose symptom is
+/// a hang.
+fn finishes_within(mut cmd: Command, seconds: u64, what: &str) -> std::process::Output {
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{what} did not finish in {seconds} s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// What a container's root does to wedge or redirect a helper that walks its mounts: an nsfs
+/// bind hidden under a FIFO bound over it, and one under a tmpfs holding an absolute symlink
+/// where the nsfs file was.
+const WEDGE: &str =
+    "touch /w && mount --bind /proc/self/ns/net /w && mkfifo /fifo && mount --bind /fifo /w \
+    && mkdir -p /d && touch /d/ns && mount --bind /proc/self/ns/user /d/ns && mount -t tmpfs t /d \
+    && ln -s /etc/shadow /d/ns && echo wedged; exec sleep 1000";
+
+/// A container cannot stall idmapd for the host (item 2): with a FIFO stacked over an nsfs
+/// bind and a symlink over another, other containers are still made and deleted, for root and
+/// for a tenant, and deleting the wedging container works.
+#[test]
+fn a_container_cannot_stall_idmapd() {
+    let h = Harness::start(HarnessOptions::default());
+    let root = Burrow::new(&h, None, "wedge-root");
+    let wedge = root.bundle("wedge", &["sh", "-c", WEDGE], |r| {
+        busybox_rootfs(r, None);
+    });
+    let wedging = root.start_detached(&wedge, "wedge");
+    burrow_tests::wait_for("the wedge", || {
+        root.output_of(&wedge, "wedge").contains("wedged")
+    });
+    for user in [None, Some(test_users().alice)] {
+        let who = user.map_or("root", |u| u.name);
+        let caller = Burrow::new(&h, user, &format!("after-wedge-{who}"));
+        let bundle = caller.bundle("true", &["true"], |r| busybox_rootfs(r, user));
+        for round in 0..3 {
+            let run = caller.command(&["run", "--bundle", &bundle.display().to_string(), "t"]);
+            let out = finishes_within(run, 30, &format!("{who}'s burrow run (round {round})"));
+            assert!(
+                out.status.success(),
+                "{who}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    let delete = root.command(&["delete", "--force", &wedging.id]);
+    let out = finishes_within(delete, 30, "deleting the wedging container");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    burrow_tests::wait_for("every range free", || h.ranges_in_use() == 0);
+}
+
+/// A child printing JSON lines, read one at a time; its stdin stays open until [`Self::finish`].
+struct Lines {
+    child: std::process::Child,
+    out: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+}
+
+impl Lines {
+    fn spawn(mut cmd: Command) -> Lines {
+        let mut child = cmd
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+        Lines { child, out }
+    }
+
+    /// The next JSON line whose `op` is `op`.
+    fn until(&mut self, op: &str) -> serde_json::Value {
+        for line in self.out.by_ref() {
+            let v: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
+            if v["op"] == op || v["ok"] == false {
+                return v;
+            }
+        }
+        panic!("no {op} line");
+    }
+
+    fn say(&mut self) {
+        std::io::Write::write_all(self.child.stdin.as_mut().unwrap(), b"go\n").unwrap();
+    }
+
+    fn finish(mut self) {
+        drop(self.child.stdin.take());
+        assert!(self.child.wait().unwrap().success());
+    }
+}
+
+/// A range released while its user namespace lives on through something no /proc scan sees
+/// (its fd in flight in a socket queue; a socket of a network namespace it owns) goes to no
+/// other caller, for root's ranges and for a tenant's (item 3). The namespace really lived:
+/// its holder recovers it afterwards, still mapping the range.
+#[test]
+fn a_released_range_is_not_reused_while_a_hidden_reference_keeps_its_namespace() {
+    let h = Harness::start(HarnessOptions::default());
+    let carol = test_users().carol;
+    for user in [None, Some(test_users().alice)] {
+        for trick in ["fd-in-flight", "netns-socket"] {
+            let who = format!("{} with {trick}", user.map_or("root", |u| u.name));
+            let mut attack = h.as_user(burrow_tests::shared_bin("burrow-attack"), user);
+            attack.args(["keep-alive", "--name", "kept", "--trick", trick]);
+            let mut attacker = Lines::spawn(attack);
+            assert_eq!(attacker.until("release")["ok"], true, "{who}");
+            let base = attacker.until("parked")["base"].as_u64().unwrap();
+            assert_eq!(h.ranges_in_use(), 1, "{who}: the released range must drain");
+            let other = burrow_tests::json_lines(
+                &h.client(Some(carol))
+                    .args(["allocate", "--name", "victim"])
+                    .output()
+                    .unwrap()
+                    .stdout,
+            )
+            .remove(0);
+            assert_eq!(other["ok"], true, "{who}: {other}");
+            assert_ne!(
+                other["base"].as_u64(),
+                Some(base),
+                "{who}: range handed out twice"
+            );
+            let released = h
+                .client(Some(carol))
+                .args(["release", "--name", "victim"])
+                .output();
+            assert!(released.unwrap().status.success());
+            attacker.say();
+            let recovered = attacker.until("recovered");
+            assert_eq!(
+                recovered["uid_map"]
+                    .as_str()
+                    .unwrap()
+                    .split_whitespace()
+                    .collect::<Vec<_>>(),
+                ["0", &base.to_string(), "65536"],
+                "{who}: {recovered}"
+            );
+            attacker.finish();
+            burrow_tests::wait_for("the kept range freed", || h.ranges_in_use() == 0);
+        }
+    }
+}
+
+/// Releasing a range whose namespace still runs makes no room under the per-user quota (item
+/// 5): with max_ranges = 2, a tenant who released both of her live ranges gets no third.
+#[test]
+fn released_but_live_ranges_count_against_the_quota() {
+    let quotas = std::env::temp_dir().join(format!("burrow-quota-{}", std::process::id()));
+    fs::write(&quotas, "[user burrow-alice]\nmax_ranges = 2\n").unwrap();
+    let args = vec!["--quota-file".to_string(), quotas.display().to_string()];
+    let h = Harness::start(HarnessOptions {
+        idmapd_args: args,
+        ..Default::default()
+    });
+    let alice = Some(test_users().alice);
+    let client = |args: &[&str]| {
+        let out = h.client(alice).args(args).output().unwrap();
+        burrow_tests::json_lines(&out.stdout).remove(0)
+    };
+    let mut holders = vec![];
+    for name in ["q1", "q2"] {
+        let mut cmd = h.client(alice);
+        cmd.args(["allocate", "--name", name, "--hold"]);
+        let mut holder = Lines::spawn(cmd);
+        assert_eq!(holder.until("allocate")["ok"], true);
+        assert_eq!(client(&["release", "--name", name])["ok"], true);
+        holders.push(holder);
+    }
+    assert_eq!(h.ranges_in_use(), 2);
+    let third = client(&["allocate", "--name", "q3"]);
+    burrow_tests::assert_error_says(&third, "org.burrow.Error.Exhausted", "2 of them released");
+    assert_eq!(h.ranges_in_use(), 2, "a refused call changed something");
+    for holder in holders {
+        holder.finish();
+    }
+    burrow_tests::wait_for("drained ranges freed", || h.ranges_in_use() == 0);
+    assert_eq!(client(&["allocate", "--name", "q3"])["ok"], true);
+    assert_eq!(client(&["release", "--name", "q3"])["ok"], true);
+    fs::remove_file(&quotas).unwrap();
+}
+
+/// AddControlGroup trusts no inode number (item 7): once a range's namespace is gone, a new
+/// namespace that got the same inode number is not the range's, and its process is refused.
+#[test]
+fn add_control_group_refuses_a_namespace_that_reuses_an_inode_number() {
+    let h = Harness::start(HarnessOptions::default());
+    let mut attack = h.as_user(
+        burrow_tests::shared_bin("burrow-attack"),
+        Some(test_users().alice),
+    );
+    attack.args(["inode-reuse", "--name", "reused"]);
+    let out = attack.output().unwrap();
+    let result = burrow_tests::json_lines(&out.stdout).remove(0);
+    assert_ne!(
+        result["error"], "no reuse",
+        "the kernel never reused the inode: {result}"
+    );
+    burrow_tests::assert_error_says(
+        &result,
+        "org.burrow.Error.NotAuthorized",
+        "not in the user namespace",
+    );
+}
+
+/// A read-only `rbind` is read-only all the way down (item 8): a filesystem mounted below the
+/// bind's source is not a writable way out of it.
+#[test]
+fn a_read_only_rbind_is_read_only_below_too() {
+    let h = Harness::start(HarnessOptions::default());
+    let caller = Burrow::new(&h, None, "rbind");
+    let source = h.dir.join(format!(
+        "{}rbind-source",
+        burrow_tests::SCRATCH_FILESYSTEMS.trim_start_matches('/')
+    ));
+    let below = source.join("below");
+    fs::create_dir_all(&below).unwrap();
+    burrow_tests::run(
+        Command::new("mount")
+            .args(["-t", "tmpfs", "below"])
+            .arg(&below),
+    );
+    let probe = "for d in /data /data/below; do \
+        if touch $d/written 2>/dev/null; then echo $d=written; else echo $d=refused; fi; done";
+    let bundle = caller.bundle("rbind", &["sh", "-c", probe], |r| {
+        busybox_rootfs(r, None);
+    });
+    let config_path = bundle.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&config_path).unwrap()).unwrap();
+    config["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "destination": "/data", "type": "bind", "source": source, "options": ["rbind", "ro"]
+        }));
+    fs::write(&config_path, config.to_string()).unwrap();
+    let (output, status) = caller.run_bundle(&bundle, "rbind");
+    let _ = Command::new("umount").arg(&below).status();
+    assert!(status.success(), "{output}");
+    assert!(
+        output.contains("/data=refused") && output.contains("/data/below=refused"),
+        "{output}"
+    );
+    assert!(!below.join("written").exists() && !source.join("written").exists());
+}

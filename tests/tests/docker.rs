@@ -4,12 +4,7 @@
 
 use std::path::Path;
 
-use burrow_tests::{busybox_rootfs, json_lines, wait_for, Docker, Harness, HarnessOptions};
-
-fn in_use(h: &Harness) -> u64 {
-    let out = h.client(None).arg("props").output().unwrap();
-    json_lines(&out.stdout)[0]["in_use"].as_u64().unwrap()
-}
+use burrow_tests::{busybox_rootfs, wait_for, Docker, Harness, HarnessOptions};
 
 fn base_of(uid_map: &str) -> u64 {
     let fields: Vec<u64> = uid_map
@@ -431,7 +426,7 @@ fn docker_runs_system_containers() {
             .join(memory_cgroup.trim_start_matches('/'));
         assert!(!dir.exists(), "cgroup {} left behind", dir.display());
     }
-    wait_for("ranges released", || in_use(&h) == 0);
+    wait_for("ranges released", || h.ranges_in_use() == 0);
 }
 
 /// `command` (a docker command line for `docker`'s daemon) in a shell, under script(1) when it

@@ -223,13 +223,6 @@ fn range_base(pid: &str) -> u32 {
         .unwrap()
 }
 
-fn in_use(h: &Harness) -> u64 {
-    let out = h.client(None).arg("props").output().unwrap();
-    burrow_tests::json_lines(&out.stdout)[0]["in_use"]
-        .as_u64()
-        .unwrap()
-}
-
 fn cgroup_exists(path: &str) -> bool {
     [
         "/sys/fs/cgroup/pids",
@@ -442,7 +435,7 @@ fn lifecycle_of_a_system_container() {
         rt.leftovers()
     );
     assert!(!cgroup_exists("/burrow-test/life"), "cgroup left");
-    wait_for("range released", || in_use(&h) == 0);
+    wait_for("range released", || h.ranges_in_use() == 0);
 }
 
 /// `delete --force` when dropped, so that a failed check leaves no container running.
@@ -568,7 +561,7 @@ fn cgroup_v2_host() {
     assert!(!dir.exists(), "cgroup left");
     assert!(rt.leftovers().is_empty(), "{:?}", rt.leftovers());
     let _ = fs::remove_dir("/sys/fs/cgroup/burrow-v2");
-    wait_for("range released", || in_use(&h) == 0);
+    wait_for("range released", || h.ranges_in_use() == 0);
 }
 
 #[test]
@@ -580,7 +573,7 @@ fn run_propagates_the_exit_code_and_cleans_up() {
     let out = rt.run(&["run", "--bundle", &b.display().to_string(), "exit3"]);
     assert_eq!(out.status.code(), Some(3), "{}", rt.last_error());
     assert!(rt.leftovers().is_empty());
-    wait_for("range released", || in_use(&h) == 0);
+    wait_for("range released", || h.ranges_in_use() == 0);
     // Without --debug the log holds no debug lines; with it, the helpers' answers.
     assert!(!fs::read_to_string(&rt.log)
         .unwrap_or_default()
@@ -655,7 +648,7 @@ fn two_containers_have_disjoint_ranges_and_created_ones_can_be_deleted() {
         !cgroup_exists("/burrow-test.slice/burrow-b.scope"),
         "cgroup left"
     );
-    wait_for("ranges released", || in_use(&h) == 0);
+    wait_for("ranges released", || h.ranges_in_use() == 0);
 }
 
 /// Every OCI hook phase gets the state on stdin, in the right place: the runtime's hooks on the
@@ -744,7 +737,7 @@ fn hooks_get_the_state_on_stdin() {
         rt.last_error()
     );
     assert!(rt.leftovers().is_empty(), "{:?}", rt.leftovers());
-    wait_for("range released", || in_use(&h) == 0);
+    wait_for("range released", || h.ranges_in_use() == 0);
 }
 
 #[test]
@@ -844,7 +837,7 @@ fn bad_input_fails_with_a_named_message_and_leaves_nothing() {
         "a failed create left {:?}",
         rt.leftovers()
     );
-    wait_for("no range left", || in_use(&h) == 0);
+    wait_for("no range left", || h.ranges_in_use() == 0);
 
     assert!(
         rt.create(&ok, "dup").0.status.success(),
@@ -891,7 +884,7 @@ fn bad_input_fails_with_a_named_message_and_leaves_nothing() {
     assert!(out.status.success(), "{}", rt.last_error());
     assert!(rt.run(&["delete", "dup"]).status.success());
     assert!(rt.leftovers().is_empty());
-    wait_for("no range left", || in_use(&h) == 0);
+    wait_for("no range left", || h.ranges_in_use() == 0);
 
     // `features`, as containerd reads it.
     let features: Value = serde_json::from_slice(&rt.run(&["features"]).stdout).unwrap();

@@ -78,11 +78,6 @@ fn list(h: &Harness) -> Vec<Value> {
         .unwrap()
 }
 
-fn in_use(h: &Harness) -> u64 {
-    let out = h.client(None).arg("props").output().unwrap();
-    json_lines(&out.stdout)[0]["in_use"].as_u64().unwrap()
-}
-
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -370,7 +365,7 @@ fn unprivileged_users_get_isolated_sandboxes() {
     );
 
     // bob is not in group burrow: the first helper refuses, nothing is made.
-    let before = in_use(&h);
+    let before = h.ranges_in_use();
     let bob_bundle = sleeper_bundle(&bob, "bundle");
     let (ok, err) = detached(
         bob.burrow(
@@ -384,7 +379,7 @@ fn unprivileged_users_get_isolated_sandboxes() {
         err.contains("idmapd: org.burrow.Error.NotAuthorized"),
         "{err}"
     );
-    assert_eq!(in_use(&h), before);
+    assert_eq!(h.ranges_in_use(), before);
     assert_eq!(bob.ok(&h, &["list", "-q"]), "");
 
     // A container of root's: alice can neither signal, exec into nor delete it, and taking
@@ -451,13 +446,13 @@ fn unprivileged_users_get_isolated_sandboxes() {
     );
     assert!(ok, "{err}");
     assert_eq!(root_record()["pid"].as_i64().unwrap(), root_pid);
-    let before = in_use(&h);
+    let before = h.ranges_in_use();
     let (ok, err) = detached(
         alice.burrow(&h, &["run", "-d", "-b", &alice_bundle, "third"]),
         &work,
     );
     assert!(!ok && err.contains("org.burrow.Error.Exhausted"), "{err}");
-    assert_eq!(in_use(&h), before);
+    assert_eq!(h.ranges_in_use(), before);
     assert_eq!(alice.ok(&h, &["list", "-q"]).lines().count(), 2);
     let root_alloc = h
         .client(None)

@@ -20,7 +20,7 @@ use cgroups_rs::fs::hierarchies::{self, is_cgroup2_unified_mode};
 use cgroups_rs::fs::memory::MemController;
 use cgroups_rs::fs::pid::PidController;
 use cgroups_rs::fs::{Cgroup, Controller, MaxValue};
-use cgroups_rs::{CgroupPid, FreezerState};
+use cgroups_rs::FreezerState;
 
 mod bpf;
 mod devices;
@@ -151,12 +151,11 @@ fn hybrid_unified_mount() -> Option<PathBuf> {
     if is_cgroup2_unified_mode() {
         return None;
     }
-    let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
-    mountinfo.lines().find_map(|line| {
-        let (fields, tail) = line.split_once(" - ")?;
-        let mount_point = fields.split(' ').nth(4)?;
-        (tail.split(' ').next()? == "cgroup2").then(|| PathBuf::from(mount_point))
-    })
+    crate::mountinfo::own()
+        .ok()?
+        .into_iter()
+        .find(|m| m.fs_type == "cgroup2")
+        .map(|m| PathBuf::from(m.mount_point))
 }
 
 fn apply_limits(cgroup: &Cgroup, path: &str, limits: &Limits) -> Result<()> {
@@ -233,33 +232,57 @@ fn make_in_every_hierarchy(path: &str, limits: &Limits) -> Result<Hierarchies> {
     Ok(hierarchies)
 }
 
-/// Creates `path` in every hierarchy, applies `limits` and the device policy `devices`, moves
-/// `pid` in and delegates the subtree to `owner` (host uid, gid of the container's root).
-pub fn create(
-    path: &str,
-    pid: i32,
-    owner: (u32, u32),
-    limits: &Limits,
-    devices: &DevicePolicy,
-) -> Result<()> {
+/// A container's cgroup, made in every hierarchy with its limits and device policy. A process
+/// goes in with [`NewCgroup::add`] (or through [`NewCgroup::procs_files`]), then the subtree is
+/// handed to the container's root with [`NewCgroup::delegate`].
+pub struct NewCgroup {
+    path: String,
+    hierarchies: Hierarchies,
+}
+
+/// Creates `path` in every hierarchy and applies `limits` and the device policy `devices`.
+pub fn create(path: &str, limits: &Limits, devices: &DevicePolicy) -> Result<NewCgroup> {
     remove_if_stale(path)?;
     let hierarchies = make_in_every_hierarchy(path, limits)?;
     devices::restrict(&hierarchies, path, devices)?;
-    hierarchies
-        .cgroup
-        .add_task_by_tgid(CgroupPid::from(pid as u64))
-        .map_err(controller(format!(
-            "moving process {pid} into cgroup {path}"
-        )))?;
-    if let Some(dir) = &hierarchies.hybrid_unified {
-        let procs = dir.join("cgroup.procs");
-        fs::write(&procs, pid.to_string())
-            .map_err(io(format!("moving process {pid} into {}", procs.display())))?;
+    Ok(NewCgroup {
+        path: path.to_string(),
+        hierarchies,
+    })
+}
+
+impl NewCgroup {
+    /// The `cgroup.procs` file of every hierarchy: a process is in the container's cgroup once
+    /// its pid is written to each.
+    pub fn procs_files(&self) -> Vec<PathBuf> {
+        self.hierarchies
+            .directories()
+            .into_iter()
+            .map(|(dir, _)| dir.join("cgroup.procs"))
+            .collect()
     }
-    for (dir, unified) in hierarchies.directories() {
-        delegate(&dir, unified, owner)?;
+
+    /// Hands the subtree to `owner` (host uid, gid of the container's root): the directory and
+    /// the files that manage processes and sub-cgroups, never a limit.
+    pub fn delegate(&self, owner: (u32, u32)) -> Result<()> {
+        for (dir, unified) in self.hierarchies.directories() {
+            delegate(&dir, unified, owner)?;
+        }
+        Ok(())
     }
-    Ok(())
+
+    /// Moves `pid` in. The pid must be one that cannot be reused meanwhile (a child of the
+    /// caller that it has not reaped).
+    pub fn add(&self, pid: i32) -> Result<()> {
+        for procs in self.procs_files() {
+            fs::write(&procs, pid.to_string()).map_err(io(format!(
+                "moving process {pid} into {} (cgroup {})",
+                procs.display(),
+                self.path
+            )))?;
+        }
+        Ok(())
+    }
 }
 
 /// Removes a cgroup left behind by a container that is gone (no process remains in it): its
