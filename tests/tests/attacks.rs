@@ -478,3 +478,138 @@ fn a_read_only_rbind_is_read_only_below_too() {
     );
     assert!(!below.join("written").exists() && !source.join("written").exists());
 }
+
+/// What the container's root can do with a proc of its own (item 9): the kernel lets it mount
+/// one, unmasked, because the container holds a fully visible proc under a cover. The masks
+/// are an information barrier only: every host-wide write through the new proc is still
+/// refused, as the kernel checks those against the host's user namespace.
+const FRESH_PROC: &str = "mkdir -p /tmp/p && unshare -m sh -c '\
+    mount -t proc proc /tmp/p && echo mounted; \
+    (echo 5 > /tmp/p/sys/kernel/panic) 2>/dev/null && echo panic=written || echo panic=refused; \
+    (echo 1 > /tmp/p/sys/vm/drop_caches) 2>/dev/null && echo drop_caches=written || echo drop_caches=refused; \
+    if test -e /tmp/p/sysrq-trigger; then (echo h > /tmp/p/sysrq-trigger) 2>/dev/null && echo trigger=written || echo trigger=refused; fi; \
+    head -c 1 /tmp/p/kcore >/dev/null 2>&1 && echo kcore=read || echo kcore=refused'";
+
+#[test]
+fn a_fresh_proc_inside_is_no_way_to_host_wide_writes() {
+    let h = Harness::start(HarnessOptions::default());
+    let panic_before = fs::read_to_string("/proc/sys/kernel/panic").unwrap();
+    for user in [None, Some(test_users().alice)] {
+        let who = user.map_or("root", |u| u.name);
+        let caller = Burrow::new(&h, user, &format!("proc-{who}"));
+        let bundle = caller.bundle("proc", &["sh", "-c", FRESH_PROC], |r| {
+            busybox_rootfs(r, user)
+        });
+        let (output, status) = caller.run_bundle(&bundle, "proc");
+        assert!(status.success(), "{who}: {output}");
+        assert!(
+            output.contains("mounted"),
+            "{who}: a nested proc must mount: {output}"
+        );
+        for refused in ["panic=refused", "drop_caches=refused", "kcore=refused"] {
+            assert!(
+                output.contains(refused),
+                "{who}: no {refused:?} in {output}"
+            );
+        }
+        assert!(!output.contains("trigger=written"), "{who}: {output}");
+    }
+    assert_eq!(
+        fs::read_to_string("/proc/sys/kernel/panic").unwrap(),
+        panic_before
+    );
+}
+
+/// What the container's root writes through an ID-mapped volume (item 9): for a tenant it
+/// lands on disk as the tenant (a setuid file is setuid to the tenant, who gains nothing); for
+/// a root caller, as host root, as Docker without user namespaces does. The README says so:
+/// a volume is the admin's trust decision.
+#[test]
+fn what_container_root_writes_through_a_volume_lands_as_documented() {
+    use std::os::unix::fs::MetadataExt;
+    let h = Harness::start(HarnessOptions::default());
+    for user in [None, Some(test_users().alice)] {
+        let who = user.map_or("root", |u| u.name);
+        let caller = Burrow::new(&h, user, &format!("vol-{who}"));
+        let volume = caller.home.join("volume");
+        fs::create_dir_all(&volume).unwrap();
+        if let Some(u) = user {
+            std::os::unix::fs::chown(&volume, Some(u.uid), Some(u.gid)).unwrap();
+        }
+        let script = "cp /bin/busybox /vol/suid && chmod 4755 /vol/suid && echo made";
+        let bundle = caller.bundle("vol", &["sh", "-c", script], |r| busybox_rootfs(r, user));
+        let config_path = bundle.join("config.json");
+        let mut config: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(&config_path).unwrap()).unwrap();
+        config["mounts"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({
+                "destination": "/vol", "type": "bind", "source": volume, "options": ["rbind"]
+            }));
+        fs::write(&config_path, config.to_string()).unwrap();
+        if let Some(u) = user {
+            std::os::unix::fs::chown(&config_path, Some(u.uid), Some(u.gid)).unwrap();
+        }
+        let (output, status) = caller.run_bundle(&bundle, "vol");
+        assert!(
+            status.success() && output.contains("made"),
+            "{who}: {output}"
+        );
+        let made = fs::metadata(volume.join("suid")).unwrap();
+        assert_eq!(
+            made.uid(),
+            user.map_or(0, |u| u.uid),
+            "{who}: owner on disk"
+        );
+        assert_eq!(
+            made.mode() & 0o4000,
+            0o4000,
+            "{who}: the setuid bit is kept"
+        );
+    }
+}
+
+/// Accounts NSS knows are never in a range (item 6), also where idmapd reads no account file
+/// itself: a user with a uid in the first range of the pool pushes the allocation past it.
+#[test]
+fn ranges_avoid_accounts_that_nss_lists() {
+    let start = burrow_tests::pool_window(0);
+    let name = "burrow-nss-probe";
+    let _ = Command::new("userdel")
+        .arg(name)
+        .stderr(std::process::Stdio::null())
+        .status();
+    burrow_tests::run(Command::new("useradd").args([
+        "--no-create-home",
+        "--no-log-init",
+        "--uid",
+        &(start + 100).to_string(),
+        name,
+    ]));
+    let h = Harness::start(HarnessOptions {
+        idmapd_args: [
+            "--pool-start",
+            &start.to_string(),
+            "--pool-end",
+            &(start + 3 * 65536 - 1).to_string(),
+            "--id-db-file",
+            "/dev/null",
+        ]
+        .map(String::from)
+        .to_vec(),
+        ..Default::default()
+    });
+    let out = h
+        .client(None)
+        .args(["allocate", "--name", "nss"])
+        .output()
+        .unwrap();
+    let _ = Command::new("userdel").arg(name).status();
+    let allocated = burrow_tests::json_lines(&out.stdout).remove(0);
+    assert_eq!(
+        allocated["base"].as_u64(),
+        Some(u64::from(start) + 65536),
+        "{allocated}"
+    );
+}
