@@ -287,11 +287,12 @@ fn assert_keys_unreachable(probe: &serde_json::Value, planted: &[&serde_json::Va
 
 /// Invariant 10: a container never shares a kernel keyring with its caller or another
 /// container. The caller (root, then a tenant) joins a login-like session keyring with its
-/// user keyring linked in and plants keys of a known payload in both, then runs `burrow run
-/// --no-new-keyring` (the flag is ignored) of a probe; a second container of the same caller
-/// has planted keys of its own inside. The probe, as the container's root, must find a fresh,
-/// empty session keyring and reach none of those keys, by id, search, link or name; nor may a
-/// process `burrow exec` starts in the second container reach the keys its caller planted.
+/// user keyring linked in and plants keys of a known payload in both; from that session it
+/// starts a first container, which plants keys of its own inside, and then `burrow run
+/// --no-new-keyring` (the flag is ignored) of a probe, as containerd starts every container
+/// from one session. The probe, as the container's root, must find a fresh, empty session
+/// keyring and reach none of those keys, by id, search, link or name; nor may a process that
+/// `burrow exec` starts in the first container reach the keys its caller planted.
 #[test]
 fn no_container_reaches_the_callers_or_another_containers_keys() {
     let h = Harness::start(HarnessOptions::default());
@@ -309,34 +310,43 @@ fn no_container_reaches_the_callers_or_another_containers_keys() {
             ],
             rootfs_with_probe,
         );
-        let _other = caller.start_detached(&other, "other");
-        let other_json = other.join("rootfs/other.json");
-        wait_for("the other container's keys", || other_json.exists());
         let target = caller.bundle(
             "target",
             &["/probe", "keys", "probe", "/caller.json", "/other.json"],
             rootfs_with_probe,
         );
-        fs::copy(&other_json, target.join("rootfs/other.json")).unwrap();
-        let plant = |label: &str, write: &Path, args: &[&str]| {
-            let join = format!("burrow-{label}-{who}-{}", std::process::id());
+        // `burrow ARGS` from the caller's session keyring, once it planted keys of LABEL.
+        let session = format!("burrow-session-{who}-{}", std::process::id());
+        let planted = |label: &str, write: &Path, args: &[&str]| {
             let write = write.display().to_string();
             let wrapper = [
-                client, "keys", "plant", "--label", label, "--join", &join, "--write", &write, "--",
+                client, "keys", "plant", "--label", label, "--join", &session, "--write", &write,
+                "--",
             ];
-            caller.command_through(&wrapper, args).output().unwrap()
+            caller.command_through(&wrapper, args)
         };
-        let out = plant(
+        let other_arg = other.display().to_string();
+        let log = fs::File::create(other.join("other.out")).unwrap();
+        let started = planted(
             "caller",
             &target.join("rootfs/caller.json"),
-            &[
-                "run",
-                "--no-new-keyring",
-                "--bundle",
-                &target.display().to_string(),
-                "target",
-            ],
-        );
+            &["run", "--detach", "--bundle", &other_arg, "other"],
+        )
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .status()
+        .unwrap();
+        let _other = burrow_tests::Detached::adopt(&caller, "other");
+        assert!(started.success(), "{}", caller.output_of(&other, "other"));
+        let other_json = other.join("rootfs/other.json");
+        wait_for("the other container's keys", || other_json.exists());
+        fs::copy(&other_json, target.join("rootfs/other.json")).unwrap();
+
+        let target_arg = target.display().to_string();
+        let run = ["run", "--no-new-keyring", "--bundle", &target_arg, "target"];
+        let out = planted("caller", &target.join("rootfs/caller.json"), &run)
+            .output()
+            .unwrap();
         let lines = lines_of(&out);
         assert!(
             out.status.success() && lines.len() == 2,
@@ -347,18 +357,17 @@ fn no_container_reaches_the_callers_or_another_containers_keys() {
             serde_json::from_slice(&fs::read(&other_json).unwrap()).unwrap();
         assert_keys_unreachable(&lines[1], &[&lines[0], &other_planted], who);
 
-        let out = plant(
-            "caller-exec",
-            &other.join("rootfs/caller-exec.json"),
-            &[
-                "exec",
-                "other",
-                "/probe",
-                "keys",
-                "probe",
-                "/caller-exec.json",
-            ],
-        );
+        let exec = [
+            "exec",
+            "other",
+            "/probe",
+            "keys",
+            "probe",
+            "/caller-exec.json",
+        ];
+        let out = planted("caller-exec", &other.join("rootfs/caller-exec.json"), &exec)
+            .output()
+            .unwrap();
         let lines = lines_of(&out);
         assert!(
             out.status.success() && lines.len() == 2,
@@ -532,7 +541,7 @@ fn pid_files_and_the_log_never_write_through_a_planted_symlink() {
     let root = Burrow::new(&h, None, "planted");
     // Her bundle lies in root's home, which she may enter.
     fs::set_permissions(&root.home, fs::Permissions::from_mode(0o755)).unwrap();
-    let bundle = root.bundle("b", &["sleep", "1000"], |rootfs| {
+    let bundle = root.bundle("pidlog", &["sleep", "1000"], |rootfs| {
         busybox_rootfs(rootfs, None);
     });
     std::os::unix::fs::chown(&bundle, Some(alice.uid), Some(alice.gid)).unwrap();
@@ -567,7 +576,7 @@ fn pid_files_and_the_log_never_write_through_a_planted_symlink() {
                 &at(""),
                 "--pid-file",
                 &at("pid"),
-                "b",
+                "pidlog",
             ])
             .stdout(file.try_clone().unwrap())
             .stderr(file)
@@ -583,31 +592,31 @@ fn pid_files_and_the_log_never_write_through_a_planted_symlink() {
     );
     assert_untouched(&victims);
     assert!(
-        !root.output(&["state", "b"]).status.success(),
+        !root.output(&["state", "pidlog"]).status.success(),
         "a container was made"
     );
     assert!(h.persisted_records().is_empty(), "a range was allocated");
 
     let (ok, text) = create(&at("log"));
     assert!(ok, "{text}");
-    let _deleted = burrow_tests::Detached::adopt(&root, "b");
+    let _deleted = burrow_tests::Detached::adopt(&root, "pidlog");
     assert_untouched(&victims);
     let state: serde_json::Value =
-        serde_json::from_slice(&root.output(&["state", "b"]).stdout).unwrap();
+        serde_json::from_slice(&root.output(&["state", "pidlog"]).stdout).unwrap();
     let pid_file = bundle.join("pid");
     assert!(fs::symlink_metadata(&pid_file).unwrap().is_file());
     assert_eq!(
         fs::read_to_string(&pid_file).unwrap(),
         state["pid"].to_string()
     );
-    assert!(root.output(&["start", "b"]).status.success());
+    assert!(root.output(&["start", "pidlog"]).status.success());
     let exec = root
         .command(&[
             "exec",
             "--detach",
             "--pid-file",
             &at("exec.pid"),
-            "b",
+            "pidlog",
             "true",
         ])
         .stdout(std::process::Stdio::null())
@@ -655,7 +664,7 @@ fn image_symlinks_and_fifos_never_lead_the_runtime_to_host_paths() {
         fs::set_permissions(host_only.join(name), fs::Permissions::from_mode(0o755)).unwrap();
     }
     let root = Burrow::new(&h, None, "image-links");
-    let bundle = root.bundle("b", &["init"], |rootfs| {
+    let bundle = root.bundle("links", &["init"], |rootfs| {
         busybox_rootfs(rootfs, None);
         use std::os::unix::fs::symlink;
         for dir in ["sbin", "usr/bin", "usr/sbin", "usr/local"] {
@@ -686,7 +695,7 @@ fn image_symlinks_and_fifos_never_lead_the_runtime_to_host_paths() {
                 "create",
                 "--bundle",
                 &bundle.display().to_string(),
-                "b",
+                "links",
             ],
         )
         .stdout(output.try_clone().unwrap())
@@ -695,9 +704,10 @@ fn image_symlinks_and_fifos_never_lead_the_runtime_to_host_paths() {
         .unwrap();
     let log = fs::read_to_string(&log).unwrap_or_default();
     assert!(status.success(), "create ({status}): {log}");
-    let _deleted = burrow_tests::Detached::adopt(&root, "b");
+    let _deleted = burrow_tests::Detached::adopt(&root, "links");
     let record: serde_json::Value =
-        serde_json::from_slice(&fs::read(root.state_root().join("b/state.json")).unwrap()).unwrap();
+        serde_json::from_slice(&fs::read(root.state_root().join("links/state.json")).unwrap())
+            .unwrap();
     assert_eq!(record["systemd"], false, "taken for systemd: {record}");
     assert_eq!(record["docker_data"], serde_json::Value::Null, "{record}");
     assert!(

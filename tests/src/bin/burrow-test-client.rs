@@ -153,7 +153,8 @@ enum KeysCmd {
     Plant {
         #[arg(long)]
         label: String,
-        /// First join (or create) the session keyring of this name, as a login's pam_keyinit.
+        /// First join (or create) the session keyring of this name, as a login's pam_keyinit;
+        /// the same user's next `--join NAME` joins it again.
         #[arg(long)]
         join: Option<String>,
         #[arg(long)]
@@ -1280,6 +1281,11 @@ mod keys {
     pub fn plant(label: &str, join_name: Option<&str>, write: Option<&Path>, command: &[String]) {
         if let Some(name) = join_name {
             join(name).expect("joining the session keyring");
+            // Searchable by its owner, so the next `--join NAME` of the same user joins this
+            // one (as `keyctl session NAME` does): processes started apart share it, as the
+            // containers containerd starts share its keyring.
+            keyctl(libc::KEYCTL_SETPERM, SESSION.into(), 0x3f1b_0000, 0)
+                .expect("letting the owner search the session keyring");
         }
         // As pam_keyinit does for a login: the user keyring is linked into the session's, so
         // the session possesses (and may add to) what is linked there.
