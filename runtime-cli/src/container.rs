@@ -114,13 +114,15 @@ pub fn process_config(
     let program: Vec<String> = if args[0].contains('/') {
         vec![args[0].clone()]
     } else {
-        // Looked up now, inside the rootfs, so the init only execs.
+        // Looked up now, inside the image, so the init only execs.
+        let image = crate::image::Image::open(rootfs)?;
         crate::spec::program_candidates(&args[0], &env)
             .into_iter()
-            .filter(|candidate| rootfs.join(candidate.trim_start_matches('/')).exists())
+            .filter(|candidate| image.regular_file(candidate).is_some())
             .chain([args[0].clone()])
             .collect()
     };
+    crate::log::debug(format!("{:?} is looked up as {program:?}", args[0]));
     let user = process.user();
     let unshare_flags = libc::CLONE_NEWPID
         | libc::CLONE_NEWNET
@@ -254,12 +256,73 @@ pub fn until_ready(
     Ok(pid)
 }
 
-/// The pid file containerd and Docker read: decimal, no newline, replaced atomically.
+/// The pid file containerd and Docker read: decimal, no newline, replaced atomically. Whoever
+/// can write its directory (a bundle's) may have planted symlinks there, so nothing is opened
+/// by a name that could already exist: the pid goes to a new file of a random name made in the
+/// directory's fd with O_CREAT|O_EXCL|O_NOFOLLOW, which is then renamed over the path. Like
+/// runc, that replaces whatever is at the path; a symlink there is replaced, never followed.
 pub fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
-    let tmp = path.with_extension("burrow-tmp");
-    std::fs::write(&tmp, pid.to_string())
-        .map_err(CliError::io(format!("writing {}", tmp.display())))?;
-    std::fs::rename(&tmp, path).map_err(CliError::io(format!("writing {}", path.display())))
+    use rustix::fs::{Mode, OFlags};
+    let failed = |source: std::io::Error| CliError::PidFile {
+        path: path.display().to_string(),
+        source,
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| failed(std::io::ErrorKind::InvalidInput.into()))?;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let dir = rustix::fs::open(
+        parent,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| failed(e.into()))?;
+    // Names someone planted in advance only make O_EXCL fail: try others.
+    for _ in 0..16 {
+        let tmp = format!(".{}.{:016x}", name.to_string_lossy(), random_u64());
+        let file = match rustix::fs::openat(
+            &dir,
+            tmp.as_str(),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o644),
+        ) {
+            Ok(fd) => std::fs::File::from(fd),
+            Err(rustix::io::Errno::EXIST) => continue,
+            Err(e) => return Err(failed(e.into())),
+        };
+        let written =
+            std::io::Write::write_all(&mut &file, pid.to_string().as_bytes()).and_then(|()| {
+                rustix::fs::renameat(&dir, tmp.as_str(), &dir, name).map_err(Into::into)
+            });
+        if let Err(e) = written {
+            let _ = rustix::fs::unlinkat(&dir, tmp.as_str(), rustix::fs::AtFlags::empty());
+            return Err(failed(e));
+        }
+        return Ok(());
+    }
+    Err(failed(std::io::Error::new(
+        std::io::ErrorKind::AlreadyExists,
+        "no free temporary name beside it",
+    )))
+}
+
+/// 64 random bits from the kernel (for names others must not guess).
+fn random_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    // SAFETY: getrandom writes at most `bytes.len()` bytes into the buffer it is given.
+    let got = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if got != bytes.len() as isize {
+        // Never short for 8 bytes once the pool is up; the clock is a fallback, and O_EXCL,
+        // not the name, is what keeps the write safe.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        return now.as_nanos() as u64 ^ u64::from(std::process::id());
+    }
+    u64::from_ne_bytes(bytes)
 }
 
 /// Runs `hooks` with the container's state on stdin, each within its timeout.
@@ -481,7 +544,7 @@ fn create_steps(
                 .map_err(CliError::io("chmod exec fifo"))?;
         }
         if bundle.wants_docker_data {
-            let data = crate::state::data_root().join(&name).join("docker");
+            let data = crate::state::data_root()?.join(&name).join("docker");
             undo.docker_data = Some(data.clone());
             make_docker_data(&data, root_ids)?;
         }
@@ -963,4 +1026,30 @@ pub fn delete(store: &Store, id: &str, force: bool) -> Result<()> {
         let _ = run_hooks(&hooks_of(&bundle.spec, "poststop"), &state, "poststop");
     }
     store.remove(id)
+}
+
+#[cfg(test)]
+mod tests {
+    /// A symlink at the pid file's path is replaced, not followed; names planted where an
+    /// earlier version put its temporary file (and runc puts its own) are left alone.
+    #[test]
+    fn the_pid_file_replaces_a_symlink_and_writes_through_none() {
+        let dir = std::env::temp_dir().join(format!("burrow-pidfile-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let victim = dir.join("victim");
+        std::fs::write(&victim, "victim").unwrap();
+        let pid_file = dir.join("pid");
+        for planted in ["pid", "pid.burrow-tmp", ".pid"] {
+            std::os::unix::fs::symlink(&victim, dir.join(planted)).unwrap();
+        }
+        super::write_pid_file(&pid_file, 4242).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "victim");
+        let meta = std::fs::symlink_metadata(&pid_file).unwrap();
+        assert!(meta.file_type().is_file());
+        assert_eq!(std::fs::read_to_string(&pid_file).unwrap(), "4242");
+        // Nothing but what was there and the pid file.
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 4);
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }

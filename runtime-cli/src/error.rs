@@ -34,6 +34,27 @@ pub enum CliError {
     Setup(String),
     #[error(transparent)]
     Cgroup(#[from] burrow_bus::cgroup::CgroupError),
+    #[error(
+        "unsafe state directory {path}: {problem} (set XDG_RUNTIME_DIR or --root to a directory \
+         only you can change)"
+    )]
+    StateRoot {
+        path: String,
+        #[source]
+        problem: UnsafeDir,
+    },
+    #[error("pid file {path}: {source}")]
+    PidFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("--log {path}: {problem}")]
+    LogFile {
+        path: String,
+        #[source]
+        problem: UnsafeLog,
+    },
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -61,3 +82,39 @@ impl CliError {
 }
 
 pub type Result<T> = std::result::Result<T, CliError>;
+
+/// Why a state directory is not the caller's alone: someone else could plant or change the
+/// state the runtime trusts (a pid it signals, a directory it deletes).
+#[derive(Debug, thiserror::Error)]
+pub enum UnsafeDir {
+    #[error("it is a symbolic link")]
+    Symlink,
+    #[error("it is not a directory")]
+    NotADirectory,
+    #[error("it belongs to uid {owner}, not to you (uid {caller})")]
+    Owner { owner: u32, caller: u32 },
+    #[error("group or others may write it (mode {mode:04o})")]
+    Writable { mode: u32 },
+    #[error("group or others may enter it (mode {mode:04o})")]
+    Open { mode: u32 },
+    #[error(
+        "it lies below {dir}, which uid {owner} (neither root nor you) owns or anyone may \
+         change (mode {mode:04o})"
+    )]
+    Ancestor { dir: String, owner: u32, mode: u32 },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Why `--log` was not opened.
+#[derive(Debug, thiserror::Error)]
+pub enum UnsafeLog {
+    #[error("it is a symbolic link, which the runtime never follows there")]
+    Symlink,
+    #[error("it has {links} hard links: another name of it may be someone else's file")]
+    HardLinked { links: u64 },
+    #[error("it is a FIFO nobody reads")]
+    UnreadFifo,
+    #[error("cannot open it: {0}")]
+    Io(#[from] std::io::Error),
+}

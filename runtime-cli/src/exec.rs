@@ -41,6 +41,16 @@ fn joiner(namespaces: &[(OwnedFd, &str)], config: &InitConfig, sock: RawFd) -> !
             let _ = nix::unistd::setgroups(&[]);
         }
     }
+    // The process it clones inherits this keyring, never the caller's (see the init's).
+    if let Err(e) = init::join_fresh_session_keyring() {
+        let _ = init::send(
+            sock,
+            format!("error: joining a fresh session keyring: {e}").as_bytes(),
+            None,
+        );
+        // SAFETY: leaving a forked child.
+        unsafe { libc::_exit(1) };
+    }
     // SAFETY: a single-threaded process clones itself; CLONE_PARENT makes the child the CLI's.
     let child = unsafe {
         libc::syscall(

@@ -168,9 +168,40 @@ pub fn intermediate(config: &InitConfig, sock: RawFd) -> ! {
     }
 }
 
+/// Leaves the session keyring the process inherited from the runtime's caller (a login's, or
+/// containerd's, shared by every container it starts) for a new, empty, anonymous one, as runc
+/// does. The kernel keeps the session keyring across fork, `unshare(CLONE_NEWUSER)` and exec,
+/// and a process possesses its session keyring: key permissions grant a possessor everything,
+/// whatever its uid or user namespace, so without this the container's root reads the caller's
+/// keys. Called as root of the container's user namespace, so the keyring is charged to the
+/// container's range, not to the caller. Anonymous: joining by name could join a keyring
+/// someone else made.
+pub fn join_fresh_session_keyring() -> std::io::Result<()> {
+    // SAFETY: keyctl with an integer command and a null name (no memory is read or written).
+    let serial = unsafe {
+        libc::syscall(
+            libc::SYS_keyctl,
+            libc::KEYCTL_JOIN_SESSION_KEYRING,
+            std::ptr::null::<libc::c_char>(),
+        )
+    };
+    if serial >= 0 {
+        return Ok(());
+    }
+    match std::io::Error::last_os_error() {
+        // A kernel without keyrings (CONFIG_KEYS=n) has none to share.
+        e if e.raw_os_error() == Some(libc::ENOSYS) => Ok(()),
+        e => Err(e),
+    }
+}
+
 fn init(config: &InitConfig, sock: RawFd) -> ! {
     // SAFETY: prctl on the calling process.
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0) };
+    // Before anything runs in the container, createContainer hooks included.
+    if let Err(e) = join_fresh_session_keyring() {
+        fail(sock, "joining a fresh session keyring", e);
+    }
     let create_hook_binaries: Vec<std::os::fd::OwnedFd> = config
         .create_container_hooks
         .iter()

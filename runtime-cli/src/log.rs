@@ -4,6 +4,8 @@
 
 use std::io::Write;
 
+use crate::error::{CliError, UnsafeLog};
+
 pub struct Logger {
     file: Option<std::fs::File>,
     json: bool,
@@ -35,20 +37,27 @@ pub fn warn(msg: impl AsRef<str>) {
 }
 
 impl Logger {
-    pub fn new(path: Option<&str>, format: &str, stderr_allowed: bool, debug: bool) -> Self {
-        let file = path.and_then(|p| {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .ok()
-        });
-        Logger {
+    /// A logger writing to `path` (see [`open_log`]), or to stderr when there is none.
+    pub fn new(
+        path: Option<&str>,
+        format: &str,
+        stderr_allowed: bool,
+        debug: bool,
+    ) -> Result<Self, CliError> {
+        let file = path
+            .map(|p| {
+                open_log(p).map_err(|problem| CliError::LogFile {
+                    path: p.to_string(),
+                    problem,
+                })
+            })
+            .transpose()?;
+        Ok(Logger {
             file,
             json: format == "json",
             stderr_allowed,
             debug,
-        }
+        })
     }
 
     pub fn log(&self, level: &str, msg: &str) {
@@ -78,6 +87,44 @@ impl Logger {
             let _ = std::io::stderr().write_all(format!("burrow: {msg}\n").as_bytes());
         }
     }
+}
+
+/// Opens `--log` for appending, made (mode 0600) if missing. The runtime may run as root on a
+/// path in a directory someone else can write (a bundle's), so it never follows a symlink at
+/// the last component (O_NOFOLLOW), refuses a regular file with other hard links (another name
+/// of someone else's file, if the host allows such links) and never blocks on a FIFO without a
+/// reader (O_NONBLOCK for the open).
+fn open_log(path: &str) -> Result<std::fs::File, UnsafeLog> {
+    use rustix::fs::{FileType, Mode, OFlags};
+    let fd = rustix::fs::open(
+        path,
+        OFlags::WRONLY
+            | OFlags::CREATE
+            | OFlags::APPEND
+            | OFlags::NOFOLLOW
+            | OFlags::NONBLOCK
+            | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )
+    .map_err(|e| match e {
+        rustix::io::Errno::LOOP
+            if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) =>
+        {
+            UnsafeLog::Symlink
+        }
+        rustix::io::Errno::NXIO => UnsafeLog::UnreadFifo,
+        e => UnsafeLog::Io(e.into()),
+    })?;
+    let stat = rustix::fs::fstat(&fd).map_err(std::io::Error::from)?;
+    if FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile && stat.st_nlink > 1 {
+        return Err(UnsafeLog::HardLinked {
+            links: stat.st_nlink,
+        });
+    }
+    // Once open, writes wait like any log's (a FIFO's reader sets the pace).
+    let flags = rustix::fs::fcntl_getfl(&fd).map_err(std::io::Error::from)?;
+    rustix::fs::fcntl_setfl(&fd, flags - OFlags::NONBLOCK).map_err(std::io::Error::from)?;
+    Ok(fd.into())
 }
 
 /// RFC 3339 UTC time, without pulling in a date crate.
@@ -117,5 +164,30 @@ mod tests {
         let t = super::humantime_now();
         assert_eq!(t.len(), 30, "{t}");
         assert!(t.starts_with("20") && t.ends_with('Z') && t.as_bytes()[10] == b'T');
+    }
+}
+
+#[cfg(test)]
+mod open_tests {
+    #[test]
+    fn a_symlink_at_the_log_path_is_refused_and_its_target_kept() {
+        let dir = std::env::temp_dir().join(format!("burrow-log-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let victim = dir.join("victim");
+        std::fs::write(&victim, "victim").unwrap();
+        let log = dir.join("log.json");
+        std::os::unix::fs::symlink(&victim, &log).unwrap();
+        let e = super::open_log(log.to_str().unwrap()).unwrap_err();
+        assert!(matches!(e, crate::error::UnsafeLog::Symlink), "{e}");
+        let linked = dir.join("linked");
+        std::fs::hard_link(&victim, &linked).unwrap();
+        let e = super::open_log(linked.to_str().unwrap()).unwrap_err();
+        assert!(
+            matches!(e, crate::error::UnsafeLog::HardLinked { links: 2 }),
+            "{e}"
+        );
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "victim");
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

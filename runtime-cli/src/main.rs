@@ -6,6 +6,7 @@
 mod container;
 mod error;
 mod exec;
+mod image;
 mod init;
 mod log;
 mod sandbox;
@@ -28,7 +29,8 @@ use crate::state::{Status, Store};
     about = "OCI runtime for system containers (runc-compatible command line)"
 )]
 struct Cli {
-    /// Directory for container state (default /run/burrow, or $XDG_RUNTIME_DIR/burrow for non-root).
+    /// Directory for container state (default /run/burrow, or $XDG_RUNTIME_DIR/burrow for
+    /// non-root, else /tmp/burrow-UID). It must be the caller's and writable by nobody else.
     #[arg(long, global = true)]
     root: Option<PathBuf>,
     /// Log file (errors go there; with --log-format json as JSON lines).
@@ -177,7 +179,8 @@ struct CreateArgs {
     /// Accepted for runc compatibility (burrow always pivots into the rootfs).
     #[arg(long)]
     no_pivot: bool,
-    /// Accepted for runc compatibility.
+    /// Accepted for runc compatibility and ignored: every container process joins a fresh
+    /// session keyring, since a container never shares a keyring with its caller.
     #[arg(long)]
     no_new_keyring: bool,
     #[arg(long, default_value_t = 0)]
@@ -187,6 +190,11 @@ struct CreateArgs {
 
 impl CreateArgs {
     fn options(&self, systemd_cgroup: bool) -> container::CreateOptions<'_> {
+        if self.no_new_keyring {
+            // runc's flag keeps the caller's session keyring in the container: exactly what
+            // invariant 10 forbids.
+            log::debug("--no-new-keyring ignored: the container gets a fresh session keyring");
+        }
         container::CreateOptions {
             id: &self.id,
             bundle: &self.bundle,
@@ -234,14 +242,19 @@ fn tolerate_unknown_globals(args: Vec<String>) -> Vec<String> {
     out
 }
 
-fn default_root() -> PathBuf {
-    if nix::unistd::geteuid().is_root() {
-        return PathBuf::from("/run/burrow");
+/// /run/burrow for root; for another user `$XDG_RUNTIME_DIR/burrow`, or without it
+/// `/tmp/burrow-UID`, claimed exclusively (see `state::claim_tmp_root`).
+fn default_root() -> Result<PathBuf> {
+    let uid = nix::unistd::geteuid();
+    if uid.is_root() {
+        return Ok(PathBuf::from("/run/burrow"));
     }
-    match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(dir) => Path::new(&dir).join("burrow"),
-        None => PathBuf::from(format!("/tmp/burrow-{}", nix::unistd::geteuid())),
+    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR") {
+        return Ok(Path::new(&dir).join("burrow"));
     }
+    let path = PathBuf::from(format!("/tmp/burrow-{uid}"));
+    state::claim_tmp_root(&path)?;
+    Ok(path)
 }
 
 fn main() {
@@ -254,12 +267,19 @@ fn main() {
             cli.command,
             Command::Create(_) | Command::Run { .. } | Command::Exec { .. }
         );
-    let logger = log::install(log::Logger::new(
+    let logger = match log::Logger::new(
         cli.log.as_deref(),
         &cli.log_format,
         !quiet_stderr,
         cli.debug,
-    ));
+    ) {
+        Ok(logger) => log::install(logger),
+        Err(e) => {
+            // No log to write to: stderr is all there is (runc does the same).
+            eprintln!("burrow: {e}");
+            std::process::exit(1);
+        }
+    };
     match run(&cli) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
@@ -270,7 +290,10 @@ fn main() {
 }
 
 fn run(cli: &Cli) -> Result<i32> {
-    let store = || Store::new(&cli.root.clone().unwrap_or_else(default_root));
+    let store = || match &cli.root {
+        Some(root) => Store::new(root),
+        None => Store::new(&default_root()?),
+    };
     match &cli.command {
         Command::Create(args) => container::create(&store()?, &args.options(cli.systemd_cgroup))?,
         Command::Start { id } => container::start(&store()?, id)?,

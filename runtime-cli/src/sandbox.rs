@@ -14,8 +14,8 @@ fn container_id(name: &str) -> String {
     format!("sandbox-{name}")
 }
 
-fn sandbox_dir(name: &str) -> PathBuf {
-    crate::state::data_root().join("sandboxes").join(name)
+fn sandbox_dir(name: &str) -> Result<PathBuf> {
+    Ok(crate::state::data_root()?.join("sandboxes").join(name))
 }
 
 /// This binary, pointed at the same state root.
@@ -151,7 +151,7 @@ fn stop_network(dir: &Path) {
 
 pub fn create(store: &Store, name: &str, image: &Path, ssh_port: Option<u16>) -> Result<()> {
     crate::state::check_id(name)?;
-    let dir = sandbox_dir(name);
+    let dir = sandbox_dir(name)?;
     if dir.exists() {
         return Err(CliError::SandboxExists {
             name: name.into(),
@@ -179,7 +179,8 @@ pub fn create(store: &Store, name: &str, image: &Path, ssh_port: Option<u16>) ->
             std::fs::create_dir_all(rootfs.join(sub))
                 .map_err(CliError::io(format!("creating {sub} in the rootfs")))?;
         }
-        if !rootfs.join("sbin/init").exists() {
+        let unpacked = crate::image::Image::open(&rootfs)?;
+        if unpacked.regular_file("/sbin/init").is_none() {
             return Err(CliError::Setup(format!(
                 "{} has no /sbin/init: a sandbox needs an image with systemd",
                 image.display()
@@ -228,7 +229,7 @@ pub fn list(store: &Store) -> Result<()> {
         "{:<20} {:<10} {:<8} {:<16} DIRECTORY",
         "NAME", "STATUS", "PID", "SSH"
     );
-    let Ok(entries) = std::fs::read_dir(crate::state::data_root().join("sandboxes")) else {
+    let Ok(entries) = std::fs::read_dir(crate::state::data_root()?.join("sandboxes")) else {
         return Ok(());
     };
     let mut names: Vec<String> = entries
@@ -237,16 +238,17 @@ pub fn list(store: &Store) -> Result<()> {
         .collect();
     names.sort();
     for name in names {
+        let dir = sandbox_dir(&name)?;
         let (status, pid) = match store.load(&container_id(&name)) {
             Ok(record) => (record.status(store).as_str(), record.pid.to_string()),
             Err(_) => ("stopped", "-".into()),
         };
-        let ssh = std::fs::read_to_string(sandbox_dir(&name).join("ssh-port"))
+        let ssh = std::fs::read_to_string(dir.join("ssh-port"))
             .map(|port| format!("127.0.0.1:{}", port.trim()))
             .unwrap_or_else(|_| "-".into());
         println!(
             "{name:<20} {status:<10} {pid:<8} {ssh:<16} {}",
-            sandbox_dir(&name).display()
+            dir.display()
         );
     }
     Ok(())
@@ -350,7 +352,7 @@ fn shell_on_terminal(mut cmd: Command, listener: &std::os::unix::net::UnixListen
 }
 
 pub fn remove(store: &Store, name: &str) -> Result<()> {
-    let dir = sandbox_dir(name);
+    let dir = sandbox_dir(name)?;
     let id = container_id(name);
     let record = store.load(&id).ok();
     if record.is_none() && !dir.exists() {

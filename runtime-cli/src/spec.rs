@@ -7,6 +7,7 @@ use burrow_bus::cgroup::Limits;
 use oci_spec::runtime::{LinuxNamespaceType, LinuxResources, Spec};
 
 use crate::error::{CliError, Result};
+use crate::image::Image;
 
 /// One mount for mountd's plan, with its host source for binds.
 #[derive(Debug, Clone)]
@@ -181,14 +182,15 @@ impl Bundle {
             cgroup.options.retain(|o| o != "ro");
         }
         let mut spec = spec;
-        let systemd = runs_systemd(&rootfs, &spec);
+        let image = Image::open(&rootfs)?;
+        let systemd = runs_systemd(&image, &spec);
         if systemd {
             prepare_for_systemd(&mut spec, &mut mounts);
         }
         let wants_docker_data = !mounts.iter().any(|m| m.destination == DOCKER_DATA)
-            && ["usr/bin/dockerd", "usr/sbin/dockerd"]
+            && ["/usr/bin/dockerd", "/usr/sbin/dockerd"]
                 .iter()
-                .any(|p| rootfs.join(p).exists());
+                .any(|p| image.regular_file(p).is_some());
         let linux = spec.linux().as_ref();
         let masked = linux
             .and_then(|l| l.masked_paths().clone())
@@ -230,8 +232,9 @@ pub fn limits_of(resources: &LinuxResources) -> Limits {
 }
 
 /// Does the spec start systemd? args[0], looked up in PATH and with symlinks followed inside
-/// the rootfs (`/sbin/init` is a link to `/lib/systemd/systemd` on Debian).
-fn runs_systemd(rootfs: &Path, spec: &Spec) -> bool {
+/// the image (`/sbin/init` is a link to `/lib/systemd/systemd` on Debian), is a regular file
+/// named `systemd`.
+fn runs_systemd(image: &Image, spec: &Spec) -> bool {
     let Some(process) = spec.process() else {
         return false;
     };
@@ -239,10 +242,10 @@ fn runs_systemd(rootfs: &Path, spec: &Spec) -> bool {
         return false;
     };
     let env = process.env().clone().unwrap_or_default();
-    let candidates = program_candidates(program, &env);
-    candidates.iter().any(|candidate| {
-        resolve_in(rootfs, candidate)
-            .is_some_and(|p| p.file_name().is_some_and(|n| n == "systemd") && p.is_file())
+    program_candidates(program, &env).iter().any(|candidate| {
+        image
+            .regular_file(candidate)
+            .is_some_and(|file| file.name == "systemd")
     })
 }
 
@@ -258,26 +261,6 @@ pub fn program_candidates(program: &str, env: &[String]) -> Vec<String> {
         .split(':')
         .map(|dir| format!("{}/{program}", dir.trim_end_matches('/')))
         .collect()
-}
-
-/// `path` inside `rootfs` with symlinks followed as the container would (absolute targets
-/// start at the rootfs), or None if it does not exist.
-fn resolve_in(rootfs: &Path, path: &str) -> Option<PathBuf> {
-    let mut inside = PathBuf::from("/").join(path.trim_start_matches('/'));
-    for _ in 0..16 {
-        let host = rootfs.join(inside.strip_prefix("/").ok()?);
-        match std::fs::read_link(&host) {
-            Ok(target) => {
-                inside = if target.is_absolute() {
-                    target
-                } else {
-                    inside.parent()?.join(target)
-                };
-            }
-            Err(_) => return host.exists().then_some(host),
-        }
-    }
-    None
 }
 
 /// What systemd as PID 1 expects of a container: tmpfs on /run and /run/lock (before any

@@ -2,11 +2,12 @@
 //! `exec.fifo` that holds the container's init between create and start.
 
 use std::fs;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{CliError, Result};
+use crate::error::{CliError, Result, UnsafeDir};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Record {
@@ -61,11 +62,26 @@ pub struct Store {
 }
 
 impl Store {
+    /// The state root `root`, made (mode 0700) if missing. It must be the caller's alone: a
+    /// directory of the caller's that group and others cannot write, below directories that
+    /// only root or the caller can change (or sticky ones, like /tmp). Whoever could change it
+    /// could plant state the runtime trusts: a pid it signals, a directory it deletes.
     pub fn new(root: &Path) -> Result<Self> {
-        fs::create_dir_all(root).map_err(CliError::io(format!(
-            "creating state root {}",
-            root.display()
-        )))?;
+        let refuse = |problem| CliError::StateRoot {
+            path: root.display().to_string(),
+            problem,
+        };
+        // Nothing is made below a directory someone else could change.
+        check_way_to(root).map_err(refuse)?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(root)
+            .map_err(CliError::io(format!(
+                "creating state root {}",
+                root.display()
+            )))?;
+        check_state_root(root).map_err(refuse)?;
         Ok(Store {
             root: root.to_path_buf(),
         })
@@ -168,14 +184,179 @@ impl Record {
 }
 
 /// Where containers' persistent data (an inner Docker's /var/lib/docker) lives on the host:
-/// /var/lib/burrow for root, the XDG data directory for other users.
-pub fn data_root() -> PathBuf {
-    if nix::unistd::geteuid().is_root() {
-        return PathBuf::from("/var/lib/burrow");
+/// /var/lib/burrow for root, the XDG data directory for other users (never a shared place such
+/// as /tmp, where another user could prepare the path).
+pub fn data_root() -> Result<PathBuf> {
+    let uid = nix::unistd::geteuid();
+    if uid.is_root() {
+        return Ok(PathBuf::from("/var/lib/burrow"));
     }
+    let home = || {
+        std::env::var_os("HOME").map(PathBuf::from).or_else(|| {
+            nix::unistd::User::from_uid(uid)
+                .ok()
+                .flatten()
+                .map(|user| user.dir)
+        })
+    };
     std::env::var_os("XDG_DATA_HOME")
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
-        .unwrap_or_else(|| PathBuf::from("/tmp"))
-        .join("burrow")
+        .or_else(|| home().map(|h| h.join(".local/share")))
+        .map(|dir| dir.join("burrow"))
+        .ok_or_else(|| {
+            CliError::Setup(format!(
+                "no data directory: set XDG_DATA_HOME or HOME (uid {uid} has no home)"
+            ))
+        })
+}
+
+/// Checks the directories on the way to `root` as given, where they exist: every directory
+/// holding a component of it, symlinks on the way (`/var/run` -> `/run`) resolved.
+fn check_way_to(root: &Path) -> std::result::Result<(), UnsafeDir> {
+    let caller = nix::unistd::geteuid().as_raw();
+    let mut dirs = vec![];
+    for prefix in std::path::absolute(root)?.ancestors().skip(1) {
+        match fs::canonicalize(prefix) {
+            Ok(real) => dirs.extend(real.ancestors().map(Path::to_path_buf)),
+            // Made by the caller below.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    dirs.sort();
+    dirs.dedup();
+    dirs.iter().try_for_each(|dir| check_ancestor(dir, caller))
+}
+
+/// Checks a state root that exists (see [`Store::new`]): the directory itself, and the
+/// directories on the way to where it really is (whoever can rename an entry in any of them
+/// can swap the state root for a directory of theirs).
+fn check_state_root(root: &Path) -> std::result::Result<(), UnsafeDir> {
+    let caller = nix::unistd::geteuid().as_raw();
+    let meta = fs::metadata(root)?;
+    if !meta.is_dir() {
+        return Err(UnsafeDir::NotADirectory);
+    }
+    if meta.uid() != caller {
+        return Err(UnsafeDir::Owner {
+            owner: meta.uid(),
+            caller,
+        });
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(UnsafeDir::Writable {
+            mode: meta.mode() & 0o7777,
+        });
+    }
+    fs::canonicalize(root)?
+        .ancestors()
+        .skip(1)
+        .try_for_each(|dir| check_ancestor(dir, caller))
+}
+
+/// A directory above a state root: root's or the caller's, and writable by nobody else unless
+/// sticky (in /tmp others may add entries but not rename or remove the caller's).
+fn check_ancestor(dir: &Path, caller: u32) -> std::result::Result<(), UnsafeDir> {
+    let meta = fs::metadata(dir)?;
+    let mode = meta.mode() & 0o7777;
+    let owner_ok = meta.uid() == 0 || meta.uid() == caller;
+    let others_may_rename = mode & 0o022 != 0 && mode & 0o1000 == 0;
+    if owner_ok && !others_may_rename {
+        return Ok(());
+    }
+    Err(UnsafeDir::Ancestor {
+        dir: dir.display().to_string(),
+        owner: meta.uid(),
+        mode,
+    })
+}
+
+/// The fallback state root of a user without `XDG_RUNTIME_DIR`, `/tmp/burrow-UID`, whose name
+/// anyone can predict: made here exclusively (mode 0700), or, if it is there already, taken only
+/// if it is a directory (not a symlink) of the caller's that nobody else may enter. A directory
+/// or link another user prepared there is refused, never used.
+pub fn claim_tmp_root(path: &Path) -> Result<()> {
+    let refuse = |problem| CliError::StateRoot {
+        path: path.display().to_string(),
+        problem,
+    };
+    match fs::DirBuilder::new().mode(0o700).create(path) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(refuse(UnsafeDir::Io(e))),
+    }
+    let meta = fs::symlink_metadata(path).map_err(|e| refuse(UnsafeDir::Io(e)))?;
+    let caller = nix::unistd::geteuid().as_raw();
+    let mode = meta.mode() & 0o7777;
+    let problem = if meta.file_type().is_symlink() {
+        UnsafeDir::Symlink
+    } else if !meta.is_dir() {
+        UnsafeDir::NotADirectory
+    } else if meta.uid() != caller {
+        UnsafeDir::Owner {
+            owner: meta.uid(),
+            caller,
+        }
+    } else if mode & 0o077 != 0 {
+        UnsafeDir::Open { mode }
+    } else {
+        return Ok(());
+    };
+    Err(refuse(problem))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("burrow-state-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_prepared_tmp_root_is_refused() {
+        let dir = scratch("claim");
+        let fresh = dir.join("fresh");
+        claim_tmp_root(&fresh).unwrap();
+        assert_eq!(fs::metadata(&fresh).unwrap().mode() & 0o777, 0o700);
+        // Ours, as we made it: taken again.
+        claim_tmp_root(&fresh).unwrap();
+        let link = dir.join("link");
+        std::os::unix::fs::symlink(&fresh, &link).unwrap();
+        let open = dir.join("open");
+        fs::create_dir(&open).unwrap();
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o755)).unwrap();
+        let file = dir.join("file");
+        fs::write(&file, "").unwrap();
+        for (path, expected) in [
+            (link, "symbolic link"),
+            (open, "enter"),
+            (file, "not a directory"),
+        ] {
+            let e = claim_tmp_root(&path).unwrap_err().to_string();
+            assert!(
+                e.contains("unsafe state directory") && e.contains(expected),
+                "{e}"
+            );
+        }
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_state_root_others_may_write_is_refused() {
+        let dir = scratch("root");
+        Store::new(&dir.join("a/b")).unwrap();
+        let shared = dir.join("shared");
+        fs::create_dir(&shared).unwrap();
+        fs::set_permissions(&shared, fs::Permissions::from_mode(0o777)).unwrap();
+        let e = Store::new(&shared).err().unwrap().to_string();
+        assert!(e.contains("may write"), "{e}");
+        let e = Store::new(&shared.join("below")).err().unwrap().to_string();
+        assert!(e.contains("lies below"), "{e}");
+        let _ = fs::remove_dir_all(dir);
+    }
 }

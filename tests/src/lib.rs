@@ -1232,3 +1232,46 @@ pub fn cgroup_dirs(pid: i32) -> Vec<(String, PathBuf)> {
         })
         .collect()
 }
+
+impl Burrow<'_> {
+    /// `burrow ARGS` as this caller (as [`Self::command`]: same user, environment and state
+    /// root), started through `wrapper`: `wrapper[0] wrapper[1..] BURROW ARGS`, run as the
+    /// caller too (a program that prepares the caller's process, e.g. its keyrings, then execs).
+    pub fn command_through(&self, wrapper: &[&str], args: &[&str]) -> Command {
+        let (program, wrapper_args) = wrapper.split_first().expect("a wrapper program");
+        let mut cmd = self.h.as_user(program, self.user);
+        cmd.args(wrapper_args).arg(shared_bin("burrow"));
+        match self.user {
+            Some(_) => {
+                cmd.env("HOME", &self.home)
+                    .env("XDG_RUNTIME_DIR", self.home.join("run"))
+                    .env_remove("XDG_DATA_HOME")
+                    .current_dir(&self.home);
+            }
+            None => {
+                cmd.arg("--root").arg(self.home.join("state"));
+            }
+        }
+        cmd.args(args).stdin(Stdio::null());
+        cmd
+    }
+
+    /// The directory holding this caller's containers' state.
+    pub fn state_root(&self) -> PathBuf {
+        match self.user {
+            Some(_) => self.home.join("run/burrow"),
+            None => self.home.join("state"),
+        }
+    }
+}
+
+impl<'b, 'a> Detached<'b, 'a> {
+    /// Deletes (forcibly) container `id` of `caller`, made some other way, when dropped.
+    pub fn adopt(caller: &'b Burrow<'a>, id: &str) -> Self {
+        Detached {
+            caller,
+            id: id.to_string(),
+            pid: 0,
+        }
+    }
+}

@@ -8,7 +8,8 @@ use std::path::Path;
 use std::process::Command;
 
 use burrow_tests::{
-    busybox_rootfs, test_users, Burrow, Docker, Harness, HarnessOptions, LoopDevice, User,
+    bin, busybox_rootfs, install_with_libraries, shared_bin, test_users, wait_for, Burrow, Docker,
+    Harness, HarnessOptions, LoopDevice, User,
 };
 
 /// Device nodes a hostile image ships: a host block device (the loop device), raw memory and
@@ -611,5 +612,506 @@ fn ranges_avoid_accounts_that_nss_lists() {
         allocated["base"].as_u64(),
         Some(u64::from(start) + 65536),
         "{allocated}"
+    );
+}
+
+/// A busybox rootfs with the test client at /probe (for keyctl and raw system calls, which
+/// busybox has no applet for).
+fn rootfs_with_probe(rootfs: &Path) {
+    busybox_rootfs(rootfs, None);
+    install_with_libraries(&bin("burrow-test-client"), rootfs, "/probe");
+}
+
+/// The JSON lines of a command's stdout: the caller's `keys plant` line, then the container's.
+fn lines_of(out: &std::process::Output) -> Vec<serde_json::Value> {
+    burrow_tests::json_lines(&out.stdout)
+}
+
+/// What `keys probe` printed must show a fresh session keyring of the container's own (empty,
+/// owned by its root, not any planted one), and no planted key reached by id, search, link or
+/// by joining the caller's session keyring by name.
+fn assert_keys_unreachable(probe: &serde_json::Value, planted: &[&serde_json::Value], who: &str) {
+    let text = probe.to_string();
+    assert_eq!(probe["probe"], "keys", "{who}: no probe report: {text}");
+    assert!(
+        !text.contains("burrow-secret-payload"),
+        "{who}: a planted payload was read: {text}"
+    );
+    let own = &probe["own"];
+    let session = own["session"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("{who}: {own}"));
+    assert_eq!(
+        own["session_keys"], 0,
+        "{who}: the session keyring is not fresh: {own}"
+    );
+    let description = own["session_desc"].as_str().unwrap_or_default();
+    assert!(
+        description.starts_with("keyring;0;0;") && description.ends_with(";_ses"),
+        "{who}: the session keyring is not the container's own: {own}"
+    );
+    for target in planted {
+        let label = target["label"].as_str().unwrap();
+        assert_ne!(
+            session,
+            target["session"].as_i64().unwrap(),
+            "{who}: the container shares {label}'s session keyring"
+        );
+        let reached = &probe["targets"][label];
+        for (what, attempt) in reached["by_id"].as_object().unwrap() {
+            for (how, answer) in attempt.as_object().unwrap() {
+                assert!(
+                    answer["errno"].is_i64(),
+                    "{who}: {how} of {label}'s {what} succeeded: {answer}"
+                );
+            }
+        }
+        for (search, answer) in reached["search"].as_object().unwrap() {
+            assert!(answer["errno"].is_i64(), "{who}: found {search}: {answer}");
+        }
+        if let Some(joined) = probe["joined"].get(label) {
+            assert_ne!(
+                joined["session"], target["session"],
+                "{who}: joined {label}'s session keyring by name"
+            );
+            assert!(joined["read_after"]["errno"].is_i64(), "{who}: {joined}");
+        }
+    }
+}
+
+/// Invariant 10: a container never shares a kernel keyring with its caller or another
+/// container. The caller (root, then a tenant) joins a login-like session keyring with its
+/// user keyring linked in and plants keys of a known payload in both; from that session it
+/// starts a first container, which plants keys of its own inside, and then `burrow run
+/// --no-new-keyring` (the flag is ignored) of a probe, as containerd starts every container
+/// from one session. The probe, as the container's root, must find a fresh, empty session
+/// keyring and reach none of those keys, by id, search, link or name; nor may a process that
+/// `burrow exec` starts in the first container reach the keys its caller planted.
+#[test]
+fn no_container_reaches_the_callers_or_another_containers_keys() {
+    let h = Harness::start(HarnessOptions::default());
+    let client = shared_bin("burrow-test-client");
+    let client = client.to_str().unwrap();
+    for user in [None, Some(test_users().alice)] {
+        let who = user.map_or("root", |u| u.name);
+        let caller = Burrow::new(&h, user, &format!("keys-{who}"));
+        let other = caller.bundle(
+            "other",
+            &[
+                "sh",
+                "-c",
+                "/probe keys plant --label other --write /other.json && exec sleep 1000",
+            ],
+            rootfs_with_probe,
+        );
+        let target = caller.bundle(
+            "target",
+            &["/probe", "keys", "probe", "/caller.json", "/other.json"],
+            rootfs_with_probe,
+        );
+        // `burrow ARGS` from the caller's session keyring, once it planted keys of LABEL.
+        let session = format!("burrow-session-{who}-{}", std::process::id());
+        let planted = |label: &str, write: &Path, args: &[&str]| {
+            let write = write.display().to_string();
+            let wrapper = [
+                client, "keys", "plant", "--label", label, "--join", &session, "--write", &write,
+                "--",
+            ];
+            caller.command_through(&wrapper, args)
+        };
+        let other_arg = other.display().to_string();
+        let log = fs::File::create(other.join("other.out")).unwrap();
+        let started = planted(
+            "caller",
+            &target.join("rootfs/caller.json"),
+            &["run", "--detach", "--bundle", &other_arg, "other"],
+        )
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .status()
+        .unwrap();
+        let _other = burrow_tests::Detached::adopt(&caller, "other");
+        assert!(started.success(), "{}", caller.output_of(&other, "other"));
+        let other_json = other.join("rootfs/other.json");
+        wait_for("the other container's keys", || other_json.exists());
+        fs::copy(&other_json, target.join("rootfs/other.json")).unwrap();
+
+        let target_arg = target.display().to_string();
+        let run = ["run", "--no-new-keyring", "--bundle", &target_arg, "target"];
+        let out = planted("caller", &target.join("rootfs/caller.json"), &run)
+            .output()
+            .unwrap();
+        let lines = lines_of(&out);
+        assert!(
+            out.status.success() && lines.len() == 2,
+            "{who}: {lines:?} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let other_planted: serde_json::Value =
+            serde_json::from_slice(&fs::read(&other_json).unwrap()).unwrap();
+        assert_keys_unreachable(&lines[1], &[&lines[0], &other_planted], who);
+
+        let exec = [
+            "exec",
+            "other",
+            "/probe",
+            "keys",
+            "probe",
+            "/caller-exec.json",
+        ];
+        let out = planted("caller-exec", &other.join("rootfs/caller-exec.json"), &exec)
+            .output()
+            .unwrap();
+        let lines = lines_of(&out);
+        assert!(
+            out.status.success() && lines.len() == 2,
+            "{who} exec: {lines:?} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_keys_unreachable(&lines[1], &[&lines[0]], &format!("{who} exec"));
+    }
+}
+
+/// Seccomp's x32 hole: a call the profile denies, made through its x32 number
+/// (`__X32_SYSCALL_BIT | nr`, or kexec_load's x32-only 528), is denied as well: the profile
+/// denies the x32 ABI outright. Inside a container (root's and a tenant's) every such call is
+/// EPERM; the same probe in a plain user namespace of the host shows the kernel's own answer
+/// (ENOSYS on a kernel built without x32, as this one; the call itself with it), so EPERM can
+/// only be the filter's.
+#[test]
+fn denied_calls_are_denied_through_the_x32_abi_too() {
+    let h = Harness::start(HarnessOptions::default());
+    let control = Command::new("unshare")
+        .args(["--user", "--map-root-user"])
+        .arg(bin("burrow-test-client"))
+        .arg("x32-syscalls")
+        .output()
+        .unwrap();
+    let unfiltered: serde_json::Value = serde_json::from_slice(&control.stdout).unwrap();
+    assert_ne!(
+        unfiltered["getpid"],
+        libc::EPERM,
+        "the kernel alone refuses x32 getpid with EPERM: {unfiltered}"
+    );
+    eprintln!("x32 calls without the filter: {unfiltered}");
+    for user in [None, Some(test_users().alice)] {
+        let who = user.map_or("root", |u| u.name);
+        let caller = Burrow::new(&h, user, &format!("x32-{who}"));
+        let bundle = caller.bundle("x32", &["/probe", "x32-syscalls"], rootfs_with_probe);
+        let (output, status) = caller.run_bundle(&bundle, "x32");
+        assert!(status.success(), "{who}: {output}");
+        let inside = burrow_tests::json_lines(output.as_bytes()).remove(0);
+        let calls = inside.as_object().unwrap();
+        assert!(calls.len() >= 16, "{who}: {inside}");
+        for (call, errno) in calls {
+            assert_eq!(*errno, libc::EPERM, "{who}: x32 {call} inside: {inside}");
+        }
+    }
+}
+
+/// A user without XDG_RUNTIME_DIR keeps state in `/tmp/burrow-UID`, a name anyone can predict.
+/// Bob prepares it for alice, as a directory of his and as a symlink to one: alice's `burrow
+/// run` refuses with a named error, writes nothing there and allocates nothing. A `--root` of
+/// bob's, or below one, is refused alike. Once the path is free, her run makes it her own.
+#[test]
+fn a_state_directory_another_user_prepared_is_refused() {
+    let h = Harness::start(HarnessOptions::default());
+    let users = test_users();
+    let (alice, bob) = (users.alice, users.bob);
+    let predictable = std::path::PathBuf::from(format!("/tmp/burrow-{}", alice.uid));
+    let clear = || {
+        let _ = fs::remove_file(&predictable);
+        let _ = fs::remove_dir_all(&predictable);
+    };
+    clear();
+    let bobs = std::path::PathBuf::from(format!("/tmp/burrow-bobs-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&bobs);
+    let as_bob = |args: &[&str]| {
+        let out = h
+            .as_user(args[0], Some(bob))
+            .args(&args[1..])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "bob: {args:?}: {out:?}");
+    };
+    as_bob(&["mkdir", "-m", "0777", &bobs.display().to_string()]);
+    let caller = Burrow::new(&h, Some(alice), "tmp-root");
+    let bundle = caller.bundle("t", &["echo", "state-ok"], |rootfs| {
+        busybox_rootfs(rootfs, None);
+    });
+    let bundle_arg = bundle.display().to_string();
+    let run = |root: Option<&Path>| {
+        let mut args = vec![];
+        let root_arg = root.map(|r| r.display().to_string());
+        if let Some(root) = &root_arg {
+            args.extend(["--root", root.as_str()]);
+        }
+        args.extend(["run", "--bundle", &bundle_arg, "t"]);
+        let out = caller
+            .command(&args)
+            .env_remove("XDG_RUNTIME_DIR")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let expect_refusal = |root: Option<&Path>, shown: &Path, why: &str| {
+        let (ok, text) = run(root);
+        assert!(!ok, "alice used a directory bob prepared: {text}");
+        assert!(
+            text.contains(&format!("unsafe state directory {}", shown.display()))
+                && text.contains(why),
+            "{text}"
+        );
+        assert_eq!(
+            fs::read_dir(&bobs).unwrap().count(),
+            0,
+            "state in bob's dir"
+        );
+        assert!(h.persisted_records().is_empty(), "a range was allocated");
+    };
+    as_bob(&["mkdir", "-m", "0777", &predictable.display().to_string()]);
+    expect_refusal(None, &predictable, &format!("belongs to uid {}", bob.uid));
+    assert_eq!(fs::read_dir(&predictable).unwrap().count(), 0);
+    clear();
+    as_bob(&[
+        "ln",
+        "-s",
+        &bobs.display().to_string(),
+        &predictable.display().to_string(),
+    ]);
+    expect_refusal(None, &predictable, "symbolic link");
+    clear();
+    expect_refusal(Some(&bobs), &bobs, &format!("belongs to uid {}", bob.uid));
+    let below = bobs.join("alice");
+    expect_refusal(Some(&below), &below, "lies below");
+
+    let (ok, text) = run(None);
+    assert!(ok && text.contains("state-ok"), "{text}");
+    let meta = fs::symlink_metadata(&predictable).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert!(meta.is_dir() && meta.uid() == alice.uid && meta.mode() & 0o777 == 0o700);
+    clear();
+    let _ = fs::remove_dir_all(&bobs);
+}
+
+/// Files of root's that a tenant's symlinks point at: each holds "victim" until written.
+fn victims(dir: &Path, names: &[&str]) -> Vec<std::path::PathBuf> {
+    names
+        .iter()
+        .map(|name| {
+            let path = dir.join(format!("victim-{name}"));
+            fs::write(&path, "victim").unwrap();
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+            path
+        })
+        .collect()
+}
+
+fn assert_untouched(victims: &[std::path::PathBuf]) {
+    for victim in victims {
+        assert_eq!(
+            fs::read_to_string(victim).unwrap(),
+            "victim",
+            "{} was written",
+            victim.display()
+        );
+    }
+}
+
+/// Root runs a bundle whose directory a tenant can write, and she plants symlinks to root's
+/// files where root will write: at `--log`, at the pid file, where burrow once put its temporary
+/// pid file and where runc puts its own, and at an `exec --pid-file`. `--log` at a symlink is
+/// refused with a named error before anything is made; a pid file's symlink is replaced by the
+/// pid file, not followed; no victim changes and no temporary file is left behind.
+#[test]
+fn pid_files_and_the_log_never_write_through_a_planted_symlink() {
+    let h = Harness::start(HarnessOptions::default());
+    let alice = test_users().alice;
+    let root = Burrow::new(&h, None, "planted");
+    // Her bundle lies in root's home, which she may enter.
+    fs::set_permissions(&root.home, fs::Permissions::from_mode(0o755)).unwrap();
+    let bundle = root.bundle("pidlog", &["sleep", "1000"], |rootfs| {
+        busybox_rootfs(rootfs, None);
+    });
+    std::os::unix::fs::chown(&bundle, Some(alice.uid), Some(alice.gid)).unwrap();
+    let victims = victims(&h.dir, &["log", "pid", "tmp", "dot", "exec"]);
+    let at = |name: &str| bundle.join(name).display().to_string();
+    for (victim, link) in
+        victims
+            .iter()
+            .zip(["log.json", "pid", "pid.burrow-tmp", ".pid", "exec.pid"])
+    {
+        let out = h
+            .as_user("ln", Some(alice))
+            .arg("-s")
+            .arg(victim)
+            .arg(bundle.join(link))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+    let create = |log: &str| {
+        let output = bundle.join("create.out");
+        let file = fs::File::create(&output).unwrap();
+        let status = root
+            .command(&[
+                "--log",
+                log,
+                "--log-format",
+                "json",
+                "--debug",
+                "create",
+                "--bundle",
+                &at(""),
+                "--pid-file",
+                &at("pid"),
+                "pidlog",
+            ])
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .status()
+            .unwrap();
+        (status.success(), fs::read_to_string(output).unwrap())
+    };
+    let (ok, text) = create(&at("log.json"));
+    assert!(!ok, "create logged through a symlink: {text}");
+    assert!(
+        text.contains(&format!("--log {}: it is a symbolic link", at("log.json"))),
+        "{text}"
+    );
+    assert_untouched(&victims);
+    assert!(
+        !root.output(&["state", "pidlog"]).status.success(),
+        "a container was made"
+    );
+    assert!(h.persisted_records().is_empty(), "a range was allocated");
+
+    let (ok, text) = create(&at("log"));
+    assert!(ok, "{text}");
+    let _deleted = burrow_tests::Detached::adopt(&root, "pidlog");
+    assert_untouched(&victims);
+    let state: serde_json::Value =
+        serde_json::from_slice(&root.output(&["state", "pidlog"]).stdout).unwrap();
+    let pid_file = bundle.join("pid");
+    assert!(fs::symlink_metadata(&pid_file).unwrap().is_file());
+    assert_eq!(
+        fs::read_to_string(&pid_file).unwrap(),
+        state["pid"].to_string()
+    );
+    assert!(root.output(&["start", "pidlog"]).status.success());
+    let exec = root
+        .command(&[
+            "exec",
+            "--detach",
+            "--pid-file",
+            &at("exec.pid"),
+            "pidlog",
+            "true",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(exec.success());
+    assert_untouched(&victims);
+    assert!(fs::symlink_metadata(bundle.join("exec.pid"))
+        .unwrap()
+        .is_file());
+    let mut left: Vec<String> = fs::read_dir(&bundle)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    let expected = [
+        ".pid",
+        "config.json",
+        "create.out",
+        "exec.pid",
+        "log",
+        "log.json",
+        "pid",
+        "pid.burrow-tmp",
+        "rootfs",
+    ];
+    assert_eq!(left, expected, "files left in the bundle");
+}
+
+/// An image whose probed paths lead out of it: `/sbin/init -> /evil/systemd` with `/evil` an
+/// absolute link to a host directory holding a `systemd`, `/usr/bin/dockerd` an absolute link
+/// to a host file, `/usr/local/bin` a link to that host directory (which has an `init`), and
+/// FIFOs at `/bin/init` and `/usr/sbin/dockerd`. `create` of `init` (PATH
+/// /usr/local/bin:/sbin:/bin) finishes, does not take it for systemd (no tmpfs on /run, no
+/// SIGTERM rewriting) nor for an image with dockerd (no host directory), and finds no `init`
+/// in it: what exists only on the host is not the image's.
+#[test]
+fn image_symlinks_and_fifos_never_lead_the_runtime_to_host_paths() {
+    let h = Harness::start(HarnessOptions::default());
+    let host_only = h.dir.join("host-only");
+    fs::create_dir_all(&host_only).unwrap();
+    for name in ["systemd", "dockerd", "init"] {
+        fs::write(host_only.join(name), "#!/bin/sh\n").unwrap();
+        fs::set_permissions(host_only.join(name), fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let root = Burrow::new(&h, None, "image-links");
+    let bundle = root.bundle("links", &["init"], |rootfs| {
+        busybox_rootfs(rootfs, None);
+        use std::os::unix::fs::symlink;
+        for dir in ["sbin", "usr/bin", "usr/sbin", "usr/local"] {
+            fs::create_dir_all(rootfs.join(dir)).unwrap();
+        }
+        symlink(&host_only, rootfs.join("evil")).unwrap();
+        symlink("/evil/systemd", rootfs.join("sbin/init")).unwrap();
+        symlink(host_only.join("dockerd"), rootfs.join("usr/bin/dockerd")).unwrap();
+        symlink(&host_only, rootfs.join("usr/local/bin")).unwrap();
+        fs::remove_file(rootfs.join("bin/init")).unwrap();
+        for fifo in ["bin/init", "usr/sbin/dockerd"] {
+            nix::unistd::mkfifo(&rootfs.join(fifo), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        }
+    });
+    let config = bundle.join("config.json");
+    let mut spec: serde_json::Value = serde_json::from_slice(&fs::read(&config).unwrap()).unwrap();
+    spec["process"]["env"] = serde_json::json!(["PATH=/usr/local/bin:/sbin:/bin"]);
+    fs::write(&config, spec.to_string()).unwrap();
+    let log = bundle.join("debug.log").display().to_string();
+    let output = fs::File::create(bundle.join("create.out")).unwrap();
+    let status = root
+        .command_through(
+            &["timeout", "60"],
+            &[
+                "--debug",
+                "--log",
+                &log,
+                "create",
+                "--bundle",
+                &bundle.display().to_string(),
+                "links",
+            ],
+        )
+        .stdout(output.try_clone().unwrap())
+        .stderr(output)
+        .status()
+        .unwrap();
+    let log = fs::read_to_string(&log).unwrap_or_default();
+    assert!(status.success(), "create ({status}): {log}");
+    let _deleted = burrow_tests::Detached::adopt(&root, "links");
+    let record: serde_json::Value =
+        serde_json::from_slice(&fs::read(root.state_root().join("links/state.json")).unwrap())
+            .unwrap();
+    assert_eq!(record["systemd"], false, "taken for systemd: {record}");
+    assert_eq!(record["docker_data"], serde_json::Value::Null, "{record}");
+    assert!(
+        log.contains(r#""init" is looked up as ["init"]"#),
+        "init found where the image has none: {log}"
+    );
+    let pid = record["pid"].as_i64().unwrap();
+    let mounts = fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    assert!(
+        !mounts.lines().any(|l| l.split(' ').nth(4) == Some("/run")),
+        "a tmpfs on /run, as for systemd: {mounts}"
     );
 }

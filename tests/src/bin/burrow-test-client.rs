@@ -134,6 +134,38 @@ enum Cmd {
         #[arg(long)]
         count: usize,
     },
+    /// Kernel keyrings: plant keys of a known payload, or try to reach someone else's.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCmd,
+    },
+    /// Makes the denied system calls (and getpid) through their x32 numbers and prints each
+    /// one's errno.
+    X32Syscalls,
+}
+
+#[derive(Subcommand)]
+enum KeysCmd {
+    /// Adds a `user` key `burrow-secret-LABEL` to the session keyring and a keyring
+    /// `burrow-ring-LABEL`, holding key `burrow-secret-LABEL-u`, to the user keyring, each with
+    /// payload `burrow-secret-payload-LABEL`; prints their ids as JSON (also to --write), then
+    /// execs COMMAND, if any, with that session keyring.
+    Plant {
+        #[arg(long)]
+        label: String,
+        /// First join (or create) the session keyring of this name, as a login's pam_keyinit;
+        /// the same user's next `--join NAME` joins it again.
+        #[arg(long)]
+        join: Option<String>,
+        #[arg(long)]
+        write: Option<std::path::PathBuf>,
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// Reports this process's own keyrings, then tries every way to reach the keys each TARGET
+    /// (a JSON file `plant` wrote) names: by id, by search, by link, by joining its session
+    /// keyring's name.
+    Probe { targets: Vec<std::path::PathBuf> },
 }
 
 /// A child process parked in a new user namespace, killed on drop.
@@ -295,6 +327,45 @@ fn syscalls() -> Value {
     }
 }
 
+/// The calls the system-container profile denies, made through their x32 numbers
+/// (`__X32_SYSCALL_BIT | nr`; kexec_load also through its x32-only number, 528), and getpid,
+/// which the profile allows for x86_64: errno 0 means the call ran, ENOSYS that the kernel has
+/// no x32 ABI, EPERM that a filter answered.
+fn x32_syscalls() -> Value {
+    const X32: libc::c_long = 0x4000_0000;
+    let calls = [
+        ("kexec_load", libc::SYS_kexec_load),
+        ("kexec_load_x32", 528),
+        ("kexec_file_load", libc::SYS_kexec_file_load),
+        ("init_module", libc::SYS_init_module),
+        ("finit_module", libc::SYS_finit_module),
+        ("delete_module", libc::SYS_delete_module),
+        ("open_by_handle_at", libc::SYS_open_by_handle_at),
+        ("iopl", libc::SYS_iopl),
+        ("ioperm", libc::SYS_ioperm),
+        ("swapon", libc::SYS_swapon),
+        ("swapoff", libc::SYS_swapoff),
+        ("acct", libc::SYS_acct),
+        ("uselib", libc::SYS_uselib),
+        ("lookup_dcookie", libc::SYS_lookup_dcookie),
+        ("quotactl", libc::SYS_quotactl),
+        ("getpid", libc::SYS_getpid),
+    ];
+    let mut out = serde_json::Map::new();
+    for (name, nr) in calls {
+        // SAFETY: every argument is zero: null pointers and fd 0 with no length, which the
+        // kernel rejects, or (getpid) ignores.
+        let result = unsafe { libc::syscall(X32 | nr, 0, 0, 0, 0, 0) };
+        let errno = if result < 0 {
+            std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
+        } else {
+            0
+        };
+        out.insert(name.to_string(), json!(errno));
+    }
+    Value::Object(out)
+}
+
 fn wait_for_stdin_eof() {
     let stdin = std::io::stdin();
     for _ in stdin.lock().lines() {}
@@ -307,6 +378,19 @@ fn main() {
         Cmd::InspectDev => return print(inspect_dev::run()),
         Cmd::Syscalls => return print(syscalls()),
         Cmd::InspectMount { create } => return print(inspect_dev::run_mount(create.as_deref())),
+        Cmd::X32Syscalls => return print(x32_syscalls()),
+        Cmd::Keys {
+            command:
+                KeysCmd::Plant {
+                    label,
+                    join,
+                    write,
+                    command,
+                },
+        } => return keys::plant(label, join.as_deref(), write.as_deref(), command),
+        Cmd::Keys {
+            command: KeysCmd::Probe { targets },
+        } => return print(keys::probe(targets)),
         _ => {}
     }
     // Take the inherited fd before anything else can be opened as fd 3.
@@ -442,7 +526,11 @@ fn main() {
                     print(both.next().await.expect("signal stream ended"));
                 }
             }
-            Cmd::InspectDev | Cmd::InspectMount { .. } | Cmd::Syscalls => unreachable!("handled before the runtime starts"),
+            Cmd::InspectDev
+            | Cmd::InspectMount { .. }
+            | Cmd::Syscalls
+            | Cmd::X32Syscalls
+            | Cmd::Keys { .. } => unreachable!("handled before the runtime starts"),
             Cmd::Container { rootfs, script, plan } => {
                 let plan: Value = serde_json::from_str(&plan).expect("--plan is JSON");
                 print(container::run(&conn, &proxy, &rootfs, &script, &plan).await);
@@ -1079,5 +1167,235 @@ mod container {
         drop(init.userns);
         let _ = idmap.release(&name).await;
         value
+    }
+}
+
+/// Kernel keyrings through raw keyctl(2) and add_key(2) (busybox has no keyctl applet).
+mod keys {
+    use std::ffi::{CStr, CString};
+    use std::path::{Path, PathBuf};
+
+    use serde_json::{json, Value};
+
+    const SESSION: i32 = libc::KEY_SPEC_SESSION_KEYRING;
+    const USER: i32 = libc::KEY_SPEC_USER_KEYRING;
+    const USER_SESSION: i32 = libc::KEY_SPEC_USER_SESSION_KEYRING;
+
+    fn errno() -> i32 {
+        std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
+    }
+
+    fn keyctl(cmd: u32, a: libc::c_long, b: libc::c_long, c: libc::c_long) -> Result<i64, i32> {
+        // SAFETY: the callers pass integers, or pointers to NUL-terminated strings and
+        // buffers that outlive the call, as each command expects.
+        let r = unsafe { libc::syscall(libc::SYS_keyctl, cmd as libc::c_long, a, b, c, 0) };
+        if r < 0 {
+            Err(errno())
+        } else {
+            Ok(r)
+        }
+    }
+
+    fn add_key(kind: &CStr, description: &str, payload: &[u8], ring: i32) -> Result<i32, i32> {
+        let description = CString::new(description).unwrap();
+        // SAFETY: NUL-terminated strings and a payload of the given length, live for the call.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_add_key,
+                kind.as_ptr(),
+                description.as_ptr(),
+                payload.as_ptr(),
+                payload.len(),
+                ring,
+            )
+        };
+        if r < 0 {
+            Err(errno())
+        } else {
+            Ok(r as i32)
+        }
+    }
+
+    fn keyring_id(ring: i32) -> Result<i64, i32> {
+        keyctl(libc::KEYCTL_GET_KEYRING_ID, ring.into(), 0, 0)
+    }
+
+    /// A key's payload (a keyring's: its keys' ids), or the errno.
+    fn read(serial: i64) -> Result<Vec<u8>, i32> {
+        let mut buf = vec![0u8; 4096];
+        let n = keyctl(
+            libc::KEYCTL_READ,
+            serial as libc::c_long,
+            buf.as_mut_ptr() as libc::c_long,
+            buf.len() as libc::c_long,
+        )?;
+        buf.truncate((n as usize).min(4096));
+        Ok(buf)
+    }
+
+    /// `type;uid;gid;perm;description`, or the errno.
+    fn describe(serial: i64) -> Result<String, i32> {
+        let mut buf = vec![0u8; 512];
+        let n = keyctl(
+            libc::KEYCTL_DESCRIBE,
+            serial as libc::c_long,
+            buf.as_mut_ptr() as libc::c_long,
+            buf.len() as libc::c_long,
+        )?;
+        buf.truncate((n as usize).saturating_sub(1).min(512));
+        Ok(String::from_utf8_lossy(&buf).into_owned())
+    }
+
+    fn search(ring: i32, kind: &CStr, description: &str) -> Result<i64, i32> {
+        let description = CString::new(description).unwrap();
+        keyctl(
+            libc::KEYCTL_SEARCH,
+            ring.into(),
+            kind.as_ptr() as libc::c_long,
+            description.as_ptr() as libc::c_long,
+        )
+    }
+
+    fn join(name: &str) -> Result<i64, i32> {
+        let name = CString::new(name).unwrap();
+        keyctl(
+            libc::KEYCTL_JOIN_SESSION_KEYRING,
+            name.as_ptr() as libc::c_long,
+            0,
+            0,
+        )
+    }
+
+    fn result<T: Into<Value>>(r: Result<T, i32>) -> Value {
+        match r {
+            Ok(v) => v.into(),
+            Err(errno) => json!({ "errno": errno }),
+        }
+    }
+
+    pub fn payload(label: &str) -> String {
+        format!("burrow-secret-payload-{label}")
+    }
+
+    /// See `KeysCmd::Plant`. Runs COMMAND (exec) or exits.
+    pub fn plant(label: &str, join_name: Option<&str>, write: Option<&Path>, command: &[String]) {
+        if let Some(name) = join_name {
+            join(name).expect("joining the session keyring");
+            // Searchable by its owner, so the next `--join NAME` of the same user joins this
+            // one (as `keyctl session NAME` does): processes started apart share it, as the
+            // containers containerd starts share its keyring.
+            keyctl(libc::KEYCTL_SETPERM, SESSION.into(), 0x3f1b_0000, 0)
+                .expect("letting the owner search the session keyring");
+        }
+        // As pam_keyinit does for a login: the user keyring is linked into the session's, so
+        // the session possesses (and may add to) what is linked there.
+        keyctl(libc::KEYCTL_LINK, USER.into(), SESSION.into(), 0)
+            .expect("linking the user keyring into the session keyring");
+        // A keyring linked into the user keyring outlives this process: drop an earlier run's.
+        while let Ok(stale) = search(USER, c"keyring", &format!("burrow-ring-{label}")) {
+            keyctl(libc::KEYCTL_UNLINK, stale as libc::c_long, USER.into(), 0)
+                .expect("unlinking an earlier run's keyring");
+        }
+        let secret = payload(label);
+        let session_key = add_key(
+            c"user",
+            &format!("burrow-secret-{label}"),
+            secret.as_bytes(),
+            SESSION,
+        )
+        .expect("adding a key to the session keyring");
+        let user_ring = add_key(c"keyring", &format!("burrow-ring-{label}"), &[], USER)
+            .expect("adding a keyring to the user keyring");
+        let user_key = add_key(
+            c"user",
+            &format!("burrow-secret-{label}-u"),
+            secret.as_bytes(),
+            user_ring,
+        )
+        .expect("adding a key to that keyring");
+        let planted = json!({
+            "label": label,
+            "join": join_name,
+            "session": keyring_id(SESSION).expect("session keyring"),
+            "session_key": session_key,
+            "user_ring": user_ring,
+            "user_key": user_key,
+        });
+        if let Some(path) = write {
+            std::fs::write(path, planted.to_string()).expect("writing the planted keys");
+        }
+        super::print(planted);
+        if let Some((program, args)) = command.split_first() {
+            use std::os::unix::process::CommandExt;
+            let e = std::process::Command::new(program).args(args).exec();
+            panic!("exec {program}: {e}");
+        }
+    }
+
+    /// This process's own keyrings: ids, the session keyring's description and key count.
+    fn own() -> Value {
+        json!({
+            "session": result(keyring_id(SESSION)),
+            "session_desc": result(describe(SESSION.into())),
+            "session_keys": result(read(SESSION.into()).map(|ids| ids.len() / 4)),
+            "user": result(keyring_id(USER)),
+            "user_session": result(keyring_id(USER_SESSION)),
+        })
+    }
+
+    /// Every way this process tries to reach the keys `planted` names, without joining.
+    fn reach(planted: &Value) -> Value {
+        let label = planted["label"].as_str().unwrap();
+        let mut by_id = serde_json::Map::new();
+        for what in ["session", "session_key", "user_ring", "user_key"] {
+            let serial = planted[what].as_i64().unwrap();
+            let read = read(serial).map(|b| String::from_utf8_lossy(&b).into_owned());
+            let link = keyctl(libc::KEYCTL_LINK, serial as libc::c_long, SESSION.into(), 0);
+            by_id.insert(
+                what.into(),
+                json!({"describe": result(describe(serial)), "read": result(read), "link": result(link)}),
+            );
+        }
+        let mut searched = serde_json::Map::new();
+        for (ring_name, ring) in [
+            ("session", SESSION),
+            ("user", USER),
+            ("user_session", USER_SESSION),
+        ] {
+            for (kind, description) in [
+                (c"user", format!("burrow-secret-{label}")),
+                (c"user", format!("burrow-secret-{label}-u")),
+                (c"keyring", format!("burrow-ring-{label}")),
+            ] {
+                let found = search(ring, kind, &description);
+                searched.insert(format!("{description}@{ring_name}"), result(found));
+            }
+        }
+        json!({"by_id": by_id, "search": searched})
+    }
+
+    /// See `KeysCmd::Probe`.
+    pub fn probe(targets: &[PathBuf]) -> Value {
+        let planted: Vec<Value> = targets
+            .iter()
+            .map(|t| serde_json::from_slice(&std::fs::read(t).expect("target file")).unwrap())
+            .collect();
+        let own = own();
+        let mut reached = serde_json::Map::new();
+        for target in &planted {
+            reached.insert(target["label"].as_str().unwrap().into(), reach(target));
+        }
+        // Last, as it changes this process's session keyring: join each target's by name.
+        let mut joined = serde_json::Map::new();
+        for target in planted.iter().filter(|t| t["join"].is_string()) {
+            let id = join(target["join"].as_str().unwrap());
+            let read = read(target["session_key"].as_i64().unwrap())
+                .map(|b| String::from_utf8_lossy(&b).into_owned());
+            joined.insert(
+                target["label"].as_str().unwrap().into(),
+                json!({"session": result(id), "read_after": result(read)}),
+            );
+        }
+        json!({"probe": "keys", "own": own, "targets": reached, "joined": joined})
     }
 }
