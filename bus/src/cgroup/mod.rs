@@ -391,8 +391,22 @@ pub fn pids(path: &str) -> Vec<i32> {
     pids
 }
 
+/// Whether the cgroup is frozen in effect. On cgroup2 that is `cgroup.events`' `frozen`, which
+/// follows `cgroup.freeze` (what cgroups-rs reads) only once every process has stopped.
 fn freezer_state(cgroup: &Cgroup) -> Option<FreezerState> {
-    cgroup.controller_of::<FreezerController>()?.state().ok()
+    let freezer = cgroup.controller_of::<FreezerController>()?;
+    if !cgroup.v2() {
+        return freezer.state().ok();
+    }
+    let events = fs::read_to_string(freezer.path().join("cgroup.events")).ok()?;
+    match events
+        .lines()
+        .find_map(|l| l.strip_prefix("frozen "))?
+        .trim()
+    {
+        "1" => Some(FreezerState::Frozen),
+        _ => Some(FreezerState::Thawed),
+    }
 }
 
 pub fn is_frozen(path: &str) -> bool {
