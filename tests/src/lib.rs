@@ -1000,20 +1000,7 @@ impl<'a> Burrow<'a> {
 
     /// `burrow ARGS` as this caller (stdin empty).
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = self.h.as_user(shared_bin("burrow"), self.user);
-        match self.user {
-            Some(_) => {
-                cmd.env("HOME", &self.home)
-                    .env("XDG_RUNTIME_DIR", self.home.join("run"))
-                    .env_remove("XDG_DATA_HOME")
-                    .current_dir(&self.home);
-            }
-            None => {
-                cmd.arg("--root").arg(self.home.join("state"));
-            }
-        }
-        cmd.args(args).stdin(Stdio::null());
-        cmd
+        self.command_through(&[], args)
     }
 
     pub fn output(&self, args: &[&str]) -> Output {
@@ -1031,21 +1018,7 @@ impl<'a> Burrow<'a> {
         let dir = self.home.join(name);
         fs::create_dir_all(&dir).unwrap();
         make_rootfs(&dir.join("rootfs"));
-        let out = Command::new(bin("burrow"))
-            .args(["spec", "--bundle", &dir.display().to_string()])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let path = dir.join("config.json");
-        let mut config: serde_json::Value =
-            serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
-        config["process"]["terminal"] = serde_json::json!(false);
-        config["process"]["args"] = serde_json::json!(args);
-        fs::write(&path, config.to_string()).unwrap();
+        write_spec(&dir, args, |_| {});
         if let Some(user) = self.user {
             run(Command::new("chown")
                 .args(["-R", "-h", &format!("{}:{}", user.uid, user.gid)])
@@ -1061,12 +1034,7 @@ impl<'a> Burrow<'a> {
             .command(&["run", "--bundle", &bundle.display().to_string(), id])
             .output()
             .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (text, out.status)
+        (all_output(&out), out.status)
     }
 }
 
@@ -1238,9 +1206,15 @@ impl Burrow<'_> {
     /// root), started through `wrapper`: `wrapper[0] wrapper[1..] BURROW ARGS`, run as the
     /// caller too (a program that prepares the caller's process, e.g. its keyrings, then execs).
     pub fn command_through(&self, wrapper: &[&str], args: &[&str]) -> Command {
-        let (program, wrapper_args) = wrapper.split_first().expect("a wrapper program");
-        let mut cmd = self.h.as_user(program, self.user);
-        cmd.args(wrapper_args).arg(shared_bin("burrow"));
+        let burrow = shared_bin("burrow");
+        let mut cmd = match wrapper.split_first() {
+            Some((program, wrapper_args)) => {
+                let mut cmd = self.h.as_user(program, self.user);
+                cmd.args(wrapper_args).arg(&burrow);
+                cmd
+            }
+            None => self.h.as_user(&burrow, self.user),
+        };
         match self.user {
             Some(_) => {
                 cmd.env("HOME", &self.home)
@@ -1274,4 +1248,33 @@ impl<'b, 'a> Detached<'b, 'a> {
             pid: 0,
         }
     }
+}
+
+/// `burrow spec` in `bundle`, with the process running `args` without a terminal, then `edit`.
+pub fn write_spec(bundle: &Path, args: &[&str], edit: impl FnOnce(&mut serde_json::Value)) {
+    let out = Command::new(bin("burrow"))
+        .args(["spec", "--bundle", &bundle.display().to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let path = bundle.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+    config["process"]["terminal"] = serde_json::json!(false);
+    config["process"]["args"] = serde_json::json!(args);
+    edit(&mut config);
+    fs::write(&path, config.to_string()).unwrap();
+}
+
+/// A command's stdout and stderr, in that order, as one text.
+pub fn all_output(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }

@@ -97,11 +97,7 @@ fn device_nodes_in_an_image_reach_no_host_device() {
         "-c",
         DEVICE_PROBE,
     ]);
-    let output = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let output = burrow_tests::all_output(&out);
     assert!(out.status.success(), "{output}\n{}", docker.log_tail());
     // The image really carries the node: Docker unpacked it as root.
     assert!(
@@ -130,11 +126,7 @@ fn open_from_cgroup(dir: &Path, device: &str) -> (bool, String) {
         dir.display()
     );
     let out = Command::new("sh").args(["-c", &script]).output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = burrow_tests::all_output(&out);
     (out.status.success() && text.trim() == "opened", text)
 }
 
@@ -852,12 +844,7 @@ fn a_state_directory_another_user_prepared_is_refused() {
             .env_remove("XDG_RUNTIME_DIR")
             .output()
             .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
+        (out.status.success(), burrow_tests::all_output(&out))
     };
     let expect_refusal = |root: Option<&Path>, shown: &Path, why: &str| {
         let (ok, text) = run(root);

@@ -179,21 +179,7 @@ fn bundle(h: &Harness, name: &str, args: &[&str], edit: impl FnOnce(&mut Value))
     let dir = h.dir.join(name);
     fs::create_dir_all(&dir).unwrap();
     busybox_rootfs(&dir.join("rootfs"), None);
-    let out = Command::new(bin("burrow"))
-        .args(["spec", "--bundle", &dir.display().to_string()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut config: Value =
-        serde_json::from_str(&fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
-    config["process"]["terminal"] = json!(false);
-    config["process"]["args"] = json!(args);
-    edit(&mut config);
-    fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    burrow_tests::write_spec(&dir, args, edit);
     dir
 }
 
