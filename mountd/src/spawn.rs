@@ -10,6 +10,7 @@
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
+#[cfg(debug_assertions)]
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use burrow_bus::BurrowError;
@@ -24,6 +25,7 @@ pub const WORKER_MODE: &str = "worker";
 #[cfg(debug_assertions)]
 pub const TEST_STOPS: &str = "--test-stop-at-stages";
 
+#[cfg(debug_assertions)]
 static STOP_WORKERS: AtomicBool = AtomicBool::new(false);
 
 /// Makes every worker stop itself (SIGSTOP) at each stage, for a test to look at it.
