@@ -682,6 +682,76 @@ fn worker_fds(pid: i32, host_mounts: &std::collections::HashSet<u64>) -> (usize,
     (namespaces, mounts)
 }
 
+/// Runs `client` (a test client call) while `mountd`'s workers stop at each stage: checks each
+/// stopped worker (single-threaded, mountd's own binary, and its fds, see [`worker_fds`]) and
+/// lets it go on. Returns the client's answer and, sorted, each stop's (stage, namespace fds,
+/// mount fds).
+fn watch_workers(
+    mountd: &ManualMountd,
+    mut client: std::process::Command,
+) -> (Value, Vec<(String, usize, usize)>) {
+    let mut client = client.stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let host = host_mount_ids();
+    let mountd_exe = std::fs::read_link(format!("/proc/{}/exe", mountd.pid())).unwrap();
+    let mut seen = vec![];
+    let started = std::time::Instant::now();
+    while client.try_wait().unwrap().is_none() {
+        assert!(started.elapsed().as_secs() < 60, "the call did not finish");
+        for (pid, stage) in stopped_workers(mountd.pid()) {
+            let (namespaces, mounts) = worker_fds(pid, &host);
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+            assert_eq!(key_values(&status.replace(":\t", "="))["Threads"], "1");
+            let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+            assert_eq!(exe, mountd_exe);
+            seen.push((stage, namespaces, mounts));
+            let pid = nix::unistd::Pid::from_raw(pid);
+            nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let out = client.wait_with_output().unwrap();
+    seen.sort();
+    (burrow_tests::json_lines(&out.stdout).remove(0), seen)
+}
+
+fn stops(expected: &[(&str, usize, usize)]) -> Vec<(String, usize, usize)> {
+    expected
+        .iter()
+        .map(|(s, n, m)| (s.to_string(), *n, *m))
+        .collect()
+}
+
+/// An overlay mounted on the host for a test, unmounted when dropped.
+struct Overlay(PathBuf);
+
+impl Overlay {
+    fn new(base: &Path) -> Self {
+        let lower = busybox_rootfs(&base.join("lower"), None);
+        let dirs = ["upper", "work", "merged"].map(|d| base.join(d));
+        for d in &dirs {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let options = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lower.display(),
+            dirs[0].display(),
+            dirs[1].display()
+        );
+        burrow_tests::run(
+            std::process::Command::new("mount")
+                .args(["-t", "overlay", "overlay", "-o", &options])
+                .arg(&dirs[2]),
+        );
+        Overlay(dirs[2].clone())
+    }
+}
+
+impl Drop for Overlay {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
 /// Invariant 7 for mountd's workers, looked at while they run: a debug build started with
 /// `--test-stop-workers` makes each worker stop itself at each stage (after its exec, once
 /// it has its job, in the container's pid namespace), and the test reads its fds there. The
@@ -690,61 +760,32 @@ fn worker_fds(pid: i32, host_mounts: &std::collections::HashSet<u64>) -> (usize,
 #[test]
 fn workers_hold_only_their_job_socket_and_the_jobs_fds() {
     let h = Harness::start(HarnessOptions::default());
-    let mountd = ManualMountd::start(
-        &h,
-        &burrow_tests::bin("burrow-mountd"),
-        &["--test-stop-workers"],
-    );
+    let binary = burrow_tests::bin("burrow-mountd");
+    let mountd = ManualMountd::start(&h, &binary, &["--test-stop-workers"]);
     let rootfs = busybox_rootfs(&workdir(&h, "rootfs"), None);
     let volume = workdir(&h, "volume");
     std::fs::create_dir(&volume).unwrap();
     let plan = json!({"extra_fds": [volume.display().to_string()],
                       "mounts": [["/mnt", "bind", 2, ["rbind"]]]});
-    let mut client = h
-        .client(None)
-        .args([
-            "container",
-            "--rootfs",
-            &rootfs.display().to_string(),
-            "--script",
-            "true",
-        ])
-        .args(["--plan", &plan.to_string()])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let host = host_mount_ids();
-    let mountd_exe = std::fs::read_link(format!("/proc/{}/exe", mountd.pid())).unwrap();
-    let mut seen = vec![];
-    let started = std::time::Instant::now();
-    while client.try_wait().unwrap().is_none() {
-        assert!(started.elapsed().as_secs() < 60, "the build did not finish");
-        for (pid, stage) in stopped_workers(mountd.pid()) {
-            let (namespaces, mounts) = worker_fds(pid, &host);
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-            assert_eq!(key_values(&status.replace(":\t", "="))["Threads"], "1");
-            assert_eq!(
-                std::fs::read_link(format!("/proc/{pid}/exe")).unwrap(),
-                mountd_exe
-            );
-            seen.push((stage, namespaces, mounts));
-            nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGCONT,
-            )
-            .unwrap();
-        }
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    let out = client.wait_with_output().unwrap();
-    let v = burrow_tests::json_lines(&out.stdout).remove(0);
+    let mut client = h.client(None);
+    client.args(["container", "--rootfs", &rootfs.display().to_string()]);
+    client.args(["--script", "true", "--plan", &plan.to_string()]);
+    let (v, seen) = watch_workers(&mountd, client);
     assert_eq!(v["exit"], 0, "{v}");
     // Right after its exec a worker holds its socket and /dev/null only; with its job, the
     // container's user, pid, net, ipc and cgroup namespaces, its rootfs, /dev and the volume.
-    seen.sort();
-    let expected = [("job", 5, 3), ("pidns", 5, 3), ("start", 0, 0)];
-    let expected: Vec<_> = expected.map(|(s, n, m)| (s.to_string(), n, m)).to_vec();
-    assert_eq!(seen, expected);
+    assert_eq!(
+        seen,
+        stops(&[("job", 5, 3), ("pidns", 5, 3), ("start", 0, 0)])
+    );
+
+    // An overlay re-made on ID-mapped layers: the lower layer and upper/work's parent.
+    let overlay = Overlay::new(&workdir(&h, "ovl"));
+    let mut client = h.client(None);
+    client.args(["idmap-mount", "--dir", &overlay.0.display().to_string()]);
+    let (v, seen) = watch_workers(&mountd, client);
+    assert_eq!(v["inside"]["owners"]["bin"], json!([0, 0]), "{v}");
+    assert_eq!(seen, stops(&[("job", 0, 2), ("start", 0, 0)]));
 }
 
 /// A worker is an exec of the very binary the helper runs (/proc/self/exe), not of a path: an
