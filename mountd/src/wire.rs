@@ -17,11 +17,13 @@ const FDS_PER_PACKET: usize = 250;
 /// Far above any real message: a BuildRoot plan is bounded by the plan's own limits.
 const MAX_DATA: usize = 16 << 20;
 const MAX_FDS: usize = 4096;
-/// First packet: tag, data length and fd count (u32, little endian), then data.
+/// Every packet starts with a tag byte, so that one carrying only fds is not empty.
+/// The first packet's tag, followed by the lengths (below) and the first data.
 const FIRST: u8 = b'M';
-/// Later packets: tag, then more data (a tag keeps a packet of fds alone from being empty).
+/// The tag of every later packet, followed by more data.
 const MORE: u8 = b'+';
-const HEADER: usize = 9;
+/// The first packet's data length and fd count, u32 little endian each.
+const LENGTHS: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
@@ -61,12 +63,8 @@ pub fn send<T: Serialize>(sock: BorrowedFd<'_>, message: &T, fds: &Fds) -> Resul
         }
         let iov = [IoSlice::new(&head), IoSlice::new(chunk.unwrap_or_default())];
         let fds = fds.unwrap_or_default();
-        let cmsg = [ControlMessage::ScmRights(fds)];
-        let cmsgs = if fds.is_empty() {
-            &cmsg[..0]
-        } else {
-            &cmsg[..]
-        };
+        let rights = [ControlMessage::ScmRights(fds)];
+        let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &rights };
         // MSG_NOSIGNAL: a worker that died must be an error here, not a SIGPIPE.
         socket::sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None)
             .map_err(WireError::Send)?;
@@ -81,11 +79,12 @@ pub fn receive<T: DeserializeOwned>(sock: BorrowedFd<'_>) -> Result<(T, Fds), Wi
     while expected.is_none_or(|(d, f)| data.len() < d || fds.len() < f) {
         let tag = packet(sock, &mut data, &mut fds)?;
         match (tag, expected) {
-            (FIRST, None) if data.len() >= HEADER - 1 => {
-                let header: Vec<u8> = data.drain(..HEADER - 1).collect();
-                let length = u32::from_le_bytes(header[..4].try_into().unwrap_or_default());
-                let count = u32::from_le_bytes(header[4..].try_into().unwrap_or_default());
-                expected = Some((length as usize, count as usize));
+            (FIRST, None) if data.len() >= LENGTHS => {
+                let lengths: Vec<u8> = data.drain(..LENGTHS).collect();
+                let number = |bytes: &[u8]| {
+                    u32::from_le_bytes(bytes.try_into().unwrap_or_default()) as usize
+                };
+                expected = Some((number(&lengths[..4]), number(&lengths[4..])));
             }
             (MORE, Some(_)) => {}
             _ => return Err(WireError::Malformed("unexpected packet")),
@@ -106,7 +105,7 @@ fn packet(
     data: &mut Vec<u8>,
     fds: &mut Vec<OwnedFd>,
 ) -> Result<u8, WireError> {
-    let mut buf = vec![0u8; HEADER + DATA_PER_PACKET];
+    let mut buf = vec![0u8; 1 + LENGTHS + DATA_PER_PACKET];
     let mut cmsg = nix::cmsg_space!([RawFd; FDS_PER_PACKET]);
     let mut iov = [IoSliceMut::new(&mut buf)];
     let msg = socket::recvmsg::<()>(
@@ -159,8 +158,9 @@ mod tests {
             .map(|i| format!("/path/{i}/{}", "x".repeat(400)))
             .collect();
         let mut fds = Fds::default();
+        let null = std::fs::File::open("/dev/null").unwrap();
         for _ in 0..300 {
-            fds.carry(rustix::io::dup(std::io::stdin().as_fd()).unwrap());
+            fds.carry(null.as_fd().try_clone_to_owned().unwrap());
         }
         // The socket buffer holds less than the whole message: send from another thread.
         let sender = std::thread::spawn(move || send(a.as_fd(), &message, &fds).map(|()| message));
