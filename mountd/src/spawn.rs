@@ -117,8 +117,9 @@ fn start(sock: OwnedFd) -> Result<Child, SpawnError> {
             }
             // Whatever fd another thread opened without O_CLOEXEC (zbus receives callers' fds
             // without MSG_CMSG_CLOEXEC) stays out of the worker: only 0-2 cross the exec.
-            let flags = libc::CLOSE_RANGE_CLOEXEC as libc::c_long;
-            if libc::syscall(libc::SYS_close_range, 3, u32::MAX, flags) != 0 {
+            let (first, last) = (3 as libc::c_uint, libc::c_uint::MAX);
+            let flags = libc::CLOSE_RANGE_CLOEXEC;
+            if libc::syscall(libc::SYS_close_range, first, last, flags) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
