@@ -1,16 +1,16 @@
 //! ID-mapped clones of directories the caller opened, including overlayfs (whose layers are
 //! mapped one by one, since this kernel cannot map an overlay mount itself).
 
-use std::ffi::CStr;
 use std::fs;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::Path;
 
+use burrow_bus::userns::{NsWorker, UserNs};
 use burrow_bus::BurrowError;
 use rustix::fs::{statx, AtFlags, Mode, OFlags, StatxFlags};
-use rustix::mount::{
-    fsconfig_create, fsconfig_set_fd, fsmount, fsopen, open_tree, FsMountFlags, FsOpenFlags,
-    MountAttrFlags, OpenTreeFlags,
-};
+use rustix::mount::{open_tree, MountAttrFlags, OpenTreeFlags};
+
+use crate::job::{Fds, Job, OverlayJob, UpperLayer};
 
 const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c7630;
 
@@ -122,6 +122,33 @@ pub fn caller_disk_map(container_map: &str, caller_id: u32) -> Result<String, Bu
     Ok(lines.join("\n") + "\n")
 }
 
+/// The user namespace whose mapping an ID-mapped mount of `caller`'s gets: the container's own
+/// for root (on-disk root is the container's root, as Docker expects), a derived one for
+/// everyone else (see [`caller_disk_map`]).
+pub fn mapping_for(
+    caller_uid: u32,
+    userns: &UserNs,
+    worker: &NsWorker,
+) -> Result<OwnedFd, BurrowError> {
+    if caller_uid == 0 {
+        return userns
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| BurrowError::Failed(format!("dup userns: {e}")));
+    }
+    let gid = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(caller_uid))
+        .ok()
+        .flatten()
+        .ok_or_else(|| BurrowError::NotAuthorized(format!("uid {caller_uid} has no account")))?
+        .gid
+        .as_raw();
+    let (uid_map, gid_map) = worker.maps()?;
+    burrow_bus::userns::create_userns(
+        &caller_disk_map(&uid_map, caller_uid)?,
+        &caller_disk_map(&gid_map, gid)?,
+    )
+}
+
 /// Non-root callers may only map what they own.
 pub fn check_owner(fd: BorrowedFd<'_>, caller_uid: u32) -> Result<(), BurrowError> {
     if caller_uid == 0 {
@@ -147,7 +174,7 @@ pub struct Mapping<'a> {
     pub owner: (u32, u32),
     /// An empty directory of the helper's, where overlays are assembled in a worker's private
     /// mount namespace.
-    pub staging: &'a CStr,
+    pub staging: &'a Path,
 }
 
 /// Every mount of a caller's directory (an image, a layer, a bind source) is nodev: a device
@@ -280,16 +307,18 @@ fn overlay_on_mapped_layers(
         })?;
         Some((map_dir(&parent)?, upper_rel, work_rel))
     };
-    let mut keep: Vec<RawFd> = lower.iter().map(|fd| fd.as_raw_fd()).collect();
-    keep.extend(upper_work.iter().map(|(fd, _, _)| fd.as_raw_fd()));
-    // overlayfs takes private clones of its layers, which only works for mounts attached in
-    // the mounter's namespace: attach them in a worker's private copy, then mount.
-    crate::worker::run(&keep, |sock| {
-        crate::worker::reply(
-            sock,
-            overlay_in_private_namespace(&lower, upper_work.as_ref(), mapping),
-        )
-    })
+    let mut fds = Fds::default();
+    let job = OverlayJob {
+        lower: lower.into_iter().map(|fd| fds.carry(fd)).collect(),
+        upper: upper_work.map(|(parent, upper, work)| UpperLayer {
+            parent: fds.carry(parent),
+            upper,
+            work,
+        }),
+        owner: mapping.owner,
+        staging: mapping.staging.to_path_buf(),
+    };
+    Ok(crate::spawn::run(&Job::Overlay(job), fds)?)
 }
 
 /// The deepest directory holding both `a` and `b`, and their paths relative to it.
@@ -304,71 +333,6 @@ fn common_parent(a: &str, b: &str) -> Option<(String, String, String)> {
         pa[common..].join("/"),
         pb[common..].join("/"),
     ))
-}
-
-fn overlay_in_private_namespace(
-    lower: &[OwnedFd],
-    upper_work: Option<&(OwnedFd, String, String)>,
-    mapping: &Mapping<'_>,
-) -> Result<OwnedFd, String> {
-    let staging = mapping.staging;
-    crate::worker::private_mount_namespace()?;
-    let scratch = crate::build::fresh(
-        "tmpfs",
-        &[("mode".into(), Some("0700".into()))],
-        MountAttrFlags::empty(),
-    )?;
-    rustix::mount::move_mount(
-        scratch.as_fd(),
-        "",
-        rustix::fs::CWD,
-        staging,
-        rustix::mount::MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
-    )
-    .map_err(|e| format!("attaching the scratch tmpfs: {e}"))?;
-    let layers = lower.iter().chain(upper_work.map(|(fd, _, _)| fd));
-    for (i, layer) in layers.enumerate() {
-        let name = i.to_string();
-        rustix::fs::mkdirat(scratch.as_fd(), name.as_str(), Mode::from_raw_mode(0o700))
-            .map_err(|e| format!("mkdir: {e}"))?;
-        rustix::mount::move_mount(
-            layer.as_fd(),
-            "",
-            scratch.as_fd(),
-            name.as_str(),
-            rustix::mount::MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
-        )
-        .map_err(|e| format!("attaching layer {i}: {e}"))?;
-    }
-    let fs = fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC)
-        .map_err(|e| format!("fsopen overlay: {e}"))?;
-    for layer in lower {
-        fsconfig_set_fd(fs.as_fd(), "lowerdir+", layer.as_fd())
-            .map_err(|e| format!("overlay lowerdir+: {e}"))?;
-    }
-    if let Some((parent, upper, work)) = upper_work {
-        for (key, relative) in [("upperdir", upper), ("workdir", work)] {
-            let dir = rustix::fs::openat(
-                parent.as_fd(),
-                relative.as_str(),
-                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(|e| format!("overlay {key} {relative}: {e}"))?;
-            fsconfig_set_fd(fs.as_fd(), key, dir.as_fd())
-                .map_err(|e| format!("overlay {key}: {e}"))?;
-        }
-    }
-    // overlayfs records its mounter's credentials and uses them for its own work: mount as the
-    // container's root (fsuid/fsgid), keeping the file capabilities a setfsuid drops.
-    nix::unistd::setfsgid(nix::unistd::Gid::from_raw(mapping.owner.1));
-    nix::unistd::setfsuid(nix::unistd::Uid::from_raw(mapping.owner.0));
-    let permitted =
-        caps::read(None, caps::CapSet::Permitted).map_err(|e| format!("capget: {e}"))?;
-    caps::set(None, caps::CapSet::Effective, &permitted).map_err(|e| format!("capset: {e}"))?;
-    fsconfig_create(fs.as_fd()).map_err(|e| format!("creating the overlay: {e}"))?;
-    fsmount(fs.as_fd(), FsMountFlags::FSMOUNT_CLOEXEC, NO_DEVICES)
-        .map_err(|e| format!("fsmount overlay: {e}"))
 }
 
 #[cfg(test)]

@@ -1,10 +1,15 @@
 //! burrow-mountd: ID-mapped mounts and a container's locked, masked mount namespace, as fds.
 
+mod assemble;
 mod build;
 mod dbus;
 mod idmap;
+mod job;
+mod overlay;
 mod plan;
+mod spawn;
 mod target;
+mod wire;
 mod worker;
 
 use std::path::PathBuf;
@@ -52,20 +57,37 @@ struct Args {
     /// Exit after this many seconds without calls (0: never); the bus restarts it on demand.
     #[arg(long, env = "BURROW_IDLE_TIMEOUT", default_value_t = 30)]
     idle_timeout: u64,
+    /// Tests only: workers stop themselves (SIGSTOP) at each stage for a test to inspect.
+    #[cfg(debug_assertions)]
+    #[arg(long, hide = true)]
+    test_stop_workers: bool,
 }
 
 fn main() -> anyhow::Result<()> {
+    let argv: Vec<String> = std::env::args().collect();
+    // Worker mode: the helper exec'd its own binary for one job (see spawn.rs). It never
+    // parses the helper's options, logs, or touches the bus.
+    if argv.get(1).map(String::as_str) == Some(spawn::WORKER_MODE) {
+        worker::main(&argv[2..]);
+    }
     let args = Args::parse();
     burrow_bus::service::start(CAPABILITIES).context("dropping capabilities")?;
     burrow_bus::state::ensure_private_dir(&args.staging_dir)?;
-    let staging = std::ffi::CString::new(args.staging_dir.as_os_str().as_encoded_bytes())
-        .context("staging dir path")?;
+    // The worker gets the path in a typed (JSON) message.
+    anyhow::ensure!(
+        args.staging_dir.to_str().is_some(),
+        "the staging directory's path must be UTF-8"
+    );
+    #[cfg(debug_assertions)]
+    if args.test_stop_workers {
+        spawn::stop_workers_for_tests();
+    }
     let activity = Activity::default();
     let service = Service {
         bus_name: mount::BUS_NAME,
         object_path: mount::OBJECT_PATH,
         interface: dbus::Mount {
-            staging,
+            staging: args.staging_dir,
             activity: activity.clone(),
         },
         activity,

@@ -7,6 +7,8 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::fs::{mkdirat, openat2, Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
 
+use crate::job::{JobError, OrFail};
+
 /// What to create when the target is missing.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Create {
@@ -27,26 +29,25 @@ fn open_in_root(root: BorrowedFd<'_>, path: &str) -> Result<OwnedFd, Errno> {
 
 /// An O_PATH fd of `path` (absolute, normalized, inside the container) below `root`, creating
 /// missing components as directories (the last one as `create` says). `Ok(None)` if it is
-/// missing and `create` is `Nothing`.
+/// missing and `create` is `Nothing`. What the image holds decides most failures (a file where
+/// a directory must be, a symlink loop, a read-only rootfs), so they are the caller's.
 pub fn resolve(
     root: BorrowedFd<'_>,
     path: &str,
     create: Create,
-) -> Result<Option<OwnedFd>, String> {
+) -> Result<Option<OwnedFd>, JobError> {
     let relative = path.trim_start_matches('/');
     if relative.is_empty() {
-        return rustix::io::dup(root)
-            .map(Some)
-            .map_err(|e| format!("dup root: {e}"));
+        return rustix::io::dup(root).map(Some).or_failed("dup root");
     }
     match open_in_root(root, relative) {
         Ok(fd) => return Ok(Some(fd)),
         Err(Errno::NOENT) if create == Create::Nothing => return Ok(None),
         Err(Errno::NOENT) => {}
-        Err(e) => return Err(format!("resolving {path}: {e}")),
+        Err(e) => return Err(e).or_refused(format!("resolving {path}")),
     }
     let parts: Vec<&str> = relative.split('/').collect();
-    let mut current = rustix::io::dup(root).map_err(|e| format!("dup root: {e}"))?;
+    let mut current = rustix::io::dup(root).or_failed("dup root")?;
     let mut walked = String::new();
     for (i, part) in parts.iter().enumerate() {
         walked = format!("{walked}/{part}");
@@ -57,7 +58,7 @@ pub fn resolve(
                 continue;
             }
             Err(Errno::NOENT) => {}
-            Err(e) => return Err(format!("resolving {walked}: {e}")),
+            Err(e) => return Err(e).or_refused(format!("resolving {walked}")),
         }
         let created = if last && create == Create::File {
             openat2(
@@ -73,10 +74,9 @@ pub fn resolve(
         };
         match created {
             Ok(()) | Err(Errno::EXIST) => {}
-            Err(e) => return Err(format!("creating mount point {walked}: {e}")),
+            Err(e) => return Err(e).or_refused(format!("creating mount point {walked}")),
         }
-        current =
-            open_in_root(root, &walked).map_err(|e| format!("opening created {walked}: {e}"))?;
+        current = open_in_root(root, &walked).or_refused(format!("opening created {walked}"))?;
     }
     Ok(Some(current))
 }

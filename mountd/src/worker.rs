@@ -1,118 +1,66 @@
-//! Forked workers that do namespace work the helper's own (multi-threaded, host-namespace)
-//! process must not, and hand back one fd over a socket pair.
+//! The worker process: mountd's own binary exec'd in worker mode by [`crate::spawn`]. It is
+//! single-threaded, holds only its job socket (stdin) and /dev/null (stdout, stderr), reads
+//! one [`Job`] with its fds, does it, answers with one fd or a typed error, and exits. It makes
+//! itself non-dumpable before it reads the job, dies with the helper (PR_SET_PDEATHSIG, set
+//! before exec), and never execs anything.
 
-use std::io::IoSlice;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
 
-use burrow_bus::BurrowError;
-use nix::sys::socket::{self, ControlMessage, ControlMessageOwned, MsgFlags};
+use crate::job::{Fds, Job, JobError, OrFail, Reply};
+use crate::wire;
 
-/// Forks a worker that keeps only the fds in `keep` (and its end of the socket), is
-/// non-dumpable and dies with the helper, and runs `body`, which answers with [`reply`].
-/// Returns the fd the worker sent, or its error.
-pub fn run(keep: &[RawFd], body: impl FnOnce(RawFd)) -> Result<OwnedFd, BurrowError> {
-    let (ours, theirs) = socket::socketpair(
-        socket::AddressFamily::Unix,
-        socket::SockType::SeqPacket,
-        None,
-        socket::SockFlag::SOCK_CLOEXEC,
-    )
-    .map_err(|e| BurrowError::Failed(format!("socketpair: {e}")))?;
-    let mut keep = keep.to_vec();
-    keep.push(theirs.as_raw_fd());
-    keep.sort_unstable();
-    // SAFETY: the worker only uses memory prepared before the fork, raw syscalls and the
-    // allocator (glibc's malloc is safe after fork); it never returns into the helper.
-    match unsafe { nix::unistd::fork() } {
-        Ok(nix::unistd::ForkResult::Child) => {
-            // SAFETY: raw syscalls in the freshly forked child, which then leaves with _exit.
-            unsafe {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                libc::prctl(libc::PR_SET_DUMPABLE, 0);
-                burrow_bus::userns::close_all_except(&keep);
-            }
-            body(theirs.as_raw_fd());
-            // SAFETY: leaving the forked child without running the helper's destructors.
-            unsafe { libc::_exit(0) }
-        }
-        Ok(nix::unistd::ForkResult::Parent { child }) => {
-            drop(theirs);
-            let result = receive(ours.as_fd());
-            // After an answer the worker only reaps its own child and exits: let it, so that a
-            // process it left in a container's pid namespace is never orphaned there (the
-            // container's init would wait for it when it exits). Without one, kill it.
-            if result.is_err() {
-                let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
-            }
-            let _ = nix::sys::wait::waitpid(child, None);
-            result
-        }
-        Err(e) => Err(BurrowError::Failed(format!("fork: {e}"))),
-    }
+/// The job socket: the worker's stdin, open for its whole life.
+fn job_socket() -> BorrowedFd<'static> {
+    // SAFETY: fd 0 is the job socket the helper gave the worker; nothing in the worker closes
+    // it, so it stays valid until the process exits.
+    unsafe { BorrowedFd::borrow_raw(0) }
 }
 
-fn receive(sock: BorrowedFd<'_>) -> Result<OwnedFd, BurrowError> {
-    let mut buf = vec![0u8; 4096];
-    let mut cmsg = nix::cmsg_space!([RawFd; 1]);
-    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-    let msg = socket::recvmsg::<()>(
-        sock.as_raw_fd(),
-        &mut iov,
-        Some(&mut cmsg),
-        MsgFlags::MSG_CMSG_CLOEXEC,
-    )
-    .map_err(|e| BurrowError::Failed(format!("waiting for the mount worker: {e}")))?;
-    let fd = msg
-        .cmsgs()
-        .ok()
-        .into_iter()
-        .flatten()
-        .find_map(|c| match c {
-            ControlMessageOwned::ScmRights(fds) => fds.first().copied(),
-            _ => None,
-        });
-    let len = msg.bytes;
-    let text = String::from_utf8_lossy(&buf[..len]).into_owned();
-    match fd {
-        // SAFETY: received with SCM_RIGHTS, owned by nobody else.
-        Some(fd) if text == "ok" => Ok(unsafe { OwnedFd::from_raw_fd(fd) }),
-        _ if text.is_empty() => Err(BurrowError::Failed(
-            "the mount worker died without an answer".into(),
-        )),
-        _ => Err(BurrowError::InvalidArgument(format!(
-            "mount worker: {text}"
-        ))),
+/// Entry point of worker mode (`burrow-mountd worker`); never returns.
+pub fn main(args: &[String]) -> ! {
+    // SAFETY: prctl with integer arguments. Until here the process was in the host's
+    // namespaces only, where no container can reach it.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0) } != 0 {
+        std::process::exit(2);
     }
-}
-
-/// A worker's answer: an fd, or what went wrong.
-pub fn reply(sock: RawFd, result: Result<OwnedFd, String>) {
-    let _ = match &result {
-        Ok(fd) => {
-            let fds = [fd.as_raw_fd()];
-            socket::sendmsg::<()>(
-                sock,
-                &[IoSlice::new(b"ok")],
-                &[ControlMessage::ScmRights(&fds)],
-                MsgFlags::empty(),
-                None,
-            )
-        }
-        Err(text) => socket::sendmsg::<()>(
-            sock,
-            &[IoSlice::new(text.as_bytes())],
-            &[],
-            MsgFlags::empty(),
-            None,
-        ),
+    set_name(c"mountd-worker");
+    test_stops(args);
+    std::panic::set_hook(Box::new(|info| {
+        // The worker has no stderr: a panic is answered, so the helper logs it.
+        let reply: Reply = Err(JobError::Broken(format!("worker panicked: {info}")));
+        let _ = wire::send(job_socket(), &reply, &Fds::default());
+    }));
+    stage("mw:start");
+    let Ok((job, fds)) = wire::receive::<Job>(job_socket()) else {
+        // The helper gave up on this worker, or sent garbage: nothing to answer.
+        std::process::exit(2);
     };
+    stage("mw:job");
+    match job {
+        Job::Overlay(job) => reply(crate::overlay::make(&job, &fds)),
+        Job::Build(job) => crate::assemble::build(&job, &fds),
+    }
+    std::process::exit(0)
+}
+
+/// Sends the worker's answer to the helper.
+pub fn reply(result: Result<OwnedFd, JobError>) {
+    let mut fds = Fds::default();
+    let reply: Reply = result.map(|fd| fds.carry(fd));
+    // Nobody to tell if this fails: the helper reads a closed socket as "no answer".
+    let _ = wire::send(job_socket(), &reply, &fds);
+}
+
+fn set_name(name: &std::ffi::CStr) {
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string that outlives the call.
+    unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
 }
 
 /// Gives the calling worker a private copy of its mount namespace, so nothing it mounts
 /// propagates anywhere.
-pub fn private_mount_namespace() -> Result<(), String> {
+pub fn private_mount_namespace() -> Result<(), JobError> {
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
-        .map_err(|e| format!("unshare mount namespace: {e}"))?;
+        .or_failed("unshare mount namespace")?;
     nix::mount::mount(
         None::<&str>,
         "/",
@@ -120,5 +68,29 @@ pub fn private_mount_namespace() -> Result<(), String> {
         nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE,
         None::<&str>,
     )
-    .map_err(|e| format!("making the copy private: {e}"))
+    .or_failed("making the copy private")
+}
+
+#[cfg(debug_assertions)]
+static STOPS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn test_stops(args: &[String]) {
+    #[cfg(debug_assertions)]
+    if args.iter().any(|a| a == crate::spawn::TEST_STOPS) {
+        STOPS.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    let _ = args;
+}
+
+/// A point where a test may look at the worker (debug builds started with the test option):
+/// the worker names itself after the stage and stops until the test sends SIGCONT.
+pub fn stage(name: &'static str) {
+    #[cfg(debug_assertions)]
+    if STOPS.load(std::sync::atomic::Ordering::Relaxed) {
+        let name = std::ffi::CString::new(name).unwrap_or_default();
+        set_name(&name);
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGSTOP);
+        set_name(c"mountd-worker");
+    }
+    let _ = name;
 }

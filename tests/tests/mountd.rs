@@ -564,3 +564,283 @@ fn idmap_mount_on_tmpfs_xfs_and_btrfs() {
     }
     assert_eq!(host_mounts(), before);
 }
+
+/// A mountd started by hand on the harness's bus from `binary`, with the command line the bus
+/// would use plus `extra`; killed (by its pid) when dropped.
+struct ManualMountd(std::process::Child);
+
+impl ManualMountd {
+    fn start(h: &Harness, binary: &Path, extra: &[&str]) -> Self {
+        let activated = h.helper_command("org.burrow.Mount1");
+        let log = std::fs::File::create(h.dir.join("manual-mountd.log")).unwrap();
+        let child = h
+            .command(binary)
+            .args(activated.get_args())
+            .args(extra)
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        burrow_tests::wait_for("the manual mountd on the bus", || {
+            h.name_has_owner("org.burrow.Mount1")
+        });
+        ManualMountd(child)
+    }
+
+    fn pid(&self) -> i32 {
+        self.0.id() as i32
+    }
+}
+
+impl Drop for ManualMountd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `/proc/PID/stat`'s state and parent pid.
+fn state_and_parent(pid: i32) -> Option<(char, i32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut rest = stat.rsplit_once(") ")?.1.split(' ');
+    let state = rest.next()?.chars().next()?;
+    Some((state, rest.next()?.parse().ok()?))
+}
+
+/// Processes stopped at a worker stage (comm `mw:*`) below `helper`, with their stage.
+fn stopped_workers(helper: i32) -> Vec<(i32, String)> {
+    let descends = |mut pid: i32| {
+        for _ in 0..4 {
+            match state_and_parent(pid) {
+                Some((_, parent)) if parent == helper => return true,
+                Some((_, parent)) => pid = parent,
+                None => return false,
+            }
+        }
+        false
+    };
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+            let stage = comm.trim().strip_prefix("mw:")?.to_string();
+            (state_and_parent(pid)?.0 == 'T' && descends(pid)).then_some((pid, stage))
+        })
+        .collect()
+}
+
+/// The ids of the mounts attached in the host's mount namespace (the test's own).
+fn host_mount_ids() -> std::collections::HashSet<u64> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').next()?.parse().ok())
+        .collect()
+}
+
+/// What a stopped worker holds: fd 0 its job socket, 1 and 2 /dev/null, and beyond them only
+/// namespaces and detached mounts (the job's), never a socket, pipe, pidfd or anything on a
+/// mount of the host's. Returns (namespace fds, mount fds) beyond fd 2.
+fn worker_fds(pid: i32, host_mounts: &std::collections::HashSet<u64>) -> (usize, usize) {
+    let mut fds: Vec<(i32, String)> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            let fd = e.file_name().to_str().unwrap().parse().unwrap();
+            (
+                fd,
+                std::fs::read_link(e.path()).unwrap().display().to_string(),
+            )
+        })
+        .collect();
+    fds.sort();
+    assert!(fds[0].0 == 0 && fds[0].1.starts_with("socket:["), "{fds:?}");
+    assert_eq!(fds[1], (1, "/dev/null".to_string()), "{fds:?}");
+    assert_eq!(fds[2], (2, "/dev/null".to_string()), "{fds:?}");
+    let (mut namespaces, mut mounts) = (0, 0);
+    for (fd, link) in &fds[3..] {
+        let kind = link.split_once(":[").map(|(k, _)| k);
+        if matches!(kind, Some("user" | "pid" | "net" | "ipc" | "cgroup")) {
+            namespaces += 1;
+            continue;
+        }
+        assert!(
+            kind.is_none(),
+            "worker {pid} holds fd {fd} -> {link}: {fds:?}"
+        );
+        let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap();
+        let mnt_id: u64 = key_values(&info.replace(":\t", "="))["mnt_id"]
+            .parse()
+            .unwrap();
+        assert!(
+            !host_mounts.contains(&mnt_id),
+            "worker {pid} holds fd {fd} -> {link} on a mount of the host's: {fds:?}"
+        );
+        mounts += 1;
+    }
+    (namespaces, mounts)
+}
+
+/// Runs `client` (a test client call) while `mountd`'s workers stop at each stage: checks each
+/// stopped worker (single-threaded, mountd's own binary, and its fds, see [`worker_fds`]) and
+/// lets it go on. Returns the client's answer and, sorted, each stop's (stage, namespace fds,
+/// mount fds).
+fn watch_workers(
+    mountd: &ManualMountd,
+    mut client: std::process::Command,
+) -> (Value, Vec<(String, usize, usize)>) {
+    let mut client = client.stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let host = host_mount_ids();
+    let mountd_exe = std::fs::read_link(format!("/proc/{}/exe", mountd.pid())).unwrap();
+    let mut seen = vec![];
+    let started = std::time::Instant::now();
+    while client.try_wait().unwrap().is_none() {
+        assert!(started.elapsed().as_secs() < 60, "the call did not finish");
+        for (pid, stage) in stopped_workers(mountd.pid()) {
+            let (namespaces, mounts) = worker_fds(pid, &host);
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+            assert_eq!(key_values(&status.replace(":\t", "="))["Threads"], "1");
+            let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+            assert_eq!(exe, mountd_exe);
+            seen.push((stage, namespaces, mounts));
+            let pid = nix::unistd::Pid::from_raw(pid);
+            nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let out = client.wait_with_output().unwrap();
+    seen.sort();
+    (burrow_tests::json_lines(&out.stdout).remove(0), seen)
+}
+
+fn stops(expected: &[(&str, usize, usize)]) -> Vec<(String, usize, usize)> {
+    expected
+        .iter()
+        .map(|(s, n, m)| (s.to_string(), *n, *m))
+        .collect()
+}
+
+/// An overlay mounted on the host for a test, unmounted when dropped.
+struct Overlay(PathBuf);
+
+impl Overlay {
+    fn new(base: &Path) -> Self {
+        let lower = busybox_rootfs(&base.join("lower"), None);
+        let dirs = ["upper", "work", "merged"].map(|d| base.join(d));
+        for d in &dirs {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let options = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lower.display(),
+            dirs[0].display(),
+            dirs[1].display()
+        );
+        burrow_tests::run(
+            std::process::Command::new("mount")
+                .args(["-t", "overlay", "overlay", "-o", &options])
+                .arg(&dirs[2]),
+        );
+        Overlay(dirs[2].clone())
+    }
+}
+
+impl Drop for Overlay {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Invariant 7 for mountd's workers, looked at while they run: a debug build started with
+/// `--test-stop-workers` makes each worker stop itself at each stage (after its exec, once
+/// it has its job, in the container's pid namespace), and the test reads its fds there. The
+/// helper holds the caller's fds meanwhile (zbus receives them without close-on-exec): none
+/// of them, nor the bus socket, may reach a worker.
+#[test]
+fn workers_hold_only_their_job_socket_and_the_jobs_fds() {
+    let h = Harness::start(HarnessOptions::default());
+    let binary = burrow_tests::bin("burrow-mountd");
+    let mountd = ManualMountd::start(&h, &binary, &["--test-stop-workers"]);
+    let rootfs = busybox_rootfs(&workdir(&h, "rootfs"), None);
+    let volume = workdir(&h, "volume");
+    std::fs::create_dir(&volume).unwrap();
+    let plan = json!({"extra_fds": [volume.display().to_string()],
+                      "mounts": [["/mnt", "bind", 2, ["rbind"]]]});
+    let mut client = h.client(None);
+    client.args(["container", "--rootfs", &rootfs.display().to_string()]);
+    client.args(["--script", "true", "--plan", &plan.to_string()]);
+    let (v, seen) = watch_workers(&mountd, client);
+    assert_eq!(v["exit"], 0, "{v}");
+    // Right after its exec a worker holds its socket and /dev/null only; with its job, the
+    // container's user, pid, net, ipc and cgroup namespaces, its rootfs, /dev and the volume.
+    assert_eq!(
+        seen,
+        stops(&[("job", 5, 3), ("pidns", 5, 3), ("start", 0, 0)])
+    );
+
+    // An overlay re-made on ID-mapped layers: the lower layer and upper/work's parent.
+    let overlay = Overlay::new(&workdir(&h, "ovl"));
+    let mut client = h.client(None);
+    client.args(["idmap-mount", "--dir", &overlay.0.display().to_string()]);
+    let (v, seen) = watch_workers(&mountd, client);
+    assert_eq!(v["inside"]["owners"]["bin"], json!([0, 0]), "{v}");
+    assert_eq!(seen, stops(&[("job", 0, 2), ("start", 0, 0)]));
+}
+
+/// A worker is an exec of the very binary the helper runs (/proc/self/exe), not of a path: an
+/// upgrade that replaces the file leaves the running helper's workers on its own version.
+#[test]
+fn workers_run_the_helpers_binary_after_it_was_replaced_on_disk() {
+    let h = Harness::start(HarnessOptions::default());
+    let old = h.dir.join("burrow-mountd-old");
+    std::fs::copy(burrow_tests::bin("burrow-mountd"), &old).unwrap();
+    let mountd = ManualMountd::start(&h, &old, &[]);
+    std::fs::remove_file(&old).unwrap();
+    std::fs::write(&old, "#!/bin/sh\nexit 1\n").unwrap();
+    std::fs::set_permissions(&old, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let rootfs = busybox_rootfs(&workdir(&h, "rootfs"), None);
+    let v = container(&h, None, &rootfs, "echo built", json!({}));
+    assert_eq!(v["exit"], 0, "{v}\n{}", h.log());
+    assert!(std::fs::read_link(format!("/proc/{}/exe", mountd.pid()))
+        .unwrap()
+        .display()
+        .to_string()
+        .ends_with("(deleted)"));
+}
+
+/// A worker's failure is answered with whose it is, errno kept: the kernel's (here, the
+/// helper's staging directory is gone) is `Failed`, the caller's (a tmpfs option the kernel
+/// refuses) is `InvalidArgument`.
+#[test]
+fn worker_failures_are_named_for_whose_they_are() {
+    let h = Harness::start(HarnessOptions::default());
+    let rootfs = busybox_rootfs(&workdir(&h, "rootfs"), None);
+    let before = host_mounts();
+    assert_eq!(container(&h, None, &rootfs, "true", json!({}))["exit"], 0);
+    let staging = h.dir.join("staging");
+    std::fs::remove_dir(&staging).unwrap();
+    let v = container(&h, None, &rootfs, "true", json!({}));
+    assert_error_says(
+        &v,
+        "org.burrow.Error.Failed",
+        "ENOENT: No such file or directory",
+    );
+    assert_error_says(
+        &v,
+        "org.burrow.Error.Failed",
+        &staging.display().to_string(),
+    );
+    std::fs::create_dir(&staging).unwrap();
+
+    let bad_size = json!({"mounts": [["/scratch", "tmpfs", null, ["size=lots"]]]});
+    let v = container(&h, None, &rootfs, "true", bad_size);
+    assert_error_says(
+        &v,
+        "org.burrow.Error.InvalidArgument",
+        "tmpfs option size=lots: EINVAL",
+    );
+    // Neither left a mount behind, and the helper builds again.
+    assert_eq!(container(&h, None, &rootfs, "true", json!({}))["exit"], 0);
+    assert_eq!(host_mounts(), before);
+}
