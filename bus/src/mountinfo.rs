@@ -16,8 +16,18 @@ pub struct Mount {
     pub mount_options: String,
     pub fs_type: String,
     pub source: String,
-    /// The filesystem's own options (an overlay's layers, a cgroup's controllers).
-    pub super_options: String,
+    /// The filesystem's own options (an overlay's layers, a cgroup's controllers), split at
+    /// the commas the kernel writes and then unescaped (a comma inside a value is escaped).
+    pub super_options: Vec<String>,
+}
+
+impl Mount {
+    /// The value of the filesystem option `key=VALUE`, if set.
+    pub fn super_option(&self, key: &str) -> Option<&str> {
+        self.super_options
+            .iter()
+            .find_map(|o| o.strip_prefix(key)?.strip_prefix('='))
+    }
 }
 
 /// The mounts of `text` (a mountinfo file); lines that are not well formed are skipped.
@@ -52,7 +62,7 @@ fn parse_line(line: &str) -> Option<Mount> {
         mount_options,
         fs_type: unescape(tail.next()?),
         source: unescape(tail.next()?),
-        super_options: unescape(tail.next()?),
+        super_options: tail.next()?.split(',').map(unescape).collect(),
     })
 }
 
@@ -108,9 +118,19 @@ mod tests {
         assert_eq!(mounts.len(), 2);
         assert_eq!(mounts[0].id, 1262);
         assert_eq!(mounts[0].fs_type, "overlay");
-        assert!(mounts[0].super_options.contains("upperdir=/u/diff"));
+        assert_eq!(mounts[0].super_option("upperdir"), Some("/u/diff"));
+        assert_eq!(mounts[0].super_option("lowerdir"), Some("/l1:/l2"));
+        assert_eq!(mounts[1].super_options, ["rw", "cpu", "cpuacct"]);
         assert_eq!(mounts[1].mount_point, "/sys/fs/cgroup/cpu,cpuacct");
         assert_eq!(mounts[1].parent_id, 25);
+    }
+
+    #[test]
+    fn a_comma_inside_an_option_value_stays_in_it() {
+        let line = r"9 1 0:7 / /m rw - overlay overlay rw,lowerdir=/a\054b:/c,upperdir=/u";
+        let mount = &parse(line)[0];
+        assert_eq!(mount.super_option("lowerdir"), Some("/a,b:/c"));
+        assert_eq!(mount.super_option("upperdir"), Some("/u"));
     }
 
     #[test]

@@ -231,28 +231,23 @@ fn unmapped_clone(
 
 /// The cgroup layout under /sys/fs/cgroup, from the helper's mountinfo.
 fn host_cgroup_layout() -> Result<CgroupLayout, BurrowError> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
-        .map_err(|e| BurrowError::Failed(format!("mountinfo: {e}")))?;
+    let mounts =
+        burrow_bus::mountinfo::own().map_err(|e| BurrowError::Failed(format!("mountinfo: {e}")))?;
     let (mut hierarchies, mut unified) = (vec![], None);
-    for line in mountinfo.lines() {
-        let Some((fields, tail)) = line.split_once(" - ") else {
-            continue;
-        };
-        let mount_point = fields.split(' ').nth(4).unwrap_or("");
-        let mut tail = tail.split(' ');
-        let (fstype, super_options) = (tail.next().unwrap_or(""), tail.nth(1).unwrap_or(""));
-        if mount_point == "/sys/fs/cgroup" && fstype == "cgroup2" {
+    for mount in mounts {
+        if mount.mount_point == "/sys/fs/cgroup" && mount.fs_type == "cgroup2" {
             return Ok(CgroupLayout::Unified);
         }
-        let Some(name) = mount_point.strip_prefix("/sys/fs/cgroup/") else {
+        let Some(name) = mount.mount_point.strip_prefix("/sys/fs/cgroup/") else {
             continue;
         };
-        match fstype {
+        match mount.fs_type.as_str() {
             "cgroup" => {
-                let options = super_options
-                    .split(',')
+                let options = mount
+                    .super_options
+                    .iter()
                     .filter(|o| *o != "rw" && *o != "ro")
-                    .map(String::from)
+                    .cloned()
                     .collect();
                 hierarchies.push((name.to_string(), options));
             }

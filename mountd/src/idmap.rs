@@ -1,7 +1,6 @@
 //! ID-mapped clones of directories the caller opened, including overlayfs (whose layers are
 //! mapped one by one, since this kernel cannot map an overlay mount itself).
 
-use std::fs;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
@@ -222,25 +221,22 @@ fn overlay_layers(merged: BorrowedFd<'_>) -> Result<(Vec<String>, String, String
     let mnt_id = statx(merged, "", AtFlags::EMPTY_PATH, StatxFlags::MNT_ID)
         .map_err(|e| BurrowError::Failed(format!("statx: {e}")))?
         .stx_mnt_id;
-    let mountinfo = fs::read_to_string("/proc/self/mountinfo")
-        .map_err(|e| BurrowError::Failed(format!("mountinfo: {e}")))?;
-    let line = mountinfo
-        .lines()
-        .find(|l| l.split(' ').next().and_then(|id| id.parse::<u64>().ok()) == Some(mnt_id))
+    let mount = burrow_bus::mountinfo::own()
+        .map_err(|e| BurrowError::Failed(format!("mountinfo: {e}")))?
+        .into_iter()
+        .find(|m| m.id == mnt_id)
         .ok_or_else(|| {
             BurrowError::InvalidArgument(
                 "the overlay is not mounted in the helper's mount namespace".into(),
             )
         })?;
-    let (fields, tail) = line.split_once(" - ").unwrap_or((line, ""));
-    if fields.split(' ').nth(3) != Some("/") {
+    if mount.root != "/" {
         return Err(BurrowError::InvalidArgument(
             "pass the root of the overlay mount, not a directory inside it".into(),
         ));
     }
-    let super_options = tail.splitn(3, ' ').nth(2).unwrap_or("");
     let (mut lower, mut upper, mut work) = (vec![], String::new(), String::new());
-    for option in split_unescaped(super_options) {
+    for option in &mount.super_options {
         if let Some(v) = option.strip_prefix("lowerdir=") {
             lower.extend(v.split(':').map(String::from));
         } else if let Some(v) = option.strip_prefix("lowerdir+=") {
@@ -251,6 +247,7 @@ fn overlay_layers(merged: BorrowedFd<'_>) -> Result<(Vec<String>, String, String
             work = v.to_string();
         }
     }
+    let super_options = mount.super_options.join(",");
     if lower.is_empty()
         || lower
             .iter()
@@ -262,23 +259,6 @@ fn overlay_layers(merged: BorrowedFd<'_>) -> Result<(Vec<String>, String, String
         )));
     }
     Ok((lower, upper, work))
-}
-
-/// Splits mount options at commas not escaped with a backslash.
-fn split_unescaped(options: &str) -> Vec<String> {
-    let mut out = vec![String::new()];
-    let mut escaped = false;
-    for c in options.chars() {
-        match c {
-            ',' if !escaped => out.push(String::new()),
-            '\\' if !escaped => escaped = true,
-            _ => {
-                escaped = false;
-                out.last_mut().unwrap().push(c);
-            }
-        }
-    }
-    out
 }
 
 fn overlay_on_mapped_layers(
@@ -366,13 +346,5 @@ mod tests {
             ))
         );
         assert_eq!(common_parent("/a/u", "/b/w"), None);
-    }
-
-    #[test]
-    fn splits_options_at_unescaped_commas() {
-        assert_eq!(
-            split_unescaped(r"rw,lowerdir=/a\,b:/c,upperdir=/u"),
-            ["rw", "lowerdir=/a,b:/c", "upperdir=/u"]
-        );
     }
 }

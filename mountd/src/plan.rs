@@ -533,4 +533,83 @@ mod tests {
         )
         .is_err());
     }
+
+    /// Values of every type a hostile caller can put in the `a{sv}`.
+    fn any_value() -> impl proptest::strategy::Strategy<Value = OwnedValue> {
+        use proptest::prelude::*;
+        let path = "(/|[a-z.]{0,4}|\\.\\.|/proc/sys/[a-z]{0,6}|\\PC{0,12})(/[a-z.]{0,6}){0,4}";
+        let option = "(ro|rw|rbind|bind|noidmap|nodev|nosuid|size=[0-9a-z]{0,6}|uid=[0-9]{0,7}|gid=-?[0-9]{0,3}|mode=[0-7]{0,5}|[a-z=]{0,8})";
+        let kind = "(bind|none|proc|sysfs|tmpfs|devpts|mqueue|cgroup|cgroup2|ext4|)";
+        let fd = prop_oneof![0u32..6, Just(NO_FD), any::<u32>()];
+        let mount = (path, kind, fd, prop::collection::vec(option, 0..5));
+        prop_oneof![
+            any::<u32>().prop_map(owned),
+            any::<bool>().prop_map(owned),
+            "\\PC{0,20}".prop_map(owned),
+            prop::collection::vec(path, 0..6).prop_map(owned),
+            prop::collection::vec(mount, 0..6).prop_map(owned),
+            prop::collection::vec(any::<u32>(), 0..3).prop_map(owned),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Fuzzing BuildRoot's plan: whatever a caller sends is a valid plan or a named
+        /// InvalidArgument, never a panic; a valid plan names only fds that were passed, mounts
+        /// only on normalized paths below `/` other than `/` and `/dev`, and makes only sysctls
+        /// writable.
+        #[test]
+        fn any_plan_is_valid_or_refused_by_name(
+            entries in proptest::collection::vec(
+                ("(rootfs|dev|rootfs_readonly|mounts|masked_paths|readonly_paths|writable_sysctls|[a-z_]{1,8})", any_value()),
+                0..9,
+            ),
+            fds in 0usize..8,
+        ) {
+            let raw: HashMap<String, OwnedValue> = entries.into_iter().collect();
+            check_plan(raw, fds)?;
+        }
+
+        /// The same, for plans that get past the fd keys: hostile mounts and path lists.
+        #[test]
+        fn any_mounts_and_paths_are_valid_or_refused_by_name(
+            entries in proptest::collection::vec(
+                ("(mounts|masked_paths|readonly_paths|writable_sysctls)", any_value()),
+                0..5,
+            ),
+            fds in 2usize..8,
+        ) {
+            let mut raw = base_plan();
+            raw.extend(entries);
+            check_plan(raw, fds)?;
+        }
+    }
+
+    /// The properties of a parsed plan, or of its refusal.
+    fn check_plan(
+        raw: HashMap<String, OwnedValue>,
+        fds: usize,
+    ) -> Result<(), proptest::test_runner::TestCaseError> {
+        use proptest::prop_assert;
+        let plan = match Plan::parse(raw, fds) {
+            Ok(plan) => plan,
+            Err(e) => {
+                prop_assert!(matches!(e, BurrowError::InvalidArgument(_)), "{e:?}");
+                return Ok(());
+            }
+        };
+        prop_assert!(plan.rootfs < fds && plan.dev < fds && plan.rootfs != plan.dev);
+        for mount in &plan.mounts {
+            let destination = &mount.destination;
+            prop_assert!(destination.starts_with('/') && !destination.contains("//"));
+            prop_assert!(destination != "/" && destination != "/dev");
+            prop_assert!(!destination.split('/').any(|p| p == ".." || p == "."));
+            if let Kind::Bind { source, .. } = mount.kind {
+                prop_assert!(source < fds);
+            }
+        }
+        for sysctl in &plan.writable_sysctls {
+            prop_assert!(sysctl.starts_with("/proc/sys/"));
+        }
+        Ok(())
+    }
 }
