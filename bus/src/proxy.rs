@@ -24,6 +24,8 @@ pub trait IdMap1 {
     fn range_size(&self) -> zbus::Result<u32>;
     #[zbus(property)]
     fn in_use(&self) -> zbus::Result<u32>;
+    #[zbus(property)]
+    fn max_per_user(&self) -> zbus::Result<u32>;
     #[zbus(signal)]
     fn allocated(&self, uid: u32, name: &str, base: u32, size: u32) -> zbus::Result<()>;
     #[zbus(signal)]

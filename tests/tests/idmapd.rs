@@ -74,35 +74,6 @@ fn wait_all_free(h: &Harness) {
 }
 
 #[test]
-fn introspection_shows_the_interface() {
-    let h = harness();
-    let out = h.busctl(&["introspect", "org.burrow.IdMap1", "/org/burrow/IdMap1"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    for member in [
-        ".Allocate",
-        ".Release",
-        ".Get",
-        ".List",
-        ".PoolStart",
-        ".PoolEnd",
-        ".InUse",
-        ".Allocated",
-        ".Released",
-    ] {
-        assert!(text.contains(member), "{member} missing from:\n{text}");
-    }
-    assert!(
-        text.contains("sh ") && text.contains("uuu"),
-        "Allocate signature (sh)->(uuu) missing:\n{text}"
-    );
-}
-
-#[test]
 fn two_allocations_are_disjoint_and_mapped() {
     let h = harness();
     for user in [None, alice()] {

@@ -660,10 +660,14 @@ mod inspect_dev {
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
+    /// Null for success, the errno for a failed call, and the error's text for a failure
+    /// without one (never mistaken for success).
     fn errno_of(r: std::io::Result<()>) -> Value {
         match r {
             Ok(()) => Value::Null,
-            Err(e) => e.raw_os_error().map(|n| json!(n)).unwrap_or(Value::Null),
+            Err(e) => e
+                .raw_os_error()
+                .map_or_else(|| json!(e.to_string()), |n| json!(n)),
         }
     }
 
