@@ -90,6 +90,9 @@ bench-system:
 lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	# No dependency a crate does not use.
+	command -v cargo-machete >/dev/null || $(CARGO) install --locked cargo-machete
+	$(CARGO) machete
 
 clean:
 	$(CARGO) clean
