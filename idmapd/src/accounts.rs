@@ -2,7 +2,7 @@
 //! `group` sources: /etc files, but also extrausers, LDAP through nslcd, SSSD, systemd's
 //! userdb). A range overlapping one of them would give a container's users the files of that
 //! account. Sources that do not enumerate (SSSD without `enumerate = true`) cannot be listed;
-//! README's operations notes say to give idmapd a pool outside their ID ranges.
+//! docs/operations.md says to give idmapd a pool outside their ID ranges.
 
 use std::ops::RangeInclusive;
 

@@ -30,7 +30,7 @@ pub struct Record {
     /// comparing with a namespace a caller shows later) and its nsfs handle (through which the
     /// kernel says whether it still exists). None in records of older idmapds (which kept an
     /// inode number in `userns`): their namespaces count as alive until an admin removes the
-    /// record (README, operations).
+    /// record (docs/operations.md).
     #[serde(default)]
     pub namespace: Option<Namespace>,
     pub state: RecordState,

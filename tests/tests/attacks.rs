@@ -1,6 +1,6 @@
 //! The attack suite. Each test performs one attack the way an attacker would (a hostile image,
 //! the container's root, a tenant in group `burrow`) and asserts that it fails and changes
-//! nothing. README's security section lists every attack and the test that performs it.
+//! nothing. docs/security.md lists every attack and the test that performs it.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -515,7 +515,7 @@ fn a_fresh_proc_inside_is_no_way_to_host_wide_writes() {
 
 /// What the container's root writes through an ID-mapped volume (item 9): for a tenant it
 /// lands on disk as the tenant (a setuid file is setuid to the tenant, who gains nothing); for
-/// a root caller, as host root, as Docker without user namespaces does. The README says so:
+/// a root caller, as host root, as Docker without user namespaces does. docs/security.md says so:
 /// a volume is the admin's trust decision.
 #[test]
 fn what_container_root_writes_through_a_volume_lands_as_documented() {

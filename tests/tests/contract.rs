@@ -1,5 +1,5 @@
 //! The bus contract. What each helper shows to `busctl introspect` is exactly the interface the
-//! README documents, member by member with its signature; and every call of the contract
+//! docs/api.md documents, member by member with its signature; and every call of the contract
 //! crate's proxies reaches its method (the bus answers no UnknownMethod, UnknownProperty or
 //! InvalidArgs: names and signatures agree on both sides).
 
