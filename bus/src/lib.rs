@@ -10,6 +10,7 @@ pub mod authz;
 pub mod cgroup;
 pub mod contract;
 pub mod error;
+pub mod fork;
 pub mod mountinfo;
 pub mod nsfs;
 pub mod pidfd;

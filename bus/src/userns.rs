@@ -2,10 +2,10 @@
 //! inside them without trusting any path or PID the caller could choose.
 
 use std::fs::File;
-use std::io::Read;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use crate::contract::RANGE_SIZE;
+use crate::fork::{last_errno, Parked};
 use crate::nsfs::{ns_id, NsHandle};
 use crate::BurrowError;
 
@@ -132,50 +132,32 @@ impl UserNs {
 }
 
 /// A child process of the helper parked inside a user namespace, so the helper can read and
-/// write that namespace's `/proc/<pid>/{uid,gid}_map` through a PID that is its own (never
-/// reaped before it is done, so it cannot be recycled), without trusting the caller's PIDs.
-///
-/// The child is non-dumpable (container root cannot ptrace it or open its /proc files), closes
-/// every inherited fd before joining, dies with the helper and is killed on drop.
+/// write that namespace's `/proc/<pid>/{uid,gid}_map` through a pid that is its own child's,
+/// without trusting the caller's pids. Non-dumpable, holding no fd, dying with the helper, and
+/// killed when dropped (see [`crate::fork`]).
 pub struct NsWorker {
-    pid: nix::unistd::Pid,
+    parked: Parked,
 }
 
 impl NsWorker {
     /// Forks a worker into `userns` (which the caller has checked is a user namespace).
     pub fn spawn(userns: BorrowedFd<'_>) -> Result<Self, BurrowError> {
-        let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(|e| BurrowError::Failed(format!("pipe: {e}")))?;
-        // SAFETY: the child only makes raw syscalls (prctl, close_range, setns, write, pause,
-        // _exit), all async-signal-safe, so forking a multi-threaded process is sound.
-        match unsafe { nix::unistd::fork() } {
-            Ok(nix::unistd::ForkResult::Child) => {
-                // SAFETY: see above; never returns.
-                unsafe { worker_main(userns.as_raw_fd(), ready_w.as_raw_fd()) }
+        let fd = userns.as_raw_fd();
+        let join = move || {
+            // SAFETY: setns(2) on an fd the child keeps; a raw system call.
+            match unsafe { libc::setns(fd, libc::CLONE_NEWUSER) } {
+                0 => 0,
+                _ => last_errno(),
             }
-            Ok(nix::unistd::ForkResult::Parent { child }) => {
-                drop(ready_w);
-                let worker = NsWorker { pid: child };
-                let mut status = [0u8; 4];
-                let mut ready = File::from(ready_r);
-                match ready.read_exact(&mut status) {
-                    Ok(()) if status == [0; 4] => Ok(worker),
-                    Ok(()) => Err(BurrowError::Failed(format!(
-                        "worker could not join the user namespace: {}",
-                        nix::errno::Errno::from_raw(i32::from_ne_bytes(status))
-                    ))),
-                    Err(e) => Err(BurrowError::Failed(format!(
-                        "worker died before joining: {e}"
-                    ))),
-                }
-            }
-            Err(e) => Err(BurrowError::Failed(format!("fork: {e}"))),
-        }
+        };
+        // SAFETY: `join` makes one raw system call.
+        let parked = unsafe { Parked::spawn(&[fd], "join the user namespace", join) }?;
+        Ok(NsWorker { parked })
     }
 
     /// `/proc/<worker>/<file>`.
     pub fn proc_path(&self, file: &str) -> std::path::PathBuf {
-        format!("/proc/{}/{file}", self.pid).into()
+        self.parked.proc_path(file)
     }
 }
 
@@ -234,63 +216,24 @@ impl NsWorker {
 /// A new user namespace (a child of the helper's own) with the given maps, held by fd only.
 /// Helpers use such namespaces as mount idmappings; no process ever runs in them.
 pub fn create_userns(uid_map: &str, gid_map: &str) -> Result<OwnedFd, BurrowError> {
-    let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(|e| BurrowError::Failed(format!("pipe: {e}")))?;
-    // SAFETY: the child only makes raw syscalls (prctl, close_range, unshare, write, pause).
-    match unsafe { nix::unistd::fork() } {
-        Ok(nix::unistd::ForkResult::Child) => {
-            // SAFETY: freshly forked child; never returns.
-            unsafe { unshared_child(ready_w.as_raw_fd()) }
+    let create = || {
+        // SAFETY: unshare(2), a raw system call.
+        match unsafe { libc::unshare(libc::CLONE_NEWUSER) } {
+            0 => 0,
+            _ => last_errno(),
         }
-        Ok(nix::unistd::ForkResult::Parent { child }) => {
-            drop(ready_w);
-            let worker = NsWorker { pid: child };
-            let mut status = [0u8; 4];
-            File::from(ready_r)
-                .read_exact(&mut status)
-                .map_err(|e| BurrowError::Failed(format!("userns child died: {e}")))?;
-            if status != [0; 4] {
-                return Err(BurrowError::Failed(format!(
-                    "unshare(CLONE_NEWUSER): {}",
-                    nix::errno::Errno::from_raw(i32::from_ne_bytes(status))
-                )));
-            }
-            for (which, map) in [("uid_map", uid_map), ("gid_map", gid_map)] {
-                let path = worker.proc_path(which);
-                std::fs::write(&path, map).map_err(|e| {
-                    BurrowError::Failed(format!("writing {} ({map:?}): {e}", path.display()))
-                })?;
-            }
-            let ns = File::open(worker.proc_path("ns/user"))
-                .map_err(|e| BurrowError::Failed(format!("opening the new user namespace: {e}")))?;
-            Ok(ns.into())
-        }
-        Err(e) => Err(BurrowError::Failed(format!("fork: {e}"))),
+    };
+    // SAFETY: `create` makes one raw system call.
+    let worker = unsafe { Parked::spawn(&[], "unshare(CLONE_NEWUSER)", create) }?;
+    for (which, map) in [("uid_map", uid_map), ("gid_map", gid_map)] {
+        let path = worker.proc_path(which);
+        std::fs::write(&path, map).map_err(|e| {
+            BurrowError::Failed(format!("writing {} ({map:?}): {e}", path.display()))
+        })?;
     }
-}
-
-/// Body of the child that creates a user namespace for [`create_userns`].
-///
-/// # Safety
-/// Must only be called in a freshly forked child; never returns.
-unsafe fn unshared_child(ready: RawFd) -> ! {
-    // SAFETY: plain syscalls on integers.
-    unsafe {
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-        libc::prctl(libc::PR_SET_DUMPABLE, 0);
-        close_all_except(&[ready]);
-        let status: i32 = if libc::unshare(libc::CLONE_NEWUSER) == 0 {
-            0
-        } else {
-            *libc::__errno_location()
-        };
-        let bytes = status.to_ne_bytes();
-        libc::write(ready, bytes.as_ptr().cast(), bytes.len());
-        libc::close(ready);
-        loop {
-            libc::pause();
-        }
-    }
+    let ns = File::open(worker.proc_path("ns/user"))
+        .map_err(|e| BurrowError::Failed(format!("opening the new user namespace: {e}")))?;
+    Ok(ns.into())
 }
 
 /// The outside ID that `inside` maps to in a `uid_map`/`gid_map` text.
@@ -300,64 +243,6 @@ pub fn host_id_of(map: &str, inside: u32) -> Option<u32> {
         let (start, outside, count) = (fields.next()??, fields.next()??, fields.next()??);
         (inside >= start && inside - start < count).then(|| outside + (inside - start))
     })
-}
-
-impl Drop for NsWorker {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(self.pid, nix::sys::signal::Signal::SIGKILL);
-        let _ = nix::sys::wait::waitpid(self.pid, None);
-    }
-}
-
-/// Body of the worker child. Reports 0 or an errno on `ready`, then waits to be killed.
-///
-/// # Safety
-/// Must only be called in a freshly forked child; never returns.
-unsafe fn worker_main(userns: RawFd, ready: RawFd) -> ! {
-    let report = |errno: i32| {
-        let bytes = errno.to_ne_bytes();
-        // SAFETY: `ready` is open and `bytes` is valid for its length.
-        unsafe { libc::write(ready, bytes.as_ptr().cast(), bytes.len()) };
-    };
-    // SAFETY: plain syscalls on integers; failures are reported through `ready`.
-    unsafe {
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-        if libc::prctl(libc::PR_SET_DUMPABLE, 0) != 0 {
-            report(*libc::__errno_location());
-            libc::_exit(1);
-        }
-        let mut keep = [userns, ready];
-        keep.sort_unstable();
-        close_all_except(&keep);
-        if libc::setns(userns, libc::CLONE_NEWUSER) != 0 {
-            report(*libc::__errno_location());
-            libc::_exit(1);
-        }
-        libc::close(userns);
-        report(0);
-        libc::close(ready);
-        loop {
-            libc::pause();
-        }
-    }
-}
-
-/// Closes every fd but `keep` (which must be sorted ascending), with close_range(2).
-///
-/// # Safety
-/// Only for a freshly forked child that owns no Rust fd wrappers it still uses.
-pub unsafe fn close_all_except(keep: &[RawFd]) {
-    let mut from: u32 = 0;
-    for &fd in keep {
-        let fd = fd as u32;
-        if fd > from {
-            // SAFETY: closing fds the child does not use.
-            unsafe { libc::syscall(libc::SYS_close_range, from, fd - 1, 0) };
-        }
-        from = fd + 1;
-    }
-    // SAFETY: as above.
-    unsafe { libc::syscall(libc::SYS_close_range, from, u32::MAX, 0) };
 }
 
 #[cfg(test)]

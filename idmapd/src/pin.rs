@@ -12,6 +12,7 @@ use std::io::Read;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::PathBuf;
 
+use burrow_bus::fork::{fork_worker, last_errno, Parent};
 use burrow_bus::{pidfd, BurrowError};
 
 /// The step at which the worker stopped, reported with an errno.
@@ -39,25 +40,25 @@ pub fn move_into(process: BorrowedFd<'_>, procs_files: &[PathBuf]) -> Result<(),
     let text = pid.to_string();
     let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| BurrowError::Failed(format!("pipe: {e}")))?;
-    // SAFETY: the child only makes raw syscalls (prctl, ptrace, pidfd_send_signal, write,
+    let fds: Vec<i32> = files.iter().map(AsRawFd::as_raw_fd).collect();
+    let (pidfd, report) = (process.as_raw_fd(), report_w.as_raw_fd());
+    let mut keep = fds.clone();
+    keep.extend([pidfd, report]);
+    // SAFETY: `pin_and_write` makes only raw system calls (ptrace, pidfd_send_signal, write,
     // _exit) on fds and a buffer prepared before the fork: async-signal-safe, so forking this
     // multi-threaded process is sound.
-    match unsafe { nix::unistd::fork() } {
-        Ok(nix::unistd::ForkResult::Child) => {
-            let fds: Vec<i32> = files.iter().map(AsRawFd::as_raw_fd).collect();
-            // SAFETY: in the freshly forked child; never returns.
-            unsafe { pin_and_write(pid, process.as_raw_fd(), &fds, &text, report_w.as_raw_fd()) }
-        }
-        Ok(nix::unistd::ForkResult::Parent { child }) => {
-            drop(report_w);
-            let mut report = [0u8; 8];
-            let read = File::from(report_r).read_exact(&mut report);
-            let _ = nix::sys::wait::waitpid(child, None);
-            read.map_err(|e| BurrowError::Failed(format!("the cgroup worker died: {e}")))?;
-            answer(&report, pid)
-        }
-        Err(e) => Err(BurrowError::Failed(format!("fork: {e}"))),
+    let worker = unsafe {
+        fork_worker(&keep, Parent::ThisProcess, || {
+            pin_and_write(pid, pidfd, &fds, &text, report)
+        })
     }
+    .map_err(|e| BurrowError::Failed(format!("fork: {e}")))?;
+    drop(report_w);
+    let mut answer_bytes = [0u8; 8];
+    let read = File::from(report_r).read_exact(&mut answer_bytes);
+    let _ = nix::sys::wait::waitpid(worker, None);
+    read.map_err(|e| BurrowError::Failed(format!("the cgroup worker died: {e}")))?;
+    answer(&answer_bytes, pid)
 }
 
 fn answer(report: &[u8; 8], pid: i32) -> Result<(), BurrowError> {
@@ -83,45 +84,37 @@ fn answer(report: &[u8; 8], pid: i32) -> Result<(), BurrowError> {
 }
 
 /// The worker: seize `pid`, check that the pidfd's process lives, write `text` (the pid) into
-/// each of `procs`, report the last step and errno on `report`, exit.
-///
-/// # Safety
-/// Only in a freshly forked child; never returns.
-unsafe fn pin_and_write(pid: i32, pidfd: i32, procs: &[i32], text: &str, report: i32) -> ! {
-    let done = |step: Step, errno: i32| -> ! {
+/// each of `procs`, report the last step and errno on `report`. Raw system calls only.
+fn pin_and_write(pid: i32, pidfd: i32, procs: &[i32], text: &str, report: i32) {
+    let done = |step: Step, errno: i32| {
         let mut bytes = [0u8; 8];
         bytes[..4].copy_from_slice(&(step as u32).to_ne_bytes());
         bytes[4..].copy_from_slice(&errno.to_ne_bytes());
-        // SAFETY: `report` is open and `bytes` is valid for its length; then leave without
-        // running any of the helper's destructors.
-        unsafe {
-            libc::write(report, bytes.as_ptr().cast(), bytes.len());
-            libc::_exit(0)
-        }
+        // SAFETY: `report` is open and `bytes` is valid for its length.
+        unsafe { libc::write(report, bytes.as_ptr().cast(), bytes.len()) };
     };
-    // SAFETY: raw syscalls on integers and on memory prepared before the fork.
-    unsafe {
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-        libc::prctl(libc::PR_SET_DUMPABLE, 0);
-        let errno = || *libc::__errno_location();
-        if libc::ptrace(libc::PTRACE_SEIZE, pid, 0, 0) != 0 {
-            done(Step::Seize, errno());
-        }
-        let signalled = libc::syscall(
+    // SAFETY: ptrace(2) on a pid number; the seized process is only held, never stopped.
+    if unsafe { libc::ptrace(libc::PTRACE_SEIZE, pid, 0, 0) } != 0 {
+        return done(Step::Seize, last_errno());
+    }
+    // SAFETY: signal 0 through a live pidfd only checks that its process exists.
+    let signalled = unsafe {
+        libc::syscall(
             libc::SYS_pidfd_send_signal,
             pidfd,
             0,
             std::ptr::null::<libc::siginfo_t>(),
             0,
-        );
-        if signalled != 0 && errno() == libc::ESRCH {
-            done(Step::Alive, libc::ESRCH);
-        }
-        for fd in procs {
-            if libc::write(*fd, text.as_ptr().cast(), text.len()) < 0 {
-                done(Step::Write, errno());
-            }
-        }
-        done(Step::Done, 0)
+        )
+    };
+    if signalled != 0 && last_errno() == libc::ESRCH {
+        return done(Step::Alive, libc::ESRCH);
     }
+    for fd in procs {
+        // SAFETY: `fd` is an open cgroup.procs file and `text` is valid for its length.
+        if unsafe { libc::write(*fd, text.as_ptr().cast(), text.len()) } < 0 {
+            return done(Step::Write, last_errno());
+        }
+    }
+    done(Step::Done, 0)
 }

@@ -20,6 +20,7 @@ use crate::idmap::{clone_tree, set_attributes};
 use crate::job::{BuildJob, CgroupLayout, Fds, JobError, OrFail, Prepared};
 use crate::target::{resolve, Create};
 use crate::worker::{private_mount_namespace, reply, stage};
+use burrow_bus::fork::{fork_worker, Parent};
 
 /// Where, in the container's /dev, the fully visible proc and sysfs live under their cover.
 pub const VISIBLE_DIR: &str = "/dev/.burrow-visible";
@@ -33,11 +34,20 @@ pub fn build(job: &BuildJob, fds: &Fds) {
     if let Err(e) = join_namespaces(job, fds) {
         return reply(Err(e));
     }
+    // W2 keeps the job's fds and stdio: fd 0 is the job socket it answers on.
+    let mut keep = fds.raw();
+    keep.extend([0, 1, 2]);
     // SAFETY: the worker is a fresh exec that starts no thread: forking it is safe, and the
-    // child may allocate and call anything.
-    match unsafe { nix::unistd::fork() } {
-        Ok(nix::unistd::ForkResult::Child) => in_pid_namespace(job, fds),
-        Ok(nix::unistd::ForkResult::Parent { child }) => {
+    // child may allocate and call anything. W is outside W2's pid namespace (it joined the
+    // container's, which applies to its children only).
+    let forked = unsafe {
+        fork_worker(&keep, Parent::OutsidePidNamespace, || {
+            stage("mw:pidns");
+            reply(assemble(job, fds));
+        })
+    };
+    match forked {
+        Ok(child) => {
             match nix::sys::wait::waitpid(child, None) {
                 Ok(nix::sys::wait::WaitStatus::Exited(_, 0)) => {}
                 // W2 answers before it exits 0; it ended otherwise, maybe without an answer.
@@ -62,20 +72,6 @@ fn join_namespaces(job: &BuildJob, fds: &Fds) -> Result<(), JobError> {
             .or_failed(format!("joining the {what} namespace"))?;
     }
     Ok(())
-}
-
-/// W2: assembles, answers, exits.
-fn in_pid_namespace(job: &BuildJob, fds: &Fds) -> ! {
-    // SAFETY: prctl with integer arguments. The death signal is not inherited over fork.
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
-    // W is outside W2's pid namespace, so getppid() is 0 while W lives. Anything else means W
-    // died before the death signal was set and W2 now belongs to the container's init.
-    if nix::unistd::getppid().as_raw() != 0 {
-        std::process::exit(1);
-    }
-    stage("mw:pidns");
-    reply(assemble(job, fds));
-    std::process::exit(0)
 }
 
 /// W2's work, in a private copy of the host's mount namespace; returns the locked copy.

@@ -40,6 +40,11 @@ impl Fds {
         self.0.len()
     }
 
+    /// The fds' numbers, for a forked worker that keeps exactly these.
+    pub fn raw(&self) -> Vec<std::os::fd::RawFd> {
+        self.0.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect()
+    }
+
     pub fn as_slice(&self) -> &[OwnedFd] {
         &self.0
     }
