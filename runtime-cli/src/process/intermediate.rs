@@ -1,0 +1,63 @@
+//! The intermediate: creates the container's user namespace, waits for idmapd to map it and
+//! for its cgroup, becomes root in it, unshares the other namespaces and clones the init as a
+//! sibling (a child of the CLI, so that a subreaper such as containerd's shim adopts it).
+
+use super::channel::ChildChannel;
+use super::config::InitConfig;
+use super::message::ToParent;
+
+/// The intermediate process. Never returns.
+pub fn intermediate(config: &InitConfig, channel: ChildChannel) -> ! {
+    // SAFETY: PR_SET_DUMPABLE takes no pointer; it only changes this process's flag.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0) };
+    if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER) {
+        channel.fail("unshare(CLONE_NEWUSER)", e);
+    }
+    match std::fs::File::open("/proc/self/ns/user") {
+        Ok(userns) => {
+            let _ = channel.tell(&ToParent::UserNamespace(userns.into()));
+        }
+        Err(e) => channel.fail("opening the new user namespace", e),
+    }
+    if let Err(e) = channel.wait_for_go() {
+        channel.fail_with(e);
+    }
+    // Also shed the caller's supplementary groups: host groups (unmapped inside, but still
+    // checked on host files) must not follow a user into the container.
+    if let Err(e) = nix::unistd::setresgid(0.into(), 0.into(), 0.into())
+        .and(nix::unistd::setresuid(0.into(), 0.into(), 0.into()))
+        .and(nix::unistd::setgroups(&[]))
+    {
+        channel.fail("becoming root in the user namespace", e);
+    }
+    // SAFETY: unshare(2) takes no pointer; the flags are CLONE_NEW* bits built from the spec.
+    if unsafe { libc::unshare(config.unshare_flags) } != 0 {
+        channel.fail(
+            "unsharing the container's namespaces",
+            std::io::Error::last_os_error(),
+        );
+    }
+    // SAFETY: this process is single-threaded (forked from the single-threaded CLI), so the
+    // child gets a consistent copy of its memory; CLONE_PARENT without CLONE_VM shares nothing
+    // but the parent.
+    let child = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            libc::CLONE_PARENT | libc::SIGCHLD,
+            0,
+            0,
+            0,
+            0,
+        )
+    };
+    match child {
+        0 => super::init::init(config, channel),
+        pid if pid > 0 => {
+            let pid = nix::unistd::Pid::from_raw(pid as i32);
+            let _ = channel.tell(&ToParent::InitPid(pid));
+            // SAFETY: leaving a forked child without running the parent's atexit handlers.
+            unsafe { libc::_exit(0) }
+        }
+        _ => channel.fail("clone of the init", std::io::Error::last_os_error()),
+    }
+}

@@ -1,0 +1,36 @@
+//! The processes the CLI forks for a container, and the protocol it speaks with them over a
+//! SOCK_SEQPACKET socket pair ([`channel`]; messages in [`message`], the transport in
+//! [`scm`]).
+//!
+//! `create`, in order (CLI on the left):
+//!
+//! ```text
+//! CLI                                   intermediate                   init
+//!  |  fork ------------------------------> unshare(CLONE_NEWUSER)
+//!  |  <------------------ userns + fd ---- (for idmapd)
+//!  |  idmapd maps it, cgroup
+//!  |  go ---------------------------------> root in it, unshare the rest,
+//!  |                                       clone(CLONE_PARENT) ------------> (waits)
+//!  |  <----------------------- init N ---- exits
+//!  |  devd, mountd
+//!  |  mntns + fd ----------------------------------------------------------> setns
+//!  |  state JSON (only if it runs hooks) ----------------------------------> createContainer hooks
+//!  |  <--------------------------------------------------- console + fd ---- (if a terminal)
+//!  |  <---------------------------------------------------------- ready ---- waits for `start`
+//! ```
+//!
+//! `exec`: the joiner joins the container's namespaces and clones the process, then sends
+//! `pid N`, racing with the process's own `console` and `ready`. Any child may instead send
+//! `error: TEXT` and exit. The children are forked from the single-threaded CLI, so they may
+//! allocate.
+
+pub mod channel;
+pub mod config;
+pub mod init;
+pub mod intermediate;
+pub mod joiner;
+pub mod message;
+pub mod scm;
+
+pub use channel::{pair, ParentChannel, ProtocolError};
+pub use config::{ContainerHook, InitConfig};
