@@ -172,7 +172,8 @@ pub fn process_config(
 /// fails inside a user namespace).
 fn rlimits(
     limits: &[oci_spec::runtime::PosixRlimit],
-) -> Result<Vec<(libc::__rlimit_resource_t, u64, u64)>> {
+) -> Result<Vec<(nix::sys::resource::Resource, u64, u64)>> {
+    use nix::sys::resource::{getrlimit, Resource};
     let mut out = vec![];
     for limit in limits {
         let name = serde_json::to_value(limit.typ())
@@ -180,31 +181,26 @@ fn rlimits(
             .and_then(|v| v.as_str().map(String::from))
             .unwrap_or_default();
         let resource = match name.as_str() {
-            "RLIMIT_NOFILE" => libc::RLIMIT_NOFILE,
-            "RLIMIT_NPROC" => libc::RLIMIT_NPROC,
-            "RLIMIT_CORE" => libc::RLIMIT_CORE,
-            "RLIMIT_MEMLOCK" => libc::RLIMIT_MEMLOCK,
-            "RLIMIT_STACK" => libc::RLIMIT_STACK,
-            "RLIMIT_AS" => libc::RLIMIT_AS,
-            "RLIMIT_CPU" => libc::RLIMIT_CPU,
-            "RLIMIT_DATA" => libc::RLIMIT_DATA,
-            "RLIMIT_FSIZE" => libc::RLIMIT_FSIZE,
-            "RLIMIT_LOCKS" => libc::RLIMIT_LOCKS,
-            "RLIMIT_MSGQUEUE" => libc::RLIMIT_MSGQUEUE,
-            "RLIMIT_NICE" => libc::RLIMIT_NICE,
-            "RLIMIT_RTPRIO" => libc::RLIMIT_RTPRIO,
-            "RLIMIT_RTTIME" => libc::RLIMIT_RTTIME,
-            "RLIMIT_SIGPENDING" => libc::RLIMIT_SIGPENDING,
+            "RLIMIT_NOFILE" => Resource::RLIMIT_NOFILE,
+            "RLIMIT_NPROC" => Resource::RLIMIT_NPROC,
+            "RLIMIT_CORE" => Resource::RLIMIT_CORE,
+            "RLIMIT_MEMLOCK" => Resource::RLIMIT_MEMLOCK,
+            "RLIMIT_STACK" => Resource::RLIMIT_STACK,
+            "RLIMIT_AS" => Resource::RLIMIT_AS,
+            "RLIMIT_CPU" => Resource::RLIMIT_CPU,
+            "RLIMIT_DATA" => Resource::RLIMIT_DATA,
+            "RLIMIT_FSIZE" => Resource::RLIMIT_FSIZE,
+            "RLIMIT_LOCKS" => Resource::RLIMIT_LOCKS,
+            "RLIMIT_MSGQUEUE" => Resource::RLIMIT_MSGQUEUE,
+            "RLIMIT_NICE" => Resource::RLIMIT_NICE,
+            "RLIMIT_RTPRIO" => Resource::RLIMIT_RTPRIO,
+            "RLIMIT_RTTIME" => Resource::RLIMIT_RTTIME,
+            "RLIMIT_SIGPENDING" => Resource::RLIMIT_SIGPENDING,
             other => return Err(CliError::Setup(format!("unknown rlimit {other:?}"))),
         };
         let (mut soft, mut hard) = (limit.soft(), limit.hard());
-        let mut current = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: getrlimit into a local struct.
-        if unsafe { libc::getrlimit(resource, &mut current) } == 0 {
-            hard = hard.min(current.rlim_max);
+        if let Ok((_, current_hard)) = getrlimit(resource) {
+            hard = hard.min(current_hard);
             soft = soft.min(hard);
         }
         out.push((resource, soft, hard));
@@ -268,7 +264,7 @@ pub fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
 /// 64 random bits from the kernel (for names others must not guess).
 fn random_u64() -> u64 {
     let mut bytes = [0u8; 8];
-    // SAFETY: getrandom writes at most `bytes.len()` bytes into the buffer it is given.
+    // SAFETY: the pointer and length are those of `bytes`, which outlives the call.
     let got = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
     if got != bytes.len() as isize {
         // Never short for 8 bytes once the pool is up; the clock is a fallback, and O_EXCL,
@@ -822,8 +818,9 @@ fn write_sysctls(spec: &Spec, pid: i32) -> Result<()> {
         .map(|n| std::fs::File::open(format!("/proc/{pid}/ns/{n}")).map(Into::into))
         .collect::<std::io::Result<_>>()
         .map_err(CliError::io("opening the container's namespaces"))?;
-    // SAFETY: the child joins namespaces, writes files and exits; glibc's allocator is safe
-    // after fork.
+    // SAFETY: the child only joins namespaces, writes files and exits: it takes no lock another
+    // thread of this process (the bus's runtime may have some by now) could hold but the
+    // allocator's, which glibc makes usable again in the child of a fork.
     match unsafe { nix::unistd::fork() }.map_err(|e| CliError::Setup(format!("fork: {e}")))? {
         nix::unistd::ForkResult::Child => {
             let mut code = 0;
@@ -837,8 +834,7 @@ fn write_sysctls(spec: &Spec, pid: i32) -> Result<()> {
                     code = 3;
                 }
             }
-            // SAFETY: leaving the forked child.
-            unsafe { libc::_exit(code) }
+            process::exit_child(code)
         }
         nix::unistd::ForkResult::Parent { child } => match nix::sys::wait::waitpid(child, None) {
             Ok(nix::sys::wait::WaitStatus::Exited(_, 0)) => Ok(()),
@@ -1004,7 +1000,8 @@ pub fn kill(store: &Store, id: &str, signal: &str, all: bool) -> Result<()> {
     };
     crate::log::debug(format!("signal {signo} to {targets:?}"));
     for pid in targets {
-        // SAFETY: kill(2) with a checked signal number.
+        // SAFETY: kill(2) takes no pointer; signo is 1..=64 (signal_number), which nix's
+        // Signal cannot hold for the real-time ones.
         unsafe { libc::kill(pid, signo) };
     }
     Ok(())

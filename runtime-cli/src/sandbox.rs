@@ -325,7 +325,7 @@ fn shell_on_terminal(mut cmd: Command, listener: &std::os::unix::net::UnixListen
     let mut raw = saved.clone();
     termios::cfmakeraw(&mut raw);
     let _ = termios::tcsetattr(stdin.as_fd(), termios::SetArg::TCSANOW, &raw);
-    // SAFETY: TIOCGWINSZ/TIOCSWINSZ with a local winsize, on fds open for the call.
+    // SAFETY: both ioctls take a pointer to `size`, a winsize that outlives the calls.
     unsafe {
         let mut size: libc::winsize = std::mem::zeroed();
         if libc::ioctl(0, libc::TIOCGWINSZ, &mut size) == 0 {

@@ -219,17 +219,13 @@ impl ChildChannel {
     /// Tells the CLI which step failed and why, and leaves (a forked child never returns).
     pub fn fail(&self, what: &str, error: impl std::fmt::Display) -> ! {
         let _ = self.tell(&ToParent::Failed(format!("{what}: {error}")));
-        // SAFETY: leaving a forked child without running the parent's atexit handlers or
-        // flushing its copied stdio buffers.
-        unsafe { libc::_exit(1) }
+        super::exit_child(1)
     }
 
     /// Tells the CLI of a protocol error (which names its step) and leaves.
     pub fn fail_with(&self, error: ProtocolError) -> ! {
         let _ = self.tell(&ToParent::Failed(error.to_string()));
-        // SAFETY: leaving a forked child without running the parent's atexit handlers or
-        // flushing its copied stdio buffers.
-        unsafe { libc::_exit(1) }
+        super::exit_child(1)
     }
 
     /// The intermediate waits until its user namespace is mapped and it is in its cgroup.

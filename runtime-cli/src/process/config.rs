@@ -12,7 +12,8 @@ pub struct InitConfig {
     pub program: Vec<CString>,
     pub cwd: CString,
     pub hostname: Option<CString>,
-    pub rlimits: Vec<(libc::__rlimit_resource_t, u64, u64)>,
+    /// Each limit with its soft and hard values.
+    pub rlimits: Vec<(nix::sys::resource::Resource, u64, u64)>,
     pub uid: u32,
     pub gid: u32,
     pub additional_gids: Vec<u32>,

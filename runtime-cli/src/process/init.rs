@@ -4,7 +4,6 @@
 //! is non-dumpable until exec: the container's root cannot open it through /proc (the lesson
 //! of CVE-2019-5736), and it keeps no host fd past exec.
 
-use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
@@ -43,8 +42,7 @@ pub fn join_fresh_session_keyring() -> std::io::Result<()> {
 
 /// The init, cloned by the intermediate. Never returns.
 pub fn init(config: &InitConfig, channel: ChildChannel) -> ! {
-    // SAFETY: PR_SET_DUMPABLE takes no pointer; it only changes this process's flag.
-    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0) };
+    super::not_dumpable(&channel);
     // Before anything runs in the container, createContainer hooks included.
     if let Err(e) = join_fresh_session_keyring() {
         channel.fail("joining a fresh session keyring", e);
@@ -93,15 +91,6 @@ pub fn init(config: &InitConfig, channel: ChildChannel) -> ! {
     setup_and_exec(config, channel, state)
 }
 
-/// The NULL-terminated pointer array execve(2) takes; `strings` must outlive it.
-fn null_terminated(strings: &[CString]) -> Vec<*const libc::c_char> {
-    strings
-        .iter()
-        .map(|s| s.as_ptr())
-        .chain([std::ptr::null()])
-        .collect()
-}
-
 /// Why a hook run by the init failed.
 #[derive(Debug, thiserror::Error)]
 pub enum HookError {
@@ -133,11 +122,10 @@ fn run_hook(
     use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
     let (stdin_r, stdin_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(HookError::Pipe)?;
-    let argv = null_terminated(&hook.args);
-    let envp = null_terminated(&hook.env);
-    // SAFETY: the init is single-threaded, so the child is a consistent copy of it.
+    // SAFETY: the init is single-threaded, so the child is a consistent copy of it (its
+    // allocator's locks included).
     let child = match unsafe { nix::unistd::fork() }.map_err(HookError::Fork)? {
-        nix::unistd::ForkResult::Child => exec_hook(hook, binary, stdin_r.as_fd(), &argv, &envp),
+        nix::unistd::ForkResult::Child => exec_hook(hook, binary, stdin_r.as_fd()),
         nix::unistd::ForkResult::Parent { child } => child,
     };
     drop(stdin_r);
@@ -160,38 +148,29 @@ fn run_hook(
 }
 
 /// The hook's child: its stdin is the pipe, then exec. Never returns.
-fn exec_hook(
-    hook: &ContainerHook,
-    binary: Option<BorrowedFd<'_>>,
-    stdin: BorrowedFd<'_>,
-    argv: &[*const libc::c_char],
-    envp: &[*const libc::c_char],
-) -> ! {
-    // SAFETY: argv and envp are NULL-terminated arrays of pointers into `hook`'s CStrings,
-    // which outlive the calls; the fds are open for the calls; none of the calls returns into
-    // Rust code that could observe a half-changed state (exec replaces the process, _exit
-    // ends it).
-    unsafe {
-        libc::dup2(stdin.as_raw_fd(), 0);
-        match binary {
-            Some(fd) => {
-                // An interpreter of a script finds it as /dev/fd/N: keep N open.
-                libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, 0);
-                libc::syscall(
-                    libc::SYS_execveat,
-                    fd.as_raw_fd(),
-                    c"".as_ptr(),
-                    argv.as_ptr(),
-                    envp.as_ptr(),
-                    libc::AT_EMPTY_PATH,
-                );
-            }
-            None => {
-                libc::execve(hook.path.as_ptr(), argv.as_ptr(), envp.as_ptr());
-            }
-        }
-        libc::_exit(127)
+fn exec_hook(hook: &ContainerHook, binary: Option<BorrowedFd<'_>>, stdin: BorrowedFd<'_>) -> ! {
+    use nix::fcntl::{fcntl, AtFlags, FcntlArg, FdFlag};
+    // Fd 0 is stdin by definition.
+    if nix::unistd::dup2(stdin.as_raw_fd(), 0).is_err() {
+        super::exit_child(127);
     }
+    match binary {
+        Some(fd) => {
+            // An interpreter of a script finds it as /dev/fd/N: N stays open across exec.
+            let _ = fcntl(fd.as_raw_fd(), FcntlArg::F_SETFD(FdFlag::empty()));
+            let _ = nix::unistd::execveat(
+                Some(fd.as_raw_fd()),
+                c"",
+                &hook.args,
+                &hook.env,
+                AtFlags::AT_EMPTY_PATH,
+            );
+        }
+        None => {
+            let _ = nix::unistd::execve(&hook.path, &hook.args, &hook.env);
+        }
+    }
+    super::exit_child(127)
 }
 
 /// In the container's namespaces already: terminal, hostname, limits, user, then (after
@@ -231,8 +210,7 @@ fn leave(code: i32, message: &str) -> ! {
         &mut std::io::stderr(),
         format!("burrow: {message}\n").as_bytes(),
     );
-    // SAFETY: leaving a forked child without running the parent's atexit handlers.
-    unsafe { libc::_exit(code) }
+    super::exit_child(code)
 }
 
 /// The process's own setup, in order: session, terminal, hostname, limits, seccomp (while
@@ -251,16 +229,9 @@ fn set_up(config: &InitConfig, channel: &ChildChannel) {
         }
     }
     for (resource, soft, hard) in &config.rlimits {
-        let limit = libc::rlimit {
-            rlim_cur: *soft,
-            rlim_max: *hard,
-        };
-        // SAFETY: setrlimit reads the local struct it is given, which lives across the call.
-        if unsafe { libc::setrlimit(*resource, &limit) } != 0 {
-            channel.fail(
-                &format!("setrlimit({resource}) to {soft}/{hard}"),
-                std::io::Error::last_os_error(),
-            );
+        if let Err(e) = nix::sys::resource::setrlimit(*resource, *soft, *hard) {
+            let what = format!("setrlimit({}) to {soft}/{hard}", *resource as i32);
+            channel.fail(&what, e);
         }
     }
     if let Err(e) = seccompiler::apply_filter(&config.seccomp) {
@@ -279,8 +250,7 @@ fn set_up(config: &InitConfig, channel: &ChildChannel) {
         }
     }
     if config.no_new_privileges {
-        // SAFETY: PR_SET_NO_NEW_PRIVS takes no pointer; it only changes this process's flag.
-        unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+        let _ = rustix::thread::set_no_new_privs(true);
     }
     if let Err(e) = nix::unistd::chdir(config.cwd.as_c_str()) {
         channel.fail(&format!("chdir to {:?}", config.cwd), e);
@@ -323,8 +293,7 @@ fn wait_for_start(fifo: BorrowedFd<'_>) {
         Ok(fifo) => {
             let _ = rustix::io::write(&fifo, b"0");
         }
-        // SAFETY: leaving a forked child without running the parent's atexit handlers.
-        Err(_) => unsafe { libc::_exit(126) },
+        Err(_) => super::exit_child(126),
     }
 }
 
@@ -369,10 +338,7 @@ fn console(channel: &ChildChannel, is_init: bool) -> Result<(), ConsoleError> {
     let master = pty.as_fd().try_clone_to_owned().map_err(system("dup"))?;
     channel.tell(&ToParent::Console(master))?;
     drop(pty);
-    // SAFETY: TIOCSCTTY takes an int argument, no pointer; the slave is open.
-    if unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCSCTTY, 0) } != 0 {
-        return Err(system("TIOCSCTTY")(std::io::Error::last_os_error()));
-    }
+    rustix::process::ioctl_tiocsctty(&slave).map_err(system("TIOCSCTTY"))?;
     for stdio in 0..3 {
         // The standard fds are numbers by definition: the slave becomes each of them.
         nix::unistd::dup2(slave.as_raw_fd(), stdio).map_err(system("dup2"))?;

@@ -8,8 +8,7 @@ use super::message::ToParent;
 
 /// The intermediate process. Never returns.
 pub fn intermediate(config: &InitConfig, channel: ChildChannel) -> ! {
-    // SAFETY: PR_SET_DUMPABLE takes no pointer; it only changes this process's flag.
-    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0) };
+    super::not_dumpable(&channel);
     if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER) {
         channel.fail("unshare(CLONE_NEWUSER)", e);
     }
@@ -30,12 +29,10 @@ pub fn intermediate(config: &InitConfig, channel: ChildChannel) -> ! {
     {
         channel.fail("becoming root in the user namespace", e);
     }
-    // SAFETY: unshare(2) takes no pointer; the flags are CLONE_NEW* bits built from the spec.
-    if unsafe { libc::unshare(config.unshare_flags) } != 0 {
-        channel.fail(
-            "unsharing the container's namespaces",
-            std::io::Error::last_os_error(),
-        );
+    // Retained as they are: nix may not name CLONE_NEWTIME.
+    let flags = nix::sched::CloneFlags::from_bits_retain(config.unshare_flags);
+    if let Err(e) = nix::sched::unshare(flags) {
+        channel.fail("unsharing the container's namespaces", e);
     }
     // SAFETY: this process is single-threaded (forked from the single-threaded CLI), so the
     // child gets a consistent copy of its memory; CLONE_PARENT without CLONE_VM shares nothing
@@ -55,8 +52,7 @@ pub fn intermediate(config: &InitConfig, channel: ChildChannel) -> ! {
         pid if pid > 0 => {
             let pid = nix::unistd::Pid::from_raw(pid as i32);
             let _ = channel.tell(&ToParent::InitPid(pid));
-            // SAFETY: leaving a forked child without running the parent's atexit handlers.
-            unsafe { libc::_exit(0) }
+            super::exit_child(0)
         }
         _ => channel.fail("clone of the init", std::io::Error::last_os_error()),
     }

@@ -11,8 +11,7 @@ use super::message::ToParent;
 /// Joins the namespaces in `namespaces` (user first), becomes root, and clones `config`'s
 /// process as a sibling. Never returns.
 pub fn joiner(namespaces: &[(OwnedFd, &str)], config: &InitConfig, channel: ChildChannel) -> ! {
-    // SAFETY: PR_SET_DUMPABLE takes no pointer; it only changes this process's flag.
-    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0) };
+    super::not_dumpable(&channel);
     for (fd, what) in namespaces {
         if let Err(e) = nix::sched::setns(fd, nix::sched::CloneFlags::empty()) {
             channel.fail(&format!("joining the container's {what} namespace"), e);
@@ -45,8 +44,7 @@ pub fn joiner(namespaces: &[(OwnedFd, &str)], config: &InitConfig, channel: Chil
         pid if pid > 0 => {
             let pid = nix::unistd::Pid::from_raw(pid as i32);
             let _ = channel.tell(&ToParent::ProcessPid(pid));
-            // SAFETY: leaving a forked child without running the parent's atexit handlers.
-            unsafe { libc::_exit(0) }
+            super::exit_child(0)
         }
         _ => channel.fail("clone", std::io::Error::last_os_error()),
     }

@@ -34,3 +34,21 @@ pub mod scm;
 
 pub use channel::{pair, ParentChannel, ProtocolError};
 pub use config::{ContainerHook, InitConfig};
+
+/// Ends a forked child with `code`.
+pub fn exit_child(code: i32) -> ! {
+    // SAFETY: _exit(2) ends the process at once, without running the atexit handlers or
+    // flushing the stdio buffers the child copied from the CLI, which are the CLI's to run.
+    unsafe { libc::_exit(code) }
+}
+
+/// Makes this process non-dumpable, so that the container's root cannot open it through
+/// /proc while it holds the runtime's fds (the lesson of CVE-2019-5736); exec of the
+/// container's process makes it dumpable again. A process that cannot be made so leaves.
+pub fn not_dumpable(channel: &channel::ChildChannel) {
+    if let Err(e) =
+        rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+    {
+        channel.fail("prctl(PR_SET_DUMPABLE)", e);
+    }
+}
