@@ -799,20 +799,7 @@ fn write_sysctls(spec: &Spec, pid: i32) -> Result<()> {
     if sysctls.is_empty() {
         return Ok(());
     }
-    for key in sysctls.keys() {
-        let namespaced = key.starts_with("net.")
-            || key.starts_with("kernel.shm")
-            || key.starts_with("kernel.msg")
-            || key.starts_with("kernel.sem")
-            || key.starts_with("fs.mqueue.")
-            || key == "kernel.hostname"
-            || key == "kernel.domainname";
-        if !namespaced {
-            return Err(CliError::Refused(format!(
-                "sysctl {key} is not namespaced and cannot be set for a container"
-            )));
-        }
-    }
+    // Every key is namespaced (Bundle::load refuses the others).
     let ns: Vec<OwnedFd> = ["net", "ipc", "uts"]
         .iter()
         .map(|n| std::fs::File::open(format!("/proc/{pid}/ns/{n}")).map(Into::into))
@@ -830,7 +817,7 @@ fn write_sysctls(spec: &Spec, pid: i32) -> Result<()> {
                 }
             }
             for (key, value) in &sysctls {
-                if std::fs::write(format!("/proc/sys/{}", key.replace('.', "/")), value).is_err() {
+                if std::fs::write(crate::spec::sysctl_file(key), value).is_err() {
                     code = 3;
                 }
             }

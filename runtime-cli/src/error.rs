@@ -58,6 +58,12 @@ pub enum CliError {
         #[source]
         problem: UnsafeLog,
     },
+    #[error("invalid {what}: {source}")]
+    Json {
+        what: String,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error("{what}: {source}")]
     Io {
         what: String,
