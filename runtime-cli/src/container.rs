@@ -98,7 +98,7 @@ fn container_hooks(spec: &Spec, phase: &str) -> Result<Vec<ContainerHook>> {
         .collect()
 }
 
-fn hook_timeout(hook: &Hook) -> Duration {
+pub(crate) fn hook_timeout(hook: &Hook) -> Duration {
     Duration::from_secs(hook.timeout().map_or(120, |t| t.max(1) as u64))
 }
 
@@ -955,7 +955,7 @@ pub fn parse_signal(name: &str) -> Result<nix::sys::signal::Signal> {
 }
 
 /// Sends a raw signal number (also real-time ones such as 37, SIGRTMIN+3, systemd's stop signal).
-fn signal_number(name: &str) -> Result<i32> {
+pub(crate) fn signal_number(name: &str) -> Result<i32> {
     if let Ok(n) = name.parse::<i32>() {
         if (1..=64).contains(&n) {
             return Ok(n);
@@ -1058,6 +1058,19 @@ pub fn delete(store: &Store, id: &str, force: bool) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    /// A hook's timeout is any i64 of seconds: one beyond the clock used to panic (Instant +
+    /// Duration overflows) in the middle of create, leaving its range and cgroup behind.
+    #[test]
+    fn a_hook_timeout_beyond_the_clock_never_times_out() {
+        for timeout in [i64::MAX, i64::MIN, 0] {
+            let hook: oci_spec::runtime::Hook = serde_json::from_value(
+                serde_json::json!({"path": "/bin/true", "timeout": timeout}),
+            )
+            .unwrap();
+            super::run_hooks(&[hook], &serde_json::json!({}), "prestart").unwrap();
+        }
+    }
+
     /// A symlink at the pid file's path is replaced, not followed; names planted where an
     /// earlier version put its temporary file (and runc puts its own) are left alone.
     #[test]

@@ -6,6 +6,8 @@
 mod container;
 mod error;
 mod exec;
+#[cfg(test)]
+mod fuzz;
 mod image;
 mod log;
 mod process;

@@ -109,6 +109,20 @@ impl<In: Message, Out: Message> Channel<In, Out> {
     }
 }
 
+impl<In, Out> AsFd for Channel<In, Out> {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.sock.as_fd()
+    }
+}
+
+#[cfg(test)]
+impl<In, Out> Channel<In, Out> {
+    /// The socket, for tests that send what no typed end would.
+    pub fn into_socket(self) -> OwnedFd {
+        self.sock
+    }
+}
+
 fn unexpected(step: &'static str, expected: &'static str, got: &impl Message) -> ProtocolError {
     ProtocolError::Unexpected {
         step,

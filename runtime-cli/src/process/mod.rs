@@ -31,6 +31,8 @@ pub mod intermediate;
 pub mod joiner;
 pub mod message;
 pub mod scm;
+#[cfg(test)]
+mod tests;
 
 pub use channel::{pair, ParentChannel, ProtocolError};
 pub use config::{ContainerHook, InitConfig};

@@ -19,7 +19,7 @@ pub const MAX_MESSAGE: usize = 256 * 1024;
 pub enum ReceiveError {
     #[error("{0}")]
     Io(#[from] std::io::Error),
-    #[error("a message longer than {MAX_MESSAGE} bytes came (it was cut off)")]
+    #[error("a message longer than the receiver takes came (it was refused whole)")]
     TooLong,
     /// More fds than one: the kernel closed those that did not fit, the rest are closed here.
     #[error("a message came with more than one fd")]
@@ -56,7 +56,12 @@ pub fn send(sock: BorrowedFd<'_>, bytes: &[u8], fd: Option<BorrowedFd<'_>>) -> s
 /// Receives one message. Each fd that came is owned before any error is returned, so none
 /// leaks into the process (and, past an exec, into a container).
 pub fn recv(sock: BorrowedFd<'_>) -> Result<Received, ReceiveError> {
-    let mut bytes = vec![0u8; MAX_MESSAGE];
+    recv_at_most(sock, MAX_MESSAGE)
+}
+
+/// [`recv`] of a message of at most `max` bytes.
+pub fn recv_at_most(sock: BorrowedFd<'_>, max: usize) -> Result<Received, ReceiveError> {
+    let mut bytes = vec![0u8; max];
     // Room for two fds: a second one is then seen (and refused) rather than silently dropped.
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
