@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::ffi::CString;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -13,7 +13,7 @@ use oci_spec::runtime::{Hook, LinuxNamespaceType, Spec};
 use zbus::zvariant::Value;
 
 use crate::error::{CliError, Result};
-use crate::init::{self, InitConfig};
+use crate::process::{self, ContainerHook, InitConfig, ParentChannel};
 use crate::spec::{Bundle, PlannedMount};
 use crate::state::{start_time, Record, Status, Store};
 
@@ -43,9 +43,13 @@ fn cstring(s: &str, what: &str) -> Result<CString> {
     CString::new(s).map_err(|_| CliError::Setup(format!("{what} contains a NUL byte")))
 }
 
-fn init_config(spec: &Spec, rootfs: &Path, fifo: RawFd, preserve_fds: i32) -> Result<InitConfig> {
-    let process = spec.process().as_ref().expect("checked by Bundle::load");
-    let mut config = process_config(process, rootfs, Some(fifo), preserve_fds)?;
+/// The init's configuration from a loaded bundle's spec (its exec fifo is the caller's to add).
+pub fn init_config(spec: &Spec, rootfs: &Path, preserve_fds: i32) -> Result<InitConfig> {
+    let process = spec
+        .process()
+        .as_ref()
+        .ok_or_else(|| CliError::Setup("config.json has no process".into()))?;
+    let mut config = process_config(process, rootfs, preserve_fds)?;
     config.hostname = spec
         .hostname()
         .as_deref()
@@ -68,12 +72,12 @@ fn init_config(spec: &Spec, rootfs: &Path, fifo: RawFd, preserve_fds: i32) -> Re
 }
 
 /// The spec's hooks of `phase`, which the init runs inside the container.
-fn container_hooks(spec: &Spec, phase: &str) -> Result<Vec<crate::init::ContainerHook>> {
+fn container_hooks(spec: &Spec, phase: &str) -> Result<Vec<ContainerHook>> {
     hooks_of(spec, phase)
         .iter()
         .map(|hook| {
             let path = hook.path().to_string_lossy();
-            Ok(crate::init::ContainerHook {
+            Ok(ContainerHook {
                 path: cstring(&path, "a hook path")?,
                 args: match hook.args() {
                     Some(args) if !args.is_empty() => args
@@ -94,7 +98,7 @@ fn container_hooks(spec: &Spec, phase: &str) -> Result<Vec<crate::init::Containe
         .collect()
 }
 
-fn hook_timeout(hook: &Hook) -> Duration {
+pub(crate) fn hook_timeout(hook: &Hook) -> Duration {
     Duration::from_secs(hook.timeout().map_or(120, |t| t.max(1) as u64))
 }
 
@@ -103,13 +107,18 @@ fn hook_timeout(hook: &Hook) -> Duration {
 pub fn process_config(
     process: &oci_spec::runtime::Process,
     rootfs: &Path,
-    fifo: Option<RawFd>,
     preserve_fds: i32,
 ) -> Result<InitConfig> {
     let args: Vec<String> = process.args().clone().unwrap_or_default();
     if args.is_empty() {
         return Err(CliError::Setup("process.args is empty".into()));
     }
+    // A negative count would wrap to a huge one, or to one that closes stderr on exec.
+    let preserve_fds = u32::try_from(preserve_fds).map_err(|_| {
+        CliError::Setup(format!(
+            "--preserve-fds {preserve_fds}: must not be negative"
+        ))
+    })?;
     let env: Vec<String> = process.env().clone().unwrap_or_default();
     let program: Vec<String> = if args[0].contains('/') {
         vec![args[0].clone()]
@@ -150,7 +159,7 @@ pub fn process_config(
         additional_gids: user.additional_gids().clone().unwrap_or_default(),
         no_new_privileges: process.no_new_privileges().unwrap_or(false),
         terminal: process.terminal().unwrap_or(false),
-        fifo,
+        fifo: None,
         preserve_fds,
         unshare_flags,
         seccomp: crate::seccomp::system_container_filter()?,
@@ -163,7 +172,8 @@ pub fn process_config(
 /// fails inside a user namespace).
 fn rlimits(
     limits: &[oci_spec::runtime::PosixRlimit],
-) -> Result<Vec<(libc::__rlimit_resource_t, u64, u64)>> {
+) -> Result<Vec<(nix::sys::resource::Resource, u64, u64)>> {
+    use nix::sys::resource::{getrlimit, Resource};
     let mut out = vec![];
     for limit in limits {
         let name = serde_json::to_value(limit.typ())
@@ -171,89 +181,31 @@ fn rlimits(
             .and_then(|v| v.as_str().map(String::from))
             .unwrap_or_default();
         let resource = match name.as_str() {
-            "RLIMIT_NOFILE" => libc::RLIMIT_NOFILE,
-            "RLIMIT_NPROC" => libc::RLIMIT_NPROC,
-            "RLIMIT_CORE" => libc::RLIMIT_CORE,
-            "RLIMIT_MEMLOCK" => libc::RLIMIT_MEMLOCK,
-            "RLIMIT_STACK" => libc::RLIMIT_STACK,
-            "RLIMIT_AS" => libc::RLIMIT_AS,
-            "RLIMIT_CPU" => libc::RLIMIT_CPU,
-            "RLIMIT_DATA" => libc::RLIMIT_DATA,
-            "RLIMIT_FSIZE" => libc::RLIMIT_FSIZE,
-            "RLIMIT_LOCKS" => libc::RLIMIT_LOCKS,
-            "RLIMIT_MSGQUEUE" => libc::RLIMIT_MSGQUEUE,
-            "RLIMIT_NICE" => libc::RLIMIT_NICE,
-            "RLIMIT_RTPRIO" => libc::RLIMIT_RTPRIO,
-            "RLIMIT_RTTIME" => libc::RLIMIT_RTTIME,
-            "RLIMIT_SIGPENDING" => libc::RLIMIT_SIGPENDING,
+            "RLIMIT_NOFILE" => Resource::RLIMIT_NOFILE,
+            "RLIMIT_NPROC" => Resource::RLIMIT_NPROC,
+            "RLIMIT_CORE" => Resource::RLIMIT_CORE,
+            "RLIMIT_MEMLOCK" => Resource::RLIMIT_MEMLOCK,
+            "RLIMIT_STACK" => Resource::RLIMIT_STACK,
+            "RLIMIT_AS" => Resource::RLIMIT_AS,
+            "RLIMIT_CPU" => Resource::RLIMIT_CPU,
+            "RLIMIT_DATA" => Resource::RLIMIT_DATA,
+            "RLIMIT_FSIZE" => Resource::RLIMIT_FSIZE,
+            "RLIMIT_LOCKS" => Resource::RLIMIT_LOCKS,
+            "RLIMIT_MSGQUEUE" => Resource::RLIMIT_MSGQUEUE,
+            "RLIMIT_NICE" => Resource::RLIMIT_NICE,
+            "RLIMIT_RTPRIO" => Resource::RLIMIT_RTPRIO,
+            "RLIMIT_RTTIME" => Resource::RLIMIT_RTTIME,
+            "RLIMIT_SIGPENDING" => Resource::RLIMIT_SIGPENDING,
             other => return Err(CliError::Setup(format!("unknown rlimit {other:?}"))),
         };
         let (mut soft, mut hard) = (limit.soft(), limit.hard());
-        let mut current = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: getrlimit into a local struct.
-        if unsafe { libc::getrlimit(resource, &mut current) } == 0 {
-            hard = hard.min(current.rlim_max);
+        if let Ok((_, current_hard)) = getrlimit(resource) {
+            hard = hard.min(current_hard);
             soft = soft.min(hard);
         }
         out.push((resource, soft, hard));
     }
     Ok(out)
-}
-
-fn expect(sock: RawFd, what: &str) -> Result<(Vec<u8>, Option<RawFd>)> {
-    let (msg, fd) = init::recv(sock).map_err(|e| CliError::Setup(format!("{what}: {e}")))?;
-    if msg.is_empty() {
-        return Err(CliError::Setup(format!(
-            "{what}: the container process died"
-        )));
-    }
-    if let Some(error) = msg.strip_prefix(b"error: ") {
-        return Err(CliError::Setup(String::from_utf8_lossy(error).into_owned()));
-    }
-    Ok((msg, fd))
-}
-
-/// Reads a new process's messages until it is set up: forwards its pty master to the console
-/// socket, collects the pid reported as `pid N` (by exec's joiner, racing with the process's own
-/// messages), stops at `ready` (and, with `want_pid`, once the pid came too).
-pub fn until_ready(
-    sock: RawFd,
-    what: &str,
-    console_socket: Option<&Path>,
-    want_pid: bool,
-) -> Result<Option<i32>> {
-    let mut pid = None;
-    let mut ready = false;
-    while !ready || (want_pid && pid.is_none()) {
-        let (msg, fd) = expect(sock, what)?;
-        match (msg.as_slice(), fd) {
-            (b"console", Some(master)) => {
-                // SAFETY: received with SCM_RIGHTS, owned by nobody else.
-                let master = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(master) };
-                let socket = console_socket.ok_or_else(|| {
-                    CliError::Setup(
-                        "process.terminal is set but no --console-socket was given".into(),
-                    )
-                })?;
-                send_console(socket, master.as_fd())?;
-            }
-            (b"ready", _) => ready = true,
-            (other, _) => {
-                let text = String::from_utf8_lossy(other);
-                pid = Some(
-                    text.strip_prefix("pid ")
-                        .and_then(|p| p.parse::<i32>().ok())
-                        .ok_or_else(|| {
-                            CliError::Setup(format!("{what}: unexpected message {text}"))
-                        })?,
-                );
-            }
-        }
-    }
-    Ok(pid)
 }
 
 /// The pid file containerd and Docker read: decimal, no newline, replaced atomically. Whoever
@@ -312,7 +264,7 @@ pub fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
 /// 64 random bits from the kernel (for names others must not guess).
 fn random_u64() -> u64 {
     let mut bytes = [0u8; 8];
-    // SAFETY: getrandom writes at most `bytes.len()` bytes into the buffer it is given.
+    // SAFETY: the pointer and length are those of `bytes`, which outlives the call.
     let got = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
     if got != bytes.len() as isize {
         // Never short for 8 bytes once the pool is up; the clock is a fallback, and O_EXCL,
@@ -354,7 +306,7 @@ pub fn run_hooks(hooks: &[Hook], state: &serde_json::Value, phase: &str) -> Resu
             let mut stdin = child.stdin.take().unwrap();
             let _ = stdin.write_all(state.to_string().as_bytes());
         }
-        let deadline = Instant::now() + hook_timeout(hook);
+        let deadline = process::init::deadline_after(hook_timeout(hook));
         loop {
             if let Some(status) = child
                 .try_wait()
@@ -372,7 +324,7 @@ pub fn run_hooks(hooks: &[Hook], state: &serde_json::Value, phase: &str) -> Resu
                 }
                 break;
             }
-            if Instant::now() > deadline {
+            if deadline.is_some_and(|d| Instant::now() > d) {
                 let _ = child.kill();
                 return Err(CliError::Setup(format!(
                     "{phase} hook {} timed out",
@@ -461,157 +413,212 @@ pub fn create(store: &Store, options: &CreateOptions<'_>) -> Result<()> {
         .enable_all()
         .build()
         .map_err(CliError::io("starting the async runtime"))?;
+    let creation = Creation {
+        store,
+        options,
+        bundle: &bundle,
+        rt: &rt,
+    };
     let mut conn = None;
-    let result = create_steps(store, options, &bundle, &rt, &mut conn, &mut undo);
+    let result = create_steps(&creation, &mut conn, &mut undo);
     if result.is_err() {
         undo.run(&rt, conn.as_ref());
     }
     result
 }
 
+/// What every step of `create` reads.
+struct Creation<'a> {
+    store: &'a Store,
+    options: &'a CreateOptions<'a>,
+    bundle: &'a Bundle,
+    rt: &'a tokio::runtime::Runtime,
+}
+
+/// The init, cloned and reported by the intermediate, with what was made for it.
+struct Spawned {
+    pid: i32,
+    /// Host uid and gid of the container's root.
+    root_ids: (u32, u32),
+    userns: OwnedFd,
+    conn: zbus::Connection,
+}
+
 fn create_steps(
-    store: &Store,
-    options: &CreateOptions<'_>,
-    bundle: &Bundle,
-    rt: &tokio::runtime::Runtime,
+    c: &Creation<'_>,
     conn_slot: &mut Option<zbus::Connection>,
     undo: &mut Undo<'_>,
 ) -> Result<()> {
-    let id = options.id;
-    let dir = store.dir(id);
-    let fifo_path = dir.join("exec.fifo");
-    nix::unistd::mkfifo(&fifo_path, nix::sys::stat::Mode::from_bits_truncate(0o600))
-        .map_err(|e| CliError::Setup(format!("mkfifo: {e}")))?;
-    let fifo: OwnedFd = rustix::fs::open(
-        &fifo_path,
-        rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC,
-        rustix::fs::Mode::empty(),
-    )
-    .map_err(|e| CliError::Setup(format!("opening the exec fifo: {e}")))?;
-    let config = init_config(
-        &bundle.spec,
-        &bundle.rootfs,
-        fifo.as_raw_fd(),
-        options.preserve_fds,
-    )?;
-    let (ours, theirs) = init::channel()?;
+    let fifo_path = c.store.dir(c.options.id).join("exec.fifo");
+    let mut config = init_config(&c.bundle.spec, &c.bundle.rootfs, c.options.preserve_fds)?;
+    config.fifo = Some(make_exec_fifo(&fifo_path)?);
+    let (channel, theirs) = process::pair()?;
 
     // Fork while this process has one thread: the children need no async-signal-safety.
-    // SAFETY: the runtime `rt` is current-thread and has spawned no thread yet.
+    // SAFETY: the runtime `rt` is current-thread and has spawned no thread yet, so this
+    // process is single-threaded and the child a consistent copy of it.
     let intermediate =
         match unsafe { nix::unistd::fork() }.map_err(|e| CliError::Setup(format!("fork: {e}")))? {
             nix::unistd::ForkResult::Child => {
-                drop(ours);
-                init::intermediate(&config, theirs.as_raw_fd())
+                drop(channel);
+                process::intermediate::intermediate(&config, theirs)
             }
             nix::unistd::ForkResult::Parent { child } => child,
         };
     drop(theirs);
-    let sock = ours.as_raw_fd();
-    let result = (|| -> Result<(i32, (u32, u32), OwnedFd)> {
-        let userns = match expect(sock, "creating the user namespace")? {
-            // SAFETY: received with SCM_RIGHTS, owned by nobody else.
-            (_, Some(fd)) => unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) },
-            (_, None) => {
-                return Err(CliError::Setup(
-                    "the intermediate sent no user namespace".into(),
-                ))
-            }
-        };
-        let conn = rt
-            .block_on(zbus::Connection::system())
-            .map_err(CliError::helper("system bus"))?;
-        *conn_slot = Some(conn.clone());
-        let name = range_name(store, id);
-        let (base, gid_base, _) = rt
-            .block_on(async {
-                IdMap1Proxy::new(&conn)
-                    .await?
-                    .allocate(&name, userns.try_clone().unwrap().into())
-                    .await
-            })
-            .map_err(CliError::helper("idmapd"))?;
-        undo.range = Some(name.clone());
-        crate::log::debug(format!("idmapd: range {name} at host ID {base}"));
-        let root_ids = (base, gid_base);
-        if nix::unistd::geteuid().is_root() {
-            std::os::unix::fs::chown(&fifo_path, Some(base), Some(gid_base))
-                .map_err(CliError::io("chown exec fifo"))?;
-        } else {
-            // The init (the container's root, another uid) reopens it through its fd; nobody
-            // else can reach it inside this user's private runtime directory.
-            std::fs::set_permissions(&fifo_path, std::fs::Permissions::from_mode(0o622))
-                .map_err(CliError::io("chmod exec fifo"))?;
-        }
-        if bundle.wants_docker_data {
-            let data = crate::state::data_root()?.join(&name).join("docker");
-            undo.docker_data = Some(data.clone());
-            make_docker_data(&data, root_ids)?;
-        }
-        let linux = bundle.spec.linux().as_ref();
-        if nix::unistd::geteuid().is_root() {
-            let cgroup = burrow_bus::cgroup::path_for(
-                linux.and_then(|l| l.cgroups_path().as_deref()),
-                options.systemd_cgroup,
-                id,
-            );
-            undo.cgroup = Some(cgroup.clone());
-            let limits = linux
-                .and_then(|l| l.resources().as_ref())
-                .map(crate::spec::limits_of)
-                .unwrap_or_default();
-            let new = burrow_bus::cgroup::create(
-                &cgroup,
-                &limits,
-                &burrow_bus::cgroup::DevicePolicy::standard(),
-            )?;
-            // The intermediate is this process's child, not yet reaped: its pid is its own.
-            new.add(intermediate.as_raw())?;
-            new.delegate(root_ids)?;
-            crate::log::debug(format!("cgroup {cgroup}, delegated to host uid {base}"));
-        } else {
-            // Only root can make cgroups: idmapd delegates one to the range (and removes it
-            // with the range), under the limits the admin set for this user.
-            let process = rustix::process::pidfd_open(
-                rustix::process::Pid::from_raw(intermediate.as_raw()).expect("a child's pid"),
-                rustix::process::PidfdFlags::empty(),
-            )
-            .map_err(|e| CliError::Setup(format!("pidfd_open: {e}")))?;
-            let cgroup = rt
-                .block_on(async {
-                    IdMap1Proxy::new(&conn)
-                        .await?
-                        .add_control_group(&name, process.into())
-                        .await
-                })
-                .map_err(CliError::helper("idmapd"))?;
-            crate::log::debug(format!("idmapd: delegated cgroup {cgroup}"));
-            undo.cgroup = Some(cgroup);
-        }
-        init::send(sock, b"go", None)
-            .map_err(|e| CliError::Setup(format!("signalling the intermediate: {e}")))?;
-        let (msg, _) = expect(sock, "creating the init")?;
-        let pid: i32 = String::from_utf8_lossy(&msg)
-            .strip_prefix("init ")
-            .and_then(|p| p.parse().ok())
-            .ok_or_else(|| CliError::Setup("bad message from the intermediate".into()))?;
-        undo.init_pid = Some(pid);
-        Ok((pid, root_ids, userns))
-    })();
-    if result.is_err() {
+    let spawned = spawn_init(c, &channel, intermediate, &fifo_path, conn_slot, undo);
+    if spawned.is_err() {
         // It may still wait for "go".
         let _ = nix::sys::signal::kill(intermediate, nix::sys::signal::Signal::SIGKILL);
     }
     let _ = nix::sys::wait::waitpid(intermediate, None);
-    let (pid, root_ids, userns) = result?;
-    let conn = conn_slot.clone().expect("connected above");
+    let spawned = spawned?;
+    let mntns = build_mount_namespace(c, &spawned, undo.docker_data.as_deref())?;
+    finish(c, &channel, &config, mntns, &spawned, undo)
+}
 
-    // /dev from devd, the mount namespace from mountd.
-    let pidfd = rustix::process::pidfd_open(
-        rustix::process::Pid::from_raw(pid).unwrap(),
-        rustix::process::PidfdFlags::empty(),
+/// The fifo the init waits on for `start`, held by an O_PATH fd (opening it for writing
+/// would block until `start` reads).
+fn make_exec_fifo(path: &Path) -> Result<OwnedFd> {
+    nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600))
+        .map_err(|e| CliError::Setup(format!("mkfifo: {e}")))?;
+    rustix::fs::open(
+        path,
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
     )
-    .map_err(|e| CliError::Setup(format!("pidfd_open: {e}")))?;
+    .map_err(|e| CliError::Setup(format!("opening the exec fifo: {e}")))
+}
+
+/// A pidfd of the CLI's child `pid` (not reaped, so the pid is its own).
+fn pidfd_of(pid: i32) -> Result<OwnedFd> {
+    let pid = rustix::process::Pid::from_raw(pid)
+        .ok_or_else(|| CliError::Setup(format!("pidfd_open: {pid} is no pid")))?;
+    rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
+        .map_err(|e| CliError::Setup(format!("pidfd_open: {e}")))
+}
+
+/// Until the init exists: the intermediate's user namespace mapped by idmapd, the exec fifo
+/// and /var/lib/docker handed to the container's root, the intermediate in its cgroup, `go`,
+/// and the init's pid.
+fn spawn_init(
+    c: &Creation<'_>,
+    channel: &ParentChannel,
+    intermediate: nix::unistd::Pid,
+    fifo_path: &Path,
+    conn_slot: &mut Option<zbus::Connection>,
+    undo: &mut Undo<'_>,
+) -> Result<Spawned> {
+    let userns = channel.wait_for_userns()?;
+    let conn =
+        c.rt.block_on(zbus::Connection::system())
+            .map_err(CliError::helper("system bus"))?;
+    *conn_slot = Some(conn.clone());
+    let name = range_name(c.store, c.options.id);
+    let for_idmapd = userns
+        .try_clone()
+        .map_err(CliError::io("duplicating the user namespace's fd"))?;
+    let (base, gid_base, _) =
+        c.rt.block_on(async {
+            IdMap1Proxy::new(&conn)
+                .await?
+                .allocate(&name, for_idmapd.into())
+                .await
+        })
+        .map_err(CliError::helper("idmapd"))?;
+    undo.range = Some(name.clone());
+    crate::log::debug(format!("idmapd: range {name} at host ID {base}"));
+    let root_ids = (base, gid_base);
+    hand_over_fifo(fifo_path, root_ids)?;
+    if c.bundle.wants_docker_data {
+        let data = crate::state::data_root()?.join(&name).join("docker");
+        undo.docker_data = Some(data.clone());
+        make_docker_data(&data, root_ids)?;
+    }
+    place_in_cgroup(c, &conn, &name, intermediate, root_ids, undo)?;
+    channel.go()?;
+    let pid = channel.wait_for_init()?.as_raw();
+    undo.init_pid = Some(pid);
+    Ok(Spawned {
+        pid,
+        root_ids,
+        userns,
+        conn,
+    })
+}
+
+/// Lets the init, the container's root (another uid), reopen the exec fifo through its fd.
+fn hand_over_fifo(fifo_path: &Path, (uid, gid): (u32, u32)) -> Result<()> {
+    if nix::unistd::geteuid().is_root() {
+        std::os::unix::fs::chown(fifo_path, Some(uid), Some(gid))
+            .map_err(CliError::io("chown exec fifo"))
+    } else {
+        // Nobody else can reach it inside this user's private runtime directory.
+        std::fs::set_permissions(fifo_path, std::fs::Permissions::from_mode(0o622))
+            .map_err(CliError::io("chmod exec fifo"))
+    }
+}
+
+/// Puts the intermediate (and so the init it clones) in the container's cgroup: made, limited
+/// and delegated here for root; for another user, delegated by idmapd (and removed with the
+/// range), under the limits the admin set for this user.
+fn place_in_cgroup(
+    c: &Creation<'_>,
+    conn: &zbus::Connection,
+    name: &str,
+    intermediate: nix::unistd::Pid,
+    root_ids: (u32, u32),
+    undo: &mut Undo<'_>,
+) -> Result<()> {
+    let linux = c.bundle.spec.linux().as_ref();
+    if !nix::unistd::geteuid().is_root() {
+        let process = pidfd_of(intermediate.as_raw())?;
+        let cgroup =
+            c.rt.block_on(async {
+                IdMap1Proxy::new(conn)
+                    .await?
+                    .add_control_group(name, process.into())
+                    .await
+            })
+            .map_err(CliError::helper("idmapd"))?;
+        crate::log::debug(format!("idmapd: delegated cgroup {cgroup}"));
+        undo.cgroup = Some(cgroup);
+        return Ok(());
+    }
+    let cgroup = burrow_bus::cgroup::path_for(
+        linux.and_then(|l| l.cgroups_path().as_deref()),
+        c.options.systemd_cgroup,
+        c.options.id,
+    );
+    undo.cgroup = Some(cgroup.clone());
+    let limits = linux
+        .and_then(|l| l.resources().as_ref())
+        .map(crate::spec::limits_of)
+        .unwrap_or_default();
+    let new = burrow_bus::cgroup::create(
+        &cgroup,
+        &limits,
+        &burrow_bus::cgroup::DevicePolicy::standard(),
+    )?;
+    // The intermediate is this process's child, not yet reaped: its pid is its own.
+    new.add(intermediate.as_raw())?;
+    new.delegate(root_ids)?;
+    crate::log::debug(format!(
+        "cgroup {cgroup}, delegated to host uid {}",
+        root_ids.0
+    ));
+    Ok(())
+}
+
+/// One mount of mountd's plan: destination, type, index of its source fd (or u32::MAX), options.
+type WireMount = (String, String, u32, Vec<String>);
+
+/// The fds mountd gets (the rootfs first, then each bind's source, opened O_PATH here: mountd
+/// never resolves a caller's path) and the mounts that refer to them.
+fn plan_mounts(
+    bundle: &Bundle,
+    docker_data: Option<&Path>,
+) -> Result<(Vec<OwnedFd>, Vec<WireMount>)> {
     let open_path = |path: &Path| -> Result<OwnedFd> {
         rustix::fs::open(
             path,
@@ -623,13 +630,12 @@ fn create_steps(
             reason: format!("cannot open {}: {e}", path.display()),
         })
     };
-    let rootfs = open_path(&bundle.rootfs)?;
-    let mut fds: Vec<OwnedFd> = vec![rootfs];
-    let mut mounts: Vec<(String, String, u32, Vec<String>)> = vec![];
-    let docker_data = undo.docker_data.as_ref().map(|dir| PlannedMount {
+    let mut fds: Vec<OwnedFd> = vec![open_path(&bundle.rootfs)?];
+    let mut mounts: Vec<WireMount> = vec![];
+    let docker_data = docker_data.map(|dir| PlannedMount {
         destination: crate::spec::DOCKER_DATA.into(),
         typ: "bind".into(),
-        source: Some(dir.clone()),
+        source: Some(dir.to_path_buf()),
         // Root made the directory in the container's range: mounted as it is, like Sysbox.
         // Another user's directory is theirs on disk, and mountd maps it to the container root.
         options: ["rbind", "nosuid", "nodev"]
@@ -664,17 +670,34 @@ fn create_steps(
             ),
         });
     }
+    Ok((fds, mounts))
+}
+
+/// /dev from devd, then the container's whole mount namespace from mountd.
+fn build_mount_namespace(
+    c: &Creation<'_>,
+    spawned: &Spawned,
+    docker_data: Option<&Path>,
+) -> Result<OwnedFd> {
+    let bundle = c.bundle;
+    let pidfd = pidfd_of(spawned.pid)?;
+    let userns = spawned
+        .userns
+        .try_clone()
+        .map_err(CliError::io("duplicating the user namespace's fd"))?;
+    let (fds, mounts) = plan_mounts(bundle, docker_data)?;
     let readonly_root = bundle
         .spec
         .root()
         .as_ref()
         .and_then(|r| r.readonly())
         .unwrap_or(false);
-    let mntns = rt
-        .block_on(async {
-            let dev = Dev1Proxy::new(&conn)
+    let conn = &spawned.conn;
+    let mntns =
+        c.rt.block_on(async {
+            let dev = Dev1Proxy::new(conn)
                 .await?
-                .create(userns.try_clone().unwrap().into(), HashMap::new())
+                .create(userns.into(), HashMap::new())
                 .await?;
             let dev_index = fds.len() as u32;
             let mut wire: Vec<zbus::zvariant::OwnedFd> = fds.into_iter().map(Into::into).collect();
@@ -690,38 +713,49 @@ fn create_steps(
                 "writable_sysctls",
                 Value::from(bundle.writable_sysctls.clone()),
             );
-            Mount1Proxy::new(&conn)
+            Mount1Proxy::new(conn)
                 .await?
-                .build_root(pidfd.try_clone().unwrap().into(), plan, wire)
+                .build_root(pidfd.into(), plan, wire)
                 .await
         })
         .map_err(CliError::helper("devd/mountd"))?;
-    let mntns: OwnedFd = mntns.into();
     crate::log::debug(format!(
-        "devd made /dev, mountd the mount namespace ({} mounts) for init {pid}",
-        bundle.mounts.len()
+        "devd made /dev, mountd the mount namespace ({} mounts) for init {}",
+        bundle.mounts.len(),
+        spawned.pid
     ));
-    init::send(sock, b"mntns", Some(mntns.as_raw_fd()))
-        .map_err(|e| CliError::Setup(format!("handing the mount namespace to the init: {e}")))?;
-    drop(mntns);
+    Ok(mntns.into())
+}
+
+/// From the mount namespace on: the init joins it; sysctls; the runtime's create hooks, then
+/// the container's (the init runs them once it has the state, in the OCI order); the console;
+/// the state record and the pid file.
+fn finish(
+    c: &Creation<'_>,
+    channel: &ParentChannel,
+    config: &InitConfig,
+    mntns: OwnedFd,
+    spawned: &Spawned,
+    undo: &mut Undo<'_>,
+) -> Result<()> {
+    let (bundle, pid) = (c.bundle, spawned.pid);
+    channel.send_mount_namespace(mntns)?;
     write_sysctls(&bundle.spec, pid)?;
     let record = Record {
-        id: id.to_string(),
+        id: c.options.id.to_string(),
         bundle: bundle.dir.clone(),
         rootfs: bundle.rootfs.clone(),
         pid,
         pid_start: start_time(pid)
             .ok_or_else(|| CliError::Setup("the container's init died during create".into()))?,
         created: crate::log::now(),
-        root_ids,
+        root_ids: spawned.root_ids,
         cgroup: undo.cgroup.clone(),
         annotations: bundle.spec.annotations().clone().unwrap_or_default(),
         systemd: bundle.systemd,
         docker_data: undo.docker_data.clone(),
     };
-    // The hooks of create, in the OCI order: the runtime's (here), then the container's (the
-    // init runs them once it has the state).
-    let mut state = record.oci_state(store);
+    let mut state = record.oci_state(c.store);
     state["status"] = "creating".into();
     state["pid"] = pid.into();
     run_hooks(&hooks_of(&bundle.spec, "prestart"), &state, "prestart")?;
@@ -731,21 +765,27 @@ fn create_steps(
         "createRuntime",
     )?;
     if config.has_container_hooks() {
-        init::send(sock, format!("state {state}").as_bytes(), None)
-            .map_err(|e| CliError::Setup(format!("handing the state to the init: {e}")))?;
+        channel.send_state(state.as_object().cloned().unwrap_or_default())?;
     }
-    until_ready(
-        sock,
-        "setting up the container",
-        options.console_socket,
-        false,
-    )?;
-    store.save(&record)?;
-    if let Some(pid_file) = options.pid_file {
+    let ready = channel.wait_for_ready("setting up the container")?;
+    forward_console(ready.console, c.options.console_socket)?;
+    c.store.save(&record)?;
+    if let Some(pid_file) = c.options.pid_file {
         write_pid_file(pid_file, pid)?;
     }
     undo.armed = false;
     Ok(())
+}
+
+/// Sends a new process's pty master, if it has one, to `--console-socket`.
+pub fn forward_console(console: Option<OwnedFd>, socket: Option<&Path>) -> Result<()> {
+    let Some(master) = console else {
+        return Ok(());
+    };
+    let socket = socket.ok_or_else(|| {
+        CliError::Setup("process.terminal is set but no --console-socket was given".into())
+    })?;
+    send_console(socket, master.as_fd())
 }
 
 /// Namespaced sysctls, written from the host side into the container's network, ipc and uts
@@ -759,27 +799,15 @@ fn write_sysctls(spec: &Spec, pid: i32) -> Result<()> {
     if sysctls.is_empty() {
         return Ok(());
     }
-    for key in sysctls.keys() {
-        let namespaced = key.starts_with("net.")
-            || key.starts_with("kernel.shm")
-            || key.starts_with("kernel.msg")
-            || key.starts_with("kernel.sem")
-            || key.starts_with("fs.mqueue.")
-            || key == "kernel.hostname"
-            || key == "kernel.domainname";
-        if !namespaced {
-            return Err(CliError::Refused(format!(
-                "sysctl {key} is not namespaced and cannot be set for a container"
-            )));
-        }
-    }
+    // Every key is namespaced (Bundle::load refuses the others).
     let ns: Vec<OwnedFd> = ["net", "ipc", "uts"]
         .iter()
         .map(|n| std::fs::File::open(format!("/proc/{pid}/ns/{n}")).map(Into::into))
         .collect::<std::io::Result<_>>()
         .map_err(CliError::io("opening the container's namespaces"))?;
-    // SAFETY: the child joins namespaces, writes files and exits; glibc's allocator is safe
-    // after fork.
+    // SAFETY: the child only joins namespaces, writes files and exits: it takes no lock another
+    // thread of this process (the bus's runtime may have some by now) could hold but the
+    // allocator's, which glibc makes usable again in the child of a fork.
     match unsafe { nix::unistd::fork() }.map_err(|e| CliError::Setup(format!("fork: {e}")))? {
         nix::unistd::ForkResult::Child => {
             let mut code = 0;
@@ -789,12 +817,11 @@ fn write_sysctls(spec: &Spec, pid: i32) -> Result<()> {
                 }
             }
             for (key, value) in &sysctls {
-                if std::fs::write(format!("/proc/sys/{}", key.replace('.', "/")), value).is_err() {
+                if std::fs::write(crate::spec::sysctl_file(key), value).is_err() {
                     code = 3;
                 }
             }
-            // SAFETY: leaving the forked child.
-            unsafe { libc::_exit(code) }
+            process::exit_child(code)
         }
         nix::unistd::ForkResult::Parent { child } => match nix::sys::wait::waitpid(child, None) {
             Ok(nix::sys::wait::WaitStatus::Exited(_, 0)) => Ok(()),
@@ -855,8 +882,8 @@ pub fn send_console(socket: &Path, master: std::os::fd::BorrowedFd<'_>) -> Resul
         "connecting to console socket {}",
         socket.display()
     )))?;
-    init::send(stream.as_raw_fd(), b"/dev/ptmx", Some(master.as_raw_fd()))
-        .map_err(|e| CliError::Setup(format!("sending the console: {e}")))
+    process::scm::send(stream.as_fd(), b"/dev/ptmx", Some(master))
+        .map_err(CliError::io("sending the console"))
 }
 
 pub fn start(store: &Store, id: &str) -> Result<()> {
@@ -928,7 +955,7 @@ pub fn parse_signal(name: &str) -> Result<nix::sys::signal::Signal> {
 }
 
 /// Sends a raw signal number (also real-time ones such as 37, SIGRTMIN+3, systemd's stop signal).
-fn signal_number(name: &str) -> Result<i32> {
+pub(crate) fn signal_number(name: &str) -> Result<i32> {
     if let Ok(n) = name.parse::<i32>() {
         if (1..=64).contains(&n) {
             return Ok(n);
@@ -960,7 +987,8 @@ pub fn kill(store: &Store, id: &str, signal: &str, all: bool) -> Result<()> {
     };
     crate::log::debug(format!("signal {signo} to {targets:?}"));
     for pid in targets {
-        // SAFETY: kill(2) with a checked signal number.
+        // SAFETY: kill(2) takes no pointer; signo is 1..=64 (signal_number), which nix's
+        // Signal cannot hold for the real-time ones.
         unsafe { libc::kill(pid, signo) };
     }
     Ok(())
@@ -1030,6 +1058,19 @@ pub fn delete(store: &Store, id: &str, force: bool) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    /// A hook's timeout is any i64 of seconds: one beyond the clock used to panic (Instant +
+    /// Duration overflows) in the middle of create, leaving its range and cgroup behind.
+    #[test]
+    fn a_hook_timeout_beyond_the_clock_never_times_out() {
+        for timeout in [i64::MAX, i64::MIN, 0] {
+            let hook: oci_spec::runtime::Hook = serde_json::from_value(
+                serde_json::json!({"path": "/bin/true", "timeout": timeout}),
+            )
+            .unwrap();
+            super::run_hooks(&[hook], &serde_json::json!({}), "prestart").unwrap();
+        }
+    }
+
     /// A symlink at the pid file's path is replaced, not followed; names planted where an
     /// earlier version put its temporary file (and runc puts its own) are left alone.
     #[test]

@@ -34,6 +34,9 @@ pub enum CliError {
     Setup(String),
     #[error(transparent)]
     Cgroup(#[from] burrow_bus::cgroup::CgroupError),
+    /// Between the CLI and the processes it forks for a container.
+    #[error(transparent)]
+    Process(#[from] crate::process::ProtocolError),
     #[error(
         "unsafe state directory {path}: {problem} (set XDG_RUNTIME_DIR or --root to a directory \
          only you can change)"
@@ -54,6 +57,12 @@ pub enum CliError {
         path: String,
         #[source]
         problem: UnsafeLog,
+    },
+    #[error("invalid {what}: {source}")]
+    Json {
+        what: String,
+        #[source]
+        source: serde_json::Error,
     },
     #[error("{what}: {source}")]
     Io {

@@ -4,11 +4,11 @@
 //! its terminal and user like the init and execs. Nothing here runs a binary the container can
 //! reach before the final exec, and the joining processes are non-dumpable.
 
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::OwnedFd;
 use std::path::Path;
 
 use crate::error::{CliError, Result};
-use crate::init::{self, InitConfig};
+use crate::process;
 use crate::state::{Status, Store};
 
 pub struct ExecOptions<'a> {
@@ -18,67 +18,6 @@ pub struct ExecOptions<'a> {
     pub pid_file: Option<&'a Path>,
     pub console_socket: Option<&'a Path>,
     pub preserve_fds: i32,
-}
-
-/// Joins the namespaces in `namespaces` (user first), becomes root, and clones `config`'s
-/// process as a sibling. Never returns.
-fn joiner(namespaces: &[(OwnedFd, &str)], config: &InitConfig, sock: RawFd) -> ! {
-    // SAFETY: prctl on the calling process.
-    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0) };
-    for (fd, what) in namespaces {
-        if let Err(e) = nix::sched::setns(fd, nix::sched::CloneFlags::empty()) {
-            let _ = init::send(
-                sock,
-                format!("error: joining the container's {what} namespace: {e}").as_bytes(),
-                None,
-            );
-            // SAFETY: leaving a forked child.
-            unsafe { libc::_exit(1) };
-        }
-        if *what == "user" {
-            let _ = nix::unistd::setresgid(0.into(), 0.into(), 0.into());
-            let _ = nix::unistd::setresuid(0.into(), 0.into(), 0.into());
-            let _ = nix::unistd::setgroups(&[]);
-        }
-    }
-    // The process it clones inherits this keyring, never the caller's (see the init's).
-    if let Err(e) = init::join_fresh_session_keyring() {
-        let _ = init::send(
-            sock,
-            format!("error: joining a fresh session keyring: {e}").as_bytes(),
-            None,
-        );
-        // SAFETY: leaving a forked child.
-        unsafe { libc::_exit(1) };
-    }
-    // SAFETY: a single-threaded process clones itself; CLONE_PARENT makes the child the CLI's.
-    let child = unsafe {
-        libc::syscall(
-            libc::SYS_clone,
-            libc::CLONE_PARENT | libc::SIGCHLD,
-            0,
-            0,
-            0,
-            0,
-        )
-    };
-    match child {
-        0 => init::setup_and_exec(config, sock, &[]),
-        pid if pid > 0 => {
-            let _ = init::send(sock, format!("pid {pid}").as_bytes(), None);
-            // SAFETY: leaving a forked child.
-            unsafe { libc::_exit(0) }
-        }
-        _ => {
-            let _ = init::send(
-                sock,
-                format!("error: clone: {}", std::io::Error::last_os_error()).as_bytes(),
-                None,
-            );
-            // SAFETY: leaving a forked child.
-            unsafe { libc::_exit(1) }
-        }
-    }
 }
 
 /// Starts the process; returns its exit code (0 at once with --detach).
@@ -92,12 +31,8 @@ pub fn exec(store: &Store, options: &ExecOptions<'_>) -> Result<i32> {
             need: "exec needs a running container".into(),
         });
     }
-    let config = crate::container::process_config(
-        &options.process,
-        &record.rootfs,
-        None,
-        options.preserve_fds,
-    )?;
+    let config =
+        crate::container::process_config(&options.process, &record.rootfs, options.preserve_fds)?;
     let mut namespaces = vec![];
     for what in ["user", "mnt", "uts", "ipc", "net", "cgroup", "pid"] {
         let file = std::fs::File::open(format!("/proc/{}/ns/{what}", record.pid)).map_err(
@@ -112,26 +47,28 @@ pub fn exec(store: &Store, options: &ExecOptions<'_>) -> Result<i32> {
             need: "exec needs a running container".into(),
         });
     }
-    let (ours, theirs) = init::channel()?;
-    // SAFETY: this command starts no thread before forking.
+    let (channel, theirs) = process::pair()?;
+    // SAFETY: this command starts no thread before forking, so this process is
+    // single-threaded and the child a consistent copy of it.
     let joiner_pid =
         match unsafe { nix::unistd::fork() }.map_err(|e| CliError::Setup(format!("fork: {e}")))? {
             nix::unistd::ForkResult::Child => {
-                drop(ours);
+                drop(channel);
                 if let Some(cgroup) = &record.cgroup {
                     burrow_bus::cgroup::join(cgroup, std::process::id() as i32);
                 }
-                joiner(&namespaces, &config, theirs.as_raw_fd())
+                process::joiner::joiner(&namespaces, &config, theirs)
             }
             nix::unistd::ForkResult::Parent { child } => child,
         };
     drop(theirs);
     drop(namespaces);
-    let sock = ours.as_raw_fd();
-    let mut pid = None;
+    // Killed if exec fails once it runs (its console or pid file could not be handed over).
+    let mut started = None;
     let result = (|| -> Result<i32> {
-        pid = crate::container::until_ready(sock, "exec", options.console_socket, true)?;
-        let pid = pid.ok_or_else(|| CliError::Setup("exec: no pid".into()))?;
+        let (new, ready) = channel.wait_for_process("exec")?;
+        let pid = *started.insert(new.as_raw());
+        crate::container::forward_console(ready.console, options.console_socket)?;
         if let Some(pid_file) = options.pid_file {
             crate::container::write_pid_file(pid_file, pid)?;
         }
@@ -148,7 +85,7 @@ pub fn exec(store: &Store, options: &ExecOptions<'_>) -> Result<i32> {
     })();
     let _ = nix::sys::wait::waitpid(joiner_pid, None);
     if result.is_err() {
-        if let Some(pid) = pid {
+        if let Some(pid) = started {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),
                 nix::sys::signal::Signal::SIGKILL,

@@ -6,9 +6,11 @@
 mod container;
 mod error;
 mod exec;
+#[cfg(test)]
+mod fuzz;
 mod image;
-mod init;
 mod log;
+mod process;
 mod sandbox;
 mod seccomp;
 mod spec;
@@ -66,27 +68,7 @@ enum Command {
         create: CreateArgs,
     },
     /// Run a new process in a running container.
-    Exec {
-        /// process.json (OCI Process); without it, the command after the id.
-        #[arg(long, short)]
-        process: Option<PathBuf>,
-        #[arg(long, short)]
-        detach: bool,
-        #[arg(long)]
-        pid_file: Option<PathBuf>,
-        #[arg(long)]
-        console_socket: Option<PathBuf>,
-        #[arg(long, short)]
-        tty: bool,
-        #[arg(long)]
-        cwd: Option<String>,
-        #[arg(long, short)]
-        env: Vec<String>,
-        #[arg(long, default_value_t = 0)]
-        preserve_fds: i32,
-        id: String,
-        command: Vec<String>,
-    },
+    Exec(ExecArgs),
     /// The container's OCI state as JSON.
     State { id: String },
     /// List containers.
@@ -167,6 +149,30 @@ enum SandboxCommand {
     Rm { name: String },
 }
 
+/// What `exec` takes.
+#[derive(clap::Args, Debug)]
+struct ExecArgs {
+    /// process.json (OCI Process); without it, the command after the id.
+    #[arg(long, short)]
+    process: Option<PathBuf>,
+    #[arg(long, short)]
+    detach: bool,
+    #[arg(long)]
+    pid_file: Option<PathBuf>,
+    #[arg(long)]
+    console_socket: Option<PathBuf>,
+    #[arg(long, short)]
+    tty: bool,
+    #[arg(long)]
+    cwd: Option<String>,
+    #[arg(long, short)]
+    env: Vec<String>,
+    #[arg(long, default_value_t = 0)]
+    preserve_fds: i32,
+    id: String,
+    command: Vec<String>,
+}
+
 /// What `create` and `run` take.
 #[derive(clap::Args, Debug)]
 struct CreateArgs {
@@ -216,8 +222,10 @@ const GLOBAL_SWITCHES: [&str; 4] = ["--debug", "--systemd-cgroup", "--help", "--
 /// Drops global flags burrow does not know (Docker and containerd may prepend some, such as
 /// `--criu`), keeping everything from the subcommand on.
 fn tolerate_unknown_globals(args: Vec<String>) -> Vec<String> {
-    let mut out = vec![args[0].clone()];
-    let mut iter = args.into_iter().skip(1).peekable();
+    let mut iter = args.into_iter();
+    // argv may be empty (execve with no arguments): clap then names the program itself.
+    let mut out: Vec<String> = iter.next().into_iter().collect();
+    let mut iter = iter.peekable();
     while let Some(arg) = iter.next() {
         if SUBCOMMANDS.contains(&arg.as_str()) || !arg.starts_with('-') {
             out.push(arg);
@@ -265,7 +273,7 @@ fn main() {
     let quiet_stderr = cli.log.is_some()
         && matches!(
             cli.command,
-            Command::Create(_) | Command::Run { .. } | Command::Exec { .. }
+            Command::Create(_) | Command::Run { .. } | Command::Exec(_)
         );
     let logger = match log::Logger::new(
         cli.log.as_deref(),
@@ -298,68 +306,9 @@ fn run(cli: &Cli) -> Result<i32> {
         Command::Create(args) => container::create(&store()?, &args.options(cli.systemd_cgroup))?,
         Command::Start { id } => container::start(&store()?, id)?,
         Command::Run { detach, create } => {
-            let store = store()?;
-            let id = &create.id;
-            let options = create.options(cli.systemd_cgroup);
-            container::create(&store, &options)?;
-            container::start(&store, id)?;
-            if *detach {
-                return Ok(0);
-            }
-            let pid = store.load(id)?.pid;
-            let code = match nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None) {
-                Ok(nix::sys::wait::WaitStatus::Exited(_, code)) => code,
-                Ok(nix::sys::wait::WaitStatus::Signaled(_, signal, _)) => 128 + signal as i32,
-                _ => 255,
-            };
-            container::delete(&store, id, true)?;
-            return Ok(code);
+            return run_container(&store()?, create, *detach, cli.systemd_cgroup)
         }
-        Command::Exec {
-            process,
-            detach,
-            pid_file,
-            console_socket,
-            tty,
-            cwd,
-            env,
-            preserve_fds,
-            id,
-            command,
-        } => {
-            let process: oci_spec::runtime::Process = match process {
-                Some(path) => {
-                    let text = std::fs::read_to_string(path)
-                        .map_err(CliError::io(format!("reading {}", path.display())))?;
-                    serde_json::from_str(&text).map_err(|e| {
-                        CliError::Setup(format!("invalid process JSON {}: {e}", path.display()))
-                    })?
-                }
-                None => {
-                    let mut env_all = vec![
-                        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-                            .to_string(),
-                    ];
-                    env_all.extend(env.iter().cloned());
-                    oci_spec::runtime::ProcessBuilder::default()
-                        .args(command.clone())
-                        .env(env_all)
-                        .cwd(cwd.clone().unwrap_or_else(|| "/".into()))
-                        .terminal(*tty)
-                        .build()
-                        .map_err(|e| CliError::Setup(format!("exec: {e}")))?
-                }
-            };
-            let options = exec::ExecOptions {
-                id,
-                process,
-                detach: *detach,
-                pid_file: pid_file.as_deref(),
-                console_socket: console_socket.as_deref(),
-                preserve_fds: *preserve_fds,
-            };
-            return exec::exec(&store()?, &options);
-        }
+        Command::Exec(args) => return exec_command(&store()?, args),
         Command::State { id } => {
             let store = store()?;
             let record = store.load(id)?;
@@ -368,121 +317,206 @@ fn run(cli: &Cli) -> Result<i32> {
                 serde_json::to_string_pretty(&record.oci_state(&store)).unwrap()
             );
         }
-        Command::List { format, quiet } => {
-            let store = store()?;
-            let records = store.list();
-            if *quiet {
-                records.iter().for_each(|r| println!("{}", r.id));
-            } else if format == "json" {
-                let states: Vec<_> = records.iter().map(|r| r.oci_state(&store)).collect();
-                println!("{}", serde_json::to_string(&states).unwrap());
-            } else {
-                println!(
-                    "{:<20} {:<8} {:<10} {:<40} CREATED",
-                    "ID", "PID", "STATUS", "BUNDLE"
-                );
-                for r in &records {
-                    let status = r.status(&store);
-                    let pid = if status == Status::Stopped { 0 } else { r.pid };
-                    println!(
-                        "{:<20} {:<8} {:<10} {:<40} {}",
-                        r.id,
-                        pid,
-                        status.as_str(),
-                        r.bundle.display(),
-                        r.created
-                    );
-                }
-            }
-        }
+        Command::List { format, quiet } => list(&store()?, format, *quiet),
         Command::Kill { all, id, signal } => {
             container::kill(&store()?, id, signal.as_deref().unwrap_or("SIGTERM"), *all)?
         }
         Command::Delete { force, id } => container::delete(&store()?, id, *force)?,
-        Command::Ps { format, id } => {
-            let store = store()?;
-            let record = store.load(id)?;
-            let pids = record
-                .cgroup
-                .as_deref()
-                .map(cgroup::pids)
-                .unwrap_or_default();
-            if format == "json" {
-                println!("{}", serde_json::to_string(&pids).unwrap());
-            } else {
-                println!("PID");
-                pids.iter().for_each(|p| println!("{p}"));
-            }
-        }
-        Command::Pause { id } | Command::Resume { id } => {
-            let store = store()?;
-            let record = store.load(id)?;
-            let status = record.status(&store);
-            let pause = matches!(cli.command, Command::Pause { .. });
-            let need = if pause {
-                Status::Running
-            } else {
-                Status::Paused
-            };
-            if status != need {
-                return Err(CliError::WrongState {
-                    id: id.clone(),
-                    status: status.as_str().into(),
-                    need: format!("it must be {}", need.as_str()),
-                });
-            }
-            let cgroup = record
-                .cgroup
-                .as_deref()
-                .ok_or_else(|| CliError::Setup("the container has no cgroup".into()))?;
-            cgroup::freeze(cgroup, pause)?;
-        }
-        Command::Update { resources, id } => {
-            let store = store()?;
-            let record = store.load(id)?;
-            let text = match resources.as_deref() {
-                None | Some("-") => std::io::read_to_string(std::io::stdin())
-                    .map_err(CliError::io("reading resources from stdin"))?,
-                Some(path) => std::fs::read_to_string(path)
-                    .map_err(CliError::io(format!("reading {path}")))?,
-            };
-            let resources: oci_spec::runtime::LinuxResources = serde_json::from_str(&text)
-                .map_err(|e| CliError::Setup(format!("invalid resources JSON: {e}")))?;
-            let cgroup = record
-                .cgroup
-                .as_deref()
-                .ok_or_else(|| CliError::Setup("the container has no cgroup".into()))?;
-            cgroup::update(cgroup, &spec::limits_of(&resources))?;
-        }
-        Command::Sandbox { command } => match command {
-            SandboxCommand::Create {
-                name,
-                image,
-                ssh_port,
-            } => sandbox::create(&store()?, name, image, *ssh_port)?,
-            SandboxCommand::List => sandbox::list(&store()?)?,
-            SandboxCommand::Shell { name, command } => {
-                return sandbox::shell(&store()?, name, command)
-            }
-            SandboxCommand::Rm { name } => sandbox::remove(&store()?, name)?,
-        },
+        Command::Ps { format, id } => ps(&store()?, id, format)?,
+        Command::Pause { id } => pause(&store()?, id, true)?,
+        Command::Resume { id } => pause(&store()?, id, false)?,
+        Command::Update { resources, id } => update(&store()?, id, resources.as_deref())?,
+        Command::Sandbox { command } => return sandbox_command(&store()?, command),
         Command::Features => println!("{}", serde_json::to_string_pretty(&features()).unwrap()),
-        Command::Spec { bundle, .. } => {
-            let path = bundle.join("config.json");
-            if path.exists() {
-                return Err(CliError::Setup(format!(
-                    "{} already exists",
-                    path.display()
-                )));
-            }
-            std::fs::write(
-                &path,
-                serde_json::to_string_pretty(&default_spec()).unwrap(),
-            )
-            .map_err(CliError::io(format!("writing {}", path.display())))?;
-        }
+        Command::Spec { bundle, .. } => write_spec(bundle)?,
     }
     Ok(0)
+}
+
+/// `run`: create, start, and (unless detached) wait for the init, delete, its exit code.
+fn run_container(store: &Store, create: &CreateArgs, detach: bool, systemd: bool) -> Result<i32> {
+    let id = &create.id;
+    container::create(store, &create.options(systemd))?;
+    container::start(store, id)?;
+    if detach {
+        return Ok(0);
+    }
+    let pid = store.load(id)?.pid;
+    let code = match nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None) {
+        Ok(nix::sys::wait::WaitStatus::Exited(_, code)) => code,
+        Ok(nix::sys::wait::WaitStatus::Signaled(_, signal, _)) => 128 + signal as i32,
+        _ => 255,
+    };
+    container::delete(store, id, true)?;
+    Ok(code)
+}
+
+/// `exec --process P.json`'s process (an OCI Process; `path` names it in errors).
+fn parse_process(text: &str, path: &Path) -> Result<oci_spec::runtime::Process> {
+    serde_json::from_str(text).map_err(|source| CliError::Json {
+        what: format!("process JSON {}", path.display()),
+        source,
+    })
+}
+
+fn exec_command(store: &Store, args: &ExecArgs) -> Result<i32> {
+    let ExecArgs {
+        process,
+        detach,
+        pid_file,
+        console_socket,
+        tty,
+        cwd,
+        env,
+        preserve_fds,
+        id,
+        command,
+    } = args;
+    let process = match process {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(CliError::io(format!("reading {}", path.display())))?;
+            parse_process(&text, path)?
+        }
+        None => {
+            let mut env_all = vec![
+                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+            ];
+            env_all.extend(env.iter().cloned());
+            oci_spec::runtime::ProcessBuilder::default()
+                .args(command.clone())
+                .env(env_all)
+                .cwd(cwd.clone().unwrap_or_else(|| "/".into()))
+                .terminal(*tty)
+                .build()
+                .map_err(|e| CliError::Setup(format!("exec: {e}")))?
+        }
+    };
+    let options = exec::ExecOptions {
+        id,
+        process,
+        detach: *detach,
+        pid_file: pid_file.as_deref(),
+        console_socket: console_socket.as_deref(),
+        preserve_fds: *preserve_fds,
+    };
+    exec::exec(store, &options)
+}
+
+fn list(store: &Store, format: &str, quiet: bool) {
+    let records = store.list();
+    if quiet {
+        records.iter().for_each(|r| println!("{}", r.id));
+    } else if format == "json" {
+        let states: Vec<_> = records.iter().map(|r| r.oci_state(store)).collect();
+        println!("{}", serde_json::to_string(&states).unwrap());
+    } else {
+        println!(
+            "{:<20} {:<8} {:<10} {:<40} CREATED",
+            "ID", "PID", "STATUS", "BUNDLE"
+        );
+        for r in &records {
+            let status = r.status(store);
+            let pid = if status == Status::Stopped { 0 } else { r.pid };
+            println!(
+                "{:<20} {:<8} {:<10} {:<40} {}",
+                r.id,
+                pid,
+                status.as_str(),
+                r.bundle.display(),
+                r.created
+            );
+        }
+    }
+}
+
+fn ps(store: &Store, id: &str, format: &str) -> Result<()> {
+    let record = store.load(id)?;
+    let pids = record
+        .cgroup
+        .as_deref()
+        .map(cgroup::pids)
+        .unwrap_or_default();
+    if format == "json" {
+        println!("{}", serde_json::to_string(&pids).unwrap());
+    } else {
+        println!("PID");
+        pids.iter().for_each(|p| println!("{p}"));
+    }
+    Ok(())
+}
+
+/// `pause` (freeze) a running container, or `resume` (thaw) a paused one.
+fn pause(store: &Store, id: &str, freeze: bool) -> Result<()> {
+    let record = store.load(id)?;
+    let status = record.status(store);
+    let need = if freeze {
+        Status::Running
+    } else {
+        Status::Paused
+    };
+    if status != need {
+        return Err(CliError::WrongState {
+            id: id.to_string(),
+            status: status.as_str().into(),
+            need: format!("it must be {}", need.as_str()),
+        });
+    }
+    let cgroup = record
+        .cgroup
+        .as_deref()
+        .ok_or_else(|| CliError::Setup("the container has no cgroup".into()))?;
+    cgroup::freeze(cgroup, freeze)?;
+    Ok(())
+}
+
+/// `update --resources FILE` (`-` or none: stdin).
+fn update(store: &Store, id: &str, resources: Option<&str>) -> Result<()> {
+    let record = store.load(id)?;
+    let text = match resources {
+        None | Some("-") => std::io::read_to_string(std::io::stdin())
+            .map_err(CliError::io("reading resources from stdin"))?,
+        Some(path) => {
+            std::fs::read_to_string(path).map_err(CliError::io(format!("reading {path}")))?
+        }
+    };
+    let resources = spec::parse_resources(&text)?;
+    let cgroup = record
+        .cgroup
+        .as_deref()
+        .ok_or_else(|| CliError::Setup("the container has no cgroup".into()))?;
+    cgroup::update(cgroup, &spec::limits_of(&resources))?;
+    Ok(())
+}
+
+fn sandbox_command(store: &Store, command: &SandboxCommand) -> Result<i32> {
+    match command {
+        SandboxCommand::Create {
+            name,
+            image,
+            ssh_port,
+        } => sandbox::create(store, name, image, *ssh_port)?,
+        SandboxCommand::List => sandbox::list(store)?,
+        SandboxCommand::Shell { name, command } => return sandbox::shell(store, name, command),
+        SandboxCommand::Rm { name } => sandbox::remove(store, name)?,
+    }
+    Ok(0)
+}
+
+/// `spec`: a config.json for a system container, never over an existing one.
+fn write_spec(bundle: &Path) -> Result<()> {
+    let path = bundle.join("config.json");
+    if path.exists() {
+        return Err(CliError::Setup(format!(
+            "{} already exists",
+            path.display()
+        )));
+    }
+    std::fs::write(
+        &path,
+        serde_json::to_string_pretty(&default_spec()).unwrap(),
+    )
+    .map_err(CliError::io(format!("writing {}", path.display())))
 }
 
 fn features() -> serde_json::Value {

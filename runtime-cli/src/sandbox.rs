@@ -295,7 +295,7 @@ pub fn shell(store: &Store, name: &str, command: &[String]) -> Result<i32> {
 /// until the process ends.
 fn shell_on_terminal(mut cmd: Command, listener: &std::os::unix::net::UnixListener) -> Result<i32> {
     use nix::sys::termios;
-    use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+    use std::os::fd::{AsFd, AsRawFd};
     let mut child = cmd
         .stdin(Stdio::null())
         .spawn()
@@ -315,9 +315,8 @@ fn shell_on_terminal(mut cmd: Command, listener: &std::os::unix::net::UnixListen
             Err(e) => return Err(CliError::io("console socket")(e)),
         }
     };
-    let master = match crate::init::recv(stream.as_raw_fd()) {
-        // SAFETY: received with SCM_RIGHTS, owned by nobody else.
-        Ok((_, Some(fd))) => unsafe { OwnedFd::from_raw_fd(fd) },
+    let master = match crate::process::scm::recv(stream.as_fd()) {
+        Ok(crate::process::scm::Received { fd: Some(fd), .. }) => fd,
         _ => return Err(CliError::Setup("exec -t sent no terminal".into())),
     };
     let stdin = std::io::stdin();
@@ -326,7 +325,7 @@ fn shell_on_terminal(mut cmd: Command, listener: &std::os::unix::net::UnixListen
     let mut raw = saved.clone();
     termios::cfmakeraw(&mut raw);
     let _ = termios::tcsetattr(stdin.as_fd(), termios::SetArg::TCSANOW, &raw);
-    // SAFETY: TIOCGWINSZ/TIOCSWINSZ with a local winsize, on fds open for the call.
+    // SAFETY: both ioctls take a pointer to `size`, a winsize that outlives the calls.
     unsafe {
         let mut size: libc::winsize = std::mem::zeroed();
         if libc::ioctl(0, libc::TIOCGWINSZ, &mut size) == 0 {

@@ -104,30 +104,8 @@ impl Bundle {
         let dir = dir
             .canonicalize()
             .map_err(|e| bundle_error(dir, format!("cannot open: {e}")))?;
-        let config = dir.join("config.json");
-        if !config.exists() {
-            return Err(bundle_error(&dir, "config.json is missing"));
-        }
-        let spec = Spec::load(&config)
-            .map_err(|e| bundle_error(&dir, format!("config.json is invalid: {e}")))?;
-        let root = spec
-            .root()
-            .as_ref()
-            .ok_or_else(|| bundle_error(&dir, "config.json has no root"))?;
-        let rootfs = if root.path().is_absolute() {
-            root.path().clone()
-        } else {
-            dir.join(root.path())
-        };
-        if !rootfs.is_dir() {
-            return Err(bundle_error(
-                &dir,
-                format!(
-                    "rootfs {} does not exist or is not a directory",
-                    rootfs.display()
-                ),
-            ));
-        }
+        let spec = read_config(&dir)?;
+        let rootfs = rootfs_of(&dir, &spec)?;
         let process = spec
             .process()
             .as_ref()
@@ -136,51 +114,7 @@ impl Bundle {
             return Err(bundle_error(&dir, "process.args is empty"));
         }
         check_isolation(&spec)?;
-
-        let mut mounts = vec![];
-        for mount in spec.mounts().as_deref().unwrap_or_default() {
-            let destination = mount.destination().to_string_lossy().into_owned();
-            let options = mount.options().clone().unwrap_or_default();
-            let is_bind = options.iter().any(|o| o == "bind" || o == "rbind");
-            let typ = if is_bind {
-                "bind".to_string()
-            } else {
-                mount.typ().clone().unwrap_or_else(|| "bind".into())
-            };
-            // The container's /dev comes from devd, not from the spec.
-            if destination == "/dev" {
-                continue;
-            }
-            let source = if typ == "bind" {
-                let source = mount.source().clone().ok_or_else(|| {
-                    bundle_error(&dir, format!("bind mount {destination} has no source"))
-                })?;
-                Some(if source.is_absolute() {
-                    source
-                } else {
-                    dir.join(source)
-                })
-            } else {
-                None
-            };
-            mounts.push(PlannedMount {
-                destination,
-                typ,
-                source,
-                options,
-            });
-        }
-        for standard in standard_mounts() {
-            if !mounts.iter().any(|m| m.destination == standard.destination) {
-                mounts.push(standard);
-            }
-        }
-        // The container's cgroups are delegated to its root, which owns only its own subtree
-        // (never the limit files): a writable cgroupfs is what lets systemd and Docker inside
-        // manage sub-cgroups, as on a host.
-        for cgroup in mounts.iter_mut().filter(|m| m.typ.starts_with("cgroup")) {
-            cgroup.options.retain(|o| o != "ro");
-        }
+        let mut mounts = planned_mounts(&dir, &spec)?;
         let mut spec = spec;
         let image = Image::open(&rootfs)?;
         let systemd = runs_systemd(&image, &spec);
@@ -219,16 +153,164 @@ impl Bundle {
     }
 }
 
+/// The bundle's config.json. Whoever wrote the bundle may have put a FIFO there (which would
+/// block the open) or a link to a device (which would never end): only a regular file is
+/// read, and the open does not wait.
+fn read_config(dir: &Path) -> Result<Spec> {
+    use rustix::fs::{FileType, Mode, OFlags};
+    let path = dir.join("config.json");
+    let file = match rustix::fs::open(
+        &path,
+        OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => std::fs::File::from(fd),
+        Err(rustix::io::Errno::NOENT) => return Err(bundle_error(dir, "config.json is missing")),
+        Err(e) => return Err(bundle_error(dir, format!("cannot open config.json: {e}"))),
+    };
+    let stat = rustix::fs::fstat(&file)
+        .map_err(|e| bundle_error(dir, format!("cannot stat config.json: {e}")))?;
+    if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
+        return Err(bundle_error(dir, "config.json is not a regular file"));
+    }
+    let text = std::io::read_to_string(file)
+        .map_err(|e| bundle_error(dir, format!("cannot read config.json: {e}")))?;
+    serde_json::from_str(&text)
+        .map_err(|e| bundle_error(dir, format!("config.json is invalid: {e}")))
+}
+
+/// The rootfs the spec names: relative to the bundle, or absolute; a directory.
+fn rootfs_of(dir: &Path, spec: &Spec) -> Result<PathBuf> {
+    let root = spec
+        .root()
+        .as_ref()
+        .ok_or_else(|| bundle_error(dir, "config.json has no root"))?;
+    let rootfs = if root.path().is_absolute() {
+        root.path().clone()
+    } else {
+        dir.join(root.path())
+    };
+    if !rootfs.is_dir() {
+        return Err(bundle_error(
+            dir,
+            format!(
+                "rootfs {} does not exist or is not a directory",
+                rootfs.display()
+            ),
+        ));
+    }
+    Ok(rootfs)
+}
+
+/// A mount destination as mountd takes it (mountd's `plan::normalize_path`): absolute,
+/// without NUL or `..`, at most 4096 bytes, with empty and `.` components dropped. Checked
+/// here so that a destination is compared (with /dev, with the standard mounts) as mountd will
+/// mount it: `/dev/` and `//dev` are `/dev`. None for one mountd refuses.
+pub fn normalize_destination(path: &str) -> Option<String> {
+    if !path.starts_with('/') || path.contains('\0') || path.len() > 4096 {
+        return None;
+    }
+    let mut parts = vec![];
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => return None,
+            other => parts.push(other),
+        }
+    }
+    Some(format!("/{}", parts.join("/")))
+}
+
+/// The spec's mounts for mountd (without /dev, which comes from devd), then the standard
+/// ones it lacks; every cgroup mount writable.
+fn planned_mounts(dir: &Path, spec: &Spec) -> Result<Vec<PlannedMount>> {
+    let mut mounts = vec![];
+    for mount in spec.mounts().as_deref().unwrap_or_default() {
+        let raw = mount.destination().to_string_lossy();
+        let destination = normalize_destination(&raw).ok_or_else(|| {
+            bundle_error(
+                dir,
+                format!("mount destination {raw:?} is not an absolute path without \"..\""),
+            )
+        })?;
+        // The container's /dev comes from devd, its root from root.path.
+        match destination.as_str() {
+            "/dev" => continue,
+            "/" => {
+                return Err(bundle_error(
+                    dir,
+                    "a mount on / is not allowed (see root.path)",
+                ))
+            }
+            _ => {}
+        }
+        let options = mount.options().clone().unwrap_or_default();
+        let is_bind = options.iter().any(|o| o == "bind" || o == "rbind");
+        let typ = if is_bind {
+            "bind".to_string()
+        } else {
+            mount.typ().clone().unwrap_or_else(|| "bind".into())
+        };
+        let source = if typ == "bind" {
+            let source = mount.source().clone().ok_or_else(|| {
+                bundle_error(dir, format!("bind mount {destination} has no source"))
+            })?;
+            Some(if source.is_absolute() {
+                source
+            } else {
+                dir.join(source)
+            })
+        } else {
+            None
+        };
+        mounts.push(PlannedMount {
+            destination,
+            typ,
+            source,
+            options,
+        });
+    }
+    for standard in standard_mounts() {
+        if !mounts.iter().any(|m| m.destination == standard.destination) {
+            mounts.push(standard);
+        }
+    }
+    // The container's cgroups are delegated to its root, which owns only its own subtree
+    // (never the limit files): a writable cgroupfs is what lets systemd and Docker inside
+    // manage sub-cgroups, as on a host.
+    for cgroup in mounts.iter_mut().filter(|m| m.typ.starts_with("cgroup")) {
+        cgroup.options.retain(|o| o != "ro");
+    }
+    Ok(mounts)
+}
+
 /// The limits of the spec's (or `burrow update`'s) resources that Burrow applies.
+/// CPU shares are 2..=262144 (the kernel's MIN_SHARES and MAX_SHARES, to which cgroup v1
+/// clamps what it is given); 0 means unchanged.
+const CPU_SHARES: std::ops::RangeInclusive<u64> = 2..=262_144;
+
 pub fn limits_of(resources: &LinuxResources) -> Limits {
     let cpu = resources.cpu().as_ref();
     Limits {
         memory: resources.memory().as_ref().and_then(|m| m.limit()),
         pids: resources.pids().as_ref().map(|p| p.limit()),
-        cpu_shares: cpu.and_then(|c| c.shares()),
+        // Clamped here as v1 does, so that the conversion to a cgroup2 weight stays in range
+        // (and cannot overflow).
+        cpu_shares: cpu.and_then(|c| c.shares()).map(|s| match s {
+            0 => 0,
+            s => s.clamp(*CPU_SHARES.start(), *CPU_SHARES.end()),
+        }),
         cpu_quota: cpu.and_then(|c| c.quota()),
         cpu_period: cpu.and_then(|c| c.period()),
     }
+}
+
+/// `burrow update`'s resources (LinuxResources JSON, from a file or stdin).
+pub fn parse_resources(text: &str) -> Result<LinuxResources> {
+    serde_json::from_str(text).map_err(|source| CliError::Json {
+        what: "resources JSON".into(),
+        source,
+    })
 }
 
 /// Does the spec start systemd? args[0], looked up in PATH and with symlinks followed inside
@@ -322,7 +404,8 @@ fn check_isolation(spec: &Spec) -> Result<()> {
             LinuxNamespaceType::Uts => ("uts", "--uts=host"),
             LinuxNamespaceType::User => ("user", "--userns=host"),
             LinuxNamespaceType::Cgroup => ("cgroup", "--cgroupns=host"),
-            _ => ("mnt", "a host namespace"),
+            LinuxNamespaceType::Time => ("time", "a host namespace"),
+            LinuxNamespaceType::Mount => ("mnt", "--mount=host"),
         };
         let same = |a: &Path, b: &Path| {
             use std::os::unix::fs::MetadataExt;
@@ -355,7 +438,40 @@ fn check_isolation(spec: &Spec) -> Result<()> {
                 .into(),
         ));
     }
-    Ok(())
+    check_sysctls(spec)
+}
+
+/// Whether `key` names a sysctl of the container's own network, ipc or uts namespace.
+pub fn is_namespaced_sysctl(key: &str) -> bool {
+    key.starts_with("net.")
+        || key.starts_with("kernel.shm")
+        || key.starts_with("kernel.msg")
+        || key.starts_with("kernel.sem")
+        || key.starts_with("fs.mqueue.")
+        || key == "kernel.hostname"
+        || key == "kernel.domainname"
+}
+
+/// The spec's sysctls are written from the host side into the container's namespaces: a
+/// host-wide one is refused.
+fn check_sysctls(spec: &Spec) -> Result<()> {
+    let sysctls = spec.linux().as_ref().and_then(|l| l.sysctl().as_ref());
+    match sysctls
+        .into_iter()
+        .flatten()
+        .find(|(key, _)| !is_namespaced_sysctl(key))
+    {
+        Some((key, _)) => Err(CliError::Refused(format!(
+            "sysctl {key} is not namespaced and cannot be set for a container"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// The file of sysctl `key` (dots for slashes, as sysctl(8) and runc write them): below
+/// /proc/sys, with no `..` (every dot became a slash).
+pub fn sysctl_file(key: &str) -> String {
+    format!("/proc/sys/{}", key.replace('.', "/"))
 }
 
 #[cfg(test)]

@@ -132,8 +132,17 @@ impl Store {
 
 /// Start time of `pid` (clock ticks since boot), if it runs.
 pub fn start_time(pid: i32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after_comm = stat.rsplit_once(')')?.1;
+    parse_start_time(&fs::read(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// The start time in a /proc/PID/stat line, None for a zombie or a dead process. The command
+/// name (field 2) is the process's own choice (prctl PR_SET_NAME or /proc/self/comm: any bytes
+/// but NUL, not always UTF-8, parentheses and spaces included), and the kernel writes it as it
+/// is: the line is read as bytes and its fields counted from the last ')'. A container's init
+/// must not pass for gone by its name (`kill` would refuse to signal it).
+pub fn parse_start_time(stat: &[u8]) -> Option<u64> {
+    let comm_end = stat.iter().rposition(|b| *b == b')')?;
+    let after_comm = std::str::from_utf8(&stat[comm_end + 1..]).ok()?;
     let fields: Vec<&str> = after_comm.split_whitespace().collect();
     if fields.first() == Some(&"Z") || fields.first() == Some(&"X") {
         return None;

@@ -1102,3 +1102,46 @@ fn image_symlinks_and_fifos_never_lead_the_runtime_to_host_paths() {
         "a tmpfs on /run, as for systemd: {mounts}"
     );
 }
+
+/// The container's init names itself (its comm: up to 15 bytes, any but NUL, parentheses and
+/// spaces included), and the runtime reads that name in /proc/PID/stat, where it tells the init
+/// from a recycled pid by its start time. A name that is no UTF-8, or that mimics the fields
+/// after it (a zombie's state), must not make the runtime take the init for gone: `state`
+/// would say stopped, and `kill` (`docker stop`, `docker kill`) would refuse to signal it.
+#[test]
+fn an_init_that_renames_itself_is_still_seen_and_signalled() {
+    let h = Harness::start(HarnessOptions::default());
+    let root = Burrow::new(&h, None, "renamed");
+    for (id, name) in [("not-utf8", r"\377\376"), ("zombie-like", r"\377) Z 1 1 1")] {
+        let script = format!("printf '{name}' > /proc/self/comm; while :; do sleep 1; done");
+        let bundle = root.bundle(id, &["sh", "-c", &script], |rootfs| {
+            busybox_rootfs(rootfs, None);
+        });
+        let _container = root.start_detached(&bundle, id);
+        // From the record: `state` may already report the renamed init (pid 0 if "stopped").
+        let record: serde_json::Value = serde_json::from_slice(
+            &fs::read(root.state_root().join(id).join("state.json")).unwrap(),
+        )
+        .unwrap();
+        let pid = record["pid"].as_i64().unwrap();
+        let comm = format!("/proc/{pid}/comm");
+        wait_for("the init renamed itself", || {
+            fs::read(&comm).is_ok_and(|c| c.first() == Some(&0xff))
+        });
+        let state: serde_json::Value =
+            serde_json::from_slice(&root.output(&["state", id]).stdout).unwrap();
+        assert_eq!(state["status"], "running", "{id}: {state}");
+        assert_eq!(state["pid"], pid, "{id}: {state}");
+        let out = root.output(&["kill", id, "KILL"]);
+        assert!(out.status.success(), "{id}: {out:?}");
+        // Gone, or a zombie nobody reaped yet (by the kernel's account, not by its name).
+        let status = format!("/proc/{pid}/status");
+        wait_for("the init killed", || {
+            fs::read(&status).map_or(true, |s| {
+                String::from_utf8_lossy(&s)
+                    .lines()
+                    .any(|l| l.starts_with("State:\tZ") || l.starts_with("State:\tX"))
+            })
+        });
+    }
+}

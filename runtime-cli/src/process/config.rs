@@ -1,0 +1,51 @@
+//! What the forked processes need, prepared before the fork (from the spec, or `exec`'s
+//! process), so that they only make system calls.
+
+use std::ffi::CString;
+use std::os::fd::OwnedFd;
+
+/// Everything the init (or exec's process) needs, prepared before the fork.
+pub struct InitConfig {
+    pub args: Vec<CString>,
+    pub env: Vec<CString>,
+    /// Candidate paths for args[0] (PATH lookup is done before the fork).
+    pub program: Vec<CString>,
+    pub cwd: CString,
+    pub hostname: Option<CString>,
+    /// Each limit with its soft and hard values.
+    pub rlimits: Vec<(nix::sys::resource::Resource, u64, u64)>,
+    pub uid: u32,
+    pub gid: u32,
+    pub additional_gids: Vec<u32>,
+    pub no_new_privileges: bool,
+    pub terminal: bool,
+    /// O_PATH fd of the exec fifo, reopened for writing through /proc/self/fd: the init waits
+    /// on it for `start` (an exec'd process does not wait).
+    pub fifo: Option<OwnedFd>,
+    /// Extra fds (3..3+N) passed on to the process (`--preserve-fds`).
+    pub preserve_fds: u32,
+    pub unshare_flags: libc::c_int,
+    /// The system-container seccomp filter, applied just before the user switch and exec.
+    pub seccomp: seccompiler::BpfProgram,
+    /// OCI hooks run inside the container by the init: createContainer ones (binaries of the
+    /// runtime's mount namespace, opened before the init joins the container's mounts) once
+    /// the mounts are in place, startContainer ones (found inside) after `start`, just before
+    /// the process.
+    pub create_container_hooks: Vec<ContainerHook>,
+    pub start_container_hooks: Vec<ContainerHook>,
+}
+
+impl InitConfig {
+    /// Whether the init runs hooks of its own, and so waits for the container's state.
+    pub fn has_container_hooks(&self) -> bool {
+        !self.create_container_hooks.is_empty() || !self.start_container_hooks.is_empty()
+    }
+}
+
+/// An OCI hook, prepared before the fork.
+pub struct ContainerHook {
+    pub path: CString,
+    pub args: Vec<CString>,
+    pub env: Vec<CString>,
+    pub timeout: std::time::Duration,
+}

@@ -1,0 +1,258 @@
+//! The messages of the process protocol and their encoding, in one place. A message is one
+//! SOCK_SEQPACKET datagram: a short ASCII tag, then for some a space and a payload, and at
+//! most one fd as SCM_RIGHTS. Which messages carry an fd is part of each message: one that
+//! must carry an fd and came without it, or came with one it must not carry, is a
+//! [`DecodeError`] (and the stray fd is closed with it).
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use nix::unistd::Pid;
+
+/// Who sends a kind of message; named in the error when its end of the channel closes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    /// The CLI's children: the intermediate, the init, exec's joiner and its process.
+    Process,
+    /// The CLI.
+    Runtime,
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Peer::Process => "the container process died",
+            Peer::Runtime => "the runtime went away",
+        })
+    }
+}
+
+/// What the processes the CLI forks tell it.
+#[derive(Debug)]
+pub enum ToParent {
+    /// The intermediate's new user namespace, for idmapd to map (`userns` + fd). An fd, since
+    /// a non-root CLI cannot open a non-dumpable child's /proc/PID/ns.
+    UserNamespace(OwnedFd),
+    /// The intermediate cloned the init: its host pid (`init N`).
+    InitPid(Pid),
+    /// exec's joiner cloned the new process: its host pid (`pid N`).
+    ProcessPid(Pid),
+    /// The process's pty master, for `--console-socket` (`console` + fd).
+    Console(OwnedFd),
+    /// The process is set up: the init now waits for `start`, an exec'd process execs
+    /// (`ready`).
+    Ready,
+    /// A step failed and the sender exits; the text says which step and why (`error: TEXT`).
+    Failed(String),
+}
+
+/// What the CLI tells them.
+#[derive(Debug)]
+pub enum ToChild {
+    /// The intermediate's user namespace is mapped and it is in the container's cgroup: it may
+    /// go on (`go`).
+    Go,
+    /// The container's mount namespace from mountd, for the init to join (`mntns` + fd).
+    MountNamespace(OwnedFd),
+    /// The container's OCI state, for the init's createContainer and startContainer hooks
+    /// (`state JSON`).
+    State(serde_json::Map<String, serde_json::Value>),
+}
+
+/// A message on the wire: its bytes and the fd that goes with it.
+pub struct Encoded<'a> {
+    pub bytes: Vec<u8>,
+    pub fd: Option<BorrowedFd<'a>>,
+}
+
+/// Why a datagram is no message of the protocol.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("unknown message {0:?}")]
+    Unknown(String),
+    #[error("message {0:?} must carry an fd and came without one")]
+    MissingFd(&'static str),
+    #[error("message {0:?} came with an fd it must not carry")]
+    StrayFd(&'static str),
+    #[error("message {tag:?} carries {text:?}, not a pid")]
+    BadPid { tag: &'static str, text: String },
+    #[error("message \"state\" carries no JSON object: {0}")]
+    BadState(#[source] serde_json::Error),
+}
+
+/// One direction's messages.
+pub trait Message: Sized {
+    /// Who sends them.
+    const SENDER: Peer;
+    /// The tag that starts the message on the wire.
+    fn tag(&self) -> &'static str;
+    fn encode(&self) -> Encoded<'_>;
+    /// The message `bytes` (and `fd`) encode. `fd` is the receiver's from here on: dropped
+    /// (closed) with any error.
+    fn decode(bytes: &[u8], fd: Option<OwnedFd>) -> Result<Self, DecodeError>;
+    /// Its tag, payload included where short, for an "unexpected message" error.
+    fn describe(&self) -> String;
+}
+
+/// The tag (up to the first space) and the payload after it, if there is a space.
+fn split(bytes: &[u8]) -> (&[u8], Option<&[u8]>) {
+    match bytes.iter().position(|b| *b == b' ') {
+        Some(space) => (&bytes[..space], Some(&bytes[space + 1..])),
+        None => (bytes, None),
+    }
+}
+
+/// The start of an unknown message, as text for an error.
+fn preview(bytes: &[u8]) -> String {
+    const SHOWN: usize = 64;
+    let mut text = String::from_utf8_lossy(&bytes[..bytes.len().min(SHOWN)]).into_owned();
+    if bytes.len() > SHOWN {
+        text.push('…');
+    }
+    text
+}
+
+fn with_fd(tag: &'static str, fd: Option<OwnedFd>) -> Result<OwnedFd, DecodeError> {
+    fd.ok_or(DecodeError::MissingFd(tag))
+}
+
+fn without_fd(tag: &'static str, fd: Option<OwnedFd>) -> Result<(), DecodeError> {
+    match fd {
+        Some(_) => Err(DecodeError::StrayFd(tag)),
+        None => Ok(()),
+    }
+}
+
+/// A host pid in decimal: digits only, positive.
+fn pid(tag: &'static str, text: &[u8]) -> Result<Pid, DecodeError> {
+    let bad = || DecodeError::BadPid {
+        tag,
+        text: preview(text),
+    };
+    if text.is_empty() || !text.iter().all(u8::is_ascii_digit) {
+        return Err(bad());
+    }
+    let pid: i32 = std::str::from_utf8(text)
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .ok_or_else(bad)?;
+    if pid <= 0 {
+        return Err(bad());
+    }
+    Ok(Pid::from_raw(pid))
+}
+
+impl Message for ToParent {
+    const SENDER: Peer = Peer::Process;
+
+    fn tag(&self) -> &'static str {
+        match self {
+            ToParent::UserNamespace(_) => "userns",
+            ToParent::InitPid(_) => "init",
+            ToParent::ProcessPid(_) => "pid",
+            ToParent::Console(_) => "console",
+            ToParent::Ready => "ready",
+            ToParent::Failed(_) => "error:",
+        }
+    }
+
+    fn encode(&self) -> Encoded<'_> {
+        let (payload, fd) = match self {
+            ToParent::UserNamespace(fd) | ToParent::Console(fd) => (None, Some(fd.as_fd())),
+            ToParent::InitPid(pid) | ToParent::ProcessPid(pid) => (Some(pid.to_string()), None),
+            ToParent::Ready => (None, None),
+            ToParent::Failed(text) => (Some(text.clone()), None),
+        };
+        Encoded {
+            bytes: join(self.tag(), payload.as_deref()),
+            fd,
+        }
+    }
+
+    fn decode(bytes: &[u8], fd: Option<OwnedFd>) -> Result<Self, DecodeError> {
+        Ok(match split(bytes) {
+            (b"userns", None) => ToParent::UserNamespace(with_fd("userns", fd)?),
+            (b"console", None) => ToParent::Console(with_fd("console", fd)?),
+            (b"init", Some(text)) => {
+                without_fd("init", fd)?;
+                ToParent::InitPid(pid("init", text)?)
+            }
+            (b"pid", Some(text)) => {
+                without_fd("pid", fd)?;
+                ToParent::ProcessPid(pid("pid", text)?)
+            }
+            (b"ready", None) => {
+                without_fd("ready", fd)?;
+                ToParent::Ready
+            }
+            (b"error:", Some(text)) => {
+                without_fd("error:", fd)?;
+                ToParent::Failed(String::from_utf8_lossy(text).into_owned())
+            }
+            _ => return Err(DecodeError::Unknown(preview(bytes))),
+        })
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            ToParent::InitPid(pid) | ToParent::ProcessPid(pid) => {
+                format!("\"{} {pid}\"", self.tag())
+            }
+            ToParent::Failed(text) => format!("\"error: {}\"", preview(text.as_bytes())),
+            _ => format!("{:?}", self.tag()),
+        }
+    }
+}
+
+impl Message for ToChild {
+    const SENDER: Peer = Peer::Runtime;
+
+    fn tag(&self) -> &'static str {
+        match self {
+            ToChild::Go => "go",
+            ToChild::MountNamespace(_) => "mntns",
+            ToChild::State(_) => "state",
+        }
+    }
+
+    fn encode(&self) -> Encoded<'_> {
+        let (payload, fd) = match self {
+            ToChild::Go => (None, None),
+            ToChild::MountNamespace(fd) => (None, Some(fd.as_fd())),
+            ToChild::State(state) => (
+                Some(serde_json::Value::from(state.clone()).to_string()),
+                None,
+            ),
+        };
+        Encoded {
+            bytes: join(self.tag(), payload.as_deref()),
+            fd,
+        }
+    }
+
+    fn decode(bytes: &[u8], fd: Option<OwnedFd>) -> Result<Self, DecodeError> {
+        Ok(match split(bytes) {
+            (b"go", None) => {
+                without_fd("go", fd)?;
+                ToChild::Go
+            }
+            (b"mntns", None) => ToChild::MountNamespace(with_fd("mntns", fd)?),
+            (b"state", Some(json)) => {
+                without_fd("state", fd)?;
+                ToChild::State(serde_json::from_slice(json).map_err(DecodeError::BadState)?)
+            }
+            _ => return Err(DecodeError::Unknown(preview(bytes))),
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!("{:?}", self.tag())
+    }
+}
+
+/// `tag` alone, or `tag payload`.
+fn join(tag: &str, payload: Option<&str>) -> Vec<u8> {
+    match payload {
+        Some(payload) => format!("{tag} {payload}").into_bytes(),
+        None => tag.as_bytes().to_vec(),
+    }
+}
