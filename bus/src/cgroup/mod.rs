@@ -189,9 +189,10 @@ fn apply_limits(cgroup: &Cgroup, path: &str, limits: &Limits) -> Result<()> {
         .controller_of::<CpuController>()
         .ok_or_else(|| missing("CPU limits", "cpu"))?;
     if let Some(shares) = shares {
-        // cgroup2 has weights: runc's conversion from shares (2..262144) to weight (1..10000).
+        // cgroup2 has weights: runc's conversion from shares (2..262144, what v1 clamps to) to
+        // weight (1..10000).
         let value = if cgroup.v2() {
-            1 + ((shares.saturating_sub(2)) * 9999) / 262142
+            1 + (shares.clamp(2, 262144) - 2) * 9999 / 262142
         } else {
             shares
         };
