@@ -77,11 +77,13 @@ fn join_namespaces(job: &BuildJob, fds: &Fds) -> Result<(), JobError> {
 /// W2's work, in a private copy of the host's mount namespace; returns the locked copy.
 fn assemble(job: &BuildJob, fds: &Fds) -> Result<OwnedFd, JobError> {
     private_mount_namespace()?;
-    // Mount points are created as the container's root, so they belong to it.
+    // Attached as the helper: the staging directory's parents may be open to root only.
+    let root = attach_rootfs(job, fds)?;
+    // Mount points are created as the container's root, so they belong to it. Everything from
+    // here on is resolved below the rootfs's fd.
     let (uid, gid) = job.root_ids;
     nix::unistd::setfsgid(nix::unistd::Gid::from_raw(gid));
     nix::unistd::setfsuid(nix::unistd::Uid::from_raw(uid));
-    let root = attach_rootfs(job, fds)?;
     let root = root.as_fd();
     attach(
         fds.get(job.dev)?,

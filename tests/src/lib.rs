@@ -222,6 +222,9 @@ const HELPERS: [(&str, &str); 3] = [
     ("org.burrow.Mount1", "burrow-mountd"),
 ];
 
+/// mountd's staging directory below a harness's directory.
+const MOUNTD_STAGING: &str = "run-burrow/mountd-staging";
+
 /// Ranges per harness pool window.
 const WINDOW: u32 = 2048 * 65536;
 
@@ -338,9 +341,11 @@ impl Harness {
                     exec.extend(options.idmapd_args.iter().cloned());
                 }
                 "burrow-devd" => exec.extend(options.devd_args.iter().cloned()),
+                // As in production (/run/burrow/mountd-staging), the staging directory's
+                // parent is made by mountd and open to root only.
                 _ => exec.extend([
                     "--staging-dir".into(),
-                    dir.join("staging").display().to_string(),
+                    dir.join(MOUNTD_STAGING).display().to_string(),
                 ]),
             }
             fs::write(
@@ -509,6 +514,11 @@ impl Harness {
         wait_for("killed idmapd gone", || {
             !self.idmapd_pids().iter().any(|p| killed.contains(p))
         });
+    }
+
+    /// mountd's staging directory (made by mountd, with its parent, open to root only).
+    pub fn mountd_staging(&self) -> PathBuf {
+        self.dir.join(MOUNTD_STAGING)
     }
 
     pub fn idmap_state_dir(&self) -> PathBuf {

@@ -818,7 +818,7 @@ fn worker_failures_are_named_for_whose_they_are() {
     let rootfs = busybox_rootfs(&workdir(&h, "rootfs"), None);
     let before = host_mounts();
     assert_eq!(container(&h, None, &rootfs, "true", json!({}))["exit"], 0);
-    let staging = h.dir.join("staging");
+    let staging = h.mountd_staging();
     std::fs::remove_dir(&staging).unwrap();
     let v = container(&h, None, &rootfs, "true", json!({}));
     assert_error_says(
