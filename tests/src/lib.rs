@@ -746,18 +746,20 @@ pub fn busybox_rootfs(dir: &Path, owner: Option<User>) -> PathBuf {
     dir.to_path_buf()
 }
 
-/// Lines of the host's mount table, to check that nothing leaked into it (without the
-/// overlays that tests mount on purpose, possibly in parallel).
 /// The directory name below which tests mount filesystems of their own in the host's mount
 /// namespace (left out of [`host_mounts`], as tests run in parallel).
 pub const SCRATCH_FILESYSTEMS: &str = "/scratch-filesystems/";
 
-pub fn host_mounts() -> Vec<String> {
-    fs::read_to_string("/proc/self/mountinfo")
+/// The host's mount table, to check that nothing leaked into it (without the overlays and
+/// scratch filesystems that tests mount on purpose, possibly in parallel).
+pub fn host_mounts() -> Vec<burrow_bus::mountinfo::Mount> {
+    burrow_bus::mountinfo::own()
         .unwrap()
-        .lines()
-        .filter(|l| !l.contains("/ovl/merged ") && !l.contains(SCRATCH_FILESYSTEMS))
-        .map(String::from)
+        .into_iter()
+        .filter(|m| {
+            !m.mount_point.ends_with("/ovl/merged")
+                && !m.mount_point.contains(SCRATCH_FILESYSTEMS)
+        })
         .collect()
 }
 
@@ -948,10 +950,10 @@ impl Drop for Docker {
         let _ = self.dockerd.wait();
         // dockerd leaves mounts below its roots (e.g. exec-root/netns/default): detach them all.
         let prefix = format!("{}/", self.dir.display());
-        let mut points: Vec<String> = fs::read_to_string("/proc/self/mountinfo")
+        let mut points: Vec<String> = burrow_bus::mountinfo::own()
             .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4).map(String::from))
+            .into_iter()
+            .map(|m| m.mount_point)
             .filter(|p| p.starts_with(&prefix))
             .collect();
         points.sort_by_key(|p| std::cmp::Reverse(p.len()));

@@ -632,10 +632,10 @@ fn stopped_workers(helper: i32) -> Vec<(i32, String)> {
 
 /// The ids of the mounts attached in the host's mount namespace (the test's own).
 fn host_mount_ids() -> std::collections::HashSet<u64> {
-    std::fs::read_to_string("/proc/self/mountinfo")
+    burrow_bus::mountinfo::own()
         .unwrap()
-        .lines()
-        .filter_map(|l| l.split(' ').next()?.parse().ok())
+        .into_iter()
+        .map(|m| m.id)
         .collect()
 }
 
