@@ -15,6 +15,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+pub mod cri;
+
 pub const ALICE: &str = "burrow-alice";
 pub const BOB: &str = "burrow-bob";
 /// In group `burrow` and, by a test-only polkit rule, also granted extra devices.
@@ -757,8 +759,7 @@ pub fn host_mounts() -> Vec<burrow_bus::mountinfo::Mount> {
         .unwrap()
         .into_iter()
         .filter(|m| {
-            !m.mount_point.ends_with("/ovl/merged")
-                && !m.mount_point.contains(SCRATCH_FILESYSTEMS)
+            !m.mount_point.ends_with("/ovl/merged") && !m.mount_point.contains(SCRATCH_FILESYSTEMS)
         })
         .collect()
 }
