@@ -17,8 +17,9 @@ TARGET_DIR  := target/$(if $(filter dev,$(PROFILE)),debug,$(PROFILE))
 
 all: build
 
+# The product's binaries only (the test crate's need a protobuf compiler for the CRI client).
 build:
-	$(CARGO) build --workspace --bins --profile $(PROFILE)
+	$(CARGO) build $(foreach p,runtime-cli idmapd devd mountd,-p burrow-$(p)) --bins --profile $(PROFILE)
 
 # System packages the tests and helpers need (Debian 12).
 deps:
