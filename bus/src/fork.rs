@@ -1,19 +1,64 @@
-//! Forking a worker: the one way Burrow's processes start a child that does not exec at once
-//! (systemd's `safe_fork_full` is the model).
+//! Forking: the one way Burrow's processes start a child (systemd's `safe_fork_full` is the
+//! model). The helpers' workers, the runtime's intermediate, the container's init, exec's
+//! joiner and process, the sysctl writer and the init's hook runners all start here.
 //!
-//! The child dies with its parent (`PR_SET_PDEATHSIG`, and leaves at once if the parent went
-//! before that was set), is non-dumpable (so once it enters a container's namespaces, the
-//! container's root can neither ptrace it nor open its /proc files), and holds only the fds it
-//! is given. The prologue makes raw system calls only: in a multi-threaded parent, the child
-//! may do nothing else (no allocation, no lock), and neither may the body it then runs.
+//! # The contract
+//!
+//! Every child started by [`fork_child`] or [`fork_sibling`], before its body runs:
+//!
+//! - **has a death signal only if asked.** With [`ParentExit::Die`] it gets SIGKILL when the
+//!   thread that forked it exits (`PR_SET_PDEATHSIG`), and leaves at once (exit code 1) if its
+//!   parent went before the signal was set ([`Parent`] says how it tells). With
+//!   [`ParentExit::Survive`] it has none: a child that must outlive its parent (the runtime's
+//!   children outlive the CLI's `create`) never gets one. A death signal is never inherited:
+//!   the kernel clears it in the child of any fork.
+//! - **is non-dumpable** (`PR_SET_DUMPABLE` 0): once it enters a container's namespaces, the
+//!   container's root can neither ptrace it nor open its `/proc` files (the lesson of
+//!   CVE-2019-5736). An exec makes the new program as dumpable as the kernel decides for it.
+//! - **holds only the fds of its [`Keep`]**: every other fd is closed (`close_range`), so a
+//!   child never carries a host fd it was not given into a container. Kept fds keep their
+//!   close-on-exec flags.
+//! - **is this process's child** ([`fork_child`], `fork(2)`), or **its parent's**
+//!   ([`fork_sibling`], `clone(CLONE_PARENT)`): a sibling is reaped by this process's parent (or
+//!   the subreaper that adopts it, such as containerd's shim), never by this process.
+//!
+//! A prologue step that fails (none can with the arguments given) ends the child with
+//! [`PROLOGUE_FAILED`] before its body runs. When the body returns, the child leaves with
+//! `_exit` and the code the body returned: it never runs the parent's destructors, atexit
+//! handlers or stdio flushes ([`exit`] is the same way out from deeper down).
+//!
+//! The prologue makes raw system calls only, on memory prepared before the fork, so it is sound
+//! in the child of a multi-threaded process. There the body may do no more (no allocation, no
+//! lock: another thread may have held one at the fork); each function's `# Safety` says so.
+//! The body must also not drop an fd wrapper (`OwnedFd`, `File`) of an fd it did not keep: that
+//! number may belong to something else by then.
+//!
+//! # Who starts what
+//!
+//! | child | started by | on parent exit | keeps |
+//! |---|---|---|---|
+//! | a helper's worker (idmapd's cgroup pin, [`Parked`] namespace workers, mountd's worker in the container's pid namespace) | [`fork_worker`] | dies | the job's fds |
+//! | the runtime's intermediate | [`fork_child`] | survives | stdio and `--preserve-fds`, its channel, the exec fifo |
+//! | the container's init (cloned by the intermediate) | [`fork_sibling`] | survives | the same (its own end of the channel) |
+//! | exec's joiner | [`fork_child`] | survives | stdio and `--preserve-fds`, its channel, the namespaces it joins |
+//! | exec's process (cloned by the joiner) | [`fork_sibling`] | survives | stdio and `--preserve-fds`, its own end of the channel |
+//! | the runtime's sysctl writer | [`fork_child`] | survives | the namespaces it joins, its report pipe |
+//! | a hook the init runs | [`fork_child`] | survives | stdio and `--preserve-fds`, its stdin pipe, its binary |
+//!
+//! Before a container's process execs, [`close_on_exec_from`] marks every fd past stdio and
+//! `--preserve-fds` close-on-exec.
 
 use std::fs::File;
 use std::io::Read;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
+use nix::errno::Errno;
 use nix::unistd::Pid;
 
 use crate::BurrowError;
+
+/// The exit code of a child whose prologue failed (it ran nothing of its body).
+pub const PROLOGUE_FAILED: i32 = 125;
 
 /// How the child tells that its parent already went before it set its death signal.
 #[derive(Debug, Clone, Copy)]
@@ -25,58 +70,212 @@ pub enum Parent {
     OutsidePidNamespace,
 }
 
-/// Forks a worker that keeps only `keep` of this process's fds and runs `body`; the child then
-/// leaves with `_exit(0)` (never running the parent's destructors), unless `body` left first.
-/// Returns the child's pid to the parent.
-///
-/// # Safety
-/// If this process has other threads, `body` must make only async-signal-safe calls (raw
-/// system calls on memory prepared before the fork): another thread may have held a lock of
-/// the allocator or of any library at the moment of the fork.
-pub unsafe fn fork_worker(keep: &[RawFd], parent: Parent, body: impl FnOnce()) -> nix::Result<Pid> {
-    let mut keep = keep.to_vec();
-    keep.sort_unstable();
-    let expected = match parent {
-        Parent::ThisProcess => nix::unistd::getpid().as_raw(),
-        Parent::OutsidePidNamespace => 0,
-    };
-    // SAFETY: the caller guarantees `body` is fit for a child of this process; the prologue
-    // below makes raw system calls on the integers and the vector prepared above.
-    match unsafe { nix::unistd::fork() }? {
-        nix::unistd::ForkResult::Parent { child } => Ok(child),
-        nix::unistd::ForkResult::Child => {
-            // SAFETY: raw system calls with integer arguments, in the new child.
-            unsafe {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                if libc::getppid() != expected {
-                    libc::_exit(1);
-                }
-                libc::prctl(libc::PR_SET_DUMPABLE, 0);
-                close_all_except(&keep);
-            }
-            body();
-            // SAFETY: leaves the child without running anything of the parent's.
-            unsafe { libc::_exit(0) }
+/// What happens to the child when its parent exits.
+#[derive(Debug, Clone, Copy)]
+pub enum ParentExit {
+    /// It lives on (no death signal).
+    Survive,
+    /// It is killed (SIGKILL).
+    Die(Parent),
+}
+
+/// The fds a child keeps: every fd below a bound, and a list. Built before the fork (it
+/// allocates); the child's prologue only reads it.
+#[derive(Debug, Clone, Default)]
+pub struct Keep {
+    below: u32,
+    fds: Vec<RawFd>,
+}
+
+impl Keep {
+    /// No fd at all.
+    pub fn nothing() -> Self {
+        Keep::default()
+    }
+
+    /// fds `0..n`: 3 for stdio, `3 + N` for stdio and `--preserve-fds N`.
+    pub fn first(n: u32) -> Self {
+        Keep {
+            below: n,
+            fds: vec![],
+        }
+    }
+
+    /// Also `fd` (open now: it is borrowed).
+    pub fn and(mut self, fd: BorrowedFd<'_>) -> Self {
+        self.fds.push(fd.as_raw_fd());
+        self
+    }
+
+    /// Also every fd of `fds`.
+    pub fn and_all<'a>(mut self, fds: impl IntoIterator<Item = BorrowedFd<'a>>) -> Self {
+        self.fds.extend(fds.into_iter().map(|fd| fd.as_raw_fd()));
+        self
+    }
+
+    /// Sorted and without duplicates, as [`close_all_except`] walks it.
+    fn sorted(mut self) -> Self {
+        self.fds.sort_unstable();
+        self.fds.dedup();
+        self
+    }
+}
+
+/// Why no child was started.
+#[derive(Debug, thiserror::Error)]
+pub enum ForkError {
+    #[error("fork: {0}")]
+    Fork(#[source] Errno),
+    #[error("clone(CLONE_PARENT): {0}")]
+    CloneParent(#[source] Errno),
+}
+
+impl ForkError {
+    /// The system call's errno.
+    pub fn errno(&self) -> Errno {
+        match self {
+            ForkError::Fork(e) | ForkError::CloneParent(e) => *e,
         }
     }
 }
 
-/// Closes every fd but `keep` (sorted ascending), with close_range(2).
+/// Forks a child of this process that keeps `keep`, is set up as the [module's
+/// contract](self) says, runs `body` and leaves with the code `body` returns. Returns the
+/// child's pid to the parent.
 ///
 /// # Safety
-/// Only for a freshly forked child that owns no Rust fd wrapper it still uses.
-unsafe fn close_all_except(keep: &[RawFd]) {
-    let mut from: u32 = 0;
-    for &fd in keep {
-        let fd = fd as u32;
+/// If this process has other threads, `body` must make only async-signal-safe calls (raw
+/// system calls on memory prepared before the fork): another thread may have held a lock of
+/// the allocator or of any library at the moment of the fork. `body` must not drop a wrapper
+/// of an fd outside `keep`.
+pub unsafe fn fork_child(
+    keep: Keep,
+    on_parent_exit: ParentExit,
+    body: impl FnOnce() -> i32,
+) -> Result<Pid, ForkError> {
+    let keep = keep.sorted();
+    let parent = match on_parent_exit {
+        ParentExit::Survive => None,
+        ParentExit::Die(Parent::ThisProcess) => Some(nix::unistd::getpid().as_raw()),
+        ParentExit::Die(Parent::OutsidePidNamespace) => Some(0),
+    };
+    // SAFETY: the caller guarantees that `body` is fit for a child of this process (see
+    // above); the prologue makes raw system calls on `keep` and `parent`, made before.
+    match unsafe { nix::unistd::fork() }.map_err(ForkError::Fork)? {
+        nix::unistd::ForkResult::Parent { child } => Ok(child),
+        nix::unistd::ForkResult::Child => run_child(&keep, parent, body),
+    }
+}
+
+/// Like [`fork_child`], but the child is this process's parent's (`CLONE_PARENT`), and never
+/// has a death signal: it is meant to outlive this process (the container's init is the CLI's
+/// child, cloned by the intermediate, which exits at once). Returns the child's pid.
+///
+/// # Safety
+/// Only in a single-threaded process: the raw `clone` bypasses libc's fork, whose handlers
+/// make the allocator usable in the child (nobody else can hold its lock in a process of one
+/// thread). `body` must not drop a wrapper of an fd outside `keep`.
+pub unsafe fn fork_sibling(keep: Keep, body: impl FnOnce() -> i32) -> Result<Pid, ForkError> {
+    let keep = keep.sorted();
+    // SAFETY: the caller guarantees this process is single-threaded, so the child is a
+    // consistent copy of it; without CLONE_VM it shares no memory with this process, and with
+    // no stack argument it runs on its copy of this stack, as after fork.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            libc::CLONE_PARENT | libc::SIGCHLD,
+            0,
+            0,
+            0,
+            0,
+        )
+    };
+    match pid {
+        0 => run_child(&keep, None, body),
+        pid if pid > 0 => Ok(Pid::from_raw(pid as i32)),
+        _ => Err(ForkError::CloneParent(Errno::last())),
+    }
+}
+
+/// In the new child: the prologue (death signal if `parent` is the pid it expects for its
+/// parent, non-dumpable, fds), then `body`, then `_exit`.
+fn run_child(keep: &Keep, parent: Option<i32>, body: impl FnOnce() -> i32) -> ! {
+    use rustix::process::{set_dumpable_behavior, set_parent_process_death_signal};
+    if let Some(expected) = parent {
+        if set_parent_process_death_signal(Some(rustix::process::Signal::KILL)).is_err() {
+            exit(PROLOGUE_FAILED);
+        }
+        // The parent may have gone before the signal was set: nothing would kill this child.
+        if rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get()) != expected {
+            exit(1);
+        }
+    }
+    if set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable).is_err() {
+        exit(PROLOGUE_FAILED);
+    }
+    if close_all_except(keep).is_err() {
+        exit(PROLOGUE_FAILED);
+    }
+    exit(body())
+}
+
+/// Closes every fd but those `keep` holds (its list sorted ascending), with close_range(2).
+fn close_all_except(keep: &Keep) -> Result<(), Errno> {
+    let mut from = keep.below;
+    for &fd in &keep.fds {
+        let Ok(fd) = u32::try_from(fd) else { continue };
+        if fd < from {
+            continue;
+        }
         if fd > from {
-            // SAFETY: closes fds the child does not use.
-            unsafe { libc::syscall(libc::SYS_close_range, from, fd - 1, 0) };
+            close_range(from, fd - 1, 0)?;
         }
         from = fd + 1;
     }
-    // SAFETY: as above.
-    unsafe { libc::syscall(libc::SYS_close_range, from, u32::MAX, 0) };
+    close_range(from, u32::MAX, 0)
+}
+
+/// close_range(2).
+fn close_range(first: u32, last: u32, flags: libc::c_int) -> Result<(), Errno> {
+    // SAFETY: closing (or marking) fds never touches memory. In a fresh child, the fds closed
+    // are those its [`Keep`] leaves out, whose wrappers the body must not drop (the contract);
+    // `close_on_exec_from` only sets a flag.
+    let done = unsafe { libc::syscall(libc::SYS_close_range, first, last, flags) };
+    Errno::result(done).map(drop)
+}
+
+/// Marks every fd from `first` on close-on-exec, so that an exec passes on only the fds
+/// below it (stdio and `--preserve-fds`): the last step before a container's process execs.
+pub fn close_on_exec_from(first: u32) -> Result<(), Errno> {
+    close_range(first, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as libc::c_int)
+}
+
+/// Leaves a forked child at once with `code`.
+pub fn exit(code: i32) -> ! {
+    // SAFETY: _exit(2) is sound anywhere: it ends the process without running the atexit
+    // handlers, destructors or stdio flushes the child copied from its parent, which are the
+    // parent's to run.
+    unsafe { libc::_exit(code) }
+}
+
+/// Forks a helper's worker that keeps only `keep` of this process's fds, dies with its parent
+/// and runs `body`; the child then leaves with `_exit(0)`, unless `body` left first. Returns
+/// the child's pid to the parent.
+///
+/// # Safety
+/// As [`fork_child`]: in a multi-threaded process, `body` may only make async-signal-safe
+/// calls.
+pub unsafe fn fork_worker(keep: &[RawFd], parent: Parent, body: impl FnOnce()) -> nix::Result<Pid> {
+    let keep = Keep {
+        below: 0,
+        fds: keep.to_vec(),
+    };
+    let body = || {
+        body();
+        0
+    };
+    // SAFETY: the caller guarantees what fork_child asks of `body`.
+    unsafe { fork_child(keep, ParentExit::Die(parent), body) }.map_err(|e| e.errno())
 }
 
 /// A child parked after a setup step (joining or creating a namespace), so that the helper
@@ -105,17 +304,17 @@ impl Parked {
         let body = move || {
             let errno = setup();
             let bytes = errno.to_ne_bytes();
-            // SAFETY: `report` is open in the child and `bytes` is valid for its length; the
-            // child then waits to be killed, or leaves without running any destructor.
-            unsafe {
-                libc::write(report, bytes.as_ptr().cast(), bytes.len());
-                if errno != 0 {
-                    libc::_exit(1);
-                }
-                libc::close(report);
-                loop {
-                    libc::pause();
-                }
+            // SAFETY: `report` is open in the child (it is kept) and `bytes` is valid for its
+            // length; pause(2) takes no argument.
+            unsafe { libc::write(report, bytes.as_ptr().cast(), bytes.len()) };
+            if errno != 0 {
+                exit(1);
+            }
+            // SAFETY: as above; the fd is the child's, and nothing uses it after this.
+            unsafe { libc::close(report) };
+            loop {
+                // SAFETY: pause(2) takes no argument: the worker waits to be killed.
+                unsafe { libc::pause() };
             }
         };
         // SAFETY: the caller guarantees `setup` is async-signal-safe; the rest of `body` is.
@@ -151,6 +350,107 @@ impl Drop for Parked {
 
 /// The errno of the last failed system call, for a child's report.
 pub fn last_errno() -> i32 {
-    // SAFETY: reads this thread's errno.
-    unsafe { *libc::__errno_location() }
+    Errno::last_raw()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::wait::{waitpid, WaitStatus};
+    use std::os::fd::{AsFd, OwnedFd};
+
+    const RAN: i32 = 1;
+    const DUMPABLE: i32 = 2;
+    const LOST_KEPT: i32 = 4;
+    const HELD_OTHER: i32 = 8;
+    const DEATH_SIGNAL: i32 = 16;
+
+    /// Whether `fd` is open, asked of the kernel by number (a wrapper would claim it is).
+    fn is_open(fd: RawFd) -> bool {
+        // SAFETY: F_GETFD reads a flag of any fd number, open or not, and touches no memory.
+        unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
+    }
+
+    /// What a child sees of itself, as exit-code bits; raw system calls only, as a child of
+    /// the (multi-threaded) test process must.
+    fn probe(kept: RawFd, other: RawFd) -> i32 {
+        let mut code = RAN;
+        if rustix::process::dumpable_behavior()
+            != Ok(rustix::process::DumpableBehavior::NotDumpable)
+        {
+            code |= DUMPABLE;
+        }
+        if !is_open(kept) {
+            code |= LOST_KEPT;
+        }
+        if is_open(other) {
+            code |= HELD_OTHER;
+        }
+        if rustix::process::parent_process_death_signal() == Ok(Some(rustix::process::Signal::KILL))
+        {
+            code |= DEATH_SIGNAL;
+        }
+        code
+    }
+
+    fn exit_code(pid: Pid) -> i32 {
+        match waitpid(pid, None).unwrap() {
+            WaitStatus::Exited(_, code) => code,
+            other => panic!("the child ended with {other:?}"),
+        }
+    }
+
+    /// Two open fds, the lower first.
+    fn two_fds() -> (OwnedFd, OwnedFd) {
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap()
+    }
+
+    #[test]
+    fn a_child_keeps_its_fds_only_is_not_dumpable_and_has_no_death_signal_unless_asked() {
+        let (low, high) = two_fds();
+        let (low_raw, high_raw) = (low.as_fd().as_raw_fd(), high.as_fd().as_raw_fd());
+        let keep = Keep::nothing().and(high.as_fd());
+        // SAFETY: the body makes raw system calls only.
+        let child = unsafe { fork_child(keep, ParentExit::Survive, || probe(high_raw, low_raw)) };
+        assert_eq!(exit_code(child.unwrap()), RAN);
+        // Every fd below a bound: the lower one, not the higher.
+        let keep = Keep::first(low_raw as u32 + 1);
+        // SAFETY: as above.
+        let child = unsafe {
+            fork_child(keep, ParentExit::Die(Parent::ThisProcess), || {
+                probe(low_raw, high_raw)
+            })
+        };
+        assert_eq!(exit_code(child.unwrap()), RAN | DEATH_SIGNAL);
+    }
+
+    #[test]
+    fn a_sibling_is_this_processs_parents_child() {
+        let (report_r, report_w) = two_fds();
+        let (kept, other) = two_fds();
+        let (kept_raw, other_raw) = (kept.as_fd().as_raw_fd(), other.as_fd().as_raw_fd());
+        // Built here: the middle child, of a multi-threaded process, may not allocate.
+        let for_sibling = Keep::nothing().and(kept.as_fd());
+        let for_middle = Keep::nothing().and(report_w.as_fd()).and(kept.as_fd());
+        let report = report_w.as_fd();
+        let middle = move || {
+            // SAFETY: the middle child is single-threaded; the sibling's body makes raw
+            // system calls only.
+            match unsafe { fork_sibling(for_sibling, || probe(kept_raw, other_raw)) } {
+                Ok(pid) => {
+                    let _ = rustix::io::write(report, &pid.as_raw().to_ne_bytes());
+                    0
+                }
+                Err(_) => 1,
+            }
+        };
+        // SAFETY: the body makes raw system calls only (fork_sibling's Keep is built).
+        let middle = unsafe { fork_child(for_middle, ParentExit::Survive, middle) }.unwrap();
+        drop(report_w);
+        assert_eq!(exit_code(middle), 0);
+        let mut pid = [0u8; 4];
+        File::from(report_r).read_exact(&mut pid).unwrap();
+        // This process reaps it: it is this process's child, not the middle one's.
+        assert_eq!(exit_code(Pid::from_raw(i32::from_ne_bytes(pid))), RAN);
+    }
 }

@@ -95,11 +95,20 @@ pub fn container_namespaces(
     Ok((user, namespaces))
 }
 
+/// Why [`own_mount_namespace`] has no fd.
+#[derive(Debug, thiserror::Error)]
+pub enum OwnNamespaceError {
+    #[error("pidfd_open self: {0}")]
+    PidfdOpen(#[source] rustix::io::Errno),
+    #[error("PIDFD_GET_MNT_NAMESPACE: {0}")]
+    Namespace(#[source] nix::errno::Errno),
+}
+
 /// The mount namespace of the calling process, through a pidfd of itself (works without /proc).
-pub fn own_mount_namespace() -> Result<OwnedFd, String> {
+pub fn own_mount_namespace() -> Result<OwnedFd, OwnNamespaceError> {
     let me = rustix::process::getpid();
     let pidfd = rustix::process::pidfd_open(me, rustix::process::PidfdFlags::empty())
-        .map_err(|e| format!("pidfd_open self: {e}"))?;
+        .map_err(OwnNamespaceError::PidfdOpen)?;
     userns::ioctl_new_fd(pidfd.as_fd(), PIDFD_GET_MNT_NAMESPACE)
-        .map_err(|e| format!("PIDFD_GET_MNT_NAMESPACE: {e}"))
+        .map_err(OwnNamespaceError::Namespace)
 }

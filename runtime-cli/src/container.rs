@@ -39,16 +39,33 @@ pub fn range_name(store: &Store, id: &str) -> String {
     format!("{:08x}-{id}", hash as u32)
 }
 
-fn cstring(s: &str, what: &str) -> Result<CString> {
-    CString::new(s).map_err(|_| CliError::Setup(format!("{what} contains a NUL byte")))
+/// Why the spec's (or exec's) process cannot be run as it is.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("config.json has no process")]
+    Missing,
+    #[error("process.args is empty")]
+    NoArgs,
+    /// A negative count would wrap to a huge one, or to one that closes stderr on exec.
+    #[error("--preserve-fds {0}: must not be negative")]
+    NegativePreserveFds(i32),
+    #[error("unknown rlimit {0:?}")]
+    UnknownRlimit(String),
+    #[error("{what} contains a NUL byte")]
+    NulByte {
+        what: &'static str,
+        #[source]
+        source: std::ffi::NulError,
+    },
+}
+
+fn cstring(s: &str, what: &'static str) -> std::result::Result<CString, ProcessError> {
+    CString::new(s).map_err(|source| ProcessError::NulByte { what, source })
 }
 
 /// The init's configuration from a loaded bundle's spec (its exec fifo is the caller's to add).
 pub fn init_config(spec: &Spec, rootfs: &Path, preserve_fds: i32) -> Result<InitConfig> {
-    let process = spec
-        .process()
-        .as_ref()
-        .ok_or_else(|| CliError::Setup("config.json has no process".into()))?;
+    let process = spec.process().as_ref().ok_or(ProcessError::Missing)?;
     let mut config = process_config(process, rootfs, preserve_fds)?;
     config.hostname = spec
         .hostname()
@@ -83,7 +100,7 @@ fn container_hooks(spec: &Spec, phase: &str) -> Result<Vec<ContainerHook>> {
                     Some(args) if !args.is_empty() => args
                         .iter()
                         .map(|a| cstring(a, "a hook argument"))
-                        .collect::<Result<_>>()?,
+                        .collect::<std::result::Result<_, ProcessError>>()?,
                     _ => vec![cstring(&path, "a hook path")?],
                 },
                 env: hook
@@ -91,7 +108,7 @@ fn container_hooks(spec: &Spec, phase: &str) -> Result<Vec<ContainerHook>> {
                     .iter()
                     .flatten()
                     .map(|e| cstring(e, "a hook's environment"))
-                    .collect::<Result<_>>()?,
+                    .collect::<std::result::Result<_, ProcessError>>()?,
                 timeout: hook_timeout(hook),
             })
         })
@@ -111,14 +128,10 @@ pub fn process_config(
 ) -> Result<InitConfig> {
     let args: Vec<String> = process.args().clone().unwrap_or_default();
     if args.is_empty() {
-        return Err(CliError::Setup("process.args is empty".into()));
+        return Err(ProcessError::NoArgs.into());
     }
-    // A negative count would wrap to a huge one, or to one that closes stderr on exec.
-    let preserve_fds = u32::try_from(preserve_fds).map_err(|_| {
-        CliError::Setup(format!(
-            "--preserve-fds {preserve_fds}: must not be negative"
-        ))
-    })?;
+    let preserve_fds =
+        u32::try_from(preserve_fds).map_err(|_| ProcessError::NegativePreserveFds(preserve_fds))?;
     let env: Vec<String> = process.env().clone().unwrap_or_default();
     let program: Vec<String> = if args[0].contains('/') {
         vec![args[0].clone()]
@@ -142,15 +155,15 @@ pub fn process_config(
         args: args
             .iter()
             .map(|a| cstring(a, "an argument"))
-            .collect::<Result<_>>()?,
+            .collect::<std::result::Result<_, ProcessError>>()?,
         env: env
             .iter()
             .map(|e| cstring(e, "an environment variable"))
-            .collect::<Result<_>>()?,
+            .collect::<std::result::Result<_, ProcessError>>()?,
         program: program
             .iter()
             .map(|p| cstring(p, "the program path"))
-            .collect::<Result<_>>()?,
+            .collect::<std::result::Result<_, ProcessError>>()?,
         cwd: cstring(&process.cwd().to_string_lossy(), "cwd")?,
         hostname: None,
         rlimits: rlimits(process.rlimits().as_deref().unwrap_or_default())?,
@@ -196,7 +209,7 @@ fn rlimits(
             "RLIMIT_RTPRIO" => Resource::RLIMIT_RTPRIO,
             "RLIMIT_RTTIME" => Resource::RLIMIT_RTTIME,
             "RLIMIT_SIGPENDING" => Resource::RLIMIT_SIGPENDING,
-            other => return Err(CliError::Setup(format!("unknown rlimit {other:?}"))),
+            other => return Err(ProcessError::UnknownRlimit(other.to_string()).into()),
         };
         let (mut soft, mut hard) = (limit.soft(), limit.hard());
         if let Ok((_, current_hard)) = getrlimit(resource) {
@@ -277,64 +290,82 @@ fn random_u64() -> u64 {
     u64::from_ne_bytes(bytes)
 }
 
+/// Why a hook the runtime runs on the host failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HookFailure {
+    #[error("could not be started: {0}")]
+    Spawn(#[source] std::io::Error),
+    #[error("could not be waited for: {0}")]
+    Wait(#[source] std::io::Error),
+    #[error("failed ({status}): {stderr}")]
+    Failed {
+        status: std::process::ExitStatus,
+        stderr: String,
+    },
+    #[error("timed out")]
+    TimedOut,
+}
+
 /// Runs `hooks` with the container's state on stdin, each within its timeout.
-pub fn run_hooks(hooks: &[Hook], state: &serde_json::Value, phase: &str) -> Result<()> {
+pub fn run_hooks(hooks: &[Hook], state: &serde_json::Value, phase: &'static str) -> Result<()> {
     for hook in hooks {
-        let mut cmd = std::process::Command::new(hook.path());
-        if let Some(args) = hook.args() {
-            if let Some((first, rest)) = args.split_first() {
-                cmd.arg0(first).args(rest);
-            }
-        }
-        if let Some(env) = hook.env() {
-            cmd.env_clear();
-            for e in env {
-                if let Some((k, v)) = e.split_once('=') {
-                    cmd.env(k, v);
-                }
-            }
-        }
-        cmd.stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped());
-        let mut child = cmd.spawn().map_err(CliError::io(format!(
-            "{phase} hook {}",
-            hook.path().display()
-        )))?;
-        {
-            use std::io::Write;
-            let mut stdin = child.stdin.take().unwrap();
-            let _ = stdin.write_all(state.to_string().as_bytes());
-        }
-        let deadline = process::init::deadline_after(hook_timeout(hook));
-        loop {
-            if let Some(status) = child
-                .try_wait()
-                .map_err(CliError::io("waiting for a hook"))?
-            {
-                if !status.success() {
-                    let mut err = String::new();
-                    use std::io::Read;
-                    let _ = child.stderr.take().map(|mut s| s.read_to_string(&mut err));
-                    return Err(CliError::Setup(format!(
-                        "{phase} hook {} failed ({status}): {}",
-                        hook.path().display(),
-                        err.trim()
-                    )));
-                }
-                break;
-            }
-            if deadline.is_some_and(|d| Instant::now() > d) {
-                let _ = child.kill();
-                return Err(CliError::Setup(format!(
-                    "{phase} hook {} timed out",
-                    hook.path().display()
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        run_hook(hook, state).map_err(|failure| CliError::Hook {
+            phase,
+            path: hook.path().clone(),
+            failure,
+        })?;
     }
     Ok(())
+}
+
+/// Runs one hook with `state` on its stdin, within its timeout.
+fn run_hook(hook: &Hook, state: &serde_json::Value) -> std::result::Result<(), HookFailure> {
+    let mut cmd = std::process::Command::new(hook.path());
+    if let Some(args) = hook.args() {
+        if let Some((first, rest)) = args.split_first() {
+            cmd.arg0(first).args(rest);
+        }
+    }
+    if let Some(env) = hook.env() {
+        cmd.env_clear();
+        for e in env {
+            if let Some((k, v)) = e.split_once('=') {
+                cmd.env(k, v);
+            }
+        }
+    }
+    cmd.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().map_err(HookFailure::Spawn)?;
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin is piped");
+        let _ = stdin.write_all(state.to_string().as_bytes());
+    }
+    let deadline = process::init::deadline_after(hook_timeout(hook));
+    loop {
+        if let Some(status) = child.try_wait().map_err(HookFailure::Wait)? {
+            if status.success() {
+                return Ok(());
+            }
+            let mut stderr = String::new();
+            use std::io::Read;
+            let _ = child
+                .stderr
+                .take()
+                .map(|mut s| s.read_to_string(&mut stderr));
+            return Err(HookFailure::Failed {
+                status,
+                stderr: stderr.trim().to_string(),
+            });
+        }
+        if deadline.is_some_and(|d| Instant::now() > d) {
+            let _ = child.kill();
+            return Err(HookFailure::TimedOut);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 use std::os::unix::process::CommandExt;
@@ -454,18 +485,11 @@ fn create_steps(
     config.fifo = Some(make_exec_fifo(&fifo_path)?);
     let (channel, theirs) = process::pair()?;
 
-    // Fork while this process has one thread: the children need no async-signal-safety.
+    // Forked while this process has one thread: the children need no async-signal-safety.
     // SAFETY: the runtime `rt` is current-thread and has spawned no thread yet, so this
-    // process is single-threaded and the child a consistent copy of it.
-    let intermediate =
-        match unsafe { nix::unistd::fork() }.map_err(|e| CliError::Setup(format!("fork: {e}")))? {
-            nix::unistd::ForkResult::Child => {
-                drop(channel);
-                process::intermediate::intermediate(&config, theirs)
-            }
-            nix::unistd::ForkResult::Parent { child } => child,
-        };
-    drop(theirs);
+    // process is single-threaded.
+    let intermediate = unsafe { process::intermediate::spawn(&config, theirs) }
+        .map_err(CliError::fork("intermediate"))?;
     let spawned = spawn_init(c, &channel, intermediate, &fifo_path, conn_slot, undo);
     if spawned.is_err() {
         // It may still wait for "go".
@@ -481,21 +505,22 @@ fn create_steps(
 /// would block until `start` reads).
 fn make_exec_fifo(path: &Path) -> Result<OwnedFd> {
     nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600))
-        .map_err(|e| CliError::Setup(format!("mkfifo: {e}")))?;
+        .map_err(CliError::io("mkfifo"))?;
     rustix::fs::open(
         path,
         rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC,
         rustix::fs::Mode::empty(),
     )
-    .map_err(|e| CliError::Setup(format!("opening the exec fifo: {e}")))
+    .map_err(CliError::io("opening the exec fifo"))
 }
 
 /// A pidfd of the CLI's child `pid` (not reaped, so the pid is its own).
 fn pidfd_of(pid: i32) -> Result<OwnedFd> {
+    let what = || format!("pidfd_open of {pid}");
     let pid = rustix::process::Pid::from_raw(pid)
-        .ok_or_else(|| CliError::Setup(format!("pidfd_open: {pid} is no pid")))?;
+        .ok_or_else(|| CliError::io(what())(rustix::io::Errno::SRCH))?;
     rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
-        .map_err(|e| CliError::Setup(format!("pidfd_open: {e}")))
+        .map_err(CliError::io(what()))
 }
 
 /// Until the init exists: the intermediate's user namespace mapped by idmapd, the exec fifo
@@ -740,14 +765,13 @@ fn finish(
 ) -> Result<()> {
     let (bundle, pid) = (c.bundle, spawned.pid);
     channel.send_mount_namespace(mntns)?;
-    write_sysctls(&bundle.spec, pid)?;
+    crate::sysctl::write(&bundle.spec, pid)?;
     let record = Record {
         id: c.options.id.to_string(),
         bundle: bundle.dir.clone(),
         rootfs: bundle.rootfs.clone(),
         pid,
-        pid_start: start_time(pid)
-            .ok_or_else(|| CliError::Setup("the container's init died during create".into()))?,
+        pid_start: start_time(pid).ok_or(CliError::InitDiedDuringCreate)?,
         created: crate::log::now(),
         root_ids: spawned.root_ids,
         cgroup: undo.cgroup.clone(),
@@ -782,55 +806,8 @@ pub fn forward_console(console: Option<OwnedFd>, socket: Option<&Path>) -> Resul
     let Some(master) = console else {
         return Ok(());
     };
-    let socket = socket.ok_or_else(|| {
-        CliError::Setup("process.terminal is set but no --console-socket was given".into())
-    })?;
+    let socket = socket.ok_or(CliError::NoConsoleSocket)?;
     send_console(socket, master.as_fd())
-}
-
-/// Namespaced sysctls, written from the host side into the container's network, ipc and uts
-/// namespaces (the container's /proc/sys is read-only).
-fn write_sysctls(spec: &Spec, pid: i32) -> Result<()> {
-    let sysctls = spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.sysctl().clone())
-        .unwrap_or_default();
-    if sysctls.is_empty() {
-        return Ok(());
-    }
-    // Every key is namespaced (Bundle::load refuses the others).
-    let ns: Vec<OwnedFd> = ["net", "ipc", "uts"]
-        .iter()
-        .map(|n| std::fs::File::open(format!("/proc/{pid}/ns/{n}")).map(Into::into))
-        .collect::<std::io::Result<_>>()
-        .map_err(CliError::io("opening the container's namespaces"))?;
-    // SAFETY: the child only joins namespaces, writes files and exits: it takes no lock another
-    // thread of this process (the bus's runtime may have some by now) could hold but the
-    // allocator's, which glibc makes usable again in the child of a fork.
-    match unsafe { nix::unistd::fork() }.map_err(|e| CliError::Setup(format!("fork: {e}")))? {
-        nix::unistd::ForkResult::Child => {
-            let mut code = 0;
-            for fd in &ns {
-                if nix::sched::setns(fd.as_fd(), nix::sched::CloneFlags::empty()).is_err() {
-                    code = 2;
-                }
-            }
-            for (key, value) in &sysctls {
-                if std::fs::write(crate::spec::sysctl_file(key), value).is_err() {
-                    code = 3;
-                }
-            }
-            process::exit_child(code)
-        }
-        nix::unistd::ForkResult::Parent { child } => match nix::sys::wait::waitpid(child, None) {
-            Ok(nix::sys::wait::WaitStatus::Exited(_, 0)) => Ok(()),
-            _ => Err(CliError::Setup(format!(
-                "setting sysctls {:?} failed",
-                sysctls.keys().collect::<Vec<_>>()
-            ))),
-        },
-    }
 }
 
 /// The host directory for the container's /var/lib/docker: owned by the container's root, in
@@ -897,33 +874,28 @@ pub fn start(store: &Store, id: &str) -> Result<()> {
         });
     }
     let fifo_path = store.dir(id).join("exec.fifo");
-    let fifo = nix::fcntl::open(
+    use rustix::fs::{Mode, OFlags};
+    let fifo = rustix::fs::open(
         &fifo_path,
-        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::empty(),
+        OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
     )
-    .map_err(|e| CliError::Setup(format!("opening the exec fifo: {e}")))?;
+    .map_err(CliError::io("opening the exec fifo"))?;
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut byte = [0u8; 1];
     loop {
-        match nix::unistd::read(fifo, &mut byte) {
+        match rustix::io::read(&fifo, &mut byte) {
             Ok(1) => break,
             _ if !record.init_alive() => {
-                let _ = nix::unistd::close(fifo);
-                return Err(CliError::Setup(format!(
-                    "container {id}'s init exited before start"
-                )));
+                return Err(CliError::InitExitedBeforeStart { id: id.into() });
             }
             _ if Instant::now() > deadline => {
-                let _ = nix::unistd::close(fifo);
-                return Err(CliError::Setup(format!(
-                    "container {id}'s init did not take the start signal"
-                )));
+                return Err(CliError::StartSignalNotTaken { id: id.into() });
             }
             _ => std::thread::sleep(Duration::from_millis(2)),
         }
     }
-    let _ = nix::unistd::close(fifo);
+    drop(fifo);
     let _ = std::fs::remove_file(&fifo_path);
     let spec = Bundle::load(&record.bundle).map(|b| b.spec).ok();
     if let Some(spec) = spec {

@@ -13,8 +13,23 @@ pub enum CliError {
     SandboxExists { name: String, dir: String },
     #[error("invalid container id {0:?}: use 1-128 characters of [A-Za-z0-9_.+-], not starting with '.' or '-'")]
     BadId(String),
+    /// What the bundle holds is refused (the reason says what and why).
     #[error("bundle {bundle}: {reason}")]
     Bundle { bundle: String, reason: String },
+    /// The bundle's config.json could not be read.
+    #[error("bundle {bundle}: {what}: {source}")]
+    BundleFile {
+        bundle: String,
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("bundle {bundle}: config.json is invalid: {source}")]
+    BundleConfig {
+        bundle: String,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error("refused: {0}")]
     Refused(String),
     #[error("container {id} is {status}, {need}")]
@@ -25,13 +40,67 @@ pub enum CliError {
     },
     #[error("invalid signal {0:?}")]
     BadSignal(String),
-    #[error("{helper}: {message}")]
+    /// A helper (or the bus) failed; a D-Bus error keeps its name (`org.burrow.Error.*`) and
+    /// message, which people and tests read.
+    #[error("{helper}: {}", bus_message(.source))]
     Helper {
         helper: &'static str,
-        message: String,
+        /// Boxed: zbus's error holds the whole reply message.
+        #[source]
+        source: Box<zbus::Error>,
     },
-    #[error("{0}")]
-    Setup(String),
+    /// The spec's (or exec's) process cannot be run as it is.
+    #[error(transparent)]
+    ProcessSpec(#[from] crate::container::ProcessError),
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
+    /// A hook the runtime runs on the host failed.
+    #[error("{phase} hook {} {failure}", .path.display())]
+    Hook {
+        phase: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        failure: crate::container::HookFailure,
+    },
+    #[error(transparent)]
+    Sysctl(#[from] crate::sysctl::SysctlError),
+    #[error(transparent)]
+    Sandbox(#[from] crate::sandbox::SandboxError),
+    #[error("forking the {child}: {source}")]
+    Fork {
+        child: &'static str,
+        #[source]
+        source: burrow_bus::fork::ForkError,
+    },
+    #[error("the container's init died during create")]
+    InitDiedDuringCreate,
+    #[error("container {id}'s init exited before start")]
+    InitExitedBeforeStart { id: String },
+    #[error("container {id}'s init did not take the start signal")]
+    StartSignalNotTaken { id: String },
+    #[error("process.terminal is set but no --console-socket was given")]
+    NoConsoleSocket,
+    #[error("container {0} has no cgroup")]
+    NoCgroup(String),
+    #[error("corrupt state of {id}: {source}")]
+    CorruptState {
+        id: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("saving the state of {id}: {source}")]
+    SaveState {
+        id: String,
+        #[source]
+        source: burrow_bus::state::StateError,
+    },
+    #[error("no data directory: set XDG_DATA_HOME or HOME (uid {uid} has no home)")]
+    NoDataDirectory { uid: u32 },
+    #[error("{} already exists", .0.display())]
+    SpecExists(std::path::PathBuf),
+    /// `exec CMD...`'s process could not be made.
+    #[error("exec: {0}")]
+    ExecProcess(#[source] oci_spec::OciSpecError),
     #[error(transparent)]
     Cgroup(#[from] burrow_bus::cgroup::CgroupError),
     /// Between the CLI and the processes it forks for a container.
@@ -64,29 +133,50 @@ pub enum CliError {
         #[source]
         source: serde_json::Error,
     },
+    /// A system call or file operation; `what` says which and on what.
     #[error("{what}: {source}")]
     Io {
         what: String,
+        #[source]
         source: std::io::Error,
     },
 }
 
+/// A bus error as the user reads it: a D-Bus error's name and message, else zbus's own text.
+fn bus_message(error: &zbus::Error) -> String {
+    match error {
+        zbus::Error::MethodError(name, message, _) => {
+            format!(
+                "{}: {}",
+                name.as_str(),
+                message.as_deref().unwrap_or_default()
+            )
+        }
+        other => other.to_string(),
+    }
+}
+
 impl CliError {
-    pub fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> CliError {
+    /// Names the failed operation `what` (a system call, a file): for `map_err` of an
+    /// `std::io`, nix or rustix error.
+    pub fn io<E: Into<std::io::Error>>(what: impl Into<String>) -> impl FnOnce(E) -> CliError {
         let what = what.into();
-        move |source| CliError::Io { what, source }
+        move |source| CliError::Io {
+            what,
+            source: source.into(),
+        }
     }
 
     pub fn helper(helper: &'static str) -> impl FnOnce(zbus::Error) -> CliError {
-        move |e| {
-            let message = match &e {
-                zbus::Error::MethodError(name, msg, _) => {
-                    format!("{}: {}", name.as_str(), msg.clone().unwrap_or_default())
-                }
-                other => other.to_string(),
-            };
-            CliError::Helper { helper, message }
+        move |source| CliError::Helper {
+            helper,
+            source: Box::new(source),
         }
+    }
+
+    /// For `map_err` of a fork of the runtime's `child`.
+    pub fn fork(child: &'static str) -> impl FnOnce(burrow_bus::fork::ForkError) -> CliError {
+        move |source| CliError::Fork { child, source }
     }
 }
 

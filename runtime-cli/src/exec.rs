@@ -49,19 +49,10 @@ pub fn exec(store: &Store, options: &ExecOptions<'_>) -> Result<i32> {
     }
     let (channel, theirs) = process::pair()?;
     // SAFETY: this command starts no thread before forking, so this process is
-    // single-threaded and the child a consistent copy of it.
+    // single-threaded.
     let joiner_pid =
-        match unsafe { nix::unistd::fork() }.map_err(|e| CliError::Setup(format!("fork: {e}")))? {
-            nix::unistd::ForkResult::Child => {
-                drop(channel);
-                if let Some(cgroup) = &record.cgroup {
-                    burrow_bus::cgroup::join(cgroup, std::process::id() as i32);
-                }
-                process::joiner::joiner(&namespaces, &config, theirs)
-            }
-            nix::unistd::ForkResult::Parent { child } => child,
-        };
-    drop(theirs);
+        unsafe { process::joiner::spawn(&namespaces, record.cgroup.as_deref(), &config, theirs) }
+            .map_err(CliError::fork("joiner"))?;
     drop(namespaces);
     // Killed if exec fails once it runs (its console or pid file could not be handed over).
     let mut started = None;

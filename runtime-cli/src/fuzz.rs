@@ -535,7 +535,7 @@ fn check_loaded(bundle: &Bundle) -> Result<(), TestCaseError> {
 fn derive(bundle: &Bundle) -> Result<(), TestCaseError> {
     match crate::container::init_config(&bundle.spec, &bundle.rootfs, 0) {
         Ok(config) => prop_assert!(!config.args.is_empty() && !config.program.is_empty()),
-        Err(CliError::Setup(_)) => {}
+        Err(CliError::ProcessSpec(_)) => {}
         Err(e) => prop_assert!(false, "init_config: unexpected error {e}"),
     }
     for phase in ["prestart", "createRuntime", "poststart", "poststop"] {
@@ -572,6 +572,8 @@ fn load_or_refuse(dir: &Path, text: &str) -> Result<(), TestCaseError> {
             prop_assert!(!reason.is_empty());
             Ok(())
         }
+        // Text that is no spec: serde's error is kept as the cause.
+        Err(CliError::BundleConfig { .. }) => Ok(()),
         Err(CliError::Refused(_)) => Ok(()),
         Err(e) => Err(TestCaseError::fail(format!("unexpected error: {e}"))),
     }
@@ -618,7 +620,7 @@ proptest! {
         match crate::parse_process(&text, Path::new("p.json")) {
             Ok(process) => match crate::container::process_config(&process, &rootfs, preserve_fds) {
                 Ok(config) => prop_assert_eq!(i64::from(config.preserve_fds), i64::from(preserve_fds)),
-                Err(CliError::Setup(_)) => {}
+                Err(CliError::ProcessSpec(_)) => {}
                 Err(e) => prop_assert!(false, "unexpected error {e}"),
             },
             Err(e) => prop_assert!(e.to_string().starts_with("invalid process JSON p.json: ")),

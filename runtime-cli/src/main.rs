@@ -15,6 +15,7 @@ mod sandbox;
 mod seccomp;
 mod spec;
 mod state;
+mod sysctl;
 
 use std::path::{Path, PathBuf};
 
@@ -389,7 +390,7 @@ fn exec_command(store: &Store, args: &ExecArgs) -> Result<i32> {
                 .cwd(cwd.clone().unwrap_or_else(|| "/".into()))
                 .terminal(*tty)
                 .build()
-                .map_err(|e| CliError::Setup(format!("exec: {e}")))?
+                .map_err(CliError::ExecProcess)?
         }
     };
     let options = exec::ExecOptions {
@@ -465,7 +466,7 @@ fn pause(store: &Store, id: &str, freeze: bool) -> Result<()> {
     let cgroup = record
         .cgroup
         .as_deref()
-        .ok_or_else(|| CliError::Setup("the container has no cgroup".into()))?;
+        .ok_or_else(|| CliError::NoCgroup(id.to_string()))?;
     cgroup::freeze(cgroup, freeze)?;
     Ok(())
 }
@@ -484,7 +485,7 @@ fn update(store: &Store, id: &str, resources: Option<&str>) -> Result<()> {
     let cgroup = record
         .cgroup
         .as_deref()
-        .ok_or_else(|| CliError::Setup("the container has no cgroup".into()))?;
+        .ok_or_else(|| CliError::NoCgroup(id.to_string()))?;
     cgroup::update(cgroup, &spec::limits_of(&resources))?;
     Ok(())
 }
@@ -507,10 +508,7 @@ fn sandbox_command(store: &Store, command: &SandboxCommand) -> Result<i32> {
 fn write_spec(bundle: &Path) -> Result<()> {
     let path = bundle.join("config.json");
     if path.exists() {
-        return Err(CliError::Setup(format!(
-            "{} already exists",
-            path.display()
-        )));
+        return Err(CliError::SpecExists(path));
     }
     std::fs::write(
         &path,

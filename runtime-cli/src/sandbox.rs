@@ -10,6 +10,45 @@ use std::time::{Duration, Instant};
 use crate::error::{CliError, Result};
 use crate::state::{Status, Store};
 
+/// Why a sandbox was not made or entered.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// A program the sandbox runs (tar, burrow itself) failed; its stderr says why.
+    #[error("{what} failed: {stderr}")]
+    Program {
+        what: String,
+        status: std::process::ExitStatus,
+        stderr: String,
+    },
+    #[error("reading {} failed (is every file readable by you?)", .image.display())]
+    UnreadableImage {
+        image: PathBuf,
+        status: std::process::ExitStatus,
+    },
+    #[error("image {} does not exist (give a root filesystem directory or tarball)", .0.display())]
+    NoImage(PathBuf),
+    #[error("{} has no /sbin/init: a sandbox needs an image with systemd", .0.display())]
+    NoInit(PathBuf),
+    #[error("creating the sandbox's container failed: {log}")]
+    Create {
+        status: std::process::ExitStatus,
+        log: String,
+    },
+    #[error("running pasta for the sandbox's network: {0} (apt-get install passt)")]
+    NoPasta(#[source] std::io::Error),
+    #[error(
+        "pasta could not connect the sandbox ({reason}); /dev/net/tun must be usable by you \
+         (mode 0666)"
+    )]
+    Pasta {
+        status: std::process::ExitStatus,
+        reason: String,
+    },
+    /// `exec -t` sent no pty master on the console socket.
+    #[error("exec -t sent no terminal")]
+    NoTerminal(#[source] Option<crate::process::scm::ReceiveError>),
+}
+
 fn container_id(name: &str) -> String {
     format!("sandbox-{name}")
 }
@@ -30,10 +69,12 @@ fn burrow(store: &Store) -> Command {
 fn run_quietly(mut cmd: Command, what: &str) -> Result<()> {
     let out = cmd.output().map_err(CliError::io(what.to_string()))?;
     if !out.status.success() {
-        return Err(CliError::Setup(format!(
-            "{what} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
+        return Err(SandboxError::Program {
+            what: what.to_string(),
+            status: out.status,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        }
+        .into());
     }
     Ok(())
 }
@@ -63,10 +104,11 @@ fn unpack(image: &Path, rootfs: &Path) -> Result<()> {
         let packed = pack.wait().map_err(CliError::io("running tar"))?;
         result?;
         if !packed.success() {
-            return Err(CliError::Setup(format!(
-                "reading {} failed (is every file readable by you?)",
-                image.display()
-            )));
+            return Err(SandboxError::UnreadableImage {
+                image: image.to_path_buf(),
+                status: packed,
+            }
+            .into());
         }
         return Ok(());
     } else {
@@ -118,11 +160,7 @@ fn connect_network(store: &Store, name: &str, dir: &Path, port: u16) -> Result<(
         .stdout(Stdio::null())
         .stderr(log)
         .status()
-        .map_err(|e| {
-            CliError::Setup(format!(
-                "running pasta for the sandbox's network: {e} (apt-get install passt)"
-            ))
-        })?;
+        .map_err(SandboxError::NoPasta)?;
     if !status.success() {
         let log = std::fs::read_to_string(dir.join("pasta.log")).unwrap_or_default();
         let reason = log
@@ -130,9 +168,7 @@ fn connect_network(store: &Store, name: &str, dir: &Path, port: u16) -> Result<(
             .rfind(|l| !l.contains("syslog"))
             .unwrap_or("")
             .to_string();
-        return Err(CliError::Setup(format!(
-            "pasta could not connect the sandbox ({reason}); /dev/net/tun must be usable by you (mode 0666)"
-        )));
+        return Err(SandboxError::Pasta { status, reason }.into());
     }
     std::fs::write(dir.join("ssh-port"), port.to_string()).map_err(CliError::io("ssh-port"))
 }
@@ -159,10 +195,7 @@ pub fn create(store: &Store, name: &str, image: &Path, ssh_port: Option<u16>) ->
         });
     }
     if !image.exists() {
-        return Err(CliError::Setup(format!(
-            "image {} does not exist (give a root filesystem directory or tarball)",
-            image.display()
-        )));
+        return Err(SandboxError::NoImage(image.to_path_buf()).into());
     }
     let rootfs = dir.join("rootfs");
     std::fs::create_dir_all(&rootfs)
@@ -181,10 +214,7 @@ pub fn create(store: &Store, name: &str, image: &Path, ssh_port: Option<u16>) ->
         }
         let unpacked = crate::image::Image::open(&rootfs)?;
         if unpacked.regular_file("/sbin/init").is_none() {
-            return Err(CliError::Setup(format!(
-                "{} has no /sbin/init: a sandbox needs an image with systemd",
-                image.display()
-            )));
+            return Err(SandboxError::NoInit(image.to_path_buf()).into());
         }
         write_config(&dir, name)?;
         eprintln!(
@@ -205,10 +235,11 @@ pub fn create(store: &Store, name: &str, image: &Path, ssh_port: Option<u16>) ->
             .map_err(CliError::io("running burrow create"))?;
         if !status.success() {
             let log = std::fs::read_to_string(dir.join("console.log")).unwrap_or_default();
-            return Err(CliError::Setup(format!(
-                "creating the sandbox's container failed: {}",
-                log.trim()
-            )));
+            return Err(SandboxError::Create {
+                status,
+                log: log.trim().to_string(),
+            }
+            .into());
         }
         crate::container::start(store, &container_id(name))?;
         match ssh_port {
@@ -317,11 +348,12 @@ fn shell_on_terminal(mut cmd: Command, listener: &std::os::unix::net::UnixListen
     };
     let master = match crate::process::scm::recv(stream.as_fd()) {
         Ok(crate::process::scm::Received { fd: Some(fd), .. }) => fd,
-        _ => return Err(CliError::Setup("exec -t sent no terminal".into())),
+        Ok(_) => return Err(SandboxError::NoTerminal(None).into()),
+        Err(e) => return Err(SandboxError::NoTerminal(Some(e)).into()),
     };
     let stdin = std::io::stdin();
-    let saved = termios::tcgetattr(stdin.as_fd())
-        .map_err(|e| CliError::Setup(format!("reading the terminal's mode: {e}")))?;
+    let saved =
+        termios::tcgetattr(stdin.as_fd()).map_err(CliError::io("reading the terminal's mode"))?;
     let mut raw = saved.clone();
     termios::cfmakeraw(&mut raw);
     let _ = termios::tcsetattr(stdin.as_fd(), termios::SetArg::TCSANOW, &raw);

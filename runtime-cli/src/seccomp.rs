@@ -18,7 +18,19 @@ use std::collections::BTreeMap;
 
 use seccompiler::{sock_filter, BpfProgram, SeccompAction, SeccompFilter, TargetArch};
 
-use crate::error::{CliError, Result};
+/// Why the filter could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum SeccompError {
+    #[error("seccomp: {0}")]
+    Architecture(#[source] seccompiler::BackendError),
+    #[error("seccomp filter: {0}")]
+    Filter(#[source] seccompiler::BackendError),
+    #[error(
+        "seccomp filter: seccompiler's program does not start with its architecture check; \
+         the x32 ABI cannot be denied"
+    )]
+    Layout,
+}
 
 /// Denied system calls.
 pub const DENIED: [(&str, libc::c_long); 14] = [
@@ -39,23 +51,20 @@ pub const DENIED: [(&str, libc::c_long); 14] = [
 ];
 
 /// The compiled filter, built before any fork (it allocates).
-pub fn system_container_filter() -> Result<BpfProgram> {
+pub fn system_container_filter() -> Result<BpfProgram, SeccompError> {
     let rules = DENIED
         .iter()
         .map(|(_, nr)| (*nr, vec![]))
         .collect::<BTreeMap<_, _>>();
-    let arch = TargetArch::try_from(std::env::consts::ARCH)
-        .map_err(|e| CliError::Setup(format!("seccomp: {e}")))?;
+    let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(SeccompError::Architecture)?;
     let filter = SeccompFilter::new(
         rules,
         SeccompAction::Allow,
         SeccompAction::Errno(libc::EPERM as u32),
         arch,
     )
-    .map_err(|e| CliError::Setup(format!("seccomp filter: {e}")))?;
-    let program: BpfProgram = filter
-        .try_into()
-        .map_err(|e: seccompiler::BackendError| CliError::Setup(format!("seccomp filter: {e}")))?;
+    .map_err(SeccompError::Filter)?;
+    let program = BpfProgram::try_from(filter).map_err(SeccompError::Filter)?;
     if cfg!(target_arch = "x86_64") {
         deny_x32(program)
     } else {
@@ -84,7 +93,7 @@ fn insn(code: u32, jt: u8, jf: u8, k: u32) -> sock_filter {
 /// instructions (load arch; equal to x86_64: skip one; kill). seccompiler's jumps are relative
 /// and none crosses that point, so the rest of the program is unchanged. The prefix is checked,
 /// so a seccompiler that lays its program out otherwise fails here instead of filtering wrong.
-fn deny_x32(mut program: BpfProgram) -> Result<BpfProgram> {
+fn deny_x32(mut program: BpfProgram) -> Result<BpfProgram, SeccompError> {
     use libc::{BPF_ABS, BPF_JEQ, BPF_JMP, BPF_JSET, BPF_K, BPF_LD, BPF_RET, BPF_W};
     let arch_check = [
         insn(BPF_LD | BPF_W | BPF_ABS, 0, 0, SECCOMP_DATA_ARCH),
@@ -92,11 +101,7 @@ fn deny_x32(mut program: BpfProgram) -> Result<BpfProgram> {
         insn(BPF_RET | BPF_K, 0, 0, libc::SECCOMP_RET_KILL_PROCESS),
     ];
     if program.get(..arch_check.len()) != Some(&arch_check[..]) {
-        return Err(CliError::Setup(
-            "seccomp filter: seccompiler's program does not start with its architecture check; \
-             the x32 ABI cannot be denied"
-                .into(),
-        ));
+        return Err(SeccompError::Layout);
     }
     let x32_guard = [
         insn(BPF_LD | BPF_W | BPF_ABS, 0, 0, SECCOMP_DATA_NR),

@@ -44,6 +44,18 @@ fn bundle_error(dir: &Path, reason: impl Into<String>) -> CliError {
     }
 }
 
+/// For `map_err` of a failure to read the bundle `dir`: `what` failed.
+fn bundle_file<'a, E: Into<std::io::Error>>(
+    dir: &'a Path,
+    what: &'static str,
+) -> impl FnOnce(E) -> CliError + 'a {
+    move |source| CliError::BundleFile {
+        bundle: dir.display().to_string(),
+        what,
+        source: source.into(),
+    }
+}
+
 /// Mounts every system container gets, unless the spec has its own at that destination.
 fn standard_mounts() -> Vec<PlannedMount> {
     let m = |d: &str, t: &str, o: &[&str]| PlannedMount {
@@ -103,7 +115,7 @@ impl Bundle {
     pub fn load(dir: &Path) -> Result<Bundle> {
         let dir = dir
             .canonicalize()
-            .map_err(|e| bundle_error(dir, format!("cannot open: {e}")))?;
+            .map_err(bundle_file(dir, "cannot open"))?;
         let spec = read_config(&dir)?;
         let rootfs = rootfs_of(&dir, &spec)?;
         let process = spec
@@ -166,17 +178,18 @@ fn read_config(dir: &Path) -> Result<Spec> {
     ) {
         Ok(fd) => std::fs::File::from(fd),
         Err(rustix::io::Errno::NOENT) => return Err(bundle_error(dir, "config.json is missing")),
-        Err(e) => return Err(bundle_error(dir, format!("cannot open config.json: {e}"))),
+        Err(e) => return Err(bundle_file(dir, "cannot open config.json")(e)),
     };
-    let stat = rustix::fs::fstat(&file)
-        .map_err(|e| bundle_error(dir, format!("cannot stat config.json: {e}")))?;
+    let stat = rustix::fs::fstat(&file).map_err(bundle_file(dir, "cannot stat config.json"))?;
     if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
         return Err(bundle_error(dir, "config.json is not a regular file"));
     }
-    let text = std::io::read_to_string(file)
-        .map_err(|e| bundle_error(dir, format!("cannot read config.json: {e}")))?;
-    serde_json::from_str(&text)
-        .map_err(|e| bundle_error(dir, format!("config.json is invalid: {e}")))
+    let text =
+        std::io::read_to_string(file).map_err(bundle_file(dir, "cannot read config.json"))?;
+    serde_json::from_str(&text).map_err(|source| CliError::BundleConfig {
+        bundle: dir.display().to_string(),
+        source,
+    })
 }
 
 /// The rootfs the spec names: relative to the bundle, or absolute; a directory.

@@ -99,14 +99,20 @@ impl Store {
             // Someone else's container (another user's state root): not "missing".
             _ => CliError::io(format!("reading {}", path.display()))(e),
         })?;
-        serde_json::from_slice(&text)
-            .map_err(|e| CliError::Setup(format!("corrupt state of {id}: {e}")))
+        serde_json::from_slice(&text).map_err(|source| CliError::CorruptState {
+            id: id.to_string(),
+            source,
+        })
     }
 
     pub fn save(&self, record: &Record) -> Result<()> {
         let json = serde_json::to_vec_pretty(record).expect("records serialize");
-        burrow_bus::state::write_atomic(&self.dir(&record.id).join("state.json"), &json)
-            .map_err(|e| CliError::Setup(e.to_string()))
+        burrow_bus::state::write_atomic(&self.dir(&record.id).join("state.json"), &json).map_err(
+            |source| CliError::SaveState {
+                id: record.id.clone(),
+                source,
+            },
+        )
     }
 
     pub fn list(&self) -> Vec<Record> {
@@ -212,11 +218,7 @@ pub fn data_root() -> Result<PathBuf> {
         .map(PathBuf::from)
         .or_else(|| home().map(|h| h.join(".local/share")))
         .map(|dir| dir.join("burrow"))
-        .ok_or_else(|| {
-            CliError::Setup(format!(
-                "no data directory: set XDG_DATA_HOME or HOME (uid {uid} has no home)"
-            ))
-        })
+        .ok_or(CliError::NoDataDirectory { uid: uid.as_raw() })
 }
 
 /// Checks the directories on the way to `root` as given, where they exist: every directory

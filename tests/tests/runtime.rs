@@ -550,6 +550,62 @@ fn cgroup_v2_host() {
     wait_for("range released", || h.ranges_in_use() == 0);
 }
 
+/// `--preserve-fds N`: fds 3..3+N reach the container's process as they are; no other fd of
+/// the runtime's does (each process the runtime forks keeps only what it passes on).
+#[test]
+fn preserved_fds_reach_the_process_and_no_other_fd_does() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let _hybrid = hybrid_host();
+    let h = Harness::start(HarnessOptions::default());
+    let rt = Runtime::new(&h);
+    let b = bundle(
+        &h,
+        "preserve",
+        &["sh", "-c", "echo via-fd3 >&3; ls /proc/1/fd; true"],
+        |c| c["process"]["terminal"] = json!(false),
+    );
+    let (out_file, fd3_file) = (b.join("out"), b.join("fd3"));
+    let fd3 = fs::File::create(&fd3_file).unwrap();
+    let raw = fd3.as_raw_fd();
+    let mut cmd = rt.cmd();
+    cmd.args(["run", "--preserve-fds", "1", "--bundle"])
+        .arg(&b)
+        .arg("preserve")
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(&out_file).unwrap());
+    // SAFETY: raw system calls on an fd open in the forked child, before its exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            // dup2 of an fd onto itself would leave it close-on-exec.
+            let done = match raw {
+                3 => libc::fcntl(3, libc::F_SETFD, 0),
+                _ => libc::dup2(raw, 3),
+            };
+            match done {
+                -1 => Err(std::io::Error::last_os_error()),
+                _ => Ok(()),
+            }
+        })
+    };
+    let status = cmd.status().unwrap();
+    assert!(status.success(), "{}", rt.last_error());
+    assert_eq!(
+        fs::read_to_string(&fd3_file).unwrap(),
+        "via-fd3\n",
+        "{}",
+        fs::read_to_string(&out_file).unwrap()
+    );
+    let fds: Vec<String> = fs::read_to_string(&out_file)
+        .unwrap()
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    assert_eq!(fds, ["0", "1", "2", "3"], "the process's fds");
+    assert!(rt.leftovers().is_empty());
+    wait_for("range released", || h.ranges_in_use() == 0);
+}
+
 #[test]
 fn run_propagates_the_exit_code_and_cleans_up() {
     let _hybrid = hybrid_host();
@@ -731,8 +787,18 @@ fn bad_input_fails_with_a_named_message_and_leaves_nothing() {
     let _hybrid = hybrid_host();
     let h = Harness::start(HarnessOptions::default());
     let rt = Runtime::new(&h);
-    let ok = bundle(&h, "ok", &["sleep", "1000"], |_| {});
+    // With a namespaced sysctl: the runtime's writer sets it in the container's namespaces.
+    let ok = bundle(&h, "ok", &["sleep", "1000"], |c| {
+        c["linux"]["sysctl"] = json!({"net.ipv4.ip_forward": "1"})
+    });
     let cases: Vec<(PathBuf, &str)> = vec![
+        (
+            // Namespaced by its name, but no such file: the writer names the key and the errno.
+            bundle(&h, "nosysctl", &["true"], |c| {
+                c["linux"]["sysctl"] = json!({"net.burrow.missing": "1"})
+            }),
+            "setting sysctl net.burrow.missing: ENOENT",
+        ),
         (
             bundle(&h, "privileged", &["true"], |c| {
                 c["linux"]["resources"] = json!({"devices": [{"allow": true, "access": "rwm"}]})

@@ -40,9 +40,9 @@ pub fn join_fresh_session_keyring() -> std::io::Result<()> {
     }
 }
 
-/// The init, cloned by the intermediate. Never returns.
+/// The init, cloned by the intermediate (non-dumpable from its first instruction on, see
+/// [`burrow_bus::fork`]). Never returns.
 pub fn init(config: &InitConfig, channel: ChildChannel) -> ! {
-    super::not_dumpable(&channel);
     // Before anything runs in the container, createContainer hooks included.
     if let Err(e) = join_fresh_session_keyring() {
         channel.fail("joining a fresh session keyring", e);
@@ -83,7 +83,7 @@ pub fn init(config: &InitConfig, channel: ChildChannel) -> ! {
         .zip(&create_hook_binaries)
     {
         let stdin = state_text.as_deref().unwrap_or_default().as_bytes();
-        if let Err(e) = run_hook(hook, Some(binary.as_fd()), stdin) {
+        if let Err(e) = run_hook(config, hook, Some(binary.as_fd()), stdin) {
             channel.fail(&format!("createContainer hook {:?}", hook.path), e);
         }
     }
@@ -96,8 +96,8 @@ pub fn init(config: &InitConfig, channel: ChildChannel) -> ! {
 pub enum HookError {
     #[error("pipe: {0}")]
     Pipe(#[source] nix::Error),
-    #[error("fork: {0}")]
-    Fork(#[source] nix::Error),
+    #[error(transparent)]
+    Fork(#[from] burrow_bus::fork::ForkError),
     #[error("waiting: {0}")]
     Wait(#[source] nix::Error),
     #[error("timed out")]
@@ -113,21 +113,29 @@ pub fn deadline_after(timeout: Duration) -> Option<Instant> {
 }
 
 /// Runs `hook` with `state` on its stdin and waits for it, within its timeout. `binary` is an
-/// O_PATH fd to execute instead of looking the path up here.
+/// O_PATH fd to execute instead of looking the path up here. The hook gets the fds the
+/// container's process gets (stdio and `--preserve-fds`), its stdin pipe and its binary.
 fn run_hook(
+    config: &InitConfig,
     hook: &ContainerHook,
     binary: Option<BorrowedFd<'_>>,
     state: &[u8],
 ) -> Result<(), HookError> {
+    use burrow_bus::fork::{fork_child, Keep, ParentExit};
     use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
     let (stdin_r, stdin_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(HookError::Pipe)?;
+    let keep = Keep::first(super::passed_on(config))
+        .and(stdin_r.as_fd())
+        .and_all(binary);
     // SAFETY: the init is single-threaded, so the child is a consistent copy of it (its
-    // allocator's locks included).
-    let child = match unsafe { nix::unistd::fork() }.map_err(HookError::Fork)? {
-        nix::unistd::ForkResult::Child => exec_hook(hook, binary, stdin_r.as_fd()),
-        nix::unistd::ForkResult::Parent { child } => child,
-    };
+    // allocator's locks included); it drops no fd wrapper before its exec. The init kills it
+    // at its timeout: no death signal, as before.
+    let child = unsafe {
+        fork_child(keep, ParentExit::Survive, || {
+            exec_hook(hook, binary, stdin_r.as_fd())
+        })
+    }?;
     drop(stdin_r);
     let _ = std::io::Write::write_all(&mut std::fs::File::from(stdin_w), state);
     let deadline = deadline_after(hook.timeout);
@@ -147,12 +155,13 @@ fn run_hook(
     }
 }
 
-/// The hook's child: its stdin is the pipe, then exec. Never returns.
-fn exec_hook(hook: &ContainerHook, binary: Option<BorrowedFd<'_>>, stdin: BorrowedFd<'_>) -> ! {
+/// The hook's child: its stdin is the pipe, then exec. Returns only if the exec failed, with
+/// the child's exit code.
+fn exec_hook(hook: &ContainerHook, binary: Option<BorrowedFd<'_>>, stdin: BorrowedFd<'_>) -> i32 {
     use nix::fcntl::{fcntl, AtFlags, FcntlArg, FdFlag};
     // Fd 0 is stdin by definition.
     if nix::unistd::dup2(stdin.as_raw_fd(), 0).is_err() {
-        super::exit_child(127);
+        return 127;
     }
     match binary {
         Some(fd) => {
@@ -170,7 +179,7 @@ fn exec_hook(hook: &ContainerHook, binary: Option<BorrowedFd<'_>>, stdin: Borrow
             let _ = nix::unistd::execve(&hook.path, &hook.args, &hook.env);
         }
     }
-    super::exit_child(127)
+    127
 }
 
 /// In the container's namespaces already: terminal, hostname, limits, user, then (after
@@ -195,7 +204,7 @@ pub fn setup_and_exec(
             })
             .unwrap_or_default();
         for hook in &config.start_container_hooks {
-            if let Err(e) = run_hook(hook, None, &state) {
+            if let Err(e) = run_hook(config, hook, None, &state) {
                 // `start` has returned already: the container's stderr is the only witness.
                 leave(1, &format!("startContainer hook {:?}: {e}", hook.path));
             }
@@ -210,7 +219,7 @@ fn leave(code: i32, message: &str) -> ! {
         &mut std::io::stderr(),
         format!("burrow: {message}\n").as_bytes(),
     );
-    super::exit_child(code)
+    burrow_bus::fork::exit(code)
 }
 
 /// The process's own setup, in order: session, terminal, hostname, limits, seccomp (while
@@ -259,14 +268,12 @@ fn set_up(config: &InitConfig, channel: &ChildChannel) {
 
 /// Execs the process, trying each candidate path of args[0]. Never returns.
 fn exec(config: &InitConfig) -> ! {
-    // SAFETY: close_range(2) takes no pointer; marking every fd above the ones passed on
-    // close-on-exec is what keeps the runtime's fds out of the container.
-    unsafe {
-        libc::syscall(
-            libc::SYS_close_range,
-            3u32.saturating_add(config.preserve_fds),
-            u32::MAX,
-            libc::CLOSE_RANGE_CLOEXEC,
+    // Every fd above the ones passed on is close-on-exec: no fd of the runtime's (the channel,
+    // the fifo, a hook's binary) reaches the container.
+    if let Err(e) = burrow_bus::fork::close_on_exec_from(super::passed_on(config)) {
+        leave(
+            127,
+            &format!("marking the runtime's fds close-on-exec: {e}"),
         );
     }
     let mut error = nix::errno::Errno::ENOENT;
@@ -293,7 +300,7 @@ fn wait_for_start(fifo: BorrowedFd<'_>) {
         Ok(fifo) => {
             let _ = rustix::io::write(&fifo, b"0");
         }
-        Err(_) => super::exit_child(126),
+        Err(_) => burrow_bus::fork::exit(126),
     }
 }
 

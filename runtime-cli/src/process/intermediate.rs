@@ -2,13 +2,28 @@
 //! for its cgroup, becomes root in it, unshares the other namespaces and clones the init as a
 //! sibling (a child of the CLI, so that a subreaper such as containerd's shim adopts it).
 
+use burrow_bus::fork::{fork_child, fork_sibling, ForkError, ParentExit};
+use nix::unistd::Pid;
+
 use super::channel::ChildChannel;
 use super::config::InitConfig;
 use super::message::ToParent;
 
+/// Forks the intermediate, a child of the CLI (which reaps it once it has cloned the init). No
+/// death signal, as the init it clones must outlive the CLI: if the CLI goes first, its end of
+/// the channel closes and the intermediate leaves at its next step.
+///
+/// # Safety
+/// Only while the CLI is single-threaded (the intermediate allocates).
+pub unsafe fn spawn(config: &InitConfig, channel: ChildChannel) -> Result<Pid, ForkError> {
+    let keep = super::keep(config, &channel);
+    // SAFETY: the caller guarantees the CLI is single-threaded, so the child may allocate; the
+    // intermediate drops no fd wrapper but the user namespace's, which it opens itself.
+    unsafe { fork_child(keep, ParentExit::Survive, || intermediate(config, channel)) }
+}
+
 /// The intermediate process. Never returns.
-pub fn intermediate(config: &InitConfig, channel: ChildChannel) -> ! {
-    super::not_dumpable(&channel);
+fn intermediate(config: &InitConfig, channel: ChildChannel) -> ! {
     if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER) {
         channel.fail("unshare(CLONE_NEWUSER)", e);
     }
@@ -34,26 +49,18 @@ pub fn intermediate(config: &InitConfig, channel: ChildChannel) -> ! {
     if let Err(e) = nix::sched::unshare(flags) {
         channel.fail("unsharing the container's namespaces", e);
     }
-    // SAFETY: this process is single-threaded (forked from the single-threaded CLI), so the
-    // child gets a consistent copy of its memory; CLONE_PARENT without CLONE_VM shares nothing
-    // but the parent.
-    let child = unsafe {
-        libc::syscall(
-            libc::SYS_clone,
-            libc::CLONE_PARENT | libc::SIGCHLD,
-            0,
-            0,
-            0,
-            0,
-        )
-    };
-    match child {
-        0 => super::init::init(config, channel),
-        pid if pid > 0 => {
-            let pid = nix::unistd::Pid::from_raw(pid as i32);
+    let for_init = channel
+        .try_clone()
+        .unwrap_or_else(|e| channel.fail("duplicating the channel for the init", e));
+    let keep = super::keep(config, &for_init);
+    // SAFETY: this process is single-threaded (forked from the single-threaded CLI); the init
+    // owns `for_init` and `config` (kept) and drops no other fd wrapper.
+    let init = unsafe { fork_sibling(keep, || super::init::init(config, for_init)) };
+    match init {
+        Ok(pid) => {
             let _ = channel.tell(&ToParent::InitPid(pid));
-            super::exit_child(0)
+            burrow_bus::fork::exit(0)
         }
-        _ => channel.fail("clone of the init", std::io::Error::last_os_error()),
+        Err(e) => channel.fail("clone of the init", e),
     }
 }

@@ -2,16 +2,42 @@
 //! clones the new process into the container's pid namespace as a sibling (a child of the
 //! CLI). It runs no binary the container can reach and is non-dumpable.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
+
+use burrow_bus::fork::{fork_child, fork_sibling, ForkError, ParentExit};
+use nix::unistd::Pid;
 
 use super::channel::ChildChannel;
 use super::config::InitConfig;
 use super::message::ToParent;
 
+/// Forks the joiner, a child of the CLI (which reaps it), keeping the namespaces to join. It
+/// first moves itself into `cgroup`, so that the process it clones starts there. No death
+/// signal: the process it clones outlives the CLI with `--detach`.
+///
+/// # Safety
+/// Only while the CLI is single-threaded (the joiner allocates).
+pub unsafe fn spawn(
+    namespaces: &[(OwnedFd, &str)],
+    cgroup: Option<&str>,
+    config: &InitConfig,
+    channel: ChildChannel,
+) -> Result<Pid, ForkError> {
+    let keep = super::keep(config, &channel).and_all(namespaces.iter().map(|(fd, _)| fd.as_fd()));
+    let body = || {
+        if let Some(cgroup) = cgroup {
+            burrow_bus::cgroup::join(cgroup, std::process::id() as i32);
+        }
+        joiner(namespaces, config, channel)
+    };
+    // SAFETY: the caller guarantees the CLI is single-threaded, so the child may allocate; the
+    // joiner drops no fd wrapper but those it opens itself (the cgroup's files).
+    unsafe { fork_child(keep, ParentExit::Survive, body) }
+}
+
 /// Joins the namespaces in `namespaces` (user first), becomes root, and clones `config`'s
 /// process as a sibling. Never returns.
-pub fn joiner(namespaces: &[(OwnedFd, &str)], config: &InitConfig, channel: ChildChannel) -> ! {
-    super::not_dumpable(&channel);
+fn joiner(namespaces: &[(OwnedFd, &str)], config: &InitConfig, channel: ChildChannel) -> ! {
     for (fd, what) in namespaces {
         if let Err(e) = nix::sched::setns(fd, nix::sched::CloneFlags::empty()) {
             channel.fail(&format!("joining the container's {what} namespace"), e);
@@ -26,26 +52,23 @@ pub fn joiner(namespaces: &[(OwnedFd, &str)], config: &InitConfig, channel: Chil
     if let Err(e) = super::init::join_fresh_session_keyring() {
         channel.fail("joining a fresh session keyring", e);
     }
-    // SAFETY: this process is single-threaded (forked from the single-threaded CLI), so the
-    // child gets a consistent copy of its memory; CLONE_PARENT without CLONE_VM shares nothing
-    // but the parent.
-    let child = unsafe {
-        libc::syscall(
-            libc::SYS_clone,
-            libc::CLONE_PARENT | libc::SIGCHLD,
-            0,
-            0,
-            0,
-            0,
-        )
+    let for_process = channel
+        .try_clone()
+        .unwrap_or_else(|e| channel.fail("duplicating the channel for the process", e));
+    // The process keeps no namespace fd: it is in them.
+    let keep = super::keep(config, &for_process);
+    // SAFETY: this process is single-threaded (forked from the single-threaded CLI); the
+    // process owns `for_process` (kept) and drops no other fd wrapper.
+    let process = unsafe {
+        fork_sibling(keep, || {
+            super::init::setup_and_exec(config, for_process, None)
+        })
     };
-    match child {
-        0 => super::init::setup_and_exec(config, channel, None),
-        pid if pid > 0 => {
-            let pid = nix::unistd::Pid::from_raw(pid as i32);
+    match process {
+        Ok(pid) => {
             let _ = channel.tell(&ToParent::ProcessPid(pid));
-            super::exit_child(0)
+            burrow_bus::fork::exit(0)
         }
-        _ => channel.fail("clone", std::io::Error::last_os_error()),
+        Err(e) => channel.fail("clone", e),
     }
 }

@@ -22,7 +22,10 @@
 //! `exec`: the joiner joins the container's namespaces and clones the process, then sends
 //! `pid N`, racing with the process's own `console` and `ready`. Any child may instead send
 //! `error: TEXT` and exit. The children are forked from the single-threaded CLI, so they may
-//! allocate.
+//! allocate. Every one of them starts through [`burrow_bus::fork`]: non-dumpable, holding only
+//! the fds of [`keep`], and without a death signal: the init and exec's process outlive the
+//! CLI, the intermediate leaves when the CLI's end of the channel closes, and the joiner and
+//! the init's hook runners end by themselves.
 
 pub mod channel;
 pub mod config;
@@ -34,23 +37,25 @@ pub mod scm;
 #[cfg(test)]
 mod tests;
 
-pub use channel::{pair, ParentChannel, ProtocolError};
+use std::os::fd::AsFd;
+
+use burrow_bus::fork::Keep;
+
+pub use channel::{pair, ChildChannel, ParentChannel, ProtocolError};
 pub use config::{ContainerHook, InitConfig};
 
-/// Ends a forked child with `code`.
-pub fn exit_child(code: i32) -> ! {
-    // SAFETY: _exit(2) ends the process at once, without running the atexit handlers or
-    // flushing the stdio buffers the child copied from the CLI, which are the CLI's to run.
-    unsafe { libc::_exit(code) }
+/// How many fds a container's process gets from the runtime's caller: stdio and
+/// `--preserve-fds` (fds `0..N`). Every process the CLI forks for a container keeps them, to pass
+/// them on; the container's process gets no other.
+pub fn passed_on(config: &InitConfig) -> u32 {
+    3u32.saturating_add(config.preserve_fds)
 }
 
-/// Makes this process non-dumpable, so that the container's root cannot open it through
-/// /proc while it holds the runtime's fds (the lesson of CVE-2019-5736); exec of the
-/// container's process makes it dumpable again. A process that cannot be made so leaves.
-pub fn not_dumpable(channel: &channel::ChildChannel) {
-    if let Err(e) =
-        rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
-    {
-        channel.fail("prctl(PR_SET_DUMPABLE)", e);
-    }
+/// What a process the CLI forks for a container keeps of the fds it had (the rest are closed
+/// as it starts, see [`burrow_bus::fork`]): those it passes on, its end of the channel and the
+/// exec fifo (the init's).
+pub fn keep(config: &InitConfig, channel: &ChildChannel) -> Keep {
+    Keep::first(passed_on(config))
+        .and(channel.as_fd())
+        .and_all(config.fifo.as_ref().map(AsFd::as_fd))
 }
