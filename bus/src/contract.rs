@@ -1,4 +1,6 @@
-//! Names every party of the contract agrees on.
+//! Names every party of the contract agrees on, and the typed values they exchange.
+
+mod plan;
 
 /// Number of IDs each container gets in its user namespace, and the alignment of every range.
 pub const RANGE_SIZE: u32 = 65536;
@@ -47,6 +49,10 @@ pub mod mount {
     /// Most fds in BuildRoot's `fds`: below the 64 fds per message that Burrow's bus policy
     /// allows (the system bus's default is 16), so that mountd answers, not the bus.
     pub const MAX_FDS: usize = 48;
+
+    pub use super::plan::{
+        BuildPlan, MountKind, MountKindError, PlanError, PlanMount, WireMount, KEYS, NO_FD,
+    };
 }
 
 /// Longest object name (container id) a helper accepts, in bytes.

@@ -57,7 +57,7 @@ pub trait Mount1 {
     fn build_root(
         &self,
         init_pidfd: OwnedFd,
-        plan: std::collections::HashMap<&str, zbus::zvariant::Value<'_>>,
+        plan: &crate::contract::mount::BuildPlan,
         fds: Vec<OwnedFd>,
     ) -> zbus::Result<OwnedFd>;
 }

@@ -5,6 +5,7 @@
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 
+use burrow_bus::contract::mount::MountKind;
 use burrow_bus::pidfd::Namespaces;
 use burrow_bus::userns::UserNs;
 use burrow_bus::BurrowError;
@@ -12,7 +13,7 @@ use rustix::mount::MountAttrFlags;
 
 use crate::idmap::{clone_tree, idmapped_clone, mapping_for, set_attributes, Mapping, NO_DEVICES};
 use crate::job::{BuildJob, CgroupLayout, Fds, FsType, Job, Prepared};
-use crate::plan::{translate_ids, Kind, MountEntry, Options, Plan};
+use crate::plan::{translate_ids, MountEntry, Options, Plan};
 
 const TMPFS_MAGIC: i64 = 0x01021994;
 
@@ -148,15 +149,12 @@ fn prepare(
     let attrs = flags_of(&options);
     let mut data = translate_ids(&options.data, &cx.uid_map, &cx.gid_map)?;
     let fstype = match kind {
-        Kind::Bind {
-            source,
-            recursive,
-            idmapped,
-        } => {
-            let source = cx.fds[source].as_fd();
+        MountKind::Bind { source } => {
+            let recursive = options.recursive;
+            let source = cx.fds[source as usize].as_fd();
             let is_file = rustix::fs::fstat(source)
                 .is_ok_and(|st| !rustix::fs::FileType::from_raw_mode(st.st_mode).is_dir());
-            let mount = if idmapped {
+            let mount = if options.idmapped {
                 idmapped_clone(source, &cx.mapping, recursive)?
             } else {
                 unmapped_clone(source, &destination, cx.root_ids, recursive)?
@@ -169,12 +167,12 @@ fn prepare(
                 recursive,
             });
         }
-        Kind::Cgroup => return Ok(Prepared::Cgroup { destination, attrs }),
-        Kind::Proc => FsType::Proc,
-        Kind::Sysfs => FsType::Sysfs,
-        Kind::Tmpfs => FsType::Tmpfs,
-        Kind::Devpts => FsType::Devpts,
-        Kind::Mqueue => FsType::Mqueue,
+        MountKind::Cgroup => return Ok(Prepared::Cgroup { destination, attrs }),
+        MountKind::Proc => FsType::Proc,
+        MountKind::Sysfs => FsType::Sysfs,
+        MountKind::Tmpfs => FsType::Tmpfs,
+        MountKind::Devpts => FsType::Devpts,
+        MountKind::Mqueue => FsType::Mqueue,
     };
     if fstype == FsType::Tmpfs {
         // A tmpfs belongs to the container's root unless the plan says otherwise.

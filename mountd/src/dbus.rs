@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 
-use burrow_bus::contract::mount;
+use burrow_bus::contract::mount::{self, MountKind};
 use burrow_bus::pidfd::container_namespaces;
 use burrow_bus::service::{blocking, Activity};
 use burrow_bus::userns::UserNs;
@@ -16,7 +16,7 @@ use zbus::Connection;
 
 use crate::build::{self, Request};
 use crate::idmap::{check_owner, idmapped_clone, mapping_for, set_attributes, Mapping};
-use crate::plan::{Kind, Plan};
+use crate::plan::Plan;
 
 pub struct Mount {
     /// An empty directory where workers attach a rootfs in their private mount namespaces.
@@ -92,12 +92,14 @@ impl Mount {
     /// The container's whole mount namespace, locked, as an fd to setns(2) into. `init_pidfd`
     /// is a pidfd of the container's init: its user namespace (owned by the caller) and its
     /// pid, network, ipc and cgroup namespaces (owned by that user namespace) are used.
-    /// `plan` (a{sv}): `rootfs` (u, index into `fds` of an O_PATH directory), `dev` (u, the
-    /// mount from org.burrow.Dev1), `rootfs_readonly` (b), `mounts` (a(ssuas): destination,
-    /// type, source fd index or 0xffffffff, options; a bind with option `noidmap` is not
-    /// ID-mapped and must be a directory owned by the container's root), `masked_paths` (as),
-    /// `readonly_paths` (as), `writable_sysctls` (as: subtrees of /proc/sys made writable
-    /// again, e.g. /proc/sys/net).
+    /// `plan` is the contract's `BuildPlan` as an a{sv} (see docs/api.md): `rootfs` (u, index
+    /// into `fds` of an O_PATH directory), `dev` (u, the mount from org.burrow.Dev1),
+    /// `rootfs_readonly` (b), `mounts` (a(ssuas): destination, type, source fd index or
+    /// 0xffffffff, options; a bind with option `noidmap` is not ID-mapped and must be a
+    /// directory owned by the container's root), `masked_paths` (as), `readonly_paths` (as),
+    /// `writable_sysctls` (as: subtrees of /proc/sys made writable again, e.g. /proc/sys/net).
+    /// It arrives as the raw dictionary and is converted in `Plan::parse`, so that a malformed
+    /// plan is Burrow's named InvalidArgument, not the bus's InvalidArgs.
     async fn build_root(
         &self,
         #[zbus(header)] header: Header<'_>,
@@ -118,11 +120,9 @@ impl Mount {
             for index in
                 std::iter::once(plan.rootfs).chain(plan.mounts.iter().filter_map(
                     |m| match m.kind {
-                        // Checked against the container's root once its maps are read.
-                        Kind::Bind {
-                            idmapped: false, ..
-                        } => None,
-                        Kind::Bind { source, .. } => Some(source),
+                        // A noidmap bind is checked against the container's root once its
+                        // maps are read.
+                        MountKind::Bind { source } if m.options.idmapped => Some(source as usize),
                         _ => None,
                     },
                 ))

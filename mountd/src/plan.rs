@@ -1,53 +1,57 @@
-//! The BuildRoot plan: what the caller asks for, checked before anything is mounted.
+//! The BuildRoot plan, checked before anything is mounted: the contract's [`BuildPlan`] (its
+//! shape checked by its conversion from the wire), then what it asks for checked here.
 
 use std::collections::HashMap;
 
 use zbus::zvariant::OwnedValue;
 
-use burrow_bus::contract::mount::MAX_FDS;
+use burrow_bus::contract::mount::{BuildPlan, MountKind, PlanMount, MAX_FDS};
 use burrow_bus::BurrowError;
 
 /// Most mounts, masked and read-only paths one plan may hold, each.
 pub const MAX_ENTRIES: usize = 256;
-/// Marks "no source fd" in a mount entry.
-pub const NO_FD: u32 = u32::MAX;
 
+/// Mount flags (MOUNT_ATTR_*), how a bind is cloned and filesystem data options of one mount.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Kind {
-    /// `idmapped`: the source is ID-mapped into the container (the default). `noidmap` binds are
-    /// mounted as they are and must already belong to the container's root.
-    Bind {
-        source: usize,
-        recursive: bool,
-        idmapped: bool,
-    },
-    Proc,
-    Sysfs,
-    Tmpfs,
-    Devpts,
-    Mqueue,
-    Cgroup,
-}
-
-/// Mount flags (MOUNT_ATTR_*) and filesystem data options of one mount.
-#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Options {
     pub read_only: bool,
     pub nosuid: bool,
     pub nodev: bool,
     pub noexec: bool,
+    /// `rbind`: a bind takes its source's submounts along.
+    pub recursive: bool,
+    /// A bind's source is ID-mapped into the container unless `noidmap` says otherwise: such a
+    /// bind is mounted as it is and must already belong to the container's root.
+    pub idmapped: bool,
     /// `key=value` or bare-word options for the filesystem (tmpfs size, devpts mode...).
     pub data: Vec<(String, Option<String>)>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            read_only: false,
+            nosuid: false,
+            nodev: false,
+            noexec: false,
+            recursive: false,
+            idmapped: true,
+            data: vec![],
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct MountEntry {
     /// Absolute path inside the container, normalized (no `.`/`..`, no double slashes).
     pub destination: String,
-    pub kind: Kind,
+    /// A bind's source indexes the fds passed with the plan (checked).
+    pub kind: MountKind,
     pub options: Options,
 }
 
+/// A plan mountd builds: every fd index names a passed fd, every path is normalized, every
+/// option understood.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
     pub rootfs: usize,
@@ -92,18 +96,8 @@ pub fn normalize_path(path: &str) -> Result<String, BurrowError> {
     Ok(format!("/{}", parts.join("/")))
 }
 
-/// How a bind is cloned: with its submounts (`rbind`), ID-mapped (unless `noidmap`).
-struct BindOptions {
-    recursive: bool,
-    idmapped: bool,
-}
-
-fn parse_options(destination: &str, raw: &[String]) -> Result<(Options, BindOptions), BurrowError> {
+fn parse_options(destination: &str, raw: &[String]) -> Result<Options, BurrowError> {
     let mut options = Options::default();
-    let mut bind = BindOptions {
-        recursive: false,
-        idmapped: true,
-    };
     for option in raw {
         match option.as_str() {
             "ro" => options.read_only = true,
@@ -112,8 +106,8 @@ fn parse_options(destination: &str, raw: &[String]) -> Result<(Options, BindOpti
             "nodev" => options.nodev = true,
             "noexec" => options.noexec = true,
             "suid" | "dev" | "exec" | "defaults" | "bind" => {}
-            "rbind" => bind.recursive = true,
-            "noidmap" => bind.idmapped = false,
+            "rbind" => options.recursive = true,
+            "noidmap" => options.idmapped = false,
             // Propagation: every mount of the container is private to it anyway.
             "private" | "rprivate" | "slave" | "rslave" | "shared" | "rshared" | "unbindable"
             | "runbindable" => {}
@@ -145,15 +139,7 @@ fn parse_options(destination: &str, raw: &[String]) -> Result<(Options, BindOpti
             }
         }
     }
-    Ok((options, bind))
-}
-
-fn take<T: TryFrom<OwnedValue>>(
-    key: &str,
-    value: OwnedValue,
-    what: &str,
-) -> Result<T, BurrowError> {
-    T::try_from(value).map_err(|_| invalid(format!("plan key {key:?} must be {what}")))
+    Ok(options)
 }
 
 fn fd_index(key: &str, index: u32, fds: usize) -> Result<usize, BurrowError> {
@@ -166,8 +152,7 @@ fn fd_index(key: &str, index: u32, fds: usize) -> Result<usize, BurrowError> {
     Ok(index)
 }
 
-fn paths(key: &str, value: OwnedValue) -> Result<Vec<String>, BurrowError> {
-    let list: Vec<String> = take(key, value, "an array of strings (as)")?;
+fn paths(key: &str, list: Vec<String>) -> Result<Vec<String>, BurrowError> {
     if list.len() > MAX_ENTRIES {
         return Err(invalid(format!(
             "plan key {key:?} has more than {MAX_ENTRIES} entries"
@@ -176,122 +161,79 @@ fn paths(key: &str, value: OwnedValue) -> Result<Vec<String>, BurrowError> {
     list.iter().map(|p| normalize_path(p)).collect()
 }
 
-/// One raw mount entry on the wire: (destination, type, source fd index or NO_FD, options).
-pub type WireMount = (String, String, u32, Vec<String>);
+fn sysctls(list: Vec<String>) -> Result<Vec<String>, BurrowError> {
+    let list = paths("writable_sysctls", list)?;
+    if let Some(outside) = list.iter().find(|p| {
+        p.strip_prefix(SYSCTL_ROOT)
+            .is_none_or(|rest| !rest.starts_with('/'))
+    }) {
+        return Err(invalid(format!(
+            "writable_sysctls: {outside:?} is not below {SYSCTL_ROOT}/"
+        )));
+    }
+    Ok(list)
+}
 
 impl Plan {
-    /// Checks a plan against the number of fds passed with it. Every key must be known.
+    /// Checks a plan from the wire against the number of fds passed with it. Every key must be
+    /// known.
     pub fn parse(raw: HashMap<String, OwnedValue>, fds: usize) -> Result<Plan, BurrowError> {
         if fds > MAX_FDS {
             return Err(invalid(format!(
                 "{fds} fds passed, at most {MAX_FDS} allowed"
             )));
         }
-        let (mut rootfs, mut dev) = (None, None);
-        let mut plan = Plan {
-            rootfs: 0,
-            rootfs_read_only: false,
-            dev: 0,
-            mounts: vec![],
-            masked_paths: vec![],
-            readonly_paths: vec![],
-            writable_sysctls: vec![],
-        };
-        for (key, value) in raw {
-            match key.as_str() {
-                "rootfs" => {
-                    rootfs = Some(fd_index(&key, take(&key, value, "an fd index (u)")?, fds)?)
-                }
-                "dev" => dev = Some(fd_index(&key, take(&key, value, "an fd index (u)")?, fds)?),
-                "rootfs_readonly" => plan.rootfs_read_only = take(&key, value, "a boolean (b)")?,
-                "masked_paths" => plan.masked_paths = paths(&key, value)?,
-                "readonly_paths" => plan.readonly_paths = paths(&key, value)?,
-                "writable_sysctls" => {
-                    plan.writable_sysctls = paths(&key, value)?;
-                    if let Some(outside) = plan.writable_sysctls.iter().find(|p| {
-                        p.strip_prefix(SYSCTL_ROOT)
-                            .is_none_or(|rest| !rest.starts_with('/'))
-                    }) {
-                        return Err(invalid(format!(
-                            "writable_sysctls: {outside:?} is not below {SYSCTL_ROOT}/"
-                        )));
-                    }
-                }
-                "mounts" => {
-                    let wire: Vec<WireMount> = take(&key, value, "an array of (ssuas)")?;
-                    if wire.len() > MAX_ENTRIES {
-                        return Err(invalid(format!("more than {MAX_ENTRIES} mounts")));
-                    }
-                    plan.mounts = wire
-                        .into_iter()
-                        .map(|m| Self::mount(m, fds))
-                        .collect::<Result<_, _>>()?;
-                }
-                other => {
-                    return Err(invalid(format!(
-                        "unknown plan key {other:?} (known: rootfs, rootfs_readonly, dev, mounts, \
-                         masked_paths, readonly_paths, writable_sysctls)"
-                    )))
-                }
-            }
-        }
-        plan.rootfs = rootfs.ok_or_else(|| invalid("plan has no \"rootfs\" fd"))?;
-        plan.dev =
-            dev.ok_or_else(|| invalid("plan has no \"dev\" fd (a mount from org.burrow.Dev1)"))?;
-        if plan.rootfs == plan.dev {
-            return Err(invalid("\"rootfs\" and \"dev\" name the same fd"));
-        }
-        Ok(plan)
+        Plan::check(BuildPlan::try_from(raw)?, fds)
     }
 
-    fn mount(
-        (destination, kind, source, options): WireMount,
-        fds: usize,
-    ) -> Result<MountEntry, BurrowError> {
+    /// Checks what a well-formed plan asks for.
+    fn check(plan: BuildPlan, fds: usize) -> Result<Plan, BurrowError> {
+        let rootfs = fd_index("rootfs", plan.rootfs, fds)?;
+        let dev = fd_index("dev", plan.dev, fds)?;
+        if rootfs == dev {
+            return Err(invalid("\"rootfs\" and \"dev\" name the same fd"));
+        }
+        if plan.mounts.len() > MAX_ENTRIES {
+            return Err(invalid(format!("more than {MAX_ENTRIES} mounts")));
+        }
+        Ok(Plan {
+            rootfs,
+            rootfs_read_only: plan.rootfs_readonly,
+            dev,
+            mounts: plan
+                .mounts
+                .into_iter()
+                .map(|m| Self::mount(m, fds))
+                .collect::<Result<_, _>>()?,
+            masked_paths: paths("masked_paths", plan.masked_paths)?,
+            readonly_paths: paths("readonly_paths", plan.readonly_paths)?,
+            writable_sysctls: sysctls(plan.writable_sysctls)?,
+        })
+    }
+
+    fn mount(mount: PlanMount, fds: usize) -> Result<MountEntry, BurrowError> {
+        let PlanMount {
+            destination,
+            kind,
+            options,
+        } = mount;
         let destination = normalize_path(&destination)?;
         if destination == "/" || destination == "/dev" {
             return Err(invalid(format!(
                 "mount on {destination} is not allowed (the rootfs and /dev come from \"rootfs\" and \"dev\")"
             )));
         }
-        let (options, bind) = parse_options(&destination, &options)?;
-        let kind = match kind.as_str() {
-            "bind" | "none" | "" => {
-                if source == NO_FD {
-                    return Err(invalid(format!(
-                        "bind mount {destination} needs a source fd"
-                    )));
-                }
-                Kind::Bind {
-                    source: fd_index("mounts", source, fds)?,
-                    recursive: bind.recursive,
-                    idmapped: bind.idmapped,
-                }
-            }
-            "proc" => Kind::Proc,
-            "sysfs" => Kind::Sysfs,
-            "tmpfs" => Kind::Tmpfs,
-            "devpts" => Kind::Devpts,
-            "mqueue" => Kind::Mqueue,
-            "cgroup" | "cgroup2" => Kind::Cgroup,
-            other => {
-                return Err(invalid(format!(
-                    "mount {destination}: unsupported type {other:?}"
-                )))
-            }
-        };
-        if !bind.idmapped && !matches!(kind, Kind::Bind { .. }) {
+        let options = parse_options(&destination, &options)?;
+        if let MountKind::Bind { source } = kind {
+            fd_index("mounts", source, fds)?;
+        } else if !options.idmapped {
             return Err(invalid(format!(
                 "mount {destination}: noidmap is an option of bind mounts"
             )));
         }
-        if !matches!(kind, Kind::Bind { .. }) && source != NO_FD {
-            return Err(invalid(format!(
-                "mount {destination}: a {:?} mount takes no source fd",
-                kind
-            )));
-        }
-        if !matches!(kind, Kind::Tmpfs | Kind::Devpts | Kind::Proc) && !options.data.is_empty() {
+        if !matches!(kind, MountKind::Tmpfs | MountKind::Devpts | MountKind::Proc)
+            && !options.data.is_empty()
+        {
             return Err(invalid(format!(
                 "mount {destination}: data options are only for tmpfs, devpts and proc"
             )));
@@ -334,6 +276,7 @@ pub fn translate_ids(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use burrow_bus::contract::mount::{WireMount, NO_FD};
     use zbus::zvariant::Value;
 
     fn owned<'a>(v: impl Into<Value<'a>>) -> OwnedValue {
@@ -399,14 +342,8 @@ mod tests {
         );
         let plan = Plan::parse(raw, 3).unwrap();
         assert_eq!(plan.mounts.len(), 4);
-        assert_eq!(
-            plan.mounts[3].kind,
-            Kind::Bind {
-                source: 2,
-                recursive: true,
-                idmapped: true,
-            }
-        );
+        assert_eq!(plan.mounts[3].kind, MountKind::Bind { source: 2 });
+        assert!(plan.mounts[3].options.recursive && plan.mounts[3].options.idmapped);
         assert!(plan.mounts[2].options.read_only);
         assert_eq!(
             plan.mounts[1].options.data[1],
@@ -426,14 +363,8 @@ mod tests {
         );
         raw.insert("mounts".into(), owned(vec![bind]));
         let plan = Plan::parse(raw, 3).unwrap();
-        assert_eq!(
-            plan.mounts[0].kind,
-            Kind::Bind {
-                source: 2,
-                recursive: true,
-                idmapped: false,
-            }
-        );
+        assert_eq!(plan.mounts[0].kind, MountKind::Bind { source: 2 });
+        assert!(plan.mounts[0].options.recursive && !plan.mounts[0].options.idmapped);
         let mut raw = base_plan();
         let tmpfs: WireMount = ("/run".into(), "tmpfs".into(), NO_FD, vec!["noidmap".into()]);
         raw.insert("mounts".into(), owned(vec![tmpfs]));
@@ -584,12 +515,105 @@ mod tests {
         }
     }
 
+    /// A plan as the bus carries it from the runtime to mountd: encoded, decoded as the raw
+    /// dictionary BuildRoot receives.
+    fn over_the_wire(plan: &BuildPlan) -> HashMap<String, OwnedValue> {
+        use zbus::zvariant::{serialized::Context, to_bytes, LE};
+        let bytes = to_bytes(Context::new_dbus(LE, 0), plan).unwrap();
+        bytes.deserialize().unwrap().0
+    }
+
+    /// A mount mountd accepts, binding only from the first `fds` fds.
+    fn valid_mount(fds: u32) -> impl proptest::strategy::Strategy<Value = PlanMount> {
+        use proptest::prelude::*;
+        let kind = prop_oneof![
+            (0..fds).prop_map(|source| MountKind::Bind { source }),
+            Just(MountKind::Proc),
+            Just(MountKind::Sysfs),
+            Just(MountKind::Tmpfs),
+            Just(MountKind::Devpts),
+            Just(MountKind::Mqueue),
+            Just(MountKind::Cgroup),
+        ];
+        let flags = prop::collection::vec("(ro|rw|nosuid|nodev|noexec|rprivate|relatime)", 0..4);
+        let extra = prop::collection::vec("(rbind|noidmap|mode=0755|size=1m|gid=5)", 0..3);
+        ("(/[a-z]{1,6}){1,4}", kind, flags, extra)
+            .prop_filter("mounts on /dev are refused", |(d, ..)| d != "/dev")
+            .prop_map(|(destination, kind, mut options, extra)| {
+                // Each extra option is kept only where mountd takes it.
+                options.extend(extra.into_iter().filter(|o| match kind {
+                    MountKind::Bind { .. } => o == "rbind" || o == "noidmap",
+                    MountKind::Tmpfs | MountKind::Devpts | MountKind::Proc => o.contains('='),
+                    _ => false,
+                }));
+                PlanMount {
+                    destination,
+                    kind,
+                    options,
+                }
+            })
+    }
+
+    /// Any plan mountd accepts: distinct rootfs and dev among `fds`, normalized paths, sysctls
+    /// below /proc/sys.
+    fn valid_plan() -> impl proptest::strategy::Strategy<Value = (BuildPlan, usize)> {
+        use proptest::prelude::*;
+        (2..=MAX_FDS as u32).prop_flat_map(|fds| {
+            let paths = || prop::collection::vec("(/[a-z]{1,6}){1,3}", 0..4);
+            let sysctls = prop::collection::vec("/proc/sys(/[a-z]{1,6}){1,3}", 0..3);
+            (
+                (0..fds, 1..fds, any::<bool>()),
+                prop::collection::vec(valid_mount(fds), 0..6),
+                (paths(), paths(), sysctls),
+            )
+                .prop_map(move |((rootfs, step, rootfs_readonly), mounts, lists)| {
+                    let plan = BuildPlan {
+                        rootfs,
+                        rootfs_readonly,
+                        dev: (rootfs + step) % fds,
+                        mounts,
+                        masked_paths: lists.0,
+                        readonly_paths: lists.1,
+                        writable_sysctls: lists.2,
+                    };
+                    (plan, fds as usize)
+                })
+        })
+    }
+
+    proptest::proptest! {
+        /// Any valid typed plan the runtime sends is, once it has crossed the bus, the same
+        /// typed plan in mountd, and mountd accepts it as it was sent.
+        #[test]
+        fn any_valid_plan_survives_the_wire((plan, fds) in valid_plan()) {
+            let checked = Plan::parse(over_the_wire(&plan), fds);
+            proptest::prop_assert!(checked.is_ok(), "{checked:?}");
+            let checked = checked.unwrap();
+            let received = BuildPlan::try_from(over_the_wire(&plan)).unwrap();
+            proptest::prop_assert_eq!(&received, &plan);
+            proptest::prop_assert_eq!(checked.rootfs, plan.rootfs as usize);
+            proptest::prop_assert_eq!(checked.dev, plan.dev as usize);
+            proptest::prop_assert_eq!(checked.rootfs_read_only, plan.rootfs_readonly);
+            let kinds: Vec<_> = plan.mounts.iter().map(|m| (m.destination.clone(), m.kind)).collect();
+            let checked_kinds: Vec<_> =
+                checked.mounts.iter().map(|m| (m.destination.clone(), m.kind)).collect();
+            proptest::prop_assert_eq!(checked_kinds, kinds);
+            proptest::prop_assert_eq!(checked.masked_paths, plan.masked_paths);
+            proptest::prop_assert_eq!(checked.readonly_paths, plan.readonly_paths);
+            proptest::prop_assert_eq!(checked.writable_sysctls, plan.writable_sysctls);
+        }
+    }
+
     /// The properties of a parsed plan, or of its refusal.
     fn check_plan(
         raw: HashMap<String, OwnedValue>,
         fds: usize,
     ) -> Result<(), proptest::test_runner::TestCaseError> {
-        use proptest::prop_assert;
+        use proptest::{prop_assert, prop_assert_eq};
+        let copy: HashMap<String, OwnedValue> = raw
+            .iter()
+            .map(|(k, v)| (k.clone(), v.try_clone().unwrap()))
+            .collect();
         let plan = match Plan::parse(raw, fds) {
             Ok(plan) => plan,
             Err(e) => {
@@ -603,13 +627,16 @@ mod tests {
             prop_assert!(destination.starts_with('/') && !destination.contains("//"));
             prop_assert!(destination != "/" && destination != "/dev");
             prop_assert!(!destination.split('/').any(|p| p == ".." || p == "."));
-            if let Kind::Bind { source, .. } = mount.kind {
-                prop_assert!(source < fds);
+            if let MountKind::Bind { source } = mount.kind {
+                prop_assert!((source as usize) < fds);
             }
         }
         for sysctl in &plan.writable_sysctls {
             prop_assert!(sysctl.starts_with("/proc/sys/"));
         }
+        // What mountd accepted is a typed plan that crosses the wire unchanged.
+        let typed = BuildPlan::try_from(copy).unwrap();
+        prop_assert_eq!(BuildPlan::try_from(over_the_wire(&typed)).unwrap(), typed);
         Ok(())
     }
 }

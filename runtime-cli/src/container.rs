@@ -8,9 +8,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use burrow_bus::contract::mount::{BuildPlan, PlanMount};
 use burrow_bus::proxy::{Dev1Proxy, IdMap1Proxy, Mount1Proxy};
 use oci_spec::runtime::{Hook, LinuxNamespaceType, Spec};
-use zbus::zvariant::Value;
 
 use crate::error::{CliError, Result};
 use crate::process::{self, ContainerHook, InitConfig, ParentChannel};
@@ -635,15 +635,12 @@ fn place_in_cgroup(
     Ok(())
 }
 
-/// One mount of mountd's plan: destination, type, index of its source fd (or u32::MAX), options.
-type WireMount = (String, String, u32, Vec<String>);
-
 /// The fds mountd gets (the rootfs first, then each bind's source, opened O_PATH here: mountd
 /// never resolves a caller's path) and the mounts that refer to them.
 fn plan_mounts(
     bundle: &Bundle,
     docker_data: Option<&Path>,
-) -> Result<(Vec<OwnedFd>, Vec<WireMount>)> {
+) -> Result<(Vec<OwnedFd>, Vec<PlanMount>)> {
     let open_path = |path: &Path| -> Result<OwnedFd> {
         rustix::fs::open(
             path,
@@ -656,7 +653,7 @@ fn plan_mounts(
         })
     };
     let mut fds: Vec<OwnedFd> = vec![open_path(&bundle.rootfs)?];
-    let mut mounts: Vec<WireMount> = vec![];
+    let mut mounts: Vec<PlanMount> = vec![];
     let docker_data = docker_data.map(|dir| PlannedMount {
         destination: crate::spec::DOCKER_DATA.into(),
         typ: "bind".into(),
@@ -673,16 +670,17 @@ fn plan_mounts(
         let source = match &m.source {
             Some(path) => {
                 fds.push(open_path(path)?);
-                (fds.len() - 1) as u32
+                Some((fds.len() - 1) as u32)
             }
-            None => u32::MAX,
+            None => None,
         };
-        mounts.push((
-            m.destination.clone(),
-            m.typ.clone(),
-            source,
-            m.options.clone(),
-        ));
+        // The typed plan has no spelling for a type mountd does not mount: such a mount is
+        // the bundle's fault, named before any helper is asked.
+        let mount = PlanMount::new(m.destination.clone(), &m.typ, source, m.options.clone());
+        mounts.push(mount.map_err(|e| CliError::Bundle {
+            bundle: bundle.dir.display().to_string(),
+            reason: e.to_string(),
+        })?);
     }
     // One more for devd's /dev.
     if fds.len() + 1 > burrow_bus::contract::mount::MAX_FDS {
@@ -727,20 +725,18 @@ fn build_mount_namespace(
             let dev_index = fds.len() as u32;
             let mut wire: Vec<zbus::zvariant::OwnedFd> = fds.into_iter().map(Into::into).collect();
             wire.push(dev);
-            let mut plan: HashMap<&str, Value<'_>> = HashMap::new();
-            plan.insert("rootfs", Value::from(0u32));
-            plan.insert("dev", Value::from(dev_index));
-            plan.insert("rootfs_readonly", Value::from(readonly_root));
-            plan.insert("mounts", Value::from(mounts));
-            plan.insert("masked_paths", Value::from(bundle.masked.clone()));
-            plan.insert("readonly_paths", Value::from(bundle.readonly.clone()));
-            plan.insert(
-                "writable_sysctls",
-                Value::from(bundle.writable_sysctls.clone()),
-            );
+            let plan = BuildPlan {
+                rootfs: 0,
+                rootfs_readonly: readonly_root,
+                dev: dev_index,
+                mounts,
+                masked_paths: bundle.masked.clone(),
+                readonly_paths: bundle.readonly.clone(),
+                writable_sysctls: bundle.writable_sysctls.clone(),
+            };
             Mount1Proxy::new(conn)
                 .await?
-                .build_root(pidfd.into(), plan, wire)
+                .build_root(pidfd.into(), &plan, wire)
                 .await
         })
         .map_err(CliError::helper("devd/mountd"))?;

@@ -6,6 +6,7 @@
 use std::collections::BTreeSet;
 use std::os::fd::OwnedFd;
 
+use burrow_bus::contract::mount::BuildPlan;
 use burrow_bus::proxy::{Dev1Proxy, IdMap1Proxy, Mount1Proxy};
 use burrow_tests::{Harness, HarnessOptions};
 
@@ -130,8 +131,8 @@ fn every_proxy_call_reaches_its_method() {
         let mount = Mount1Proxy::new(&conn).await.unwrap();
         let idmapped = mount.idmap_mount(not_a_namespace(), not_a_namespace(), false);
         assert_dispatched("IdmapMount", idmapped.await);
-        let plan = std::collections::HashMap::new();
-        let built = mount.build_root(not_a_namespace(), plan, vec![]);
+        let plan = BuildPlan::new(0, 1);
+        let built = mount.build_root(not_a_namespace(), &plan, vec![]);
         assert_dispatched("BuildRoot", built.await);
     });
 }

@@ -812,10 +812,30 @@ mod container {
     use std::io::Read;
     use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
-    use burrow_bus::proxy::{Dev1Proxy, IdMap1Proxy, Mount1Proxy};
+    use std::collections::HashMap;
+
+    use burrow_bus::contract::mount::NO_FD;
+    use burrow_bus::proxy::{Dev1Proxy, IdMap1Proxy};
     use nix::sys::socket::{self, ControlMessage, MsgFlags};
     use serde_json::{json, Value};
     use zbus::zvariant::Value as ZValue;
+
+    /// BuildRoot with a hand-made plan dictionary, as a hostile caller would send it: the tests
+    /// send plans the contract's typed `BuildPlan` cannot express (unknown keys, unsupported
+    /// types, a bind without a source fd). The runtime's tests send the typed plan.
+    #[zbus::proxy(
+        interface = "org.burrow.Mount1",
+        default_service = "org.burrow.Mount1",
+        default_path = "/org/burrow/Mount1"
+    )]
+    trait RawMount1 {
+        fn build_root(
+            &self,
+            init_pidfd: zbus::zvariant::OwnedFd,
+            plan: HashMap<&str, ZValue<'_>>,
+            fds: Vec<zbus::zvariant::OwnedFd>,
+        ) -> zbus::Result<zbus::zvariant::OwnedFd>;
+    }
 
     /// runc's defaults.
     pub const MASKED: [&str; 11] = [
@@ -1035,7 +1055,7 @@ mod container {
             for extra in fd_arg(plan, "extra_fds") {
                 fds.push(open_path(&extra).into());
             }
-            let none = u32::MAX;
+            let none = NO_FD;
             let mut mounts: Vec<(String, String, u32, Vec<String>)> = vec![
                 (
                     "/proc".into(),
@@ -1124,7 +1144,7 @@ mod container {
                 .map(|s| s.to_string())
                 .chain(fd_arg(plan, "readonly_paths"))
                 .collect();
-            let mut wire = std::collections::HashMap::new();
+            let mut wire = HashMap::new();
             wire.insert("rootfs", ZValue::from(0u32));
             wire.insert("dev", ZValue::from(1u32));
             wire.insert("mounts", ZValue::from(mounts));
@@ -1133,7 +1153,7 @@ mod container {
             if plan["bogus_key"] == true {
                 wire.insert("bogus", ZValue::from(true));
             }
-            let mountd = Mount1Proxy::new(conn).await?;
+            let mountd = RawMount1Proxy::new(conn).await?;
             let started = std::time::Instant::now();
             let mntns = mountd.build_root(pidfd.into(), wire, fds).await?;
             let build_us = started.elapsed().as_micros() as u64;
