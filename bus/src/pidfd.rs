@@ -104,7 +104,18 @@ pub enum OwnNamespaceError {
     Namespace(#[source] nix::errno::Errno),
 }
 
-/// The mount namespace of the calling process, through a pidfd of itself (works without /proc).
+impl OwnNamespaceError {
+    /// The errno the kernel answered.
+    pub fn errno(&self) -> nix::errno::Errno {
+        match self {
+            OwnNamespaceError::PidfdOpen(e) => nix::errno::Errno::from_raw(e.raw_os_error()),
+            OwnNamespaceError::Namespace(e) => *e,
+        }
+    }
+}
+
+/// The mount namespace of the calling process, through a pidfd of itself (works without /proc,
+/// e.g. in a container whose /proc a plan shaped).
 pub fn own_mount_namespace() -> Result<OwnedFd, OwnNamespaceError> {
     let me = rustix::process::getpid();
     let pidfd = rustix::process::pidfd_open(me, rustix::process::PidfdFlags::empty())

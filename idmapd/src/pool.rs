@@ -145,7 +145,7 @@ mod tests {
             seed = seed
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
-            if seed % 3 == 0 {
+            if seed.is_multiple_of(3) {
                 taken.remove((seed as usize >> 7) % taken.len());
             }
         }

@@ -295,20 +295,9 @@ fn lock(root: BorrowedFd<'_>, user: BorrowedFd<'_>) -> Result<OwnedFd, JobError>
     nix::unistd::chdir("/").or_failed("chdir /")?;
     nix::sched::setns(user, CloneFlags::CLONE_NEWUSER).or_failed("joining the user namespace")?;
     nix::sched::unshare(CloneFlags::CLONE_NEWNS).or_failed("unshare the locked copy")?;
-    own_mount_namespace()
-}
-
-/// PIDFD_GET_MNT_NAMESPACE from <linux/pidfd.h> (Linux 6.11).
-const PIDFD_GET_MNT_NAMESPACE: u64 = nix::request_code_none!(0xFF, 3);
-
-/// The calling process's mount namespace, through a pidfd of itself (the container's /proc,
-/// which the plan shaped, is not consulted).
-fn own_mount_namespace() -> Result<OwnedFd, JobError> {
-    let me = rustix::process::getpid();
-    let pidfd = rustix::process::pidfd_open(me, rustix::process::PidfdFlags::empty())
-        .or_failed("pidfd_open of itself")?;
-    burrow_bus::userns::ioctl_new_fd(pidfd.as_fd(), PIDFD_GET_MNT_NAMESPACE)
-        .or_failed("PIDFD_GET_MNT_NAMESPACE")
+    burrow_bus::pidfd::own_mount_namespace()
+        .map_err(|e| e.errno())
+        .or_failed("the locked copy's mount namespace (pidfd of itself)")
 }
 
 fn mount_cgroups(

@@ -272,7 +272,7 @@ fn lifecycle_of_a_system_container() {
         .map(|f| f.parse().unwrap())
         .collect();
     assert_eq!(map[0], 0);
-    assert!(map[1] > 0 && map[1] % 65536 == 0);
+    assert!(map[1] > 0 && map[1].is_multiple_of(65536));
     assert_eq!(map[2], 65536);
     let last_cap: u32 = fs::read_to_string("/proc/sys/kernel/cap_last_cap")
         .unwrap()
