@@ -796,7 +796,7 @@ fn a_config_json_that_is_no_regular_file_is_refused_without_blocking() {
 #[test]
 fn a_host_wide_sysctl_is_refused_at_load() {
     let dir = scratch_bundle("sysctl");
-    let mut spec: Value = serde_json::from_str(&crate::default_spec().to_string()).unwrap();
+    let mut spec: Value = serde_json::from_str(&crate::defaults::spec().to_string()).unwrap();
     spec["linux"]["sysctl"] = json!({"kernel.panic": "5"});
     std::fs::write(dir.join("config.json"), spec.to_string()).unwrap();
     let e = Bundle::load(&dir).err().unwrap();

@@ -4,6 +4,7 @@
 //! privileged step.
 
 mod container;
+mod defaults;
 mod error;
 mod exec;
 #[cfg(test)]
@@ -380,9 +381,7 @@ fn exec_command(store: &Store, args: &ExecArgs) -> Result<i32> {
             parse_process(&text, path)?
         }
         None => {
-            let mut env_all = vec![
-                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
-            ];
+            let mut env_all = vec![format!("PATH={}", defaults::PATH)];
             env_all.extend(env.iter().cloned());
             oci_spec::runtime::ProcessBuilder::default()
                 .args(command.clone())
@@ -512,7 +511,7 @@ fn write_spec(bundle: &Path) -> Result<()> {
     }
     std::fs::write(
         &path,
-        serde_json::to_string_pretty(&default_spec()).unwrap(),
+        serde_json::to_string_pretty(&defaults::spec()).unwrap(),
     )
     .map_err(CliError::io(format!("writing {}", path.display())))
 }
@@ -533,36 +532,6 @@ fn features() -> serde_json::Value {
             "mountExtensions": {"idmap": {"enabled": true}}
         },
         "annotations": {"org.burrow.system-container": "true"}
-    })
-}
-
-pub(crate) fn default_spec() -> serde_json::Value {
-    serde_json::json!({
-        "ociVersion": "1.0.2",
-        "process": {
-            "terminal": true,
-            "user": {"uid": 0, "gid": 0},
-            "args": ["sh"],
-            "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "TERM=xterm"],
-            "cwd": "/",
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
-            "noNewPrivileges": true
-        },
-        "root": {"path": "rootfs", "readonly": false},
-        "hostname": "burrow",
-        "mounts": [
-            {"destination": "/proc", "type": "proc", "source": "proc"},
-            {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
-            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
-            {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]},
-            {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
-            {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}
-        ],
-        "linux": {
-            "namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "cgroup"}],
-            "maskedPaths": ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware"],
-            "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
-        }
     })
 }
 

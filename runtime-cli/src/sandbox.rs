@@ -123,7 +123,7 @@ fn unpack(image: &Path, rootfs: &Path) -> Result<()> {
 /// A bundle that boots systemd: the system-container defaults, systemd as init, no
 /// no_new_privileges (sudo, su and setuid helpers work inside), a generous open-files limit.
 fn write_config(dir: &Path, name: &str) -> Result<()> {
-    let mut spec = crate::default_spec();
+    let mut spec = crate::defaults::spec();
     spec["process"]["terminal"] = false.into();
     spec["process"]["args"] = serde_json::json!(["/sbin/init"]);
     spec["process"]["noNewPrivileges"] = false.into();

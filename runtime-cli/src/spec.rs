@@ -58,58 +58,16 @@ fn bundle_file<'a, E: Into<std::io::Error>>(
 
 /// Mounts every system container gets, unless the spec has its own at that destination.
 fn standard_mounts() -> Vec<PlannedMount> {
-    let m = |d: &str, t: &str, o: &[&str]| PlannedMount {
-        destination: d.into(),
-        typ: t.into(),
-        source: None,
-        options: o.iter().map(|s| s.to_string()).collect(),
-    };
-    vec![
-        m("/proc", "proc", &["nosuid", "noexec", "nodev"]),
-        m("/sys", "sysfs", &["nosuid", "noexec", "nodev", "ro"]),
-        m(
-            "/dev/pts",
-            "devpts",
-            &[
-                "nosuid",
-                "noexec",
-                "newinstance",
-                "ptmxmode=0666",
-                "mode=0620",
-                "gid=5",
-            ],
-        ),
-        m("/dev/mqueue", "mqueue", &["nosuid", "noexec", "nodev"]),
-        m(
-            "/dev/shm",
-            "tmpfs",
-            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
-        ),
-        m("/sys/fs/cgroup", "cgroup", &["nosuid", "noexec", "nodev"]),
-    ]
+    crate::defaults::MOUNTS
+        .iter()
+        .map(|m| PlannedMount {
+            destination: m.destination.into(),
+            typ: m.typ.into(),
+            source: None,
+            options: m.options.iter().map(|s| s.to_string()).collect(),
+        })
+        .collect()
 }
-
-/// runc's default masked and read-only paths, used when the spec names none.
-const MASKED: [&str; 11] = [
-    "/proc/acpi",
-    "/proc/asound",
-    "/proc/kcore",
-    "/proc/keys",
-    "/proc/latency_stats",
-    "/proc/timer_list",
-    "/proc/timer_stats",
-    "/proc/sched_debug",
-    "/proc/scsi",
-    "/sys/firmware",
-    "/sys/devices/virtual/powercap",
-];
-const READONLY: [&str; 5] = [
-    "/proc/bus",
-    "/proc/fs",
-    "/proc/irq",
-    "/proc/sys",
-    "/proc/sysrq-trigger",
-];
 
 impl Bundle {
     pub fn load(dir: &Path) -> Result<Bundle> {
@@ -141,11 +99,21 @@ impl Bundle {
         let masked = linux
             .and_then(|l| l.masked_paths().clone())
             .filter(|p| !p.is_empty())
-            .unwrap_or_else(|| MASKED.iter().map(|s| s.to_string()).collect());
+            .unwrap_or_else(|| {
+                crate::defaults::MASKED_PATHS
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect()
+            });
         let readonly = linux
             .and_then(|l| l.readonly_paths().clone())
             .filter(|p| !p.is_empty())
-            .unwrap_or_else(|| READONLY.iter().map(|s| s.to_string()).collect());
+            .unwrap_or_else(|| {
+                crate::defaults::READONLY_PATHS
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect()
+            });
         let writable_sysctls = if readonly.iter().any(|p| p == "/proc/sys") {
             vec!["/proc/sys/net".to_string()]
         } else {
@@ -352,7 +320,7 @@ pub fn program_candidates(program: &str, env: &[String]) -> Vec<String> {
     }
     env.iter()
         .find_map(|e| e.strip_prefix("PATH="))
-        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .unwrap_or(crate::defaults::PATH)
         .split(':')
         .map(|dir| format!("{}/{program}", dir.trim_end_matches('/')))
         .collect()
