@@ -3,10 +3,11 @@
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 
-use burrow_bus::contract::dev;
-use burrow_bus::service::Activity;
-use burrow_bus::userns::UserNs;
-use burrow_bus::{BurrowError, Caller};
+use burrow_contract::dev;
+use burrow_contract::BurrowError;
+use burrow_sys::service::Activity;
+use burrow_sys::userns::UserNs;
+use burrow_sys::Caller;
 use zbus::message::Header;
 use zbus::zvariant::{OwnedFd, OwnedValue};
 use zbus::Connection;
@@ -25,7 +26,7 @@ pub struct Dev {
     pub host_dev: PathBuf,
     pub activity: Activity,
     /// Per-user quotas (max_extra_devices), read at every call.
-    pub quotas: burrow_bus::quota::QuotaFile,
+    pub quotas: burrow_sys::quota::QuotaFile,
 }
 
 impl From<DeviceError> for BurrowError {

@@ -15,7 +15,7 @@ pub struct Node {
 
 /// The nodes every container gets, with the modes a normal host gives them.
 pub fn standard_nodes() -> Vec<Node> {
-    burrow_bus::contract::dev::STANDARD_NODES
+    burrow_contract::dev::STANDARD_NODES
         .into_iter()
         .map(|(name, major, minor)| Node {
             name: name.into(),

@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use burrow_bus::contract::dev;
-use burrow_bus::service::{Activity, Service};
+use burrow_contract::dev;
+use burrow_sys::service::{Activity, Service};
 use caps::Capability;
 use clap::Parser;
 
@@ -32,7 +32,7 @@ struct Args {
     )]
     allowlist: PathBuf,
     /// Per-user quotas (max_extra_devices), read at every call.
-    #[arg(long, env = "BURROW_QUOTA_FILE", default_value = burrow_bus::quota::DEFAULT_PATH)]
+    #[arg(long, env = "BURROW_QUOTA_FILE", default_value = burrow_sys::quota::DEFAULT_PATH)]
     quota_file: PathBuf,
     /// Exit after this many seconds without calls (0: never); the bus restarts it on demand.
     #[arg(long, env = "BURROW_IDLE_TIMEOUT", default_value_t = 30)]
@@ -41,7 +41,7 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    burrow_bus::service::start(CAPABILITIES).context("dropping capabilities")?;
+    burrow_sys::service::start(CAPABILITIES).context("dropping capabilities")?;
     let devices = match std::fs::read_to_string(&args.allowlist) {
         Ok(text) => devices::parse_allowlist(&text),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
@@ -59,7 +59,7 @@ fn main() -> anyhow::Result<()> {
             },
             host_dev: PathBuf::from("/dev"),
             activity: activity.clone(),
-            quotas: burrow_bus::quota::QuotaFile {
+            quotas: burrow_sys::quota::QuotaFile {
                 path: args.quota_file,
             },
         },

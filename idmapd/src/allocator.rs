@@ -8,9 +8,9 @@ use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use burrow_bus::contract::RANGE_SIZE;
-use burrow_bus::userns::{NsWorker, UserNs};
-use burrow_bus::BurrowError;
+use burrow_contract::BurrowError;
+use burrow_contract::RANGE_SIZE;
+use burrow_sys::userns::{NsWorker, UserNs};
 
 use crate::liveness::Kernel;
 use crate::pool::{self, Pool};

@@ -6,11 +6,12 @@
 
 use std::os::fd::{AsFd, BorrowedFd};
 
-use burrow_bus::cgroup::{self, DevicePolicy, Limits};
-use burrow_bus::contract::idmap::CGROUP_ROOT;
-use burrow_bus::nsfs::ns_id;
-use burrow_bus::quota::Quota;
-use burrow_bus::{pidfd, BurrowError};
+use burrow_contract::idmap::CGROUP_ROOT;
+use burrow_contract::BurrowError;
+use burrow_sys::cgroup::{self, DevicePolicy, Limits};
+use burrow_sys::nsfs::ns_id;
+use burrow_sys::pidfd;
+use burrow_sys::quota::Quota;
 
 use crate::registry::Record;
 

@@ -4,12 +4,13 @@
 use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use burrow_bus::contract::{idmap, validate_name};
-use burrow_bus::proxy::RangeEntry;
-use burrow_bus::quota::QuotaFile;
-use burrow_bus::service::{blocking, Activity};
-use burrow_bus::userns::UserNs;
-use burrow_bus::{BurrowError, Caller};
+use burrow_contract::proxy::RangeEntry;
+use burrow_contract::BurrowError;
+use burrow_contract::{idmap, validate_name};
+use burrow_sys::quota::QuotaFile;
+use burrow_sys::service::{blocking, Activity};
+use burrow_sys::userns::UserNs;
+use burrow_sys::Caller;
 use zbus::message::Header;
 use zbus::object_server::SignalEmitter;
 use zbus::zvariant::OwnedFd;
@@ -202,7 +203,7 @@ impl IdMap {
 
     #[zbus(property(emits_changed_signal = "const"))]
     fn range_size(&self) -> u32 {
-        burrow_bus::contract::RANGE_SIZE
+        burrow_contract::RANGE_SIZE
     }
 
     /// Ranges not available for allocation: held ones plus released ones still draining.

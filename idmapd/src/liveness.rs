@@ -1,5 +1,5 @@
 //! Whether a range's user namespace still exists, as the kernel says through the namespace's
-//! nsfs handle (`burrow_bus::nsfs`). The kernel counts every reference, including those no
+//! nsfs handle (`burrow_sys::nsfs`). The kernel counts every reference, including those no
 //! scan of /proc can see (an fd in flight in a socket queue, a socket of a network namespace
 //! the user namespace owns, a bind mount under another mount), and asking walks no path a
 //! container controls, so it can neither block nor be misled. When the kernel cannot answer,

@@ -13,9 +13,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use burrow_bus::contract::idmap;
-use burrow_bus::service::{Activity, Service};
-use burrow_bus::state::InstanceLock;
+use burrow_contract::idmap;
+use burrow_sys::service::{Activity, Service};
+use burrow_sys::state::InstanceLock;
 use caps::Capability;
 use clap::Parser;
 
@@ -63,7 +63,7 @@ struct Args {
     #[arg(long, env = "BURROW_IDMAP_POOL_END", default_value_t = 0x7FFD_FFFF)]
     pool_end: u32,
     /// Per-user quotas (max_ranges, memory_max, pids_max), read at every call.
-    #[arg(long, env = "BURROW_QUOTA_FILE", default_value = burrow_bus::quota::DEFAULT_PATH)]
+    #[arg(long, env = "BURROW_QUOTA_FILE", default_value = burrow_sys::quota::DEFAULT_PATH)]
     quota_file: PathBuf,
     /// Most ranges one uid may hold at once, unless the quota file says otherwise.
     #[arg(long, env = "BURROW_IDMAP_MAX_PER_USER", default_value_t = 256)]
@@ -83,12 +83,12 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     // cgroup hierarchy roots are mode 0555: their directory for users' cgroups is made while
     // idmapd still has CAP_DAC_OVERRIDE, which it then drops.
-    if let Err(e) = burrow_bus::cgroup::make(idmap::CGROUP_ROOT, &Default::default()) {
+    if let Err(e) = burrow_sys::cgroup::make(idmap::CGROUP_ROOT, &Default::default()) {
         eprintln!("burrow-idmapd: no cgroups for non-root containers: {e}");
     }
-    burrow_bus::service::start(CAPABILITIES).context("dropping capabilities")?;
+    burrow_sys::service::start(CAPABILITIES).context("dropping capabilities")?;
     let pool = pool::Pool::new(args.pool_start, args.pool_end).context("invalid pool")?;
-    burrow_bus::state::ensure_private_dir(&args.state_dir)?;
+    burrow_sys::state::ensure_private_dir(&args.state_dir)?;
     // A restarted bus can activate idmapd while the old bus's instance is still exiting.
     let _lock =
         InstanceLock::acquire_waiting(&args.state_dir.with_extension("lock"), LOCK_PATIENCE)?;
@@ -98,7 +98,7 @@ fn main() -> anyhow::Result<()> {
         id_db_files: args.id_db_file,
     };
     let kernel = liveness::Kernel {
-        boot_id: burrow_bus::nsfs::boot_id().context("reading this boot's id")?,
+        boot_id: burrow_sys::nsfs::boot_id().context("reading this boot's id")?,
     };
     let allocator =
         allocator::Allocator::open(pool, args.max_per_user, exclusions, registry, kernel);
@@ -106,7 +106,7 @@ fn main() -> anyhow::Result<()> {
         in_use = allocator.in_use(), state_dir = %args.state_dir.display(), "registry loaded");
 
     let activity = Activity::default();
-    let quotas = burrow_bus::quota::QuotaFile {
+    let quotas = burrow_sys::quota::QuotaFile {
         path: args.quota_file,
     };
     let interface = dbus::IdMap::new(allocator, activity.clone(), quotas);

@@ -12,8 +12,9 @@ use std::io::Read;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::PathBuf;
 
-use burrow_bus::fork::{fork_worker, last_errno, Parent};
-use burrow_bus::{pidfd, BurrowError};
+use burrow_contract::BurrowError;
+use burrow_sys::fork::{fork_worker, last_errno, Parent};
+use burrow_sys::pidfd;
 
 /// The step at which the worker stopped, reported with an errno.
 #[repr(u32)]

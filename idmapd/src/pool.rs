@@ -2,7 +2,7 @@
 
 use std::ops::RangeInclusive;
 
-use burrow_bus::contract::RANGE_SIZE;
+use burrow_contract::RANGE_SIZE;
 
 /// IDs the allocator hands out ranges from, inclusive on both ends.
 #[derive(Debug, Clone, Copy)]

@@ -6,8 +6,8 @@ use std::fs;
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 
-use burrow_bus::nsfs::NsHandle;
-use burrow_bus::state::{self, StateError};
+use burrow_sys::nsfs::NsHandle;
+use burrow_sys::state::{self, StateError};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -20,7 +20,7 @@ use crate::idmap::{clone_tree, set_attributes};
 use crate::job::{BuildJob, CgroupLayout, Fds, JobError, OrFail, Prepared};
 use crate::target::{resolve, Create};
 use crate::worker::{private_mount_namespace, reply, stage};
-use burrow_bus::fork::{fork_worker, Parent};
+use burrow_sys::fork::{fork_worker, Parent};
 
 /// Where, in the container's /dev, the fully visible proc and sysfs live under their cover.
 pub const VISIBLE_DIR: &str = "/dev/.burrow-visible";
@@ -295,7 +295,7 @@ fn lock(root: BorrowedFd<'_>, user: BorrowedFd<'_>) -> Result<OwnedFd, JobError>
     nix::unistd::chdir("/").or_failed("chdir /")?;
     nix::sched::setns(user, CloneFlags::CLONE_NEWUSER).or_failed("joining the user namespace")?;
     nix::sched::unshare(CloneFlags::CLONE_NEWNS).or_failed("unshare the locked copy")?;
-    burrow_bus::pidfd::own_mount_namespace()
+    burrow_sys::pidfd::own_mount_namespace()
         .map_err(|e| e.errno())
         .or_failed("the locked copy's mount namespace (pidfd of itself)")
 }

@@ -5,10 +5,10 @@
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 
-use burrow_bus::contract::mount::MountKind;
-use burrow_bus::pidfd::Namespaces;
-use burrow_bus::userns::UserNs;
-use burrow_bus::BurrowError;
+use burrow_contract::mount::MountKind;
+use burrow_contract::BurrowError;
+use burrow_sys::pidfd::Namespaces;
+use burrow_sys::userns::UserNs;
 use rustix::mount::MountAttrFlags;
 
 use crate::idmap::{clone_tree, idmapped_clone, mapping_for, set_attributes, Mapping, NO_DEVICES};
@@ -230,7 +230,7 @@ fn unmapped_clone(
 /// The cgroup layout under /sys/fs/cgroup, from the helper's mountinfo.
 fn host_cgroup_layout() -> Result<CgroupLayout, BurrowError> {
     let mounts =
-        burrow_bus::mountinfo::own().map_err(|e| BurrowError::Failed(format!("mountinfo: {e}")))?;
+        burrow_sys::mountinfo::own().map_err(|e| BurrowError::Failed(format!("mountinfo: {e}")))?;
     let (mut hierarchies, mut unified) = (vec![], None);
     for mount in mounts {
         if mount.mount_point == "/sys/fs/cgroup" && mount.fs_type == "cgroup2" {

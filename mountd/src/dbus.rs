@@ -4,11 +4,12 @@ use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 
-use burrow_bus::contract::mount::{self, MountKind};
-use burrow_bus::pidfd::container_namespaces;
-use burrow_bus::service::{blocking, Activity};
-use burrow_bus::userns::UserNs;
-use burrow_bus::{BurrowError, Caller};
+use burrow_contract::mount::{self, MountKind};
+use burrow_contract::BurrowError;
+use burrow_sys::pidfd::container_namespaces;
+use burrow_sys::service::{blocking, Activity};
+use burrow_sys::userns::UserNs;
+use burrow_sys::Caller;
 use rustix::mount::MountAttrFlags;
 use zbus::message::Header;
 use zbus::zvariant::{self, OwnedValue};

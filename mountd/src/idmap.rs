@@ -4,8 +4,8 @@
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
-use burrow_bus::userns::{NsWorker, UserNs};
-use burrow_bus::BurrowError;
+use burrow_contract::BurrowError;
+use burrow_sys::userns::{NsWorker, UserNs};
 use rustix::fs::{statx, AtFlags, Mode, OFlags, StatxFlags};
 use rustix::mount::{open_tree, MountAttrFlags, OpenTreeFlags};
 
@@ -69,7 +69,7 @@ pub fn set_attributes(
 /// disk by an ID outside what the caller already controls (never host root: no setuid-root
 /// file can appear in the caller's directories).
 pub fn caller_disk_map(container_map: &str, caller_id: u32) -> Result<String, BurrowError> {
-    let root_host = burrow_bus::userns::host_id_of(container_map, 0).ok_or_else(|| {
+    let root_host = burrow_sys::userns::host_id_of(container_map, 0).ok_or_else(|| {
         BurrowError::InvalidArgument(
             "the user namespace maps no root yet; allocate its range first".into(),
         )
@@ -142,7 +142,7 @@ pub fn mapping_for(
         .gid
         .as_raw();
     let (uid_map, gid_map) = worker.maps()?;
-    burrow_bus::userns::create_userns(
+    burrow_sys::userns::create_userns(
         &caller_disk_map(&uid_map, caller_uid)?,
         &caller_disk_map(&gid_map, gid)?,
     )
@@ -221,7 +221,7 @@ fn overlay_layers(merged: BorrowedFd<'_>) -> Result<(Vec<String>, String, String
     let mnt_id = statx(merged, "", AtFlags::EMPTY_PATH, StatxFlags::MNT_ID)
         .map_err(|e| BurrowError::Failed(format!("statx: {e}")))?
         .stx_mnt_id;
-    let mount = burrow_bus::mountinfo::own()
+    let mount = burrow_sys::mountinfo::own()
         .map_err(|e| BurrowError::Failed(format!("mountinfo: {e}")))?
         .into_iter()
         .find(|m| m.id == mnt_id)

@@ -4,7 +4,7 @@
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 
-use burrow_bus::BurrowError;
+use burrow_contract::BurrowError;
 use rustix::mount::MountAttrFlags;
 use serde::{Deserialize, Serialize};
 

@@ -16,8 +16,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use burrow_bus::contract::mount;
-use burrow_bus::service::{Activity, Service};
+use burrow_contract::mount;
+use burrow_sys::service::{Activity, Service};
 use caps::Capability;
 use clap::Parser;
 
@@ -71,8 +71,8 @@ fn main() -> anyhow::Result<()> {
         worker::main(&argv[2..]);
     }
     let args = Args::parse();
-    burrow_bus::service::start(CAPABILITIES).context("dropping capabilities")?;
-    burrow_bus::state::ensure_private_dir(&args.staging_dir)?;
+    burrow_sys::service::start(CAPABILITIES).context("dropping capabilities")?;
+    burrow_sys::state::ensure_private_dir(&args.staging_dir)?;
     // The worker gets the path in a typed (JSON) message.
     anyhow::ensure!(
         args.staging_dir.to_str().is_some(),

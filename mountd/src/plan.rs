@@ -5,8 +5,8 @@ use std::collections::HashMap;
 
 use zbus::zvariant::OwnedValue;
 
-use burrow_bus::contract::mount::{BuildPlan, MountKind, PlanMount, MAX_FDS};
-use burrow_bus::BurrowError;
+use burrow_contract::mount::{BuildPlan, MountKind, PlanMount, MAX_FDS};
+use burrow_contract::BurrowError;
 
 /// Most mounts, masked and read-only paths one plan may hold, each.
 pub const MAX_ENTRIES: usize = 256;
@@ -263,7 +263,7 @@ pub fn translate_ids(
                 .as_deref()
                 .and_then(|v| v.parse().ok())
                 .ok_or_else(|| invalid(format!("option {key} needs a numeric value")))?;
-            let host = burrow_bus::userns::host_id_of(map, inside).ok_or_else(|| {
+            let host = burrow_sys::userns::host_id_of(map, inside).ok_or_else(|| {
                 invalid(format!(
                     "option {key}={inside}: not mapped in the container"
                 ))
@@ -276,7 +276,7 @@ pub fn translate_ids(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burrow_bus::contract::mount::{WireMount, NO_FD};
+    use burrow_contract::mount::{WireMount, NO_FD};
     use zbus::zvariant::Value;
 
     fn owned<'a>(v: impl Into<Value<'a>>) -> OwnedValue {

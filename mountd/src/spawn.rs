@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 #[cfg(debug_assertions)]
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use burrow_bus::BurrowError;
+use burrow_contract::BurrowError;
 use nix::sys::socket;
 
 use crate::job::{Fds, Job, JobError, Reply};

@@ -8,8 +8,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use burrow_bus::contract::mount::{BuildPlan, PlanMount};
-use burrow_bus::proxy::{Dev1Proxy, IdMap1Proxy, Mount1Proxy};
+use burrow_contract::mount::{BuildPlan, PlanMount};
+use burrow_contract::proxy::{Dev1Proxy, IdMap1Proxy, Mount1Proxy};
 use oci_spec::runtime::{Hook, LinuxNamespaceType, Spec};
 
 use crate::error::{CliError, Result};
@@ -610,7 +610,7 @@ fn place_in_cgroup(
         undo.cgroup = Some(cgroup);
         return Ok(());
     }
-    let cgroup = burrow_bus::cgroup::path_for(
+    let cgroup = burrow_sys::cgroup::path_for(
         linux.and_then(|l| l.cgroups_path().as_deref()),
         c.options.systemd_cgroup,
         c.options.id,
@@ -620,10 +620,10 @@ fn place_in_cgroup(
         .and_then(|l| l.resources().as_ref())
         .map(crate::spec::limits_of)
         .unwrap_or_default();
-    let new = burrow_bus::cgroup::create(
+    let new = burrow_sys::cgroup::create(
         &cgroup,
         &limits,
-        &burrow_bus::cgroup::DevicePolicy::standard(),
+        &burrow_sys::cgroup::DevicePolicy::standard(),
     )?;
     // The intermediate is this process's child, not yet reaped: its pid is its own.
     new.add(intermediate.as_raw())?;
@@ -683,13 +683,13 @@ fn plan_mounts(
         })?);
     }
     // One more for devd's /dev.
-    if fds.len() + 1 > burrow_bus::contract::mount::MAX_FDS {
+    if fds.len() + 1 > burrow_contract::mount::MAX_FDS {
         return Err(CliError::Bundle {
             bundle: bundle.dir.display().to_string(),
             reason: format!(
                 "{} bind mounts: a container can have at most {}",
                 fds.len() - 1,
-                burrow_bus::contract::mount::MAX_FDS - 2
+                burrow_contract::mount::MAX_FDS - 2
             ),
         });
     }
@@ -830,7 +830,7 @@ fn make_docker_data(dir: &Path, root_ids: (u32, u32)) -> Result<()> {
 /// other users' cgroups are idmapd's, removed with the range) and its /var/lib/docker.
 fn remove_host_side(cgroup: Option<&str>, docker_data: Option<&Path>) -> Result<()> {
     if let Some(cgroup) = cgroup.filter(|_| nix::unistd::geteuid().is_root()) {
-        burrow_bus::cgroup::remove(cgroup);
+        burrow_sys::cgroup::remove(cgroup);
     }
     docker_data.map_or(Ok(()), remove_docker_data)
 }
@@ -950,7 +950,7 @@ pub fn kill(store: &Store, id: &str, signal: &str, all: bool) -> Result<()> {
         signo
     };
     let targets = match (&record.cgroup, all) {
-        (Some(cgroup), true) => burrow_bus::cgroup::pids(cgroup),
+        (Some(cgroup), true) => burrow_sys::cgroup::pids(cgroup),
         _ => vec![record.pid],
     };
     crate::log::debug(format!("signal {signo} to {targets:?}"));
@@ -978,9 +978,9 @@ pub fn delete(store: &Store, id: &str, force: bool) -> Result<()> {
     }
     if let Some(cgroup) = &record.cgroup {
         if status == Status::Paused {
-            let _ = burrow_bus::cgroup::freeze(cgroup, false);
+            let _ = burrow_sys::cgroup::freeze(cgroup, false);
         }
-        for pid in burrow_bus::cgroup::pids(cgroup) {
+        for pid in burrow_sys::cgroup::pids(cgroup) {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),
                 nix::sys::signal::Signal::SIGKILL,

@@ -70,7 +70,7 @@ pub enum CliError {
     Fork {
         child: &'static str,
         #[source]
-        source: burrow_bus::fork::ForkError,
+        source: burrow_sys::fork::ForkError,
     },
     #[error("the container's init died during create")]
     InitDiedDuringCreate,
@@ -92,7 +92,7 @@ pub enum CliError {
     SaveState {
         id: String,
         #[source]
-        source: burrow_bus::state::StateError,
+        source: burrow_sys::state::StateError,
     },
     #[error("no data directory: set XDG_DATA_HOME or HOME (uid {uid} has no home)")]
     NoDataDirectory { uid: u32 },
@@ -102,7 +102,7 @@ pub enum CliError {
     #[error("exec: {0}")]
     ExecProcess(#[source] oci_spec::OciSpecError),
     #[error(transparent)]
-    Cgroup(#[from] burrow_bus::cgroup::CgroupError),
+    Cgroup(#[from] burrow_sys::cgroup::CgroupError),
     /// Between the CLI and the processes it forks for a container.
     #[error(transparent)]
     Process(#[from] crate::process::ProtocolError),
@@ -175,7 +175,7 @@ impl CliError {
     }
 
     /// For `map_err` of a fork of the runtime's `child`.
-    pub fn fork(child: &'static str) -> impl FnOnce(burrow_bus::fork::ForkError) -> CliError {
+    pub fn fork(child: &'static str) -> impl FnOnce(burrow_sys::fork::ForkError) -> CliError {
         move |source| CliError::Fork { child, source }
     }
 }

@@ -544,7 +544,7 @@ fn derive(bundle: &Bundle) -> Result<(), TestCaseError> {
         }
     }
     let linux = bundle.spec.linux().as_ref();
-    let cgroup = burrow_bus::cgroup::path_for(
+    let cgroup = burrow_sys::cgroup::path_for(
         linux.and_then(|l| l.cgroups_path().as_deref()),
         false,
         "fuzz",

@@ -20,7 +20,7 @@ mod sysctl;
 
 use std::path::{Path, PathBuf};
 
-use burrow_bus::cgroup;
+use burrow_sys::cgroup;
 use clap::{Parser, Subcommand};
 
 use crate::error::{CliError, Result};

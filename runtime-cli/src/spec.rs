@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use burrow_bus::cgroup::Limits;
+use burrow_sys::cgroup::Limits;
 use oci_spec::runtime::{LinuxNamespaceType, LinuxResources, Spec};
 
 use crate::error::{CliError, Result};

@@ -54,7 +54,7 @@ impl Status {
 
 /// Validates a container id (the same rules as the helpers' names: it is the range's name).
 pub fn check_id(id: &str) -> Result<()> {
-    burrow_bus::contract::validate_name(id).map_err(|_| CliError::BadId(id.to_string()))
+    burrow_contract::validate_name(id).map_err(|_| CliError::BadId(id.to_string()))
 }
 
 pub struct Store {
@@ -107,7 +107,7 @@ impl Store {
 
     pub fn save(&self, record: &Record) -> Result<()> {
         let json = serde_json::to_vec_pretty(record).expect("records serialize");
-        burrow_bus::state::write_atomic(&self.dir(&record.id).join("state.json"), &json).map_err(
+        burrow_sys::state::write_atomic(&self.dir(&record.id).join("state.json"), &json).map_err(
             |source| CliError::SaveState {
                 id: record.id.clone(),
                 source,
@@ -171,7 +171,7 @@ impl Record {
         if self
             .cgroup
             .as_deref()
-            .is_some_and(burrow_bus::cgroup::is_frozen)
+            .is_some_and(burrow_sys::cgroup::is_frozen)
         {
             return Status::Paused;
         }

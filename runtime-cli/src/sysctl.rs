@@ -6,7 +6,7 @@ use std::ffi::{CStr, CString};
 use std::io::Read;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use burrow_bus::fork::{fork_child, Keep, ParentExit};
+use burrow_sys::fork::{fork_child, Keep, ParentExit};
 use nix::errno::Errno;
 use nix::sys::wait::WaitStatus;
 use oci_spec::runtime::Spec;

@@ -204,7 +204,7 @@ impl Containerd {
     /// Mount points below this containerd's directory (a removed pod leaves none).
     pub fn mounts(&self) -> Vec<String> {
         let prefix = format!("{}/", self.dir.display());
-        burrow_bus::mountinfo::own()
+        burrow_sys::mountinfo::own()
             .unwrap_or_default()
             .into_iter()
             .map(|m| m.mount_point)
@@ -453,7 +453,7 @@ fn pids_with_arg(arg: &str) -> Vec<i32> {
 
 /// The mount points of every cgroup hierarchy (v1 controllers, named ones and cgroup2).
 fn cgroup_roots() -> Vec<PathBuf> {
-    burrow_bus::mountinfo::own()
+    burrow_sys::mountinfo::own()
         .unwrap_or_default()
         .into_iter()
         .filter(|m| m.fs_type == "cgroup" || m.fs_type == "cgroup2")

@@ -754,8 +754,8 @@ pub const SCRATCH_FILESYSTEMS: &str = "/scratch-filesystems/";
 
 /// The host's mount table, to check that nothing leaked into it (without the overlays and
 /// scratch filesystems that tests mount on purpose, possibly in parallel).
-pub fn host_mounts() -> Vec<burrow_bus::mountinfo::Mount> {
-    burrow_bus::mountinfo::own()
+pub fn host_mounts() -> Vec<burrow_sys::mountinfo::Mount> {
+    burrow_sys::mountinfo::own()
         .unwrap()
         .into_iter()
         .filter(|m| {
@@ -951,7 +951,7 @@ impl Drop for Docker {
         let _ = self.dockerd.wait();
         // dockerd leaves mounts below its roots (e.g. exec-root/netns/default): detach them all.
         let prefix = format!("{}/", self.dir.display());
-        let mut points: Vec<String> = burrow_bus::mountinfo::own()
+        let mut points: Vec<String> = burrow_sys::mountinfo::own()
             .unwrap_or_default()
             .into_iter()
             .map(|m| m.mount_point)

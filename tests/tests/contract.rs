@@ -6,8 +6,8 @@
 use std::collections::BTreeSet;
 use std::os::fd::OwnedFd;
 
-use burrow_bus::contract::mount::BuildPlan;
-use burrow_bus::proxy::{Dev1Proxy, IdMap1Proxy, Mount1Proxy};
+use burrow_contract::mount::BuildPlan;
+use burrow_contract::proxy::{Dev1Proxy, IdMap1Proxy, Mount1Proxy};
 use burrow_tests::{Harness, HarnessOptions};
 
 /// (name, kind, signature, result) of the members of `interface`, as busctl prints them (a

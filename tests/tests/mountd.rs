@@ -632,7 +632,7 @@ fn stopped_workers(helper: i32) -> Vec<(i32, String)> {
 
 /// The ids of the mounts attached in the host's mount namespace (the test's own).
 fn host_mount_ids() -> std::collections::HashSet<u64> {
-    burrow_bus::mountinfo::own()
+    burrow_sys::mountinfo::own()
         .unwrap()
         .into_iter()
         .map(|m| m.id)

@@ -233,13 +233,13 @@ impl ChildChannel {
     /// Tells the CLI which step failed and why, and leaves (a forked child never returns).
     pub fn fail(&self, what: &str, error: impl std::fmt::Display) -> ! {
         let _ = self.tell(&ToParent::Failed(format!("{what}: {error}")));
-        burrow_bus::fork::exit(1)
+        burrow_sys::fork::exit(1)
     }
 
     /// Tells the CLI of a protocol error (which names its step) and leaves.
     pub fn fail_with(&self, error: ProtocolError) -> ! {
         let _ = self.tell(&ToParent::Failed(error.to_string()));
-        burrow_bus::fork::exit(1)
+        burrow_sys::fork::exit(1)
     }
 
     /// Another end on the same socket (close-on-exec), for a child cloned from this process

@@ -41,7 +41,7 @@ pub fn join_fresh_session_keyring() -> std::io::Result<()> {
 }
 
 /// The init, cloned by the intermediate (non-dumpable from its first instruction on, see
-/// [`burrow_bus::fork`]). Never returns.
+/// [`burrow_sys::fork`]). Never returns.
 pub fn init(config: &InitConfig, channel: ChildChannel) -> ! {
     // Before anything runs in the container, createContainer hooks included.
     if let Err(e) = join_fresh_session_keyring() {
@@ -97,7 +97,7 @@ pub enum HookError {
     #[error("pipe: {0}")]
     Pipe(#[source] nix::Error),
     #[error(transparent)]
-    Fork(#[from] burrow_bus::fork::ForkError),
+    Fork(#[from] burrow_sys::fork::ForkError),
     #[error("waiting: {0}")]
     Wait(#[source] nix::Error),
     #[error("timed out")]
@@ -121,7 +121,7 @@ fn run_hook(
     binary: Option<BorrowedFd<'_>>,
     state: &[u8],
 ) -> Result<(), HookError> {
-    use burrow_bus::fork::{fork_child, Keep, ParentExit};
+    use burrow_sys::fork::{fork_child, Keep, ParentExit};
     use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
     let (stdin_r, stdin_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(HookError::Pipe)?;
@@ -219,7 +219,7 @@ fn leave(code: i32, message: &str) -> ! {
         &mut std::io::stderr(),
         format!("burrow: {message}\n").as_bytes(),
     );
-    burrow_bus::fork::exit(code)
+    burrow_sys::fork::exit(code)
 }
 
 /// The process's own setup, in order: session, terminal, hostname, limits, seccomp (while
@@ -270,7 +270,7 @@ fn set_up(config: &InitConfig, channel: &ChildChannel) {
 fn exec(config: &InitConfig) -> ! {
     // Every fd above the ones passed on is close-on-exec: no fd of the runtime's (the channel,
     // the fifo, a hook's binary) reaches the container.
-    if let Err(e) = burrow_bus::fork::close_on_exec_from(super::passed_on(config)) {
+    if let Err(e) = burrow_sys::fork::close_on_exec_from(super::passed_on(config)) {
         leave(
             127,
             &format!("marking the runtime's fds close-on-exec: {e}"),
@@ -300,7 +300,7 @@ fn wait_for_start(fifo: BorrowedFd<'_>) {
         Ok(fifo) => {
             let _ = rustix::io::write(&fifo, b"0");
         }
-        Err(_) => burrow_bus::fork::exit(126),
+        Err(_) => burrow_sys::fork::exit(126),
     }
 }
 

@@ -2,7 +2,7 @@
 //! for its cgroup, becomes root in it, unshares the other namespaces and clones the init as a
 //! sibling (a child of the CLI, so that a subreaper such as containerd's shim adopts it).
 
-use burrow_bus::fork::{fork_child, fork_sibling, ForkError, ParentExit};
+use burrow_sys::fork::{fork_child, fork_sibling, ForkError, ParentExit};
 use nix::unistd::Pid;
 
 use super::channel::ChildChannel;
@@ -59,7 +59,7 @@ fn intermediate(config: &InitConfig, channel: ChildChannel) -> ! {
     match init {
         Ok(pid) => {
             let _ = channel.tell(&ToParent::InitPid(pid));
-            burrow_bus::fork::exit(0)
+            burrow_sys::fork::exit(0)
         }
         Err(e) => channel.fail("clone of the init", e),
     }

@@ -4,7 +4,7 @@
 
 use std::os::fd::{AsFd, OwnedFd};
 
-use burrow_bus::fork::{fork_child, fork_sibling, ForkError, ParentExit};
+use burrow_sys::fork::{fork_child, fork_sibling, ForkError, ParentExit};
 use nix::unistd::Pid;
 
 use super::channel::ChildChannel;
@@ -26,7 +26,7 @@ pub unsafe fn spawn(
     let keep = super::keep(config, &channel).and_all(namespaces.iter().map(|(fd, _)| fd.as_fd()));
     let body = || {
         if let Some(cgroup) = cgroup {
-            burrow_bus::cgroup::join(cgroup, std::process::id() as i32);
+            burrow_sys::cgroup::join(cgroup, std::process::id() as i32);
         }
         joiner(namespaces, config, channel)
     };
@@ -67,7 +67,7 @@ fn joiner(namespaces: &[(OwnedFd, &str)], config: &InitConfig, channel: ChildCha
     match process {
         Ok(pid) => {
             let _ = channel.tell(&ToParent::ProcessPid(pid));
-            burrow_bus::fork::exit(0)
+            burrow_sys::fork::exit(0)
         }
         Err(e) => channel.fail("clone", e),
     }

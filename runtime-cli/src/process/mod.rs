@@ -22,7 +22,7 @@
 //! `exec`: the joiner joins the container's namespaces and clones the process, then sends
 //! `pid N`, racing with the process's own `console` and `ready`. Any child may instead send
 //! `error: TEXT` and exit. The children are forked from the single-threaded CLI, so they may
-//! allocate. Every one of them starts through [`burrow_bus::fork`]: non-dumpable, holding only
+//! allocate. Every one of them starts through [`burrow_sys::fork`]: non-dumpable, holding only
 //! the fds of [`keep`], and without a death signal: the init and exec's process outlive the
 //! CLI, the intermediate leaves when the CLI's end of the channel closes, and the joiner and
 //! the init's hook runners end by themselves.
@@ -39,7 +39,7 @@ mod tests;
 
 use std::os::fd::AsFd;
 
-use burrow_bus::fork::Keep;
+use burrow_sys::fork::Keep;
 
 pub use channel::{pair, ChildChannel, ParentChannel, ProtocolError};
 pub use config::{ContainerHook, InitConfig};
@@ -52,7 +52,7 @@ pub fn passed_on(config: &InitConfig) -> u32 {
 }
 
 /// What a process the CLI forks for a container keeps of the fds it had (the rest are closed
-/// as it starts, see [`burrow_bus::fork`]): those it passes on, its end of the channel and the
+/// as it starts, see [`burrow_sys::fork`]): those it passes on, its end of the channel and the
 /// exec fifo (the init's).
 pub fn keep(config: &InitConfig, channel: &ChildChannel) -> Keep {
     Keep::first(passed_on(config))

@@ -7,7 +7,7 @@ use std::io::{BufRead, Read};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 
-use burrow_bus::proxy::IdMap1Proxy;
+use burrow_contract::proxy::IdMap1Proxy;
 use clap::{Parser, Subcommand, ValueEnum};
 use nix::sys::socket::{self, ControlMessage, ControlMessageOwned, MsgFlags};
 use serde_json::{json, Value};
@@ -200,7 +200,7 @@ impl Parked {
                 assert!(netns >= 0, "SIOCGSKNS: {}", std::io::Error::last_os_error());
                 // SAFETY: a fresh fd from the ioctl.
                 let netns = unsafe { OwnedFd::from_raw_fd(netns) };
-                burrow_bus::userns::owning_userns(netns.as_fd()).unwrap()
+                burrow_sys::userns::owning_userns(netns.as_fd()).unwrap()
             }
         }
     }

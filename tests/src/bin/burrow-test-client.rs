@@ -7,7 +7,7 @@ use std::io::{BufRead, Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::time::Instant;
 
-use burrow_bus::proxy::IdMap1Proxy;
+use burrow_contract::proxy::IdMap1Proxy;
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::{json, Value};
 
@@ -549,7 +549,7 @@ fn main() {
                     _ => holder.ns("user"),
                 };
                 let dir_fd: OwnedFd = rustix::fs::open(dir.as_str(), rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC, rustix::fs::Mode::empty()).unwrap();
-                let mountd = burrow_bus::proxy::Mount1Proxy::new(&conn).await.unwrap();
+                let mountd = burrow_contract::proxy::Mount1Proxy::new(&conn).await.unwrap();
                 let started = Instant::now();
                 let mut result = match mountd.idmap_mount(dir_fd.into(), userns.into(), read_only).await {
                     Ok(mount) => {
@@ -579,7 +579,7 @@ fn main() {
                     FdKind::NetNs => holder.ns("net"),
                     FdKind::Fresh | FdKind::SelfMapped => holder.ns("user"),
                 };
-                let dev = burrow_bus::proxy::Dev1Proxy::new(&conn).await.unwrap();
+                let dev = burrow_contract::proxy::Dev1Proxy::new(&conn).await.unwrap();
                 let mut options = std::collections::HashMap::new();
                 if !extra.is_empty() {
                     options.insert("extra", zbus::zvariant::Value::from(extra.clone()));
@@ -814,8 +814,8 @@ mod container {
 
     use std::collections::HashMap;
 
-    use burrow_bus::contract::mount::NO_FD;
-    use burrow_bus::proxy::{Dev1Proxy, IdMap1Proxy};
+    use burrow_contract::mount::NO_FD;
+    use burrow_contract::proxy::{Dev1Proxy, IdMap1Proxy};
     use nix::sys::socket::{self, ControlMessage, MsgFlags};
     use serde_json::{json, Value};
     use zbus::zvariant::Value as ZValue;

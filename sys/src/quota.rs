@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use crate::BurrowError;
+use burrow_contract::BurrowError;
 
 /// The file the helpers read unless told otherwise.
 pub const DEFAULT_PATH: &str = "/etc/burrow/quotas.conf";

@@ -8,7 +8,7 @@ use zbus::names::BusName;
 use zbus::proxy::CacheProperties;
 use zbus_polkit::policykit1::{AuthorityProxy, Subject};
 
-use crate::BurrowError;
+use burrow_contract::BurrowError;
 
 /// The peer of a method call, as dbus-daemon knows it (GetConnectionCredentials).
 #[derive(Debug, Clone)]

@@ -1,6 +1,12 @@
-//! Names every party of the contract agrees on, and the typed values they exchange.
+//! Burrow's D-Bus contract: what the helpers and their clients agree on. Bus names, object
+//! paths, polkit actions, the errors on the wire, typed proxies, and the typed values they
+//! exchange (the BuildRoot plan). Nothing here acts on the system.
 
+pub mod error;
 mod plan;
+pub mod proxy;
+
+pub use error::BurrowError;
 
 /// Number of IDs each container gets in its user namespace, and the alignment of every range.
 pub const RANGE_SIZE: u32 = 65536;

@@ -55,7 +55,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use nix::errno::Errno;
 use nix::unistd::Pid;
 
-use crate::BurrowError;
+use burrow_contract::BurrowError;
 
 /// The exit code of a child whose prologue failed (it ran nothing of its body).
 pub const PROLOGUE_FAILED: i32 = 125;

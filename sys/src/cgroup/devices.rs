@@ -17,7 +17,7 @@ use cgroups_rs::fs::devices::{DevicePermissions, DeviceType, DevicesController};
 
 use super::bpf;
 use super::{controller, io, CgroupError, Hierarchies};
-use crate::contract::dev;
+use burrow_contract::dev;
 
 /// Character devices a container may read and write: `minor` None is any minor of `major`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

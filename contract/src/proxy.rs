@@ -57,7 +57,7 @@ pub trait Mount1 {
     fn build_root(
         &self,
         init_pidfd: OwnedFd,
-        plan: &crate::contract::mount::BuildPlan,
+        plan: &crate::mount::BuildPlan,
         fds: Vec<OwnedFd>,
     ) -> zbus::Result<OwnedFd>;
 }

@@ -4,7 +4,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use crate::nsfs::ns_id;
 use crate::userns::{self, UserNs};
-use crate::BurrowError;
+use burrow_contract::BurrowError;
 
 // PIDFD_GET_*_NAMESPACE from <linux/pidfd.h> (Linux 6.11).
 const PIDFS_IOCTL_MAGIC: u8 = 0xFF;

@@ -4,10 +4,10 @@
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
-use crate::contract::RANGE_SIZE;
 use crate::fork::{last_errno, Parked};
 use crate::nsfs::{ns_id, NsHandle};
-use crate::BurrowError;
+use burrow_contract::BurrowError;
+use burrow_contract::RANGE_SIZE;
 
 // From <linux/nsfs.h>.
 const NSIO: u8 = 0xb7;

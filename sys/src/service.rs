@@ -36,11 +36,11 @@ pub fn start(capabilities: &[caps::Capability]) -> Result<(), crate::privileges:
 
 /// Runs blocking helper work (forks, fsyncs, /proc scans) off the async executor.
 pub async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, crate::BurrowError> + Send + 'static,
-) -> Result<T, crate::BurrowError> {
+    work: impl FnOnce() -> Result<T, burrow_contract::BurrowError> + Send + 'static,
+) -> Result<T, burrow_contract::BurrowError> {
     tokio::task::spawn_blocking(work)
         .await
-        .map_err(|e| crate::BurrowError::Failed(format!("worker task failed: {e}")))?
+        .map_err(|e| burrow_contract::BurrowError::Failed(format!("worker task failed: {e}")))?
 }
 
 /// Sends logs to stderr (the journal when run by systemd); `RUST_LOG` overrides the level.

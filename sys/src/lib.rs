@@ -1,0 +1,19 @@
+//! What Burrow's processes share on the host, beside the contract (`burrow-contract`): the
+//! helpers' service skeleton (caller identification, polkit, capability dropping, idle exit,
+//! atomic state files, quotas) and the code that faces the kernel (user-namespace fds, nsfs
+//! handles, pidfds, cgroups and the device policy, forking workers, mountinfo).
+
+pub mod authz;
+#[cfg(feature = "cgroup")]
+pub mod cgroup;
+pub mod fork;
+pub mod mountinfo;
+pub mod nsfs;
+pub mod pidfd;
+pub mod privileges;
+pub mod quota;
+pub mod service;
+pub mod state;
+pub mod userns;
+
+pub use authz::Caller;
