@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use burrow_sys::cgroup::Limits;
 use oci_spec::runtime::{LinuxNamespaceType, LinuxResources, Spec};
 
+use crate::defaults::{MASKED_PATHS, READONLY_PATHS};
 use crate::error::{CliError, Result};
 use crate::image::Image;
 
@@ -96,24 +97,11 @@ impl Bundle {
                 .iter()
                 .any(|p| image.regular_file(p).is_some());
         let linux = spec.linux().as_ref();
-        let masked = linux
-            .and_then(|l| l.masked_paths().clone())
-            .filter(|p| !p.is_empty())
-            .unwrap_or_else(|| {
-                crate::defaults::MASKED_PATHS
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect()
-            });
-        let readonly = linux
-            .and_then(|l| l.readonly_paths().clone())
-            .filter(|p| !p.is_empty())
-            .unwrap_or_else(|| {
-                crate::defaults::READONLY_PATHS
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect()
-            });
+        let masked = paths_or(linux.and_then(|l| l.masked_paths().clone()), &MASKED_PATHS);
+        let readonly = paths_or(
+            linux.and_then(|l| l.readonly_paths().clone()),
+            &READONLY_PATHS,
+        );
         let writable_sysctls = if readonly.iter().any(|p| p == "/proc/sys") {
             vec!["/proc/sys/net".to_string()]
         } else {
@@ -453,6 +441,13 @@ fn check_sysctls(spec: &Spec) -> Result<()> {
 /// /proc/sys, with no `..` (every dot became a slash).
 pub fn sysctl_file(key: &str) -> String {
     format!("/proc/sys/{}", key.replace('.', "/"))
+}
+
+/// The spec's paths, or runc's defaults when it names none.
+fn paths_or(paths: Option<Vec<String>>, defaults: &[&str]) -> Vec<String> {
+    paths
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| defaults.iter().map(|s| s.to_string()).collect())
 }
 
 #[cfg(test)]
