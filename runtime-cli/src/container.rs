@@ -647,9 +647,10 @@ fn plan_mounts(
             rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC,
             rustix::fs::Mode::empty(),
         )
-        .map_err(|e| CliError::Bundle {
+        .map_err(|e| CliError::MountSource {
             bundle: bundle.dir.display().to_string(),
-            reason: format!("cannot open {}: {e}", path.display()),
+            path: path.to_path_buf(),
+            source: e.into(),
         })
     };
     let mut fds: Vec<OwnedFd> = vec![open_path(&bundle.rootfs)?];

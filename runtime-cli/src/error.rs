@@ -16,6 +16,14 @@ pub enum CliError {
     /// What the bundle holds is refused (the reason says what and why).
     #[error("bundle {bundle}: {reason}")]
     Bundle { bundle: String, reason: String },
+    /// The rootfs or a bind mount's source could not be opened.
+    #[error("bundle {bundle}: cannot open {}: {source}", path.display())]
+    MountSource {
+        bundle: String,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// The bundle's config.json could not be read.
     #[error("bundle {bundle}: {what}: {source}")]
     BundleFile {
