@@ -11,7 +11,6 @@ mod client;
 mod image;
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -22,7 +21,7 @@ pub use client::{container_config, pod_config, Cri, ExecOutput};
 pub use image::{docker_archive, ImageConfig, BUSYBOX_IMAGE, PAUSE_IMAGE};
 pub use k8s_cri::v1 as api;
 
-use crate::{bin, wait_for, Harness};
+use crate::{wait_for, Harness};
 
 /// The CNI plugins the network configuration uses, from Debian's containernetworking-plugins.
 const CNI_PLUGINS: [&str; 3] = ["bridge", "host-local", "loopback"];
@@ -68,7 +67,7 @@ impl Containerd {
         fs::create_dir_all(&dir).unwrap();
         let (bridge, subnet) = network_of(n);
         remove_stale_bridges(&subnet);
-        let wrapper = write_burrow_wrapper(h, &dir);
+        let wrapper = crate::burrow_wrapper(h, &dir);
         write_cni_config(&dir, &bridge, &subnet);
         let socket = dir.join("containerd.sock");
         fs::write(
@@ -230,23 +229,6 @@ fn remove_stale_bridges(subnet: &str) {
             let _ = Command::new("ip").args(["link", "delete", device]).status();
         }
     }
-}
-
-/// A wrapper that runs the workspace's `burrow` on `h`'s bus, as [`crate::Docker`] does: the
-/// shim runs `BinaryName` with the environment containerd has, not the test's bus.
-fn write_burrow_wrapper(h: &Harness, dir: &Path) -> PathBuf {
-    let wrapper = dir.join("burrow-runtime");
-    fs::write(
-        &wrapper,
-        format!(
-            "#!/bin/sh\nexport DBUS_SYSTEM_BUS_ADDRESS='{}'\nexec '{}' \"$@\"\n",
-            h.address,
-            bin("burrow").display()
-        ),
-    )
-    .unwrap();
-    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
-    wrapper
 }
 
 /// The CNI plugin directory (links to Debian's plugins) and one network: a bridge with

@@ -800,17 +800,7 @@ impl Docker {
     pub fn start(h: &Harness) -> Docker {
         let dir = h.dir.join("d");
         fs::create_dir_all(&dir).unwrap();
-        let wrapper = dir.join("burrow-runtime");
-        fs::write(
-            &wrapper,
-            format!(
-                "#!/bin/sh\nexport DBUS_SYSTEM_BUS_ADDRESS='{}'\nexec '{}' \"$@\"\n",
-                h.address,
-                bin("burrow").display()
-            ),
-        )
-        .unwrap();
-        fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
+        let wrapper = burrow_wrapper(h, &dir);
         let socket = dir.join("docker.sock");
         let config = serde_json::json!({
             "data-root": dir.join("data"),
@@ -1290,4 +1280,21 @@ pub fn all_output(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
+}
+
+/// A wrapper in `dir` that runs the workspace's `burrow` on `h`'s bus: dockerd and containerd's
+/// shim run a runtime with their own environment, not the test's bus.
+pub fn burrow_wrapper(h: &Harness, dir: &Path) -> PathBuf {
+    let wrapper = dir.join("burrow-runtime");
+    fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexport DBUS_SYSTEM_BUS_ADDRESS='{}'\nexec '{}' \"$@\"\n",
+            h.address,
+            bin("burrow").display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
+    wrapper
 }
