@@ -12,6 +12,7 @@ pub type RangeEntry = (u32, String, u32, u32, u32);
 )]
 pub trait IdMap1 {
     fn allocate(&self, name: &str, userns: OwnedFd) -> zbus::Result<(u32, u32, u32)>;
+    fn join(&self, existing: &str, name: &str, userns: OwnedFd) -> zbus::Result<(u32, u32, u32)>;
     fn release(&self, name: &str) -> zbus::Result<()>;
     fn get(&self, name: &str) -> zbus::Result<(u32, u32, u32)>;
     fn list(&self) -> zbus::Result<Vec<RangeEntry>>;
