@@ -819,3 +819,36 @@ fn signals_announce_each_holder() {
     watcher.finish();
     held.finish();
 }
+
+/// A range recorded by an idmapd before nsfs handles (an inode number, no namespace id, no
+/// holders) is still held by its name, but no namespace can be shown to be its own: Join
+/// refuses it by name, and nothing changes.
+#[test]
+fn a_range_recorded_without_its_namespace_id_cannot_be_joined() {
+    let h = harness();
+    let (held, base, pid) = hold(&h, alice(), "pod");
+    let legacy_base = base + 8 * RANGE;
+    let legacy = serde_json::json!({
+        "uid": test_users().alice.uid, "name": "legacy", "base": legacy_base, "size": 65536,
+        "userns": 4026532000u64, "state": "held", "created": 0,
+    });
+    let record = h.idmap_state_dir().join(format!("{legacy_base}.json"));
+    std::fs::write(&record, legacy.to_string()).unwrap();
+    h.kill_idmapd();
+    assert_eq!(
+        base_of(&one(&h, alice(), &["get", "--name", "legacy"])),
+        legacy_base
+    );
+    let before = h.persisted_records();
+    let pid = pid.to_string();
+    let refused = join(&h, alice(), "legacy", "app", &["--userns-of", &pid]);
+    burrow_tests::assert_error_says(&refused, "org.burrow.Error.NotAuthorized", "older idmapd");
+    let foreign = join(&h, alice(), "pod", "app", &["--fd-kind", "fresh"]);
+    burrow_tests::assert_error_says(&foreign, "org.burrow.Error.NotAuthorized", "not the one");
+    assert_eq!(h.persisted_records(), before);
+    std::fs::remove_file(&record).unwrap();
+    h.kill_idmapd();
+    assert_eq!(one(&h, alice(), &["release", "--name", "pod"])["ok"], true);
+    held.finish();
+    wait_all_free(&h);
+}
