@@ -649,18 +649,24 @@ impl RootsUserns {
 
     /// Makes `cmd` inherit the namespace as its fd 3.
     fn pass_as_fd3(&self, cmd: &mut Command) {
-        use std::os::fd::AsRawFd;
-        let raw = self.file.as_raw_fd();
-        // SAFETY: dup2 and fcntl between fork and exec, on an fd that outlives the spawn.
-        unsafe {
-            cmd.pre_exec(move || {
-                // dup2 onto itself would keep close-on-exec, so clear the flag explicitly.
-                if libc::dup2(raw, 3) < 0 || libc::fcntl(3, libc::F_SETFD, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        pass_as_fd3(cmd, &self.file);
+    }
+}
+
+/// Makes `cmd` inherit `file` as its fd 3 (for the test client's `--fd-kind inherited`): an
+/// object the caller could not open itself, handed over as if it had got it somehow.
+pub fn pass_as_fd3(cmd: &mut Command, file: &fs::File) {
+    use std::os::fd::AsRawFd;
+    let raw = file.as_raw_fd();
+    // SAFETY: dup2 and fcntl between fork and exec, on an fd that outlives the spawn.
+    unsafe {
+        cmd.pre_exec(move || {
+            // dup2 onto itself would keep close-on-exec, so clear the flag explicitly.
+            if libc::dup2(raw, 3) < 0 || libc::fcntl(3, libc::F_SETFD, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }
 
