@@ -92,6 +92,135 @@ fn burrow_pods_through_cri() {
     wait_for("the pods' ranges freed", || h.ranges_in_use() == 0);
 }
 
+/// The image a system-container pod runs: the cached Debian rootfs with systemd and
+/// docker.io, as an image archive (cached next to the rootfs: building it reads 0.5 GB).
+const SYSTEM_IMAGE: &str = "burrow.test/debian-system:1";
+
+fn system_image_archive() -> PathBuf {
+    let rootfs = burrow_tests::debian_system_rootfs();
+    let archive = rootfs.with_extension("image.tar");
+    if !archive.exists() {
+        let partial = rootfs.with_extension("image.tar.partial");
+        burrow_tests::cri::docker_archive(
+            &rootfs,
+            &burrow_tests::cri::ImageConfig {
+                name: SYSTEM_IMAGE,
+                entrypoint: &["/sbin/init"],
+                cmd: &[],
+            },
+            &partial,
+        );
+        std::fs::rename(&partial, &archive).unwrap();
+    }
+    archive
+}
+
+/// ExecSync of `script` in container `id`, which must succeed: its stdout.
+fn exec_ok(cri: &mut Cri, id: &str, script: &str) -> String {
+    let out = cri.exec_sync(id, &["sh", "-c", script], 120).unwrap();
+    assert_eq!(out.exit_code, 0, "{script}: {out:?}");
+    out.stdout.trim().to_string()
+}
+
+/// A pod running the Debian image's systemd, as a Kubernetes pod of a system container would:
+/// systemd reaches `running`; an inner dockerd runs containers with bridge networking (so the
+/// pod's root has CAP_NET_ADMIN over the pod network); an inner `--privileged` container still
+/// cannot write `kernel.*`; removing the pod leaves nothing.
+#[test]
+fn a_system_container_pod_runs_systemd_and_docker() {
+    let archive = system_image_archive();
+    let (h, containerd) = start();
+    containerd.import(&archive);
+    let mut cri = containerd.client();
+    let bb = burrow_tests::busybox_rootfs(&h.dir.join("bb"), None);
+    let tarball = h.dir.join("bb.tar");
+    burrow_tests::run(
+        std::process::Command::new("tar")
+            .arg("-C")
+            .arg(&bb)
+            .arg("-cf")
+            .arg(&tarball)
+            .arg("."),
+    );
+
+    let mut sandbox_config = containerd.pod_config("system");
+    set_namespaces(&mut sandbox_config, None, api::NamespaceMode::Container);
+    let pod = cri
+        .run_pod_sandbox(&sandbox_config, "burrow")
+        .unwrap_or_else(|e| panic!("RunPodSandbox: {e:?}\n{}", containerd.log_tail()));
+    let mut config = container_config("sys", SYSTEM_IMAGE, &["/sbin/init"], None);
+    set_namespaces(
+        &mut sandbox_config,
+        Some(&mut config),
+        api::NamespaceMode::Container,
+    );
+    config.mounts.push(api::Mount {
+        container_path: "/bb.tar".into(),
+        host_path: tarball.display().to_string(),
+        readonly: true,
+        ..Default::default()
+    });
+    let sys = cri
+        .create_container(&pod, &config, &sandbox_config)
+        .unwrap_or_else(|e| panic!("CreateContainer: {e:?}\n{}", containerd.log_tail()));
+    cri.start_container(&sys).unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let state = cri.exec_sync(&sys, &["systemctl", "is-system-running"], 10);
+        let state = state
+            .map(|o| o.stdout.trim().to_string())
+            .unwrap_or_default();
+        if state == "running" {
+            break;
+        }
+        let failed = cri.exec_sync(&sys, &["systemctl", "--failed", "--no-legend"], 10);
+        assert!(
+            Instant::now() < deadline && state != "degraded",
+            "systemd is {state}: {failed:?}\n{}",
+            std::fs::read_to_string(containerd.dir.join("logs/system/sys.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    exec_ok(&mut cri, &sys, "docker import /bb.tar bb >/dev/null");
+    assert_eq!(
+        exec_ok(&mut cri, &sys, "docker run --rm bb echo inner-ok"),
+        "inner-ok"
+    );
+    exec_ok(
+        &mut cri,
+        &sys,
+        "docker run -d --name web bb sh -c 'echo served > /index.html; exec httpd -f -p 8080 -h /'",
+    );
+    let ip = exec_ok(
+        &mut cri,
+        &sys,
+        "docker inspect -f '{{.NetworkSettings.IPAddress}}' web",
+    );
+    let page = exec_ok(&mut cri, &sys, &format!(
+        "for i in $(seq 50); do docker run --rm bb wget -q -O- http://{ip}:8080/index.html && break; sleep 0.2; done"
+    ));
+    assert_eq!(
+        page, "served",
+        "an inner container reaches another over the inner bridge"
+    );
+    let sysrq = exec_ok(
+        &mut cri,
+        &sys,
+        "docker run --rm --privileged bb sh -c \
+        '(echo 0 > /proc/sys/kernel/sysrq) 2>/dev/null && echo written || echo denied'",
+    );
+    assert_eq!(
+        sysrq, "denied",
+        "an inner --privileged container wrote kernel.sysrq"
+    );
+
+    cri.stop_pod_sandbox(&pod).unwrap();
+    cri.remove_pod_sandbox(&pod).unwrap();
+    assert_nothing_left(&containerd, None);
+    wait_for("the pod's range freed", || h.ranges_in_use() == 0);
+}
+
 /// The range all of the pod's processes (sandbox, A, B) share: one `uid_map`, `0 BASE 65536`
 /// with BASE far from the host's own IDs. Returns BASE.
 fn one_range(pod: &Pod) -> u64 {
@@ -158,6 +287,26 @@ fn namespaces(pid: api::NamespaceMode) -> Option<api::NamespaceOption> {
     })
 }
 
+/// Kubelet's namespace options ([`namespaces`]) in the sandbox's and a container's config.
+fn set_namespaces(
+    sandbox: &mut api::PodSandboxConfig,
+    container: Option<&mut api::ContainerConfig>,
+    pid: api::NamespaceMode,
+) {
+    if let Some(linux) = sandbox.linux.as_mut() {
+        linux.security_context = Some(api::LinuxSandboxSecurityContext {
+            namespace_options: namespaces(pid),
+            ..Default::default()
+        });
+    }
+    if let Some(linux) = container.and_then(|c| c.linux.as_mut()) {
+        linux.security_context = Some(api::LinuxContainerSecurityContext {
+            namespace_options: namespaces(pid),
+            ..Default::default()
+        });
+    }
+}
+
 /// [`start_pod`] with the pid namespace mode `pid`.
 fn start_pod_with(
     containerd: &Containerd,
@@ -167,12 +316,7 @@ fn start_pod_with(
     pid: api::NamespaceMode,
 ) -> Pod {
     let mut sandbox_config = containerd.pod_config(pod_name);
-    if let Some(linux) = sandbox_config.linux.as_mut() {
-        linux.security_context = Some(api::LinuxSandboxSecurityContext {
-            namespace_options: namespaces(pid),
-            ..Default::default()
-        });
-    }
+    set_namespaces(&mut sandbox_config, None, pid);
     let id = cri
         .run_pod_sandbox(&sandbox_config, handler)
         .unwrap_or_else(|e| panic!("RunPodSandbox: {e:?}\n{}", containerd.log_tail()));
@@ -191,12 +335,7 @@ fn start_pod_with(
     let mut ids = vec![];
     for (name, script, limit) in [("a", SERVER, Some(128 * MIB)), ("b", IDLE, None)] {
         let mut config = container_config(name, BUSYBOX_IMAGE, &["sh", "-c", script], limit);
-        if let Some(linux) = config.linux.as_mut() {
-            linux.security_context = Some(api::LinuxContainerSecurityContext {
-                namespace_options: namespaces(pid),
-                ..Default::default()
-            });
-        }
+        set_namespaces(&mut sandbox_config, Some(&mut config), pid);
         let container = cri
             .create_container(&id, &config, &sandbox_config)
             .unwrap_or_else(|e| panic!("CreateContainer {name}: {e:?}"));
