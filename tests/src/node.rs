@@ -172,7 +172,7 @@ impl<'a> Node<'a> {
     /// `systemctl show` of the unit's state, main pid and restarts, as a map.
     pub fn unit_properties(&self, unit: &str) -> BTreeMap<String, String> {
         crate::key_values(&self.exec_ok(&format!(
-            "systemctl show -p ActiveState,SubState,MainPID,NRestarts,Result {unit}"
+            "systemctl show -p LoadState,ActiveState,SubState,MainPID,NRestarts,Result {unit}"
         )))
     }
 

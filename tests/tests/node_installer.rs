@@ -281,14 +281,56 @@ fn install_keeps_containerds_config_is_idempotent_and_uninstalls() {
     eprintln!("uninstall:\n{out}");
     node.exec_ok(&format!("cmp {ORIGINAL} {CONFIG}"));
     assert_merged_config(&node, false);
-    containerd_pid(&node);
-    for unit in UNITS {
-        assert_eq!(
-            node.unit_properties(&format!("{unit}.service"))["ActiveState"],
-            "inactive"
-        );
-    }
-    let left: Vec<String> = installed_paths(&fixture)
+    assert_nothing_installed(&node, &fixture);
+    // Burrow's state stays unless --purge.
+    node.exec_ok("test -d /var/lib/burrow");
+    let purge = node.exec_ok(&format!("{SCRIPT} uninstall --purge"));
+    assert!(purge.contains("nothing installed"), "{purge}");
+    node.exec_ok("! test -e /var/lib/burrow");
+
+    admin_edits_after_install(&node);
+    assert_nothing_installed(&node, &fixture);
+    drop(node);
+    eprintln!("done in {:?}", started.elapsed());
+}
+
+/// A CRI setting the admin adds to config.toml after install.
+const ADMIN_EDIT: &str = r#"
+[plugins."io.containerd.grpc.v1.cri".registry]
+  config_path = "/etc/containerd/certs.d"
+"#;
+
+/// The admin changes a CRI setting in config.toml after install: the drop-in shadows it until
+/// install runs again, which carries it over and restarts containerd. Uninstall then removes
+/// only Burrow's import and keeps the change.
+fn admin_edits_after_install(node: &Node) {
+    install(node);
+    node.exec_ok(&format!("cat >> {CONFIG} <<'EOF'{ADMIN_EDIT}EOF"));
+    let setting = r#"config_path = "/etc/containerd/certs.d""#;
+    assert!(!node.exec_ok("containerd config dump").contains(setting));
+    let rerun = install(node);
+    assert!(
+        rerun.contains("write the runtime handler burrow")
+            && rerun.contains("restart containerd")
+            && !rerun.contains("install: "),
+        "{rerun}"
+    );
+    assert!(node.exec_ok("containerd config dump").contains(setting));
+    assert_merged_config(node, true);
+    let out = node.exec_ok(&format!("{SCRIPT} uninstall"));
+    assert!(out.contains("remove the import"), "{out}");
+    node.exec_ok(&format!(
+        "{{ cat {ORIGINAL}; cat <<'EOF'{ADMIN_EDIT}EOF\n}} | cmp - {CONFIG}"
+    ));
+    assert!(node.exec_ok("containerd config dump").contains(setting));
+    assert_merged_config(node, false);
+}
+
+/// No file, directory, record, backup or group of Burrow's on the node; containerd runs; the
+/// helper units are gone.
+fn assert_nothing_installed(node: &Node, fixture: &Fixture) {
+    containerd_pid(node);
+    let left: Vec<String> = installed_paths(fixture)
         .into_iter()
         .chain(
             [
@@ -304,13 +346,12 @@ fn install_keeps_containerds_config_is_idempotent_and_uninstalls() {
         .collect();
     assert!(left.is_empty(), "uninstall left {left:?}");
     assert!(!node.exec("getent group burrow").status.success());
-    // Burrow's state stays unless --purge.
-    node.exec_ok("test -d /var/lib/burrow");
-    let purge = node.exec_ok(&format!("{SCRIPT} uninstall --purge"));
-    assert!(purge.contains("nothing installed"), "{purge}");
-    node.exec_ok("! test -e /var/lib/burrow");
-    drop(node);
-    eprintln!("done in {:?}", started.elapsed());
+    for unit in UNITS {
+        assert_eq!(
+            node.unit_properties(&format!("{unit}.service"))["LoadState"],
+            "not-found"
+        );
+    }
 }
 
 /// A pod through CRI with runtime handler `burrow`, as kubelet makes one for a pod of
