@@ -64,8 +64,9 @@ static ONE_NODE: Mutex<()> = Mutex::new(());
 /// What every test's node gets: a harness (for the test dockerd), the files to install, and
 /// the node's own files, laid out like `/`.
 struct Fixture {
-    h: Harness,
+    // Fields drop in this order: dockerd stops before the harness removes its directory.
     docker: Docker,
+    h: Harness,
 }
 
 impl Fixture {
@@ -101,7 +102,7 @@ impl Fixture {
             )
             .unwrap();
         }
-        Fixture { h, docker }
+        Fixture { docker, h }
     }
 
     /// A booted node `name` with the fixture's files, containerd running and the images
