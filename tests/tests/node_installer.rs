@@ -278,6 +278,14 @@ fn install_keeps_containerds_config_is_idempotent_and_uninstalls() {
     node.assert_helpers_ran_as_units();
     assert_eq!(node.ranges(), "a(usuuu) 0", "the container left its range");
 
+    let used = fingerprint(&node);
+    let dry = node.exec_ok(&format!("{SCRIPT} uninstall --dry-run"));
+    assert!(dry.contains("would: restore"), "{dry}");
+    assert_eq!(
+        fingerprint(&node),
+        used,
+        "--dry-run changed the node:\n{dry}"
+    );
     let out = node.exec_ok(&format!("{SCRIPT} uninstall"));
     eprintln!("uninstall:\n{out}");
     node.exec_ok(&format!("cmp {ORIGINAL} {CONFIG}"));
