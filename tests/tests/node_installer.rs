@@ -417,3 +417,45 @@ fn pod_with_handler_burrow_on_an_installed_node() {
     assert_eq!(node.ranges(), "a(usuuu) 0", "the pod left its range");
     node.exec_ok(&format!("{SCRIPT} uninstall"));
 }
+
+/// Configs the installer cannot edit safely are refused (exit 3, with what to do) before it
+/// changes anything: checked with `--dry-run` on copies (no node needed).
+#[test]
+fn refuses_containerd_configs_it_cannot_edit() {
+    let dir = std::env::temp_dir().join(format!("burrow-node-refusals-{}", std::process::id()));
+    let files = dir.join("files");
+    install_files(&files);
+    for (name, config, says) in [
+        ("v1", "[plugins]\n", "has config version 1"),
+        ("v3", "version = 3\n", "has config version 3"),
+        (
+            "multi-line",
+            "version = 2\nimports = [\n  \"/etc/other.toml\",\n]\n",
+            "spans several lines",
+        ),
+        (
+            "own-burrow",
+            "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.burrow]\n  \
+             runtime_type = \"io.containerd.runc.v2\"\n",
+            "already defines runtime handler burrow",
+        ),
+    ] {
+        let config_dir = dir.join(name);
+        fs::create_dir_all(&config_dir).unwrap();
+        let path = config_dir.join("config.toml");
+        fs::write(&path, config).unwrap();
+        let out = std::process::Command::new(workspace_root().join("scripts/burrow-node"))
+            .args(["install", "--dry-run", "--from"])
+            .arg(&files)
+            .env("BURROW_NODE_CONTAINERD_CONFIG", &path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{name}: {stderr}");
+        assert!(stderr.contains(says), "{name}: {stderr}");
+        assert_eq!(fs::read_to_string(&path).unwrap(), config, "{name}");
+        let entries: Vec<_> = fs::read_dir(&config_dir).unwrap().flatten().collect();
+        assert_eq!(entries.len(), 1, "{name}: {entries:?}");
+    }
+    fs::remove_dir_all(&dir).unwrap();
+}
