@@ -16,6 +16,9 @@ pub mod idmap {
     pub const OBJECT_PATH: &str = "/org/burrow/IdMap1";
     /// polkit action a non-root caller needs to allocate an ID range.
     pub const ACTION_ALLOCATE: &str = "org.burrow.idmap.allocate";
+    /// polkit action a non-root caller needs to hold a range it holds already under one more
+    /// name, for another container in the same user namespace (a pod).
+    pub const ACTION_JOIN: &str = "org.burrow.idmap.join";
     /// polkit action a non-root caller needs to get a delegated cgroup for a range's namespace.
     pub const ACTION_CGROUP: &str = "org.burrow.idmap.cgroup";
     /// Where idmapd puts non-root users' containers, in every cgroup hierarchy: the admin's

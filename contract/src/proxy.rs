@@ -2,7 +2,8 @@
 
 use zbus::zvariant::OwnedFd;
 
-/// One allocated range, as `Get`/`List` return it: (uid, name, uid_base, gid_base, size).
+/// One holder of an allocated range, as `List` returns it: (uid, name, uid_base, gid_base,
+/// size); a range held under several names is listed once per name.
 pub type RangeEntry = (u32, String, u32, u32, u32);
 
 #[zbus::proxy(
@@ -12,6 +13,8 @@ pub type RangeEntry = (u32, String, u32, u32, u32);
 )]
 pub trait IdMap1 {
     fn allocate(&self, name: &str, userns: OwnedFd) -> zbus::Result<(u32, u32, u32)>;
+    /// Holds the range held as `existing` under `name` too; `userns` is its user namespace.
+    fn join(&self, existing: &str, name: &str, userns: OwnedFd) -> zbus::Result<(u32, u32, u32)>;
     fn release(&self, name: &str) -> zbus::Result<()>;
     fn get(&self, name: &str) -> zbus::Result<(u32, u32, u32)>;
     fn list(&self) -> zbus::Result<Vec<RangeEntry>>;

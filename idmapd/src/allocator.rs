@@ -16,6 +16,10 @@ use crate::liveness::Kernel;
 use crate::pool::{self, Pool};
 use crate::registry::{Namespace, Record, RecordState, Registry, RegistryError};
 
+/// Most names one range may be held under at once. A pod of many containers stays far below;
+/// the cap keeps one record (a file rewritten at each Join and Release) small.
+pub const MAX_HOLDERS: usize = 1024;
+
 #[derive(Debug, thiserror::Error)]
 pub enum AllocError {
     #[error("name {name:?} is already allocated for uid {uid} (range {base}); release it first")]
@@ -40,6 +44,20 @@ pub enum AllocError {
     },
     #[error("no range named {name:?} for uid {uid}")]
     NotFound { uid: u32, name: String },
+    #[error(
+        "the user namespace is not the one mapped onto range {name:?} (base {base}); pass an fd \
+         of /proc/PID/ns/user of a process of the container that holds {name:?}"
+    )]
+    ForeignNamespace { name: String, base: u32 },
+    #[error(
+        "range {name:?} (base {base}) was recorded by an older idmapd, without its namespace's \
+         id, so no namespace can be shown to be its: it cannot be joined"
+    )]
+    UnknownNamespace { name: String, base: u32 },
+    #[error(
+        "range {name:?} (base {base}) already has {MAX_HOLDERS} holders, the most it may have"
+    )]
+    TooManyHolders { name: String, base: u32 },
     #[error("writing {path}: {source}")]
     WriteMap {
         path: PathBuf,
@@ -61,8 +79,11 @@ impl From<AllocError> for BurrowError {
         let msg = e.to_string();
         match e {
             AllocError::Duplicate { .. } => BurrowError::AlreadyExists(msg),
-            AllocError::Quota { .. } | AllocError::PoolExhausted { .. } => {
-                BurrowError::Exhausted(msg)
+            AllocError::Quota { .. }
+            | AllocError::PoolExhausted { .. }
+            | AllocError::TooManyHolders { .. } => BurrowError::Exhausted(msg),
+            AllocError::ForeignNamespace { .. } | AllocError::UnknownNamespace { .. } => {
+                BurrowError::NotAuthorized(msg)
             }
             AllocError::AlreadyMapped { .. } => BurrowError::InvalidArgument(msg),
             AllocError::NotFound { .. } => BurrowError::NotFound(msg),
@@ -172,7 +193,7 @@ impl Allocator {
             match self.registry.remove(record.base) {
                 Ok(_) => {
                     freed += 1;
-                    crate::cgroups::remove(&record);
+                    crate::cgroups::remove_range(&record);
                     tracing::info!(uid = record.uid, name = %record.name, base = record.base,
                         state = ?record.state, "reclaimed the range of a namespace that is gone");
                 }
@@ -230,6 +251,7 @@ impl Allocator {
         let record = Record {
             uid,
             name: name.into(),
+            holders: vec![name.into()],
             base,
             size: RANGE_SIZE,
             namespace: Some(namespace),
@@ -238,7 +260,7 @@ impl Allocator {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
         };
-        self.registry.insert(record.clone())?;
+        self.registry.store(record.clone())?;
         if let Err(e) = write_maps(worker, base) {
             // A half-written map (uid done, gid failed) still uses the range: keep it reserved
             // until the namespace dies rather than risk handing it out twice.
@@ -247,7 +269,7 @@ impl Allocator {
             if untouched {
                 self.registry.remove(base)?;
             } else {
-                self.registry.set_state(base, RecordState::Draining)?;
+                self.registry.drain(base)?;
             }
             return Err(e);
         }
@@ -268,14 +290,64 @@ impl Allocator {
         }
     }
 
-    /// Drops `uid`'s name. The range is free at once if its namespace is gone; otherwise it
-    /// drains until the kernel says the namespace is gone, so it is never shared by two live
-    /// namespaces.
+    /// The range `uid` holds as `existing`, if `userns_id` is the id of the very user namespace
+    /// mapped onto it (in this boot: ids are unique only until the machine restarts). Changes
+    /// nothing: Join asks this before polkit, then joins under the lock.
+    pub fn joinable(
+        &self,
+        uid: u32,
+        existing: &str,
+        userns_id: u64,
+    ) -> Result<&Record, AllocError> {
+        let record = self.get(uid, existing)?;
+        let (name, base) = (existing.to_string(), record.base);
+        match &record.namespace {
+            None => Err(AllocError::UnknownNamespace { name, base }),
+            Some(ns) if ns.id == userns_id && ns.boot_id == self.kernel.boot_id => Ok(record),
+            Some(_) => Err(AllocError::ForeignNamespace { name, base }),
+        }
+    }
+
+    /// Adds `name` as a holder of the range `uid` holds as `existing`, whose namespace
+    /// `userns_id` must be (see [`Self::joinable`]). No new range, so no quota charge; the range
+    /// now stays until every holder released it.
+    pub fn join(
+        &mut self,
+        uid: u32,
+        existing: &str,
+        name: &str,
+        userns_id: u64,
+    ) -> Result<Record, AllocError> {
+        let mut record = self.joinable(uid, existing, userns_id)?.clone();
+        if let Some(taken) = self.registry.held(uid, name) {
+            return Err(AllocError::Duplicate {
+                uid,
+                name: name.into(),
+                base: taken.base,
+            });
+        }
+        if record.holders.len() >= MAX_HOLDERS {
+            return Err(AllocError::TooManyHolders {
+                name: existing.into(),
+                base: record.base,
+            });
+        }
+        record.holders.push(name.into());
+        self.registry.store(record.clone())?;
+        Ok(record)
+    }
+
+    /// Drops `uid`'s name. While other names hold the range, only that name goes (with its
+    /// cgroup). Once the last one goes, the range is free at once if its namespace is gone;
+    /// otherwise it drains until the kernel says the namespace is gone, so it is never shared
+    /// by two live namespaces.
     pub fn release(&mut self, uid: u32, name: &str) -> Result<Record, AllocError> {
         let record = self.get(uid, name)?.clone();
+        if record.holders.len() > 1 {
+            return self.release_holder(record, name);
+        }
         if self.kernel.may_exist(&record) {
-            self.registry
-                .set_state(record.base, RecordState::Draining)?;
+            self.registry.drain(record.base)?;
             tracing::info!(
                 uid,
                 name,
@@ -284,9 +356,25 @@ impl Allocator {
             );
         } else {
             self.registry.remove(record.base)?;
-            crate::cgroups::remove(&record);
+            crate::cgroups::remove_range(&record);
             tracing::info!(uid, name, base = record.base, "released");
         }
+        Ok(record)
+    }
+
+    /// Drops one of several holders of `record`: the range stays held by the others.
+    fn release_holder(&mut self, mut record: Record, name: &str) -> Result<Record, AllocError> {
+        record.holders.retain(|holder| holder != name);
+        self.registry.store(record.clone())?;
+        // After the durable change: a cgroup left by a crash in between goes with the range.
+        crate::cgroups::remove_holder(&record, name);
+        tracing::info!(
+            uid = record.uid,
+            name,
+            base = record.base,
+            holders = record.holders.len(),
+            "released one holder; the range stays with the others"
+        );
         Ok(record)
     }
 }
@@ -319,4 +407,316 @@ fn write_maps(worker: &NsWorker, base: u32) -> Result<(), AllocError> {
             .map_err(|source| AllocError::WriteMap { path, source })?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsFd;
+    use std::path::Path;
+
+    use burrow_sys::nsfs::{ns_id, NsHandle};
+
+    use super::*;
+
+    /// A uid no test user has, so that freeing a range touches no real user's cgroups.
+    const UID: u32 = 4_242_424;
+    const BASE: u32 = 1 << 30;
+    const NEXT_BASE: u32 = BASE + RANGE_SIZE;
+
+    fn this_boot() -> String {
+        burrow_sys::nsfs::boot_id().unwrap()
+    }
+
+    /// The test's own user namespace: alive for as long as the test runs.
+    fn live_namespace() -> Namespace {
+        let own = fs::File::open("/proc/self/ns/user").unwrap();
+        Namespace {
+            id: ns_id(own.as_fd()).unwrap(),
+            handle: NsHandle::of(own.as_fd()).unwrap(),
+            boot_id: this_boot(),
+        }
+    }
+
+    /// A namespace of an earlier boot: gone, whatever its id.
+    fn gone_namespace() -> Namespace {
+        Namespace {
+            boot_id: "an-earlier-boot".into(),
+            ..live_namespace()
+        }
+    }
+
+    fn held(base: u32, holders: &[&str], namespace: Option<Namespace>) -> Record {
+        Record {
+            uid: UID,
+            name: holders[0].into(),
+            holders: holders.iter().map(|h| h.to_string()).collect(),
+            base,
+            size: RANGE_SIZE,
+            namespace,
+            state: RecordState::Held,
+            created: 0,
+        }
+    }
+
+    fn scratch_dir(test: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("burrow-alloc-{test}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    /// An allocator on the records under `dir`, as idmapd opens one at start (reclaiming the
+    /// ranges of namespaces that are gone).
+    fn open(dir: &Path) -> Allocator {
+        let exclusions = Exclusions {
+            subid_files: vec![],
+            id_db_files: vec![],
+        };
+        let kernel = Kernel {
+            boot_id: this_boot(),
+        };
+        let pool = Pool::new(BASE, BASE + 4 * RANGE_SIZE - 1).unwrap();
+        let registry = Registry::load(dir).unwrap();
+        Allocator::open(pool, 8, exclusions, registry, kernel)
+    }
+
+    fn open_with(dir: &Path, records: Vec<Record>) -> Allocator {
+        let mut allocator = open(dir);
+        for record in records {
+            allocator.registry.store(record).unwrap();
+        }
+        allocator
+    }
+
+    fn holders_of(allocator: &Allocator, name: &str) -> Vec<String> {
+        allocator.get(UID, name).unwrap().holders.clone()
+    }
+
+    fn state_files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+        let mut files: Vec<_> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .map(|p| (p.clone(), fs::read(p).unwrap()))
+            .collect();
+        files.sort();
+        files
+    }
+
+    #[test]
+    fn joined_range_stays_until_its_last_holder_releases_it() {
+        let dir = scratch_dir("join");
+        let ns = live_namespace();
+        let mut allocator = open_with(&dir, vec![held(BASE, &["pause"], Some(ns.clone()))]);
+        let joined = allocator.join(UID, "pause", "app", ns.id).unwrap();
+        assert_eq!(
+            (joined.base, joined.holders.clone()),
+            (BASE, vec!["pause".into(), "app".into()])
+        );
+        let mut allocator = open(&dir);
+        assert_eq!(allocator.get(UID, "app").unwrap().base, BASE);
+        allocator.join(UID, "app", "sidecar", ns.id).unwrap();
+
+        allocator.release(UID, "pause").unwrap();
+        let mut allocator = open(&dir);
+        assert!(matches!(
+            allocator.get(UID, "pause"),
+            Err(AllocError::NotFound { .. })
+        ));
+        assert_eq!(holders_of(&allocator, "sidecar"), ["app", "sidecar"]);
+        allocator.release(UID, "app").unwrap();
+        let mut allocator = open(&dir);
+        assert_eq!(holders_of(&allocator, "sidecar"), ["sidecar"]);
+
+        // The last holder goes while the namespace lives: the range drains, under no name.
+        allocator.release(UID, "sidecar").unwrap();
+        let allocator = open(&dir);
+        assert!(allocator.get(UID, "sidecar").is_err());
+        let drained = allocator.registry.records().next().unwrap();
+        assert_eq!(
+            (drained.state, drained.holders.len()),
+            (RecordState::Draining, 0)
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// One step of a pod's life: a container joins as `name` through `existing`, or `name`
+    /// is released.
+    #[derive(Debug, Clone)]
+    enum Step {
+        Join { existing: usize, name: usize },
+        Release { name: usize },
+    }
+
+    fn name(i: usize) -> String {
+        format!("n{i}")
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (0..6usize, 0..6usize).prop_map(|(existing, name)| Step::Join { existing, name }),
+            (0..6usize).prop_map(|name| Step::Release { name }),
+        ]
+    }
+
+    /// What `step` must do to a range held by `holders` (empty: drained): the holders after it,
+    /// or None where it must be refused.
+    fn expected(holders: &[String], step: &Step) -> Option<Vec<String>> {
+        match step {
+            Step::Join {
+                existing,
+                name: new,
+            } => {
+                let ok = holders.contains(&name(*existing)) && !holders.contains(&name(*new));
+                ok.then(|| [holders, &[name(*new)]].concat())
+            }
+            Step::Release { name: gone } => holders.contains(&name(*gone)).then(|| {
+                holders
+                    .iter()
+                    .filter(|h| **h != name(*gone))
+                    .cloned()
+                    .collect()
+            }),
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(32))]
+        /// Any sequence of Joins and Releases keeps exactly the holders it should, in order, and
+        /// a reload (idmapd restarted after any step) finds the same.
+        #[test]
+        fn any_joins_and_releases_keep_the_holders_durably(
+            steps in proptest::collection::vec(step(), 1..16)
+        ) {
+            let dir = scratch_dir("steps");
+            let ns = live_namespace();
+            let mut allocator = open_with(&dir, vec![held(BASE, &["n0"], Some(ns.clone()))]);
+            let mut holders = vec![name(0)];
+            for step in &steps {
+                let want = expected(&holders, step);
+                let done = match step {
+                    Step::Join { existing, name: new } => allocator
+                        .join(UID, &name(*existing), &name(*new), ns.id)
+                        .map(|_| ()),
+                    Step::Release { name: gone } => allocator.release(UID, &name(*gone)).map(|_| ()),
+                };
+                proptest::prop_assert_eq!(done.is_ok(), want.is_some(), "{:?}", step);
+                holders = want.unwrap_or(holders);
+                allocator = open(&dir);
+                let record = allocator.registry.records().next().unwrap();
+                proptest::prop_assert_eq!(&record.holders, &holders);
+                let state = if holders.is_empty() { RecordState::Draining } else { RecordState::Held };
+                proptest::prop_assert_eq!(record.state, state);
+            }
+            fs::remove_dir_all(&dir).unwrap();
+        }
+    }
+
+    #[test]
+    fn join_refuses_other_namespaces_legacy_records_and_taken_names() {
+        let dir = scratch_dir("refuse");
+        let ns = live_namespace();
+        let mut allocator = open_with(
+            &dir,
+            vec![
+                held(BASE, &["pause", "app"], Some(ns.clone())),
+                held(NEXT_BASE, &["legacy"], None),
+            ],
+        );
+        let before = state_files(&dir);
+        let refusal = |allocator: &mut Allocator, existing: &str, name: &str, id: u64| {
+            allocator.join(UID, existing, name, id).unwrap_err()
+        };
+        assert!(matches!(
+            refusal(&mut allocator, "pause", "x", ns.id + 1),
+            AllocError::ForeignNamespace { .. }
+        ));
+        assert!(matches!(
+            refusal(&mut allocator, "legacy", "x", ns.id),
+            AllocError::UnknownNamespace { .. }
+        ));
+        for taken in ["pause", "app", "legacy"] {
+            assert!(matches!(
+                refusal(&mut allocator, "pause", taken, ns.id),
+                AllocError::Duplicate { .. }
+            ));
+        }
+        assert!(matches!(
+            allocator.join(UID + 1, "pause", "x", ns.id).unwrap_err(),
+            AllocError::NotFound { .. }
+        ));
+        assert!(matches!(
+            refusal(&mut allocator, "nope", "x", ns.id),
+            AllocError::NotFound { .. }
+        ));
+        assert_eq!(
+            state_files(&dir),
+            before,
+            "a refused join changed the state"
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_namespace_of_another_boot_is_not_the_ranges_even_with_its_id() {
+        let dir = scratch_dir("boot");
+        let mut allocator = open(&dir);
+        let stale = gone_namespace();
+        // Stored after the start-up reclaim, which would have freed it.
+        allocator
+            .registry
+            .store(held(BASE, &["pause"], Some(stale.clone())))
+            .unwrap();
+        assert!(matches!(
+            allocator.join(UID, "pause", "app", stale.id).unwrap_err(),
+            AllocError::ForeignNamespace { .. }
+        ));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn holders_are_capped_per_range() {
+        let dir = scratch_dir("cap");
+        let ns = live_namespace();
+        let names: Vec<String> = (0..MAX_HOLDERS).map(|i| format!("c{i}")).collect();
+        let full: Vec<&str> = names.iter().map(String::as_str).collect();
+        let mut allocator = open_with(&dir, vec![held(BASE, &full, Some(ns.clone()))]);
+        let error = allocator.join(UID, "c0", "one-more", ns.id).unwrap_err();
+        assert!(
+            matches!(error, AllocError::TooManyHolders { .. }),
+            "{error}"
+        );
+        assert!(matches!(
+            BurrowError::from(error),
+            BurrowError::Exhausted(_)
+        ));
+        allocator.release(UID, "c7").unwrap();
+        allocator.join(UID, "c0", "one-more", ns.id).unwrap();
+        assert_eq!(
+            open(&dir).get(UID, "one-more").unwrap().holders.len(),
+            MAX_HOLDERS
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_gone_namespace_frees_its_range_whatever_holders_remain() {
+        let dir = scratch_dir("gone");
+        let gone = held(BASE, &["pause", "app", "sidecar"], Some(gone_namespace()));
+        // Reclaimed at start, with all its holders.
+        let mut registry = Registry::load(&dir).unwrap();
+        registry.store(gone.clone()).unwrap();
+        let allocator = open(&dir);
+        assert_eq!(allocator.in_use(), 0);
+        assert!(state_files(&dir).is_empty());
+        // Released holder by holder: the range is freed, not drained, when the last goes.
+        let mut allocator = open_with(&dir, vec![gone]);
+        for name in ["app", "pause"] {
+            allocator.release(UID, name).unwrap();
+            assert_eq!(allocator.in_use(), 1, "{name}");
+        }
+        allocator.release(UID, "sidecar").unwrap();
+        assert_eq!(allocator.in_use(), 0);
+        assert!(state_files(&dir).is_empty());
+        fs::remove_dir_all(&dir).unwrap();
+    }
 }

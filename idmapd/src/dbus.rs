@@ -103,7 +103,47 @@ impl IdMap {
         result
     }
 
-    /// Gives back the caller's range `name`.
+    /// Holds the caller's range `existing` under `name` too, for another container that joins
+    /// the user namespace `userns` (an fd of /proc/PID/ns/user), which must be the very
+    /// namespace mapped onto that range. No new range: the range stays until every name
+    /// holding it is released. Announced with `Allocated`, as every new name is.
+    async fn join(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
+        existing: String,
+        name: String,
+        userns: OwnedFd,
+    ) -> Result<(u32, u32, u32), BurrowError> {
+        let _call = self.activity.begin();
+        let caller = Caller::identify(conn, &header).await?;
+        let result = self
+            .join_for(
+                conn,
+                &header,
+                &caller,
+                existing.clone(),
+                name.clone(),
+                userns,
+            )
+            .await;
+        match &result {
+            Ok(range) => {
+                tracing::info!(uid = caller.uid, pid = ?caller.pid, existing, name,
+                    base = range.0, "joined");
+                Self::allocated(&emitter, caller.uid, &name, range.0, range.2).await?;
+            }
+            Err(e) => {
+                tracing::info!(uid = caller.uid, pid = ?caller.pid,
+                existing = %existing.escape_debug(), name = %name.escape_debug(),
+                error = %e.dbus_name(), reason = %e, "join refused")
+            }
+        }
+        result
+    }
+
+    /// Gives back the caller's range `name` (one of its names, if it has several).
     async fn release(
         &self,
         #[zbus(header)] header: Header<'_>,
@@ -124,7 +164,7 @@ impl IdMap {
         Ok(())
     }
 
-    /// The caller's range `name`: (uid_base, gid_base, size).
+    /// The caller's range held as `name`: (uid_base, gid_base, size).
     async fn get(
         &self,
         #[zbus(header)] header: Header<'_>,
@@ -139,7 +179,8 @@ impl IdMap {
         Ok((record.base, record.base, record.size))
     }
 
-    /// The caller's ranges (root: everyone's) as (uid, name, uid_base, gid_base, size).
+    /// The caller's ranges (root: everyone's) as (uid, name, uid_base, gid_base, size), once
+    /// per name a range is held under.
     async fn list(
         &self,
         #[zbus(header)] header: Header<'_>,
@@ -151,14 +192,19 @@ impl IdMap {
         Ok(allocator
             .records()
             .filter(|r| caller.is_root() || r.uid == caller.uid)
-            .map(|r| (r.uid, r.name.clone(), r.base, r.base, r.size))
+            .flat_map(|r| {
+                r.holders
+                    .iter()
+                    .map(|holder| (r.uid, holder.clone(), r.base, r.base, r.size))
+            })
             .collect())
     }
 
     /// Moves `process` (a pidfd of a process inside the user namespace of the caller's range
-    /// `name`) into a new cgroup delegated to that range's root, below the caller's per-user
-    /// cgroup with the admin's limits. Returns the cgroup's path below each hierarchy's root.
-    /// For non-root runtimes, which cannot create cgroups; removed when the range is freed.
+    /// held as `name`) into a new cgroup of that name's, delegated to that range's root, below
+    /// the caller's per-user cgroup with the admin's limits. Returns the cgroup's path below
+    /// each hierarchy's root. For non-root runtimes, which cannot create cgroups; removed when
+    /// `name` is released or the range is freed.
     async fn add_control_group(
         &self,
         #[zbus(header)] header: Header<'_>,
@@ -176,7 +222,8 @@ impl IdMap {
                 .await?;
             let quota = self.quotas.for_uid(caller.uid)?;
             let process: std::os::fd::OwnedFd = process.into();
-            blocking(move || crate::cgroups::grant(&record, process.as_fd(), &quota)).await
+            let holder = name.clone();
+            blocking(move || crate::cgroups::grant(&record, &holder, process.as_fd(), &quota)).await
         }
         .await;
         match &result {
@@ -263,6 +310,33 @@ impl IdMap {
         .await?;
         self.with_allocator(move |allocator| {
             let record = allocator.allocate(uid, &name, &userns, &worker, max_ranges)?;
+            Ok((record.base, record.base, record.size))
+        })
+        .await
+    }
+
+    /// Join's checks, in the order every method makes them: the names, then that the caller
+    /// holds `existing` (else `NotFound`, as Get), then that `userns` is that range's very
+    /// namespace (else `NotAuthorized`), then polkit. The allocator checks `existing` and the
+    /// namespace again under its lock, where a concurrent Release may have dropped the range.
+    async fn join_for(
+        &self,
+        conn: &Connection,
+        header: &Header<'_>,
+        caller: &Caller,
+        existing: String,
+        name: String,
+        userns: OwnedFd,
+    ) -> Result<(u32, u32, u32), BurrowError> {
+        validate_name(&existing)?;
+        validate_name(&name)?;
+        let uid = caller.uid;
+        self.lock().get(uid, &existing)?;
+        let userns = UserNs::from_caller_fd(userns.into(), uid)?;
+        self.lock().joinable(uid, &existing, userns.id)?;
+        caller.authorize(conn, header, idmap::ACTION_JOIN).await?;
+        self.with_allocator(move |allocator| {
+            let record = allocator.join(uid, &existing, &name, userns.id)?;
             Ok((record.base, record.base, record.size))
         })
         .await

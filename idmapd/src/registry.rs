@@ -13,17 +13,25 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RecordState {
-    /// Owned under its name by its uid.
+    /// Owned by its uid under the names in `holders`.
     Held,
-    /// Released by its owner while its user namespace was still alive: the name is free, the
-    /// range is not, until the namespace is gone.
+    /// Released by its last holder while its user namespace was still alive: every name is
+    /// free, the range is not, until the namespace is gone.
     Draining,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
     pub uid: u32,
+    /// The name the range was allocated under. Its holder's delegated cgroup is `range-BASE`,
+    /// as it was before ranges had several holders.
     pub name: String,
+    /// The names the range is held under now: Allocate's, then one per Join, in that order; a
+    /// name leaves at its Release. Several containers that share one user namespace (a pod)
+    /// share its range, which is free only once the last of them let go. Empty while draining.
+    /// Records of older idmapds have no such field: see [`Record::with_legacy_holders`].
+    #[serde(default)]
+    pub holders: Vec<String>,
     pub base: u32,
     pub size: u32,
     /// The user namespace mapped onto the range, as the kernel identifies it: its id (for
@@ -51,6 +59,16 @@ pub struct Namespace {
 impl Record {
     pub fn ids(&self) -> RangeInclusive<u32> {
         self.base..=self.base + (self.size - 1)
+    }
+
+    /// A record of an idmapd before Join had only its `name` as holder. A held record of
+    /// this idmapd always has at least one holder, so a held record without any is such an
+    /// older one.
+    fn with_legacy_holders(mut self) -> Self {
+        if self.state == RecordState::Held && self.holders.is_empty() {
+            self.holders = vec![self.name.clone()];
+        }
+        self
     }
 }
 
@@ -106,8 +124,9 @@ impl Registry {
                 reason,
             };
             let text = fs::read(&path).map_err(|e| corrupt(e.to_string()))?;
-            let record: Record =
-                serde_json::from_slice(&text).map_err(|e| corrupt(e.to_string()))?;
+            let record = serde_json::from_slice::<Record>(&text)
+                .map_err(|e| corrupt(e.to_string()))?
+                .with_legacy_holders();
             if record.base != base {
                 return Err(corrupt(format!(
                     "holds base {} but is named {base}",
@@ -139,9 +158,12 @@ impl Registry {
         self.by_base.len()
     }
 
+    /// The held range of `uid` that one of its holders calls `name`: names are unique per uid
+    /// across every holder of every held range.
     pub fn held(&self, uid: u32, name: &str) -> Option<&Record> {
-        self.records()
-            .find(|r| r.state == RecordState::Held && r.uid == uid && r.name == name)
+        self.records().find(|r| {
+            r.state == RecordState::Held && r.uid == uid && r.holders.iter().any(|h| h == name)
+        })
     }
 
     /// How many ranges `uid` has: held ones and released ones still draining, which its
@@ -161,24 +183,25 @@ impl Registry {
         self.records().map(Record::ids).collect()
     }
 
-    /// Records `record` durably; only then is it in the registry.
-    pub fn insert(&mut self, record: Record) -> Result<(), RegistryError> {
+    /// Records `record`, a new one or a new version of one, durably (one atomic file write);
+    /// only then is it in the registry.
+    pub fn store(&mut self, record: Record) -> Result<(), RegistryError> {
         self.persist(&record)?;
         self.by_base.insert(record.base, record);
         Ok(())
     }
 
-    pub fn set_state(&mut self, base: u32, new_state: RecordState) -> Result<(), RegistryError> {
+    /// Marks the range draining: no name holds it any more, its namespace may still use it.
+    pub fn drain(&mut self, base: u32) -> Result<(), RegistryError> {
         let Some(record) = self.by_base.get(&base) else {
             return Ok(());
         };
-        let updated = Record {
-            state: new_state,
+        let drained = Record {
+            state: RecordState::Draining,
+            holders: vec![],
             ..record.clone()
         };
-        self.persist(&updated)?;
-        self.by_base.insert(base, updated);
-        Ok(())
+        self.store(drained)
     }
 
     /// Forgets the range durably; it may be handed out again afterwards.
@@ -196,6 +219,7 @@ mod tests {
         Record {
             uid: 1000,
             name: name.into(),
+            holders: vec![name.into()],
             base,
             size: 65536,
             namespace: Some(Namespace {
@@ -216,9 +240,9 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("burrow-registry-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         let mut reg = Registry::load(&dir).unwrap();
-        reg.insert(record(524288, "a")).unwrap();
-        reg.insert(record(589824, "b")).unwrap();
-        reg.set_state(589824, RecordState::Draining).unwrap();
+        reg.store(record(524288, "a")).unwrap();
+        reg.store(record(589824, "b")).unwrap();
+        reg.drain(589824).unwrap();
         fs::write(dir.join(".655360.json.tmp"), b"{partial").unwrap();
         let reg = Registry::load(&dir).unwrap();
         assert_eq!(reg.len(), 2);
@@ -233,6 +257,58 @@ mod tests {
             Registry::load(&dir),
             Err(RegistryError::Corrupt { .. })
         ));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn scratch_dir(test: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("burrow-{test}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn every_holder_name_finds_the_range_after_a_reload() {
+        let dir = scratch_dir("registry-holders");
+        let mut reg = Registry::load(&dir).unwrap();
+        let mut pod = record(524288, "pause");
+        pod.holders
+            .extend(["app".to_string(), "sidecar".to_string()]);
+        reg.store(pod).unwrap();
+        let reg = Registry::load(&dir).unwrap();
+        for name in ["pause", "app", "sidecar"] {
+            assert_eq!(reg.held(1000, name).unwrap().base, 524288, "{name}");
+        }
+        assert!(reg.held(1001, "app").is_none(), "names are per uid");
+        let mut reg = reg;
+        reg.drain(524288).unwrap();
+        let reg = Registry::load(&dir).unwrap();
+        let drained = reg.records().next().unwrap();
+        assert_eq!(drained.state, RecordState::Draining);
+        assert!(drained.holders.is_empty(), "{drained:?}");
+        assert!(reg.held(1000, "pause").is_none());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Records of an idmapd before Join have no `holders`: a held one is held by its name
+    /// alone, a draining one by nobody.
+    #[test]
+    fn a_record_without_holders_is_held_by_its_name() {
+        let dir = scratch_dir("registry-legacy");
+        fs::create_dir_all(&dir).unwrap();
+        let legacy = |base: u32, name: &str, state: &str| {
+            let mut json = serde_json::to_value(record(base, name)).unwrap();
+            json.as_object_mut().unwrap().remove("holders");
+            json["state"] = state.into();
+            fs::write(dir.join(format!("{base}.json")), json.to_string()).unwrap();
+        };
+        legacy(524288, "old", "held");
+        legacy(589824, "gone", "draining");
+        let reg = Registry::load(&dir).unwrap();
+        let old = reg.held(1000, "old").unwrap();
+        assert_eq!(old.holders, ["old"]);
+        assert!(reg.held(1000, "gone").is_none());
+        let drained = reg.records().find(|r| r.base == 589824).unwrap();
+        assert!(drained.holders.is_empty());
         fs::remove_dir_all(&dir).unwrap();
     }
 }

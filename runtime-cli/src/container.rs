@@ -481,22 +481,36 @@ fn create_steps(
     undo: &mut Undo<'_>,
 ) -> Result<()> {
     let fifo_path = c.store.dir(c.options.id).join("exec.fifo");
+    let joins = crate::namespaces::plan(&c.bundle.spec, c.store)?;
     let mut config = init_config(&c.bundle.spec, &c.bundle.rootfs, c.options.preserve_fds)?;
+    config.unshare_flags &= !joins.joined_flags();
     config.fifo = Some(make_exec_fifo(&fifo_path)?);
     let (channel, theirs) = process::pair()?;
+    let join = process::intermediate::Join {
+        userns: joins.pod.as_ref().map(|pod| pod.userns.as_fd()),
+        enter: joins
+            .enter
+            .iter()
+            .map(|(fd, flag)| (fd.as_fd(), *flag))
+            .collect(),
+    };
 
     // Forked while this process has one thread: the children need no async-signal-safety.
     // SAFETY: the runtime `rt` is current-thread and has spawned no thread yet, so this
     // process is single-threaded.
-    let intermediate = unsafe { process::intermediate::spawn(&config, theirs) }
+    let intermediate = unsafe { process::intermediate::spawn(&config, &join, theirs) }
         .map_err(CliError::fork("intermediate"))?;
-    let spawned = spawn_init(c, &channel, intermediate, &fifo_path, conn_slot, undo);
+    let pod = joins.pod.as_ref().map(|pod| pod.id.as_str());
+    let spawned = spawn_init(c, &channel, intermediate, pod, &fifo_path, conn_slot, undo);
     if spawned.is_err() {
         // It may still wait for "go".
         let _ = nix::sys::signal::kill(intermediate, nix::sys::signal::Signal::SIGKILL);
     }
     let _ = nix::sys::wait::waitpid(intermediate, None);
     let spawned = spawned?;
+    if let Some(pod_network) = &joins.adopt_network {
+        crate::network::adopt(c.rt, pod_network.as_fd(), spawned.pid)?;
+    }
     let mntns = build_mount_namespace(c, &spawned, undo.docker_data.as_deref())?;
     finish(c, &channel, &config, mntns, &spawned, undo)
 }
@@ -530,6 +544,7 @@ fn spawn_init(
     c: &Creation<'_>,
     channel: &ParentChannel,
     intermediate: nix::unistd::Pid,
+    pod: Option<&str>,
     fifo_path: &Path,
     conn_slot: &mut Option<zbus::Connection>,
     undo: &mut Undo<'_>,
@@ -545,14 +560,23 @@ fn spawn_init(
         .map_err(CliError::io("duplicating the user namespace's fd"))?;
     let (base, gid_base, _) =
         c.rt.block_on(async {
-            IdMap1Proxy::new(&conn)
-                .await?
-                .allocate(&name, for_idmapd.into())
-                .await
+            let idmapd = IdMap1Proxy::new(&conn).await?;
+            match pod {
+                // The pod's range, under one more name: freed when its last user releases it.
+                Some(pod) => {
+                    let existing = range_name(c.store, pod);
+                    idmapd.join(&existing, &name, for_idmapd.into()).await
+                }
+                None => idmapd.allocate(&name, for_idmapd.into()).await,
+            }
         })
         .map_err(CliError::helper("idmapd"))?;
     undo.range = Some(name.clone());
-    crate::log::debug(format!("idmapd: range {name} at host ID {base}"));
+    crate::log::debug(format!(
+        "idmapd: range {name} at host ID {base}{}",
+        pod.map(|p| format!(", shared with {p}"))
+            .unwrap_or_default()
+    ));
     let root_ids = (base, gid_base);
     hand_over_fifo(fifo_path, root_ids)?;
     if c.bundle.wants_docker_data {

@@ -40,6 +40,11 @@ pub enum CliError {
     },
     #[error("refused: {0}")]
     Refused(String),
+    /// A namespace the spec names by path is refused.
+    #[error("refused: {0}")]
+    Join(#[from] crate::namespaces::JoinError),
+    #[error(transparent)]
+    Network(#[from] crate::network::NetworkError),
     #[error("container {id} is {status}, {need}")]
     WrongState {
         id: String,

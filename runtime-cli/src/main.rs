@@ -11,6 +11,8 @@ mod exec;
 mod fuzz;
 mod image;
 mod log;
+mod namespaces;
+mod network;
 mod process;
 mod sandbox;
 mod seccomp;

@@ -344,7 +344,8 @@ fn prepare_for_systemd(spec: &mut Spec, mounts: &mut Vec<PlannedMount>) {
     }
 }
 
-/// A system container has all namespaces of its own and no privilege beyond them.
+/// A system container has all namespaces of its own, or its pod's ([`crate::namespaces`]
+/// checks those named by path), and no privilege beyond them.
 fn check_isolation(spec: &Spec) -> Result<()> {
     let namespaces = spec
         .linux()
@@ -363,33 +364,6 @@ fn check_isolation(spec: &Spec) -> Result<()> {
                 "the host's {what} namespace ({flag}) cannot be shared with a Burrow system container"
             )));
         }
-    }
-    if let Some(ns) = namespaces.iter().find(|n| n.path().is_some()) {
-        let path = ns.path().as_ref().unwrap();
-        let (proc_name, flag) = match ns.typ() {
-            LinuxNamespaceType::Network => ("net", "--net=host"),
-            LinuxNamespaceType::Pid => ("pid", "--pid=host"),
-            LinuxNamespaceType::Ipc => ("ipc", "--ipc=host"),
-            LinuxNamespaceType::Uts => ("uts", "--uts=host"),
-            LinuxNamespaceType::User => ("user", "--userns=host"),
-            LinuxNamespaceType::Cgroup => ("cgroup", "--cgroupns=host"),
-            LinuxNamespaceType::Time => ("time", "a host namespace"),
-            LinuxNamespaceType::Mount => ("mnt", "--mount=host"),
-        };
-        let same = |a: &Path, b: &Path| {
-            use std::os::unix::fs::MetadataExt;
-            matches!((std::fs::metadata(a), std::fs::metadata(b)), (Ok(x), Ok(y)) if x.dev() == y.dev() && x.ino() == y.ino())
-        };
-        // The runtime runs in the host's namespaces (containerd's, dockerd's).
-        if same(path, &Path::new("/proc/self/ns").join(proc_name)) {
-            return Err(CliError::Refused(format!(
-                "the host's {proc_name} namespace ({flag}) cannot be shared with a Burrow system container"
-            )));
-        }
-        return Err(CliError::Refused(format!(
-            "joining an existing {proc_name} namespace ({}) is not supported",
-            path.display()
-        )));
     }
     let devices = spec
         .linux()

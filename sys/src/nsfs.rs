@@ -26,6 +26,26 @@ pub fn ns_id(ns: BorrowedFd<'_>) -> std::io::Result<u64> {
     Ok(id)
 }
 
+// NS_GET_USERNS and NS_GET_NSTYPE of <linux/nsfs.h>: _IO(0xb7, 0x1) and _IO(0xb7, 0x3).
+nix::ioctl_none!(ns_get_userns, 0xb7, 0x1);
+nix::ioctl_none!(ns_get_nstype, 0xb7, 0x3);
+
+/// The user namespace that owns the namespace `ns` (NS_GET_USERNS): a new fd. EPERM if it is
+/// outside the caller's own user namespace and its descendants.
+pub fn owner(ns: BorrowedFd<'_>) -> std::io::Result<OwnedFd> {
+    // SAFETY: NS_GET_USERNS takes no argument and returns a new fd or -1.
+    let fd = unsafe { ns_get_userns(ns.as_raw_fd()) }?;
+    // SAFETY: the kernel just opened `fd` for this process; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The kind of the namespace `ns` as its CLONE_NEW* flag (NS_GET_NSTYPE); fails for a file
+/// that is not a namespace.
+pub fn kind(ns: BorrowedFd<'_>) -> std::io::Result<libc::c_int> {
+    // SAFETY: NS_GET_NSTYPE takes no argument and returns the flag or -1.
+    Ok(unsafe { ns_get_nstype(ns.as_raw_fd()) }?)
+}
+
 /// `struct file_handle` with room for the largest handle.
 #[repr(C)]
 struct RawHandle {

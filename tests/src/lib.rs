@@ -650,18 +650,24 @@ impl RootsUserns {
 
     /// Makes `cmd` inherit the namespace as its fd 3.
     fn pass_as_fd3(&self, cmd: &mut Command) {
-        use std::os::fd::AsRawFd;
-        let raw = self.file.as_raw_fd();
-        // SAFETY: dup2 and fcntl between fork and exec, on an fd that outlives the spawn.
-        unsafe {
-            cmd.pre_exec(move || {
-                // dup2 onto itself would keep close-on-exec, so clear the flag explicitly.
-                if libc::dup2(raw, 3) < 0 || libc::fcntl(3, libc::F_SETFD, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        pass_as_fd3(cmd, &self.file);
+    }
+}
+
+/// Makes `cmd` inherit `file` as its fd 3 (for the test client's `--fd-kind inherited`): an
+/// object the caller could not open itself, handed over as if it had got it somehow.
+pub fn pass_as_fd3(cmd: &mut Command, file: &fs::File) {
+    use std::os::fd::AsRawFd;
+    let raw = file.as_raw_fd();
+    // SAFETY: dup2 and fcntl between fork and exec, on an fd that outlives the spawn.
+    unsafe {
+        cmd.pre_exec(move || {
+            // dup2 onto itself would keep close-on-exec, so clear the flag explicitly.
+            if libc::dup2(raw, 3) < 0 || libc::fcntl(3, libc::F_SETFD, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }
 
@@ -1298,4 +1304,20 @@ pub fn burrow_wrapper(h: &Harness, dir: &Path) -> PathBuf {
     .unwrap();
     fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
     wrapper
+}
+
+/// `GET path` over HTTP/1.0 from `address` (a server in a container, reached from the host):
+/// the whole answer, headers included.
+pub fn http_get(address: std::net::SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let timeout = std::time::Duration::from_secs(5);
+    let mut stream = std::net::TcpStream::connect_timeout(&address, timeout)
+        .unwrap_or_else(|e| panic!("connect to {address}: {e}"));
+    stream.set_read_timeout(Some(timeout)).unwrap();
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
 }

@@ -430,6 +430,130 @@ fn add_control_group_refuses_a_namespace_that_reuses_an_inode_number() {
     );
 }
 
+/// The test client's one answer to `args` as `user`, with `fd3` (an object `user` could not
+/// open itself, handed over as if the attacker had got it somehow) as its fd 3.
+fn client_answer(
+    h: &Harness,
+    user: Option<User>,
+    args: &[&str],
+    fd3: Option<&fs::File>,
+) -> serde_json::Value {
+    let mut cmd = h.client(user);
+    cmd.args(args);
+    if let Some(file) = fd3 {
+        burrow_tests::pass_as_fd3(&mut cmd, file);
+    }
+    burrow_tests::json_lines(&cmd.output().unwrap().stdout).remove(0)
+}
+
+/// A range `user` allocated under `name`, held by a process in its namespace until the
+/// returned client finishes: (client, that process's pid).
+fn hold_range(h: &Harness, user: Option<User>, name: &str) -> (Lines, i64) {
+    let mut cmd = h.client(user);
+    cmd.args(["allocate", "--name", name, "--hold"]);
+    let mut holder = Lines::spawn(cmd);
+    let allocated = holder.until("allocate");
+    assert_eq!(allocated["ok"], true, "{allocated}");
+    (holder, allocated["holder_pid"].as_i64().unwrap())
+}
+
+/// A tenant cannot join another user's range (item 2): guessing its name finds nothing, even
+/// with the victim's very namespace in hand (names are per uid), and that namespace joins no
+/// range of hers either (it is not her namespace). Nothing changes.
+#[test]
+fn a_tenant_cannot_join_another_users_range() {
+    let h = Harness::start(HarnessOptions::default());
+    let (alice, carol) = (Some(test_users().alice), Some(test_users().carol));
+    let (root_holder, root_pid) = hold_range(&h, None, "victim");
+    let (carol_holder, carol_pid) = hold_range(&h, carol, "victim-carol");
+    let (alice_holder, _) = hold_range(&h, alice, "mine");
+    let before = h.persisted_records();
+    for (victim, pid) in [("victim", root_pid), ("victim-carol", carol_pid)] {
+        let victims_ns = fs::File::open(format!("/proc/{pid}/ns/user")).unwrap();
+        let join = |existing: &str, how: &[&str], fd3| {
+            let mut args = vec!["join", "--existing", existing, "--name", "in"];
+            args.extend(how);
+            client_answer(&h, alice, &args, fd3)
+        };
+        let guessed = join(victim, &["--fd-kind", "fresh"], None);
+        burrow_tests::assert_error(&guessed, "org.burrow.Error.NotFound");
+        let inherited = ["--fd-kind", "inherited"];
+        let with_theirs = join(victim, &inherited, Some(&victims_ns));
+        burrow_tests::assert_error(&with_theirs, "org.burrow.Error.NotFound");
+        let into_mine = join("mine", &inherited, Some(&victims_ns));
+        burrow_tests::assert_error_says(
+            &into_mine,
+            "org.burrow.Error.NotAuthorized",
+            "not by the caller",
+        );
+    }
+    assert_eq!(
+        h.persisted_records(),
+        before,
+        "a refused join changed the state"
+    );
+    let names = |user| client_answer(&h, user, &["list"], None)["entries"].clone();
+    assert_eq!(names(alice).as_array().unwrap().len(), 1);
+    assert_eq!(names(carol).as_array().unwrap().len(), 1);
+    for holder in [root_holder, carol_holder, alice_holder] {
+        holder.finish();
+    }
+    for (user, name) in [(None, "victim"), (carol, "victim-carol"), (alice, "mine")] {
+        let released = client_answer(&h, user, &["release", "--name", name], None);
+        assert_eq!(released["ok"], true, "{released}");
+    }
+    wait_for("every range free", || h.ranges_in_use() == 0);
+}
+
+/// A tenant cannot pass off a namespace of her own making as her range's (item 2): Join knows
+/// the range's namespace by its kernel id, so a fresh namespace, one she mapped herself, root's
+/// and the host's are all refused; the name she tried holds nothing afterwards, so it gets no
+/// cgroup.
+#[test]
+fn a_tenant_cannot_join_with_a_namespace_pretending_to_be_the_ranges() {
+    let h = Harness::start(HarnessOptions::default());
+    let alice = Some(test_users().alice);
+    let (holder, pid) = hold_range(&h, alice, "pod");
+    let before = h.persisted_records();
+    let host = fs::File::open("/proc/self/ns/user").unwrap();
+    let not_the_ranges = "org.burrow.Error.NotAuthorized";
+    let fake = |kind| {
+        [
+            "join",
+            "--existing",
+            "pod",
+            "--name",
+            "fake",
+            "--fd-kind",
+            kind,
+        ]
+    };
+    for (kind, fd3, error) in [
+        ("fresh", None, not_the_ranges),
+        ("self-mapped", None, not_the_ranges),
+        // The host's own namespace is no container's.
+        ("inherited", Some(&host), "org.burrow.Error.InvalidArgument"),
+    ] {
+        let refused = client_answer(&h, alice, &fake(kind), fd3);
+        burrow_tests::assert_error(&refused, error);
+    }
+    let roots = burrow_tests::RootsUserns::new().hand_to(&h, alice, &fake("inherited"));
+    burrow_tests::assert_error(&roots, not_the_ranges);
+    assert_eq!(
+        h.persisted_records(),
+        before,
+        "a refused join changed the state"
+    );
+    let pid = pid.to_string();
+    let cgroup = ["add-cgroup", "--name", "fake", "--pid", &pid];
+    let refused = client_answer(&h, alice, &cgroup, None);
+    burrow_tests::assert_error(&refused, "org.burrow.Error.NotFound");
+    holder.finish();
+    let released = client_answer(&h, alice, &["release", "--name", "pod"], None);
+    assert_eq!(released["ok"], true, "{released}");
+    wait_for("the range free", || h.ranges_in_use() == 0);
+}
+
 /// A read-only `rbind` is read-only all the way down (item 8): a filesystem mounted below the
 /// bind's source is not a writable way out of it.
 #[test]

@@ -49,6 +49,7 @@ fn introspection_is_exactly_the_documented_interface() {
     let h = Harness::start(HarnessOptions::default());
     let idmap = expected(&[
         (".Allocate", "method", "sh", "uuu"),
+        (".Join", "method", "ssh", "uuu"),
         (".Release", "method", "s", "-"),
         (".Get", "method", "s", "uuu"),
         (".List", "method", "-", "a(usuuu)"),
@@ -110,6 +111,7 @@ fn every_proxy_call_reaches_its_method() {
             .unwrap();
         let idmap = IdMap1Proxy::new(&conn).await.unwrap();
         assert_dispatched("Allocate", idmap.allocate("c", not_a_namespace()).await);
+        assert_dispatched("Join", idmap.join("c", "d", not_a_namespace()).await);
         assert_dispatched("Release", idmap.release("c").await);
         assert_dispatched("Get", idmap.get("c").await);
         assert_dispatched("List", idmap.list().await);

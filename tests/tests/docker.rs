@@ -412,6 +412,8 @@ fn docker_runs_system_containers() {
     ctr_ok(&["task", "rm", "ctr-long"]);
     ctr_ok(&["container", "rm", "ctr-long"]);
 
+    container_modes_share_the_first_containers_range(&docker);
+
     // --rm and rm leave no state, no cgroup and no range behind.
     wait_for("runtime state gone", || {
         std::fs::read_dir(docker.runtime_root())
@@ -427,6 +429,58 @@ fn docker_runs_system_containers() {
         assert!(!dir.exists(), "cgroup {} left behind", dir.display());
     }
     wait_for("ranges released", || h.ranges_in_use() == 0);
+}
+
+/// `--network`, `--ipc` and `--pid container:A`: B joins A's user namespace and range, then
+/// those namespaces; it reaches A's server on 127.0.0.1, sees A's processes and A's IPC.
+fn container_modes_share_the_first_containers_range(docker: &burrow_tests::Docker) {
+    let server = "mkdir -p /www && echo served-by-a > /www/index.html && httpd -p 8080 -h /www \
+        && exec sleep 1000";
+    let a = docker.ok(&[
+        "run",
+        "-d",
+        "--runtime=burrow",
+        "--ipc",
+        "shareable",
+        "--name",
+        "pod-a",
+        "bb",
+        "sh",
+        "-c",
+        server,
+    ]);
+    let in_a = |script: &str| docker.ok(&["exec", "pod-a", "sh", "-c", script]);
+    let a_view = in_a("cat /proc/self/uid_map; readlink /proc/self/ns/ipc /proc/self/ns/net");
+    let probe = "cat /proc/self/uid_map; readlink /proc/self/ns/ipc /proc/self/ns/net; \
+        for i in $(seq 50); do wget -q -O- http://127.0.0.1:8080/index.html && break; sleep 0.1; done; \
+        ps -o comm | grep -c httpd";
+    let b = docker.ok(&[
+        "run",
+        "--rm",
+        "--runtime=burrow",
+        "--network",
+        "container:pod-a",
+        "--ipc",
+        "container:pod-a",
+        "--pid",
+        "container:pod-a",
+        "bb",
+        "sh",
+        "-c",
+        probe,
+    ]);
+    let lines: Vec<&str> = b.lines().collect();
+    assert_eq!(
+        lines[..3].join("\n"),
+        a_view.trim(),
+        "one range, one ipc and net namespace"
+    );
+    assert_eq!(
+        lines[3..],
+        ["served-by-a", "1"],
+        "A's server, reached and seen: {b}"
+    );
+    docker.ok(&["rm", "-f", a.trim()]);
 }
 
 /// `command` (a docker command line for `docker`'s daemon) in a shell, under script(1) when it

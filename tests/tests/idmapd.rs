@@ -591,3 +591,264 @@ fn signals_announce_allocations() {
     );
     watcher.finish();
 }
+
+/// A range `user` allocated under `name`, held by a process in its user namespace until the
+/// returned client finishes: (client, base, that process's pid).
+fn hold(h: &Harness, user: Option<User>, name: &str) -> (Running, u64, i64) {
+    let mut held = spawn(h, user, &["allocate", "--name", name, "--hold"]);
+    let allocated = held.next_json();
+    let base = base_of(&allocated);
+    let pid = allocated["holder_pid"].as_i64().unwrap();
+    (held, base, pid)
+}
+
+/// `Join(existing, name, …)` as `user`, with the namespace that `how` (client arguments)
+/// picks.
+fn join(h: &Harness, user: Option<User>, existing: &str, name: &str, how: &[&str]) -> Value {
+    let mut args = vec!["join", "--existing", existing, "--name", name];
+    args.extend(how);
+    one(h, user, &args)
+}
+
+/// (name, base) of every range `user` lists.
+fn listed(h: &Harness, user: Option<User>) -> BTreeSet<(String, u64)> {
+    one(h, user, &["list"])["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let name = e["name"].as_str().unwrap().to_string();
+            (name, e["base"].as_u64().unwrap())
+        })
+        .collect()
+}
+
+/// A second container joins the first one's user namespace (a pod), for root and for a
+/// tenant: it gets the same range under its own name; the range outlives the first holder's
+/// Release and a kill -9 of idmapd, and goes only with the last holder.
+#[test]
+fn joined_range_is_shared_until_its_last_holder_releases_it() {
+    let h = harness();
+    for (user, stranger) in [(None, alice()), (alice(), Some(test_users().carol))] {
+        let (held, base, pid) = hold(&h, user, "pod");
+        let userns_of = ["--userns-of", &pid.to_string()].map(String::from);
+        let userns_of: Vec<&str> = userns_of.iter().map(String::as_str).collect();
+        assert_eq!(base_of(&join(&h, user, "pod", "app", &userns_of)), base);
+        assert_eq!(base_of(&one(&h, user, &["get", "--name", "app"])), base);
+        let both = BTreeSet::from([("pod".to_string(), base), ("app".to_string(), base)]);
+        assert_eq!(listed(&h, user), both);
+        assert_eq!(h.ranges_in_use(), 1, "a join took no new range");
+        refusals_change_nothing(&h, user, stranger, &userns_of);
+
+        // idmapd killed between Join and Release: both holders are still there.
+        h.kill_idmapd();
+        assert_eq!(listed(&h, user), both);
+
+        // The first holder goes: the range stays the second's, and is no one else's.
+        assert_eq!(one(&h, user, &["release", "--name", "pod"])["ok"], true);
+        assert_error(
+            &one(&h, user, &["get", "--name", "pod"]),
+            "org.burrow.Error.NotFound",
+        );
+        assert_eq!(base_of(&one(&h, user, &["get", "--name", "app"])), base);
+        let other = base_of(&one(&h, user, &["allocate", "--name", "other"]));
+        assert_ne!(other, base);
+        assert_eq!(one(&h, user, &["release", "--name", "other"])["ok"], true);
+
+        // The last holder goes while the namespace lives: the range drains, then is freed.
+        assert_eq!(one(&h, user, &["release", "--name", "app"])["ok"], true);
+        assert!(listed(&h, user).is_empty());
+        held.finish();
+        wait_all_free(&h);
+    }
+}
+
+/// What Join refuses (`user` holds `pod`, whose namespace `userns_of` names), each refusal
+/// leaving the state as it was.
+fn refusals_change_nothing(
+    h: &Harness,
+    user: Option<User>,
+    stranger: Option<User>,
+    userns_of: &[&str],
+) {
+    let before = h.persisted_records();
+    for taken in ["pod", "app"] {
+        assert_error(
+            &join(h, user, "pod", taken, userns_of),
+            "org.burrow.Error.AlreadyExists",
+        );
+        assert_error(
+            &one(h, user, &["allocate", "--name", taken]),
+            "org.burrow.Error.AlreadyExists",
+        );
+    }
+    // Another namespace, even the caller's own: not the range's.
+    for kind in ["fresh", "self-mapped"] {
+        assert_error(
+            &join(h, user, "pod", "x", &["--fd-kind", kind]),
+            "org.burrow.Error.NotAuthorized",
+        );
+    }
+    assert_error(
+        &join(h, user, "pod", "x", &["--fd-kind", "file"]),
+        "org.burrow.Error.InvalidArgument",
+    );
+    assert_error(
+        &join(h, user, "nope", "x", userns_of),
+        "org.burrow.Error.NotFound",
+    );
+    assert_error(
+        &join(h, user, "pod", "../x", userns_of),
+        "org.burrow.Error.InvalidArgument",
+    );
+    // Names are per caller: someone else's `pod` is not found.
+    assert_error(
+        &join(h, stranger, "pod", "x", &["--fd-kind", "fresh"]),
+        "org.burrow.Error.NotFound",
+    );
+    assert_eq!(
+        h.persisted_records(),
+        before,
+        "a refused join changed the state"
+    );
+}
+
+/// The cgroup directories below `user`'s cgroup in the pids hierarchy that belong to `base`.
+fn range_cgroups(uid: u32, base: u64) -> BTreeSet<String> {
+    let user = format!("/sys/fs/cgroup/pids/burrow-users/user-{uid}");
+    let range = format!("range-{base}");
+    std::fs::read_dir(user)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| *n == range || n.starts_with(&format!("{range}-")))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Each holder of a shared range gets its own delegated cgroup (`range-BASE` for the first
+/// name, `range-BASE-NAME` for the others); a holder's goes at its Release, the rest when the
+/// range is freed.
+#[test]
+fn each_holder_of_a_range_gets_its_own_cgroup() {
+    let h = harness();
+    let uid = test_users().alice.uid;
+    let (held, base, pid) = hold(&h, alice(), "pod");
+    let pid_arg = pid.to_string();
+    let userns_of = ["--userns-of", pid_arg.as_str()];
+    for name in ["app", "sidecar"] {
+        assert_eq!(base_of(&join(&h, alice(), "pod", name, &userns_of)), base);
+    }
+    let add = |name: &str| {
+        let v = one(
+            &h,
+            alice(),
+            &["add-cgroup", "--name", name, "--pid", &pid_arg],
+        );
+        assert_eq!(v["ok"], true, "{name}: {v}");
+        v["path"].as_str().unwrap().to_string()
+    };
+    let user_cgroup = format!("/burrow-users/user-{uid}");
+    // The process moves from one holder's cgroup to the next, leaving each one empty.
+    assert_eq!(add("app"), format!("{user_cgroup}/range-{base}-app"));
+    assert_eq!(
+        add("sidecar"),
+        format!("{user_cgroup}/range-{base}-sidecar")
+    );
+    assert_eq!(add("pod"), format!("{user_cgroup}/range-{base}"));
+    let in_cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    assert!(
+        in_cgroup.contains(&format!("{user_cgroup}/range-{base}\n")),
+        "{in_cgroup}"
+    );
+    let all: BTreeSet<String> = ["", "-app", "-sidecar"]
+        .iter()
+        .map(|holder| format!("range-{base}{holder}"))
+        .collect();
+    assert_eq!(range_cgroups(uid, base), all);
+
+    for (name, left) in [
+        ("app", vec![String::new(), "-sidecar".into()]),
+        ("sidecar", vec![String::new()]),
+    ] {
+        assert_eq!(one(&h, alice(), &["release", "--name", name])["ok"], true);
+        let left: BTreeSet<String> = left.iter().map(|l| format!("range-{base}{l}")).collect();
+        assert_eq!(range_cgroups(uid, base), left, "after releasing {name}");
+    }
+    // The last holder goes while its process still runs: the range drains, and its cgroups go
+    // once the namespace is gone.
+    assert_eq!(one(&h, alice(), &["release", "--name", "pod"])["ok"], true);
+    assert_eq!(range_cgroups(uid, base).len(), 1);
+    held.finish();
+    wait_all_free(&h);
+    wait_for("the range's cgroups removed", || {
+        range_cgroups(uid, base).is_empty()
+    });
+}
+
+/// Every name a range is held under is announced: Join with `Allocated`, each Release with
+/// `Released`.
+#[test]
+fn signals_announce_each_holder() {
+    let h = harness();
+    let mut watcher = spawn(&h, bob(), &["watch-signals", "--count", "4"]);
+    assert_eq!(watcher.next_json()["op"], "subscribed");
+    let (held, base, pid) = hold(&h, alice(), "pod");
+    let pid = pid.to_string();
+    assert_eq!(
+        base_of(&join(&h, alice(), "pod", "app", &["--userns-of", &pid])),
+        base
+    );
+    for name in ["app", "pod"] {
+        assert_eq!(one(&h, alice(), &["release", "--name", name])["ok"], true);
+    }
+    let uid = test_users().alice.uid;
+    let allocated = |name| serde_json::json!({"signal": "Allocated", "uid": uid, "name": name, "base": base, "size": 65536});
+    let released =
+        |name| serde_json::json!({"signal": "Released", "uid": uid, "name": name, "base": base});
+    for expected in [
+        allocated("pod"),
+        allocated("app"),
+        released("app"),
+        released("pod"),
+    ] {
+        assert_eq!(watcher.next_json(), expected);
+    }
+    watcher.finish();
+    held.finish();
+}
+
+/// A range recorded by an idmapd before nsfs handles (an inode number, no namespace id, no
+/// holders) is still held by its name, but no namespace can be shown to be its own: Join
+/// refuses it by name, and nothing changes.
+#[test]
+fn a_range_recorded_without_its_namespace_id_cannot_be_joined() {
+    let h = harness();
+    let (held, base, pid) = hold(&h, alice(), "pod");
+    let legacy_base = base + 8 * RANGE;
+    let legacy = serde_json::json!({
+        "uid": test_users().alice.uid, "name": "legacy", "base": legacy_base, "size": 65536,
+        "userns": 4026532000u64, "state": "held", "created": 0,
+    });
+    let record = h.idmap_state_dir().join(format!("{legacy_base}.json"));
+    std::fs::write(&record, legacy.to_string()).unwrap();
+    h.kill_idmapd();
+    assert_eq!(
+        base_of(&one(&h, alice(), &["get", "--name", "legacy"])),
+        legacy_base
+    );
+    let before = h.persisted_records();
+    let pid = pid.to_string();
+    let refused = join(&h, alice(), "legacy", "app", &["--userns-of", &pid]);
+    burrow_tests::assert_error_says(&refused, "org.burrow.Error.NotAuthorized", "older idmapd");
+    let foreign = join(&h, alice(), "pod", "app", &["--fd-kind", "fresh"]);
+    burrow_tests::assert_error_says(&foreign, "org.burrow.Error.NotAuthorized", "not the one");
+    assert_eq!(h.persisted_records(), before);
+    std::fs::remove_file(&record).unwrap();
+    h.kill_idmapd();
+    assert_eq!(one(&h, alice(), &["release", "--name", "pod"])["ok"], true);
+    held.finish();
+    wait_all_free(&h);
+}

@@ -2,13 +2,10 @@
 //! containerd of the test's own (`burrow_tests::cri`). Run as root (`make test`).
 //!
 //! `runc_pod_through_cri` is the baseline that proves the harness: the whole pod life cycle
-//! with runtime handler `runc`. `burrow_pod_sandbox_is_refused_today` runs the same pod with
-//! handler `burrow` and checks today's refusal; once Burrow supports pods it becomes
-//! `pod_life_cycle(&containerd, "burrow")` plus Burrow's own assertions (one range per pod,
-//! `uid_map`, systemd and Docker inside).
+//! with runtime handler `runc`. `burrow_pods_through_cri` runs the same pod with handler
+//! `burrow`, and a second one, with Burrow's own assertions (one range per pod, `uid_map`).
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -64,50 +61,77 @@ fn runc_pod_through_cri() {
     pod_life_cycle(&containerd, &mut cri, "runc");
 }
 
-/// Today `burrow` refuses the sandbox: CRI gives the pause container the pod's network
-/// namespace by path (CNI configured it), and Burrow does not join existing namespaces yet
-/// (issue 11, item 1). CRI cleans up after the failure; nothing may be left. When pods are
-/// supported, this test becomes the real one: `pod_life_cycle(&containerd, &mut cri, "burrow")`
-/// and Burrow's assertions.
+/// Pods on Burrow: each pod one user namespace and one range (the sandbox's, which its
+/// containers join), a second pod a disjoint one; the pod network namespace CNI configured is
+/// adopted (its pod IP answers from the host), and removing the pods leaves nothing, ranges
+/// included.
 #[test]
-fn burrow_pod_sandbox_is_refused_today() {
-    let (_h, containerd) = start();
+fn burrow_pods_through_cri() {
+    let (h, containerd) = start();
     let mut cri = containerd.client();
-    let config = containerd.pod_config("web-burrow");
-    let refusal = cri
-        .run_pod_sandbox(&config, "burrow")
-        .expect_err("burrow runs pods now: make this test pod_life_cycle(.., \"burrow\")");
-    let message = refusal.message();
+    let pod = start_pod(&containerd, &mut cri, "burrow", "web-burrow");
+    let other = start_pod(&containerd, &mut cri, "burrow", "other-burrow");
+    let (base, other_base) = (one_range(&pod), one_range(&other));
     assert!(
-        message.contains("joining an existing net namespace")
-            && message.contains(&containerd.netns_dir().display().to_string())
-            && message.contains("is not supported"),
-        "{refusal:?}\n{}",
-        containerd.log_tail()
+        base.abs_diff(other_base) >= 65536,
+        "ranges overlap: {base} and {other_base}"
     );
-    assert!(cri.list_pod_sandboxes().unwrap().is_empty());
-    assert!(cri.list_containers(None).unwrap().is_empty());
-    assert_nothing_left(&containerd, None);
+    assert_eq!(h.ranges_in_use(), 2, "one range per pod");
+    remove_pod(&mut cri, &other);
+    check_running_pod(&containerd, &mut cri, &pod);
+    remove_pod(&mut cri, &pod);
+    assert_nothing_left(&containerd, Some(&other));
+    assert_nothing_left(&containerd, Some(&pod));
+    wait_for("the pods' ranges freed", || h.ranges_in_use() == 0);
+}
+
+/// The range all of the pod's processes (sandbox, A, B) share: one `uid_map`, `0 BASE 65536`
+/// with BASE far from the host's own IDs. Returns BASE.
+fn one_range(pod: &Pod) -> u64 {
+    let maps: Vec<String> = pod
+        .pids
+        .iter()
+        .map(|pid| {
+            let map = std::fs::read_to_string(format!("/proc/{pid}/uid_map")).unwrap();
+            map.split_whitespace().collect::<Vec<_>>().join(" ")
+        })
+        .collect();
+    assert!(
+        maps.iter().all(|m| *m == maps[0]),
+        "one range per pod: {maps:?}"
+    );
+    let fields: Vec<u64> = maps[0].split(' ').map(|f| f.parse().unwrap()).collect();
+    assert_eq!((fields[0], fields[2]), (0, 65536), "{maps:?}");
+    assert!(
+        fields[1] >= 1 << 20,
+        "a range far from the host's IDs: {maps:?}"
+    );
+    fields[1]
 }
 
 /// Runs the two-container pod with `handler`, checks what kubelet relies on, removes it and
 /// checks that nothing is left.
 fn pod_life_cycle(containerd: &Containerd, cri: &mut Cri, handler: &str) {
-    let pod = start_pod(containerd, cri, handler);
-    assert_pod_holds(containerd, &pod);
-    check_network(cri, &pod);
-    check_exec_and_stats(cri, &pod);
-    check_memory_update(cri, &pod);
-    let containers = cri.list_containers(Some(&pod.id)).unwrap();
-    assert_eq!(containers.len(), 2, "{containers:?}");
+    let pod = start_pod(containerd, cri, handler, &format!("web-{handler}"));
+    check_running_pod(containerd, cri, &pod);
     remove_pod(cri, &pod);
     assert_nothing_left(containerd, Some(&pod));
 }
 
+/// What kubelet relies on in a running pod (the only one running).
+fn check_running_pod(containerd: &Containerd, cri: &mut Cri, pod: &Pod) {
+    assert_pod_holds(containerd, pod);
+    check_network(cri, pod);
+    check_exec_and_stats(cri, pod);
+    check_memory_update(cri, pod);
+    let containers = cri.list_containers(Some(&pod.id)).unwrap();
+    assert_eq!(containers.len(), 2, "{containers:?}");
+}
+
 /// RunPodSandbox, then containers A (server, 128 MiB limit) and B (client): created, started,
 /// running.
-fn start_pod(containerd: &Containerd, cri: &mut Cri, handler: &str) -> Pod {
-    let config = containerd.pod_config(&format!("web-{handler}"));
+fn start_pod(containerd: &Containerd, cri: &mut Cri, handler: &str, name: &str) -> Pod {
+    let config = containerd.pod_config(name);
     let id = cri
         .run_pod_sandbox(&config, handler)
         .unwrap_or_else(|e| panic!("RunPodSandbox: {e:?}\n{}", containerd.log_tail()));
@@ -127,11 +151,7 @@ fn start_pod(containerd: &Containerd, cri: &mut Cri, handler: &str) -> Pod {
     for (name, script, limit) in [("a", SERVER, Some(128 * MIB)), ("b", IDLE, None)] {
         let config = container_config(name, BUSYBOX_IMAGE, &["sh", "-c", script], limit);
         let container = cri
-            .create_container(
-                &id,
-                &config,
-                &containerd.pod_config(&format!("web-{handler}")),
-            )
+            .create_container(&id, &config, &containerd.pod_config(name))
             .unwrap_or_else(|e| panic!("CreateContainer {name}: {e:?}"));
         cri.start_container(&container)
             .unwrap_or_else(|e| panic!("StartContainer {name}: {e:?}"));
@@ -189,16 +209,7 @@ fn check_network(cri: &mut Cri, pod: &Pod) {
         std::thread::sleep(Duration::from_millis(100));
     }
     let address: SocketAddr = format!("{}:{PORT}", pod.ip).parse().unwrap();
-    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(5))
-        .unwrap_or_else(|e| panic!("connect to the pod IP {address}: {e}"));
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    stream
-        .write_all(b"GET /index.html HTTP/1.0\r\n\r\n")
-        .unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
+    let answer = burrow_tests::http_get(address, "/index.html");
     assert!(
         answer.starts_with("HTTP/1.") && answer.contains(PAGE),
         "{answer}"

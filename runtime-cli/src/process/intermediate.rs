@@ -1,13 +1,25 @@
-//! The intermediate: creates the container's user namespace, waits for idmapd to map it and
-//! for its cgroup, becomes root in it, unshares the other namespaces and clones the init as a
+//! The intermediate: creates the container's user namespace (or joins the pod's), waits for
+//! idmapd to map it (or record one more user of its range) and for its cgroup, becomes root in
+//! it, joins the namespaces the spec names, unshares the others and clones the init as a
 //! sibling (a child of the CLI, so that a subreaper such as containerd's shim adopts it).
 
+use std::os::fd::{AsFd, BorrowedFd};
+
 use burrow_sys::fork::{fork_child, fork_sibling, ForkError, ParentExit};
+use nix::sched::CloneFlags;
 use nix::unistd::Pid;
 
 use super::channel::ChildChannel;
 use super::config::InitConfig;
 use super::message::ToParent;
+
+/// Namespaces the container joins rather than makes (all of one pod's).
+pub struct Join<'a> {
+    /// The pod's user namespace: none for a container of its own.
+    pub userns: Option<BorrowedFd<'a>>,
+    /// Entered after the user namespace: fd and CLONE_NEW* flag.
+    pub enter: Vec<(BorrowedFd<'a>, libc::c_int)>,
+}
 
 /// Forks the intermediate, a child of the CLI (which reaps it once it has cloned the init). No
 /// death signal, as the init it clones must outlive the CLI: if the CLI goes first, its end of
@@ -15,17 +27,31 @@ use super::message::ToParent;
 ///
 /// # Safety
 /// Only while the CLI is single-threaded (the intermediate allocates).
-pub unsafe fn spawn(config: &InitConfig, channel: ChildChannel) -> Result<Pid, ForkError> {
-    let keep = super::keep(config, &channel);
+pub unsafe fn spawn(
+    config: &InitConfig,
+    join: &Join<'_>,
+    channel: ChildChannel,
+) -> Result<Pid, ForkError> {
+    let keep = super::keep(config, &channel)
+        .and_all(join.userns)
+        .and_all(join.enter.iter().map(|(fd, _)| *fd));
     // SAFETY: the caller guarantees the CLI is single-threaded, so the child may allocate; the
     // intermediate drops no fd wrapper but the user namespace's, which it opens itself.
-    unsafe { fork_child(keep, ParentExit::Survive, || intermediate(config, channel)) }
+    unsafe {
+        fork_child(keep, ParentExit::Survive, || {
+            intermediate(config, join, channel)
+        })
+    }
 }
 
 /// The intermediate process. Never returns.
-fn intermediate(config: &InitConfig, channel: ChildChannel) -> ! {
-    if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER) {
-        channel.fail("unshare(CLONE_NEWUSER)", e);
+fn intermediate(config: &InitConfig, join: &Join<'_>, channel: ChildChannel) -> ! {
+    let entered = match join.userns {
+        Some(pod) => nix::sched::setns(pod, CloneFlags::CLONE_NEWUSER),
+        None => nix::sched::unshare(CloneFlags::CLONE_NEWUSER),
+    };
+    if let Err(e) = entered {
+        channel.fail("entering the container's user namespace", e);
     }
     match std::fs::File::open("/proc/self/ns/user") {
         Ok(userns) => {
@@ -44,8 +70,13 @@ fn intermediate(config: &InitConfig, channel: ChildChannel) -> ! {
     {
         channel.fail("becoming root in the user namespace", e);
     }
+    for (ns, flag) in &join.enter {
+        if let Err(e) = nix::sched::setns(ns.as_fd(), CloneFlags::from_bits_retain(*flag)) {
+            channel.fail("joining the pod's namespaces", e);
+        }
+    }
     // Retained as they are: nix may not name CLONE_NEWTIME.
-    let flags = nix::sched::CloneFlags::from_bits_retain(config.unshare_flags);
+    let flags = CloneFlags::from_bits_retain(config.unshare_flags);
     if let Err(e) = nix::sched::unshare(flags) {
         channel.fail("unsharing the container's namespaces", e);
     }

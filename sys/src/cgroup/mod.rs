@@ -366,6 +366,20 @@ fn subtree(dir: &Path) -> Vec<PathBuf> {
     dirs
 }
 
+/// The names of the cgroups directly below `path`, in any hierarchy (a crash can leave one in
+/// some hierarchies only).
+pub fn children(path: &str) -> std::collections::BTreeSet<String> {
+    Hierarchies::of(path)
+        .directories()
+        .iter()
+        .filter_map(|(dir, _)| fs::read_dir(dir).ok())
+        .flat_map(|entries| entries.flatten())
+        // The entry's type from the directory listing: no stat per file.
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
 /// Every process in the container's cgroup and the sub-cgroups its root made.
 pub fn pids(path: &str) -> Vec<i32> {
     let hierarchies = Hierarchies::of(path);

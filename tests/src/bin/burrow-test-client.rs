@@ -60,6 +60,18 @@ enum Cmd {
         #[arg(long)]
         count: usize,
     },
+    /// Join the range held as EXISTING under NAME, with the user namespace of process PID
+    /// (--userns-of) or one of --fd-kind.
+    Join {
+        #[arg(long)]
+        existing: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_enum, default_value = "fresh")]
+        fd_kind: FdKind,
+        #[arg(long)]
+        userns_of: Option<i32>,
+    },
     Release {
         #[arg(long)]
         name: String,
@@ -276,6 +288,7 @@ async fn allocate(
         Err(e) => error_json(&e),
     };
     if let Some(h) = holder {
+        result["holder_pid"] = h.pid.as_raw().into();
         result["uid_map"] = h.map("uid_map").into();
         result["gid_map"] = h.map("gid_map").into();
     }
@@ -405,6 +418,9 @@ fn main() {
         } | Cmd::IdmapMount {
             fd_kind: FdKind::Inherited,
             ..
+        } | Cmd::Join {
+            fd_kind: FdKind::Inherited,
+            ..
         }
     )
     // SAFETY: the test passes fd 3 to the client on purpose; nothing else owns it yet.
@@ -471,6 +487,24 @@ fn main() {
                 print(json!({"op": "burst-done"}));
                 wait_for_stdin_eof();
                 drop(holders);
+            }
+            Cmd::Join { existing, name, fd_kind, userns_of } => {
+                let holder = matches!(fd_kind, FdKind::Fresh | FdKind::SelfMapped)
+                    .then(|| Holder::new(fd_kind == FdKind::SelfMapped));
+                let fd: OwnedFd = match (userns_of, fd_kind) {
+                    (Some(pid), _) => File::open(format!("/proc/{pid}/ns/user")).unwrap().into(),
+                    (None, FdKind::Fresh | FdKind::SelfMapped) => holder.as_ref().unwrap().ns("user"),
+                    (None, FdKind::NetNs) => Holder::new(false).ns("net"),
+                    (None, FdKind::File) => File::open("/etc/hostname").unwrap().into(),
+                    (None, FdKind::Inherited) => inherited.take().expect("fd 3"),
+                };
+                let mut result = match proxy.join(&existing, &name, fd.into()).await {
+                    Ok((base, gid_base, size)) => json!({"ok": true, "base": base, "gid_base": gid_base, "size": size}),
+                    Err(e) => error_json(&e),
+                };
+                result["op"] = "join".into();
+                result["name"] = name.into();
+                print(result);
             }
             Cmd::Release { name } => {
                 let mut result = match proxy.release(&unescape(&name)).await {

@@ -1,0 +1,415 @@
+//! Pods without an orchestrator (issue 11, item 1): containers that name another container's
+//! namespaces by path join its user namespace and share its range; a pod network namespace
+//! made outside Burrow (as containerd makes one for CNI) is adopted by root; everything else a
+//! path can name is refused with its reason and leaves nothing behind.
+
+use std::fs;
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::process::Command;
+
+use burrow_tests::{
+    all_output, busybox_rootfs, run, test_users, wait_for, write_spec, Burrow, Detached, Harness,
+    HarnessOptions,
+};
+use serde_json::{json, Value};
+
+/// A: an HTTP server on 127.0.0.1's (and every address's) port 8080.
+const SERVER: &str = "mkdir -p /www && echo served-by-a > /www/index.html && \
+    httpd -p 8080 -h /www && echo serving && exec sleep 1000";
+
+/// A spec edit: the namespaces `kinds` are `pid`'s (/proc/PID/ns/KIND).
+fn join_namespaces_of(pid: i32, kinds: &[&str]) -> impl FnOnce(&mut Value) {
+    let kinds: Vec<String> = kinds.iter().map(|k| k.to_string()).collect();
+    move |config| {
+        let paths: Vec<(String, String)> = kinds
+            .iter()
+            .map(|kind| (oci_kind(kind).to_string(), format!("/proc/{pid}/ns/{kind}")))
+            .collect();
+        name_paths(config, &paths);
+    }
+}
+
+/// The OCI type of a /proc/PID/ns name.
+fn oci_kind(proc_name: &str) -> &str {
+    match proc_name {
+        "net" => "network",
+        "mnt" => "mount",
+        other => other,
+    }
+}
+
+/// Sets `path` on the spec's namespace of each OCI type given (adding it if missing).
+fn name_paths(config: &mut Value, paths: &[(String, String)]) {
+    let namespaces = config["linux"]["namespaces"].as_array_mut().unwrap();
+    for (kind, path) in paths {
+        match namespaces.iter_mut().find(|n| n["type"] == json!(kind)) {
+            Some(ns) => ns["path"] = json!(path),
+            None => namespaces.push(json!({"type": kind, "path": path})),
+        }
+    }
+}
+
+/// A busybox bundle `name` of `caller`'s running `args`, then `edit`ed.
+fn bundle(
+    caller: &Burrow,
+    name: &str,
+    args: &[&str],
+    edit: impl FnOnce(&mut Value),
+) -> std::path::PathBuf {
+    let dir = caller.home.join(name);
+    fs::create_dir_all(&dir).unwrap();
+    busybox_rootfs(&dir.join("rootfs"), None);
+    write_spec(&dir, args, edit);
+    if let Some(user) = caller.user {
+        run(Command::new("chown")
+            .args(["-R", "-h", &format!("{}:{}", user.uid, user.gid)])
+            .arg(&dir));
+    }
+    dir
+}
+
+fn uid_map(pid: i32) -> String {
+    fs::read_to_string(format!("/proc/{pid}/uid_map"))
+        .unwrap()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn ns_id(path: &str) -> u64 {
+    let file = fs::File::open(path).unwrap();
+    burrow_sys::nsfs::ns_id(file.as_fd()).unwrap()
+}
+
+/// Runs `args` in a new container of `caller` that joins `pod`'s namespaces `kinds`; returns
+/// its output, which must end well.
+fn run_in_pod(caller: &Burrow, pod: &Detached, name: &str, kinds: &[&str], script: &str) -> String {
+    let b = bundle(
+        caller,
+        name,
+        &["sh", "-c", script],
+        join_namespaces_of(pod.pid, kinds),
+    );
+    let (out, status) = caller.run_bundle(&b, name);
+    assert!(status.success(), "{name}: {out}");
+    out
+}
+
+#[test]
+fn containers_of_one_caller_share_the_pods_user_namespace_and_range() {
+    let h = Harness::start(HarnessOptions::default());
+    let alice = test_users().alice;
+    for (caller, label) in [
+        (Burrow::new(&h, None, "root"), "root"),
+        (Burrow::new(&h, Some(alice), "alice"), "alice"),
+    ] {
+        let a = bundle(&caller, "a", &["sh", "-c", SERVER], |_| {});
+        let a = caller.start_detached(&a, "a");
+        wait_for("A serving", || {
+            caller
+                .output_of(&caller.home.join("a"), "a")
+                .contains("serving")
+        });
+        let script = "cat /proc/self/uid_map; readlink /proc/self/ns/net /proc/self/ns/user; \
+            wget -q -O - http://127.0.0.1:8080/index.html";
+        let out = run_in_pod(&caller, &a, "b", &["net", "ipc", "uts"], script);
+        assert!(
+            out.contains("served-by-a"),
+            "{label}: B reaches A on 127.0.0.1: {out}"
+        );
+        assert!(
+            out.contains(&uid_map(a.pid)),
+            "{label}: one range: {out} vs {}",
+            uid_map(a.pid)
+        );
+        let a_net = fs::read_link(format!("/proc/{}/ns/net", a.pid)).unwrap();
+        assert!(
+            out.contains(&a_net.display().to_string()),
+            "{label}: one net namespace: {out}"
+        );
+        // B's run is over and deleted: A's range is held, by A alone.
+        assert_eq!(h.ranges_in_use(), 1, "{label}");
+
+        // C outlives A: the range stays until C goes too.
+        let c = bundle(
+            &caller,
+            "c",
+            &["sleep", "1000"],
+            join_namespaces_of(a.pid, &["net", "ipc", "uts", "pid"]),
+        );
+        let c = caller.start_detached(&c, "c");
+        assert_eq!(uid_map(c.pid), uid_map(a.pid), "{label}");
+        assert_eq!(
+            ns_id(&format!("/proc/{}/ns/pid", c.pid)),
+            ns_id(&format!("/proc/{}/ns/pid", a.pid)),
+            "{label}: --pid container:A"
+        );
+        let map = uid_map(c.pid);
+        drop(a);
+        assert_eq!(h.ranges_in_use(), 1, "{label}: C still holds the range");
+        assert_eq!(uid_map(c.pid), map);
+        drop(c);
+        wait_for("the pod's range freed", || h.ranges_in_use() == 0);
+    }
+}
+
+/// A child process, killed when dropped (a failed assertion must not leave it behind).
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// What a refused join leaves: nothing (no container, no range).
+fn assert_refused(caller: &Burrow, name: &str, edit: impl FnOnce(&mut Value), says: &str) {
+    let b = bundle(caller, name, &["true"], edit);
+    let (out, status) = caller.run_bundle(&b, name);
+    assert!(!status.success(), "{name} ran: {out}");
+    assert!(out.contains(says), "{name}: expected {says:?} in {out:?}");
+    let list = all_output(&caller.output(&["list"]));
+    assert!(!list.contains(name), "{name} left: {list}");
+}
+
+#[test]
+fn foreign_namespaces_are_refused_with_their_reason() {
+    let h = Harness::start(HarnessOptions::default());
+    let users = test_users();
+    let root = Burrow::new(&h, None, "root");
+    let alice = Burrow::new(&h, Some(users.alice), "alice");
+    let carol = Burrow::new(&h, Some(users.carol), "carol");
+    let roots = bundle(&root, "roots", &["sleep", "1000"], |_| {});
+    let roots = root.start_detached(&roots, "roots");
+    let carols = bundle(&carol, "carols", &["sleep", "1000"], |_| {});
+    let carols = carol.start_detached(&carols, "carols");
+    // A user namespace (and a network namespace it owns) that idmapd never mapped.
+    // Alice's, so that both callers may open it.
+    let foreign = Killed(
+        h.as_user("unshare", Some(users.alice))
+            .args(["--user", "--net", "sleep", "1000"])
+            .spawn()
+            .unwrap(),
+    );
+    let foreign_pid = foreign.0.id() as i32;
+    wait_for("the foreign namespace", || {
+        fs::read_link(format!("/proc/{foreign_pid}/ns/user")).ok()
+            != fs::read_link("/proc/self/ns/user").ok()
+    });
+    let pod_netns = PodNetwork::new("burrow-refused");
+    let in_run = |kind: &'static str, path: String| {
+        move |config: &mut Value| name_paths(config, &[(kind.to_string(), path)])
+    };
+
+    for caller in [&root, &alice] {
+        assert_refused(
+            caller,
+            "host-net",
+            in_run("network", "/proc/self/ns/net".into()),
+            "the host's net namespace",
+        );
+        assert_refused(
+            caller,
+            "host-user",
+            in_run("user", "/proc/self/ns/user".into()),
+            "the host's user namespace",
+        );
+        assert_refused(
+            caller,
+            "foreign-user",
+            join_namespaces_of(foreign_pid, &["user"]),
+            "none of this runtime's containers'",
+        );
+        assert_refused(
+            caller,
+            "foreign-net",
+            join_namespaces_of(foreign_pid, &["net"]),
+            "none of this runtime's containers'",
+        );
+        assert_refused(
+            caller,
+            "not-a-ns",
+            in_run("network", "/etc/hostname".into()),
+            "is not a net namespace",
+        );
+        assert_refused(
+            caller,
+            "mount",
+            join_namespaces_of(roots.pid, &["mnt"]),
+            "mount namespace",
+        );
+    }
+    // Another user's containers: the kernel does not even let the caller open their namespaces.
+    assert_refused(
+        &alice,
+        "roots-net",
+        join_namespaces_of(roots.pid, &["net"]),
+        "cannot open the net namespace",
+    );
+    assert_refused(
+        &alice,
+        "carols-net",
+        join_namespaces_of(carols.pid, &["net"]),
+        "cannot open the net namespace",
+    );
+    assert_refused(
+        &alice,
+        "carols-user",
+        join_namespaces_of(carols.pid, &["user"]),
+        "cannot open the user namespace",
+    );
+    // A pod network namespace is adopted for root only.
+    assert_refused(
+        &alice,
+        "pod-net",
+        in_run("network", pod_netns.path()),
+        "only root may give a container a pod network namespace",
+    );
+    // Root's own store does not hold carol's container: its namespaces are not a pod of root's.
+    assert_refused(
+        &root,
+        "carol-from-root",
+        join_namespaces_of(carols.pid, &["net"]),
+        "none of this runtime's containers'",
+    );
+
+    drop((foreign, roots, carols));
+    wait_for("ranges freed", || h.ranges_in_use() == 0);
+}
+
+/// A network namespace made and configured the way containerd and CNI's bridge plugin do: a
+/// named namespace (`ip netns`) with `eth0`, one end of a veth pair whose other end is on the
+/// host, an address and a default route. Removed when dropped.
+struct PodNetwork {
+    name: String,
+    host_end: String,
+}
+
+impl PodNetwork {
+    const HOST_IP: &'static str = "10.213.0.1";
+    const POD_IP: &'static str = "10.213.0.2";
+
+    fn new(name: &str) -> Self {
+        let host_end = format!("{}-h", &name[..name.len().min(12)]);
+        let ip = |args: &[&str]| run(Command::new("ip").args(args));
+        let _ = Command::new("ip").args(["netns", "delete", name]).output();
+        ip(&["netns", "add", name]);
+        ip(&[
+            "link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns", name,
+        ]);
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", Self::HOST_IP),
+            "dev",
+            &host_end,
+        ]);
+        ip(&["link", "set", &host_end, "up"]);
+        for args in [
+            vec![
+                "addr",
+                "add",
+                &format!("{}/24", Self::POD_IP),
+                "dev",
+                "eth0",
+            ],
+            vec!["link", "set", "eth0", "up"],
+            vec!["link", "set", "lo", "up"],
+            vec!["route", "add", "default", "via", Self::HOST_IP],
+        ] {
+            ip(&[&["-n", name], &args[..]].concat());
+        }
+        PodNetwork {
+            name: name.to_string(),
+            host_end,
+        }
+    }
+
+    fn path(&self) -> String {
+        format!("/var/run/netns/{}", self.name)
+    }
+
+    /// The interfaces left in the pod namespace.
+    fn links(&self) -> String {
+        String::from_utf8_lossy(
+            &run(Command::new("ip").args(["-n", &self.name, "-o", "link"])).stdout,
+        )
+        .into_owned()
+    }
+
+    fn host_end_exists(&self) -> bool {
+        Path::new("/sys/class/net").join(&self.host_end).exists()
+    }
+}
+
+impl Drop for PodNetwork {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "delete", &self.host_end])
+            .status();
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.name])
+            .status();
+    }
+}
+
+#[test]
+fn root_adopts_a_pod_network_namespace_and_its_root_owns_the_network() {
+    let h = Harness::start(HarnessOptions::default());
+    let root = Burrow::new(&h, None, "root");
+    let pod_net = PodNetwork::new("burrow-adopt");
+    let a = bundle(&root, "a", &["sh", "-c", SERVER], |config| {
+        name_paths(config, &[("network".into(), pod_net.path())])
+    });
+    let a = root.start_detached(&a, "a");
+    wait_for("A serving", || {
+        root.output_of(&root.home.join("a"), "a")
+            .contains("serving")
+    });
+
+    // The container's network namespace is its own user namespace's, not the pod one.
+    let net = fs::File::open(format!("/proc/{}/ns/net", a.pid)).unwrap();
+    let owner = burrow_sys::nsfs::owner(net.as_fd()).unwrap();
+    assert_eq!(
+        burrow_sys::nsfs::ns_id(owner.as_fd()).unwrap(),
+        ns_id(&format!("/proc/{}/ns/user", a.pid)),
+        "the container's root has CAP_NET_ADMIN over its network"
+    );
+    assert!(
+        !pod_net.links().contains("eth0"),
+        "eth0 moved out: {}",
+        pod_net.links()
+    );
+    // CNI's address and routes came along: the pod IP answers from the host.
+    let address = format!("{}:8080", PodNetwork::POD_IP).parse().unwrap();
+    let page = burrow_tests::http_get(address, "/index.html");
+    assert!(
+        page.starts_with("HTTP/1.") && page.contains("served-by-a"),
+        "{page}"
+    );
+    // Inside: the address, the default route, and a root that may change its network.
+    let inside = run_in_pod(
+        &root,
+        &a,
+        "probe",
+        &["net"],
+        "ip -o addr show eth0; ip route; ip addr add 10.9.9.9/32 dev lo && echo net-admin=yes",
+    );
+    assert!(
+        inside.contains(&format!("{}/24", PodNetwork::POD_IP)),
+        "{inside}"
+    );
+    assert!(
+        inside.contains(&format!("default via {}", PodNetwork::HOST_IP)),
+        "{inside}"
+    );
+    assert!(inside.contains("net-admin=yes"), "{inside}");
+
+    drop(a);
+    wait_for("the veth gone with the container's namespace", || {
+        !pod_net.host_end_exists()
+    });
+    wait_for("the range freed", || h.ranges_in_use() == 0);
+}
