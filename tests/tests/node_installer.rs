@@ -389,33 +389,45 @@ fn pod_with_handler_burrow_on_an_installed_node() {
     let logs = Path::new("/var/log/pods/web");
     node.exec_ok(&format!("mkdir -p {}", logs.display()));
     let config = pod_config("web", "/burrow-node-pods", logs);
-    let pod = cri.run_pod_sandbox(&config, "burrow").unwrap_or_else(|e| {
-        panic!(
-            "RunPodSandbox with handler burrow: {e:?}\n{}",
-            text(&node.exec("journalctl -q --no-pager -u containerd -n 20"))
-        )
-    });
+    let pod = step(
+        &node,
+        "RunPodSandbox",
+        cri.run_pod_sandbox(&config, "burrow"),
+    );
     let idle = "trap 'exit 0' TERM; sleep 3600 & wait";
-    let container = cri
-        .create_container(
+    let container = step(
+        &node,
+        "CreateContainer",
+        cri.create_container(
             &pod,
             &container_config("idle", BUSYBOX_IMAGE, &["sh", "-c", idle], None),
             &config,
-        )
-        .unwrap_or_else(|e| panic!("CreateContainer: {e:?}"));
-    cri.start_container(&container)
-        .unwrap_or_else(|e| panic!("StartContainer: {e:?}"));
-    let out = cri
-        .exec_sync(&container, &["cat", "/proc/self/uid_map"], 10)
-        .unwrap();
+        ),
+    );
+    step(&node, "StartContainer", cri.start_container(&container));
+    let out = step(
+        &node,
+        "ExecSync",
+        cri.exec_sync(&container, &["cat", "/proc/self/uid_map"], 10),
+    );
     assert_exclusive_range(&out.stdout);
     node.assert_helpers_ran_as_units();
-    cri.stop_container(&container, 10).unwrap();
-    cri.remove_container(&container).unwrap();
-    cri.stop_pod_sandbox(&pod).unwrap();
-    cri.remove_pod_sandbox(&pod).unwrap();
+    step(&node, "StopContainer", cri.stop_container(&container, 10));
+    step(&node, "RemoveContainer", cri.remove_container(&container));
+    step(&node, "StopPodSandbox", cri.stop_pod_sandbox(&pod));
+    step(&node, "RemovePodSandbox", cri.remove_pod_sandbox(&pod));
     assert_eq!(node.ranges(), "a(usuuu) 0", "the pod left its range");
     node.exec_ok(&format!("{SCRIPT} uninstall"));
+}
+
+/// A CRI call's answer, which must be a success; a failure shows containerd's journal.
+fn step<T, E: std::fmt::Debug>(node: &Node, call: &str, answer: Result<T, E>) -> T {
+    answer.unwrap_or_else(|e| {
+        panic!(
+            "{call} with handler burrow: {e:?}\ncontainerd's journal:\n{}",
+            text(&node.exec("journalctl -q --no-pager -o cat -u containerd -n 30"))
+        )
+    })
 }
 
 /// Configs the installer cannot edit safely are refused (exit 3, with what to do) before it
