@@ -14,8 +14,8 @@ use burrow_tests::{
 };
 use serde_json::{json, Value};
 
-/// A: an HTTP server on 127.0.0.1's (and every address's) port 8080.
-const SERVER: &str = "mkdir -p /www && echo served-by-a > /www/index.html && \
+/// A: loopback up (a new network namespace has it down), an HTTP server on port 8080.
+const SERVER: &str = "ip link set lo up && mkdir -p /www && echo served-by-a > /www/index.html && \
     httpd -p 8080 -h /www && echo serving && exec sleep 1000";
 
 /// A spec edit: the namespaces `kinds` are `pid`'s (/proc/PID/ns/KIND).
@@ -69,17 +69,26 @@ fn bundle(
     dir
 }
 
+/// `text`'s words, one space apart (uid_map pads its columns).
+fn squeeze(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 fn uid_map(pid: i32) -> String {
-    fs::read_to_string(format!("/proc/{pid}/uid_map"))
-        .unwrap()
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
+    squeeze(&fs::read_to_string(format!("/proc/{pid}/uid_map")).unwrap())
 }
 
 fn ns_id(path: &str) -> u64 {
     let file = fs::File::open(path).unwrap();
     burrow_sys::nsfs::ns_id(file.as_fd()).unwrap()
+}
+
+/// The id of the user namespace that owns the namespace at `path` (no fd of it kept open: an
+/// open one would keep the namespace).
+fn owner_id(path: &str) -> u64 {
+    let ns = fs::File::open(path).unwrap();
+    let owner = burrow_sys::nsfs::owner(ns.as_fd()).unwrap();
+    burrow_sys::nsfs::ns_id(owner.as_fd()).unwrap()
 }
 
 /// Runs `args` in a new container of `caller` that joins `pod`'s namespaces `kinds`; returns
@@ -111,17 +120,17 @@ fn containers_of_one_caller_share_the_pods_user_namespace_and_range() {
                 .output_of(&caller.home.join("a"), "a")
                 .contains("serving")
         });
-        let script = "cat /proc/self/uid_map; readlink /proc/self/ns/net /proc/self/ns/user; \
+        let script = "cat /proc/self/uid_map; readlink /proc/self/ns/net; \
             wget -q -O - http://127.0.0.1:8080/index.html";
         let out = run_in_pod(&caller, &a, "b", &["net", "ipc", "uts"], script);
         assert!(
             out.contains("served-by-a"),
             "{label}: B reaches A on 127.0.0.1: {out}"
         );
-        assert!(
-            out.contains(&uid_map(a.pid)),
-            "{label}: one range: {out} vs {}",
-            uid_map(a.pid)
+        assert_eq!(
+            out.lines().next().map(squeeze),
+            Some(uid_map(a.pid)),
+            "{label}: one range: {out}"
         );
         let a_net = fs::read_link(format!("/proc/{}/ns/net", a.pid)).unwrap();
         assert!(
@@ -131,20 +140,30 @@ fn containers_of_one_caller_share_the_pods_user_namespace_and_range() {
         // B's run is over and deleted: A's range is held, by A alone.
         assert_eq!(h.ranges_in_use(), 1, "{label}");
 
+        // D shares A's pid namespace (and dies with A's init, as the kernel wants).
+        let d = bundle(
+            &caller,
+            "d",
+            &["sleep", "1000"],
+            join_namespaces_of(a.pid, &["pid"]),
+        );
+        let d = caller.start_detached(&d, "d");
+        assert_eq!(uid_map(d.pid), uid_map(a.pid), "{label}");
+        assert_eq!(
+            ns_id(&format!("/proc/{}/ns/pid", d.pid)),
+            ns_id(&format!("/proc/{}/ns/pid", a.pid)),
+            "{label}: --pid container:A"
+        );
+        drop(d);
         // C outlives A: the range stays until C goes too.
         let c = bundle(
             &caller,
             "c",
             &["sleep", "1000"],
-            join_namespaces_of(a.pid, &["net", "ipc", "uts", "pid"]),
+            join_namespaces_of(a.pid, &["net", "ipc", "uts"]),
         );
         let c = caller.start_detached(&c, "c");
         assert_eq!(uid_map(c.pid), uid_map(a.pid), "{label}");
-        assert_eq!(
-            ns_id(&format!("/proc/{}/ns/pid", c.pid)),
-            ns_id(&format!("/proc/{}/ns/pid", a.pid)),
-            "{label}: --pid container:A"
-        );
         let map = uid_map(c.pid);
         drop(a);
         assert_eq!(h.ranges_in_use(), 1, "{label}: C still holds the range");
@@ -198,7 +217,7 @@ fn foreign_namespaces_are_refused_with_their_reason() {
         fs::read_link(format!("/proc/{foreign_pid}/ns/user")).ok()
             != fs::read_link("/proc/self/ns/user").ok()
     });
-    let pod_netns = PodNetwork::new("burrow-refused");
+    let pod_netns = PodNetwork::new("burrow-refused", 1);
     let in_run = |kind: &'static str, path: String| {
         move |config: &mut Value| name_paths(config, &[(kind.to_string(), path)])
     };
@@ -285,13 +304,15 @@ fn foreign_namespaces_are_refused_with_their_reason() {
 struct PodNetwork {
     name: String,
     host_end: String,
+    host_ip: String,
+    pod_ip: String,
 }
 
 impl PodNetwork {
-    const HOST_IP: &'static str = "10.213.0.1";
-    const POD_IP: &'static str = "10.213.0.2";
-
-    fn new(name: &str) -> Self {
+    /// In subnet 10.213.`subnet`.0/24 (one per test: tests run in parallel on one host).
+    fn new(name: &str, subnet: u8) -> Self {
+        let host_ip = format!("10.213.{subnet}.1");
+        let pod_ip = format!("10.213.{subnet}.2");
         let host_end = format!("{}-h", &name[..name.len().min(12)]);
         let ip = |args: &[&str]| run(Command::new("ip").args(args));
         let _ = Command::new("ip").args(["netns", "delete", name]).output();
@@ -299,31 +320,21 @@ impl PodNetwork {
         ip(&[
             "link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns", name,
         ]);
-        ip(&[
-            "addr",
-            "add",
-            &format!("{}/24", Self::HOST_IP),
-            "dev",
-            &host_end,
-        ]);
+        ip(&["addr", "add", &format!("{host_ip}/24"), "dev", &host_end]);
         ip(&["link", "set", &host_end, "up"]);
         for args in [
-            vec![
-                "addr",
-                "add",
-                &format!("{}/24", Self::POD_IP),
-                "dev",
-                "eth0",
-            ],
+            vec!["addr", "add", &format!("{pod_ip}/24"), "dev", "eth0"],
             vec!["link", "set", "eth0", "up"],
             vec!["link", "set", "lo", "up"],
-            vec!["route", "add", "default", "via", Self::HOST_IP],
+            vec!["route", "add", "default", "via", &host_ip],
         ] {
             ip(&[&["-n", name], &args[..]].concat());
         }
         PodNetwork {
             name: name.to_string(),
             host_end,
+            host_ip,
+            pod_ip,
         }
     }
 
@@ -359,7 +370,7 @@ impl Drop for PodNetwork {
 fn root_adopts_a_pod_network_namespace_and_its_root_owns_the_network() {
     let h = Harness::start(HarnessOptions::default());
     let root = Burrow::new(&h, None, "root");
-    let pod_net = PodNetwork::new("burrow-adopt");
+    let pod_net = PodNetwork::new("burrow-adopt", 2);
     let a = bundle(&root, "a", &["sh", "-c", SERVER], |config| {
         name_paths(config, &[("network".into(), pod_net.path())])
     });
@@ -370,10 +381,8 @@ fn root_adopts_a_pod_network_namespace_and_its_root_owns_the_network() {
     });
 
     // The container's network namespace is its own user namespace's, not the pod one.
-    let net = fs::File::open(format!("/proc/{}/ns/net", a.pid)).unwrap();
-    let owner = burrow_sys::nsfs::owner(net.as_fd()).unwrap();
     assert_eq!(
-        burrow_sys::nsfs::ns_id(owner.as_fd()).unwrap(),
+        owner_id(&format!("/proc/{}/ns/net", a.pid)),
         ns_id(&format!("/proc/{}/ns/user", a.pid)),
         "the container's root has CAP_NET_ADMIN over its network"
     );
@@ -383,7 +392,7 @@ fn root_adopts_a_pod_network_namespace_and_its_root_owns_the_network() {
         pod_net.links()
     );
     // CNI's address and routes came along: the pod IP answers from the host.
-    let address = format!("{}:8080", PodNetwork::POD_IP).parse().unwrap();
+    let address = format!("{}:8080", pod_net.pod_ip).parse().unwrap();
     let page = burrow_tests::http_get(address, "/index.html");
     assert!(
         page.starts_with("HTTP/1.") && page.contains("served-by-a"),
@@ -398,11 +407,11 @@ fn root_adopts_a_pod_network_namespace_and_its_root_owns_the_network() {
         "ip -o addr show eth0; ip route; ip addr add 10.9.9.9/32 dev lo && echo net-admin=yes",
     );
     assert!(
-        inside.contains(&format!("{}/24", PodNetwork::POD_IP)),
+        inside.contains(&format!("{}/24", pod_net.pod_ip)),
         "{inside}"
     );
     assert!(
-        inside.contains(&format!("default via {}", PodNetwork::HOST_IP)),
+        inside.contains(&format!("default via {}", pod_net.host_ip)),
         "{inside}"
     );
     assert!(inside.contains("net-admin=yes"), "{inside}");
