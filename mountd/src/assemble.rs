@@ -97,6 +97,17 @@ fn assemble(job: &BuildJob, fds: &Fds) -> Result<OwnedFd, JobError> {
     make_read_only(root, &job.readonly)?;
     reopen_sysctls(root, &job.writable_sysctls)?;
     visible_proc_and_sysfs(root)?;
+    if job.rootfs_read_only {
+        // The rootfs's own mount only: what is mounted on it keeps its options.
+        set_attributes(
+            root,
+            MountAttrFlags::MOUNT_ATTR_RDONLY,
+            MountAttrFlags::empty(),
+            None,
+            false,
+        )
+        .or_failed("making the rootfs read-only")?;
+    }
     lock(root, fds.get(job.user)?)
 }
 

@@ -80,6 +80,7 @@ pub fn build(request: Request, staging: PathBuf) -> Result<OwnedFd, BurrowError>
         cgroup: carried.carry(namespaces.cgroup),
         root_ids,
         rootfs: carried.carry(rootfs),
+        rootfs_read_only: plan.rootfs_read_only,
         dev: carried.carry(dup(fds[plan.dev].as_fd(), "dev")?),
         mounts,
         masked: plan.masked_paths,
@@ -105,19 +106,10 @@ fn check_dev(dev: BorrowedFd<'_>, root_ids: (u32, u32)) -> Result<(), BurrowErro
     Ok(())
 }
 
+/// The ID-mapped rootfs; a read-only one is made read-only last, in the worker, once its
+/// mount points exist (as runc does: a read-only image still gets /etc/resolv.conf bound).
 fn rootfs_mount(cx: &Context<'_>, plan: &Plan) -> Result<OwnedFd, BurrowError> {
-    let rootfs = idmapped_clone(cx.fds[plan.rootfs].as_fd(), &cx.mapping, false)?;
-    if plan.rootfs_read_only {
-        set_attributes(
-            rootfs.as_fd(),
-            MountAttrFlags::MOUNT_ATTR_RDONLY,
-            MountAttrFlags::empty(),
-            None,
-            false,
-        )
-        .map_err(|e| BurrowError::Failed(format!("read-only rootfs: {e}")))?;
-    }
-    Ok(rootfs)
+    idmapped_clone(cx.fds[plan.rootfs].as_fd(), &cx.mapping, false)
 }
 
 fn flags_of(options: &Options) -> MountAttrFlags {

@@ -81,6 +81,8 @@ pub struct BuildJob {
     pub root_ids: (u32, u32),
     /// The ID-mapped rootfs, a detached mount.
     pub rootfs: Slot,
+    /// Made read-only once everything is mounted on it.
+    pub rootfs_read_only: bool,
     /// devd's /dev, a detached mount.
     pub dev: Slot,
     pub mounts: Vec<Prepared>,

@@ -961,11 +961,14 @@ pub(crate) fn signal_number(name: &str) -> Result<i32> {
 pub fn kill(store: &Store, id: &str, signal: &str, all: bool) -> Result<()> {
     let signo = signal_number(signal)?;
     let record = store.load(id)?;
-    if record.status(store) == Status::Stopped {
+    // `--all` signals whatever is left in the cgroup, as runc does: containerd's shim kills
+    // the rest of a container that shares its pod's pid namespace once its init has exited.
+    if record.status(store) == Status::Stopped && !all {
+        // runc's words, which the shim reads as "already finished".
         return Err(CliError::WrongState {
             id: id.into(),
             status: "stopped".into(),
-            need: "it cannot be signalled".into(),
+            need: "container not running: it cannot be signalled".into(),
         });
     }
     let signo = if record.systemd && signo == libc::SIGTERM {
@@ -1019,7 +1022,15 @@ pub fn delete(store: &Store, id: &str, force: bool) -> Result<()> {
         );
     }
     let deadline = Instant::now() + Duration::from_secs(10);
-    while record.init_alive() && Instant::now() < deadline {
+    // Until the killed processes are gone from the cgroup too: one still exiting keeps it.
+    let busy = || {
+        record.init_alive()
+            || record
+                .cgroup
+                .as_deref()
+                .is_some_and(|cgroup| !burrow_sys::cgroup::pids(cgroup).is_empty())
+    };
+    while busy() && Instant::now() < deadline {
         let _ = nix::sys::wait::waitpid(
             nix::unistd::Pid::from_raw(record.pid),
             Some(nix::sys::wait::WaitPidFlag::WNOHANG),

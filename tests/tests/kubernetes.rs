@@ -70,7 +70,14 @@ fn burrow_pods_through_cri() {
     let (h, containerd) = start();
     let mut cri = containerd.client();
     let pod = start_pod(&containerd, &mut cri, "burrow", "web-burrow");
-    let other = start_pod(&containerd, &mut cri, "burrow", "other-burrow");
+    // The other with one pid namespace for the whole pod (`shareProcessNamespace: true`).
+    let other = start_pod_with(
+        &containerd,
+        &mut cri,
+        "burrow",
+        "other-burrow",
+        api::NamespaceMode::Pod,
+    );
     let (base, other_base) = (one_range(&pod), one_range(&other));
     assert!(
         base.abs_diff(other_base) >= 65536,
@@ -130,10 +137,44 @@ fn check_running_pod(containerd: &Containerd, cri: &mut Cri, pod: &Pod) {
 
 /// RunPodSandbox, then containers A (server, 128 MiB limit) and B (client): created, started,
 /// running.
-fn start_pod(containerd: &Containerd, cri: &mut Cri, handler: &str, name: &str) -> Pod {
-    let config = containerd.pod_config(name);
+fn start_pod(containerd: &Containerd, cri: &mut Cri, handler: &str, pod_name: &str) -> Pod {
+    start_pod_with(
+        containerd,
+        cri,
+        handler,
+        pod_name,
+        api::NamespaceMode::Container,
+    )
+}
+
+/// The namespaces kubelet asks for: the pod's network and IPC, and the pid namespace `pid`
+/// (Container, its default; Pod with `shareProcessNamespace`).
+fn namespaces(pid: api::NamespaceMode) -> Option<api::NamespaceOption> {
+    Some(api::NamespaceOption {
+        network: api::NamespaceMode::Pod as i32,
+        pid: pid as i32,
+        ipc: api::NamespaceMode::Pod as i32,
+        ..Default::default()
+    })
+}
+
+/// [`start_pod`] with the pid namespace mode `pid`.
+fn start_pod_with(
+    containerd: &Containerd,
+    cri: &mut Cri,
+    handler: &str,
+    pod_name: &str,
+    pid: api::NamespaceMode,
+) -> Pod {
+    let mut sandbox_config = containerd.pod_config(pod_name);
+    if let Some(linux) = sandbox_config.linux.as_mut() {
+        linux.security_context = Some(api::LinuxSandboxSecurityContext {
+            namespace_options: namespaces(pid),
+            ..Default::default()
+        });
+    }
     let id = cri
-        .run_pod_sandbox(&config, handler)
+        .run_pod_sandbox(&sandbox_config, handler)
         .unwrap_or_else(|e| panic!("RunPodSandbox: {e:?}\n{}", containerd.log_tail()));
     let (status, info) = cri.pod_sandbox_status(&id).unwrap();
     assert_eq!(status.state, api::PodSandboxState::SandboxReady as i32);
@@ -149,9 +190,15 @@ fn start_pod(containerd: &Containerd, cri: &mut Cri, handler: &str, name: &str) 
     let mut pids = vec![info["pid"].as_i64().expect("sandbox pid") as i32];
     let mut ids = vec![];
     for (name, script, limit) in [("a", SERVER, Some(128 * MIB)), ("b", IDLE, None)] {
-        let config = container_config(name, BUSYBOX_IMAGE, &["sh", "-c", script], limit);
+        let mut config = container_config(name, BUSYBOX_IMAGE, &["sh", "-c", script], limit);
+        if let Some(linux) = config.linux.as_mut() {
+            linux.security_context = Some(api::LinuxContainerSecurityContext {
+                namespace_options: namespaces(pid),
+                ..Default::default()
+            });
+        }
         let container = cri
-            .create_container(&id, &config, &containerd.pod_config(name))
+            .create_container(&id, &config, &sandbox_config)
             .unwrap_or_else(|e| panic!("CreateContainer {name}: {e:?}"));
         cri.start_container(&container)
             .unwrap_or_else(|e| panic!("StartContainer {name}: {e:?}"));
