@@ -9,7 +9,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use burrow_tests::cri::{api, container_config, Containerd, Cri, BUSYBOX_IMAGE};
+use burrow_tests::cri::{
+    api, container_config, kubelet_namespaces, Containerd, Cri, BUSYBOX_IMAGE,
+};
 use burrow_tests::{cgroup_dirs, wait_for, Harness, HarnessOptions};
 
 const MIB: i64 = 1 << 20;
@@ -147,17 +149,6 @@ fn start_pod(containerd: &Containerd, cri: &mut Cri, handler: &str, pod_name: &s
     )
 }
 
-/// The namespaces kubelet asks for: the pod's network and IPC, and the pid namespace `pid`
-/// (Container, its default; Pod with `shareProcessNamespace`).
-fn namespaces(pid: api::NamespaceMode) -> Option<api::NamespaceOption> {
-    Some(api::NamespaceOption {
-        network: api::NamespaceMode::Pod as i32,
-        pid: pid as i32,
-        ipc: api::NamespaceMode::Pod as i32,
-        ..Default::default()
-    })
-}
-
 /// [`start_pod`] with the pid namespace mode `pid`.
 fn start_pod_with(
     containerd: &Containerd,
@@ -169,7 +160,7 @@ fn start_pod_with(
     let mut sandbox_config = containerd.pod_config(pod_name);
     if let Some(linux) = sandbox_config.linux.as_mut() {
         linux.security_context = Some(api::LinuxSandboxSecurityContext {
-            namespace_options: namespaces(pid),
+            namespace_options: kubelet_namespaces(pid),
             ..Default::default()
         });
     }
@@ -193,7 +184,7 @@ fn start_pod_with(
         let mut config = container_config(name, BUSYBOX_IMAGE, &["sh", "-c", script], limit);
         if let Some(linux) = config.linux.as_mut() {
             linux.security_context = Some(api::LinuxContainerSecurityContext {
-                namespace_options: namespaces(pid),
+                namespace_options: kubelet_namespaces(pid),
                 ..Default::default()
             });
         }

@@ -14,7 +14,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use burrow_tests::cri::{
-    container_config, pod_config, test_images, Cri, BUSYBOX_IMAGE, PAUSE_IMAGE,
+    api, container_config, kubelet_namespaces, pod_config, test_images, Cri, BUSYBOX_IMAGE,
+    PAUSE_IMAGE,
 };
 use burrow_tests::node::{install_files, text, Node, UNITS};
 use burrow_tests::{workspace_root, Docker, Harness, HarnessOptions};
@@ -388,21 +389,32 @@ fn pod_with_handler_burrow_on_an_installed_node() {
     }
     let logs = Path::new("/var/log/pods/web");
     node.exec_ok(&format!("mkdir -p {}", logs.display()));
-    let config = pod_config("web", "/burrow-node-pods", logs);
+    // With the namespaces kubelet asks for by default.
+    let namespaces = kubelet_namespaces(api::NamespaceMode::Container);
+    let mut config = pod_config("web", "/burrow-node-pods", logs);
+    if let Some(linux) = config.linux.as_mut() {
+        linux.security_context = Some(api::LinuxSandboxSecurityContext {
+            namespace_options: namespaces.clone(),
+            ..Default::default()
+        });
+    }
     let pod = step(
         &node,
         "RunPodSandbox",
         cri.run_pod_sandbox(&config, "burrow"),
     );
     let idle = "trap 'exit 0' TERM; sleep 3600 & wait";
+    let mut idle_config = container_config("idle", BUSYBOX_IMAGE, &["sh", "-c", idle], None);
+    if let Some(linux) = idle_config.linux.as_mut() {
+        linux.security_context = Some(api::LinuxContainerSecurityContext {
+            namespace_options: namespaces,
+            ..Default::default()
+        });
+    }
     let container = step(
         &node,
         "CreateContainer",
-        cri.create_container(
-            &pod,
-            &container_config("idle", BUSYBOX_IMAGE, &["sh", "-c", idle], None),
-            &config,
-        ),
+        cri.create_container(&pod, &idle_config, &config),
     );
     step(&node, "StartContainer", cri.start_container(&container));
     let out = step(

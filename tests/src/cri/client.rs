@@ -256,6 +256,17 @@ fn info_of(info: &HashMap<String, String>) -> serde_json::Value {
         .unwrap_or(serde_json::Value::Null)
 }
 
+/// The namespaces kubelet asks for: the pod's network and IPC, and the pid namespace `pid`
+/// (Container, its default; Pod with `shareProcessNamespace`).
+pub fn kubelet_namespaces(pid: api::NamespaceMode) -> Option<api::NamespaceOption> {
+    Some(api::NamespaceOption {
+        network: api::NamespaceMode::Pod as i32,
+        pid: pid as i32,
+        ipc: api::NamespaceMode::Pod as i32,
+        ..Default::default()
+    })
+}
+
 /// A pod's configuration as kubelet sends it: name, namespace and uid as metadata, the cgroup
 /// parent (cgroupfs driver), and a log directory (without it containerd keeps no logs).
 pub fn pod_config(name: &str, cgroup_parent: &str, log_directory: &Path) -> api::PodSandboxConfig {
