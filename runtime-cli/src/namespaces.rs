@@ -35,8 +35,9 @@ pub enum JoinError {
     #[error("{} is not a {kind} namespace", path.display())]
     WrongKind { kind: &'static str, path: PathBuf },
     #[error(
-        "the host's {kind} namespace ({}) cannot be shared with a Burrow system container",
-        path.display()
+        "the host's {kind} namespace ({}, {}) cannot be shared with a Burrow system container",
+        path.display(),
+        host_flag(kind)
     )]
     Host { kind: &'static str, path: PathBuf },
     #[error(
@@ -61,6 +62,19 @@ pub enum JoinError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// How Docker's users ask for the host's namespace of `kind`.
+fn host_flag(kind: &str) -> &'static str {
+    match kind {
+        "net" => "--net=host",
+        "pid" => "--pid=host",
+        "ipc" => "--ipc=host",
+        "uts" => "--uts=host",
+        "user" => "--userns=host",
+        "cgroup" => "--cgroupns=host",
+        _ => "the host's",
+    }
 }
 
 /// The Burrow container whose user namespace (and range) a new one joins.

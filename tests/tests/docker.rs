@@ -450,8 +450,9 @@ fn container_modes_share_the_first_containers_range(docker: &burrow_tests::Docke
         server,
     ]);
     let in_a = |script: &str| docker.ok(&["exec", "pod-a", "sh", "-c", script]);
-    let a_view = in_a("cat /proc/self/uid_map; readlink /proc/self/ns/ipc /proc/self/ns/net");
-    let probe = "cat /proc/self/uid_map; readlink /proc/self/ns/ipc /proc/self/ns/net; \
+    let a_view =
+        in_a("cat /proc/self/uid_map; readlink /proc/self/ns/ipc; readlink /proc/self/ns/net");
+    let probe = "cat /proc/self/uid_map; readlink /proc/self/ns/ipc; readlink /proc/self/ns/net; \
         for i in $(seq 50); do wget -q -O- http://127.0.0.1:8080/index.html && break; sleep 0.1; done; \
         ps -o comm | grep -c httpd";
     let b = docker.ok(&[
@@ -470,11 +471,9 @@ fn container_modes_share_the_first_containers_range(docker: &burrow_tests::Docke
         probe,
     ]);
     let lines: Vec<&str> = b.lines().collect();
-    assert_eq!(
-        lines[..3].join("\n"),
-        a_view.trim(),
-        "one range, one ipc and net namespace"
-    );
+    let a_lines: Vec<&str> = a_view.lines().map(str::trim).collect();
+    let b_lines: Vec<&str> = lines[..3].iter().map(|l| l.trim()).collect();
+    assert_eq!(b_lines, a_lines, "one range, one ipc and net namespace");
     assert_eq!(
         lines[3..],
         ["served-by-a", "1"],

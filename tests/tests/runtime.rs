@@ -1042,3 +1042,37 @@ fn seccomp_denies_host_wide_calls_and_allows_what_system_containers_need() {
         assert_ne!(inside[call], libc::EPERM, "{call} denied inside");
     }
 }
+
+/// `root.readonly` with a bind mount on a path the image lacks (as CRI binds /etc/resolv.conf
+/// into a pause image): the mount point is made, then the rootfs is read-only, and its root
+/// cannot make it writable again; the bind itself stays writable.
+#[test]
+fn a_read_only_rootfs_still_gets_its_mount_points() {
+    let _hybrid = hybrid_host();
+    let h = Harness::start(HarnessOptions::default());
+    let source = h.dir.join("resolv.conf");
+    fs::write(&source, "nameserver 192.0.2.53\n").unwrap();
+    let script = "cat /etc/resolv.conf; touch /new 2>/dev/null && echo root=writable || echo root=read-only; \
+        mount -o remount,rw / 2>/dev/null && touch /new && echo remount=writable || echo remount=refused";
+    let b = bundle(&h, "ro", &["sh", "-c", script], |c| {
+        c["root"]["readonly"] = json!(true);
+        c["mounts"].as_array_mut().unwrap().push(json!({
+            "destination": "/etc/resolv.conf", "type": "bind",
+            "source": source, "options": ["rbind", "rw"]
+        }));
+    });
+    let out = Command::new(bin("burrow"))
+        .env("DBUS_SYSTEM_BUS_ADDRESS", &h.address)
+        .args(["--root", &h.dir.join("ro-state").display().to_string()])
+        .args(["run", "--bundle", &b.display().to_string(), "ro"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = burrow_tests::all_output(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("nameserver 192.0.2.53"), "{text}");
+    assert!(
+        text.contains("root=read-only") && text.contains("remount=refused"),
+        "{text}"
+    );
+}
