@@ -17,8 +17,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-pub use client::{container_config, pod_config, Cri, ExecOutput};
-pub use image::{docker_archive, ImageConfig, BUSYBOX_IMAGE, PAUSE_IMAGE};
+pub use client::{container_config, pod_config, set_kubelet_namespaces, Cri, ExecOutput};
+pub use image::{docker_archive, test_images, ImageConfig, BUSYBOX_IMAGE, PAUSE_IMAGE};
 pub use k8s_cri::v1 as api;
 
 use crate::{wait_for, Harness};

@@ -16,6 +16,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 pub mod cri;
+pub mod node;
 
 pub const ALICE: &str = "burrow-alice";
 pub const BOB: &str = "burrow-bob";

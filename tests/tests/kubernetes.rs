@@ -9,7 +9,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use burrow_tests::cri::{api, container_config, Containerd, Cri, BUSYBOX_IMAGE};
+use burrow_tests::cri::{
+    api, container_config, set_kubelet_namespaces, Containerd, Cri, BUSYBOX_IMAGE,
+};
 use burrow_tests::{cgroup_dirs, wait_for, Harness, HarnessOptions};
 
 const MIB: i64 = 1 << 20;
@@ -144,12 +146,12 @@ fn a_system_container_pod_runs_systemd_and_docker() {
     );
 
     let mut sandbox_config = containerd.pod_config("system");
-    set_namespaces(&mut sandbox_config, None, api::NamespaceMode::Container);
+    set_kubelet_namespaces(&mut sandbox_config, None, api::NamespaceMode::Container);
     let pod = cri
         .run_pod_sandbox(&sandbox_config, "burrow")
         .unwrap_or_else(|e| panic!("RunPodSandbox: {e:?}\n{}", containerd.log_tail()));
     let mut config = container_config("sys", SYSTEM_IMAGE, &["/sbin/init"], None);
-    set_namespaces(
+    set_kubelet_namespaces(
         &mut sandbox_config,
         Some(&mut config),
         api::NamespaceMode::Container,
@@ -276,37 +278,6 @@ fn start_pod(containerd: &Containerd, cri: &mut Cri, handler: &str, pod_name: &s
     )
 }
 
-/// The namespaces kubelet asks for: the pod's network and IPC, and the pid namespace `pid`
-/// (Container, its default; Pod with `shareProcessNamespace`).
-fn namespaces(pid: api::NamespaceMode) -> Option<api::NamespaceOption> {
-    Some(api::NamespaceOption {
-        network: api::NamespaceMode::Pod as i32,
-        pid: pid as i32,
-        ipc: api::NamespaceMode::Pod as i32,
-        ..Default::default()
-    })
-}
-
-/// Kubelet's namespace options ([`namespaces`]) in the sandbox's and a container's config.
-fn set_namespaces(
-    sandbox: &mut api::PodSandboxConfig,
-    container: Option<&mut api::ContainerConfig>,
-    pid: api::NamespaceMode,
-) {
-    if let Some(linux) = sandbox.linux.as_mut() {
-        linux.security_context = Some(api::LinuxSandboxSecurityContext {
-            namespace_options: namespaces(pid),
-            ..Default::default()
-        });
-    }
-    if let Some(linux) = container.and_then(|c| c.linux.as_mut()) {
-        linux.security_context = Some(api::LinuxContainerSecurityContext {
-            namespace_options: namespaces(pid),
-            ..Default::default()
-        });
-    }
-}
-
 /// [`start_pod`] with the pid namespace mode `pid`.
 fn start_pod_with(
     containerd: &Containerd,
@@ -316,7 +287,7 @@ fn start_pod_with(
     pid: api::NamespaceMode,
 ) -> Pod {
     let mut sandbox_config = containerd.pod_config(pod_name);
-    set_namespaces(&mut sandbox_config, None, pid);
+    set_kubelet_namespaces(&mut sandbox_config, None, pid);
     let id = cri
         .run_pod_sandbox(&sandbox_config, handler)
         .unwrap_or_else(|e| panic!("RunPodSandbox: {e:?}\n{}", containerd.log_tail()));
@@ -335,7 +306,7 @@ fn start_pod_with(
     let mut ids = vec![];
     for (name, script, limit) in [("a", SERVER, Some(128 * MIB)), ("b", IDLE, None)] {
         let mut config = container_config(name, BUSYBOX_IMAGE, &["sh", "-c", script], limit);
-        set_namespaces(&mut sandbox_config, Some(&mut config), pid);
+        set_kubelet_namespaces(&mut sandbox_config, Some(&mut config), pid);
         let container = cri
             .create_container(&id, &config, &sandbox_config)
             .unwrap_or_else(|e| panic!("CreateContainer {name}: {e:?}"));

@@ -256,6 +256,38 @@ fn info_of(info: &HashMap<String, String>) -> serde_json::Value {
         .unwrap_or(serde_json::Value::Null)
 }
 
+/// The namespaces kubelet asks for: the pod's network and IPC, and the pid namespace `pid`
+/// (Container, its default; Pod with `shareProcessNamespace`).
+pub fn kubelet_namespaces(pid: api::NamespaceMode) -> Option<api::NamespaceOption> {
+    Some(api::NamespaceOption {
+        network: api::NamespaceMode::Pod as i32,
+        pid: pid as i32,
+        ipc: api::NamespaceMode::Pod as i32,
+        ..Default::default()
+    })
+}
+
+/// Kubelet's namespace options ([`kubelet_namespaces`]) in the sandbox's and a container's
+/// config.
+pub fn set_kubelet_namespaces(
+    sandbox: &mut api::PodSandboxConfig,
+    container: Option<&mut api::ContainerConfig>,
+    pid: api::NamespaceMode,
+) {
+    if let Some(linux) = sandbox.linux.as_mut() {
+        linux.security_context = Some(api::LinuxSandboxSecurityContext {
+            namespace_options: kubelet_namespaces(pid),
+            ..Default::default()
+        });
+    }
+    if let Some(linux) = container.and_then(|c| c.linux.as_mut()) {
+        linux.security_context = Some(api::LinuxContainerSecurityContext {
+            namespace_options: kubelet_namespaces(pid),
+            ..Default::default()
+        });
+    }
+}
+
 /// A pod's configuration as kubelet sends it: name, namespace and uid as metadata, the cgroup
 /// parent (cgroupfs driver), and a log directory (without it containerd keeps no logs).
 pub fn pod_config(name: &str, cgroup_parent: &str, log_directory: &Path) -> api::PodSandboxConfig {
