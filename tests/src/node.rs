@@ -283,3 +283,18 @@ impl Drop for Node<'_> {
         }
     }
 }
+
+/// `0 BASE 65536` with BASE in idmapd's default pool: an exclusive range, never host ID 0.
+pub fn assert_exclusive_range(uid_map: &str) {
+    let map: Vec<u64> = uid_map
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert!(
+        map.len() == 3
+            && map[0] == 0
+            && (0x7000_0000..0x7FFE_0000).contains(&map[1])
+            && map[2] == 65536,
+        "uid_map: {uid_map:?}"
+    );
+}

@@ -17,7 +17,7 @@ use burrow_tests::cri::{
     api, container_config, pod_config, set_kubelet_namespaces, test_images, Cri, BUSYBOX_IMAGE,
     PAUSE_IMAGE,
 };
-use burrow_tests::node::{install_files, text, Node, UNITS};
+use burrow_tests::node::{assert_exclusive_range, install_files, text, Node, UNITS};
 use burrow_tests::{workspace_root, Docker, Harness, HarnessOptions};
 
 /// Where the test puts the installer and the files to install in the node.
@@ -182,21 +182,6 @@ fn assert_merged_config(node: &Node, with_burrow: bool) {
             "{handler}"
         );
     }
-}
-
-/// `0 BASE 65536` with BASE in idmapd's default pool: an exclusive range, never host ID 0.
-fn assert_exclusive_range(uid_map: &str) {
-    let map: Vec<u64> = uid_map
-        .split_whitespace()
-        .map(|n| n.parse().unwrap())
-        .collect();
-    assert!(
-        map.len() == 3
-            && map[0] == 0
-            && (0x7000_0000..0x7FFE_0000).contains(&map[1])
-            && map[2] == 65536,
-        "uid_map: {uid_map:?}"
-    );
 }
 
 /// The paths install laid out (as `make install-files` did in the fixture).

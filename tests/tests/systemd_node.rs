@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use burrow_tests::node::{install_files, text, Node, UNITS};
+use burrow_tests::node::{assert_exclusive_range, install_files, text, Node, UNITS};
 use burrow_tests::{bin, busybox_rootfs, Docker, Harness, HarnessOptions};
 use serde_json::json;
 
@@ -44,18 +44,8 @@ fn run_containers(node: &Node) {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    let map: Vec<u64> = stdout
-        .split_whitespace()
-        .map(|n| n.parse().unwrap())
-        .collect();
     // The default pool, between systemd's container and foreign UID ranges.
-    assert!(
-        map.len() == 3
-            && map[0] == 0
-            && (0x7000_0000..0x7FFE_0000).contains(&map[1])
-            && map[2] == 65536,
-        "uid_map: {stdout:?}"
-    );
+    assert_exclusive_range(&stdout);
     assert_eq!(node.ranges(), "a(usuuu) 0", "burrow run left its range");
 
     node.exec_ok("burrow run -d --bundle /bundles/sleeper sd-sleeper >/dev/null 2>&1 </dev/null");
