@@ -13,7 +13,7 @@ PROFILE     ?= release
 HELPERS     := idmapd devd mountd
 TARGET_DIR  := target/$(if $(filter dev,$(PROFILE)),debug,$(PROFILE))
 
-.PHONY: bench-system all build install install-files uninstall run test test-clean bench bench-runtimes deps lint clean
+.PHONY: bench-pods bench-system all build install install-files uninstall run test test-clean bench bench-runtimes deps lint clean
 
 all: build
 
@@ -78,6 +78,11 @@ bench:
 	$(CARGO) build --workspace --bins --release
 	BURROW_BIN_DIR=$(CURDIR)/target/release ./target/release/burrow-bench-idmap
 	BURROW_BIN_DIR=$(CURDIR)/target/release ./target/release/burrow-bench-mount
+
+# Pod start through containerd's CRI, handler burrow vs runc (a containerd of its own).
+bench-pods:
+	$(CARGO) build --workspace --bins --release
+	BURROW_BIN_DIR=$(CURDIR)/target/release ./target/release/burrow-bench-pods
 
 # burrow vs runc vs crun (and docker run with each, given DOCKER_HOST); needs `make run` first.
 bench-runtimes:

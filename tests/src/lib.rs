@@ -1321,3 +1321,8 @@ pub fn http_get(address: std::net::SocketAddr, path: &str) -> String {
     stream.read_to_string(&mut answer).unwrap();
     answer
 }
+
+/// The value at fraction `p` (0.5: the median) of `sorted`, which must not be empty.
+pub fn percentile(sorted: &[u64], p: f64) -> u64 {
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
+}

@@ -5,11 +5,7 @@
 use std::process::Stdio;
 use std::time::Instant;
 
-use burrow_tests::{json_lines, test_users, Harness, HarnessOptions, User};
-
-fn percentile(sorted: &[u64], p: f64) -> u64 {
-    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
-}
+use burrow_tests::{json_lines, percentile, test_users, Harness, HarnessOptions, User};
 
 fn cycles(h: &Harness, user: Option<User>, prefix: &str, count: usize) -> Vec<serde_json::Value> {
     let out = h

@@ -6,11 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use burrow_tests::{json_lines, workspace_root, Harness, HarnessOptions};
-
-fn percentile(sorted: &[u64], p: f64) -> u64 {
-    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
-}
+use burrow_tests::{json_lines, percentile, workspace_root, Harness, HarnessOptions};
 
 /// lchown every entry below `dir` by `shift`, as a runtime without ID-mapped mounts must.
 fn chown_shift(dir: &Path, shift: u32) -> usize {
