@@ -223,6 +223,76 @@ fn a_system_container_pod_runs_systemd_and_docker() {
     wait_for("the pod's range freed", || h.ranges_in_use() == 0);
 }
 
+/// What the runtime refuses, through CRI, with the reason kubelet would show: a sandbox with
+/// `hostNetwork`, `hostPID` or `hostIPC`, and a privileged container (its privileged sandbox,
+/// a pause process in the pod's own user namespace, is accepted). Nothing is left of any.
+#[test]
+fn host_namespaces_and_privileged_containers_are_refused_through_cri() {
+    let (h, containerd) = start();
+    let mut cri = containerd.client();
+    let sandbox = |name: &str, network, pid, ipc, privileged| {
+        let mut config = containerd.pod_config(name);
+        if let Some(linux) = config.linux.as_mut() {
+            linux.security_context = Some(api::LinuxSandboxSecurityContext {
+                namespace_options: Some(api::NamespaceOption {
+                    network: network as i32,
+                    pid: pid as i32,
+                    ipc: ipc as i32,
+                    ..Default::default()
+                }),
+                privileged,
+                ..Default::default()
+            });
+        }
+        config
+    };
+    use api::NamespaceMode::{Container, Node, Pod};
+    for (name, config, reason) in [
+        (
+            "host-network",
+            sandbox("host-network", Node, Container, Pod, false),
+            "--net=host",
+        ),
+        (
+            "host-pid",
+            sandbox("host-pid", Pod, Node, Pod, false),
+            "--pid=host",
+        ),
+        (
+            "host-ipc",
+            sandbox("host-ipc", Pod, Container, Node, false),
+            "--ipc=host",
+        ),
+    ] {
+        let refusal = cri
+            .run_pod_sandbox(&config, "burrow")
+            .expect_err(&format!("{name} was accepted"));
+        assert!(refusal.message().contains(reason), "{name}: {refusal:?}");
+    }
+
+    let config = sandbox("privileged", Pod, Container, Pod, true);
+    let pod = cri.run_pod_sandbox(&config, "burrow").unwrap();
+    let mut privileged = container_config("root", BUSYBOX_IMAGE, &["sleep", "60"], None);
+    if let Some(linux) = privileged.linux.as_mut() {
+        linux.security_context = Some(api::LinuxContainerSecurityContext {
+            privileged: true,
+            ..Default::default()
+        });
+    }
+    let refusal = cri
+        .create_container(&pod, &privileged, &config)
+        .and_then(|id| cri.start_container(&id))
+        .expect_err("a privileged container was accepted");
+    assert!(
+        refusal.message().contains("--privileged is not supported"),
+        "{refusal:?}"
+    );
+    cri.stop_pod_sandbox(&pod).unwrap();
+    cri.remove_pod_sandbox(&pod).unwrap();
+    assert_nothing_left(&containerd, None);
+    wait_for("no range left", || h.ranges_in_use() == 0);
+}
+
 /// The range all of the pod's processes (sandbox, A, B) share: one `uid_map`, `0 BASE 65536`
 /// with BASE far from the host's own IDs. Returns BASE.
 fn one_range(pod: &Pod) -> u64 {

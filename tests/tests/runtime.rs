@@ -833,7 +833,7 @@ fn bad_input_fails_with_a_named_message_and_leaves_nothing() {
                     .unwrap()
                     .push(json!({"type": "user", "path": "/proc/self/ns/user"}));
             }),
-            "the host's user namespace (--userns=host)",
+            "--userns=host) cannot be shared",
         ),
         (
             bundle(&h, "norootfs", &["true"], |c| {
