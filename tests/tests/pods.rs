@@ -309,10 +309,11 @@ struct PodNetwork {
 }
 
 impl PodNetwork {
-    /// In subnet 10.213.`subnet`.0/24 (one per test: tests run in parallel on one host).
+    /// In subnet 10.214.`subnet`.0/24: one per test (tests run in parallel on one host), apart
+    /// from the CRI harness's 10.213.0.0/16.
     fn new(name: &str, subnet: u8) -> Self {
-        let host_ip = format!("10.213.{subnet}.1");
-        let pod_ip = format!("10.213.{subnet}.2");
+        let host_ip = format!("10.214.{subnet}.1");
+        let pod_ip = format!("10.214.{subnet}.2");
         let host_end = format!("{}-h", &name[..name.len().min(12)]);
         let ip = |args: &[&str]| run(Command::new("ip").args(args));
         let _ = Command::new("ip").args(["netns", "delete", name]).output();
