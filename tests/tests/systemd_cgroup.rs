@@ -1,7 +1,8 @@
 //! The systemd cgroup driver (issue 11, item 5) on a node that boots systemd: `burrow
 //! --systemd-cgroup` as root makes the container's cgroup a transient scope through systemd's
 //! D-Bus API (delegated, with the spec's limits and Burrow's device policy as unit properties),
-//! which holds across `systemctl daemon-reload`, and `burrow delete` stops it.
+//! which holds across `systemctl daemon-reload`, as does a limit `burrow update` sets, and
+//! `burrow delete` stops it.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -15,6 +16,7 @@ use serde_json::json;
 const NODE: &str = "burrow-systemd-cgroup-node";
 const SCOPE: &str = "burrow-sdtest.scope";
 const MEMORY_LIMIT: u64 = 64 << 20;
+const UPDATED_MEMORY_LIMIT: u64 = 128 << 20;
 
 /// A busybox bundle that sleeps, with systemd's form of cgroupsPath and a memory limit.
 fn sleeper_bundle(dir: &Path) {
@@ -47,14 +49,14 @@ fn scope_properties(node: &Node) -> BTreeMap<String, String> {
     .collect()
 }
 
-/// The scope as systemd holds it, the init's cgroup, the limit and the device policy in the
-/// cgroup's files, and what a process in the cgroup can open.
-fn assert_scope_holds_the_container(node: &Node, pid: &str) {
+/// The scope as systemd holds it, the init's cgroup, the memory limit and the device policy in
+/// the cgroup's files, and what a process in the cgroup can open.
+fn assert_scope_holds_the_container(node: &Node, pid: &str, memory_limit: u64) {
     let props = scope_properties(node);
     assert_eq!(props["ActiveState"], "active", "{props:?}");
     assert_eq!(props["Delegate"], "yes", "{props:?}");
     assert_eq!(props["DevicePolicy"], "strict", "{props:?}");
-    assert_eq!(props["MemoryMax"], MEMORY_LIMIT.to_string(), "{props:?}");
+    assert_eq!(props["MemoryMax"], memory_limit.to_string(), "{props:?}");
     let cgroup = &props["ControlGroup"];
     assert_eq!(cgroup, "/system.slice/burrow-sdtest.scope", "{props:?}");
     let init_cgroups = node.exec_ok(&format!("cat /proc/{pid}/cgroup"));
@@ -65,7 +67,7 @@ fn assert_scope_holds_the_container(node: &Node, pid: &str) {
         "cat /sys/fs/cgroup/memory{cgroup}/memory.limit_in_bytes 2>/dev/null \
          || cat /sys/fs/cgroup{cgroup}/memory.max"
     ));
-    assert_eq!(limit, MEMORY_LIMIT.to_string());
+    assert_eq!(limit, memory_limit.to_string());
     let v1_devices = format!("/sys/fs/cgroup/devices{cgroup}/devices.list");
     if node.exec(&format!("test -e {v1_devices}")).status.success() {
         let mut list: Vec<String> = node
@@ -120,6 +122,8 @@ fn systemd_cgroup_driver_makes_a_delegated_scope_on_a_systemd_node() {
     install_files(&destdir);
     let bundles = h.dir.join("bundles");
     sleeper_bundle(&bundles.join("sdtest"));
+    let more_memory = json!({ "memory": { "limit": UPDATED_MEMORY_LIMIT } });
+    fs::write(bundles.join("more-memory.json"), more_memory.to_string()).unwrap();
     let volume = format!("{}:/bundles", bundles.display());
     let node = Node::create(&docker, NODE, &["-v", &volume]);
     node.copy_tree(&destdir);
@@ -134,10 +138,13 @@ fn systemd_cgroup_driver_makes_a_delegated_scope_on_a_systemd_node() {
     let state: serde_json::Value =
         serde_json::from_str(&node.exec_ok("burrow state sdtest")).unwrap();
     let pid = state["pid"].to_string();
-    assert_scope_holds_the_container(&node, &pid);
+    assert_scope_holds_the_container(&node, &pid, MEMORY_LIMIT);
     // systemd re-applies every unit's cgroup settings: the scope's are the container's own.
     node.exec_ok("systemctl daemon-reload");
-    assert_scope_holds_the_container(&node, &pid);
+    assert_scope_holds_the_container(&node, &pid, MEMORY_LIMIT);
+    node.exec_ok("burrow update --resources /bundles/more-memory.json sdtest");
+    node.exec_ok("systemctl daemon-reload");
+    assert_scope_holds_the_container(&node, &pid, UPDATED_MEMORY_LIMIT);
 
     node.exec_ok("burrow delete --force sdtest");
     assert_scope_gone(&node);

@@ -37,6 +37,12 @@ trait Manager {
         aux: &[(&str, &[(&str, Value<'_>)])],
     ) -> zbus::Result<OwnedObjectPath>;
     fn stop_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+    fn set_unit_properties(
+        &self,
+        name: &str,
+        runtime: bool,
+        properties: &[(&str, Value<'_>)],
+    ) -> zbus::Result<()>;
     fn reset_failed_unit(&self, name: &str) -> zbus::Result<()>;
     fn get_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
     #[zbus(signal)]
@@ -171,6 +177,26 @@ fn is_no_such_unit(error: &zbus::Error) -> bool {
         if name.as_str() == "org.freedesktop.systemd1.NoSuchUnit")
 }
 
+/// Sets `limits` on the running scope `unit` (`burrow update`), for as long as it runs: systemd
+/// writes them, and re-applies these rather than those the scope was started with.
+pub async fn set_limits(
+    conn: &zbus::Connection,
+    unit: &str,
+    limits: &Limits,
+) -> Result<(), CgroupError> {
+    let what = || format!("setting the limits of unit {unit}");
+    let properties = limit_properties(limits);
+    if properties.is_empty() {
+        return Ok(());
+    }
+    ManagerProxy::new(conn)
+        .await
+        .map_err(bus(what()))?
+        .set_unit_properties(unit, true, &properties)
+        .await
+        .map_err(bus(what()))
+}
+
 /// Runs the call that queues a job for `unit` and waits for the job's end, which must be
 /// `done`: systemd answers the call as soon as the job is queued.
 async fn run_job(
@@ -232,13 +258,16 @@ fn scope_properties<'a>(
 }
 
 /// The spec's limits as systemd's properties, so that systemd re-applies them rather than its
-/// defaults (MemoryMax= and CPUWeight= are written as their v1 equivalents on v1).
+/// defaults (MemoryMax= and CPUWeight= are written as their v1 equivalents on v1). As for
+/// cgroupfs, a limit that is zero, negative or absent is left alone.
 fn limit_properties(limits: &Limits) -> Vec<(&'static str, Value<'static>)> {
+    let positive =
+        |limit: Option<i64>| limit.and_then(|l| u64::try_from(l).ok()).filter(|l| *l > 0);
     let mut properties = vec![];
-    if let Some(memory) = limits.memory.and_then(|m| u64::try_from(m).ok()) {
+    if let Some(memory) = positive(limits.memory) {
         properties.push(("MemoryMax", Value::from(memory)));
     }
-    if let Some(pids) = limits.pids.and_then(|p| u64::try_from(p).ok()) {
+    if let Some(pids) = positive(limits.pids) {
         properties.push(("TasksMax", Value::from(pids)));
     }
     if let Some(shares) = limits.cpu_shares.filter(|s| *s > 0) {
@@ -249,7 +278,7 @@ fn limit_properties(limits: &Limits) -> Vec<(&'static str, Value<'static>)> {
         }
     }
     let period = limits.cpu_period.filter(|p| *p > 0);
-    if let Some(quota) = limits.cpu_quota.and_then(|q| u64::try_from(q).ok()) {
+    if let Some(quota) = positive(limits.cpu_quota) {
         // systemd takes the quota per second of time, runc's conversion.
         let per_second = quota * 1_000_000 / period.unwrap_or(100_000);
         properties.push(("CPUQuotaPerSecUSec", Value::from(per_second)));
@@ -317,6 +346,34 @@ mod tests {
         );
         assert_eq!(scope("/docker/abc"), None);
         assert_eq!(scope("abc"), None);
+    }
+
+    #[test]
+    fn limits_become_properties_and_unset_ones_none() {
+        let limits = Limits {
+            memory: Some(64 << 20),
+            pids: Some(0),
+            cpu_quota: Some(50_000),
+            cpu_period: Some(200_000),
+            ..Limits::default()
+        };
+        let names: Vec<(&str, String)> = limit_properties(&limits)
+            .into_iter()
+            .map(|(name, value)| (name, value.to_string()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("MemoryMax", "uint64 67108864".to_string()),
+                ("CPUQuotaPerSecUSec", "uint64 250000".to_string()),
+                ("CPUQuotaPeriodUSec", "uint64 200000".to_string()),
+            ]
+        );
+        assert!(limit_properties(&Limits {
+            memory: Some(-1),
+            ..Limits::default()
+        })
+        .is_empty());
     }
 
     #[test]
