@@ -18,8 +18,9 @@ const SCOPE: &str = "burrow-sdtest.scope";
 const MEMORY_LIMIT: u64 = 64 << 20;
 const UPDATED_MEMORY_LIMIT: u64 = 128 << 20;
 
-/// A busybox bundle that sleeps, with systemd's form of cgroupsPath and a memory limit.
-fn sleeper_bundle(dir: &Path) {
+/// A busybox bundle running `args` in the scope `burrow-NAME.scope` of system.slice (systemd's
+/// form of cgroupsPath), with a memory limit.
+fn bundle(dir: &Path, name: &str, args: &[&str]) {
     busybox_rootfs(&dir.join("rootfs"), None);
     burrow_tests::run(
         Command::new(bin("burrow"))
@@ -31,17 +32,17 @@ fn sleeper_bundle(dir: &Path) {
     let mut config: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
     config["process"]["terminal"] = json!(false);
-    config["process"]["args"] = json!(["sleep", "1000"]);
-    config["linux"]["cgroupsPath"] = json!("system.slice:burrow:sdtest");
+    config["process"]["args"] = json!(args);
+    config["linux"]["cgroupsPath"] = json!(format!("system.slice:burrow:{name}"));
     config["linux"]["resources"]["memory"] = json!({ "limit": MEMORY_LIMIT });
     fs::write(&path, config.to_string()).unwrap();
 }
 
 /// The scope's state as `systemctl show` prints it.
-fn scope_properties(node: &Node) -> BTreeMap<String, String> {
+fn scope_properties(node: &Node, scope: &str) -> BTreeMap<String, String> {
     node.exec_ok(&format!(
         "systemctl show -p LoadState,ActiveState,Delegate,ControlGroup,DevicePolicy,\
-         DeviceAllow,MemoryMax {SCOPE}"
+         DeviceAllow,MemoryMax {scope}"
     ))
     .lines()
     .filter_map(|l| l.split_once('='))
@@ -52,7 +53,7 @@ fn scope_properties(node: &Node) -> BTreeMap<String, String> {
 /// The scope as systemd holds it, the init's cgroup, the memory limit and the device policy in
 /// the cgroup's files, and what a process in the cgroup can open.
 fn assert_scope_holds_the_container(node: &Node, pid: &str, memory_limit: u64) {
-    let props = scope_properties(node);
+    let props = scope_properties(node, SCOPE);
     assert_eq!(props["ActiveState"], "active", "{props:?}");
     assert_eq!(props["Delegate"], "yes", "{props:?}");
     assert_eq!(props["DevicePolicy"], "strict", "{props:?}");
@@ -104,14 +105,14 @@ fn assert_scope_holds_the_container(node: &Node, pid: &str, memory_limit: u64) {
 }
 
 /// After `burrow delete`: no unit, and no cgroup of that path in any hierarchy.
-fn assert_scope_gone(node: &Node) {
-    let props = scope_properties(node);
+fn assert_scope_gone(node: &Node, scope: &str) {
+    let props = scope_properties(node, scope);
     assert_eq!(props["LoadState"], "not-found", "{props:?}");
-    let left = node.exec_ok(
-        "for d in /sys/fs/cgroup/*/system.slice/burrow-sdtest.scope \
-         /sys/fs/cgroup/system.slice/burrow-sdtest.scope; do test -e $d && echo $d; done; true",
-    );
-    assert_eq!(left, "", "cgroups left behind");
+    let left = node.exec_ok(&format!(
+        "for d in /sys/fs/cgroup/*/system.slice/{scope} /sys/fs/cgroup/system.slice/{scope}; \
+         do test -e $d && echo $d; done; true"
+    ));
+    assert_eq!(left, "", "{scope}: cgroups left behind");
 }
 
 #[test]
@@ -121,7 +122,8 @@ fn systemd_cgroup_driver_makes_a_delegated_scope_on_a_systemd_node() {
     let destdir = h.dir.join("destdir");
     install_files(&destdir);
     let bundles = h.dir.join("bundles");
-    sleeper_bundle(&bundles.join("sdtest"));
+    bundle(&bundles.join("sdtest"), "sdtest", &["sleep", "1000"]);
+    bundle(&bundles.join("sdshort"), "sdshort", &["true"]);
     let more_memory = json!({ "memory": { "limit": UPDATED_MEMORY_LIMIT } });
     fs::write(bundles.join("more-memory.json"), more_memory.to_string()).unwrap();
     let volume = format!("{}:/bundles", bundles.display());
@@ -147,6 +149,9 @@ fn systemd_cgroup_driver_makes_a_delegated_scope_on_a_systemd_node() {
     assert_scope_holds_the_container(&node, &pid, UPDATED_MEMORY_LIMIT);
 
     node.exec_ok("burrow delete --force sdtest");
-    assert_scope_gone(&node);
+    assert_scope_gone(&node, SCOPE);
+    // A container that ends by itself: systemd stops its scope once empty, before `delete`.
+    node.exec_ok("burrow --systemd-cgroup run --bundle /bundles/sdshort sdshort");
+    assert_scope_gone(&node, "burrow-sdshort.scope");
     drop(node);
 }
