@@ -393,6 +393,7 @@ struct Undo<'a> {
     init_pid: Option<i32>,
     range: Option<String>,
     cgroup: Option<String>,
+    scope: Option<String>,
     docker_data: Option<PathBuf>,
     armed: bool,
 }
@@ -409,7 +410,12 @@ impl Undo<'_> {
             );
             let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
         }
-        let _ = remove_host_side(self.cgroup.as_deref(), self.docker_data.as_deref());
+        let _ = remove_host_side(
+            rt,
+            self.cgroup.as_deref(),
+            self.scope.as_deref(),
+            self.docker_data.as_deref(),
+        );
         if let (Some(name), Some(conn)) = (&self.range, conn) {
             let _ = rt.block_on(async { IdMap1Proxy::new(conn).await?.release(name).await });
         }
@@ -437,6 +443,7 @@ pub fn create(store: &Store, options: &CreateOptions<'_>) -> Result<()> {
         init_pid: None,
         range: None,
         cgroup: None,
+        scope: None,
         docker_data: None,
         armed: true,
     };
@@ -619,7 +626,6 @@ fn place_in_cgroup(
     root_ids: (u32, u32),
     undo: &mut Undo<'_>,
 ) -> Result<()> {
-    let linux = c.bundle.spec.linux().as_ref();
     if !nix::unistd::geteuid().is_root() {
         let process = pidfd_of(intermediate.as_raw())?;
         let cgroup =
@@ -634,29 +640,69 @@ fn place_in_cgroup(
         undo.cgroup = Some(cgroup);
         return Ok(());
     }
-    let cgroup = burrow_sys::cgroup::path_for(
-        linux.and_then(|l| l.cgroups_path().as_deref()),
-        c.options.systemd_cgroup,
-        c.options.id,
-    );
-    undo.cgroup = Some(cgroup.clone());
-    let limits = linux
-        .and_then(|l| l.resources().as_ref())
-        .map(crate::spec::limits_of)
-        .unwrap_or_default();
-    let new = burrow_sys::cgroup::create(
-        &cgroup,
-        &limits,
-        &burrow_sys::cgroup::DevicePolicy::standard(),
-    )?;
+    let new = make_cgroup(c, conn, intermediate, undo)?;
     // The intermediate is this process's child, not yet reaped: its pid is its own.
     new.add(intermediate.as_raw())?;
     new.delegate(root_ids)?;
     crate::log::debug(format!(
-        "cgroup {cgroup}, delegated to host uid {}",
+        "cgroup {}, delegated to host uid {}",
+        undo.cgroup.as_deref().unwrap_or_default(),
         root_ids.0
     ));
     Ok(())
+}
+
+/// Root's container cgroup, with the spec's limits and the device policy: a systemd scope
+/// holding the intermediate already, or made here.
+fn make_cgroup(
+    c: &Creation<'_>,
+    conn: &zbus::Connection,
+    intermediate: nix::unistd::Pid,
+    undo: &mut Undo<'_>,
+) -> Result<burrow_sys::cgroup::NewCgroup> {
+    let linux = c.bundle.spec.linux().as_ref();
+    let limits = linux
+        .and_then(|l| l.resources().as_ref())
+        .map(crate::spec::limits_of)
+        .unwrap_or_default();
+    let devices = burrow_sys::cgroup::DevicePolicy::standard();
+    match systemd_scope(c) {
+        Some(scope) => {
+            let devices = burrow_sys::cgroup::systemd::as_systemd_states_it(devices);
+            let cgroup = c.rt.block_on(burrow_sys::cgroup::systemd::start_scope(
+                conn,
+                &scope,
+                intermediate.as_raw(),
+                &limits,
+                &devices,
+            ))?;
+            // Only once started: a scope of that name that was there before is not ours.
+            undo.scope = Some(scope.unit.clone());
+            crate::log::debug(format!("systemd: scope {} at {cgroup}", scope.unit));
+            undo.cgroup = Some(cgroup.clone());
+            Ok(burrow_sys::cgroup::adopt(&cgroup, &limits, &devices)?)
+        }
+        None => {
+            let cgroup = burrow_sys::cgroup::path_for(
+                linux.and_then(|l| l.cgroups_path().as_deref()),
+                c.options.systemd_cgroup,
+                c.options.id,
+            );
+            undo.cgroup = Some(cgroup.clone());
+            Ok(burrow_sys::cgroup::create(&cgroup, &limits, &devices)?)
+        }
+    }
+}
+
+/// The systemd scope to make the container's cgroup as: with `--systemd-cgroup`, a
+/// `slice:prefix:name` cgroupsPath, on a host run by systemd. Elsewhere the path is only
+/// translated, and the cgroup written directly.
+fn systemd_scope(c: &Creation<'_>) -> Option<burrow_sys::cgroup::systemd::ScopeUnit> {
+    let path = c.bundle.spec.linux().as_ref()?.cgroups_path().as_deref()?;
+    let wanted = c.options.systemd_cgroup && burrow_sys::cgroup::systemd::host_runs_systemd();
+    wanted
+        .then(|| burrow_sys::cgroup::systemd::ScopeUnit::parse(path))
+        .flatten()
 }
 
 /// The fds mountd gets (the rootfs first, then each bind's source, opened O_PATH here: mountd
@@ -796,6 +842,7 @@ fn finish(
         created: crate::log::now(),
         root_ids: spawned.root_ids,
         cgroup: undo.cgroup.clone(),
+        scope: undo.scope.clone(),
         annotations: bundle.spec.annotations().clone().unwrap_or_default(),
         systemd: bundle.systemd,
         docker_data: undo.docker_data.clone(),
@@ -852,8 +899,25 @@ fn make_docker_data(dir: &Path, root_ids: (u32, u32)) -> Result<()> {
 }
 
 /// What a container had on the host besides its range: its cgroup (when the runtime made it;
-/// other users' cgroups are idmapd's, removed with the range) and its /var/lib/docker.
-fn remove_host_side(cgroup: Option<&str>, docker_data: Option<&Path>) -> Result<()> {
+/// other users' cgroups are idmapd's, removed with the range), with the systemd scope holding
+/// it, and its /var/lib/docker.
+fn remove_host_side(
+    rt: &tokio::runtime::Runtime,
+    cgroup: Option<&str>,
+    scope: Option<&str>,
+    docker_data: Option<&Path>,
+) -> Result<()> {
+    if let Some(unit) = scope {
+        // systemd removes the cgroups it made; what it did not make (v1 freezer, ...) is ours.
+        rt.block_on(async {
+            let conn = zbus::Connection::system()
+                .await
+                .map_err(CliError::helper("system bus"))?;
+            burrow_sys::cgroup::systemd::stop_scope(&conn, unit)
+                .await
+                .map_err(CliError::from)
+        })?;
+    }
     if let Some(cgroup) = cgroup.filter(|_| nix::unistd::geteuid().is_root()) {
         burrow_sys::cgroup::remove(cgroup);
     }
@@ -1037,11 +1101,16 @@ pub fn delete(store: &Store, id: &str, force: bool) -> Result<()> {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
-    remove_host_side(record.cgroup.as_deref(), record.docker_data.as_deref())?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(CliError::io("starting the async runtime"))?;
+    remove_host_side(
+        &rt,
+        record.cgroup.as_deref(),
+        record.scope.as_deref(),
+        record.docker_data.as_deref(),
+    )?;
     let name = range_name(store, id);
     let released = rt.block_on(async {
         let conn = zbus::Connection::system().await?;

@@ -487,7 +487,22 @@ fn update(store: &Store, id: &str, resources: Option<&str>) -> Result<()> {
         .cgroup
         .as_deref()
         .ok_or_else(|| CliError::NoCgroup(id.to_string()))?;
-    cgroup::update(cgroup, &spec::limits_of(&resources))?;
+    let limits = spec::limits_of(&resources);
+    if let Some(unit) = &record.scope {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(CliError::io("starting the async runtime"))?;
+        rt.block_on(async {
+            let conn = zbus::Connection::system()
+                .await
+                .map_err(CliError::helper("system bus"))?;
+            cgroup::systemd::set_limits(&conn, unit, &limits)
+                .await
+                .map_err(CliError::from)
+        })?;
+    }
+    cgroup::update(cgroup, &limits)?;
     Ok(())
 }
 

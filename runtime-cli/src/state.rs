@@ -24,6 +24,9 @@ pub struct Record {
     pub root_ids: (u32, u32),
     /// cgroup path below each hierarchy, if the container has one.
     pub cgroup: Option<String>,
+    /// The systemd scope holding that cgroup (the systemd cgroup driver), stopped on delete.
+    #[serde(default)]
+    pub scope: Option<String>,
     pub annotations: std::collections::HashMap<String, String>,
     /// The init is systemd: `kill` turns SIGTERM into SIGRTMIN+3, its clean-shutdown signal.
     #[serde(default)]

@@ -59,6 +59,12 @@ impl DevicePolicy {
         self
     }
 
+    /// Keeps only the devices `keep` accepts: a narrower policy.
+    pub fn only(mut self, keep: impl Fn(&CharDevice) -> bool) -> Self {
+        self.allowed.retain(keep);
+        self
+    }
+
     pub fn allowed(&self) -> &[CharDevice] {
         &self.allowed
     }

@@ -24,6 +24,7 @@ use cgroups_rs::FreezerState;
 
 mod bpf;
 mod devices;
+pub mod systemd;
 
 pub use bpf::BpfError;
 pub use devices::{CharDevice, DevicePolicy};
@@ -59,6 +60,17 @@ pub enum CgroupError {
     NoFreezer,
     #[error("cgroup {path} did not {action}")]
     FreezeTimeout { path: String, action: &'static str },
+    #[error("systemd: {what}: {source}")]
+    Systemd {
+        what: String,
+        source: Box<zbus::Error>,
+    },
+    #[error("systemd: {action} unit {unit}: the job ended {result}")]
+    JobFailed {
+        unit: String,
+        action: &'static str,
+        result: String,
+    },
 }
 
 type Result<T> = std::result::Result<T, CgroupError>;
@@ -189,10 +201,8 @@ fn apply_limits(cgroup: &Cgroup, path: &str, limits: &Limits) -> Result<()> {
         .controller_of::<CpuController>()
         .ok_or_else(|| missing("CPU limits", "cpu"))?;
     if let Some(shares) = shares {
-        // cgroup2 has weights: runc's conversion from shares (2..262144, what v1 clamps to) to
-        // weight (1..10000).
         let value = if cgroup.v2() {
-            1 + (shares.clamp(2, 262144) - 2) * 9999 / 262142
+            cpu_weight(shares)
         } else {
             shares
         };
@@ -213,6 +223,12 @@ fn apply_limits(cgroup: &Cgroup, path: &str, limits: &Limits) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// cgroup2 has weights: runc's conversion from shares (2..262144, what v1 clamps to) to weight
+/// (1..10000).
+fn cpu_weight(shares: u64) -> u64 {
+    1 + (shares.clamp(2, 262144) - 2) * 9999 / 262142
 }
 
 /// Creates `path` in every hierarchy with `limits` (parents that do not exist yet get none).
@@ -244,6 +260,13 @@ pub struct NewCgroup {
 /// Creates `path` in every hierarchy and applies `limits` and the device policy `devices`.
 pub fn create(path: &str, limits: &Limits, devices: &DevicePolicy) -> Result<NewCgroup> {
     remove_if_stale(path)?;
+    adopt(path, limits, devices)
+}
+
+/// Takes on `path`, which systemd has just made as a scope holding the container's first
+/// process: the hierarchies systemd leaves out (v1 `freezer`, `cpuset`, ...), the limits and the
+/// device policy, as for a cgroup of Burrow's own.
+pub fn adopt(path: &str, limits: &Limits, devices: &DevicePolicy) -> Result<NewCgroup> {
     let hierarchies = make_in_every_hierarchy(path, limits)?;
     devices::restrict(&hierarchies, path, devices)?;
     Ok(NewCgroup {
