@@ -685,7 +685,6 @@ fn make_cgroup(
         None => {
             let cgroup = burrow_sys::cgroup::path_for(
                 linux.and_then(|l| l.cgroups_path().as_deref()),
-                c.options.systemd_cgroup,
                 c.options.id,
             );
             undo.cgroup = Some(cgroup.clone());

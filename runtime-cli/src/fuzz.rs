@@ -559,11 +559,8 @@ fn derive(bundle: &Bundle) -> Result<(), TestCaseError> {
         }
     }
     let linux = bundle.spec.linux().as_ref();
-    let cgroup = burrow_sys::cgroup::path_for(
-        linux.and_then(|l| l.cgroups_path().as_deref()),
-        false,
-        "fuzz",
-    );
+    let cgroup =
+        burrow_sys::cgroup::path_for(linux.and_then(|l| l.cgroups_path().as_deref()), "fuzz");
     prop_assert!(cgroup.starts_with('/'));
     if let Some(resources) = linux.and_then(|l| l.resources().as_ref()) {
         let limits = crate::spec::limits_of(resources);

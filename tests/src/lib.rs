@@ -1326,3 +1326,15 @@ pub fn http_get(address: std::net::SocketAddr, path: &str) -> String {
 pub fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
 }
+
+/// A v1 `devices.list` holding exactly devd's nodes (null, zero, full, random, urandom, tty,
+/// ptmx) and every pty of the majors `ptys`, sorted.
+pub fn devd_devices_list(ptys: std::ops::RangeInclusive<u32>) -> Vec<String> {
+    let mut list: Vec<String> = ["1:3", "1:5", "1:7", "1:8", "1:9", "5:0", "5:2"]
+        .iter()
+        .map(|d| format!("c {d} rw"))
+        .chain(ptys.map(|major| format!("c {major}:* rw")))
+        .collect();
+    list.sort();
+    list
+}

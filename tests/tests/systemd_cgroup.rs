@@ -7,10 +7,9 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
-use std::process::Command;
 
 use burrow_tests::node::{install_files, text, Node};
-use burrow_tests::{bin, busybox_rootfs, Docker, Harness, HarnessOptions};
+use burrow_tests::{busybox_rootfs, Docker, Harness, HarnessOptions};
 use serde_json::json;
 
 const NODE: &str = "burrow-systemd-cgroup-node";
@@ -22,20 +21,10 @@ const UPDATED_MEMORY_LIMIT: u64 = 128 << 20;
 /// form of cgroupsPath), with a memory limit.
 fn bundle(dir: &Path, name: &str, args: &[&str]) {
     busybox_rootfs(&dir.join("rootfs"), None);
-    burrow_tests::run(
-        Command::new(bin("burrow"))
-            .arg("spec")
-            .arg("--bundle")
-            .arg(dir),
-    );
-    let path = dir.join("config.json");
-    let mut config: serde_json::Value =
-        serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
-    config["process"]["terminal"] = json!(false);
-    config["process"]["args"] = json!(args);
-    config["linux"]["cgroupsPath"] = json!(format!("system.slice:burrow:{name}"));
-    config["linux"]["resources"]["memory"] = json!({ "limit": MEMORY_LIMIT });
-    fs::write(&path, config.to_string()).unwrap();
+    burrow_tests::write_spec(dir, args, |config| {
+        config["linux"]["cgroupsPath"] = json!(format!("system.slice:burrow:{name}"));
+        config["linux"]["resources"]["memory"] = json!({ "limit": MEMORY_LIMIT });
+    });
 }
 
 /// The scope's state as `systemctl show` prints it.
@@ -77,12 +66,7 @@ fn assert_scope_holds_the_container(node: &Node, pid: &str, memory_limit: u64) {
             .map(String::from)
             .collect();
         list.sort();
-        let mut expected: Vec<String> = ["1:3", "1:5", "1:7", "1:8", "1:9", "5:0", "5:2"]
-            .iter()
-            .map(|d| format!("c {d} rw"))
-            .chain(["c 136:* rw".to_string()])
-            .collect();
-        expected.sort();
+        let expected = burrow_tests::devd_devices_list(136..=136);
         // Burrow's policy as systemd can state it (`char-pts` is major 136 alone), so that it
         // is the same after systemd re-applies its own.
         assert_eq!(list, expected, "devices.list");

@@ -4,32 +4,18 @@
 //! a real container is made through them as root. Checks each unit's state, capabilities and
 //! journal, and reports `systemd-analyze security` for the three units as they ran.
 
-use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Instant;
 
 use burrow_tests::node::{assert_exclusive_range, install_files, text, Node, UNITS};
 use burrow_tests::{bin, busybox_rootfs, Docker, Harness, HarnessOptions};
-use serde_json::json;
 
 const NODE: &str = "burrow-systemd-node";
 
 /// A busybox bundle whose process runs `args`.
 fn bundle(dir: &Path, args: &[&str]) -> PathBuf {
     busybox_rootfs(&dir.join("rootfs"), None);
-    burrow_tests::run(
-        Command::new(bin("burrow"))
-            .arg("spec")
-            .arg("--bundle")
-            .arg(dir),
-    );
-    let path = dir.join("config.json");
-    let mut config: serde_json::Value =
-        serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
-    config["process"]["terminal"] = json!(false);
-    config["process"]["args"] = json!(args);
-    fs::write(&path, config.to_string()).unwrap();
+    burrow_tests::write_spec(dir, args, |_| {});
     dir.to_path_buf()
 }
 

@@ -95,29 +95,18 @@ pub struct Limits {
 }
 
 /// The cgroup path for a container: `cgroupsPath` from the spec, in systemd's
-/// `slice:prefix:name` form when asked for (as cgroupfs directories), or `/burrow/<id>`.
-pub fn path_for(cgroups_path: Option<&Path>, systemd: bool, id: &str) -> String {
-    let Some(path) = cgroups_path.map(|p| p.to_string_lossy().into_owned()) else {
+/// `slice:prefix:name` form as the scope's cgroupfs directories (where no systemd makes it),
+/// or `/burrow/<id>`.
+pub fn path_for(cgroups_path: Option<&Path>, id: &str) -> String {
+    let Some(cgroups_path) = cgroups_path else {
         return format!("/burrow/{id}");
     };
-    let parts: Vec<&str> = path.split(':').collect();
-    if systemd || (parts.len() == 3 && !path.starts_with('/')) {
-        if let [slice, prefix, name] = parts[..] {
-            let slice = if slice.is_empty() {
-                "system.slice"
-            } else {
-                slice
-            };
-            let unit = if prefix.is_empty() {
-                format!("{name}.scope")
-            } else {
-                format!("{prefix}-{name}.scope")
-            };
-            return format!("/{slice}/{unit}");
-        }
+    if let Some(scope) = systemd::ScopeUnit::parse(cgroups_path) {
+        return format!("/{}/{}", scope.slice, scope.unit);
     }
+    let path = cgroups_path.to_string_lossy();
     if path.starts_with('/') {
-        path
+        path.into_owned()
     } else {
         format!("/{path}")
     }
@@ -511,21 +500,21 @@ mod tests {
 
     #[test]
     fn cgroup_paths() {
-        assert_eq!(path_for(None, false, "abc"), "/burrow/abc");
+        assert_eq!(path_for(None, "abc"), "/burrow/abc");
         assert_eq!(
-            path_for(Some(Path::new("/docker/abc")), false, "abc"),
+            path_for(Some(Path::new("/docker/abc")), "abc"),
             "/docker/abc"
         );
         assert_eq!(
-            path_for(Some(Path::new("docker/abc")), false, "abc"),
+            path_for(Some(Path::new("docker/abc")), "abc"),
             "/docker/abc"
         );
         assert_eq!(
-            path_for(Some(Path::new("system.slice:docker:abc")), true, "abc"),
+            path_for(Some(Path::new("system.slice:docker:abc")), "abc"),
             "/system.slice/docker-abc.scope"
         );
         assert_eq!(
-            path_for(Some(Path::new(":burrow:abc")), true, "abc"),
+            path_for(Some(Path::new(":burrow:abc")), "abc"),
             "/system.slice/burrow-abc.scope"
         );
     }
