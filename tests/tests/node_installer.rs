@@ -358,6 +358,58 @@ fn pod_with_handler_burrow_on_an_installed_node() {
     let fixture = Fixture::new();
     let node = fixture.node("burrow-installer-pod-node");
     install(&node);
+    pod_through_cri(&node, "/burrow-node-pods", |_, _| {});
+    node.exec_ok(&format!("{SCRIPT} uninstall"));
+}
+
+/// The same pod on a node whose containerd uses the systemd cgroup driver (`SystemdCgroup =
+/// true` for runc, which the installer gives `burrow` too), as kubelet's nodes do: cgroup
+/// parents are slices, and each container's cgroup is a transient scope that systemd made,
+/// delegated.
+#[test]
+fn pod_with_the_systemd_cgroup_driver_on_an_installed_node() {
+    let _one = ONE_NODE.lock().unwrap_or_else(|e| e.into_inner());
+    let fixture = Fixture::new();
+    let node = fixture.node("burrow-installer-systemd-pod-node");
+    node.exec_ok(&format!(
+        "printf '%s\\n' '[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]' \
+           '  runtime_type = \"io.containerd.runc.v2\"' \
+           '[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc.options]' \
+           '  SystemdCgroup = true' >> {CONFIG} && systemctl restart containerd"
+    ));
+    install(&node);
+    assert!(
+        node.exec_ok("containerd config dump")
+            .matches("SystemdCgroup = true")
+            .count()
+            >= 2,
+        "runc's and burrow's handlers use the systemd driver"
+    );
+    pod_through_cri(&node, "burrownode.slice", |cri, container| {
+        let (_, info) = cri.container_status(container).unwrap();
+        let pid = info["pid"].as_i64().expect("the container's pid");
+        let scope = format!("cri-containerd-{container}.scope");
+        let cgroup = node.exec_ok(&format!("cat /proc/{pid}/cgroup"));
+        assert!(
+            cgroup
+                .lines()
+                .all(|l| l.ends_with(&format!("/burrownode.slice/{scope}"))),
+            "{cgroup}"
+        );
+        let props = text(&node.exec(&format!("systemctl show -p ActiveState,Delegate {scope}")));
+        assert!(
+            props.contains("ActiveState=active") && props.contains("Delegate=yes"),
+            "{scope}: {props}"
+        );
+    });
+    node.exec_ok(&format!("{SCRIPT} uninstall"));
+}
+
+/// A one-container pod of handler `burrow` below `cgroup_parent`, through the node's CRI from
+/// the host, with kubelet's default namespaces: its container's `uid_map` is an exclusive
+/// range, the helpers ran as their units, `check` passes while it runs, and the removed pod
+/// leaves no range.
+fn pod_through_cri(node: &Node, cgroup_parent: &str, check: impl Fn(&mut Cri, &str)) {
     // The node's CRI socket, from the host.
     let socket = PathBuf::from(format!(
         "/proc/{}/root/run/containerd/containerd.sock",
@@ -374,14 +426,7 @@ fn pod_with_handler_burrow_on_an_installed_node() {
     }
     let logs = Path::new("/var/log/pods/web");
     node.exec_ok(&format!("mkdir -p {}", logs.display()));
-    // With the namespaces kubelet asks for by default.
-    let mut config = pod_config("web", "/burrow-node-pods", logs);
-    set_kubelet_namespaces(&mut config, None, api::NamespaceMode::Container);
-    let pod = step(
-        &node,
-        "RunPodSandbox",
-        cri.run_pod_sandbox(&config, "burrow"),
-    );
+    let mut config = pod_config("web", cgroup_parent, logs);
     let idle = "trap 'exit 0' TERM; sleep 3600 & wait";
     let mut idle_config = container_config("idle", BUSYBOX_IMAGE, &["sh", "-c", idle], None);
     set_kubelet_namespaces(
@@ -389,25 +434,30 @@ fn pod_with_handler_burrow_on_an_installed_node() {
         Some(&mut idle_config),
         api::NamespaceMode::Container,
     );
+    let pod = step(
+        node,
+        "RunPodSandbox",
+        cri.run_pod_sandbox(&config, "burrow"),
+    );
     let container = step(
-        &node,
+        node,
         "CreateContainer",
         cri.create_container(&pod, &idle_config, &config),
     );
-    step(&node, "StartContainer", cri.start_container(&container));
+    step(node, "StartContainer", cri.start_container(&container));
     let out = step(
-        &node,
+        node,
         "ExecSync",
         cri.exec_sync(&container, &["cat", "/proc/self/uid_map"], 10),
     );
     assert_exclusive_range(&out.stdout);
     node.assert_helpers_ran_as_units();
-    step(&node, "StopContainer", cri.stop_container(&container, 10));
-    step(&node, "RemoveContainer", cri.remove_container(&container));
-    step(&node, "StopPodSandbox", cri.stop_pod_sandbox(&pod));
-    step(&node, "RemovePodSandbox", cri.remove_pod_sandbox(&pod));
+    check(&mut cri, &container);
+    step(node, "StopContainer", cri.stop_container(&container, 10));
+    step(node, "RemoveContainer", cri.remove_container(&container));
+    step(node, "StopPodSandbox", cri.stop_pod_sandbox(&pod));
+    step(node, "RemovePodSandbox", cri.remove_pod_sandbox(&pod));
     assert_eq!(node.ranges(), "a(usuuu) 0", "the pod left its range");
-    node.exec_ok(&format!("{SCRIPT} uninstall"));
 }
 
 /// A CRI call's answer, which must be a success; a failure shows containerd's journal.
