@@ -410,12 +410,11 @@ impl Undo<'_> {
             );
             let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
         }
-        let _ = remove_host_side(
-            rt,
-            self.cgroup.as_deref(),
-            self.scope.as_deref(),
-            self.docker_data.as_deref(),
-        );
+        // A scope is only recorded once the bus connection exists.
+        if let (Some(unit), Some(conn)) = (&self.scope, conn) {
+            let _ = stop_scope(rt, conn, unit);
+        }
+        let _ = remove_host_side(self.cgroup.as_deref(), self.docker_data.as_deref());
         if let (Some(name), Some(conn)) = (&self.range, conn) {
             let _ = rt.block_on(async { IdMap1Proxy::new(conn).await?.release(name).await });
         }
@@ -447,10 +446,7 @@ pub fn create(store: &Store, options: &CreateOptions<'_>) -> Result<()> {
         docker_data: None,
         armed: true,
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(CliError::io("starting the async runtime"))?;
+    let rt = async_runtime()?;
     let creation = Creation {
         store,
         options,
@@ -557,9 +553,7 @@ fn spawn_init(
     undo: &mut Undo<'_>,
 ) -> Result<Spawned> {
     let userns = channel.wait_for_userns()?;
-    let conn =
-        c.rt.block_on(zbus::Connection::system())
-            .map_err(CliError::helper("system bus"))?;
+    let conn = system_bus(c.rt)?;
     *conn_slot = Some(conn.clone());
     let name = range_name(c.store, c.options.id);
     let for_idmapd = userns
@@ -897,26 +891,30 @@ fn make_docker_data(dir: &Path, root_ids: (u32, u32)) -> Result<()> {
     Ok(())
 }
 
-/// What a container had on the host besides its range: its cgroup (when the runtime made it;
-/// other users' cgroups are idmapd's, removed with the range), with the systemd scope holding
-/// it, and its /var/lib/docker.
-fn remove_host_side(
-    rt: &tokio::runtime::Runtime,
-    cgroup: Option<&str>,
-    scope: Option<&str>,
-    docker_data: Option<&Path>,
-) -> Result<()> {
-    if let Some(unit) = scope {
-        // systemd removes the cgroups it made; what it did not make (v1 freezer, ...) is ours.
-        rt.block_on(async {
-            let conn = zbus::Connection::system()
-                .await
-                .map_err(CliError::helper("system bus"))?;
-            burrow_sys::cgroup::systemd::stop_scope(&conn, unit)
-                .await
-                .map_err(CliError::from)
-        })?;
-    }
+/// The current-thread async runtime the CLI drives the bus with.
+pub fn async_runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(CliError::io("starting the async runtime"))
+}
+
+/// A connection to the system bus (the helpers', and systemd's).
+pub fn system_bus(rt: &tokio::runtime::Runtime) -> Result<zbus::Connection> {
+    rt.block_on(zbus::Connection::system())
+        .map_err(CliError::helper("system bus"))
+}
+
+/// Stops the container's systemd scope `unit`; systemd removes the cgroups it made, and what
+/// it did not make (v1 freezer, ...) is left to [`remove_host_side`].
+fn stop_scope(rt: &tokio::runtime::Runtime, conn: &zbus::Connection, unit: &str) -> Result<()> {
+    Ok(rt.block_on(burrow_sys::cgroup::systemd::stop_scope(conn, unit))?)
+}
+
+/// What a container had on the host besides its range (and its systemd scope, stopped first):
+/// its cgroup (when the runtime made it; other users' cgroups are idmapd's, removed with the
+/// range) and its /var/lib/docker.
+fn remove_host_side(cgroup: Option<&str>, docker_data: Option<&Path>) -> Result<()> {
     if let Some(cgroup) = cgroup.filter(|_| nix::unistd::geteuid().is_root()) {
         burrow_sys::cgroup::remove(cgroup);
     }
@@ -1100,19 +1098,19 @@ pub fn delete(store: &Store, id: &str, force: bool) -> Result<()> {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(CliError::io("starting the async runtime"))?;
-    remove_host_side(
-        &rt,
-        record.cgroup.as_deref(),
-        record.scope.as_deref(),
-        record.docker_data.as_deref(),
-    )?;
+    let rt = async_runtime()?;
+    // One connection for the scope and idmapd, made first only if there is a scope to stop.
+    let bus = record.scope.as_ref().map(|_| system_bus(&rt)).transpose()?;
+    if let (Some(unit), Some(bus)) = (&record.scope, &bus) {
+        stop_scope(&rt, bus, unit)?;
+    }
+    remove_host_side(record.cgroup.as_deref(), record.docker_data.as_deref())?;
     let name = range_name(store, id);
     let released = rt.block_on(async {
-        let conn = zbus::Connection::system().await?;
+        let conn = match bus {
+            Some(conn) => conn,
+            None => zbus::Connection::system().await?,
+        };
         IdMap1Proxy::new(&conn).await?.release(&name).await
     });
     match released {

@@ -489,18 +489,9 @@ fn update(store: &Store, id: &str, resources: Option<&str>) -> Result<()> {
         .ok_or_else(|| CliError::NoCgroup(id.to_string()))?;
     let limits = spec::limits_of(&resources);
     if let Some(unit) = &record.scope {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(CliError::io("starting the async runtime"))?;
-        rt.block_on(async {
-            let conn = zbus::Connection::system()
-                .await
-                .map_err(CliError::helper("system bus"))?;
-            cgroup::systemd::set_limits(&conn, unit, &limits)
-                .await
-                .map_err(CliError::from)
-        })?;
+        let rt = container::async_runtime()?;
+        let conn = container::system_bus(&rt)?;
+        rt.block_on(cgroup::systemd::set_limits(&conn, unit, &limits))?;
     }
     cgroup::update(cgroup, &limits)?;
     Ok(())

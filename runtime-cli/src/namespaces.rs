@@ -18,6 +18,7 @@
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
+use burrow_sys::nsfs::ns_id;
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
 use crate::state::{Record, Store};
@@ -117,22 +118,34 @@ fn describe(kind: LinuxNamespaceType) -> (&'static str, libc::c_int) {
 
 /// Checks and opens every namespace `spec` names by path.
 pub fn plan(spec: &Spec, store: &Store) -> Result<Joins, JoinError> {
-    let named = spec
+    let namespaces = spec
         .linux()
         .as_ref()
         .and_then(|l| l.namespaces().clone())
         .unwrap_or_default();
+    let named: Vec<(LinuxNamespaceType, &Path)> = namespaces
+        .iter()
+        .filter_map(|ns| Some((ns.typ(), ns.path().as_deref()?)))
+        .collect();
     let mut joins = Joins::default();
-    for ns in &named {
-        let Some(path) = ns.path().as_deref() else {
-            continue;
-        };
-        let (kind, flag) = describe(ns.typ());
+    if named.is_empty() {
+        return Ok(joins);
+    }
+    // Looked up once, and only if a path is no namespace of the host's user namespace.
+    let containers = std::cell::OnceCell::new();
+    let host_userns = host_userns_id()?;
+    for (typ, path) in named {
+        let (kind, flag) = describe(typ);
         if flag == libc::CLONE_NEWNS {
             return Err(JoinError::Mount(path.to_path_buf()));
         }
         let fd = open_namespace(path, kind, flag)?;
-        match classify(fd.as_fd(), path, kind, store)? {
+        let known = || {
+            containers
+                .get_or_init(|| container_userns_ids(store))
+                .as_slice()
+        };
+        match classify(fd.as_fd(), path, kind, host_userns, known)? {
             Owner::Container(pod) => join_pod(&mut joins, pod)?,
             Owner::Host if flag == libc::CLONE_NEWNET && nix::unistd::geteuid().is_root() => {
                 joins.adopt_network = Some(fd);
@@ -181,8 +194,8 @@ fn open_namespace(
         }
     }
     // The runtime runs in the host's namespaces (containerd's, dockerd's).
-    let own = open(&Path::new("/proc/self/ns").join(kind)).and_then(|own| id_of(own.as_fd()));
-    if own.ok() == Some(id_of(fd.as_fd()).map_err(inspect(path))?) {
+    let own = open(&Path::new("/proc/self/ns").join(kind)).and_then(|own| ns_id(own.as_fd()));
+    if own.ok() == Some(ns_id(fd.as_fd()).map_err(inspect(path))?) {
         return Err(JoinError::Host {
             kind,
             path: path.to_path_buf(),
@@ -191,8 +204,12 @@ fn open_namespace(
     Ok(fd)
 }
 
-fn id_of(ns: BorrowedFd<'_>) -> std::io::Result<u64> {
-    burrow_sys::nsfs::ns_id(ns)
+/// The id of the runtime's own user namespace (the host's).
+fn host_userns_id() -> Result<u64, JoinError> {
+    let path = Path::new("/proc/self/ns/user");
+    std::fs::File::open(path)
+        .and_then(|own| ns_id(own.as_fd()))
+        .map_err(inspect(path))
 }
 
 fn inspect(path: &Path) -> impl Fn(std::io::Error) -> JoinError + '_ {
@@ -208,33 +225,30 @@ enum Owner {
     Host,
 }
 
-/// Whose the namespace `ns` is: one of the store's containers' (by its user namespace), or
-/// the host's user namespace's.
-fn classify(
+/// Whose the namespace `ns` is: the host's user namespace's (`host_userns`), or one of the
+/// caller's containers' (`containers`: their ids with their user namespaces' ids).
+fn classify<'a>(
     ns: BorrowedFd<'_>,
     path: &Path,
     kind: &'static str,
-    store: &Store,
+    host_userns: u64,
+    containers: impl FnOnce() -> &'a [(String, u64)],
 ) -> Result<Owner, JoinError> {
     let userns = if kind == "user" {
         ns.try_clone_to_owned().map_err(inspect(path))?
     } else {
         burrow_sys::nsfs::owner(ns).map_err(inspect(path))?
     };
-    let userns_id = id_of(userns.as_fd()).map_err(inspect(path))?;
-    let own = std::fs::File::open("/proc/self/ns/user")
-        .and_then(|own| id_of(own.as_fd()))
-        .map_err(inspect(path))?;
-    if userns_id == own {
+    let userns_id = ns_id(userns.as_fd()).map_err(inspect(path))?;
+    if userns_id == host_userns {
         return Ok(Owner::Host);
     }
-    store
-        .list()
-        .into_iter()
-        .find(|record| container_userns_id(record) == Some(userns_id))
-        .map(|record| {
+    containers()
+        .iter()
+        .find(|(_, id)| *id == userns_id)
+        .map(|(container, _)| {
             Owner::Container(Pod {
-                id: record.id,
+                id: container.clone(),
                 userns,
             })
         })
@@ -242,6 +256,15 @@ fn classify(
             kind,
             path: path.to_path_buf(),
         })
+}
+
+/// The store's running containers, each with the id of its init's user namespace.
+fn container_userns_ids(store: &Store) -> Vec<(String, u64)> {
+    store
+        .list()
+        .into_iter()
+        .filter_map(|record| Some((record.id.clone(), container_userns_id(&record)?)))
+        .collect()
 }
 
 /// The id of the user namespace of `record`'s init, if it still runs.
@@ -253,7 +276,7 @@ fn container_userns_id(record: &Record) -> Option<u64> {
         return None;
     }
     let userns = burrow_sys::pidfd::user_namespace(pidfd.as_fd()).ok()?;
-    id_of(userns.as_fd()).ok()
+    ns_id(userns.as_fd()).ok()
 }
 
 /// Every namespace named must be the same container's.

@@ -1025,10 +1025,21 @@ impl<'a> Burrow<'a> {
         args: &[&str],
         make_rootfs: impl FnOnce(&Path) -> T,
     ) -> PathBuf {
+        self.edited_bundle(name, args, make_rootfs, |_| {})
+    }
+
+    /// [`Self::bundle`] with its config.json changed by `edit` first.
+    pub fn edited_bundle<T>(
+        &self,
+        name: &str,
+        args: &[&str],
+        make_rootfs: impl FnOnce(&Path) -> T,
+        edit: impl FnOnce(&mut serde_json::Value),
+    ) -> PathBuf {
         let dir = self.home.join(name);
         fs::create_dir_all(&dir).unwrap();
         make_rootfs(&dir.join("rootfs"));
-        write_spec(&dir, args, |_| {});
+        write_spec(&dir, args, edit);
         if let Some(user) = self.user {
             run(Command::new("chown")
                 .args(["-R", "-h", &format!("{}:{}", user.uid, user.gid)])

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 
 use burrow_tests::{
-    all_output, busybox_rootfs, run, test_users, wait_for, write_spec, Burrow, Detached, Harness,
+    all_output, busybox_rootfs, run, test_users, wait_for, Burrow, Detached, Harness,
     HarnessOptions,
 };
 use serde_json::{json, Value};
@@ -57,16 +57,7 @@ fn bundle(
     args: &[&str],
     edit: impl FnOnce(&mut Value),
 ) -> std::path::PathBuf {
-    let dir = caller.home.join(name);
-    fs::create_dir_all(&dir).unwrap();
-    busybox_rootfs(&dir.join("rootfs"), None);
-    write_spec(&dir, args, edit);
-    if let Some(user) = caller.user {
-        run(Command::new("chown")
-            .args(["-R", "-h", &format!("{}:{}", user.uid, user.gid)])
-            .arg(&dir));
-    }
-    dir
+    caller.edited_bundle(name, args, |rootfs| busybox_rootfs(rootfs, None), edit)
 }
 
 /// `text`'s words, one space apart (uid_map pads its columns).
