@@ -12,6 +12,7 @@ use burrow_contract::BurrowError;
 use burrow_contract::RANGE_SIZE;
 use burrow_sys::userns::{NsWorker, UserNs};
 
+use crate::cgroups::Gone;
 use crate::liveness::Kernel;
 use crate::pool::{self, Pool};
 use crate::registry::{Namespace, Record, RecordState, Registry, RegistryError};
@@ -126,6 +127,9 @@ pub struct Allocator {
     exclusions: Exclusions,
     registry: Registry,
     kernel: Kernel,
+    /// Holders and ranges that went since [`Allocator::take_gone`] last ran: their cgroups
+    /// are removed after the lock is released.
+    gone: Vec<Gone>,
 }
 
 impl Allocator {
@@ -144,6 +148,7 @@ impl Allocator {
             exclusions,
             registry,
             kernel,
+            gone: vec![],
         };
         allocator.reclaim(|_| true);
         allocator
@@ -166,6 +171,11 @@ impl Allocator {
                 uid,
                 name: name.to_string(),
             })
+    }
+
+    /// The holders and ranges that went, whose cgroups are to be removed.
+    pub fn take_gone(&mut self) -> Vec<Gone> {
+        std::mem::take(&mut self.gone)
     }
 
     pub fn has_draining(&self) -> bool {
@@ -193,9 +203,9 @@ impl Allocator {
             match self.registry.remove(record.base) {
                 Ok(_) => {
                     freed += 1;
-                    crate::cgroups::remove_range(&record);
                     tracing::info!(uid = record.uid, name = %record.name, base = record.base,
                         state = ?record.state, "reclaimed the range of a namespace that is gone");
+                    self.gone.push(Gone::Range(record));
                 }
                 Err(e) => tracing::error!(base = record.base, error = %e, "cannot reclaim range"),
             }
@@ -356,8 +366,8 @@ impl Allocator {
             );
         } else {
             self.registry.remove(record.base)?;
-            crate::cgroups::remove_range(&record);
             tracing::info!(uid, name, base = record.base, "released");
+            self.gone.push(Gone::Range(record.clone()));
         }
         Ok(record)
     }
@@ -367,7 +377,8 @@ impl Allocator {
         record.holders.retain(|holder| holder != name);
         self.registry.store(record.clone())?;
         // After the durable change: a cgroup left by a crash in between goes with the range.
-        crate::cgroups::remove_holder(&record, name);
+        self.gone
+            .push(Gone::Holder(record.clone(), name.to_string()));
         tracing::info!(
             uid = record.uid,
             name,
@@ -418,7 +429,7 @@ mod tests {
 
     use super::*;
 
-    /// A uid no test user has, so that freeing a range touches no real user's cgroups.
+    /// A uid no test user has.
     const UID: u32 = 4_242_424;
     const BASE: u32 = 1 << 30;
     const NEXT_BASE: u32 = BASE + RANGE_SIZE;

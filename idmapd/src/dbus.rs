@@ -1,7 +1,6 @@
 //! The `org.burrow.IdMap1` interface: identify the caller, check the objects, ask polkit, then
 //! hand the work to the allocator on a blocking thread.
 
-use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use burrow_contract::proxy::RangeEntry;
@@ -17,49 +16,71 @@ use zbus::zvariant::OwnedFd;
 use zbus::Connection;
 
 use crate::allocator::{self, Allocator};
+use crate::cgroups::{Cgroups, Grant};
 
 pub struct IdMap {
     allocator: Arc<Mutex<Allocator>>,
+    cgroups: Arc<Cgroups>,
     activity: Activity,
     quotas: QuotaFile,
 }
 
 impl IdMap {
-    pub fn new(allocator: Allocator, activity: Activity, quotas: QuotaFile) -> Self {
+    pub fn new(
+        allocator: Allocator,
+        cgroups: Cgroups,
+        activity: Activity,
+        quotas: QuotaFile,
+    ) -> Self {
         IdMap {
             allocator: Arc::new(Mutex::new(allocator)),
+            cgroups: Arc::new(cgroups),
             activity,
             quotas,
         }
     }
 
-    /// Frees drained ranges soon after their namespaces exit, rather than at the next start.
-    pub async fn watch_draining(allocator: Arc<Mutex<Allocator>>, every: std::time::Duration) {
-        loop {
-            tokio::time::sleep(every).await;
-            if !lock(&allocator).has_draining() {
-                continue;
+    /// Frees drained ranges soon after their namespaces exit, rather than at the next start,
+    /// and removes the cgroups of ranges freed at start.
+    pub fn watch_draining(
+        &self,
+        every: std::time::Duration,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let (allocator, cgroups) = (Arc::clone(&self.allocator), Arc::clone(&self.cgroups));
+        async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if lock(&allocator).has_draining() {
+                    let allocator = Arc::clone(&allocator);
+                    let _ =
+                        tokio::task::spawn_blocking(move || lock(&allocator).reclaim_draining())
+                            .await;
+                }
+                let gone = lock(&allocator).take_gone();
+                cgroups.remove_gone(gone).await;
             }
-            let allocator = Arc::clone(&allocator);
-            let _ = tokio::task::spawn_blocking(move || lock(&allocator).reclaim_draining()).await;
         }
-    }
-
-    pub fn allocator(&self) -> Arc<Mutex<Allocator>> {
-        Arc::clone(&self.allocator)
     }
 
     fn lock(&self) -> MutexGuard<'_, Allocator> {
         lock(&self.allocator)
     }
 
-    /// Runs `work` on the allocator from a blocking thread (it forks, fsyncs and scans /proc).
+    /// Runs `work` on the allocator from a blocking thread (it forks, fsyncs and scans /proc),
+    /// then, with the lock released, removes the cgroups of the holders and ranges that went.
     async fn with_allocator<T: Send + 'static>(
         &self,
         work: impl FnOnce(&mut Allocator) -> Result<T, BurrowError> + Send + 'static,
     ) -> Result<T, BurrowError> {
         let allocator = Arc::clone(&self.allocator);
-        blocking(move || work(&mut lock(&allocator))).await
+        let (result, gone) = blocking(move || {
+            let mut allocator = lock(&allocator);
+            let result = work(&mut allocator);
+            Ok((result, allocator.take_gone()))
+        })
+        .await?;
+        self.cgroups.remove_gone(gone).await;
+        result
     }
 }
 
@@ -221,9 +242,14 @@ impl IdMap {
                 .authorize(conn, &header, idmap::ACTION_CGROUP)
                 .await?;
             let quota = self.quotas.for_uid(caller.uid)?;
-            let process: std::os::fd::OwnedFd = process.into();
-            let holder = name.clone();
-            blocking(move || crate::cgroups::grant(&record, &holder, process.as_fd(), &quota)).await
+            self.cgroups
+                .grant(Grant {
+                    record,
+                    holder: name.clone(),
+                    process: process.into(),
+                    quota,
+                })
+                .await
         }
         .await;
         match &result {

@@ -81,11 +81,15 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    // cgroup hierarchy roots are mode 0555: their directory for users' cgroups is made while
-    // idmapd still has CAP_DAC_OVERRIDE, which it then drops.
-    if let Err(e) = burrow_sys::cgroup::make(idmap::CGROUP_ROOT, &Default::default()) {
+    let placement = cgroups::Placement::of_host();
+    // cgroup hierarchy roots are mode 0555: the users' root below them is made while idmapd
+    // still has CAP_DAC_OVERRIDE, which it then drops. Whatever the unit's umask, others may
+    // traverse it to their delegated cgroups (and read which processes are in them).
+    let umask = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+    if let Err(e) = burrow_sys::cgroup::make(placement.users_root(), &Default::default()) {
         eprintln!("burrow-idmapd: no cgroups for non-root containers: {e}");
     }
+    nix::sys::stat::umask(umask);
     burrow_sys::service::start(CAPABILITIES).context("dropping capabilities")?;
     let pool = pool::Pool::new(args.pool_start, args.pool_end).context("invalid pool")?;
     burrow_sys::state::ensure_private_dir(&args.state_dir)?;
@@ -103,14 +107,20 @@ fn main() -> anyhow::Result<()> {
     let allocator =
         allocator::Allocator::open(pool, args.max_per_user, exclusions, registry, kernel);
     tracing::info!(pool_start = pool.start, pool_end = pool.end, capacity = pool.capacity(),
-        in_use = allocator.in_use(), state_dir = %args.state_dir.display(), "registry loaded");
+        in_use = allocator.in_use(), state_dir = %args.state_dir.display(), cgroups = ?placement,
+        "registry loaded");
 
     let activity = Activity::default();
     let quotas = burrow_sys::quota::QuotaFile {
         path: args.quota_file,
     };
-    let interface = dbus::IdMap::new(allocator, activity.clone(), quotas);
-    let drain_watch = dbus::IdMap::watch_draining(interface.allocator(), Duration::from_secs(2));
+    let interface = dbus::IdMap::new(
+        allocator,
+        cgroups::Cgroups::new(placement),
+        activity.clone(),
+        quotas,
+    );
+    let drain_watch = interface.watch_draining(Duration::from_secs(2));
     let service = Service {
         bus_name: idmap::BUS_NAME,
         object_path: idmap::OBJECT_PATH,

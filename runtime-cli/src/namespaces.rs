@@ -171,10 +171,11 @@ fn open_namespace(
     kind: &'static str,
     flag: libc::c_int,
 ) -> Result<OwnedFd, JoinError> {
+    // Non-blocking: a spec may name a FIFO, whose open would wait for a writer.
     let open = |p: &Path| {
         rustix::fs::open(
             p,
-            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC | rustix::fs::OFlags::NONBLOCK,
             rustix::fs::Mode::empty(),
         )
         .map_err(std::io::Error::from)

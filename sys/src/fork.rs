@@ -335,6 +335,11 @@ impl Parked {
         }
     }
 
+    /// The worker's pid: its own until the worker is dropped (it is never reaped before).
+    pub fn pid(&self) -> i32 {
+        self.pid.as_raw()
+    }
+
     /// `/proc/<worker>/<file>`.
     pub fn proc_path(&self, file: &str) -> std::path::PathBuf {
         format!("/proc/{}/{file}", self.pid).into()

@@ -707,18 +707,30 @@ pub fn json_lines(out: &[u8]) -> Vec<serde_json::Value> {
 /// The Debian bookworm rootfs with systemd and docker.io (`tests/fixtures/debian-rootfs.sh
 /// system`), built once per machine under /var/cache/burrow; the first build takes minutes.
 pub fn debian_system_rootfs() -> PathBuf {
+    debian_rootfs("system")
+}
+
+/// The system rootfs with polkitd (and logind) added, for the disposable systemd node
+/// ([`node::Node`]), where users in group `burrow` run containers too.
+pub fn debian_node_rootfs() -> PathBuf {
+    debian_rootfs("node")
+}
+
+/// `tests/fixtures/debian-rootfs.sh FLAVOUR`: the cached tree, built once per machine.
+fn debian_rootfs(flavour: &str) -> PathBuf {
+    // One build at a time: the node's is a copy of the system tree, which it may build first.
     static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one_at_a_time = BUILD.lock().unwrap_or_else(|e| e.into_inner());
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/debian-rootfs.sh");
     let out = Command::new("bash")
         .arg(script)
-        .arg("system")
+        .arg(flavour)
         .stderr(Stdio::inherit())
         .output()
         .unwrap();
     assert!(
         out.status.success(),
-        "building the Debian system rootfs failed"
+        "building the Debian {flavour} rootfs failed"
     );
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }

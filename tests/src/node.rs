@@ -1,16 +1,18 @@
-//! A disposable node that boots systemd, as real nodes do: the cached Debian system image
-//! (`debian_system_rootfs`) run by a test [`Docker`] with runc, in the setup that works on this
-//! machine (`--privileged` fails here: the bounding set lacks CAP_SYS_RESOURCE). Its systemd
-//! activates Burrow's helpers as their units over its own system bus. Used by
+//! A disposable node that boots systemd, as real nodes do: the cached Debian node image
+//! (`debian_node_rootfs`: the system image with polkitd) run by a test [`Docker`] with runc,
+//! in the setup that works on this machine (`--privileged` fails here: the bounding set lacks
+//! CAP_SYS_RESOURCE). Its systemd activates Burrow's helpers as their units over its own system
+//! bus. Used by
 //! `systemd_node.rs` (the helpers under their units) and `node_installer.rs` (scripts/burrow-node).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use crate::{debian_system_rootfs, Docker};
+use crate::{debian_node_rootfs, Docker};
 
 /// Burrow's helper units.
 pub const UNITS: [&str; 3] = ["burrow-idmapd", "burrow-devd", "burrow-mountd"];
@@ -47,24 +49,27 @@ fn all_cgroup_dirs() -> BTreeSet<PathBuf> {
     found
 }
 
-/// A node container `name` of `docker`, created from the Debian system image but not started
+/// A node container `name` of `docker`, created from the Debian node image but not started
 /// (so files can be copied in first: [`Node::copy_tree`], [`Node::copy`]). Dropping it stops
 /// its systemd cleanly and removes the container, the image and the cgroups it made.
 pub struct Node<'a> {
     docker: &'a Docker,
     pub name: String,
     cgroups_before: BTreeSet<PathBuf>,
+    /// The host pid of the started node's init, which [`Node::exec`] enters.
+    init_pid: OnceLock<i32>,
 }
 
 impl<'a> Node<'a> {
     /// Imports the image (as `name`) and creates the node, with `extra` options for `docker
     /// create` (volumes).
     pub fn create(docker: &'a Docker, name: &str, extra: &[&str]) -> Node<'a> {
-        docker.import(&debian_system_rootfs(), name);
+        docker.import(&debian_node_rootfs(), name);
         let node = Node {
             docker,
             name: name.to_string(),
             cgroups_before: all_cgroup_dirs(),
+            init_pid: OnceLock::new(),
         };
         // The reported setup, without a network, which nothing here needs.
         let mut args = vec![
@@ -142,9 +147,36 @@ impl<'a> Node<'a> {
         assert_eq!(state, "running", "failed units: {failed}");
     }
 
-    /// `sh -c script` in the node.
+    /// `sh -c script` in the node: in all its namespaces, as root with a clean environment.
+    /// Entered with nsenter rather than `docker exec`: the node's systemd takes the hierarchies'
+    /// roots as its own (see `Drop`), moves the node's processes into its units and may remove
+    /// the runtime's cgroups of the node in a hierarchy it manages, where `docker exec` would
+    /// put the new process.
     pub fn exec(&self, script: &str) -> Output {
-        self.docker.run(&["exec", &self.name, "sh", "-c", script])
+        let pid = *self.init_pid.get_or_init(|| self.pid());
+        Command::new("nsenter")
+            .args([
+                "-t",
+                &pid.to_string(),
+                "-m",
+                "-u",
+                "-i",
+                "-n",
+                "-p",
+                "-C",
+                "-r",
+                "-w",
+            ])
+            .args([
+                "env",
+                "-i",
+                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                "HOME=/root",
+            ])
+            .args(["sh", "-c", script])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("running nsenter")
     }
 
     /// `sh -c script` in the node, which must succeed: its stdout, trimmed.
@@ -220,7 +252,7 @@ impl<'a> Node<'a> {
                     "{unit} {set}:\n{status}"
                 );
             }
-            // idmapd made its cgroup root for users' containers while it could.
+            // idmapd made the users' root, burrow.slice, while it could.
             assert!(
                 !journal.contains("no cgroups for non-root containers")
                     && !journal.contains("ERROR"),

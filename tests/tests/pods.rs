@@ -209,6 +209,10 @@ fn foreign_namespaces_are_refused_with_their_reason() {
             != fs::read_link("/proc/self/ns/user").ok()
     });
     let pod_netns = PodNetwork::new("burrow-refused", 1);
+    // A FIFO, whose plain open would wait for a writer forever.
+    let fifo = std::env::temp_dir().join(format!("burrow-ns-fifo-{}", std::process::id()));
+    let _ = fs::remove_file(&fifo);
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
     let in_run = |kind: &'static str, path: String| {
         move |config: &mut Value| name_paths(config, &[(kind.to_string(), path)])
     };
@@ -242,6 +246,12 @@ fn foreign_namespaces_are_refused_with_their_reason() {
             caller,
             "not-a-ns",
             in_run("network", "/etc/hostname".into()),
+            "is not a net namespace",
+        );
+        assert_refused(
+            caller,
+            "fifo",
+            in_run("network", fifo.display().to_string()),
             "is not a net namespace",
         );
         assert_refused(
@@ -286,6 +296,7 @@ fn foreign_namespaces_are_refused_with_their_reason() {
     );
 
     drop((foreign, roots, carols));
+    let _ = fs::remove_file(&fifo);
     wait_for("ranges freed", || h.ranges_in_use() == 0);
 }
 

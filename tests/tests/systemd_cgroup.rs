@@ -2,7 +2,8 @@
 //! --systemd-cgroup` as root makes the container's cgroup a transient scope through systemd's
 //! D-Bus API (delegated, with the spec's limits and Burrow's device policy as unit properties),
 //! which holds across `systemctl daemon-reload`, as does a limit `burrow update` sets, and
-//! `burrow delete` stops it.
+//! `burrow delete` stops it. A tenant's container gets its cgroup through systemd too: idmapd
+//! starts a delegated scope in the tenant's slice, which carries the admin's per-user limits.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -88,19 +89,88 @@ fn assert_scope_holds_the_container(node: &Node, pid: &str, memory_limit: u64) {
     }
 }
 
-/// After `burrow delete`: no unit, and no cgroup of that path in any hierarchy.
-fn assert_scope_gone(node: &Node, scope: &str) {
+/// After `burrow delete`: no unit, and no cgroup of that path in any hierarchy. Root's runtime
+/// removes them before `delete` returns; idmapd removes a tenant's once the range's namespace
+/// is gone, which it checks every 2 s: allowed 10.
+fn assert_scope_gone(node: &Node, slice_path: &str, scope: &str) {
     let props = scope_properties(node, scope);
     assert_eq!(props["LoadState"], "not-found", "{props:?}");
-    let left = node.exec_ok(&format!(
-        "for d in /sys/fs/cgroup/*/system.slice/{scope} /sys/fs/cgroup/system.slice/{scope}; \
-         do test -e $d && echo $d; done; true"
+    let dir = format!("{slice_path}/{scope}");
+    let left = || {
+        node.exec_ok(&format!(
+            "for d in /sys/fs/cgroup/*{dir} /sys/fs/cgroup{dir}; do test -e $d && echo $d; done; \
+             true"
+        ))
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !left().is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(left(), "", "{scope}: cgroups left behind");
+}
+
+/// The tenant, in group `burrow`, with a per-user memory and pids quota.
+const TENANT: &str = "sdtenant";
+const TENANT_MEMORY: u64 = 512 << 20;
+const TENANT_PIDS: u64 = 777;
+
+/// `burrow ARGS` as the tenant, with its own state directory.
+fn as_tenant(args: &str) -> String {
+    format!("runuser -u {TENANT} -- env XDG_RUNTIME_DIR=/run/{TENANT} burrow {args}")
+}
+
+/// A tenant's container (no `--systemd-cgroup`: a non-root runtime makes no cgroup at all)
+/// lands in the scope idmapd started for its range in the tenant's slice: delegated to the
+/// range's root, with Burrow's device policy, under the per-user limits, with no other process
+/// in it; `burrow delete` leaves no unit and no cgroup.
+fn tenant_container_gets_a_scope_in_its_slice(node: &Node) {
+    node.exec_ok(&format!(
+        "(getent group burrow || groupadd --system burrow) && useradd -m -G burrow {TENANT} && chown -R {TENANT}: /bundles/tenant && install -d -o {TENANT} -m 0700 /run/{TENANT} && \
+         printf '[default]\\nmemory_max = {TENANT_MEMORY}\\npids_max = {TENANT_PIDS}\\n' \
+         > /etc/burrow/quotas.conf"
     ));
-    assert_eq!(left, "", "{scope}: cgroups left behind");
+    let uid = node.exec_ok(&format!("id -u {TENANT}"));
+    node.exec_ok(&format!(
+        "{} >/dev/null 2>/run/tenant.err </dev/null || {{ cat /run/tenant.err >&2; exit 1; }}",
+        as_tenant("run -d --bundle /bundles/tenant tenant")
+    ));
+    let state: serde_json::Value =
+        serde_json::from_str(&node.exec_ok(&as_tenant("state tenant"))).unwrap();
+    let pid = state["pid"].to_string();
+    let base = node.exec_ok(&format!("awk '{{print $2}}' /proc/{pid}/uid_map"));
+    let slice = format!("burrow-users-{uid}.slice");
+    let slice_path = format!("/burrow.slice/burrow-users.slice/{slice}");
+    let scope = format!("burrow-range-{base}.scope");
+
+    let props = scope_properties(node, &scope);
+    assert_eq!(props["ActiveState"], "active", "{props:?}");
+    assert_eq!(props["Delegate"], "yes", "{props:?}");
+    assert_eq!(props["DevicePolicy"], "strict", "{props:?}");
+    let cgroup = format!("{slice_path}/{scope}");
+    assert_eq!(props["ControlGroup"], cgroup, "{props:?}");
+    let init_cgroups = node.exec_ok(&format!("cat /proc/{pid}/cgroup"));
+    for line in init_cgroups.lines() {
+        assert!(line.ends_with(&cgroup), "{line} in {init_cgroups}");
+    }
+    // Only the container: idmapd's placeholder, which the scope started around, is gone.
+    let in_scope = node.exec_ok(&format!(
+        "for p in $(cat /sys/fs/cgroup/pids{cgroup}/cgroup.procs); do cat /proc/$p/comm; done"
+    ));
+    assert_eq!(in_scope, "sleep", "processes in the scope");
+    let limits = node.exec_ok(&format!("systemctl show -p MemoryMax,TasksMax {slice}"));
+    assert_eq!(
+        limits,
+        format!("MemoryMax={TENANT_MEMORY}\nTasksMax={TENANT_PIDS}")
+    );
+    let owner = node.exec_ok(&format!("stat -c %u /sys/fs/cgroup/pids{cgroup}"));
+    assert_eq!(owner, base, "the scope is delegated to the range's root");
+
+    node.exec_ok(&as_tenant("delete --force tenant"));
+    assert_scope_gone(node, &slice_path, &scope);
 }
 
 #[test]
-fn systemd_cgroup_driver_makes_a_delegated_scope_on_a_systemd_node() {
+fn systemd_cgroup_driver_makes_delegated_scopes_for_root_and_tenants_on_a_systemd_node() {
     let h = Harness::start(HarnessOptions::default());
     let docker = Docker::start(&h);
     let destdir = h.dir.join("destdir");
@@ -108,6 +178,8 @@ fn systemd_cgroup_driver_makes_a_delegated_scope_on_a_systemd_node() {
     let bundles = h.dir.join("bundles");
     bundle(&bundles.join("sdtest"), "sdtest", &["sleep", "1000"]);
     bundle(&bundles.join("sdshort"), "sdshort", &["true"]);
+    busybox_rootfs(&bundles.join("tenant/rootfs"), None);
+    burrow_tests::write_spec(&bundles.join("tenant"), &["sleep", "1000"], |_| {});
     let more_memory = json!({ "memory": { "limit": UPDATED_MEMORY_LIMIT } });
     fs::write(bundles.join("more-memory.json"), more_memory.to_string()).unwrap();
     let volume = format!("{}:/bundles", bundles.display());
@@ -119,7 +191,7 @@ fn systemd_cgroup_driver_makes_a_delegated_scope_on_a_systemd_node() {
 
     node.exec_ok(
         "burrow --systemd-cgroup run -d --bundle /bundles/sdtest sdtest \
-         >/dev/null 2>&1 </dev/null",
+         >/dev/null 2>/run/sdtest.err </dev/null || { cat /run/sdtest.err >&2; exit 1; }",
     );
     let state: serde_json::Value =
         serde_json::from_str(&node.exec_ok("burrow state sdtest")).unwrap();
@@ -133,9 +205,10 @@ fn systemd_cgroup_driver_makes_a_delegated_scope_on_a_systemd_node() {
     assert_scope_holds_the_container(&node, &pid, UPDATED_MEMORY_LIMIT);
 
     node.exec_ok("burrow delete --force sdtest");
-    assert_scope_gone(&node, SCOPE);
+    assert_scope_gone(&node, "/system.slice", SCOPE);
     // A container that ends by itself: systemd stops its scope once empty, before `delete`.
     node.exec_ok("burrow --systemd-cgroup run --bundle /bundles/sdshort sdshort");
-    assert_scope_gone(&node, "burrow-sdshort.scope");
+    assert_scope_gone(&node, "/system.slice", "burrow-sdshort.scope");
+    tenant_container_gets_a_scope_in_its_slice(&node);
     drop(node);
 }

@@ -227,13 +227,15 @@ pub fn make(path: &str, limits: &Limits) -> Result<()> {
 
 fn make_in_every_hierarchy(path: &str, limits: &Limits) -> Result<Hierarchies> {
     let hierarchies = Hierarchies::of(path);
+    // Made here first, so that a failure names the hierarchy's directory (cgroups-rs's error
+    // does not); cgroups-rs then sets up what its controllers need (v1 cpuset's cpus, mems).
+    for (dir, _) in hierarchies.directories() {
+        fs::create_dir_all(&dir).map_err(io(format!("creating cgroup {}", dir.display())))?;
+    }
     hierarchies
         .cgroup
         .create()
         .map_err(controller(format!("creating cgroup {path}")))?;
-    if let Some(dir) = &hierarchies.hybrid_unified {
-        fs::create_dir_all(dir).map_err(io(format!("creating cgroup {}", dir.display())))?;
-    }
     apply_limits(&hierarchies.cgroup, path, limits)?;
     Ok(hierarchies)
 }

@@ -206,8 +206,13 @@ async fn run_job(
     call: impl std::future::Future<Output = zbus::Result<OwnedObjectPath>>,
 ) -> Result<(), CgroupError> {
     let what = || format!("{action} unit {unit}");
-    // Subscribed before the call, so that the job's end cannot be missed.
-    manager.subscribe().await.map_err(bus(what()))?;
+    // Subscribed before the call, so that the job's end cannot be missed. A connection that
+    // runs several jobs (a helper's) is subscribed after its first.
+    match manager.subscribe().await {
+        Err(zbus::Error::MethodError(name, _, _))
+            if name.as_str() == "org.freedesktop.systemd1.AlreadySubscribed" => {}
+        subscribed => subscribed.map_err(bus(what()))?,
+    }
     let mut ends = manager.receive_job_removed().await.map_err(bus(what()))?;
     let job = call.await.map_err(bus(what()))?;
     let result = tokio::time::timeout(JOB_TIMEOUT, async {
@@ -253,6 +258,11 @@ fn scope_properties<'a>(
         ("DevicePolicy", Value::from("strict")),
         ("DeviceAllow", Value::from(device_allow(devices))),
     ];
+    // On v1, systemd removes a unit's cgroup (and its slices') from every hierarchy it
+    // supports but the unit does not use, blkio included: accounted, it is made and kept.
+    if !cgroups_rs::fs::hierarchies::is_cgroup2_unified_mode() {
+        properties.push(("BlockIOAccounting", Value::from(true)));
+    }
     properties.extend(limit_properties(limits));
     properties
 }
