@@ -19,16 +19,18 @@ pub const NO_FD: u32 = u32::MAX;
 const ROOTFS: &str = "rootfs";
 const ROOTFS_READONLY: &str = "rootfs_readonly";
 const DEV: &str = "dev";
+const DEV_AT: &str = "dev_at";
 const MOUNTS: &str = "mounts";
 const MASKED_PATHS: &str = "masked_paths";
 const READONLY_PATHS: &str = "readonly_paths";
 const WRITABLE_SYSCTLS: &str = "writable_sysctls";
 
 /// The plan's keys, in the order they are sent.
-pub const KEYS: [&str; 7] = [
+pub const KEYS: [&str; 8] = [
     ROOTFS,
     ROOTFS_READONLY,
     DEV,
+    DEV_AT,
     MOUNTS,
     MASKED_PATHS,
     READONLY_PATHS,
@@ -47,6 +49,9 @@ pub struct BuildPlan {
     pub rootfs_readonly: bool,
     /// The /dev mount org.burrow.Dev1 made for the container's user namespace.
     pub dev: u32,
+    /// How many of `mounts` are made before /dev, which goes at its place in the spec's list
+    /// (0, first, where the spec lists none; absent on the wire: 0).
+    pub dev_at: u32,
     /// The OCI mounts, in the order they are made.
     pub mounts: Vec<PlanMount>,
     pub masked_paths: Vec<String>,
@@ -217,6 +222,7 @@ impl BuildPlan {
             rootfs,
             rootfs_readonly: false,
             dev,
+            dev_at: 0,
             mounts: vec![],
             masked_paths: vec![],
             readonly_paths: vec![],
@@ -238,6 +244,7 @@ impl Serialize for BuildPlan {
         map.serialize_entry(ROOTFS, &as_value::Serialize(&self.rootfs))?;
         map.serialize_entry(ROOTFS_READONLY, &as_value::Serialize(&self.rootfs_readonly))?;
         map.serialize_entry(DEV, &as_value::Serialize(&self.dev))?;
+        map.serialize_entry(DEV_AT, &as_value::Serialize(&self.dev_at))?;
         map.serialize_entry(MOUNTS, &as_value::Serialize(&self.mounts))?;
         map.serialize_entry(MASKED_PATHS, &as_value::Serialize(&self.masked_paths))?;
         map.serialize_entry(READONLY_PATHS, &as_value::Serialize(&self.readonly_paths))?;
@@ -274,6 +281,7 @@ impl TryFrom<HashMap<String, OwnedValue>> for BuildPlan {
             match key.as_str() {
                 ROOTFS => rootfs = Some(take(ROOTFS, value, "an fd index (u)")?),
                 DEV => dev = Some(take(DEV, value, "an fd index (u)")?),
+                DEV_AT => plan.dev_at = take(DEV_AT, value, "a count of mounts (u)")?,
                 ROOTFS_READONLY => {
                     plan.rootfs_readonly = take(ROOTFS_READONLY, value, "a boolean (b)")?
                 }
@@ -397,16 +405,17 @@ mod tests {
                 options,
             });
         (
-            (any::<u32>(), any::<bool>(), any::<u32>()),
+            (any::<u32>(), any::<bool>(), any::<u32>(), any::<u32>()),
             prop::collection::vec(mount, 0..6),
             (text(), text(), text()),
         )
-            .prop_map(|((rootfs, rootfs_readonly, dev), mounts, lists)| {
+            .prop_map(|((rootfs, rootfs_readonly, dev, dev_at), mounts, lists)| {
                 let (masked_paths, readonly_paths, writable_sysctls) = lists;
                 BuildPlan {
                     rootfs,
                     rootfs_readonly,
                     dev,
+                    dev_at,
                     mounts,
                     masked_paths,
                     readonly_paths,

@@ -85,12 +85,17 @@ fn assemble(job: &BuildJob, fds: &Fds) -> Result<OwnedFd, JobError> {
     nix::unistd::setfsgid(nix::unistd::Gid::from_raw(gid));
     nix::unistd::setfsuid(nix::unistd::Uid::from_raw(uid));
     let root = root.as_fd();
+    // In the spec's order, devd's /dev at its place among the listed mounts.
+    let (before_dev, after_dev) = job.mounts.split_at(job.dev_at.min(job.mounts.len()));
+    for mount in before_dev {
+        mount_one(root, mount, job, fds)?;
+    }
     attach(
         fds.get(job.dev)?,
         target(root, "/dev", Create::Directory)?.as_fd(),
         "/dev",
     )?;
-    for mount in &job.mounts {
+    for mount in after_dev {
         mount_one(root, mount, job, fds)?;
     }
     mask(root, &job.masked)?;

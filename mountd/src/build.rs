@@ -82,6 +82,7 @@ pub fn build(request: Request, staging: PathBuf) -> Result<OwnedFd, BurrowError>
         rootfs: carried.carry(rootfs),
         rootfs_read_only: plan.rootfs_read_only,
         dev: carried.carry(dup(fds[plan.dev].as_fd(), "dev")?),
+        dev_at: plan.dev_at,
         mounts,
         masked: plan.masked_paths,
         readonly: plan.readonly_paths,

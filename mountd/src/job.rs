@@ -85,6 +85,8 @@ pub struct BuildJob {
     pub rootfs_read_only: bool,
     /// devd's /dev, a detached mount.
     pub dev: Slot,
+    /// How many of `mounts` are made before /dev (the spec's order).
+    pub dev_at: usize,
     pub mounts: Vec<Prepared>,
     pub masked: Vec<String>,
     pub readonly: Vec<String>,

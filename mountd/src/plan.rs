@@ -57,6 +57,8 @@ pub struct Plan {
     pub rootfs: usize,
     pub rootfs_read_only: bool,
     pub dev: usize,
+    /// How many of `mounts` are made before /dev.
+    pub dev_at: usize,
     pub mounts: Vec<MountEntry>,
     pub masked_paths: Vec<String>,
     pub readonly_paths: Vec<String>,
@@ -196,10 +198,18 @@ impl Plan {
         if plan.mounts.len() > MAX_ENTRIES {
             return Err(invalid(format!("more than {MAX_ENTRIES} mounts")));
         }
+        let dev_at = plan.dev_at as usize;
+        if dev_at > plan.mounts.len() {
+            return Err(invalid(format!(
+                "\"dev_at\" is {dev_at}, past the plan's {} mounts",
+                plan.mounts.len()
+            )));
+        }
         Ok(Plan {
             rootfs,
             rootfs_read_only: plan.rootfs_readonly,
             dev,
+            dev_at,
             mounts: plan
                 .mounts
                 .into_iter()
@@ -571,6 +581,7 @@ mod tests {
                         rootfs,
                         rootfs_readonly,
                         dev: (rootfs + step) % fds,
+                        dev_at: (step % (mounts.len() as u32 + 1)),
                         mounts,
                         masked_paths: lists.0,
                         readonly_paths: lists.1,
@@ -593,6 +604,7 @@ mod tests {
             proptest::prop_assert_eq!(&received, &plan);
             proptest::prop_assert_eq!(checked.rootfs, plan.rootfs as usize);
             proptest::prop_assert_eq!(checked.dev, plan.dev as usize);
+            proptest::prop_assert_eq!(checked.dev_at, plan.dev_at as usize);
             proptest::prop_assert_eq!(checked.rootfs_read_only, plan.rootfs_readonly);
             let kinds: Vec<_> = plan.mounts.iter().map(|m| (m.destination.clone(), m.kind)).collect();
             let checked_kinds: Vec<_> =

@@ -15,7 +15,7 @@ use oci_spec::runtime::{Hook, LinuxNamespaceType, Spec};
 use crate::error::{CliError, Result};
 use crate::process::{self, ContainerHook, InitConfig, ParentChannel};
 use crate::spec::{Bundle, PlannedMount};
-use crate::state::{start_time, Record, Status, Store};
+use crate::state::{start_time, HookPhase, Record, Status, Store};
 
 pub struct CreateOptions<'a> {
     pub id: &'a str,
@@ -67,9 +67,11 @@ fn cstring(s: &str, what: &'static str) -> std::result::Result<CString, ProcessE
 pub fn init_config(spec: &Spec, rootfs: &Path, preserve_fds: i32) -> Result<InitConfig> {
     let process = spec.process().as_ref().ok_or(ProcessError::Missing)?;
     let mut config = process_config(process, rootfs, preserve_fds)?;
+    // An empty hostname is none, as for runc: the new UTS namespace keeps the host's name.
     config.hostname = spec
         .hostname()
         .as_deref()
+        .filter(|h| !h.is_empty())
         .map(|h| cstring(h, "hostname"))
         .transpose()?;
     let namespaces = spec
@@ -659,7 +661,14 @@ fn make_cgroup(
         .and_then(|l| l.resources().as_ref())
         .map(crate::spec::limits_of)
         .unwrap_or_default();
-    let devices = burrow_sys::cgroup::DevicePolicy::standard();
+    // devd's standard set and the extras it added for the spec's linux.devices.
+    let devices = c
+        .bundle
+        .extra_devices
+        .iter()
+        .fold(burrow_sys::cgroup::DevicePolicy::standard(), |policy, d| {
+            policy.with(d.major, d.minor)
+        });
     match systemd_scope(c) {
         Some(scope) => {
             let devices = burrow_sys::cgroup::systemd::as_systemd_states_it(devices);
@@ -780,11 +789,21 @@ fn build_mount_namespace(
         .and_then(|r| r.readonly())
         .unwrap_or(false);
     let conn = &spawned.conn;
+    let extra: Vec<&str> = bundle
+        .extra_devices
+        .iter()
+        .map(|d| d.name.as_str())
+        .collect();
+    let dev_options: HashMap<&str, zbus::zvariant::Value<'_>> = if extra.is_empty() {
+        HashMap::new()
+    } else {
+        HashMap::from([("extra", extra.into())])
+    };
     let mntns =
         c.rt.block_on(async {
             let dev = Dev1Proxy::new(conn)
                 .await?
-                .create(userns.into(), HashMap::new())
+                .create(userns.into(), dev_options)
                 .await?;
             let dev_index = fds.len() as u32;
             let mut wire: Vec<zbus::zvariant::OwnedFd> = fds.into_iter().map(Into::into).collect();
@@ -793,6 +812,7 @@ fn build_mount_namespace(
                 rootfs: 0,
                 rootfs_readonly: readonly_root,
                 dev: dev_index,
+                dev_at: bundle.dev_at as u32,
                 mounts,
                 masked_paths: bundle.masked.clone(),
                 readonly_paths: bundle.readonly.clone(),
@@ -840,9 +860,7 @@ fn finish(
         systemd: bundle.systemd,
         docker_data: undo.docker_data.clone(),
     };
-    let mut state = record.oci_state(c.store);
-    state["status"] = "creating".into();
-    state["pid"] = pid.into();
+    let state = record.hook_state(HookPhase::Create);
     run_hooks(&hooks_of(&bundle.spec, "prestart"), &state, "prestart")?;
     run_hooks(
         &hooks_of(&bundle.spec, "createRuntime"),
@@ -984,7 +1002,7 @@ pub fn start(store: &Store, id: &str) -> Result<()> {
         // The process runs already: a failed poststart hook is only reported (OCI).
         if let Err(e) = run_hooks(
             &hooks_of(&spec, "poststart"),
-            &record.oci_state(store),
+            &record.hook_state(HookPhase::Poststart),
             "poststart",
         ) {
             crate::log::warn(e.to_string());
@@ -1119,8 +1137,7 @@ pub fn delete(store: &Store, id: &str, force: bool) -> Result<()> {
         Err(e) => return Err(CliError::helper("idmapd")(e)),
     }
     if let Ok(bundle) = Bundle::load(&record.bundle) {
-        let mut state = record.oci_state(store);
-        state["status"] = "stopped".into();
+        let state = record.hook_state(HookPhase::Poststop);
         let _ = run_hooks(&hooks_of(&bundle.spec, "poststop"), &state, "poststop");
     }
     store.remove(id)

@@ -174,6 +174,9 @@ struct ExecArgs {
     #[arg(long, default_value_t = 0)]
     preserve_fds: i32,
     id: String,
+    /// The command and its arguments: everything after the id is the command's (as runc
+    /// takes it: `burrow exec ID sh -c 'echo hi'`).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     command: Vec<String>,
 }
 
@@ -581,6 +584,22 @@ mod tests {
         assert_eq!(
             tolerate_unknown_globals(v(&["burrow", "state", "x"])),
             v(&["burrow", "state", "x"])
+        );
+    }
+
+    #[test]
+    fn everything_after_execs_id_is_the_command() {
+        let exec = |args: &[&str]| match Cli::try_parse_from(args).unwrap().command {
+            Command::Exec(exec) => (exec.id, exec.tty, exec.command),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            exec(&["burrow", "exec", "c1", "sh", "-c", "echo hi"]),
+            ("c1".into(), false, v(&["sh", "-c", "echo hi"]))
+        );
+        assert_eq!(
+            exec(&["burrow", "exec", "--tty", "c1", "ls", "--tty", "-l"]),
+            ("c1".into(), true, v(&["ls", "--tty", "-l"]))
         );
     }
 

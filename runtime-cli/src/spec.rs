@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use burrow_sys::cgroup::Limits;
-use oci_spec::runtime::{LinuxNamespaceType, LinuxResources, Spec};
+use oci_spec::runtime::{LinuxDeviceType, LinuxNamespaceType, LinuxResources, Spec};
 
 use crate::defaults::{MASKED_PATHS, READONLY_PATHS};
 use crate::error::{CliError, Result};
@@ -24,12 +24,17 @@ pub struct Bundle {
     pub spec: Spec,
     pub rootfs: PathBuf,
     pub mounts: Vec<PlannedMount>,
+    /// How many of `mounts` come before /dev in the spec's order (devd's /dev takes its place).
+    pub dev_at: usize,
     pub masked: Vec<String>,
     pub readonly: Vec<String>,
     /// Sysctl subtrees writable again under a read-only /proc/sys: the namespaced net.* ones.
     pub writable_sysctls: Vec<String>,
     /// The init is systemd (see `runs_systemd`).
     pub systemd: bool,
+    /// The spec's `linux.devices`, which devd adds to the container's /dev from its allowlist
+    /// and the device policy allows.
+    pub extra_devices: Vec<ExtraDevice>,
     /// The image has dockerd and the spec mounts nothing at /var/lib/docker: the container gets
     /// a host directory there, since overlay2 cannot use the overlay rootfs as its upper layer.
     pub wants_docker_data: bool,
@@ -85,12 +90,13 @@ impl Bundle {
             return Err(bundle_error(&dir, "process.args is empty"));
         }
         check_isolation(&spec)?;
-        let mut mounts = planned_mounts(&dir, &spec)?;
+        let extra_devices = extra_devices(&dir, &spec)?;
+        let (mut mounts, mut dev_at) = planned_mounts(&dir, &spec)?;
         let mut spec = spec;
         let image = Image::open(&rootfs)?;
         let systemd = runs_systemd(&image, &spec);
         if systemd {
-            prepare_for_systemd(&mut spec, &mut mounts);
+            dev_at += prepare_for_systemd(&mut spec, &mut mounts);
         }
         let wants_docker_data = !mounts.iter().any(|m| m.destination == DOCKER_DATA)
             && ["/usr/bin/dockerd", "/usr/sbin/dockerd"]
@@ -112,13 +118,75 @@ impl Bundle {
             spec,
             rootfs,
             mounts,
+            dev_at,
             masked,
             readonly,
             writable_sysctls,
             systemd,
             wants_docker_data,
+            extra_devices,
         })
     }
+}
+
+/// A device of `linux.devices`: its name below /dev (devd's allowlist names) and numbers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtraDevice {
+    pub name: String,
+    pub major: u32,
+    pub minor: u32,
+}
+
+/// The spec's `linux.devices` (Docker's `--device`), each a character device that is the
+/// host's node of that path: devd copies the host's node, so other numbers would give the
+/// container a device other than the one named. Only root's containers get extras: a tenant's
+/// cgroup, which idmapd makes, allows devd's standard set alone.
+fn extra_devices(dir: &Path, spec: &Spec) -> Result<Vec<ExtraDevice>> {
+    let devices = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.devices().clone())
+        .unwrap_or_default();
+    if !devices.is_empty() && !nix::unistd::geteuid().is_root() {
+        return Err(CliError::Refused(
+            "linux.devices: extra devices are given to root's containers only".into(),
+        ));
+    }
+    devices
+        .iter()
+        .map(|device| {
+            let path = device.path().to_string_lossy();
+            let refuse = |why: String| bundle_error(dir, format!("linux.devices {path}: {why}"));
+            let name = normalize_destination(&path)
+                .and_then(|p| p.strip_prefix("/dev/").map(String::from))
+                .ok_or_else(|| refuse("not a path below /dev".into()))?;
+            let kind = match device.typ() {
+                LinuxDeviceType::C | LinuxDeviceType::U => None,
+                LinuxDeviceType::B => Some("a block device"),
+                LinuxDeviceType::P => Some("a FIFO"),
+                LinuxDeviceType::A => Some("of type \"a\" (all)"),
+            };
+            if let Some(kind) = kind {
+                return Err(refuse(format!(
+                    "{kind}: a container gets character devices only"
+                )));
+            }
+            let (major, minor) = (device.major() as u32, device.minor() as u32);
+            let host = rustix::fs::stat(Path::new("/dev").join(&name))
+                .map_err(|e| refuse(format!("no such node on the host: {e}")))?;
+            let host_numbers = (
+                rustix::fs::major(host.st_rdev),
+                rustix::fs::minor(host.st_rdev),
+            );
+            if host_numbers != (major, minor) {
+                return Err(refuse(format!(
+                    "{major}:{minor} is not the host's node of that path ({}:{})",
+                    host_numbers.0, host_numbers.1
+                )));
+            }
+            Ok(ExtraDevice { name, major, minor })
+        })
+        .collect()
 }
 
 /// The bundle's config.json. Whoever wrote the bundle may have put a FIFO there (which would
@@ -190,10 +258,11 @@ pub fn normalize_destination(path: &str) -> Option<String> {
     Some(format!("/{}", parts.join("/")))
 }
 
-/// The spec's mounts for mountd (without /dev, which comes from devd), then the standard
-/// ones it lacks; every cgroup mount writable.
-fn planned_mounts(dir: &Path, spec: &Spec) -> Result<Vec<PlannedMount>> {
+/// The spec's mounts for mountd (without /dev, which comes from devd, and how many come
+/// before it), then the standard ones it lacks; every cgroup mount writable.
+fn planned_mounts(dir: &Path, spec: &Spec) -> Result<(Vec<PlannedMount>, usize)> {
     let mut mounts = vec![];
+    let mut dev_at = None;
     for mount in spec.mounts().as_deref().unwrap_or_default() {
         let raw = mount.destination().to_string_lossy();
         let destination = normalize_destination(&raw).ok_or_else(|| {
@@ -204,7 +273,10 @@ fn planned_mounts(dir: &Path, spec: &Spec) -> Result<Vec<PlannedMount>> {
         })?;
         // The container's /dev comes from devd, its root from root.path.
         match destination.as_str() {
-            "/dev" => continue,
+            "/dev" => {
+                dev_at.get_or_insert(mounts.len());
+                continue;
+            }
             "/" => {
                 return Err(bundle_error(
                     dir,
@@ -250,7 +322,7 @@ fn planned_mounts(dir: &Path, spec: &Spec) -> Result<Vec<PlannedMount>> {
     for cgroup in mounts.iter_mut().filter(|m| m.typ.starts_with("cgroup")) {
         cgroup.options.retain(|o| o != "ro");
     }
-    Ok(mounts)
+    Ok((mounts, dev_at.unwrap_or(0)))
 }
 
 /// The limits of the spec's (or `burrow update`'s) resources that Burrow applies.
@@ -315,8 +387,10 @@ pub fn program_candidates(program: &str, env: &[String]) -> Vec<String> {
 }
 
 /// What systemd as PID 1 expects of a container: tmpfs on /run and /run/lock (before any
-/// mount the spec puts below them) and `container=` in its environment.
-fn prepare_for_systemd(spec: &mut Spec, mounts: &mut Vec<PlannedMount>) {
+/// mount the spec puts below them) and `container=` in its environment. Returns how many
+/// mounts it put first.
+fn prepare_for_systemd(spec: &mut Spec, mounts: &mut Vec<PlannedMount>) -> usize {
+    let mut added = 0;
     let tmpfs = |destination: &str, options: &[&str]| PlannedMount {
         destination: destination.into(),
         typ: "tmpfs".into(),
@@ -332,6 +406,7 @@ fn prepare_for_systemd(spec: &mut Spec, mounts: &mut Vec<PlannedMount>) {
     {
         if !mounts.iter().any(|m| m.destination == wanted.destination) {
             mounts.insert(index, wanted);
+            added += 1;
         }
     }
     if let Some(mut process) = spec.process().clone() {
@@ -342,6 +417,7 @@ fn prepare_for_systemd(spec: &mut Spec, mounts: &mut Vec<PlannedMount>) {
         process.set_env(Some(env));
         spec.set_process(Some(process));
     }
+    added
 }
 
 /// A system container has all namespaces of its own, or its pod's ([`crate::namespaces`]

@@ -181,24 +181,62 @@ impl Record {
         Status::Running
     }
 
-    /// The OCI state JSON.
+    /// The OCI state JSON, as `state` prints it (a stopped container's pid is 0, as runc's).
     pub fn oci_state(&self, store: &Store) -> serde_json::Value {
         let status = self.status(store);
+        self.state_json(
+            status.as_str(),
+            Some(if status == Status::Stopped {
+                0
+            } else {
+                self.pid
+            }),
+        )
+    }
+
+    /// The state a hook of `phase` gets on stdin: that phase's status (and the init's pid but
+    /// after it stopped), whatever the process has done since (a short-lived one may have
+    /// exited before poststart runs).
+    pub fn hook_state(&self, phase: HookPhase) -> serde_json::Value {
+        let status = match phase {
+            HookPhase::Create => "creating",
+            HookPhase::Poststart => "running",
+            HookPhase::Poststop => "stopped",
+        };
+        // The spec requires a pid while created or running; runc leaves it out once stopped.
+        let pid = (phase != HookPhase::Poststop).then_some(self.pid);
+        self.state_json(status, pid)
+    }
+
+    fn state_json(&self, status: &str, pid: Option<i32>) -> serde_json::Value {
         let mut state = serde_json::json!({
             "ociVersion": "1.0.2",
             "id": self.id,
-            "status": status.as_str(),
-            "pid": if status == Status::Stopped { 0 } else { self.pid },
+            "status": status,
             "bundle": self.bundle,
             "rootfs": self.rootfs,
             "created": self.created,
             "owner": "",
         });
+        if let Some(pid) = pid {
+            state["pid"] = pid.into();
+        }
         if !self.annotations.is_empty() {
             state["annotations"] = serde_json::json!(self.annotations);
         }
         state
     }
+}
+
+/// The hooks' phases the CLI runs or hands a state to, by the state they are given: prestart,
+/// createRuntime and createContainer (`creating`), poststart (`running`), poststop
+/// (`stopped`). The init gives its startContainer hooks the `creating` state it got, as
+/// `created`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HookPhase {
+    Create,
+    Poststart,
+    Poststop,
 }
 
 /// Where containers' persistent data (an inner Docker's /var/lib/docker) lives on the host:

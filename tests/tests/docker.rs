@@ -500,3 +500,62 @@ fn docker_shell(docker: &burrow_tests::Docker, command: &str) -> std::process::C
         .spawn()
         .unwrap()
 }
+
+/// `docker run --device`: a character device of devd's allowlist is in the container's /dev
+/// and its cgroup lets the container open it; one off the allowlist, a block device and a node
+/// that is not the host's are refused, each with its reason, and leave no container running.
+#[test]
+fn docker_devices_come_from_devds_allowlist() {
+    let allowlist =
+        std::env::temp_dir().join(format!("burrow-docker-allow-{}", std::process::id()));
+    std::fs::write(&allowlist, "fuse\n").unwrap();
+    let h = Harness::start(HarnessOptions {
+        devd_args: vec!["--allowlist".into(), allowlist.display().to_string()],
+        ..Default::default()
+    });
+    let docker = Docker::start(&h);
+    docker.import(&busybox_rootfs(&h.dir.join("bb"), None), "bb");
+    let run = |device: &str, script: &str| {
+        docker.run(&[
+            "run",
+            "--rm",
+            "--runtime=burrow",
+            "--device",
+            device,
+            "bb",
+            "sh",
+            "-c",
+            script,
+        ])
+    };
+
+    let out = run(
+        "/dev/fuse",
+        "ls -l /dev/fuse; exec 3<>/dev/fuse && echo opened; exec 4<>/dev/null && echo null",
+    );
+    let text = burrow_tests::all_output(&out);
+    assert!(out.status.success(), "{text}\n{}", docker.log_tail());
+    assert!(text.starts_with("crw") && text.contains("10,"), "{text}");
+    assert!(text.contains("opened\nnull"), "{text}");
+
+    for (device, says) in [
+        ("/dev/net/tun", "not in the admin's allowlist"),
+        ("/dev/vda", "a block device"),
+        ("/dev/loop0", "a block device"),
+    ] {
+        if !std::path::Path::new(device).exists() {
+            continue;
+        }
+        let out = run(device, "true");
+        let text = burrow_tests::all_output(&out);
+        assert!(!out.status.success(), "{device} was given: {text}");
+        assert!(text.contains(says), "{device}: expected {says:?} in {text}");
+    }
+    let ps = docker.run(&["ps", "-aq"]);
+    assert_eq!(
+        String::from_utf8_lossy(&ps.stdout).trim(),
+        "",
+        "containers left"
+    );
+    let _ = std::fs::remove_file(&allowlist);
+}

@@ -650,6 +650,110 @@ fn run_propagates_the_exit_code_and_cleans_up() {
     );
 }
 
+/// Mounts are made in the spec's order, devd's /dev at its place among them (Docker lists it
+/// second): /proc/self/mountinfo inside lists them so.
+#[test]
+fn mounts_are_made_in_the_specs_order() {
+    let _hybrid = hybrid_host();
+    let h = Harness::start(HarnessOptions::default());
+    let rt = Runtime::new(&h);
+    let tmpfs = |destination: &str| {
+        json!({"destination": destination, "type": "tmpfs", "source": "tmpfs",
+               "options": ["nosuid", "nodev"]})
+    };
+    // Docker's order.
+    let mounts = json!([
+        {"destination": "/proc", "type": "proc", "source": "proc"},
+        tmpfs("/dev"),
+        {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+         "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
+        {"destination": "/sys", "type": "sysfs", "source": "sysfs",
+         "options": ["nosuid", "noexec", "nodev", "ro"]},
+        {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+         "options": ["ro", "nosuid", "noexec", "nodev"]},
+        {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
+         "options": ["nosuid", "noexec", "nodev"]},
+        tmpfs("/dev/shm"),
+        tmpfs("/tmp"),
+    ]);
+    let listed: Vec<String> = mounts
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["destination"].as_str().unwrap().to_string())
+        .collect();
+    let b = bundle(&h, "mount-order", &["cat", "/proc/self/mountinfo"], |c| {
+        c["mounts"] = mounts;
+    });
+    let (out, out_file, _) = rt.create(&b, "mount-order");
+    assert!(out.status.success(), "create: {}", rt.last_error());
+    assert!(rt.run(&["start", "mount-order"]).status.success());
+    wait_for("the container ran", || {
+        rt.state("mount-order")["status"] == "stopped"
+    });
+    let mountinfo = fs::read_to_string(out_file).unwrap();
+    let mut seen: Vec<String> = vec![];
+    for point in mountinfo.lines().filter_map(|l| l.split(' ').nth(4)) {
+        if listed.iter().any(|l| l == point) && !seen.iter().any(|s| s == point) {
+            seen.push(point.to_string());
+        }
+    }
+    assert_eq!(seen, listed, "{mountinfo}");
+    assert!(rt.run(&["delete", "mount-order"]).status.success());
+    wait_for("range released", || h.ranges_in_use() == 0);
+}
+
+/// The lifecycle as the spec and runc have it: `start` only of a created container, `delete`
+/// without `--force` refused for a running one (which keeps running) but not for a created one
+/// (runc deletes that, and containerd's shim relies on it); `exec` takes everything after the
+/// id as the command's; an empty hostname leaves the host's, as runc does.
+#[test]
+fn lifecycle_exec_and_hostname_follow_the_spec_and_runc() {
+    let _hybrid = hybrid_host();
+    let h = Harness::start(HarnessOptions::default());
+    let rt = Runtime::new(&h);
+    let b = bundle(&h, "spec-life", &["sleep", "1000"], |c| {
+        c["hostname"] = json!("");
+    });
+    let (out, _, _) = rt.create(&b, "spec-life");
+    assert!(out.status.success(), "create: {}", rt.last_error());
+    assert!(rt.run(&["start", "spec-life"]).status.success());
+    let refused = |args: &[&str], says: &str| {
+        let out = rt.run(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?} succeeded");
+        assert!(
+            rt.last_error().contains(says),
+            "{args:?}: {}",
+            rt.last_error()
+        );
+        assert_eq!(rt.state("spec-life")["status"], "running", "after {args:?}");
+    };
+    refused(
+        &["start", "spec-life"],
+        "only a created container can be started",
+    );
+    refused(&["delete", "spec-life"], "stop it first or use --force");
+
+    let exec = rt.run(&["exec", "spec-life", "sh", "-c", "echo hi; hostname"]);
+    assert!(exec.status.success(), "exec: {}", rt.last_error());
+    let host = String::from_utf8(Command::new("hostname").output().unwrap().stdout).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&exec.stdout),
+        format!("hi\n{host}"),
+        "the command's own -c, then the host's name in the container's UTS namespace"
+    );
+
+    assert!(rt.run(&["kill", "spec-life", "KILL"]).status.success());
+    wait_for("the container stopped", || {
+        rt.state("spec-life")["status"] == "stopped"
+    });
+    let out = rt.run(&["start", "spec-life"]);
+    assert_eq!(out.status.code(), Some(1), "a stopped container started");
+    assert!(rt.run(&["delete", "spec-life"]).status.success());
+    assert!(rt.leftovers().is_empty(), "{:?}", rt.leftovers());
+    wait_for("range released", || h.ranges_in_use() == 0);
+}
+
 #[test]
 fn two_containers_have_disjoint_ranges_and_created_ones_can_be_deleted() {
     let _hybrid = hybrid_host();
@@ -693,6 +797,14 @@ fn two_containers_have_disjoint_ranges_and_created_ones_can_be_deleted() {
     wait_for("ranges released", || h.ranges_in_use() == 0);
 }
 
+/// The state a hook wrote to `file`, which must be container `id`'s.
+fn read_state(file: &Path, id: &str) -> Value {
+    wait_for(&format!("{}", file.display()), || file.exists());
+    let state: Value = serde_json::from_str(&fs::read_to_string(file).unwrap()).unwrap();
+    assert_eq!(state["id"], id, "{state}");
+    state
+}
+
 /// Every OCI hook phase gets the state on stdin, in the right place: the runtime's hooks on the
 /// host, createContainer (a host binary) and startContainer (one of the image) inside the
 /// container. A failed poststart hook is only a warning; a failed createContainer hook fails
@@ -726,12 +838,7 @@ fn hooks_get_the_state_on_stdin() {
     assert!(out.status.success(), "create: {}", rt.last_error());
     let pid = fs::read_to_string(pid_file).unwrap();
     let rootfs = b.join("rootfs");
-    let read = |file: PathBuf| -> Value {
-        wait_for(&format!("{}", file.display()), || file.exists());
-        let state: Value = serde_json::from_str(&fs::read_to_string(&file).unwrap()).unwrap();
-        assert_eq!(state["id"], "hooked", "{state}");
-        state
-    };
+    let read = |file: PathBuf| read_state(&file, "hooked");
     for (file, status) in [
         (h.dir.join("prestart.json"), "creating"),
         (h.dir.join("create-runtime.json"), "creating"),
@@ -747,11 +854,15 @@ fn hooks_get_the_state_on_stdin() {
         "{}",
         rt.last_error()
     );
-    assert_eq!(
-        read(rootfs.join("start-container.json"))["status"],
-        "created"
-    );
-    assert_eq!(read(h.dir.join("poststart.json"))["status"], "running");
+    // As the spec defines each phase's state: the host's pid of the init while it may run.
+    for (file, status) in [
+        (rootfs.join("start-container.json"), "created"),
+        (h.dir.join("poststart.json"), "running"),
+    ] {
+        let state = read(file);
+        assert_eq!(state["status"], status, "{state}");
+        assert_eq!(state["pid"].as_i64().unwrap().to_string(), pid);
+    }
     let warning = fs::read_to_string(&rt.log).unwrap();
     assert!(
         warning.lines().any(|l| l.contains("\"level\":\"warning\"")
@@ -765,7 +876,27 @@ fn hooks_get_the_state_on_stdin() {
         assert_eq!(seen.trim(), container_mnt.to_string_lossy(), "{name}");
     }
     assert!(rt.run(&["delete", "--force", "hooked"]).status.success());
-    assert_eq!(read(h.dir.join("poststop.json"))["status"], "stopped");
+    let poststop = read(h.dir.join("poststop.json"));
+    assert_eq!(poststop["status"], "stopped");
+    assert!(
+        poststop.get("pid").is_none(),
+        "a stopped state has no pid: {poststop}"
+    );
+
+    // A process that exits at once: poststart still sees it started (running, its pid), not
+    // whatever it is doing by the time the hook runs.
+    fs::remove_file(h.dir.join("poststart.json")).unwrap();
+    let short = bundle(&h, "short-hooked", &["true"], |c| {
+        c["hooks"] = json!({"poststart": [host_hook("poststart")]});
+    });
+    let (out, _, pid_file) = rt.create(&short, "short");
+    assert!(out.status.success(), "create: {}", rt.last_error());
+    let pid = fs::read_to_string(pid_file).unwrap();
+    assert!(rt.run(&["start", "short"]).status.success());
+    let poststart = read_state(&h.dir.join("poststart.json"), "short");
+    assert_eq!(poststart["status"], "running", "{poststart}");
+    assert_eq!(poststart["pid"].as_i64().unwrap().to_string(), pid);
+    assert!(rt.run(&["delete", "--force", "short"]).status.success());
 
     let failing = bundle(&h, "failing-hook", &["sleep", "1000"], |c| {
         c["hooks"] = json!({"createContainer": [{"path": "/bin/false"}]});
