@@ -147,6 +147,16 @@ impl Hierarchies {
     }
 }
 
+/// Which cgroup versions this host mounts, as `(v1, v2)`: v2 alone on a unified host, v1 on a
+/// legacy or hybrid one, with v2 too when a hybrid host mounts cgroup2 (Burrow uses both there).
+pub fn host_versions() -> (bool, bool) {
+    if is_cgroup2_unified_mode() {
+        (false, true)
+    } else {
+        (true, hybrid_unified_mount().is_some())
+    }
+}
+
 /// The cgroup2 mount of a hybrid host (`/sys/fs/cgroup/unified`).
 fn hybrid_unified_mount() -> Option<PathBuf> {
     if is_cgroup2_unified_mode() {
