@@ -7,6 +7,7 @@ mod container;
 mod defaults;
 mod error;
 mod exec;
+mod features;
 #[cfg(test)]
 mod fuzz;
 mod image;
@@ -23,7 +24,7 @@ mod sysctl;
 use std::path::{Path, PathBuf};
 
 use burrow_sys::cgroup;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::error::{CliError, Result};
 use crate::state::{Status, Store};
@@ -113,8 +114,16 @@ enum Command {
         resources: Option<String>,
         id: String,
     },
-    /// What this runtime supports, as JSON.
+    /// What this runtime supports on this host, as the runtime spec's features JSON.
     Features,
+    /// Print a completion script for SHELL (bash, zsh, fish, ...) to stdout.
+    Completion { shell: clap_complete::Shell },
+    /// Write burrow.1 and a page per subcommand into DIR (for `make install`).
+    #[command(hide = true)]
+    Man {
+        #[arg(long)]
+        dir: PathBuf,
+    },
     /// Sandboxes: systemd (and Docker, if the image has it) in a system container of your own,
     /// without root.
     Sandbox {
@@ -219,9 +228,25 @@ impl CreateArgs {
     }
 }
 
-const SUBCOMMANDS: [&str; 16] = [
-    "create", "start", "run", "state", "list", "kill", "delete", "ps", "pause", "resume", "update",
-    "features", "spec", "help", "exec", "sandbox",
+const SUBCOMMANDS: [&str; 18] = [
+    "create",
+    "start",
+    "run",
+    "state",
+    "list",
+    "kill",
+    "delete",
+    "ps",
+    "pause",
+    "resume",
+    "update",
+    "features",
+    "spec",
+    "help",
+    "exec",
+    "sandbox",
+    "completion",
+    "man",
 ];
 const GLOBAL_WITH_VALUE: [&str; 4] = ["--root", "--log", "--log-format", "--rootless"];
 const GLOBAL_SWITCHES: [&str; 4] = ["--debug", "--systemd-cgroup", "--help", "--version"];
@@ -334,7 +359,12 @@ fn run(cli: &Cli) -> Result<i32> {
         Command::Resume { id } => pause(&store()?, id, false)?,
         Command::Update { resources, id } => update(&store()?, id, resources.as_deref())?,
         Command::Sandbox { command } => return sandbox_command(&store()?, command),
-        Command::Features => println!("{}", serde_json::to_string_pretty(&features()).unwrap()),
+        Command::Features => {
+            let features = features::to_json(&features::features());
+            println!("{}", serde_json::to_string_pretty(&features).unwrap());
+        }
+        Command::Completion { shell } => write_completion(*shell)?,
+        Command::Man { dir } => write_man_pages(dir)?,
         Command::Spec { bundle, .. } => write_spec(bundle)?,
     }
     Ok(0)
@@ -527,23 +557,23 @@ fn write_spec(bundle: &Path) -> Result<()> {
     .map_err(CliError::io(format!("writing {}", path.display())))
 }
 
-fn features() -> serde_json::Value {
-    serde_json::json!({
-        "ociVersionMin": "1.0.0",
-        "ociVersionMax": "1.2.0",
-        "hooks": ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"],
-        "mountOptions": ["ro", "rw", "nosuid", "nodev", "noexec", "bind", "rbind", "private", "rprivate"],
-        "linux": {
-            "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "user", "uts", "time"],
-            "capabilities": [],
-            "cgroup": {"v1": true, "v2": true, "systemd": false, "systemdUser": false},
-            "seccomp": {"enabled": true, "actions": ["SCMP_ACT_ALLOW", "SCMP_ACT_ERRNO"], "note": "burrow applies its own system-container profile; the spec's is not used"},
-            "apparmor": {"enabled": false},
-            "selinux": {"enabled": false},
-            "mountExtensions": {"idmap": {"enabled": true}}
-        },
-        "annotations": {"org.burrow.system-container": "true"}
-    })
+/// `completion SHELL`. The script is built in memory first: clap_complete panics on a failed
+/// write (a closed pipe), and a script cut short should be an error, not a panic.
+fn write_completion(shell: clap_complete::Shell) -> Result<()> {
+    use std::io::Write;
+    let mut script = vec![];
+    clap_complete::generate(shell, &mut Cli::command(), "burrow", &mut script);
+    std::io::stdout()
+        .write_all(&script)
+        .map_err(CliError::io("writing the completion script"))
+}
+
+/// `man --dir DIR`: the pages come from the very definition the binary parses, so they never
+/// drift from it; hidden subcommands (this one) get no page.
+fn write_man_pages(dir: &Path) -> Result<()> {
+    let what = || format!("writing man pages to {}", dir.display());
+    std::fs::create_dir_all(dir).map_err(CliError::io(what()))?;
+    clap_mangen::generate_to(Cli::command(), dir).map_err(CliError::io(what()))
 }
 
 #[cfg(test)]
@@ -601,6 +631,47 @@ mod tests {
             exec(&["burrow", "exec", "--tty", "c1", "ls", "--tty", "-l"]),
             ("c1".into(), true, v(&["ls", "--tty", "-l"]))
         );
+    }
+
+    #[test]
+    fn every_subcommand_is_known_to_the_global_flag_filter() {
+        let mut names: Vec<String> = Cli::command()
+            .get_subcommands()
+            .map(|c| c.get_name().to_string())
+            .chain(["help".to_string()])
+            .collect();
+        names.sort();
+        let mut listed: Vec<String> = SUBCOMMANDS.iter().map(|s| s.to_string()).collect();
+        listed.sort();
+        assert_eq!(names, listed);
+    }
+
+    #[test]
+    fn bash_completion_knows_the_subcommands_and_flags() {
+        let mut script = vec![];
+        clap_complete::generate(
+            clap_complete::Shell::Bash,
+            &mut Cli::command(),
+            "burrow",
+            &mut script,
+        );
+        let script = String::from_utf8(script).unwrap();
+        assert!(script.contains("exec"));
+        assert!(script.contains("--systemd-cgroup"));
+    }
+
+    #[test]
+    fn main_man_page_names_the_subcommands() {
+        let mut page = vec![];
+        clap_mangen::Man::new(Cli::command())
+            .render(&mut page)
+            .unwrap();
+        let page = String::from_utf8(page).unwrap();
+        assert!(page.contains(".TH burrow 1"));
+        for sub in ["burrow\\-create", "burrow\\-exec", "burrow\\-completion"] {
+            assert!(page.contains(sub), "{sub} in {page}");
+        }
+        assert!(!page.contains("burrow\\-man"));
     }
 
     #[test]
