@@ -16,7 +16,7 @@ use oci_spec::runtime::{
 const OCI_VERSION_MAX: &str = "1.2.0";
 
 /// Every hook kind the runtime runs (`container::hooks_of` and the init's container hooks).
-const HOOKS: [&str; 6] = [
+pub const HOOKS: [&str; 6] = [
     "prestart",
     "createRuntime",
     "createContainer",

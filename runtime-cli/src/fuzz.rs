@@ -390,15 +390,12 @@ fn hooks() -> BoxedStrategy<Value> {
                 Map::new(),
             )
         });
-    let phase = prop::sample::select(vec![
-        "prestart",
-        "createRuntime",
-        "createContainer",
-        "startContainer",
-        "poststart",
-        "poststop",
-        "bogus",
-    ]);
+    let phase = prop::sample::select(
+        crate::features::HOOKS
+            .into_iter()
+            .chain(["bogus"])
+            .collect::<Vec<_>>(),
+    );
     prop::collection::btree_map(phase, prop::collection::vec(hook, 0..2), 0..3)
         .prop_map(|m| json!(m))
         .boxed()
