@@ -13,7 +13,7 @@ use burrow_contract::proxy::{Dev1Proxy, IdMap1Proxy, Mount1Proxy};
 use oci_spec::runtime::{Hook, LinuxNamespaceType, Spec};
 
 use crate::error::{CliError, Result};
-use crate::process::{self, ContainerHook, InitConfig, ParentChannel};
+use crate::process::{self, ContainerHook, ExecLabel, InitConfig, ParentChannel};
 use crate::spec::{Bundle, PlannedMount};
 use crate::state::{start_time, HookPhase, Record, Status, Store};
 
@@ -51,6 +51,13 @@ pub enum ProcessError {
     NegativePreserveFds(i32),
     #[error("unknown rlimit {0:?}")]
     UnknownRlimit(String),
+    /// runc's rule: a label the host cannot apply is an error, never silently dropped.
+    #[error("process.{field} is {value:?}, but this host has no {lsm}")]
+    NoSuchLsm {
+        field: &'static str,
+        value: String,
+        lsm: &'static str,
+    },
     #[error("{what} contains a NUL byte")]
     NulByte {
         what: &'static str,
@@ -173,6 +180,8 @@ pub fn process_config(
         gid: user.gid(),
         additional_gids: user.additional_gids().clone().unwrap_or_default(),
         no_new_privileges: process.no_new_privileges().unwrap_or(false),
+        umask: user.umask(),
+        exec_labels: exec_labels(process)?,
         terminal: process.terminal().unwrap_or(false),
         fifo: None,
         preserve_fds,
@@ -181,6 +190,64 @@ pub fn process_config(
         create_container_hooks: vec![],
         start_container_hooks: vec![],
     })
+}
+
+/// process.oomScoreAdj, set on this process so that every process it starts inherits it: the
+/// container's processes are non-dumpable from their first instruction, so none can open its
+/// own /proc file, and a tenant cannot open theirs. The kernel lets a process lower its score
+/// only as far as its privileged minimum, as runc's processes in a user namespace.
+pub fn set_inherited_oom_score_adj(process: &oci_spec::runtime::Process) -> Result<()> {
+    let Some(adj) = process.oom_score_adj() else {
+        return Ok(());
+    };
+    std::fs::write("/proc/self/oom_score_adj", adj.to_string())
+        .map_err(CliError::io(format!("setting process.oomScoreAdj {adj}")))
+}
+
+/// The process's AppArmor profile and SELinux label, each written for its exec where the host
+/// has that LSM (as runc does), else an error.
+fn exec_labels(
+    process: &oci_spec::runtime::Process,
+) -> std::result::Result<Vec<ExecLabel>, ProcessError> {
+    let mut labels = vec![];
+    if let Some(profile) = process
+        .apparmor_profile()
+        .as_deref()
+        .filter(|p| !p.is_empty())
+    {
+        let enabled = std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
+            .is_ok_and(|e| e.trim() == "Y");
+        if !enabled {
+            return Err(ProcessError::NoSuchLsm {
+                field: "apparmorProfile",
+                value: profile.into(),
+                lsm: "AppArmor",
+            });
+        }
+        let attr = if Path::new("/proc/thread-self/attr/apparmor/exec").exists() {
+            "/proc/thread-self/attr/apparmor/exec"
+        } else {
+            "/proc/thread-self/attr/exec"
+        };
+        labels.push(ExecLabel {
+            attr,
+            value: format!("exec {profile}").into_bytes(),
+        });
+    }
+    if let Some(label) = process.selinux_label().as_deref().filter(|l| !l.is_empty()) {
+        if !Path::new("/sys/fs/selinux/enforce").exists() {
+            return Err(ProcessError::NoSuchLsm {
+                field: "selinuxLabel",
+                value: label.into(),
+                lsm: "SELinux",
+            });
+        }
+        labels.push(ExecLabel {
+            attr: "/proc/thread-self/attr/exec",
+            value: label.as_bytes().to_vec(),
+        });
+    }
+    Ok(labels)
 }
 
 /// The spec's rlimits, with RLIMIT_NOFILE held to the caller's hard limit (raising a hard limit
@@ -490,6 +557,9 @@ fn create_steps(
     let mut config = init_config(&c.bundle.spec, &c.bundle.rootfs, c.options.preserve_fds)?;
     config.unshare_flags &= !joins.joined_flags();
     config.fifo = Some(make_exec_fifo(&fifo_path)?);
+    if let Some(process) = c.bundle.spec.process() {
+        set_inherited_oom_score_adj(process)?;
+    }
     let (channel, theirs) = process::pair()?;
     let join = process::intermediate::Join {
         userns: joins.pod.as_ref().map(|pod| pod.userns.as_fd()),

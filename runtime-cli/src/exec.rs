@@ -33,6 +33,7 @@ pub fn exec(store: &Store, options: &ExecOptions<'_>) -> Result<i32> {
     }
     let config =
         crate::container::process_config(&options.process, &record.rootfs, options.preserve_fds)?;
+    crate::container::set_inherited_oom_score_adj(&options.process)?;
     let mut namespaces = vec![];
     for what in ["user", "mnt", "uts", "ipc", "net", "cgroup", "pid"] {
         let file = std::fs::File::open(format!("/proc/{}/ns/{what}", record.pid)).map_err(

@@ -706,6 +706,63 @@ fn mounts_are_made_in_the_specs_order() {
     wait_for("range released", || h.ranges_in_use() == 0);
 }
 
+/// The process's umask and oomScoreAdj are applied; an AppArmor profile or SELinux label the
+/// host cannot apply, and a capability the kernel does not know, fail `create` with their
+/// reason and leave nothing.
+#[test]
+fn process_fields_are_applied_or_refused_by_name() {
+    let _hybrid = hybrid_host();
+    let h = Harness::start(HarnessOptions::default());
+    let rt = Runtime::new(&h);
+    let script = "umask; cat /proc/self/oom_score_adj";
+    let b = bundle(&h, "process-fields", &["sh", "-c", script], |c| {
+        c["process"]["user"]["umask"] = json!(0o077);
+        c["process"]["oomScoreAdj"] = json!(500);
+    });
+    let (out, out_file, _) = rt.create(&b, "process-fields");
+    assert!(out.status.success(), "create: {}", rt.last_error());
+    assert!(rt.run(&["start", "process-fields"]).status.success());
+    wait_for("the container ran", || {
+        rt.state("process-fields")["status"] == "stopped"
+    });
+    assert_eq!(fs::read_to_string(out_file).unwrap(), "0077\n500\n");
+    assert!(rt.run(&["delete", "process-fields"]).status.success());
+
+    let mut refusals = vec![(
+        json!({"capabilities": {"bounding": ["CAP_BOGUS"]}}),
+        "CAP_BOGUS",
+    )];
+    if !Path::new("/sys/module/apparmor/parameters/enabled").exists() {
+        refusals.push((
+            json!({"apparmorProfile": "docker-default"}),
+            "process.apparmorProfile is \"docker-default\", but this host has no AppArmor",
+        ));
+    }
+    if !Path::new("/sys/fs/selinux/enforce").exists() {
+        refusals.push((
+            json!({"selinuxLabel": "system_u:system_r:container_t:s0"}),
+            "but this host has no SELinux",
+        ));
+    }
+    for (i, (fields, says)) in refusals.into_iter().enumerate() {
+        let id = format!("refused-field-{i}");
+        let b = bundle(&h, &id, &["true"], |c| {
+            for (key, value) in fields.as_object().unwrap() {
+                c["process"][key] = value.clone();
+            }
+        });
+        let (out, _, _) = rt.create(&b, &id);
+        assert_eq!(out.status.code(), Some(1), "{fields} was accepted");
+        assert!(
+            rt.last_error().contains(says),
+            "{fields}: {}",
+            rt.last_error()
+        );
+    }
+    assert!(rt.leftovers().is_empty(), "{:?}", rt.leftovers());
+    wait_for("ranges released", || h.ranges_in_use() == 0);
+}
+
 /// `paths` (absolute, in mount order) as a tree walked depth first, each one's children in
 /// their order in `paths`.
 fn depth_first(paths: &[String]) -> Vec<String> {

@@ -18,6 +18,10 @@ pub struct InitConfig {
     pub gid: u32,
     pub additional_gids: Vec<u32>,
     pub no_new_privileges: bool,
+    /// process.user.umask, set before exec (else the one inherited).
+    pub umask: Option<u32>,
+    /// The LSM labels the process gets at exec (AppArmor's profile, SELinux's label).
+    pub exec_labels: Vec<ExecLabel>,
     pub terminal: bool,
     /// O_PATH fd of the exec fifo, reopened for writing through /proc/self/fd: the init waits
     /// on it for `start` (an exec'd process does not wait).
@@ -40,6 +44,12 @@ impl InitConfig {
     pub fn has_container_hooks(&self) -> bool {
         !self.create_container_hooks.is_empty() || !self.start_container_hooks.is_empty()
     }
+}
+
+/// A label for the process's exec: `value` written to the LSM's `attr` file of the thread.
+pub struct ExecLabel {
+    pub attr: &'static str,
+    pub value: Vec<u8>,
 }
 
 /// An OCI hook, prepared before the fork.

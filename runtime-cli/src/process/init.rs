@@ -243,6 +243,11 @@ fn set_up(config: &InitConfig, channel: &ChildChannel) {
             channel.fail(&what, e);
         }
     }
+    for label in &config.exec_labels {
+        if let Err(e) = std::fs::write(label.attr, &label.value) {
+            channel.fail(&format!("writing {}", label.attr), e);
+        }
+    }
     if let Err(e) = seccompiler::apply_filter(&config.seccomp) {
         channel.fail("applying the seccomp filter", e);
     }
@@ -257,6 +262,9 @@ fn set_up(config: &InitConfig, channel: &ChildChannel) {
             let what = format!("switching to uid {} gid {}", config.uid, config.gid);
             channel.fail(&what, e);
         }
+    }
+    if let Some(mask) = config.umask {
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));
     }
     if config.no_new_privileges {
         let _ = rustix::thread::set_no_new_privs(true);
