@@ -739,7 +739,8 @@ fn make_cgroup(
         .fold(burrow_sys::cgroup::DevicePolicy::standard(), |policy, d| {
             policy.with(d.major, d.minor)
         });
-    match systemd_scope(c) {
+    let unlimited = burrow_sys::cgroup::Limits::default();
+    let (path, cgroup) = match systemd_scope(c) {
         Some(scope) => {
             let devices = burrow_sys::cgroup::systemd::as_systemd_states_it(devices);
             let cgroup = c.rt.block_on(burrow_sys::cgroup::systemd::start_scope(
@@ -753,17 +754,25 @@ fn make_cgroup(
             undo.scope = Some(scope.unit.clone());
             crate::log::debug(format!("systemd: scope {} at {cgroup}", scope.unit));
             undo.cgroup = Some(cgroup.clone());
-            Ok(burrow_sys::cgroup::adopt(&cgroup, &limits, &devices)?)
+            let adopted = burrow_sys::cgroup::adopt(&cgroup, &unlimited, &devices)?;
+            (cgroup, adopted)
         }
         None => {
-            let cgroup = burrow_sys::cgroup::path_for(
+            let path = burrow_sys::cgroup::path_for(
                 linux.and_then(|l| l.cgroups_path().as_deref()),
                 c.options.id,
             );
-            undo.cgroup = Some(cgroup.clone());
-            Ok(burrow_sys::cgroup::create(&cgroup, &limits, &devices)?)
+            undo.cgroup = Some(path.clone());
+            let made = burrow_sys::cgroup::create(&path, &unlimited, &devices)?;
+            (path, made)
         }
+    };
+    // The spec's whole resources, as runc's cgroupfs driver applies them (under a scope too:
+    // systemd manages only some of them).
+    if let Some(resources) = linux.and_then(|l| l.resources().as_ref()) {
+        burrow_sys::cgroup::resources::apply(&path, resources)?;
     }
+    Ok(cgroup)
 }
 
 /// The systemd scope to make the container's cgroup as: with `--systemd-cgroup`, a

@@ -116,6 +116,8 @@ pub enum CliError {
     ExecProcess(#[source] oci_spec::OciSpecError),
     #[error(transparent)]
     Cgroup(#[from] burrow_sys::cgroup::CgroupError),
+    #[error(transparent)]
+    Resources(#[from] burrow_sys::cgroup::resources::ResourceError),
     /// Between the CLI and the processes it forks for a container.
     #[error(transparent)]
     Process(#[from] crate::process::ProtocolError),

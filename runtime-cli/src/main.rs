@@ -526,7 +526,7 @@ fn update(store: &Store, id: &str, resources: Option<&str>) -> Result<()> {
         let conn = container::system_bus(&rt)?;
         rt.block_on(cgroup::systemd::set_limits(&conn, unit, &limits))?;
     }
-    cgroup::update(cgroup, &limits)?;
+    cgroup::resources::apply(cgroup, &resources)?;
     Ok(())
 }
 

@@ -16,8 +16,16 @@ fn base_of(uid_map: &str) -> u64 {
     fields[1]
 }
 
+/// One test dockerd at a time: two would claim the same bridge and containerd namespace.
+static ONE_DOCKERD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_dockerd() -> std::sync::MutexGuard<'static, ()> {
+    ONE_DOCKERD.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[test]
 fn docker_runs_system_containers() {
+    let _one = one_dockerd();
     let h = Harness::start(HarnessOptions::default());
     let docker = Docker::start(&h);
     docker.import(&busybox_rootfs(&h.dir.join("bb"), None), "bb");
@@ -506,6 +514,7 @@ fn docker_shell(docker: &burrow_tests::Docker, command: &str) -> std::process::C
 /// that is not the host's are refused, each with its reason, and leave no container running.
 #[test]
 fn docker_devices_come_from_devds_allowlist() {
+    let _one = one_dockerd();
     let allowlist =
         std::env::temp_dir().join(format!("burrow-docker-allow-{}", std::process::id()));
     std::fs::write(&allowlist, "fuse\n").unwrap();
@@ -558,4 +567,81 @@ fn docker_devices_come_from_devds_allowlist() {
         "containers left"
     );
     let _ = std::fs::remove_file(&allowlist);
+}
+
+/// Docker's resource flags reach the container's cgroup (read from inside, where the cgroup
+/// namespace shows the container's own), and `docker update` changes them.
+#[test]
+fn docker_resource_flags_and_update_reach_the_cgroup() {
+    let _one = one_dockerd();
+    let h = Harness::start(HarnessOptions::default());
+    let docker = Docker::start(&h);
+    docker.import(&busybox_rootfs(&h.dir.join("bb"), None), "bb");
+    let out = docker.run(&[
+        "run",
+        "-d",
+        "--runtime=burrow",
+        "--name",
+        "limited",
+        "--cpuset-cpus",
+        "0",
+        "--memory",
+        "64m",
+        "--memory-swap",
+        "128m",
+        "--memory-reservation",
+        "32m",
+        "--device-read-bps",
+        "/dev/vda:1mb",
+        "bb",
+        "sleep",
+        "1000",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        burrow_tests::all_output(&out),
+        docker.log_tail()
+    );
+    let read = || {
+        let out = docker.run(&[
+            "exec",
+            "limited",
+            "sh",
+            "-c",
+            "cd /sys/fs/cgroup; cat cpuset/cpuset.cpus memory/memory.limit_in_bytes \
+             memory/memory.memsw.limit_in_bytes memory/memory.soft_limit_in_bytes \
+             blkio/blkio.throttle.read_bps_device",
+        ]);
+        assert!(out.status.success(), "{}", burrow_tests::all_output(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(
+        read(),
+        format!(
+            "0\n{}\n{}\n{}\n254:0 1048576\n",
+            64 << 20,
+            128 << 20,
+            32 << 20
+        )
+    );
+    let out = docker.run(&[
+        "update",
+        "--cpuset-cpus",
+        "1",
+        "--memory-reservation",
+        "16m",
+        "limited",
+    ]);
+    assert!(out.status.success(), "{}", burrow_tests::all_output(&out));
+    assert_eq!(
+        read(),
+        format!(
+            "1\n{}\n{}\n{}\n254:0 1048576\n",
+            64 << 20,
+            128 << 20,
+            16 << 20
+        )
+    );
+    docker.ok(&["rm", "-f", "limited"]);
 }

@@ -236,9 +236,6 @@ fn lifecycle_of_a_system_container() {
     let rt = Runtime::new(&h);
     let b = bundle(&h, "life", &["sh", "-c", PROBE], |c| {
         c["linux"]["cgroupsPath"] = json!("/burrow-test/life");
-        // devd's /dev replaces the spec's devices: this one must not appear.
-        c["linux"]["devices"] =
-            json!([{"path": "/dev/kmsg", "type": "c", "major": 1, "minor": 11}]);
     });
     let (out, out_file, pid_file) = rt.create(&b, "life");
     assert!(out.status.success(), "create: {}", rt.last_error());
@@ -706,6 +703,132 @@ fn mounts_are_made_in_the_specs_order() {
     wait_for("range released", || h.ranges_in_use() == 0);
 }
 
+/// The spec's whole `linux.resources` lands in the container's cgroup files, `burrow update`
+/// changes them (zeros unchanged), and what the host cannot honour is refused by name before
+/// anything runs.
+#[test]
+fn linux_resources_are_applied_or_refused_by_name() {
+    let _hybrid = hybrid_host();
+    let h = Harness::start(HarnessOptions::default());
+    let rt = Runtime::new(&h);
+    let cgroup = "/burrow-test/resources";
+    let b = bundle(&h, "resources", &["sleep", "1000"], |c| {
+        c["linux"]["cgroupsPath"] = json!(cgroup);
+        c["linux"]["resources"] = json!({
+            "cpu": {"cpus": "0", "mems": "0", "shares": 512},
+            "memory": {"limit": 64 << 20, "swap": 128 << 20, "reservation": 32 << 20,
+                       "swappiness": 10},
+            "pids": {"limit": 99},
+            "blockIO": {"throttleReadBpsDevice": [{"major": 254, "minor": 0, "rate": 1048576}]},
+        });
+    });
+    let (out, _, _) = rt.create(&b, "resources");
+    assert!(out.status.success(), "create: {}", rt.last_error());
+    let files = [
+        ("cpuset", "cpuset.cpus"),
+        ("cpu", "cpu.shares"),
+        ("memory", "memory.limit_in_bytes"),
+        ("memory", "memory.memsw.limit_in_bytes"),
+        ("memory", "memory.soft_limit_in_bytes"),
+        ("memory", "memory.swappiness"),
+        ("pids", "pids.max"),
+        ("blkio", "blkio.throttle.read_bps_device"),
+    ];
+    let read = || -> Vec<String> {
+        files
+            .iter()
+            .map(|(controller, file)| {
+                let path = format!("/sys/fs/cgroup/{controller}{cgroup}/{file}");
+                fs::read_to_string(&path)
+                    .unwrap_or_else(|e| panic!("{path}: {e}"))
+                    .trim()
+                    .to_string()
+            })
+            .collect()
+    };
+    let mib = |n: u64| (n << 20).to_string();
+    assert_eq!(
+        read(),
+        [
+            "0",
+            "512",
+            &mib(64),
+            &mib(128),
+            &mib(32),
+            "10",
+            "99",
+            "254:0 1048576"
+        ]
+    );
+    // Zeros leave a value alone, as runc's update.
+    let update = json!({"cpu": {"cpus": "1", "shares": 0}, "memory": {"reservation": 16 << 20},
+                        "pids": {"limit": 0}});
+    assert!(
+        rt.update("resources", &update.to_string()),
+        "{}",
+        rt.last_error()
+    );
+    assert_eq!(
+        read(),
+        [
+            "1",
+            "512",
+            &mib(64),
+            &mib(128),
+            &mib(16),
+            "10",
+            "99",
+            "254:0 1048576"
+        ]
+    );
+    assert!(rt.run(&["delete", "--force", "resources"]).status.success());
+
+    let mut refusals = vec![
+        (
+            json!({"rdma": {"mlx5_0": {"hcaHandles": 3}}}),
+            "linux.resources.rdma",
+        ),
+        (
+            json!({"unified": {"memory.high": "1G"}}),
+            "linux.resources.unified",
+        ),
+    ];
+    // What this host lacks: CFQ's proportional weight, a net_cls and a hugetlb hierarchy.
+    if !Path::new("/sys/fs/cgroup/blkio/blkio.weight").exists() {
+        refusals.push((
+            json!({"blockIO": {"weight": 300}}),
+            "linux.resources.blockIO.weight",
+        ));
+    }
+    if !Path::new("/sys/fs/cgroup/net_cls/cgroup.procs").exists() {
+        refusals.push((
+            json!({"network": {"classID": 1048577}}),
+            "linux.resources.network.classID: this host has no net_cls controller",
+        ));
+    }
+    if !Path::new("/sys/fs/cgroup/hugetlb/cgroup.procs").exists() {
+        refusals.push((
+            json!({"hugepageLimits": [{"pageSize": "2MB", "limit": 1 << 21}]}),
+            "linux.resources.hugepageLimits: this host has no hugetlb controller",
+        ));
+    }
+    for (i, (resources, says)) in refusals.into_iter().enumerate() {
+        let id = format!("refused-resources-{i}");
+        let b = bundle(&h, &id, &["true"], |c| {
+            c["linux"]["resources"] = resources.clone();
+        });
+        let (out, _, _) = rt.create(&b, &id);
+        assert_eq!(out.status.code(), Some(1), "{resources} was accepted");
+        assert!(
+            rt.last_error().contains(says),
+            "{resources}: {}",
+            rt.last_error()
+        );
+    }
+    assert!(rt.leftovers().is_empty(), "{:?}", rt.leftovers());
+    wait_for("ranges released", || h.ranges_in_use() == 0);
+}
+
 /// The process's umask and oomScoreAdj are applied; an AppArmor profile or SELinux label the
 /// host cannot apply, and a capability the kernel does not know, fail `create` with their
 /// reason and leave nothing.
@@ -1161,22 +1284,18 @@ fn bad_input_fails_with_a_named_message_and_leaves_nothing() {
 
     // `features`, as containerd reads it.
     let features: Value = serde_json::from_slice(&rt.run(&["features"]).stdout).unwrap();
-    let hooks: Vec<&str> = features["hooks"]
+    let mut hooks: Vec<&str> = features["hooks"]
         .as_array()
         .unwrap()
         .iter()
         .map(|h| h.as_str().unwrap())
         .collect();
-    for phase in [
-        "prestart",
-        "createRuntime",
-        "createContainer",
-        "startContainer",
-        "poststart",
-        "poststop",
-    ] {
-        assert!(hooks.contains(&phase), "{phase} missing: {features}");
-    }
+    hooks.sort();
+    assert_eq!(
+        hooks.join(" "),
+        "createContainer createRuntime poststart poststop prestart startContainer",
+        "{features}"
+    );
     assert_eq!(
         features["linux"]["mountExtensions"]["idmap"]["enabled"],
         true

@@ -24,6 +24,7 @@ use cgroups_rs::FreezerState;
 
 mod bpf;
 mod devices;
+pub mod resources;
 pub mod systemd;
 
 pub use bpf::BpfError;
@@ -327,11 +328,6 @@ pub fn join(path: &str, pid: i32) {
     for (dir, _) in Hierarchies::of(path).directories() {
         let _ = fs::write(dir.join("cgroup.procs"), pid.to_string());
     }
-}
-
-/// Updates the limits of an existing cgroup (`burrow update`).
-pub fn update(path: &str, limits: &Limits) -> Result<()> {
-    apply_limits(&handle(path), path, limits)
 }
 
 /// What a delegated cgroup's owner gets: the directory (to make sub-cgroups) and the files that

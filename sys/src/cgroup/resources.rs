@@ -1,0 +1,258 @@
+//! The spec's whole `linux.resources` on a container's cgroup (v1 and v2), through cgroups-rs's
+//! OCI-aware `FsManager`, as runc's cgroupfs driver applies it; what the host cannot honour is
+//! refused by name rather than dropped. The device rules are left out: a container's device
+//! policy is Burrow's own (devd's set and the extras devd added), never the spec's.
+//!
+//! Zero or empty values are unset (`burrow update` and runc's update treat a zero as
+//! unchanged), and kernel memory limits are ignored as runc ignores them (the kernel no longer
+//! enforces them separately).
+
+use std::path::Path;
+
+use cgroups_rs::fs::hierarchies::{self, is_cgroup2_unified_mode};
+use cgroups_rs::manager::{FsManager, Manager};
+use oci_spec::runtime::{LinuxBlockIo, LinuxCpu, LinuxMemory, LinuxResources};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResourceError {
+    #[error("linux.resources.{field}: {why}")]
+    Unsupported { field: &'static str, why: String },
+    #[error("applying linux.resources to cgroup {path}: {source}")]
+    Apply {
+        path: String,
+        source: Box<cgroups_rs::manager::Error>,
+    },
+}
+
+/// Applies `resources` (but its device rules) to the existing cgroup `path`.
+pub fn apply(path: &str, resources: &LinuxResources) -> Result<(), ResourceError> {
+    let wanted = without_unset(resources);
+    check_host_honours(path, &wanted)?;
+    let failed = |source| ResourceError::Apply {
+        path: path.to_string(),
+        source: Box::new(source),
+    };
+    let mut manager = FsManager::new(path.trim_start_matches('/')).map_err(failed)?;
+    manager.set(&wanted).map_err(failed)
+}
+
+/// `resources` without its device rules and with every zero or empty value unset.
+fn without_unset(resources: &LinuxResources) -> LinuxResources {
+    let mut wanted = resources.clone();
+    wanted.set_devices(None);
+    wanted.set_cpu(resources.cpu().as_ref().map(cpu_set));
+    wanted.set_memory(resources.memory().as_ref().map(memory_set));
+    wanted.set_pids((*resources.pids()).filter(|p| p.limit() != 0));
+    wanted.set_block_io(resources.block_io().as_ref().map(block_io_set));
+    wanted
+}
+
+fn nonzero<T: Default + PartialEq>(value: Option<T>) -> Option<T> {
+    value.filter(|v| *v != T::default())
+}
+
+fn cpu_set(cpu: &LinuxCpu) -> LinuxCpu {
+    let mut set = cpu.clone();
+    set.set_shares(nonzero(cpu.shares()));
+    set.set_quota(nonzero(cpu.quota()));
+    set.set_period(nonzero(cpu.period()));
+    set.set_realtime_runtime(nonzero(cpu.realtime_runtime()));
+    set.set_realtime_period(nonzero(cpu.realtime_period()));
+    set.set_cpus(cpu.cpus().clone().filter(|c| !c.is_empty()));
+    set.set_mems(cpu.mems().clone().filter(|m| !m.is_empty()));
+    set
+}
+
+fn memory_set(memory: &LinuxMemory) -> LinuxMemory {
+    let mut set = *memory;
+    set.set_limit(nonzero(memory.limit()));
+    set.set_swap(nonzero(memory.swap()));
+    set.set_reservation(nonzero(memory.reservation()));
+    set.set_kernel(None);
+    set.set_kernel_tcp(None);
+    set
+}
+
+fn block_io_set(block_io: &LinuxBlockIo) -> LinuxBlockIo {
+    let mut set = block_io.clone();
+    set.set_weight(nonzero(block_io.weight()));
+    set.set_leaf_weight(nonzero(block_io.leaf_weight()));
+    set
+}
+
+/// The controllers each part of the resources needs, by their v1 names (cgroup2's have the
+/// same names but blkio, which is `io` there).
+fn needed_controllers(wanted: &LinuxResources) -> Vec<(&'static str, &'static str)> {
+    let mut needed = vec![];
+    if let Some(cpu) = wanted.cpu() {
+        if cpu.cpus().is_some() || cpu.mems().is_some() {
+            needed.push(("cpu.cpus", "cpuset"));
+        }
+        if cpu.shares().is_some() || cpu.quota().is_some() || cpu.period().is_some() {
+            needed.push(("cpu", "cpu"));
+        }
+    }
+    let network = wanted.network().as_ref();
+    for (field, controller, set) in [
+        ("memory", "memory", wanted.memory().is_some()),
+        ("pids", "pids", wanted.pids().is_some()),
+        ("blockIO", "blkio", wanted.block_io().is_some()),
+        (
+            "hugepageLimits",
+            "hugetlb",
+            wanted
+                .hugepage_limits()
+                .as_ref()
+                .is_some_and(|l| !l.is_empty()),
+        ),
+        (
+            "network.classID",
+            "net_cls",
+            network.is_some_and(|n| n.class_id().is_some()),
+        ),
+        (
+            "network.priorities",
+            "net_prio",
+            network.is_some_and(|n| n.priorities().as_ref().is_some_and(|p| !p.is_empty())),
+        ),
+    ] {
+        if set {
+            needed.push((field, controller));
+        }
+    }
+    needed
+}
+
+/// Whether this host has `controller` (a v1 hierarchy of it, or cgroup2's root lists it).
+fn host_has(controller: &str) -> bool {
+    let root = hierarchies::auto().root();
+    if is_cgroup2_unified_mode() {
+        let v2_name = if controller == "blkio" {
+            "io"
+        } else {
+            controller
+        };
+        return std::fs::read_to_string(root.join("cgroup.controllers"))
+            .is_ok_and(|c| c.split_whitespace().any(|c| c == v2_name));
+    }
+    root.join(controller).join("cgroup.procs").exists()
+}
+
+/// Refuses what this host has no controller or file for, before anything is written.
+fn check_host_honours(path: &str, wanted: &LinuxResources) -> Result<(), ResourceError> {
+    let unsupported = |field, why: &str| {
+        Err(ResourceError::Unsupported {
+            field,
+            why: why.to_string(),
+        })
+    };
+    if let Some((field, controller)) = needed_controllers(wanted)
+        .into_iter()
+        .find(|(_, controller)| !host_has(controller))
+    {
+        return unsupported(field, &format!("this host has no {controller} controller"));
+    }
+    if wanted.rdma().as_ref().is_some_and(|r| !r.is_empty()) {
+        return unsupported("rdma", "rdma limits are not applied by Burrow");
+    }
+    if wanted.unified().as_ref().is_some_and(|u| !u.is_empty()) {
+        return unsupported("unified", "raw cgroup2 files are not written by Burrow");
+    }
+    let v1_file = |controller: &str, file: &str| {
+        hierarchies::auto()
+            .root()
+            .join(controller)
+            .join(path.trim_start_matches('/'))
+            .join(file)
+    };
+    let block_io = wanted.block_io().as_ref();
+    let weighted = block_io.is_some_and(|b| {
+        b.weight().is_some() || b.leaf_weight().is_some() || b.weight_device().is_some()
+    });
+    if weighted && !is_cgroup2_unified_mode() && !v1_file("blkio", "blkio.weight").exists() {
+        return unsupported(
+            "blockIO.weight",
+            "this host's blkio controller has no proportional weight (blkio.weight: no CFQ)",
+        );
+    }
+    let swap = wanted.memory().as_ref().and_then(|m| m.swap()).is_some();
+    if swap
+        && !is_cgroup2_unified_mode()
+        && !v1_file("memory", "memory.memsw.limit_in_bytes").exists()
+    {
+        return unsupported(
+            "memory.swap",
+            "this host does not account swap (swapaccount=1)",
+        );
+    }
+    if let Some(limits) = wanted.hugepage_limits().as_ref().filter(|l| !l.is_empty()) {
+        let supported = supported_hugepage_sizes();
+        if let Some(limit) = limits.iter().find(|l| !supported.contains(l.page_size())) {
+            return unsupported(
+                "hugepageLimits",
+                &format!("this host has no {} huge pages", limit.page_size()),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The huge page sizes the kernel has, as the spec names them (`2MB`, `1GB`).
+fn supported_hugepage_sizes() -> Vec<String> {
+    std::fs::read_dir(Path::new("/sys/kernel/mm/hugepages"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let kb: u64 = e
+                .file_name()
+                .to_str()?
+                .strip_prefix("hugepages-")?
+                .strip_suffix("kB")?
+                .parse()
+                .ok()?;
+            Some(match kb {
+                kb if kb >= 1 << 20 => format!("{}GB", kb >> 20),
+                kb if kb >= 1 << 10 => format!("{}MB", kb >> 10),
+                kb => format!("{kb}KB"),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oci_spec::runtime::{LinuxCpuBuilder, LinuxMemoryBuilder};
+
+    #[test]
+    fn zeros_and_empties_are_unset_and_devices_left_out() {
+        let resources: LinuxResources = serde_json::from_value(serde_json::json!({
+            "devices": [{"allow": true, "access": "rwm"}],
+            "cpu": {"shares": 0, "quota": 50000, "cpus": "", "mems": "0"},
+            "memory": {"limit": 0, "reservation": 1048576, "kernel": 4096},
+            "pids": {"limit": 0},
+            "blockIO": {"weight": 0}
+        }))
+        .unwrap();
+        let wanted = without_unset(&resources);
+        assert_eq!(wanted.devices(), &None);
+        assert_eq!(
+            wanted.cpu().clone().unwrap(),
+            LinuxCpuBuilder::default()
+                .quota(50000)
+                .mems("0")
+                .build()
+                .unwrap()
+        );
+        assert_eq!(
+            wanted.memory().unwrap(),
+            LinuxMemoryBuilder::default()
+                .reservation(1048576)
+                .build()
+                .unwrap()
+        );
+        assert_eq!(wanted.pids(), &None);
+        assert_eq!(wanted.block_io().as_ref().unwrap().weight(), None);
+    }
+}
