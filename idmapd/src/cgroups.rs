@@ -200,7 +200,7 @@ impl Cgroups {
                 .map_err(failed)?;
             let path = path.clone();
             blocking(move || {
-                let cgroup = cgroup::adopt(&path, &Limits::default(), &devices).map_err(failed)?;
+                let cgroup = cgroup::adopt(&path, &devices).map_err(failed)?;
                 crate::pin::move_into(process.as_fd(), &cgroup.procs_files())?;
                 drop(placeholder);
                 cgroup
@@ -310,8 +310,7 @@ fn grant_in_tree(request: &Grant) -> Result<String, BurrowError> {
     // A leftover at this path (of the range's previous owner, or of a holder of the same name
     // whose release idmapd did not finish) is removed first if no process is left in it: its
     // container is gone. One still holding processes is refused.
-    let cgroup =
-        cgroup::create(&path, &Limits::default(), &DevicePolicy::standard()).map_err(failed)?;
+    let cgroup = cgroup::create(&path, &DevicePolicy::standard()).map_err(failed)?;
     let moved = crate::pin::move_into(request.process.as_fd(), &cgroup.procs_files())
         .and_then(|()| cgroup.delegate((record.base, record.base)).map_err(failed));
     if let Err(e) = moved {

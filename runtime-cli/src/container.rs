@@ -739,7 +739,6 @@ fn make_cgroup(
         .fold(burrow_sys::cgroup::DevicePolicy::standard(), |policy, d| {
             policy.with(d.major, d.minor)
         });
-    let unlimited = burrow_sys::cgroup::Limits::default();
     let (path, cgroup) = match systemd_scope(c) {
         Some(scope) => {
             let devices = burrow_sys::cgroup::systemd::as_systemd_states_it(devices);
@@ -754,7 +753,7 @@ fn make_cgroup(
             undo.scope = Some(scope.unit.clone());
             crate::log::debug(format!("systemd: scope {} at {cgroup}", scope.unit));
             undo.cgroup = Some(cgroup.clone());
-            let adopted = burrow_sys::cgroup::adopt(&cgroup, &unlimited, &devices)?;
+            let adopted = burrow_sys::cgroup::adopt(&cgroup, &devices)?;
             (cgroup, adopted)
         }
         None => {
@@ -763,7 +762,7 @@ fn make_cgroup(
                 c.options.id,
             );
             undo.cgroup = Some(path.clone());
-            let made = burrow_sys::cgroup::create(&path, &unlimited, &devices)?;
+            let made = burrow_sys::cgroup::create(&path, &devices)?;
             (path, made)
         }
     };

@@ -241,7 +241,8 @@ fn make_in_every_hierarchy(path: &str, limits: &Limits) -> Result<Hierarchies> {
     Ok(hierarchies)
 }
 
-/// A container's cgroup, made in every hierarchy with its limits and device policy. A process
+/// A container's cgroup, made in every hierarchy with its device policy (its limits are the
+/// spec's resources, [`resources::apply`]). A process
 /// goes in with [`NewCgroup::add`] (or through [`NewCgroup::procs_files`]), then the subtree is
 /// handed to the container's root with [`NewCgroup::delegate`].
 pub struct NewCgroup {
@@ -249,17 +250,17 @@ pub struct NewCgroup {
     hierarchies: Hierarchies,
 }
 
-/// Creates `path` in every hierarchy and applies `limits` and the device policy `devices`.
-pub fn create(path: &str, limits: &Limits, devices: &DevicePolicy) -> Result<NewCgroup> {
+/// Creates `path` in every hierarchy with the device policy `devices`.
+pub fn create(path: &str, devices: &DevicePolicy) -> Result<NewCgroup> {
     remove_if_stale(path)?;
-    adopt(path, limits, devices)
+    adopt(path, devices)
 }
 
 /// Takes on `path`, which systemd has just made as a scope holding the container's first
-/// process: the hierarchies systemd leaves out (v1 `freezer`, `cpuset`, ...), the limits and the
-/// device policy, as for a cgroup of Burrow's own.
-pub fn adopt(path: &str, limits: &Limits, devices: &DevicePolicy) -> Result<NewCgroup> {
-    let hierarchies = make_in_every_hierarchy(path, limits)?;
+/// process: the hierarchies systemd leaves out (v1 `freezer`, `cpuset`, ...) and the device
+/// policy, as for a cgroup of Burrow's own.
+pub fn adopt(path: &str, devices: &DevicePolicy) -> Result<NewCgroup> {
+    let hierarchies = make_in_every_hierarchy(path, &Limits::default())?;
     devices::restrict(&hierarchies, path, devices)?;
     Ok(NewCgroup {
         path: path.to_string(),

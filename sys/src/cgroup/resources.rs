@@ -44,6 +44,15 @@ fn without_unset(resources: &LinuxResources) -> LinuxResources {
     wanted.set_memory(resources.memory().as_ref().map(memory_set));
     wanted.set_pids((*resources.pids()).filter(|p| p.limit() != 0));
     wanted.set_block_io(resources.block_io().as_ref().map(block_io_set));
+    // kubelet sends a zero limit for every huge page size the kernel has.
+    let hugepages: Vec<_> = resources
+        .hugepage_limits()
+        .iter()
+        .flatten()
+        .filter(|l| l.limit() != 0)
+        .cloned()
+        .collect();
+    wanted.set_hugepage_limits((!hugepages.is_empty()).then_some(hugepages));
     wanted
 }
 
@@ -232,7 +241,8 @@ mod tests {
             "cpu": {"shares": 0, "quota": 50000, "cpus": "", "mems": "0"},
             "memory": {"limit": 0, "reservation": 1048576, "kernel": 4096},
             "pids": {"limit": 0},
-            "blockIO": {"weight": 0}
+            "blockIO": {"weight": 0},
+            "hugepageLimits": [{"pageSize": "2MB", "limit": 0}]
         }))
         .unwrap();
         let wanted = without_unset(&resources);
@@ -254,5 +264,6 @@ mod tests {
         );
         assert_eq!(wanted.pids(), &None);
         assert_eq!(wanted.block_io().as_ref().unwrap().weight(), None);
+        assert_eq!(wanted.hugepage_limits(), &None);
     }
 }
