@@ -8,10 +8,12 @@ DBUS_SYSTEM_SERVICES_DIR ?= /usr/share/dbus-1/system-services
 POLKIT_ACTIONS_DIR       ?= /usr/share/polkit-1/actions
 POLKIT_RULES_DIR         ?= /etc/polkit-1/rules.d
 SYSTEMD_UNIT_DIR         ?= /lib/systemd/system
-BASH_COMPLETION_DIR      ?= /usr/share/bash-completion/completions
-ZSH_COMPLETION_DIR       ?= /usr/share/zsh/vendor-completions
-FISH_COMPLETION_DIR      ?= /usr/share/fish/vendor_completions.d
-MAN1DIR                  ?= /usr/share/man/man1
+# Below PREFIX, where bash-completion, zsh, fish and man look as well (the bus, polkit and
+# systemd read only the fixed directories above).
+BASH_COMPLETION_DIR      ?= $(PREFIX)/share/bash-completion/completions
+ZSH_COMPLETION_DIR       ?= $(PREFIX)/share/zsh/site-functions
+FISH_COMPLETION_DIR      ?= $(PREFIX)/share/fish/vendor_completions.d
+MAN1DIR                  ?= $(PREFIX)/share/man/man1
 CARGO       ?= cargo
 PROFILE     ?= release
 HELPERS     := idmapd devd mountd

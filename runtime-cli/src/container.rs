@@ -13,7 +13,7 @@ use burrow_contract::proxy::{Dev1Proxy, IdMap1Proxy, Mount1Proxy};
 use oci_spec::runtime::{Hook, LinuxNamespaceType, Spec};
 
 use crate::error::{CliError, Result};
-use crate::process::{self, ContainerHook, ExecLabel, InitConfig, ParentChannel};
+use crate::process::{self, ContainerHook, ExecLabel, InitConfig, ParentChannel, ProcessCaps};
 use crate::spec::{Bundle, PlannedMount};
 use crate::state::{start_time, HookPhase, Record, Status, Store};
 
@@ -51,6 +51,8 @@ pub enum ProcessError {
     NegativePreserveFds(i32),
     #[error("unknown rlimit {0:?}")]
     UnknownRlimit(String),
+    #[error("process.capabilities: this kernel has no {0}")]
+    UnknownCapability(String),
     /// runc's rule: a label the host cannot apply is an error, never silently dropped.
     #[error("process.{field} is {value:?}, but this host has no {lsm}")]
     NoSuchLsm {
@@ -182,6 +184,11 @@ pub fn process_config(
         no_new_privileges: process.no_new_privileges().unwrap_or(false),
         umask: user.umask(),
         exec_labels: exec_labels(process)?,
+        capabilities: if user.uid() == 0 {
+            None
+        } else {
+            Some(process_caps(process)?)
+        },
         terminal: process.terminal().unwrap_or(false),
         fifo: None,
         preserve_fds,
@@ -202,6 +209,37 @@ pub fn set_inherited_oom_score_adj(process: &oci_spec::runtime::Process) -> Resu
     };
     std::fs::write("/proc/self/oom_score_adj", adj.to_string())
         .map_err(CliError::io(format!("setting process.oomScoreAdj {adj}")))
+}
+
+/// The spec's capability sets, as the kernel names them.
+fn process_caps(
+    process: &oci_spec::runtime::Process,
+) -> std::result::Result<ProcessCaps, ProcessError> {
+    let spec = process.capabilities().clone().unwrap_or_default();
+    let known = caps::runtime::thread_all_supported();
+    let set = |set: &Option<oci_spec::runtime::Capabilities>| {
+        set.iter()
+            .flatten()
+            .map(|cap| {
+                let name = format!("CAP_{cap}");
+                name.parse::<caps::Capability>()
+                    .ok()
+                    .filter(|c| known.contains(c))
+                    .ok_or(ProcessError::UnknownCapability(name))
+            })
+            .collect::<std::result::Result<caps::CapsHashSet, _>>()
+    };
+    Ok(ProcessCaps {
+        bounding: spec
+            .bounding()
+            .as_ref()
+            .map(|_| set(spec.bounding()))
+            .transpose()?,
+        effective: set(spec.effective())?,
+        permitted: set(spec.permitted())?,
+        inheritable: set(spec.inheritable())?,
+        ambient: set(spec.ambient())?,
+    })
 }
 
 /// The process's AppArmor profile and SELinux label, each written for its exec where the host
@@ -669,16 +707,16 @@ fn spawn_init(
     })
 }
 
-/// Lets the init, the container's root (another uid), reopen the exec fifo through its fd.
+/// Lets the init reopen the exec fifo through its fd once it is the process's user: the
+/// container's root, or any user of the container (0622, as runc makes it). Nobody else can
+/// reach the fifo inside the caller's private state directory.
 fn hand_over_fifo(fifo_path: &Path, (uid, gid): (u32, u32)) -> Result<()> {
     if nix::unistd::geteuid().is_root() {
         std::os::unix::fs::chown(fifo_path, Some(uid), Some(gid))
-            .map_err(CliError::io("chown exec fifo"))
-    } else {
-        // Nobody else can reach it inside this user's private runtime directory.
-        std::fs::set_permissions(fifo_path, std::fs::Permissions::from_mode(0o622))
-            .map_err(CliError::io("chmod exec fifo"))
+            .map_err(CliError::io("chown exec fifo"))?;
     }
+    std::fs::set_permissions(fifo_path, std::fs::Permissions::from_mode(0o622))
+        .map_err(CliError::io("chmod exec fifo"))
 }
 
 /// Puts the intermediate (and so the init it clones) in the container's cgroup: made, limited

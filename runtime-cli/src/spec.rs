@@ -90,6 +90,7 @@ impl Bundle {
             return Err(bundle_error(&dir, "process.args is empty"));
         }
         check_isolation(&spec)?;
+        check_rootfs_propagation(&dir, &spec)?;
         let extra_devices = extra_devices(&dir, &spec)?;
         let (mut mounts, mut dev_at) = planned_mounts(&dir, &spec)?;
         let mut spec = spec;
@@ -418,6 +419,25 @@ fn prepare_for_systemd(spec: &mut Spec, mounts: &mut Vec<PlannedMount>) -> usize
         spec.set_process(Some(process));
     }
     added
+}
+
+/// The container's mounts are a locked copy in a namespace of its own user namespace, where
+/// its rootfs is private: `linux.rootfsPropagation` may ask for that and nothing else (a
+/// shared or slave rootfs would need a peer group with the host's mounts).
+fn check_rootfs_propagation(dir: &Path, spec: &Spec) -> Result<()> {
+    let propagation = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.rootfs_propagation().clone());
+    match propagation.as_deref() {
+        None | Some("") | Some("private") | Some("rprivate") => Ok(()),
+        Some(other) => Err(bundle_error(
+            dir,
+            format!(
+                "linux.rootfsPropagation {other:?}: a Burrow container's rootfs is always private"
+            ),
+        )),
+    }
 }
 
 /// A system container has all namespaces of its own, or its pod's ([`crate::namespaces`]

@@ -422,6 +422,23 @@ fn docker_runs_system_containers() {
 
     container_modes_share_the_first_containers_range(&docker);
 
+    // A non-root process user (`--user`) starts, with Docker's capability sets as runc gives
+    // them (its default bounding set), where root keeps its namespace's full set.
+    let out = run(&[
+        "--rm",
+        "--user",
+        "1000:1000",
+        "bb",
+        "sh",
+        "-c",
+        "id -u; grep CapBnd /proc/self/status",
+    ]);
+    assert!(out.status.success(), "{}", burrow_tests::all_output(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "1000\nCapBnd:\t00000000a80425fb\n"
+    );
+
     // --rm and rm leave no state, no cgroup and no range behind.
     wait_for("runtime state gone", || {
         std::fs::read_dir(docker.runtime_root())

@@ -684,6 +684,8 @@ fn mounts_are_made_in_the_specs_order() {
         .collect();
     let b = bundle(&h, "mount-order", &["cat", "/proc/self/mountinfo"], |c| {
         c["mounts"] = mounts;
+        // What it is; any other propagation is refused (below).
+        c["linux"]["rootfsPropagation"] = json!("rprivate");
     });
     let (out, out_file, _) = rt.create(&b, "mount-order");
     assert!(out.status.success(), "create: {}", rt.last_error());
@@ -699,7 +701,24 @@ fn mounts_are_made_in_the_specs_order() {
         }
     }
     assert_eq!(seen, depth_first(&listed), "{mountinfo}");
+    let root = mountinfo.lines().find(|l| l.split(' ').nth(4) == Some("/"));
+    assert!(
+        root.is_some_and(|l| !l.contains("shared:") && !l.contains("master:")),
+        "the rootfs is not private: {root:?}"
+    );
     assert!(rt.run(&["delete", "mount-order"]).status.success());
+    let slave = bundle(&h, "rslave", &["true"], |c| {
+        c["linux"]["rootfsPropagation"] = json!("rslave");
+    });
+    let (out, _, _) = rt.create(&slave, "rslave");
+    assert_eq!(out.status.code(), Some(1), "an rslave rootfs was accepted");
+    assert!(
+        rt.last_error().contains(
+            "linux.rootfsPropagation \"rslave\": a Burrow container's rootfs is always private"
+        ),
+        "{}",
+        rt.last_error()
+    );
     wait_for("range released", || h.ranges_in_use() == 0);
 }
 
@@ -829,9 +848,9 @@ fn linux_resources_are_applied_or_refused_by_name() {
     wait_for("ranges released", || h.ranges_in_use() == 0);
 }
 
-/// The process's umask and oomScoreAdj are applied; an AppArmor profile or SELinux label the
-/// host cannot apply, and a capability the kernel does not know, fail `create` with their
-/// reason and leave nothing.
+/// The process's umask, oomScoreAdj and (for a non-root user) capabilities are applied; an
+/// AppArmor profile or SELinux label the host cannot apply, and a capability the kernel does
+/// not know, fail `create` with their reason and leave nothing.
 #[test]
 fn process_fields_are_applied_or_refused_by_name() {
     let _hybrid = hybrid_host();
@@ -850,6 +869,42 @@ fn process_fields_are_applied_or_refused_by_name() {
     });
     assert_eq!(fs::read_to_string(out_file).unwrap(), "0077\n500\n");
     assert!(rt.run(&["delete", "process-fields"]).status.success());
+
+    // A non-root process user gets the spec's capability sets (as runc gives Docker's
+    // `--user 1000 --cap-add`), where root keeps its namespace's full set.
+    let b = bundle(
+        &h,
+        "user-caps",
+        &["grep", "^Cap", "/proc/self/status"],
+        |c| {
+            c["process"]["user"] = json!({"uid": 1000, "gid": 1000});
+            let bind = json!(["CAP_NET_BIND_SERVICE"]);
+            c["process"]["capabilities"] = json!({
+                "bounding": ["CAP_NET_BIND_SERVICE", "CAP_CHOWN"],
+                "effective": bind, "permitted": bind, "inheritable": bind, "ambient": bind,
+            });
+        },
+    );
+    let (out, out_file, _) = rt.create(&b, "user-caps");
+    assert!(out.status.success(), "create: {}", rt.last_error());
+    assert!(
+        rt.run(&["start", "user-caps"]).status.success(),
+        "{}: {}",
+        rt.last_error(),
+        fs::read_to_string(&out_file).unwrap_or_default()
+    );
+    wait_for("the container ran", || {
+        rt.state("user-caps")["status"] == "stopped"
+    });
+    let bind = "0000000000000400";
+    assert_eq!(
+        fs::read_to_string(out_file).unwrap(),
+        format!(
+            "CapInh:\t{bind}\nCapPrm:\t{bind}\nCapEff:\t{bind}\n\
+             CapBnd:\t0000000000000401\nCapAmb:\t{bind}\n"
+        )
+    );
+    assert!(rt.run(&["delete", "user-caps"]).status.success());
 
     let mut refusals = vec![(
         json!({"capabilities": {"bounding": ["CAP_BOGUS"]}}),

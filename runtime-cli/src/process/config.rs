@@ -22,6 +22,9 @@ pub struct InitConfig {
     pub umask: Option<u32>,
     /// The LSM labels the process gets at exec (AppArmor's profile, SELinux's label).
     pub exec_labels: Vec<ExecLabel>,
+    /// The spec's capability sets for a process user other than root (root keeps every
+    /// capability of its user namespace: Burrow's decision).
+    pub capabilities: Option<ProcessCaps>,
     pub terminal: bool,
     /// O_PATH fd of the exec fifo, reopened for writing through /proc/self/fd: the init waits
     /// on it for `start` (an exec'd process does not wait).
@@ -44,6 +47,16 @@ impl InitConfig {
     pub fn has_container_hooks(&self) -> bool {
         !self.create_container_hooks.is_empty() || !self.start_container_hooks.is_empty()
     }
+}
+
+/// A non-root process's capability sets, as the spec gives them (a set it leaves out is empty;
+/// an absent bounding set leaves the bounding set alone).
+pub struct ProcessCaps {
+    pub bounding: Option<caps::CapsHashSet>,
+    pub effective: caps::CapsHashSet,
+    pub permitted: caps::CapsHashSet,
+    pub inheritable: caps::CapsHashSet,
+    pub ambient: caps::CapsHashSet,
 }
 
 /// A label for the process's exec: `value` written to the LSM's `attr` file of the thread.

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value};
 
 use super::channel::ChildChannel;
-use super::config::{ContainerHook, InitConfig};
+use super::config::{ContainerHook, InitConfig, ProcessCaps};
 use super::message::ToParent;
 
 /// Leaves the session keyring the process inherited from the runtime's caller (a login's, or
@@ -251,6 +251,12 @@ fn set_up(config: &InitConfig, channel: &ChildChannel) {
     if let Err(e) = seccompiler::apply_filter(&config.seccomp) {
         channel.fail("applying the seccomp filter", e);
     }
+    if let Some(sets) = &config.capabilities {
+        // Kept across the switch to the process's user, which would clear them all.
+        if let Err(e) = keep_capabilities(sets) {
+            channel.fail("keeping capabilities for the process's user", e);
+        }
+    }
     if config.uid != 0 || config.gid != 0 || !config.additional_gids.is_empty() {
         let groups: Vec<nix::unistd::Gid> =
             config.additional_gids.iter().map(|g| (*g).into()).collect();
@@ -263,6 +269,11 @@ fn set_up(config: &InitConfig, channel: &ChildChannel) {
             channel.fail(&what, e);
         }
     }
+    if let Some(sets) = &config.capabilities {
+        if let Err(e) = set_capabilities(sets) {
+            channel.fail("setting the process's capabilities", e);
+        }
+    }
     if let Some(mask) = config.umask {
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));
     }
@@ -272,6 +283,31 @@ fn set_up(config: &InitConfig, channel: &ChildChannel) {
     if let Err(e) = nix::unistd::chdir(config.cwd.as_c_str()) {
         channel.fail(&format!("chdir to {:?}", config.cwd), e);
     }
+}
+
+/// Before the user switch: the bounding set narrowed to the spec's, and the permitted set kept
+/// through the switch.
+fn keep_capabilities(sets: &ProcessCaps) -> Result<(), caps::errors::CapsError> {
+    if let Some(bounding) = &sets.bounding {
+        for cap in caps::runtime::thread_all_supported().difference(bounding) {
+            caps::drop(None, caps::CapSet::Bounding, *cap)?;
+        }
+    }
+    rustix::thread::set_keep_capabilities(true)
+        .map_err(|e| caps::errors::CapsError::from(format!("PR_SET_KEEPCAPS: {e}")))
+}
+
+/// After the user switch: the spec's permitted, effective and inheritable sets, then its
+/// ambient ones (which must be in both permitted and inheritable, as the kernel requires).
+fn set_capabilities(sets: &ProcessCaps) -> Result<(), caps::errors::CapsError> {
+    caps::set(None, caps::CapSet::Permitted, &sets.permitted)?;
+    caps::set(None, caps::CapSet::Effective, &sets.effective)?;
+    caps::set(None, caps::CapSet::Inheritable, &sets.inheritable)?;
+    for cap in &sets.ambient {
+        caps::raise(None, caps::CapSet::Ambient, *cap)?;
+    }
+    rustix::thread::set_keep_capabilities(false)
+        .map_err(|e| caps::errors::CapsError::from(format!("PR_SET_KEEPCAPS: {e}")))
 }
 
 /// Execs the process, trying each candidate path of args[0]. Never returns.
@@ -308,7 +344,7 @@ fn wait_for_start(fifo: BorrowedFd<'_>) {
         Ok(fifo) => {
             let _ = rustix::io::write(&fifo, b"0");
         }
-        Err(_) => burrow_sys::fork::exit(126),
+        Err(e) => leave(126, &format!("reopening the exec fifo to start: {e}")),
     }
 }
 
