@@ -184,6 +184,7 @@ pub fn process_config(
         no_new_privileges: process.no_new_privileges().unwrap_or(false),
         umask: user.umask(),
         exec_labels: exec_labels(process)?,
+        device_nodes: vec![],
         capabilities: if user.uid() == 0 {
             None
         } else {
@@ -209,6 +210,21 @@ pub fn set_inherited_oom_score_adj(process: &oci_spec::runtime::Process) -> Resu
     };
     std::fs::write("/proc/self/oom_score_adj", adj.to_string())
         .map_err(CliError::io(format!("setting process.oomScoreAdj {adj}")))
+}
+
+/// The extra devices' nodes as the init sets them up.
+fn device_nodes(devices: &[crate::spec::ExtraDevice]) -> Result<Vec<process::DeviceNode>> {
+    devices
+        .iter()
+        .map(|d| {
+            Ok(process::DeviceNode {
+                path: cstring(&format!("/dev/{}", d.name), "a device path")?,
+                mode: d.file_mode,
+                uid: d.uid,
+                gid: d.gid,
+            })
+        })
+        .collect()
 }
 
 /// The spec's capability sets, as the kernel names them.
@@ -595,6 +611,7 @@ fn create_steps(
     let mut config = init_config(&c.bundle.spec, &c.bundle.rootfs, c.options.preserve_fds)?;
     config.unshare_flags &= !joins.joined_flags();
     config.fifo = Some(make_exec_fifo(&fifo_path)?);
+    config.device_nodes = device_nodes(&c.bundle.extra_devices)?;
     if let Some(process) = c.bundle.spec.process() {
         set_inherited_oom_score_adj(process)?;
     }

@@ -91,6 +91,7 @@ impl Bundle {
         }
         check_isolation(&spec)?;
         check_rootfs_propagation(&dir, &spec)?;
+        check_tenant_limits(&spec)?;
         let extra_devices = extra_devices(&dir, &spec)?;
         let (mut mounts, mut dev_at) = planned_mounts(&dir, &spec)?;
         let mut spec = spec;
@@ -130,12 +131,16 @@ impl Bundle {
     }
 }
 
-/// A device of `linux.devices`: its name below /dev (devd's allowlist names) and numbers.
+/// A device of `linux.devices`: its name below /dev (devd's allowlist names), numbers, and
+/// the mode and owner (the container's IDs) its node gets inside, where the spec sets them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExtraDevice {
     pub name: String,
     pub major: u32,
     pub minor: u32,
+    pub file_mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
 }
 
 /// The spec's `linux.devices` (Docker's `--device`), each a character device that is the
@@ -175,6 +180,13 @@ fn extra_devices(dir: &Path, spec: &Spec) -> Result<Vec<ExtraDevice>> {
             let (major, minor) = (device.major() as u32, device.minor() as u32);
             let host = rustix::fs::stat(Path::new("/dev").join(&name))
                 .map_err(|e| refuse(format!("no such node on the host: {e}")))?;
+            if rustix::fs::FileType::from_raw_mode(host.st_mode)
+                != rustix::fs::FileType::CharacterDevice
+            {
+                return Err(refuse(
+                    "the host's node of that path is not a character device".into(),
+                ));
+            }
             let host_numbers = (
                 rustix::fs::major(host.st_rdev),
                 rustix::fs::minor(host.st_rdev),
@@ -185,7 +197,14 @@ fn extra_devices(dir: &Path, spec: &Spec) -> Result<Vec<ExtraDevice>> {
                     host_numbers.0, host_numbers.1
                 )));
             }
-            Ok(ExtraDevice { name, major, minor })
+            Ok(ExtraDevice {
+                name,
+                major,
+                minor,
+                file_mode: device.file_mode(),
+                uid: device.uid(),
+                gid: device.gid(),
+            })
         })
         .collect()
 }
@@ -419,6 +438,23 @@ fn prepare_for_systemd(spec: &mut Spec, mounts: &mut Vec<PlannedMount>) -> usize
         spec.set_process(Some(process));
     }
     added
+}
+
+/// A non-root runtime's container is under the admin's per-user limits (idmapd's cgroup, whose
+/// limit files are never delegated): limits of its own cannot be applied, so they are refused
+/// rather than dropped.
+fn check_tenant_limits(spec: &Spec) -> Result<()> {
+    let resources = spec.linux().as_ref().and_then(|l| l.resources().as_ref());
+    if nix::unistd::geteuid().is_root()
+        || !resources.is_some_and(burrow_sys::cgroup::resources::sets_a_limit)
+    {
+        return Ok(());
+    }
+    Err(CliError::Refused(
+        "linux.resources: a non-root runtime's container has the limits the admin set for its \
+         user (the quota file), not limits of its own"
+            .into(),
+    ))
 }
 
 /// The container's mounts are a locked copy in a namespace of its own user namespace, where

@@ -140,6 +140,67 @@ const WIDEN_PROBE: &str = "d=/sys/fs/cgroup/devices; \
 /// The second wall: a container's cgroup denies every device but devd's set, on v1 (the
 /// devices controller) and on cgroup2 (a device BPF program), for root's containers and for a
 /// tenant's (whose cgroup idmapd makes); the container's root cannot widen it.
+/// A hostile spec's `linux.devices` cannot name a host device by other numbers, a block
+/// device as a character one, or a path outside /dev; a tenant gets no extra device at all.
+/// Each is refused before any helper is asked, and nothing is left.
+#[test]
+fn a_spec_cannot_reach_a_host_device_through_linux_devices() {
+    let h = Harness::start(HarnessOptions::default());
+    let root = Burrow::new(&h, None, "spec-devices-root");
+    let alice = Burrow::new(&h, Some(test_users().alice), "spec-devices-alice");
+    let disk = LoopDevice::new(&h.dir);
+    let (major, minor) = (disk.major, disk.minor);
+    let disk_path = disk.device.display().to_string();
+    let device = |path: &str, typ: &str, major: u32, minor: u32| serde_json::json!([{"path": path, "type": typ, "major": major, "minor": minor}]);
+    let cases = [
+        // /dev/null's path with the disk's numbers: devd would copy the host's node.
+        (
+            &root,
+            device("/dev/null", "c", major, minor),
+            "is not the host's node",
+        ),
+        // The disk itself, called a character device.
+        (
+            &root,
+            device(&disk_path, "c", major, minor),
+            "not a character device",
+        ),
+        (
+            &root,
+            device(&disk_path, "b", major, minor),
+            "a block device",
+        ),
+        (
+            &root,
+            device("/dev/../etc/shadow", "c", 1, 3),
+            "not a path below /dev",
+        ),
+        (
+            &alice,
+            device("/dev/null", "c", 1, 3),
+            "given to root's containers only",
+        ),
+    ];
+    for (i, (caller, devices, says)) in cases.into_iter().enumerate() {
+        let id = format!("spec-device-{i}");
+        let bundle = caller.edited_bundle(
+            &id,
+            &["true"],
+            |rootfs| busybox_rootfs(rootfs, None),
+            |config| config["linux"]["devices"] = devices.clone(),
+        );
+        let (output, status) = caller.run_bundle(&bundle, &id);
+        assert!(!status.success(), "{devices} was accepted: {output}");
+        assert!(
+            output.contains(says),
+            "{devices}: expected {says:?} in {output}"
+        );
+        let list = burrow_tests::all_output(&caller.output(&["list"]));
+        assert!(!list.contains(&id), "{id} left: {list}");
+    }
+    wait_for("no range left", || h.ranges_in_use() == 0);
+}
+
 #[test]
 fn the_device_cgroup_denies_all_but_devds_nodes() {
     let h = Harness::start(HarnessOptions::default());
@@ -844,7 +905,13 @@ fn no_container_reaches_the_callers_or_another_containers_keys() {
         let _other = burrow_tests::Detached::adopt(&caller, "other");
         assert!(started.success(), "{}", caller.output_of(&other, "other"));
         let other_json = other.join("rootfs/other.json");
-        wait_for("the other container's keys", || other_json.exists());
+        // Complete: the container writes the file while the test may already see it.
+        wait_for("the other container's keys", || {
+            fs::read(&other_json)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .is_some()
+        });
         fs::copy(&other_json, target.join("rootfs/other.json")).unwrap();
 
         let target_arg = target.display().to_string();

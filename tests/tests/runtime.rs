@@ -845,7 +845,57 @@ fn linux_resources_are_applied_or_refused_by_name() {
         );
     }
     assert!(rt.leftovers().is_empty(), "{:?}", rt.leftovers());
+    // A tenant's container has the admin's per-user limits, never its spec's.
+    let alice = burrow_tests::Burrow::new(&h, Some(burrow_tests::test_users().alice), "alice");
+    let limited = alice.edited_bundle(
+        "limited",
+        &["true"],
+        |rootfs| busybox_rootfs(rootfs, None),
+        |c| c["linux"]["resources"] = json!({"memory": {"limit": 64 << 20}}),
+    );
+    let (output, status) = alice.run_bundle(&limited, "limited");
+    assert!(!status.success(), "a tenant's limit was accepted: {output}");
+    assert!(
+        output.contains("linux.resources: a non-root runtime's container has the limits"),
+        "{output}"
+    );
     wait_for("ranges released", || h.ranges_in_use() == 0);
+}
+
+/// A `linux.devices` entry on devd's allowlist: its node is in the container's /dev with the
+/// spec's mode and owner (the container's IDs), and the container's cgroup lets it be opened.
+#[test]
+fn an_allowlisted_device_gets_the_specs_mode_and_owner() {
+    let _hybrid = hybrid_host();
+    let allowlist = std::env::temp_dir().join(format!("burrow-rt-allow-{}", std::process::id()));
+    fs::write(&allowlist, "fuse\n").unwrap();
+    let h = Harness::start(HarnessOptions {
+        devd_args: vec!["--allowlist".into(), allowlist.display().to_string()],
+        ..Default::default()
+    });
+    let rt = Runtime::new(&h);
+    let script = "ls -ln /dev/fuse; exec 3<>/dev/fuse && echo opened";
+    let b = bundle(&h, "fuse", &["sh", "-c", script], |c| {
+        c["linux"]["devices"] = json!([{"path": "/dev/fuse", "type": "c", "major": 10,
+            "minor": 229, "fileMode": 0o640, "uid": 1000, "gid": 1001}]);
+    });
+    let (out, out_file, _) = rt.create(&b, "fuse");
+    assert!(out.status.success(), "create: {}", rt.last_error());
+    assert!(rt.run(&["start", "fuse"]).status.success());
+    wait_for("the container ran", || {
+        rt.state("fuse")["status"] == "stopped"
+    });
+    let text = fs::read_to_string(out_file).unwrap();
+    let fields: Vec<&str> = text.split_whitespace().collect();
+    assert_eq!(
+        fields[..6],
+        ["crw-r-----", "1", "1000", "1001", "10,", "229"],
+        "{text}"
+    );
+    assert!(text.ends_with("opened\n"), "{text}");
+    assert!(rt.run(&["delete", "fuse"]).status.success());
+    let _ = fs::remove_file(&allowlist);
+    wait_for("range released", || h.ranges_in_use() == 0);
 }
 
 /// The process's umask, oomScoreAdj and (for a non-root user) capabilities are applied; an

@@ -22,6 +22,9 @@ pub struct InitConfig {
     pub umask: Option<u32>,
     /// The LSM labels the process gets at exec (AppArmor's profile, SELinux's label).
     pub exec_labels: Vec<ExecLabel>,
+    /// The extra device nodes devd added, with the mode and owner the spec gives them (set by
+    /// the init, the container's root, which owns them; empty for `exec`).
+    pub device_nodes: Vec<DeviceNode>,
     /// The spec's capability sets for a process user other than root (root keeps every
     /// capability of its user namespace: Burrow's decision).
     pub capabilities: Option<ProcessCaps>,
@@ -47,6 +50,14 @@ impl InitConfig {
     pub fn has_container_hooks(&self) -> bool {
         !self.create_container_hooks.is_empty() || !self.start_container_hooks.is_empty()
     }
+}
+
+/// A device node in the container's /dev and what the spec sets of it.
+pub struct DeviceNode {
+    pub path: std::ffi::CString,
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
 }
 
 /// A non-root process's capability sets, as the spec gives them (a set it leaves out is empty;

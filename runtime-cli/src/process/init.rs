@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value};
 
 use super::channel::ChildChannel;
-use super::config::{ContainerHook, InitConfig, ProcessCaps};
+use super::config::{ContainerHook, DeviceNode, InitConfig, ProcessCaps};
 use super::message::ToParent;
 
 /// Leaves the session keyring the process inherited from the runtime's caller (a login's, or
@@ -251,6 +251,11 @@ fn set_up(config: &InitConfig, channel: &ChildChannel) {
     if let Err(e) = seccompiler::apply_filter(&config.seccomp) {
         channel.fail("applying the seccomp filter", e);
     }
+    for node in &config.device_nodes {
+        if let Err(e) = set_up_device_node(node) {
+            channel.fail(&format!("setting up {:?}", node.path), e);
+        }
+    }
     if let Some(sets) = &config.capabilities {
         // Kept across the switch to the process's user, which would clear them all.
         if let Err(e) = keep_capabilities(sets) {
@@ -283,6 +288,22 @@ fn set_up(config: &InitConfig, channel: &ChildChannel) {
     if let Err(e) = nix::unistd::chdir(config.cwd.as_c_str()) {
         channel.fail(&format!("chdir to {:?}", config.cwd), e);
     }
+}
+
+/// The mode (permission bits) and owner the spec gives an extra device's node.
+fn set_up_device_node(node: &DeviceNode) -> rustix::io::Result<()> {
+    if let Some(mode) = node.mode {
+        rustix::fs::chmod(
+            node.path.as_c_str(),
+            rustix::fs::Mode::from_bits_truncate(mode & 0o7777),
+        )?;
+    }
+    if node.uid.is_some() || node.gid.is_some() {
+        let uid = node.uid.map(rustix::fs::Uid::from_raw);
+        let gid = node.gid.map(rustix::fs::Gid::from_raw);
+        rustix::fs::chown(node.path.as_c_str(), uid, gid)?;
+    }
+    Ok(())
 }
 
 /// Before the user switch: the bounding set narrowed to the spec's, and the permitted set kept

@@ -42,7 +42,7 @@ use std::os::fd::AsFd;
 use burrow_sys::fork::Keep;
 
 pub use channel::{pair, ChildChannel, ParentChannel, ProtocolError};
-pub use config::{ContainerHook, ExecLabel, InitConfig, ProcessCaps};
+pub use config::{ContainerHook, DeviceNode, ExecLabel, InitConfig, ProcessCaps};
 
 /// How many fds a container's process gets from the runtime's caller: stdio and
 /// `--preserve-fds` (fds `0..N`). Every process the CLI forks for a container keeps them, to pass

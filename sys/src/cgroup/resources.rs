@@ -36,6 +36,28 @@ pub fn apply(path: &str, resources: &LinuxResources) -> Result<(), ResourceError
     manager.set(&wanted).map_err(failed)
 }
 
+/// Whether `resources` sets any limit (device rules aside; zeros and empties set nothing).
+pub fn sets_a_limit(resources: &LinuxResources) -> bool {
+    let wanted = without_unset(resources);
+    let network = wanted.network().as_ref();
+    wanted
+        .cpu()
+        .as_ref()
+        .is_some_and(|c| *c != LinuxCpu::default())
+        || wanted.memory().is_some_and(|m| m != LinuxMemory::default())
+        || wanted.pids().is_some()
+        || wanted
+            .block_io()
+            .as_ref()
+            .is_some_and(|b| *b != LinuxBlockIo::default())
+        || wanted.hugepage_limits().is_some()
+        || network.is_some_and(|n| {
+            n.class_id().is_some() || n.priorities().as_ref().is_some_and(|p| !p.is_empty())
+        })
+        || wanted.rdma().as_ref().is_some_and(|r| !r.is_empty())
+        || wanted.unified().as_ref().is_some_and(|u| !u.is_empty())
+}
+
 /// `resources` without its device rules and with every zero or empty value unset.
 fn without_unset(resources: &LinuxResources) -> LinuxResources {
     let mut wanted = resources.clone();
@@ -265,5 +287,12 @@ mod tests {
         assert_eq!(wanted.pids(), &None);
         assert_eq!(wanted.block_io().as_ref().unwrap().weight(), None);
         assert_eq!(wanted.hugepage_limits(), &None);
+        assert!(sets_a_limit(&resources));
+        let nothing: LinuxResources = serde_json::from_value(serde_json::json!({
+            "devices": [{"allow": false, "access": "rwm"}],
+            "cpu": {"shares": 0, "cpus": ""}, "memory": {"limit": 0}, "pids": {"limit": 0},
+        }))
+        .unwrap();
+        assert!(!sets_a_limit(&nothing));
     }
 }
