@@ -862,6 +862,122 @@ fn linux_resources_are_applied_or_refused_by_name() {
     wait_for("ranges released", || h.ranges_in_use() == 0);
 }
 
+/// What a container's process sees of its spec's fields, printed from inside.
+const FIELD_PROBE: &str = "hostname; umask; cat /proc/self/oom_score_adj; id -u; id -g; id -G; \
+    grep -E '^NoNewPrivs' /proc/self/status; ulimit -n; pwd; echo \"FOO=$FOO\"";
+
+/// A change to a config.json, applied to Burrow's and runc's alike.
+type SpecEdit = Box<dyn Fn(&mut Value)>;
+
+/// A non-root process's capability sets, printed from inside.
+const CAPS_PROBE: &str = "grep -E '^Cap(Inh|Prm|Eff|Bnd|Amb)' /proc/self/status";
+
+/// `runc run` of the same rootfs with runc's own spec and the same `edit` (runc is the
+/// reference for what the fields mean; Burrow's spec differs only in the namespaces and
+/// mounts a system container has): the process's output.
+fn runc_output(h: &Harness, name: &str, script: &str, edit: &dyn Fn(&mut Value)) -> String {
+    let dir = h.dir.join(format!("runc-{name}"));
+    fs::create_dir_all(&dir).unwrap();
+    busybox_rootfs(&dir.join("rootfs"), None);
+    burrow_tests::run(Command::new("runc").args(["spec", "--bundle"]).arg(&dir));
+    let path = dir.join("config.json");
+    let mut config: Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+    config["process"]["terminal"] = json!(false);
+    config["process"]["args"] = json!(["sh", "-c", script]);
+    config["root"]["readonly"] = json!(false);
+    edit(&mut config);
+    fs::write(&path, config.to_string()).unwrap();
+    let out = Command::new("runc")
+        .arg("--root")
+        .arg(h.dir.join("runc-root"))
+        .args(["run", "--bundle"])
+        .arg(&dir)
+        .arg(format!("runc-{name}"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "runc {name}: {}",
+        burrow_tests::all_output(&out)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Field by field, a process's view of its spec under Burrow is runc's on the same rootfs:
+/// hostname (empty and set), umask, oomScoreAdj, user with additional groups, noNewPrivileges,
+/// rlimits, cwd and env, and a non-root user's five capability sets. (Where Burrow decides
+/// otherwise, the README's table says so: root's capabilities, the ID mappings, seccomp.)
+#[test]
+fn process_fields_are_as_runcs_on_the_same_rootfs() {
+    let _hybrid = hybrid_host();
+    let h = Harness::start(HarnessOptions::default());
+    let rt = Runtime::new(&h);
+    let bind = json!(["CAP_NET_BIND_SERVICE", "CAP_KILL"]);
+    let host = String::from_utf8(Command::new("hostname").output().unwrap().stdout).unwrap();
+    // What runc shows, known beforehand: the comparison compares something.
+    let shows: [(&str, &str); 4] = [
+        ("empty-hostname", host.as_str()),
+        ("hostname", "conformance\n"),
+        (
+            "process",
+            "conformance\n0027\n300\n1000\n1000\n1000 10 20\nNoNewPrivs:\t1\n256\n/tmp\nFOO=bar\n",
+        ),
+        (
+            "user-caps",
+            "CapEff:\t0000000000000420\nCapBnd:\t0000000000000421\n",
+        ),
+    ];
+    let cases: Vec<(&str, &str, SpecEdit)> = vec![
+        (
+            "empty-hostname",
+            FIELD_PROBE,
+            Box::new(|c| c["hostname"] = json!("")),
+        ),
+        (
+            "hostname",
+            FIELD_PROBE,
+            Box::new(|c| c["hostname"] = json!("conformance")),
+        ),
+        (
+            "process",
+            FIELD_PROBE,
+            Box::new(|c| {
+                c["hostname"] = json!("conformance");
+                c["process"]["user"] =
+                    json!({"uid": 1000, "gid": 1000, "additionalGids": [10, 20], "umask": 0o027});
+                c["process"]["oomScoreAdj"] = json!(300);
+                c["process"]["noNewPrivileges"] = json!(true);
+                c["process"]["rlimits"] =
+                    json!([{"type": "RLIMIT_NOFILE", "hard": 512, "soft": 256}]);
+                c["process"]["cwd"] = json!("/tmp");
+                c["process"]["env"] = json!(["PATH=/bin", "FOO=bar"]);
+            }),
+        ),
+        (
+            "user-caps",
+            CAPS_PROBE,
+            Box::new(move |c| {
+                c["process"]["user"] = json!({"uid": 1000, "gid": 1000});
+                c["process"]["capabilities"] = json!({
+                    "bounding": ["CAP_NET_BIND_SERVICE", "CAP_KILL", "CAP_CHOWN"],
+                    "effective": bind, "permitted": bind, "inheritable": bind, "ambient": bind,
+                });
+            }),
+        ),
+    ];
+    for (name, script, edit) in cases {
+        let expected = runc_output(&h, name, script, edit.as_ref());
+        let (_, known) = shows.iter().find(|(case, _)| *case == name).unwrap();
+        assert!(expected.contains(known), "runc {name}: {expected:?}");
+        let b = bundle(&h, name, &["sh", "-c", script], |c| edit(c));
+        let out = rt.run(&["run", "--bundle", &b.display().to_string(), name]);
+        assert!(out.status.success(), "{name}: {}", rt.last_error());
+        assert_eq!(String::from_utf8_lossy(&out.stdout), expected, "{name}");
+    }
+    wait_for("ranges released", || h.ranges_in_use() == 0);
+}
+
 /// A `linux.devices` entry on devd's allowlist: its node is in the container's /dev with the
 /// spec's mode and owner (the container's IDs), and the container's cgroup lets it be opened.
 #[test]
