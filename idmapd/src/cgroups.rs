@@ -94,12 +94,11 @@ fn failed(e: impl std::fmt::Display) -> BurrowError {
 /// The user's cgroup, which carries the admin's per-user limits: a directory of idmapd's tree,
 /// or a slice.
 fn user_cgroup(placement: Placement, uid: u32) -> String {
+    let root = placement.users_root();
     match placement {
-        Placement::Cgroupfs => format!("{CGROUP_ROOT}/user-{uid}"),
+        Placement::Cgroupfs => format!("{root}/user-{uid}"),
         // As systemd lays out a slice whose name has dashes: one level per dash.
-        Placement::Systemd => {
-            format!("/burrow.slice/burrow-users.slice/{}", user_slice(uid))
-        }
+        Placement::Systemd => format!("{root}/burrow-users.slice/{}", user_slice(uid)),
     }
 }
 

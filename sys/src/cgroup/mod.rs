@@ -14,7 +14,6 @@ use std::fs;
 use std::os::unix::fs::chown;
 use std::path::{Path, PathBuf};
 
-use cgroups_rs::fs::cpu::CpuController;
 use cgroups_rs::fs::freezer::FreezerController;
 use cgroups_rs::fs::hierarchies::{self, is_cgroup2_unified_mode};
 use cgroups_rs::fs::memory::MemController;
@@ -160,7 +159,9 @@ fn hybrid_unified_mount() -> Option<PathBuf> {
         .map(|m| PathBuf::from(m.mount_point))
 }
 
-fn apply_limits(cgroup: &Cgroup, path: &str, limits: &Limits) -> Result<()> {
+/// The per-user limits idmapd sets on a user's cgroup: memory and pids (a container's own
+/// limits are the spec's resources, [`resources::apply`]; a scope's, systemd's properties).
+fn apply_user_limits(cgroup: &Cgroup, path: &str, limits: &Limits) -> Result<()> {
     let missing = |limit, controller| CgroupError::NoController {
         limit,
         controller,
@@ -181,52 +182,17 @@ fn apply_limits(cgroup: &Cgroup, path: &str, limits: &Limits) -> Result<()> {
             .set_pid_max(MaxValue::Value(limit))
             .map_err(setting("the pids limit"))?;
     }
-    let period = limits.cpu_period.filter(|p| *p > 0);
-    let quota = limits.cpu_quota.filter(|q| *q != 0);
-    let shares = limits.cpu_shares.filter(|s| *s > 0);
-    if shares.is_none() && quota.is_none() && period.is_none() {
-        return Ok(());
-    }
-    let cpu = cgroup
-        .controller_of::<CpuController>()
-        .ok_or_else(|| missing("CPU limits", "cpu"))?;
-    if let Some(shares) = shares {
-        let value = if cgroup.v2() {
-            cpu_weight(shares)
-        } else {
-            shares
-        };
-        cpu.set_shares(value).map_err(setting("CPU shares"))?;
-    }
-    if cgroup.v2() {
-        if quota.is_some() || period.is_some() {
-            cpu.set_cfs_quota_and_period(quota, period)
-                .map_err(setting("the CPU quota"))?;
-        }
-    } else {
-        if let Some(period) = period {
-            cpu.set_cfs_period(period)
-                .map_err(setting("the CPU period"))?;
-        }
-        if let Some(quota) = quota {
-            cpu.set_cfs_quota(quota).map_err(setting("the CPU quota"))?;
-        }
-    }
     Ok(())
 }
 
-/// cgroup2 has weights: runc's conversion from shares (2..262144, what v1 clamps to) to weight
-/// (1..10000).
-fn cpu_weight(shares: u64) -> u64 {
-    1 + (shares.clamp(2, 262144) - 2) * 9999 / 262142
-}
-
-/// Creates `path` in every hierarchy with `limits` (parents that do not exist yet get none).
+/// Creates `path` in every hierarchy with a user's memory and pids `limits` (parents that do
+/// not exist yet get none).
 pub fn make(path: &str, limits: &Limits) -> Result<()> {
-    make_in_every_hierarchy(path, limits).map(|_| ())
+    let hierarchies = make_in_every_hierarchy(path)?;
+    apply_user_limits(&hierarchies.cgroup, path, limits)
 }
 
-fn make_in_every_hierarchy(path: &str, limits: &Limits) -> Result<Hierarchies> {
+fn make_in_every_hierarchy(path: &str) -> Result<Hierarchies> {
     let hierarchies = Hierarchies::of(path);
     // Made here first, so that a failure names the hierarchy's directory (cgroups-rs's error
     // does not); cgroups-rs then sets up what its controllers need (v1 cpuset's cpus, mems).
@@ -237,7 +203,6 @@ fn make_in_every_hierarchy(path: &str, limits: &Limits) -> Result<Hierarchies> {
         .cgroup
         .create()
         .map_err(controller(format!("creating cgroup {path}")))?;
-    apply_limits(&hierarchies.cgroup, path, limits)?;
     Ok(hierarchies)
 }
 
@@ -260,7 +225,7 @@ pub fn create(path: &str, devices: &DevicePolicy) -> Result<NewCgroup> {
 /// process: the hierarchies systemd leaves out (v1 `freezer`, `cpuset`, ...) and the device
 /// policy, as for a cgroup of Burrow's own.
 pub fn adopt(path: &str, devices: &DevicePolicy) -> Result<NewCgroup> {
-    let hierarchies = make_in_every_hierarchy(path, &Limits::default())?;
+    let hierarchies = make_in_every_hierarchy(path)?;
     devices::restrict(&hierarchies, path, devices)?;
     Ok(NewCgroup {
         path: path.to_string(),

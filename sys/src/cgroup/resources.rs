@@ -154,9 +154,9 @@ fn needed_controllers(wanted: &LinuxResources) -> Vec<(&'static str, &'static st
     needed
 }
 
-/// Whether this host has `controller` (a v1 hierarchy of it, or cgroup2's root lists it).
-fn host_has(controller: &str) -> bool {
-    let root = hierarchies::auto().root();
+/// Whether this host has `controller` (a v1 hierarchy of it below `root`, or cgroup2's `root`
+/// lists it).
+fn host_has(root: &Path, controller: &str) -> bool {
     if is_cgroup2_unified_mode() {
         let v2_name = if controller == "blkio" {
             "io"
@@ -177,9 +177,11 @@ fn check_host_honours(path: &str, wanted: &LinuxResources) -> Result<(), Resourc
             why: why.to_string(),
         })
     };
+    // Where the hierarchies are mounted, read once (cgroups-rs parses mountinfo for it).
+    let root = hierarchies::auto().root();
     if let Some((field, controller)) = needed_controllers(wanted)
         .into_iter()
-        .find(|(_, controller)| !host_has(controller))
+        .find(|(_, controller)| !host_has(&root, controller))
     {
         return unsupported(field, &format!("this host has no {controller} controller"));
     }
@@ -190,9 +192,7 @@ fn check_host_honours(path: &str, wanted: &LinuxResources) -> Result<(), Resourc
         return unsupported("unified", "raw cgroup2 files are not written by Burrow");
     }
     let v1_file = |controller: &str, file: &str| {
-        hierarchies::auto()
-            .root()
-            .join(controller)
+        root.join(controller)
             .join(path.trim_start_matches('/'))
             .join(file)
     };

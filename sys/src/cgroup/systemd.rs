@@ -282,7 +282,7 @@ fn limit_properties(limits: &Limits) -> Vec<(&'static str, Value<'static>)> {
     }
     if let Some(shares) = limits.cpu_shares.filter(|s| *s > 0) {
         if cgroups_rs::fs::hierarchies::is_cgroup2_unified_mode() {
-            properties.push(("CPUWeight", Value::from(super::cpu_weight(shares))));
+            properties.push(("CPUWeight", Value::from(cpu_weight(shares))));
         } else {
             properties.push(("CPUShares", Value::from(shares)));
         }
@@ -297,6 +297,12 @@ fn limit_properties(limits: &Limits) -> Vec<(&'static str, Value<'static>)> {
         properties.push(("CPUQuotaPeriodUSec", Value::from(period)));
     }
     properties
+}
+
+/// cgroup2 has weights: runc's conversion from shares (2..262144, what v1 clamps to) to weight
+/// (1..10000).
+fn cpu_weight(shares: u64) -> u64 {
+    1 + (shares.clamp(2, 262144) - 2) * 9999 / 262142
 }
 
 /// `policy` as systemd can state it, which is what the scope gets from Burrow too, so that the
