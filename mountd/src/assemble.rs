@@ -149,7 +149,7 @@ fn mount_one(
             recursive,
         } => {
             let mount = fds.get(*mount)?;
-            set_attributes(mount, *attrs, MountAttrFlags::empty(), None, *recursive)
+            set_attributes(mount, *attrs, atime_cleared(*attrs), None, *recursive)
                 .or_refused(format!("setting flags of {destination}"))?;
             let create = if *is_file {
                 Create::File
@@ -175,6 +175,17 @@ fn mount_one(
         Prepared::Cgroup { destination, attrs } => {
             mount_cgroups(root, destination, *attrs, &job.cgroups, job.root_ids)
         }
+    }
+}
+
+/// What a bind's flags must clear for `attrs` to set its access-time mode: the whole field, as
+/// mount_setattr(2) wants, when `attrs` names a mode other than relatime (which is 0, the
+/// default: a bind keeps its source's mode unless the spec asks for another).
+fn atime_cleared(attrs: MountAttrFlags) -> MountAttrFlags {
+    if attrs.intersects(MountAttrFlags::MOUNT_ATTR__ATIME) {
+        MountAttrFlags::MOUNT_ATTR__ATIME
+    } else {
+        MountAttrFlags::empty()
     }
 }
 

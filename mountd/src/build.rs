@@ -120,12 +120,13 @@ fn flags_of(options: &Options) -> MountAttrFlags {
         (options.nosuid, MountAttrFlags::MOUNT_ATTR_NOSUID),
         (options.nodev, MountAttrFlags::MOUNT_ATTR_NODEV),
         (options.noexec, MountAttrFlags::MOUNT_ATTR_NOEXEC),
+        (options.nodiratime, MountAttrFlags::MOUNT_ATTR_NODIRATIME),
     ] {
         if on {
             attrs |= flag;
         }
     }
-    attrs
+    attrs | options.atime.unwrap_or(MountAttrFlags::empty())
 }
 
 /// One mount of the plan, ready for the worker; a bind's clone goes into `carried`.
@@ -141,6 +142,9 @@ fn prepare(
     } = entry;
     let attrs = flags_of(&options);
     let mut data = translate_ids(&options.data, &cx.uid_map, &cx.gid_map)?;
+    if let Some(name) = &options.source {
+        data.insert(0, ("source".to_string(), Some(name.clone())));
+    }
     let fstype = match kind {
         MountKind::Bind { source } => {
             let recursive = options.recursive;

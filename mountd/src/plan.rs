@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use rustix::mount::MountAttrFlags;
 use zbus::zvariant::OwnedValue;
 
 use burrow_contract::mount::{BuildPlan, MountKind, PlanMount, MAX_FDS};
@@ -23,6 +24,11 @@ pub struct Options {
     /// A bind's source is ID-mapped into the container unless `noidmap` says otherwise: such a
     /// bind is mounted as it is and must already belong to the container's root.
     pub idmapped: bool,
+    /// The access-time mode the spec asks for (`noatime`, `strictatime`, `relatime`), if any.
+    pub atime: Option<MountAttrFlags>,
+    pub nodiratime: bool,
+    /// The device name a fresh filesystem shows (not a bind's source, which is an fd).
+    pub source: Option<String>,
     /// `key=value` or bare-word options for the filesystem (tmpfs size, devpts mode...).
     pub data: Vec<(String, Option<String>)>,
 }
@@ -36,6 +42,9 @@ impl Default for Options {
             noexec: false,
             recursive: false,
             idmapped: true,
+            atime: None,
+            nodiratime: false,
+            source: None,
             data: vec![],
         }
     }
@@ -113,9 +122,20 @@ fn parse_options(destination: &str, raw: &[String]) -> Result<Options, BurrowErr
             // Propagation: every mount of the container is private to it anyway.
             "private" | "rprivate" | "slave" | "rslave" | "shared" | "rshared" | "unbindable"
             | "runbindable" => {}
-            // Access-time options are accepted and left to the filesystem's default.
-            "relatime" | "norelatime" | "strictatime" | "nostrictatime" | "noatime" | "atime"
-            | "nodiratime" => {}
+            // As mount(8): the last access-time mode wins; `atime`, `norelatime` and
+            // `nostrictatime` mean the kernel's default, relatime.
+            "relatime" | "norelatime" | "nostrictatime" | "atime" => {
+                options.atime = Some(MountAttrFlags::MOUNT_ATTR_RELATIME)
+            }
+            "noatime" => options.atime = Some(MountAttrFlags::MOUNT_ATTR_NOATIME),
+            "strictatime" => options.atime = Some(MountAttrFlags::MOUNT_ATTR_STRICTATIME),
+            "nodiratime" => options.nodiratime = true,
+            // The name a fresh filesystem shows as its device (the spec's `source` of a tmpfs
+            // or proc mount), which the kernel takes for any filesystem.
+            other if other.starts_with("source=") => {
+                options.source = Some(other["source=".len()..].to_string())
+            }
+            "diratime" => options.nodiratime = false,
             other => {
                 let (key, value) = match other.split_once('=') {
                     Some((k, v)) => (k, Some(v.to_string())),
@@ -236,6 +256,11 @@ impl Plan {
         let options = parse_options(&destination, &options)?;
         if let MountKind::Bind { source } = kind {
             fd_index("mounts", source, fds)?;
+            if options.source.is_some() {
+                return Err(invalid(format!(
+                    "mount {destination}: a bind's source is its fd, not a source= option"
+                )));
+            }
         } else if !options.idmapped {
             return Err(invalid(format!(
                 "mount {destination}: noidmap is an option of bind mounts"

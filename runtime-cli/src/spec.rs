@@ -305,7 +305,7 @@ fn planned_mounts(dir: &Path, spec: &Spec) -> Result<(Vec<PlannedMount>, usize)>
             }
             _ => {}
         }
-        let options = mount.options().clone().unwrap_or_default();
+        let mut options = mount.options().clone().unwrap_or_default();
         let is_bind = options.iter().any(|o| o == "bind" || o == "rbind");
         let typ = if is_bind {
             "bind".to_string()
@@ -322,6 +322,11 @@ fn planned_mounts(dir: &Path, spec: &Spec) -> Result<(Vec<PlannedMount>, usize)>
                 dir.join(source)
             })
         } else {
+            // A fresh filesystem's source is only the name it shows as its device; mountd
+            // passes it to the kernel as the `source` parameter.
+            if let Some(name) = mount.source() {
+                options.push(format!("source={}", name.display()));
+            }
             None
         };
         mounts.push(PlannedMount {

@@ -1,6 +1,9 @@
 //! The spec's namespaced sysctls, written from the host side into the container's network, ipc
 //! and uts namespaces (the container's /proc/sys is read-only), by a forked writer that joins
-//! them: the CLI's own namespaces stay the host's.
+//! them: the CLI's own namespaces stay the host's. The kernel lets only the global root write
+//! a uts sysctl, and only the ipc namespace's own root an ipc or mqueue one: the writer writes
+//! the others as the host's root, then joins the container's user namespace as its root for
+//! those.
 
 use std::ffi::{CStr, CString};
 use std::io::Read;
@@ -13,8 +16,10 @@ use oci_spec::runtime::Spec;
 
 use crate::error::{CliError, Result};
 
-/// The namespaces the writer joins, in this order.
-const NAMESPACES: [&str; 3] = ["net", "ipc", "uts"];
+/// The namespaces the writer joins, in this order; the user namespace last, for the sysctls
+/// only the ipc namespace's root may write.
+const NAMESPACES: [&str; 4] = ["net", "ipc", "uts", "user"];
+const USER: usize = 3;
 
 /// Why the sysctls were not all written.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +42,8 @@ pub enum SysctlError {
         #[source]
         source: Errno,
     },
+    #[error("setting ipc sysctls: becoming the container's root: {0}")]
+    BecomeRoot(#[source] Errno),
     /// The writer ended without saying what failed (killed, say).
     #[error("setting sysctls {keys:?}: the writer ended ({status:?}) without a report")]
     Ended {
@@ -49,6 +56,7 @@ pub enum SysctlError {
 /// the errno. Plain integers, written with one system call.
 const JOIN: i32 = 1;
 const WRITE: i32 = 2;
+const BECOME_ROOT: i32 = 3;
 const REPORT_LEN: usize = 12;
 
 /// Writes the spec's sysctls into the namespaces of the container's init `pid`. Every key is
@@ -72,7 +80,9 @@ pub fn write(spec: &Spec, pid: i32) -> Result<()> {
                 )))
         })
         .collect::<Result<_>>()?;
-    // Prepared here: the writer only makes system calls.
+    // Prepared here: the writer only makes system calls. The ipc namespace's root's last.
+    let mut sysctls: Vec<(String, String)> = sysctls.into_iter().collect();
+    sysctls.sort_by_key(|(key, _)| is_ipc_sysctl(key));
     let files: Vec<(String, CString, Vec<u8>)> = sysctls
         .into_iter()
         .map(|(key, value)| {
@@ -122,8 +132,17 @@ fn outcome(
     }
 }
 
-/// The writer: joins each namespace, writes each file; at the first failure, reports it on
-/// `report` and leaves with 1.
+/// Whether only the ipc namespace's root may write sysctl `key` (the kernel's ipc and mqueue
+/// sysctl permissions).
+fn is_ipc_sysctl(key: &str) -> bool {
+    ["kernel.shm", "kernel.msg", "kernel.sem", "fs.mqueue."]
+        .iter()
+        .any(|prefix| key.starts_with(prefix))
+}
+
+/// The writer: joins the net, ipc and uts namespaces, writes each file, becoming the
+/// container's root before the first ipc one; at the first failure, reports it on `report`
+/// and leaves with 1.
 fn write_in_namespaces(
     namespaces: &[OwnedFd],
     files: &[(String, CString, Vec<u8>)],
@@ -137,12 +156,24 @@ fn write_in_namespaces(
         let _ = rustix::io::write(report, &bytes);
         1
     };
-    for (index, ns) in namespaces.iter().enumerate() {
+    for (index, ns) in namespaces[..USER].iter().enumerate() {
         if let Err(e) = nix::sched::setns(ns, nix::sched::CloneFlags::empty()) {
             return tell(JOIN, index, e as i32);
         }
     }
-    for (index, (_, path, value)) in files.iter().enumerate() {
+    let mut container_root = false;
+    for (index, (key, path, value)) in files.iter().enumerate() {
+        if !container_root && is_ipc_sysctl(key) {
+            if let Err(e) = nix::sched::setns(&namespaces[USER], nix::sched::CloneFlags::empty()) {
+                return tell(JOIN, USER, e as i32);
+            }
+            let root = nix::unistd::setresgid(0.into(), 0.into(), 0.into())
+                .and(nix::unistd::setresuid(0.into(), 0.into(), 0.into()));
+            if let Err(e) = root {
+                return tell(BECOME_ROOT, 0, e as i32);
+            }
+            container_root = true;
+        }
         if let Err(e) = write_file(path, value) {
             return tell(WRITE, index, e.raw_os_error());
         }
@@ -178,6 +209,7 @@ fn failure(report: &[u8; REPORT_LEN], files: &[(String, CString, Vec<u8>)]) -> O
             key: files.get(index)?.0.clone(),
             source,
         }),
+        BECOME_ROOT => Some(SysctlError::BecomeRoot(source)),
         _ => None,
     }
 }
@@ -221,7 +253,7 @@ mod tests {
         );
         for bad in [
             report(WRITE, 1, 1),
-            report(JOIN, 3, 1),
+            report(JOIN, 4, 1),
             report(JOIN, -1, 1),
             report(7, 0, 1),
         ] {

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 pub mod cri;
 pub mod node;
+pub mod runtime;
 
 pub const ALICE: &str = "burrow-alice";
 pub const BOB: &str = "burrow-bob";
