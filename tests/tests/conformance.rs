@@ -699,6 +699,143 @@ fn read_state(file: &Path, id: &str) -> Value {
     state
 }
 
+/// `state` of a created container with annotations, as runc prints it for the same bundle:
+/// the same keys, and the same values but for the pid, the creation time, the paths and the
+/// spec version.
+#[test]
+fn state_is_printed_as_runc_prints_it() {
+    let h = Harness::start(HarnessOptions::default());
+    let rt = Runtime::new(&h);
+    let annotate = |c: &mut Value| {
+        c["annotations"] =
+            json!({"org.example.key": "value", "io.kubernetes.cri.container-type": "container"})
+    };
+    let runc_dir = h.dir.join("runc-state");
+    fs::create_dir_all(&runc_dir).unwrap();
+    busybox_rootfs(&runc_dir.join("rootfs"), None);
+    burrow_tests::run(
+        Command::new("runc")
+            .args(["spec", "--bundle"])
+            .arg(&runc_dir),
+    );
+    let config = runc_dir.join("config.json");
+    let mut spec: Value = serde_json::from_str(&fs::read_to_string(&config).unwrap()).unwrap();
+    spec["process"]["terminal"] = json!(false);
+    annotate(&mut spec);
+    fs::write(&config, spec.to_string()).unwrap();
+    // The container's stdio is a file: it outlives `runc create`.
+    let stdio = fs::File::create(runc_dir.join("stdio")).unwrap();
+    let runc = |args: &[&str]| {
+        let mut cmd = Command::new("runc");
+        cmd.arg("--root").arg(h.dir.join("runc-root")).args(args);
+        if args[0] == "create" {
+            cmd.stdout(stdio.try_clone().unwrap())
+                .stderr(stdio.try_clone().unwrap());
+        }
+        let out = cmd.stdin(Stdio::null()).output().unwrap();
+        assert!(
+            out.status.success(),
+            "runc {args:?}: {}",
+            burrow_tests::all_output(&out)
+        );
+        out.stdout
+    };
+    runc(&[
+        "create",
+        "--bundle",
+        &runc_dir.display().to_string(),
+        "state",
+    ]);
+    let expected: Value = serde_json::from_slice(&runc(&["state", "state"])).unwrap();
+    runc(&["delete", "--force", "state"]);
+
+    let b = bundle(&h, "state", &["sleep", "1000"], annotate);
+    let (out, _, _) = rt.create(&b, "state");
+    assert!(out.status.success(), "create: {}", rt.last_error());
+    let state = rt.state("state");
+    assert!(rt.run(&["delete", "--force", "state"]).status.success());
+    let keys = |v: &Value| -> Vec<String> { v.as_object().unwrap().keys().cloned().collect() };
+    assert_eq!(keys(&state), keys(&expected), "{state}\n{expected}");
+    // ociVersion is each runtime's own version of the spec (runc 1.1's: 1.0.2-dev).
+    assert!(
+        state["ociVersion"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("1.")),
+        "{state}"
+    );
+    for key in ["id", "status", "annotations", "owner"] {
+        assert_eq!(state[key], expected[key], "{key}: {state}\n{expected}");
+    }
+    assert_eq!(state["bundle"], b.display().to_string());
+    assert!(state["pid"].as_i64().is_some_and(|p| p > 0), "{state}");
+    wait_for("range released", || h.ranges_in_use() == 0);
+}
+
+/// The hook phases whose state both runtimes pass on the host side, each hook writing its
+/// stdin to `PHASE.json` in `dir`.
+const HOST_HOOKS: [&str; 4] = ["prestart", "createRuntime", "poststart", "poststop"];
+
+fn state_writing_hooks(dir: &Path) -> Value {
+    let hooks: serde_json::Map<String, Value> = HOST_HOOKS
+        .iter()
+        .map(|phase| {
+            let file = dir.join(format!("{phase}.json"));
+            let hook = json!([{"path": "/bin/sh",
+                "args": ["sh", "-c", format!("cat > {}", file.display())]}]);
+            (phase.to_string(), hook)
+        })
+        .collect();
+    Value::Object(hooks)
+}
+
+/// Each host-side phase's status, and whether its state has a pid, as `PHASE status pid|-`.
+fn hook_states(dir: &Path) -> Vec<String> {
+    HOST_HOOKS
+        .iter()
+        .map(|phase| {
+            let file = dir.join(format!("{phase}.json"));
+            let state: Value = serde_json::from_str(&fs::read_to_string(&file).unwrap())
+                .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            let pid = if state["pid"].as_i64().is_some_and(|p| p > 0) {
+                "pid"
+            } else {
+                "-"
+            };
+            format!("{phase} {} {pid}", state["status"].as_str().unwrap_or("?"))
+        })
+        .collect()
+}
+
+/// The state each host-side hook gets on stdin is runc's for the same bundle, but for
+/// poststart, where runc 1.1 says `created` and the spec's lifecycle says the process runs
+/// (Burrow: `running`, README's table).
+#[test]
+fn hook_states_are_runcs_and_the_specs() {
+    let h = Harness::start(HarnessOptions::default());
+    let rt = Runtime::new(&h);
+    let runc_dir = h.dir.join("runc-hook-states");
+    fs::create_dir_all(&runc_dir).unwrap();
+    let hooks = state_writing_hooks(&runc_dir);
+    runc_output(&h, "hook-states", "true", &move |c| {
+        c["hooks"] = hooks.clone()
+    });
+    let mut expected = hook_states(&runc_dir);
+    assert_eq!(
+        expected[2], "poststart created pid",
+        "runc changed: {expected:?}"
+    );
+    expected[2] = "poststart running pid".into();
+
+    let burrow_dir = h.dir.join("burrow-hook-states");
+    fs::create_dir_all(&burrow_dir).unwrap();
+    let b = bundle(&h, "hook-states", &["true"], |c| {
+        c["hooks"] = state_writing_hooks(&burrow_dir)
+    });
+    rt.output_of_run(&b, "hook-states");
+    assert_eq!(hook_states(&burrow_dir), expected);
+    wait_for("range released", || h.ranges_in_use() == 0);
+}
+
 /// Every OCI hook phase gets the state on stdin, in the right place: the runtime's hooks on the
 /// host, createContainer (a host binary) and startContainer (one of the image) inside the
 /// container. A failed poststart hook is only a warning; a failed createContainer hook fails
