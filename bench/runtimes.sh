@@ -1,45 +1,75 @@
 #!/usr/bin/env bash
-# Benchmark (not a test): `burrow run` vs `runc run` vs `crun run` on the same busybox bundle
-# (/bin/true; create + start + delete), with hyperfine, helpers warm; and, if DOCKER_HOST points
-# at a dockerd that has runtime "burrow", `docker run --rm` with burrow vs runc.
+# Benchmark (not a test): one container's whole lifecycle (create + start + delete of
+# /bin/true) on the same busybox rootfs, in ONE hyperfine run: `burrow run`, `runc run`, `runc
+# run` with a user namespace (a copy of the rootfs chowned to the map's IDs, as a runtime
+# without ID-mapped mounts needs), `crun run`, and LXC 5's `lxc-execute` with an idmap (the
+# same kind of work as Burrow: a user namespace, its own /dev, proc and sys).
+# Prints medians and ratios against LXC and runc. If DOCKER_HOST points at a dockerd that has
+# runtime "burrow", also `docker run --rm` with burrow vs runc.
 # Needs root, an installed Burrow (`make install`) and a running system bus with polkitd (as
-# `make run` leaves them). Prints medians and ratios.
+# `make run` leaves them). LXC maps through newuidmap: the script adds `root:200000:65536` to
+# /etc/subuid and /etc/subgid if they lack it.
 set -euo pipefail
-for tool in hyperfine runc crun burrow busybox; do
-    command -v $tool >/dev/null || { echo "missing $tool (apt-get install hyperfine runc crun busybox-static; make install)" >&2; exit 1; }
+for tool in hyperfine runc crun lxc-execute burrow busybox python3; do
+    command -v $tool >/dev/null || { echo "missing $tool (apt-get install hyperfine runc crun lxc busybox-static; make install)" >&2; exit 1; }
 done
+runs=${RUNS:-30}
+map_base=200000
 work=$(mktemp -d /tmp/burrow-bench.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 bundle=$work/bundle
-mkdir -p "$bundle/rootfs/bin" "$bundle/rootfs/proc" "$bundle/rootfs/sys" "$bundle/rootfs/dev"
+userns=$work/userns
+mkdir -p "$bundle/rootfs/bin" "$bundle/rootfs/proc" "$bundle/rootfs/sys" "$bundle/rootfs/dev" "$bundle/rootfs/tmp" "$userns" "$work/lxc"
 cp "$(command -v busybox)" "$bundle/rootfs/bin/busybox"
 ln -s busybox "$bundle/rootfs/bin/true"
 (cd "$bundle" && runc spec)
-python3 - "$bundle/config.json" <<'PY'
+# The user-namespace copy: the same files, owned by the map's first ID.
+cp -a "$bundle/rootfs" "$userns/rootfs"
+chown -R "$map_base:$map_base" "$userns/rootfs"
+python3 - "$bundle/config.json" "$userns/config.json" "$map_base" <<'PY'
 import json, sys
 c = json.load(open(sys.argv[1]))
 c["process"]["terminal"] = False
 c["process"]["args"] = ["/bin/true"]
 json.dump(c, open(sys.argv[1], "w"))
+c["linux"]["namespaces"].append({"type": "user"})
+c["linux"]["uidMappings"] = [{"containerID": 0, "hostID": int(sys.argv[3]), "size": 65536}]
+c["linux"]["gidMappings"] = c["linux"]["uidMappings"]
+json.dump(c, open(sys.argv[2], "w"))
 PY
-# Warm the helpers (bus activation, page cache).
-for i in 1 2 3; do burrow --root "$work/burrow" run -b "$bundle" warm$i; done
+for ids in /etc/subuid /etc/subgid; do
+    grep -q "^root:$map_base:65536$" $ids 2>/dev/null || echo "root:$map_base:65536" >>$ids
+done
+cat >"$work/lxc.conf" <<CONF
+lxc.uts.name = bench
+lxc.rootfs.path = dir:$userns/rootfs
+lxc.idmap = u 0 $map_base 65536
+lxc.idmap = g 0 $map_base 65536
+lxc.mount.auto = proc:mixed sys:mixed cgroup:mixed
+lxc.autodev = 1
+lxc.net.0.type = empty
+lxc.apparmor.profile = unconfined
+CONF
 # crun refuses the hybrid cgroup layout unless cgroup2 at /sys/fs/cgroup/unified is hidden.
 crun_cmd="unshare -m sh -c 'umount /sys/fs/cgroup/unified 2>/dev/null; crun --root $work/crun run -b $bundle c\$\$'"
-hyperfine -N --warmup 3 --runs 30 --export-json "$work/run.json" \
+# Warm the helpers (bus activation) and the page cache, and check each command works.
+for i in 1 2 3; do burrow --root "$work/burrow" run -b "$bundle" warm$i; done
+runc --root "$work/runc" run -b "$userns" warm
+sh -c "$crun_cmd"
+lxc-execute -n warm -f "$work/lxc.conf" -P "$work/lxc" -- /bin/true
+hyperfine -N --warmup 3 --runs "$runs" --export-json "$work/run.json" \
     -n burrow "burrow --root $work/burrow run -b $bundle b" \
     -n runc "runc --root $work/runc run -b $bundle r" \
-    -n crun "$crun_cmd" >&2 || hyperfine --warmup 3 --runs 30 --export-json "$work/run.json" \
-    -n burrow "burrow --root $work/burrow run -b $bundle b" \
-    -n runc "runc --root $work/runc run -b $bundle r" \
-    -n crun "$crun_cmd" >&2
+    -n "runc, user namespace" "runc --root $work/runc run -b $userns u" \
+    -n crun "$crun_cmd" \
+    -n lxc "lxc-execute -n l -f $work/lxc.conf -P $work/lxc -- /bin/true" >&2
 python3 - "$work/run.json" <<'PY'
 import json, sys
 r = {x["command"]: x["median"] for x in json.load(open(sys.argv[1]))["results"]}
-print("| runtime (run /bin/true, busybox bundle) | median | vs runc |")
-print("|---|---|---|")
-for name in ("burrow", "runc", "crun"):
-    print(f"| {name} | {r[name]*1000:.1f} ms | {r[name]/r['runc']:.2f}x |")
+print("| runtime (/bin/true, busybox rootfs, whole lifecycle) | median | vs LXC | vs runc |")
+print("|---|---|---|---|")
+for name, m in r.items():
+    print(f"| {name} | {m*1000:.1f} ms | {m/r['lxc']:.2f}x | {m/r['runc']:.2f}x |")
 PY
 if [ -n "${DOCKER_HOST:-}" ]; then
     hyperfine --warmup 2 --runs 15 --export-json "$work/docker.json" \

@@ -625,13 +625,33 @@ fn create_steps(
             .collect(),
     };
 
+    let cgroup = plan_cgroup(c, undo)?;
+    let cgroup_entry = match &cgroup {
+        CgroupPlan::Made(made) => Some(CgroupEntry::of(made)?),
+        _ => None,
+    };
     // Forked while this process has one thread: the children need no async-signal-safety.
     // SAFETY: the runtime `rt` is current-thread and has spawned no thread yet, so this
     // process is single-threaded.
-    let intermediate = unsafe { process::intermediate::spawn(&config, &join, theirs) }
-        .map_err(CliError::fork("intermediate"))?;
+    let intermediate = unsafe {
+        let cgroup = cgroup_entry.as_ref().map(CgroupEntry::for_intermediate);
+        process::intermediate::spawn(&config, &join, cgroup.as_ref(), theirs)
+    }
+    .map_err(CliError::fork("intermediate"))?;
+    drop(cgroup_entry);
     let pod = joins.pod.as_ref().map(|pod| pod.id.as_str());
-    let spawned = spawn_init(c, &channel, intermediate, pod, &fifo_path, conn_slot, undo);
+    let spawned = spawn_init(
+        c,
+        &channel,
+        Started {
+            intermediate,
+            cgroup,
+        },
+        pod,
+        &fifo_path,
+        conn_slot,
+        undo,
+    );
     if spawned.is_err() {
         // It may still wait for "go".
         let _ = nix::sys::signal::kill(intermediate, nix::sys::signal::Signal::SIGKILL);
@@ -658,6 +678,79 @@ fn make_exec_fifo(path: &Path) -> Result<OwnedFd> {
     .map_err(CliError::io("opening the exec fifo"))
 }
 
+/// The intermediate, forked, and how it gets into the container's cgroup.
+struct Started {
+    intermediate: nix::unistd::Pid,
+    cgroup: CgroupPlan,
+}
+
+/// How the container's cgroup is made and the intermediate (so the init it clones) put in it.
+enum CgroupPlan {
+    /// Root's cgroupfs cgroup, made before the intermediate, which starts in it (see
+    /// [`process::intermediate::Cgroup`]); delegated once idmapd has given the range.
+    Made(burrow_sys::cgroup::NewCgroup),
+    /// Root's systemd scope, started around the intermediate.
+    Scope(burrow_sys::cgroup::systemd::ScopeUnit),
+    /// A tenant's, made and delegated by idmapd under the admin's limits for the user.
+    ByIdmapd,
+}
+
+fn plan_cgroup(c: &Creation<'_>, undo: &mut Undo<'_>) -> Result<CgroupPlan> {
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(CgroupPlan::ByIdmapd);
+    }
+    if let Some(scope) = systemd_scope(c) {
+        return Ok(CgroupPlan::Scope(scope));
+    }
+    let linux = c.bundle.spec.linux().as_ref();
+    let path = burrow_sys::cgroup::path_for(
+        linux.and_then(|l| l.cgroups_path().as_deref()),
+        c.options.id,
+    );
+    undo.cgroup = Some(path.clone());
+    let cgroup = burrow_sys::cgroup::create(&path, &device_policy(c.bundle))?;
+    apply_resources(c, &path)?;
+    Ok(CgroupPlan::Made(cgroup))
+}
+
+/// How the intermediate enters an early cgroup: its cgroup2 directory, opened here, and its
+/// v1 `tasks` files.
+struct CgroupEntry {
+    cgroup2: Option<OwnedFd>,
+    v1_tasks: Vec<std::ffi::CString>,
+}
+
+impl CgroupEntry {
+    fn of(cgroup: &burrow_sys::cgroup::NewCgroup) -> Result<CgroupEntry> {
+        let cgroup2 = cgroup
+            .cgroup2_dir()
+            .map(|dir| {
+                rustix::fs::open(
+                    &dir,
+                    rustix::fs::OFlags::PATH
+                        | rustix::fs::OFlags::DIRECTORY
+                        | rustix::fs::OFlags::CLOEXEC,
+                    rustix::fs::Mode::empty(),
+                )
+                .map_err(CliError::io(format!("opening cgroup {}", dir.display())))
+            })
+            .transpose()?;
+        let v1_tasks = cgroup
+            .v1_tasks_files()
+            .into_iter()
+            .map(|file| cstring(&file.display().to_string(), "a cgroup path"))
+            .collect::<std::result::Result<_, _>>()?;
+        Ok(CgroupEntry { cgroup2, v1_tasks })
+    }
+
+    fn for_intermediate(&self) -> process::intermediate::Cgroup<'_> {
+        process::intermediate::Cgroup {
+            cgroup2: self.cgroup2.as_ref().map(AsFd::as_fd),
+            v1_tasks: self.v1_tasks.clone(),
+        }
+    }
+}
+
 /// A pidfd of the CLI's child `pid` (not reaped, so the pid is its own).
 fn pidfd_of(pid: i32) -> Result<OwnedFd> {
     let what = || format!("pidfd_open of {pid}");
@@ -673,7 +766,7 @@ fn pidfd_of(pid: i32) -> Result<OwnedFd> {
 fn spawn_init(
     c: &Creation<'_>,
     channel: &ParentChannel,
-    intermediate: nix::unistd::Pid,
+    started: Started,
     pod: Option<&str>,
     fifo_path: &Path,
     conn_slot: &mut Option<zbus::Connection>,
@@ -712,7 +805,14 @@ fn spawn_init(
         undo.docker_data = Some(data.clone());
         make_docker_data(&data, root_ids)?;
     }
-    place_in_cgroup(c, &conn, &name, intermediate, root_ids, undo)?;
+    match started.cgroup {
+        CgroupPlan::Made(cgroup) => delegate(&cgroup, root_ids, undo)?,
+        CgroupPlan::Scope(scope) => {
+            let cgroup = start_scope(c, &conn, &scope, started.intermediate, undo)?;
+            delegate(&cgroup, root_ids, undo)?
+        }
+        CgroupPlan::ByIdmapd => idmapd_cgroup(c, &conn, &name, started.intermediate, undo)?,
+    }
     channel.go()?;
     let pid = channel.wait_for_init()?.as_raw();
     undo.init_pid = Some(pid);
@@ -736,35 +836,36 @@ fn hand_over_fifo(fifo_path: &Path, (uid, gid): (u32, u32)) -> Result<()> {
         .map_err(CliError::io("chmod exec fifo"))
 }
 
-/// Puts the intermediate (and so the init it clones) in the container's cgroup: made, limited
-/// and delegated here for root; for another user, delegated by idmapd (and removed with the
-/// range), under the limits the admin set for this user.
-fn place_in_cgroup(
+/// A tenant's intermediate (and so the init it clones) into the cgroup idmapd makes and
+/// delegates (and removes with the range), under the limits the admin set for this user.
+fn idmapd_cgroup(
     c: &Creation<'_>,
     conn: &zbus::Connection,
     name: &str,
     intermediate: nix::unistd::Pid,
-    root_ids: (u32, u32),
     undo: &mut Undo<'_>,
 ) -> Result<()> {
-    if !nix::unistd::geteuid().is_root() {
-        let process = pidfd_of(intermediate.as_raw())?;
-        let cgroup =
-            c.rt.block_on(async {
-                IdMap1Proxy::new(conn)
-                    .await?
-                    .add_control_group(name, process.into())
-                    .await
-            })
-            .map_err(CliError::helper("idmapd"))?;
-        crate::log::debug(format!("idmapd: delegated cgroup {cgroup}"));
-        undo.cgroup = Some(cgroup);
-        return Ok(());
-    }
-    let new = make_cgroup(c, conn, intermediate, undo)?;
-    // The intermediate is this process's child, not yet reaped: its pid is its own.
-    new.add(intermediate.as_raw())?;
-    new.delegate(root_ids)?;
+    let process = pidfd_of(intermediate.as_raw())?;
+    let cgroup =
+        c.rt.block_on(async {
+            IdMap1Proxy::new(conn)
+                .await?
+                .add_control_group(name, process.into())
+                .await
+        })
+        .map_err(CliError::helper("idmapd"))?;
+    crate::log::debug(format!("idmapd: delegated cgroup {cgroup}"));
+    undo.cgroup = Some(cgroup);
+    Ok(())
+}
+
+/// Hands root's container cgroup to the container's root.
+fn delegate(
+    cgroup: &burrow_sys::cgroup::NewCgroup,
+    root_ids: (u32, u32),
+    undo: &Undo<'_>,
+) -> Result<()> {
+    cgroup.delegate(root_ids)?;
     crate::log::debug(format!(
         "cgroup {}, delegated to host uid {}",
         undo.cgroup.as_deref().unwrap_or_default(),
@@ -773,60 +874,58 @@ fn place_in_cgroup(
     Ok(())
 }
 
-/// Root's container cgroup, with the spec's limits and the device policy: a systemd scope
-/// holding the intermediate already, or made here.
-fn make_cgroup(
-    c: &Creation<'_>,
-    conn: &zbus::Connection,
-    intermediate: nix::unistd::Pid,
-    undo: &mut Undo<'_>,
-) -> Result<burrow_sys::cgroup::NewCgroup> {
-    let linux = c.bundle.spec.linux().as_ref();
-    let limits = linux
-        .and_then(|l| l.resources().as_ref())
-        .map(crate::spec::limits_of)
-        .unwrap_or_default();
-    // devd's standard set and the extras it added for the spec's linux.devices.
-    let devices = c
-        .bundle
+/// devd's standard set and the extras it added for the spec's linux.devices.
+fn device_policy(bundle: &Bundle) -> burrow_sys::cgroup::DevicePolicy {
+    bundle
         .extra_devices
         .iter()
         .fold(burrow_sys::cgroup::DevicePolicy::standard(), |policy, d| {
             policy.with(d.major, d.minor)
-        });
-    let (path, cgroup) = match systemd_scope(c) {
-        Some(scope) => {
-            let devices = burrow_sys::cgroup::systemd::as_systemd_states_it(devices);
-            let cgroup = c.rt.block_on(burrow_sys::cgroup::systemd::start_scope(
-                conn,
-                &scope,
-                intermediate.as_raw(),
-                &limits,
-                &devices,
-            ))?;
-            // Only once started: a scope of that name that was there before is not ours.
-            undo.scope = Some(scope.unit.clone());
-            crate::log::debug(format!("systemd: scope {} at {cgroup}", scope.unit));
-            undo.cgroup = Some(cgroup.clone());
-            let adopted = burrow_sys::cgroup::adopt(&cgroup, &devices)?;
-            (cgroup, adopted)
-        }
-        None => {
-            let path = burrow_sys::cgroup::path_for(
-                linux.and_then(|l| l.cgroups_path().as_deref()),
-                c.options.id,
-            );
-            undo.cgroup = Some(path.clone());
-            let made = burrow_sys::cgroup::create(&path, &devices)?;
-            (path, made)
-        }
-    };
-    // The spec's whole resources, as runc's cgroupfs driver applies them (under a scope too:
-    // systemd manages only some of them).
+        })
+}
+
+/// The spec's whole resources, as runc's cgroupfs driver applies them (under a scope too:
+/// systemd manages only some of them).
+fn apply_resources(c: &Creation<'_>, path: &str) -> Result<()> {
+    let linux = c.bundle.spec.linux().as_ref();
     if let Some(resources) = linux.and_then(|l| l.resources().as_ref()) {
-        burrow_sys::cgroup::resources::apply(&path, resources)?;
+        burrow_sys::cgroup::resources::apply(path, resources)?;
     }
-    Ok(cgroup)
+    Ok(())
+}
+
+/// Root's container cgroup as a systemd scope holding the intermediate, with the spec's
+/// limits as its properties and the device policy.
+fn start_scope(
+    c: &Creation<'_>,
+    conn: &zbus::Connection,
+    scope: &burrow_sys::cgroup::systemd::ScopeUnit,
+    intermediate: nix::unistd::Pid,
+    undo: &mut Undo<'_>,
+) -> Result<burrow_sys::cgroup::NewCgroup> {
+    let limits = c
+        .bundle
+        .spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.resources().as_ref())
+        .map(crate::spec::limits_of)
+        .unwrap_or_default();
+    let devices = burrow_sys::cgroup::systemd::as_systemd_states_it(device_policy(c.bundle));
+    let path = c.rt.block_on(burrow_sys::cgroup::systemd::start_scope(
+        conn,
+        scope,
+        intermediate.as_raw(),
+        &limits,
+        &devices,
+    ))?;
+    // Only once started: a scope of that name that was there before is not ours.
+    undo.scope = Some(scope.unit.clone());
+    crate::log::debug(format!("systemd: scope {} at {path}", scope.unit));
+    undo.cgroup = Some(path.clone());
+    let adopted = burrow_sys::cgroup::adopt(&path, &devices)?;
+    apply_resources(c, &path)?;
+    Ok(adopted)
 }
 
 /// The systemd scope to make the container's cgroup as: with `--systemd-cgroup`, a

@@ -122,6 +122,16 @@ fn lifecycle_of_a_system_container() {
     assert_eq!(state["pid"].as_i64().unwrap().to_string(), pid_text);
     assert_eq!(state["id"], "life");
     assert!(cgroup_exists("/burrow-test/life"), "no cgroup");
+    // The init is in the container's cgroup in every hierarchy (its intermediate started in
+    // the cgroup2 one and moved itself into the v1 ones).
+    let membership = fs::read_to_string(format!("/proc/{pid_text}/cgroup")).unwrap();
+    assert!(
+        membership.lines().count() > 1
+            && membership
+                .lines()
+                .all(|l| l.ends_with(":/burrow-test/life")),
+        "{membership}"
+    );
 
     assert!(
         rt.run(&["start", "life"]).status.success(),

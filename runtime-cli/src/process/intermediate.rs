@@ -3,9 +3,10 @@
 //! it, joins the namespaces the spec names, unshares the others and clones the init as a
 //! sibling (a child of the CLI, so that a subreaper such as containerd's shim adopts it).
 
+use std::ffi::CString;
 use std::os::fd::{AsFd, BorrowedFd};
 
-use burrow_sys::fork::{fork_child, fork_sibling, ForkError, ParentExit};
+use burrow_sys::fork::{fork_child, fork_child_in_cgroup, fork_sibling, ForkError, ParentExit};
 use nix::sched::CloneFlags;
 use nix::unistd::Pid;
 
@@ -21,6 +22,15 @@ pub struct Join<'a> {
     pub enter: Vec<(BorrowedFd<'a>, libc::c_int)>,
 }
 
+/// The container's cgroup, made before the intermediate: it starts in its cgroup2 directory
+/// and moves itself into the v1 hierarchies first thing, while still the host's root. Neither
+/// waits for the cgroup threadgroup lock's RCU grace period, as moving it by pid would.
+pub struct Cgroup<'a> {
+    pub cgroup2: Option<BorrowedFd<'a>>,
+    /// Each v1 hierarchy's `tasks` file, for a `0`.
+    pub v1_tasks: Vec<CString>,
+}
+
 /// Forks the intermediate, a child of the CLI (which reaps it once it has cloned the init). No
 /// death signal, as the init it clones must outlive the CLI: if the CLI goes first, its end of
 /// the channel closes and the intermediate leaves at its next step.
@@ -30,22 +40,35 @@ pub struct Join<'a> {
 pub unsafe fn spawn(
     config: &InitConfig,
     join: &Join<'_>,
+    cgroup: Option<&Cgroup<'_>>,
     channel: ChildChannel,
 ) -> Result<Pid, ForkError> {
     let keep = super::keep(config, &channel)
         .and_all(join.userns)
         .and_all(join.enter.iter().map(|(fd, _)| *fd));
+    let body = || intermediate(config, join, cgroup, channel);
     // SAFETY: the caller guarantees the CLI is single-threaded, so the child may allocate; the
     // intermediate drops no fd wrapper but the user namespace's, which it opens itself.
     unsafe {
-        fork_child(keep, ParentExit::Survive, || {
-            intermediate(config, join, channel)
-        })
+        match cgroup.and_then(|c| c.cgroup2) {
+            Some(cgroup2) => fork_child_in_cgroup(keep, ParentExit::Survive, cgroup2, body),
+            None => fork_child(keep, ParentExit::Survive, body),
+        }
     }
 }
 
 /// The intermediate process. Never returns.
-fn intermediate(config: &InitConfig, join: &Join<'_>, channel: ChildChannel) -> ! {
+fn intermediate(
+    config: &InitConfig,
+    join: &Join<'_>,
+    cgroup: Option<&Cgroup<'_>>,
+    channel: ChildChannel,
+) -> ! {
+    for tasks in cgroup.iter().flat_map(|c| &c.v1_tasks) {
+        if let Err(e) = write_zero(tasks) {
+            channel.fail(&format!("entering the cgroup through {tasks:?}"), e);
+        }
+    }
     let entered = match join.userns {
         Some(pod) => nix::sched::setns(pod, CloneFlags::CLONE_NEWUSER),
         None => nix::sched::unshare(CloneFlags::CLONE_NEWUSER),
@@ -94,4 +117,14 @@ fn intermediate(config: &InitConfig, join: &Join<'_>, channel: ChildChannel) -> 
         }
         Err(e) => channel.fail("clone of the init", e),
     }
+}
+
+/// Writes `0` into the cgroup file `path`: "this thread".
+fn write_zero(path: &CString) -> rustix::io::Result<()> {
+    let file = rustix::fs::open(
+        path.as_c_str(),
+        rustix::fs::OFlags::WRONLY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
+    rustix::io::write(&file, b"0").map(drop)
 }

@@ -6,9 +6,10 @@
 //!
 //! ```text
 //! CLI                                   intermediate                   init
-//!  |  fork ------------------------------> unshare(CLONE_NEWUSER)
+//!  |  cgroup made (root's cgroupfs)
+//!  |  fork (into its cgroup2) -----------> enters its v1 cgroups, unshare(CLONE_NEWUSER)
 //!  |  <------------------ userns + fd ---- (for idmapd)
-//!  |  idmapd maps it, cgroup
+//!  |  idmapd maps it, cgroup delegated
 //!  |  go ---------------------------------> root in it, unshare the rest,
 //!  |                                       clone(CLONE_PARENT) ------------> (waits)
 //!  |  <----------------------- init N ---- exits

@@ -244,6 +244,27 @@ impl NewCgroup {
             .collect()
     }
 
+    /// The cgroup's directory in the cgroup2 hierarchy (a hybrid host's unified mount, or a
+    /// v2 host's only one), for clone3's `CLONE_INTO_CGROUP`.
+    pub fn cgroup2_dir(&self) -> Option<PathBuf> {
+        self.hierarchies
+            .directories()
+            .into_iter()
+            .find_map(|(dir, unified)| unified.then_some(dir))
+    }
+
+    /// The `tasks` file of every v1 hierarchy. A single-threaded process that writes `0` into
+    /// one moves itself without the cgroup threadgroup lock, and so without its RCU grace
+    /// period (15-20 ms after an idle second) that a `cgroup.procs` write waits for.
+    pub fn v1_tasks_files(&self) -> Vec<PathBuf> {
+        self.hierarchies
+            .directories()
+            .into_iter()
+            .filter(|(_, unified)| !unified)
+            .map(|(dir, _)| dir.join("tasks"))
+            .collect()
+    }
+
     /// Hands the subtree to `owner` (host uid, gid of the container's root): the directory and
     /// the files that manage processes and sub-cgroups, never a limit.
     pub fn delegate(&self, owner: (u32, u32)) -> Result<()> {
