@@ -60,6 +60,10 @@ pub enum ProcessError {
         value: String,
         lsm: &'static str,
     },
+    #[error(transparent)]
+    Tuning(#[from] crate::process::tuning::TuningError),
+    #[error("process.consoleSize {height}x{width}: a terminal has at most 65535 rows and columns")]
+    ConsoleSize { height: u64, width: u64 },
     #[error("{what} contains a NUL byte")]
     NulByte {
         what: &'static str,
@@ -83,6 +87,17 @@ pub fn init_config(spec: &Spec, rootfs: &Path, preserve_fds: i32) -> Result<Init
         .filter(|h| !h.is_empty())
         .map(|h| cstring(h, "hostname"))
         .transpose()?;
+    // The same for the domain name: an empty one leaves the new namespace's "(none)".
+    config.domainname = spec
+        .domainname()
+        .as_deref()
+        .filter(|d| !d.is_empty())
+        .map(|d| cstring(d, "domainname"))
+        .transpose()?;
+    linux_tuning(spec, &mut config.tuning)?;
+    // execCPUAffinity is not for the init: the spec keeps it to exec's processes.
+    (config.affinity_initial, config.affinity_final) = (None, None);
+    config.time_offsets = time_offsets(spec);
     let namespaces = spec
         .linux()
         .as_ref()
@@ -97,6 +112,40 @@ pub fn init_config(spec: &Spec, rootfs: &Path, preserve_fds: i32) -> Result<Init
     config.create_container_hooks = container_hooks(spec, "createContainer")?;
     config.start_container_hooks = container_hooks(spec, "startContainer")?;
     Ok(config)
+}
+
+/// The container's `linux.personality` and `linux.memoryPolicy`, which every process of the
+/// container (the init and exec's) gets.
+pub fn linux_tuning(spec: &Spec, tuning: &mut process::Tuning) -> Result<()> {
+    let linux = spec.linux().as_ref();
+    tuning.personality = linux
+        .and_then(|l| l.personality().as_ref())
+        .map(process::tuning::persona);
+    tuning.memory_policy = linux
+        .and_then(|l| l.memory_policy().as_ref())
+        .map(process::tuning::mem_policy)
+        .transpose()
+        .map_err(ProcessError::from)?;
+    Ok(())
+}
+
+/// `linux.timeOffsets` as /proc/PID/timens_offsets takes them, one clock a line (the clock
+/// names and the time namespace itself are checked by `spec::check_refusals`).
+fn time_offsets(spec: &Spec) -> Option<String> {
+    let offsets = spec.linux().as_ref()?.time_offsets().as_ref()?;
+    let mut clocks: Vec<_> = offsets.iter().collect();
+    clocks.sort_by_key(|(clock, _)| clock.as_str());
+    let text: String = clocks
+        .iter()
+        .map(|(clock, offset)| {
+            format!(
+                "{clock} {} {}\n",
+                offset.secs().unwrap_or(0),
+                offset.nanosecs().unwrap_or(0)
+            )
+        })
+        .collect();
+    (!text.is_empty()).then_some(text)
 }
 
 /// The spec's hooks of `phase`, which the init runs inside the container.
@@ -177,6 +226,7 @@ pub fn process_config(
             .collect::<std::result::Result<_, ProcessError>>()?,
         cwd: cstring(&process.cwd().to_string_lossy(), "cwd")?,
         hostname: None,
+        domainname: None,
         rlimits: rlimits(process.rlimits().as_deref().unwrap_or_default())?,
         uid: user.uid(),
         gid: user.gid(),
@@ -191,6 +241,11 @@ pub fn process_config(
             Some(process_caps(process)?)
         },
         terminal: process.terminal().unwrap_or(false),
+        console_size: console_size(process)?,
+        time_offsets: None,
+        tuning: process_tuning(process)?,
+        affinity_initial: affinity(process, "initial")?,
+        affinity_final: affinity(process, "final")?,
         fifo: None,
         preserve_fds,
         unshare_flags,
@@ -198,6 +253,67 @@ pub fn process_config(
         create_container_hooks: vec![],
         start_container_hooks: vec![],
     })
+}
+
+/// process.consoleSize as the pty takes it (rows, columns); only with a terminal, as runc.
+fn console_size(
+    process: &oci_spec::runtime::Process,
+) -> std::result::Result<Option<(u16, u16)>, ProcessError> {
+    let Some(size) = process
+        .console_size()
+        .filter(|_| process.terminal() == Some(true))
+    else {
+        return Ok(None);
+    };
+    let (height, width) = (size.height(), size.width());
+    match (u16::try_from(height), u16::try_from(width)) {
+        (Ok(rows), Ok(columns)) => Ok(Some((rows, columns))),
+        _ => Err(ProcessError::ConsoleSize { height, width }),
+    }
+}
+
+/// The process's own ioPriority and scheduler (the container's personality and memory policy
+/// are added by [`linux_tuning`]).
+fn process_tuning(
+    process: &oci_spec::runtime::Process,
+) -> std::result::Result<process::Tuning, ProcessError> {
+    use process::tuning;
+    Ok(process::Tuning {
+        io_priority: process
+            .io_priority()
+            .as_ref()
+            .map(|p| tuning::io_priority(p.class(), p.priority()))
+            .transpose()?,
+        scheduler: process
+            .scheduler()
+            .as_ref()
+            .map(tuning::sched_attr)
+            .transpose()?,
+        ..Default::default()
+    })
+}
+
+/// process.execCPUAffinity's `initial` or `final` CPUs; an empty list leaves the affinity as
+/// the kernel makes it (the spec's words for `final`).
+fn affinity(
+    process: &oci_spec::runtime::Process,
+    which: &'static str,
+) -> std::result::Result<Option<nix::sched::CpuSet>, ProcessError> {
+    let Some(affinity) = process.exec_cpu_affinity() else {
+        return Ok(None);
+    };
+    let (list, field) = match which {
+        "initial" => (affinity.initial(), "process.execCPUAffinity.initial"),
+        _ => (
+            affinity.cpu_affinity_final(),
+            "process.execCPUAffinity.final",
+        ),
+    };
+    Ok(list
+        .as_deref()
+        .filter(|l| !l.is_empty())
+        .map(|l| process::tuning::cpu_set(field, l))
+        .transpose()?)
 }
 
 /// process.oomScoreAdj, set on this process so that every process it starts inherits it: the

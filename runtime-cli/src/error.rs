@@ -40,6 +40,13 @@ pub enum CliError {
     },
     #[error("refused: {0}")]
     Refused(String),
+    /// A field of config.json (or of exec's process) that Burrow does not apply, and why
+    /// (`spec::REFUSALS`): never silently dropped.
+    #[error("refused: {field}: {why}")]
+    Unsupported {
+        field: &'static str,
+        why: &'static str,
+    },
     /// A namespace the spec names by path is refused.
     #[error("refused: {0}")]
     Join(#[from] crate::namespaces::JoinError),

@@ -20,6 +20,22 @@ pub struct ExecOptions<'a> {
     pub preserve_fds: i32,
 }
 
+/// The container's namespaces exec's process enters, user first (which makes the joiner root
+/// for the others) and pid last (entered by the clone): its time namespace only if it has
+/// one of its own, as joining the host's would need the host's CAP_SYS_ADMIN.
+fn namespaces_to_join(pid: i32) -> Vec<&'static str> {
+    use std::os::unix::fs::MetadataExt;
+    let inode = |path: &str| std::fs::metadata(path).map(|m| m.ino()).ok();
+    let own_time = inode(&format!("/proc/{pid}/ns/time"))
+        .is_some_and(|theirs| inode("/proc/self/ns/time") != Some(theirs));
+    let mut kinds = vec!["user", "mnt", "uts", "ipc", "net", "cgroup"];
+    if own_time {
+        kinds.push("time");
+    }
+    kinds.push("pid");
+    kinds
+}
+
 /// Starts the process; returns its exit code (0 at once with --detach).
 pub fn exec(store: &Store, options: &ExecOptions<'_>) -> Result<i32> {
     let record = store.load(options.id)?;
@@ -31,11 +47,15 @@ pub fn exec(store: &Store, options: &ExecOptions<'_>) -> Result<i32> {
             need: "exec needs a running container".into(),
         });
     }
-    let config =
+    crate::spec::check_process_refusals(&options.process)?;
+    let mut config =
         crate::container::process_config(&options.process, &record.rootfs, options.preserve_fds)?;
+    // The container's personality and memory policy are every one of its processes'.
+    let spec = crate::spec::read_config(&record.bundle)?;
+    crate::container::linux_tuning(&spec, &mut config.tuning)?;
     crate::container::set_inherited_oom_score_adj(&options.process)?;
     let mut namespaces = vec![];
-    for what in ["user", "mnt", "uts", "ipc", "net", "cgroup", "pid"] {
+    for what in namespaces_to_join(record.pid) {
         let file = std::fs::File::open(format!("/proc/{}/ns/{what}", record.pid)).map_err(
             CliError::io(format!("opening the container's {what} namespace")),
         )?;

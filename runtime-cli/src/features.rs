@@ -6,13 +6,13 @@
 use std::collections::HashMap;
 
 use oci_spec::runtime::{
-    Apparmor, Arch, Cgroup, Features, IDMap, LinuxFeature, LinuxNamespaceType, LinuxSeccompAction,
-    MountExtensions, Seccomp, Selinux,
+    Apparmor, Arch, Cgroup, Features, IDMap, IntelRdt, LinuxFeature, LinuxNamespaceType,
+    LinuxSeccompAction, MemoryPolicy, MountExtensions, NetDevices, Seccomp, Selinux,
 };
 
 /// The newest spec whose fields Burrow reads. oci-spec 0.10's `VERSION` still says 1.1.0, but its
-/// types carry 1.2's (idmapped mounts, `mountExtensions`), which Burrow implements; 1.3's
-/// (`memoryPolicy`, `netDevices`) it does not.
+/// types carry 1.2's (idmapped mounts, `mountExtensions`), which Burrow implements, and some of
+/// 1.3's: `memoryPolicy` it applies, `netDevices` and `intelRdt` it refuses by name.
 const OCI_VERSION_MAX: &str = "1.2.0";
 
 /// Every hook kind the runtime runs (`container::hooks_of` and the init's container hooks).
@@ -140,7 +140,37 @@ fn linux() -> LinuxFeature {
     let mut extensions = MountExtensions::default();
     extensions.set_idmap(Some(idmap));
     linux.set_mount_extensions(Some(extensions));
+    linux.set_memory_policy(Some(memory_policy()));
+    // Refused by name (`spec::REFUSALS`): Burrow manages no resctrl groups and moves no host
+    // interface into a container.
+    let mut intel_rdt = IntelRdt::default();
+    intel_rdt.set_enabled(Some(false));
+    linux.set_intel_rdt(Some(intel_rdt));
+    let mut net_devices = NetDevices::default();
+    net_devices.set_enabled(Some(false));
+    linux.set_net_devices(Some(net_devices));
     linux
+}
+
+/// linux.memoryPolicy: every mode and flag of set_mempolicy(2) that the spec names
+/// (`process::tuning::mem_policy`); the kernel judges their combination.
+fn memory_policy() -> MemoryPolicy {
+    let mut policy = MemoryPolicy::default();
+    policy.set_modes(Some(strings(&[
+        "MPOL_DEFAULT",
+        "MPOL_BIND",
+        "MPOL_INTERLEAVE",
+        "MPOL_WEIGHTED_INTERLEAVE",
+        "MPOL_PREFERRED",
+        "MPOL_PREFERRED_MANY",
+        "MPOL_LOCAL",
+    ])));
+    policy.set_flags(Some(strings(&[
+        "MPOL_F_NUMA_BALANCING",
+        "MPOL_F_RELATIVE_NODES",
+        "MPOL_F_STATIC_NODES",
+    ])));
+    policy
 }
 
 /// The capabilities this kernel knows, in the kernel's order: root in the container holds all of
@@ -223,8 +253,11 @@ mod tests {
                 "apparmor",
                 "capabilities",
                 "cgroup",
+                "intelRdt",
+                "memoryPolicy",
                 "mountExtensions",
                 "namespaces",
+                "netDevices",
                 "seccomp",
                 "selinux"
             ]
@@ -265,6 +298,15 @@ mod tests {
             .unwrap()
             .contains(&"SCMP_ACT_ERRNO".into()));
         assert_eq!(json["linux"]["apparmor"]["enabled"], false);
+        assert_eq!(json["linux"]["intelRdt"]["enabled"], false);
+        assert_eq!(json["linux"]["netDevices"]["enabled"], false);
+        assert_eq!(
+            json["linux"]["memoryPolicy"]["modes"]
+                .as_array()
+                .unwrap()
+                .len(),
+            7
+        );
         assert_eq!(json["linux"]["cgroup"]["systemdUser"], false);
         assert_eq!(json["linux"]["cgroup"]["systemd"], true);
         assert_eq!(json["annotations"]["org.burrow.system-container"], "true");

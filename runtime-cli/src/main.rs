@@ -390,10 +390,13 @@ fn run_container(store: &Store, create: &CreateArgs, detach: bool, systemd: bool
 
 /// `exec --process P.json`'s process (an OCI Process; `path` names it in errors).
 fn parse_process(text: &str, path: &Path) -> Result<oci_spec::runtime::Process> {
-    serde_json::from_str(text).map_err(|source| CliError::Json {
+    let invalid = |source| CliError::Json {
         what: format!("process JSON {}", path.display()),
         source,
-    })
+    };
+    let mut value: serde_json::Value = serde_json::from_str(text).map_err(invalid)?;
+    process::tuning::spec_flag_names_for_oci_spec(&mut value);
+    serde_json::from_value(value).map_err(invalid)
 }
 
 fn exec_command(store: &Store, args: &ExecArgs) -> Result<i32> {

@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use burrow_sys::cgroup::Limits;
-use oci_spec::runtime::{LinuxDeviceType, LinuxNamespaceType, LinuxResources, Spec};
+use oci_spec::runtime::{
+    Linux, LinuxDeviceType, LinuxNamespaceType, LinuxResources, Process, Spec,
+};
 
 use crate::defaults::{MASKED_PATHS, READONLY_PATHS};
 use crate::error::{CliError, Result};
@@ -90,6 +92,7 @@ impl Bundle {
             return Err(bundle_error(&dir, "process.args is empty"));
         }
         check_isolation(&spec)?;
+        check_refusals(&spec)?;
         check_rootfs_propagation(&dir, &spec)?;
         check_tenant_limits(&spec)?;
         let extra_devices = extra_devices(&dir, &spec)?;
@@ -212,7 +215,7 @@ fn extra_devices(dir: &Path, spec: &Spec) -> Result<Vec<ExtraDevice>> {
 /// The bundle's config.json. Whoever wrote the bundle may have put a FIFO there (which would
 /// block the open) or a link to a device (which would never end): only a regular file is
 /// read, and the open does not wait.
-fn read_config(dir: &Path) -> Result<Spec> {
+pub fn read_config(dir: &Path) -> Result<Spec> {
     use rustix::fs::{FileType, Mode, OFlags};
     let path = dir.join("config.json");
     let file = match rustix::fs::open(
@@ -230,10 +233,15 @@ fn read_config(dir: &Path) -> Result<Spec> {
     }
     let text =
         std::io::read_to_string(file).map_err(bundle_file(dir, "cannot read config.json"))?;
-    serde_json::from_str(&text).map_err(|source| CliError::BundleConfig {
+    let invalid = |source| CliError::BundleConfig {
         bundle: dir.display().to_string(),
         source,
-    })
+    };
+    let mut value: serde_json::Value = serde_json::from_str(&text).map_err(invalid)?;
+    if let Some(process) = value.get_mut("process") {
+        crate::process::tuning::spec_flag_names_for_oci_spec(process);
+    }
+    serde_json::from_value(value).map_err(invalid)
 }
 
 /// The rootfs the spec names: relative to the bundle, or absolute; a directory.
@@ -445,6 +453,178 @@ fn prepare_for_systemd(spec: &mut Spec, mounts: &mut Vec<PlannedMount>) -> usize
     added
 }
 
+/// A field Burrow does not apply, when `set` finds it in the spec (or process), and why.
+struct Refusal<T> {
+    field: &'static str,
+    set: fn(&T) -> bool,
+    why: &'static str,
+}
+
+/// The Linux section's `field`, where set.
+fn linux_has(spec: &Spec, field: impl Fn(&Linux) -> bool) -> bool {
+    spec.linux().as_ref().is_some_and(field)
+}
+
+/// The clocks a time namespace has offsets for (time_namespaces(7)).
+const TIME_NAMESPACE_CLOCKS: [&str; 2] = ["monotonic", "boottime"];
+
+/// Whether the spec asks for a time namespace of the container's own (listed, without a path).
+fn new_time_namespace(spec: &Spec) -> bool {
+    linux_has(spec, |l| {
+        l.namespaces()
+            .iter()
+            .flatten()
+            .any(|n| n.typ() == LinuxNamespaceType::Time && n.path().is_none())
+    })
+}
+
+/// Every field of config.json that Burrow refuses rather than drops, with its reason (fields
+/// it replaces by its own decision, such as the ID mappings and seccomp, are documented in
+/// the README instead). Checked at create, before anything is made.
+const REFUSALS: &[Refusal<Spec>] = &[
+    Refusal {
+        field: "linux.netDevices",
+        set: |s| {
+            linux_has(s, |l| {
+                l.net_devices().as_ref().is_some_and(|d| !d.is_empty())
+            })
+        },
+        why: "moving host network interfaces into a container is not supported (its network is \
+              its own, or its pod's)",
+    },
+    Refusal {
+        field: "linux.intelRdt",
+        set: |s| linux_has(s, |l| l.intel_rdt().is_some()),
+        why: "Burrow does not manage resctrl (Intel RDT) groups",
+    },
+    Refusal {
+        field: "linux.mountLabel",
+        set: |s| {
+            linux_has(s, |l| {
+                l.mount_label().as_ref().is_some_and(|m| !m.is_empty())
+            })
+        },
+        why: "Burrow applies no SELinux mount labels",
+    },
+    Refusal {
+        field: "linux.personality.flags",
+        set: |s| {
+            linux_has(s, |l| {
+                l.personality()
+                    .as_ref()
+                    .is_some_and(|p| p.flags().as_ref().is_some_and(|f| !f.is_empty()))
+            })
+        },
+        why: "the runtime spec defines no personality flags (only the domain LINUX or LINUX32)",
+    },
+    Refusal {
+        field: "linux.timeOffsets",
+        set: |s| {
+            linux_has(s, |l| {
+                l.time_offsets()
+                    .iter()
+                    .flatten()
+                    .any(|(clock, _)| !TIME_NAMESPACE_CLOCKS.contains(&clock.as_str()))
+            })
+        },
+        why: "a time namespace has offsets for the clocks monotonic and boottime only",
+    },
+    Refusal {
+        field: "linux.timeOffsets",
+        set: |s| {
+            linux_has(s, |l| {
+                l.time_offsets().as_ref().is_some_and(|o| !o.is_empty())
+            }) && !new_time_namespace(s)
+        },
+        why: "offsets need a new time namespace (linux.namespaces lists \"time\" without a \
+              path): the runtime's, or a joined one, has its offsets already",
+    },
+    Refusal {
+        field: "linux.timeOffsets",
+        set: |s| {
+            linux_has(s, |l| {
+                l.time_offsets()
+                    .iter()
+                    .flatten()
+                    .any(|(_, o)| o.nanosecs().is_some_and(|n| n >= 1_000_000_000))
+            })
+        },
+        why: "nanosecs must be below one second",
+    },
+    Refusal {
+        field: "linux.timeOffsets",
+        set: |s| {
+            linux_has(s, |l| {
+                l.time_offsets().as_ref().is_some_and(|o| !o.is_empty())
+            }) && !nix::unistd::geteuid().is_root()
+        },
+        why: "only a root runtime can write a time namespace's offsets (the file is the host \
+              root's while the container's processes are non-dumpable)",
+    },
+    Refusal {
+        field: "mounts[].uidMappings",
+        set: |s| {
+            s.mounts().iter().flatten().any(|m| {
+                m.uid_mappings().as_ref().is_some_and(|u| !u.is_empty())
+                    || m.gid_mappings().as_ref().is_some_and(|g| !g.is_empty())
+            })
+        },
+        why: "a bind mount is ID-mapped into the container's own range by Burrow (\"noidmap\" \
+              opts out); mappings of the spec's own are not applied",
+    },
+    Refusal {
+        field: "solaris",
+        set: |s| s.solaris().is_some(),
+        why: "Burrow runs Linux containers",
+    },
+    Refusal {
+        field: "windows",
+        set: |s| s.windows().is_some(),
+        why: "Burrow runs Linux containers",
+    },
+    Refusal {
+        field: "vm",
+        set: |s| s.vm().is_some(),
+        why: "Burrow runs containers, not virtual machines",
+    },
+    Refusal {
+        field: "zos",
+        set: |s| s.zos().is_some(),
+        why: "Burrow runs Linux containers",
+    },
+];
+
+/// The process fields Burrow refuses, at create (the spec's process) and at exec (`--process`).
+const PROCESS_REFUSALS: &[Refusal<Process>] = &[Refusal {
+    field: "process.commandLine",
+    set: |p| p.command_line().as_ref().is_some_and(|c| !c.is_empty()),
+    why: "a Windows field: a Linux process is given by process.args",
+}];
+
+/// The first entry of `table` whose field `value` sets, as its error.
+fn refused<T>(table: &[Refusal<T>], value: &T) -> Result<()> {
+    match table.iter().find(|r| (r.set)(value)) {
+        Some(r) => Err(CliError::Unsupported {
+            field: r.field,
+            why: r.why,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Refuses what `REFUSALS` and `PROCESS_REFUSALS` list.
+fn check_refusals(spec: &Spec) -> Result<()> {
+    refused(REFUSALS, spec)?;
+    spec.process()
+        .as_ref()
+        .map_or(Ok(()), check_process_refusals)
+}
+
+/// Refuses what `PROCESS_REFUSALS` lists (also for exec's process).
+pub fn check_process_refusals(process: &Process) -> Result<()> {
+    refused(PROCESS_REFUSALS, process)
+}
+
 /// A non-root runtime's container is under the admin's per-user limits (idmapd's cgroup, whose
 /// limit files are never delegated): limits of its own cannot be applied, so they are refused
 /// rather than dropped.
@@ -564,6 +744,131 @@ fn paths_or(paths: Option<Vec<String>>, defaults: &[&str]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A minimal spec with `extra` merged into its top level (and `linux` into its Linux
+    /// section, which lists a time namespace).
+    fn spec_with(extra: serde_json::Value, linux: serde_json::Value) -> Spec {
+        let mut spec = serde_json::json!({
+            "ociVersion": "1.2.0",
+            "process": {"args": ["sh"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+            "linux": {"namespaces": [{"type": "user"}, {"type": "time"}]},
+        });
+        for (key, value) in extra.as_object().unwrap() {
+            spec[key] = value.clone();
+        }
+        for (key, value) in linux.as_object().unwrap() {
+            spec["linux"][key] = value.clone();
+        }
+        serde_json::from_value(spec).unwrap()
+    }
+
+    fn refusal(spec: &Spec) -> Option<(&'static str, &'static str)> {
+        match check_refusals(spec) {
+            Ok(()) => None,
+            Err(CliError::Unsupported { field, why }) => Some((field, why)),
+            Err(other) => panic!("{other}"),
+        }
+    }
+
+    #[test]
+    fn each_refused_field_is_named_with_its_reason() {
+        let none = serde_json::json!({});
+        for (extra, linux, field) in [
+            (
+                none.clone(),
+                serde_json::json!({"netDevices": {"eth1": {}}}),
+                "linux.netDevices",
+            ),
+            (
+                none.clone(),
+                serde_json::json!({"intelRdt": {"closID": "a"}}),
+                "linux.intelRdt",
+            ),
+            (
+                none.clone(),
+                serde_json::json!({"mountLabel": "x"}),
+                "linux.mountLabel",
+            ),
+            (
+                none.clone(),
+                serde_json::json!({"personality": {"domain": "LINUX", "flags": ["ADDR_NO_RANDOMIZE"]}}),
+                "linux.personality.flags",
+            ),
+            (
+                none.clone(),
+                serde_json::json!({"timeOffsets": {"realtime": {"secs": 1}}}),
+                "linux.timeOffsets",
+            ),
+            (
+                none.clone(),
+                serde_json::json!({"timeOffsets": {"boottime": {"nanosecs": 1_000_000_000u32}}}),
+                "linux.timeOffsets",
+            ),
+            (
+                serde_json::json!({"mounts": [{"destination": "/a", "source": "/b", "options": ["bind", "idmap"],
+                    "uidMappings": [{"containerID": 0, "hostID": 1, "size": 1}],
+                    "gidMappings": [{"containerID": 0, "hostID": 1, "size": 1}]}]}),
+                none.clone(),
+                "mounts[].uidMappings",
+            ),
+            (serde_json::json!({"solaris": {}}), none.clone(), "solaris"),
+            (
+                serde_json::json!({"windows": {"layerFolders": []}}),
+                none.clone(),
+                "windows",
+            ),
+            (
+                serde_json::json!({"vm": {"kernel": {"path": "/k"}}}),
+                none.clone(),
+                "vm",
+            ),
+            (serde_json::json!({"zos": {}}), none.clone(), "zos"),
+            (
+                serde_json::json!({"process": {"args": ["sh"], "cwd": "/", "user": {"uid": 0, "gid": 0},
+                    "commandLine": "sh"}}),
+                none.clone(),
+                "process.commandLine",
+            ),
+        ] {
+            let spec = spec_with(extra, linux);
+            let (refused, why) = refusal(&spec).unwrap_or_else(|| panic!("{field} accepted"));
+            assert_eq!(refused, field);
+            assert!(!why.is_empty());
+        }
+    }
+
+    #[test]
+    fn applied_fields_are_not_refused() {
+        let spec = spec_with(
+            serde_json::json!({"domainname": "example.org"}),
+            serde_json::json!({
+                "personality": {"domain": "LINUX32"},
+                "timeOffsets": {"monotonic": {"secs": 10}, "boottime": {"secs": -5, "nanosecs": 7}},
+                "memoryPolicy": {"mode": "MPOL_LOCAL"},
+                "mountLabel": "",
+            }),
+        );
+        assert_eq!(refusal(&spec), None);
+    }
+
+    #[test]
+    fn time_offsets_need_a_new_time_namespace() {
+        let offsets = serde_json::json!({"monotonic": {"secs": 1}});
+        let without = spec_with(
+            serde_json::json!({}),
+            serde_json::json!({"namespaces": [{"type": "user"}], "timeOffsets": offsets}),
+        );
+        let joined = spec_with(
+            serde_json::json!({}),
+            serde_json::json!({"namespaces": [{"type": "time", "path": "/proc/1/ns/time"}],
+                "timeOffsets": offsets}),
+        );
+        for spec in [without, joined] {
+            let (field, why) = refusal(&spec).unwrap();
+            assert_eq!(field, "linux.timeOffsets");
+            assert!(why.contains("new time namespace"), "{why}");
+        }
+    }
 
     #[test]
     fn programs_are_looked_up_in_path() {

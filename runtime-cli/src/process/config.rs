@@ -12,6 +12,8 @@ pub struct InitConfig {
     pub program: Vec<CString>,
     pub cwd: CString,
     pub hostname: Option<CString>,
+    /// The spec's domainname, set beside the hostname in the container's UTS namespace.
+    pub domainname: Option<CString>,
     /// Each limit with its soft and hard values.
     pub rlimits: Vec<(nix::sys::resource::Resource, u64, u64)>,
     pub uid: u32,
@@ -29,6 +31,17 @@ pub struct InitConfig {
     /// capability of its user namespace: Burrow's decision).
     pub capabilities: Option<ProcessCaps>,
     pub terminal: bool,
+    /// process.consoleSize as (rows, columns), set on the pty when there is one.
+    pub console_size: Option<(u16, u16)>,
+    /// What the intermediate writes to its /proc/self/timens_offsets (linux.timeOffsets), after
+    /// it unshares the time namespace and before the init enters it.
+    pub time_offsets: Option<String>,
+    /// How the process is run: set just before exec.
+    pub tuning: Tuning,
+    /// process.execCPUAffinity (exec's processes only, as the spec says): `initial` before exec's
+    /// joiner moves into the container's cgroup, `final` after.
+    pub affinity_initial: Option<nix::sched::CpuSet>,
+    pub affinity_final: Option<nix::sched::CpuSet>,
     /// O_PATH fd of the exec fifo, reopened for writing through /proc/self/fd: the init waits
     /// on it for `start` (an exec'd process does not wait).
     pub fifo: Option<OwnedFd>,
@@ -50,6 +63,16 @@ impl InitConfig {
     pub fn has_container_hooks(&self) -> bool {
         !self.create_container_hooks.is_empty() || !self.start_container_hooks.is_empty()
     }
+}
+
+/// The process's I/O priority, scheduler, personality and memory policy, as their system calls
+/// take them ([`super::tuning`]); None leaves what the process inherits.
+#[derive(Default)]
+pub struct Tuning {
+    pub io_priority: Option<u32>,
+    pub scheduler: Option<super::tuning::SchedAttr>,
+    pub personality: Option<nix::sys::personality::Persona>,
+    pub memory_policy: Option<super::tuning::MemPolicy>,
 }
 
 /// A device node in the container's /dev and what the spec sets of it.

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value};
 
 use super::channel::ChildChannel;
-use super::config::{ContainerHook, DeviceNode, InitConfig, ProcessCaps};
+use super::config::{ContainerHook, DeviceNode, InitConfig, ProcessCaps, Tuning};
 use super::message::ToParent;
 
 /// Leaves the session keyring the process inherited from the runtime's caller (a login's, or
@@ -228,15 +228,11 @@ fn leave(code: i32, message: &str) -> ! {
 fn set_up(config: &InitConfig, channel: &ChildChannel) {
     let _ = nix::unistd::setsid();
     if config.terminal {
-        if let Err(e) = console(channel, config.fifo.is_some()) {
+        if let Err(e) = console(channel, config.fifo.is_some(), config.console_size) {
             channel.fail("setting up the console", e);
         }
     }
-    if let Some(hostname) = &config.hostname {
-        if let Err(e) = nix::unistd::sethostname(hostname.to_str().unwrap_or_default()) {
-            channel.fail("sethostname", e);
-        }
-    }
+    set_names(config, channel);
     for (resource, soft, hard) in &config.rlimits {
         if let Err(e) = nix::sys::resource::setrlimit(*resource, *soft, *hard) {
             let what = format!("setrlimit({}) to {soft}/{hard}", *resource as i32);
@@ -248,6 +244,7 @@ fn set_up(config: &InitConfig, channel: &ChildChannel) {
             channel.fail(&format!("writing {}", label.attr), e);
         }
     }
+    apply_tuning(&config.tuning, channel);
     if let Err(e) = seccompiler::apply_filter(&config.seccomp) {
         channel.fail("applying the seccomp filter", e);
     }
@@ -287,6 +284,46 @@ fn set_up(config: &InitConfig, channel: &ChildChannel) {
     }
     if let Err(e) = nix::unistd::chdir(config.cwd.as_c_str()) {
         channel.fail(&format!("chdir to {:?}", config.cwd), e);
+    }
+}
+
+/// The UTS namespace's host and domain names, where the spec gives them.
+fn set_names(config: &InitConfig, channel: &ChildChannel) {
+    if let Some(hostname) = &config.hostname {
+        if let Err(e) = nix::unistd::sethostname(hostname.to_str().unwrap_or_default()) {
+            channel.fail("sethostname", e);
+        }
+    }
+    if let Some(domainname) = &config.domainname {
+        if let Err(e) = rustix::system::setdomainname(domainname.as_bytes()) {
+            channel.fail("setdomainname (domainname)", e);
+        }
+    }
+}
+
+/// The process's I/O priority, scheduler, personality and memory policy (after its rlimits,
+/// which may allow a nice or real-time priority), each failure named by its field.
+fn apply_tuning(tuning: &Tuning, channel: &ChildChannel) {
+    use super::tuning;
+    if let Some(ioprio) = tuning.io_priority {
+        if let Err(e) = tuning::set_io_priority(ioprio) {
+            channel.fail("process.ioPriority: ioprio_set", e);
+        }
+    }
+    if let Some(attr) = &tuning.scheduler {
+        if let Err(e) = tuning::set_scheduler(attr) {
+            channel.fail("process.scheduler: sched_setattr", e);
+        }
+    }
+    if let Some(persona) = tuning.personality {
+        if let Err(e) = nix::sys::personality::set(persona) {
+            channel.fail("linux.personality: personality", e);
+        }
+    }
+    if let Some(policy) = &tuning.memory_policy {
+        if let Err(e) = tuning::set_mem_policy(policy) {
+            channel.fail("linux.memoryPolicy: set_mempolicy", e);
+        }
     }
 }
 
@@ -391,9 +428,14 @@ fn system<E: Into<std::io::Error>>(what: impl Into<String>) -> impl FnOnce(E) ->
     }
 }
 
-/// Opens a pty in the container's devpts, sends the master to the CLI, makes the slave the
-/// controlling terminal and stdio; for the init, also binds it on /dev/console, as runc does.
-fn console(channel: &ChildChannel, is_init: bool) -> Result<(), ConsoleError> {
+/// Opens a pty in the container's devpts (of `size`, rows and columns, if given), sends the
+/// master to the CLI, makes the slave the controlling terminal and stdio; for the init, also
+/// binds it on /dev/console, as runc does.
+fn console(
+    channel: &ChildChannel,
+    is_init: bool,
+    size: Option<(u16, u16)>,
+) -> Result<(), ConsoleError> {
     use nix::fcntl::OFlag;
     use rustix::fs::{Mode, OFlags};
     let pty = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
@@ -403,6 +445,16 @@ fn console(channel: &ChildChannel, is_init: bool) -> Result<(), ConsoleError> {
     let name = nix::pty::ptsname_r(&pty).map_err(system("ptsname"))?;
     let slave = rustix::fs::open(name.as_str(), OFlags::RDWR | OFlags::NOCTTY, Mode::empty())
         .map_err(system(format!("open {name}")))?;
+    if let Some((rows, columns)) = size {
+        let size = rustix::termios::Winsize {
+            ws_row: rows,
+            ws_col: columns,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        rustix::termios::tcsetwinsize(&slave, size)
+            .map_err(system("TIOCSWINSZ (process.consoleSize)"))?;
+    }
     if is_init {
         bind_console(&name)?;
     }

@@ -4,7 +4,7 @@
 //! sibling (a child of the CLI, so that a subreaper such as containerd's shim adopts it).
 
 use std::ffi::CString;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use burrow_sys::fork::{fork_child, fork_child_in_cgroup, fork_sibling, ForkError, ParentExit};
 use nix::sched::CloneFlags;
@@ -57,6 +57,21 @@ pub unsafe fn spawn(
     }
 }
 
+/// This process's timens_offsets, opened for writing while it is still the caller's host uid:
+/// its /proc files are host root's (it is non-dumpable), so only a root caller can open it,
+/// and only before it becomes the container's root (`spec::REFUSALS` refuses offsets for
+/// other callers). The kernel checks CAP_SYS_TIME in the time namespace's user namespace
+/// against the opener's credentials, which have every capability of the new user namespace.
+fn open_time_offsets(channel: &ChildChannel) -> OwnedFd {
+    use rustix::fs::{Mode, OFlags};
+    rustix::fs::open(
+        "/proc/self/timens_offsets",
+        OFlags::WRONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .unwrap_or_else(|e| channel.fail("linux.timeOffsets: opening /proc/self/timens_offsets", e))
+}
+
 /// The intermediate process. Never returns.
 fn intermediate(
     config: &InitConfig,
@@ -82,6 +97,10 @@ fn intermediate(
         }
         Err(e) => channel.fail("opening the new user namespace", e),
     }
+    let offsets_file = config
+        .time_offsets
+        .as_ref()
+        .map(|_| open_time_offsets(&channel));
     if let Err(e) = channel.wait_for_go() {
         channel.fail_with(e);
     }
@@ -102,6 +121,13 @@ fn intermediate(
     let flags = CloneFlags::from_bits_retain(config.unshare_flags);
     if let Err(e) = nix::sched::unshare(flags) {
         channel.fail("unsharing the container's namespaces", e);
+    }
+    // The offsets of a new time namespace can be written only until a process enters it: the
+    // init, cloned next, is the first. One write: the kernel takes every clock's line at once.
+    if let (Some(file), Some(offsets)) = (offsets_file, &config.time_offsets) {
+        if let Err(e) = rustix::io::write(&file, offsets.as_bytes()) {
+            channel.fail("linux.timeOffsets: writing /proc/self/timens_offsets", e);
+        }
     }
     let for_init = channel
         .try_clone()

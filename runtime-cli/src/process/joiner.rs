@@ -12,7 +12,8 @@ use super::config::InitConfig;
 use super::message::ToParent;
 
 /// Forks the joiner, a child of the CLI (which reaps it), keeping the namespaces to join. It
-/// first moves itself into `cgroup`, so that the process it clones starts there. No death
+/// first moves itself into `cgroup`, so that the process it clones starts there (with the
+/// process's `initial` CPU affinity before the move and its `final` one after). No death
 /// signal: the process it clones outlives the CLI with `--detach`.
 ///
 /// # Safety
@@ -25,14 +26,26 @@ pub unsafe fn spawn(
 ) -> Result<Pid, ForkError> {
     let keep = super::keep(config, &channel).and_all(namespaces.iter().map(|(fd, _)| fd.as_fd()));
     let body = || {
+        set_affinity(config.affinity_initial.as_ref(), "initial", &channel);
         if let Some(cgroup) = cgroup {
             burrow_sys::cgroup::join(cgroup, std::process::id() as i32);
         }
+        set_affinity(config.affinity_final.as_ref(), "final", &channel);
         joiner(namespaces, config, channel)
     };
     // SAFETY: the caller guarantees the CLI is single-threaded, so the child may allocate; the
     // joiner drops no fd wrapper but those it opens itself (the cgroup's files).
     unsafe { fork_child(keep, ParentExit::Survive, body) }
+}
+
+/// process.execCPUAffinity's `which` CPUs for the joiner, and so for the process it clones.
+fn set_affinity(cpus: Option<&nix::sched::CpuSet>, which: &str, channel: &ChildChannel) {
+    if let Some(cpus) = cpus {
+        if let Err(e) = nix::sched::sched_setaffinity(Pid::from_raw(0), cpus) {
+            let what = format!("process.execCPUAffinity.{which}: sched_setaffinity");
+            channel.fail(&what, e);
+        }
+    }
 }
 
 /// Joins the namespaces in `namespaces` (user first), becomes root, and clones `config`'s

@@ -37,13 +37,14 @@ pub mod message;
 pub mod scm;
 #[cfg(test)]
 mod tests;
+pub mod tuning;
 
 use std::os::fd::AsFd;
 
 use burrow_sys::fork::Keep;
 
 pub use channel::{pair, ChildChannel, ParentChannel, ProtocolError};
-pub use config::{ContainerHook, DeviceNode, ExecLabel, InitConfig, ProcessCaps};
+pub use config::{ContainerHook, DeviceNode, ExecLabel, InitConfig, ProcessCaps, Tuning};
 
 /// How many fds a container's process gets from the runtime's caller: stdio and
 /// `--preserve-fds` (fds `0..N`). Every process the CLI forks for a container keeps them, to pass

@@ -17,6 +17,13 @@ use oci_spec::runtime::{LinuxBlockIo, LinuxCpu, LinuxMemory, LinuxResources};
 pub enum ResourceError {
     #[error("linux.resources.{field}: {why}")]
     Unsupported { field: &'static str, why: String },
+    #[error("linux.resources.{field}: writing {}: {source}", .file.display())]
+    Write {
+        field: &'static str,
+        file: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("applying linux.resources to cgroup {path}: {source}")]
     Apply {
         path: String,
@@ -26,14 +33,59 @@ pub enum ResourceError {
 
 /// Applies `resources` (but its device rules) to the existing cgroup `path`.
 pub fn apply(path: &str, resources: &LinuxResources) -> Result<(), ResourceError> {
+    // Before the fields cgroups-rs would drop are taken out of what it is given.
+    check_memory(*resources.memory())?;
     let wanted = without_unset(resources);
-    check_host_honours(path, &wanted)?;
+    // Where the hierarchies are mounted, read once (cgroups-rs parses mountinfo for it).
+    let root = hierarchies::auto().root();
+    check_host_honours(&root, path, &wanted)?;
     let failed = |source| ResourceError::Apply {
         path: path.to_string(),
         source: Box::new(source),
     };
     let mut manager = FsManager::new(path.trim_start_matches('/')).map_err(failed)?;
-    manager.set(&wanted).map_err(failed)
+    manager.set(&wanted).map_err(failed)?;
+    // After cgroups-rs's writes: a burst must not exceed the quota it has just set.
+    for (field, file, value) in files_cgroups_rs_skips(&root, path, &wanted) {
+        std::fs::write(&file, value).map_err(|source| ResourceError::Write {
+            field,
+            file,
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// The cpu controller's files for what cgroups-rs's manager leaves out (`cpu.idle`,
+/// `cpu.burst`), with their values: the cgroup's files in the hierarchy of `root`.
+fn files_cgroups_rs_skips(
+    root: &Path,
+    path: &str,
+    wanted: &LinuxResources,
+) -> Vec<(&'static str, std::path::PathBuf, String)> {
+    let Some(cpu) = wanted.cpu() else {
+        return vec![];
+    };
+    let v2 = is_cgroup2_unified_mode();
+    let dir = if v2 {
+        root.to_path_buf()
+    } else {
+        root.join("cpu")
+    }
+    .join(path.trim_start_matches('/'));
+    let burst_file = if v2 {
+        "cpu.max.burst"
+    } else {
+        "cpu.cfs_burst_us"
+    };
+    let mut files = vec![];
+    if let Some(idle) = cpu.idle() {
+        files.push(("cpu.idle", dir.join("cpu.idle"), idle.to_string()));
+    }
+    if let Some(burst) = cpu.burst() {
+        files.push(("cpu.burst", dir.join(burst_file), burst.to_string()));
+    }
+    files
 }
 
 /// Whether `resources` sets any limit (device rules aside; zeros and empties set nothing).
@@ -89,6 +141,8 @@ fn cpu_set(cpu: &LinuxCpu) -> LinuxCpu {
     set.set_period(nonzero(cpu.period()));
     set.set_realtime_runtime(nonzero(cpu.realtime_runtime()));
     set.set_realtime_period(nonzero(cpu.realtime_period()));
+    set.set_idle(nonzero(cpu.idle()));
+    set.set_burst(nonzero(cpu.burst()));
     set.set_cpus(cpu.cpus().clone().filter(|c| !c.is_empty()));
     set.set_mems(cpu.mems().clone().filter(|m| !m.is_empty()));
     set
@@ -101,6 +155,12 @@ fn memory_set(memory: &LinuxMemory) -> LinuxMemory {
     set.set_reservation(nonzero(memory.reservation()));
     set.set_kernel(None);
     set.set_kernel_tcp(None);
+    // Memory cgroups are always hierarchical (a `false` is refused); a limit below the usage is
+    // always refused (by the v1 kernel, by cgroups-rs on v2): what these two ask is done.
+    set.set_use_hierarchy(None);
+    set.set_check_before_update(None);
+    // An enabled OOM killer is the default.
+    set.set_disable_oom_killer(memory.disable_oom_killer().filter(|d| *d));
     set
 }
 
@@ -119,7 +179,14 @@ fn needed_controllers(wanted: &LinuxResources) -> Vec<(&'static str, &'static st
         if cpu.cpus().is_some() || cpu.mems().is_some() {
             needed.push(("cpu.cpus", "cpuset"));
         }
-        if cpu.shares().is_some() || cpu.quota().is_some() || cpu.period().is_some() {
+        if cpu.shares().is_some()
+            || cpu.quota().is_some()
+            || cpu.period().is_some()
+            || cpu.idle().is_some()
+            || cpu.burst().is_some()
+            || cpu.realtime_runtime().is_some()
+            || cpu.realtime_period().is_some()
+        {
             needed.push(("cpu", "cpu"));
         }
     }
@@ -170,18 +237,20 @@ fn host_has(root: &Path, controller: &str) -> bool {
 }
 
 /// Refuses what this host has no controller or file for, before anything is written.
-fn check_host_honours(path: &str, wanted: &LinuxResources) -> Result<(), ResourceError> {
+fn check_host_honours(
+    root: &Path,
+    path: &str,
+    wanted: &LinuxResources,
+) -> Result<(), ResourceError> {
     let unsupported = |field, why: &str| {
         Err(ResourceError::Unsupported {
             field,
             why: why.to_string(),
         })
     };
-    // Where the hierarchies are mounted, read once (cgroups-rs parses mountinfo for it).
-    let root = hierarchies::auto().root();
     if let Some((field, controller)) = needed_controllers(wanted)
         .into_iter()
-        .find(|(_, controller)| !host_has(&root, controller))
+        .find(|(_, controller)| !host_has(root, controller))
     {
         return unsupported(field, &format!("this host has no {controller} controller"));
     }
@@ -206,6 +275,7 @@ fn check_host_honours(path: &str, wanted: &LinuxResources) -> Result<(), Resourc
             "this host's blkio controller has no proportional weight (blkio.weight: no CFQ)",
         );
     }
+    check_cgroups_rs_skips(root, path, wanted)?;
     let swap = wanted.memory().as_ref().and_then(|m| m.swap()).is_some();
     if swap
         && !is_cgroup2_unified_mode()
@@ -226,6 +296,90 @@ fn check_host_honours(path: &str, wanted: &LinuxResources) -> Result<(), Resourc
         }
     }
     Ok(())
+}
+
+/// What cgroups-rs applies on v1 only, or not at all, and the host's kernel must have a file
+/// for: refused by name where it would be dropped or fail without one.
+fn check_cgroups_rs_skips(
+    root: &Path,
+    path: &str,
+    wanted: &LinuxResources,
+) -> Result<(), ResourceError> {
+    for (field, file, _) in files_cgroups_rs_skips(root, path, wanted) {
+        if !file.exists() {
+            return Err(ResourceError::Unsupported {
+                field,
+                why: format!("this host's kernel has no {}", file.display()),
+            });
+        }
+    }
+    let v1_file = |controller: &str, file: &str| {
+        root.join(controller)
+            .join(path.trim_start_matches('/'))
+            .join(file)
+    };
+    let v2 = is_cgroup2_unified_mode();
+    let cpu = wanted.cpu().as_ref();
+    let realtime =
+        cpu.is_some_and(|c| c.realtime_runtime().is_some() || c.realtime_period().is_some());
+    if realtime && (v2 || !v1_file("cpu", "cpu.rt_runtime_us").exists()) {
+        return Err(ResourceError::Unsupported {
+            field: "cpu.realtimeRuntime",
+            why: "this host's cpu controller has no real-time group scheduling (cpu.rt_runtime_us)"
+                .into(),
+        });
+    }
+    let block_io = wanted.block_io().as_ref();
+    let leaf = block_io.is_some_and(|b| {
+        b.leaf_weight().is_some()
+            || b.weight_device()
+                .iter()
+                .flatten()
+                .any(|d| d.leaf_weight().is_some())
+    });
+    if leaf && (v2 || !v1_file("blkio", "blkio.leaf_weight").exists()) {
+        return Err(ResourceError::Unsupported {
+            field: "blockIO.leafWeight",
+            why:
+                "leaf weights are CFQ's (blkio.leaf_weight), which this host's kernel does not have"
+                    .into(),
+        });
+    }
+    Ok(())
+}
+
+/// The memory fields cgroups-rs drops or cannot apply on this host's hierarchy.
+fn check_memory(memory: Option<LinuxMemory>) -> Result<(), ResourceError> {
+    let Some(memory) = memory else {
+        return Ok(());
+    };
+    let refuse = |field, why: &str| {
+        Err(ResourceError::Unsupported {
+            field,
+            why: why.to_string(),
+        })
+    };
+    let v2 = is_cgroup2_unified_mode();
+    if memory.use_hierarchy() == Some(false) {
+        return refuse(
+            "memory.useHierarchy",
+            "the kernel's memory cgroups are always hierarchical",
+        );
+    }
+    if memory.disable_oom_killer() == Some(true) && v2 {
+        return refuse(
+            "memory.disableOOMKiller",
+            "cgroup v2 has no switch for the OOM killer",
+        );
+    }
+    match memory.swappiness() {
+        Some(_) if v2 => refuse(
+            "memory.swappiness",
+            "cgroup v2 has no per-cgroup swappiness",
+        ),
+        Some(s) if s > 100 => refuse("memory.swappiness", &format!("{s} is not 0-100")),
+        _ => Ok(()),
+    }
 }
 
 /// The huge page sizes the kernel has, as the spec names them (`2MB`, `1GB`).
@@ -255,6 +409,37 @@ fn supported_hugepage_sizes() -> Vec<String> {
 mod tests {
     use super::*;
     use oci_spec::runtime::{LinuxCpuBuilder, LinuxMemoryBuilder};
+
+    #[test]
+    fn memory_fields_cgroups_rs_would_drop_are_refused_by_name() {
+        let memory = |json| serde_json::from_value::<LinuxMemory>(json).unwrap();
+        let field_of = |json| match check_memory(Some(memory(json))) {
+            Err(ResourceError::Unsupported { field, .. }) => Some(field),
+            Err(other) => panic!("{other}"),
+            Ok(()) => None,
+        };
+        assert_eq!(
+            field_of(serde_json::json!({"useHierarchy": false})),
+            Some("memory.useHierarchy")
+        );
+        assert_eq!(
+            field_of(serde_json::json!({"swappiness": 101})),
+            Some("memory.swappiness")
+        );
+        let done_anyway = serde_json::json!({"useHierarchy": true, "checkBeforeUpdate": true});
+        assert_eq!(field_of(done_anyway.clone()), None);
+        // Neither is left for cgroups-rs, which would ignore them.
+        let wanted = memory_set(&memory(done_anyway));
+        assert_eq!(wanted, LinuxMemory::default());
+    }
+
+    #[test]
+    fn cpu_idle_and_burst_are_kept_when_set() {
+        let cpu: LinuxCpu =
+            serde_json::from_value(serde_json::json!({"idle": 1, "burst": 0})).unwrap();
+        let set = cpu_set(&cpu);
+        assert_eq!((set.idle(), set.burst()), (Some(1), None));
+    }
 
     #[test]
     fn zeros_and_empties_are_unset_and_devices_left_out() {
