@@ -247,6 +247,61 @@ fn container_fields() -> Vec<Field> {
     ]
 }
 
+/// Fields runc 1.1 (Debian 12's) does not know, or knows only as newer runcs do: what the spec
+/// says they do, shown from inside.
+fn newer_fields() -> Vec<Field> {
+    use Reference::*;
+    vec![
+        field(
+            "domainname",
+            "cat /proc/sys/kernel/domainname",
+            |c| c["domainname"] = json!("example.org"),
+            // runc 1.1 leaves it "(none)".
+            Spec("example.org\n".into()),
+        ),
+        field(
+            "linux.personality",
+            "uname -m; cat /proc/self/personality",
+            |c| c["linux"]["personality"] = json!({"domain": "LINUX32"}),
+            Spec("i686\n00000008\n".into()),
+        ),
+        field(
+            "process.ioPriority",
+            "ionice",
+            |c| c["process"]["ioPriority"] = json!({"class": "IOPRIO_CLASS_BE", "priority": 6}),
+            Spec("best-effort: prio 6\n".into()),
+        ),
+        // SCHED_BATCH is policy 3; nice 5 is priority 125.
+        field(
+            "process.scheduler",
+            "awk '/^(policy|prio) / {print $1, $3}' /proc/self/sched",
+            |c| c["process"]["scheduler"] = json!({"policy": "SCHED_BATCH", "nice": 5}),
+            Spec("policy 3\nprio 125\n".into()),
+        ),
+        field(
+            "linux.timeOffsets",
+            "awk '{print $1, $2, $3}' /proc/self/timens_offsets",
+            |c| {
+                c["linux"]["namespaces"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(json!({"type": "time"}));
+                c["linux"]["timeOffsets"] = json!({
+                    "monotonic": {"secs": 1000, "nanosecs": 0},
+                    "boottime": {"secs": 86400, "nanosecs": 5},
+                });
+            },
+            Spec("monotonic 1000 0\nboottime 86400 5\n".into()),
+        ),
+        field(
+            "linux.memoryPolicy",
+            "grep -m1 -o ' bind:0 ' /proc/self/numa_maps",
+            |c| c["linux"]["memoryPolicy"] = json!({"mode": "MPOL_BIND", "nodes": "0"}),
+            Spec(" bind:0 \n".into()),
+        ),
+    ]
+}
+
 fn host_name() -> String {
     String::from_utf8(Command::new("hostname").output().unwrap().stdout).unwrap()
 }
@@ -260,7 +315,11 @@ fn each_field_is_applied_as_runc_applies_it() {
     let h = Harness::start(HarnessOptions::default());
     let rt = Runtime::new(&h);
     let mut wrong = vec![];
-    for f in process_fields().into_iter().chain(container_fields()) {
+    let fields = process_fields()
+        .into_iter()
+        .chain(container_fields())
+        .chain(newer_fields());
+    for f in fields {
         let id = id_of(f.name);
         let b = bundle(&h, &id, &["sh", "-c", f.probe], |c| (f.edit)(c));
         let burrow = rt.output_of_run(&b, &id);
@@ -296,6 +355,83 @@ fn each_field_burrow_cannot_honour_is_refused_by_name() {
             "linux.rootfsPropagation",
             Box::new(|c| c["linux"]["rootfsPropagation"] = json!("rslave")),
             "linux.rootfsPropagation \"rslave\": a Burrow container's rootfs is always private",
+        ),
+        (
+            "linux.netDevices",
+            Box::new(|c| c["linux"]["netDevices"] = json!({"eth1": {"name": "eth1"}})),
+            "refused: linux.netDevices: moving host network interfaces",
+        ),
+        (
+            "linux.intelRdt",
+            Box::new(|c| c["linux"]["intelRdt"] = json!({"closID": "burrow"})),
+            "refused: linux.intelRdt:",
+        ),
+        (
+            "linux.mountLabel",
+            Box::new(|c| c["linux"]["mountLabel"] = json!("system_u:object_r:container_file_t:s0")),
+            "refused: linux.mountLabel:",
+        ),
+        (
+            "linux.personality.flags",
+            Box::new(|c| {
+                c["linux"]["personality"] =
+                    json!({"domain": "LINUX", "flags": ["ADDR_NO_RANDOMIZE"]})
+            }),
+            "refused: linux.personality.flags:",
+        ),
+        (
+            "linux.timeOffsets (no time namespace)",
+            Box::new(|c| c["linux"]["timeOffsets"] = json!({"boottime": {"secs": 1}})),
+            "refused: linux.timeOffsets: offsets need a new time namespace",
+        ),
+        (
+            "mounts[].uidMappings",
+            Box::new(|c| {
+                c["mounts"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(json!({"destination": "/data",
+                    "type": "bind", "source": "/etc", "options": ["rbind"],
+                    "uidMappings": [{"containerID": 0, "hostID": 1000, "size": 1}],
+                    "gidMappings": [{"containerID": 0, "hostID": 1000, "size": 1}]}))
+            }),
+            "refused: mounts[].uidMappings:",
+        ),
+        (
+            "mounts[].options (unknown)",
+            Box::new(|c| {
+                c["mounts"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(json!({"destination": "/data",
+                    "type": "bind", "source": "/etc", "options": ["rbind", "rro"]}))
+            }),
+            "mount /data: unsupported option \"rro\"",
+        ),
+        (
+            "process.commandLine",
+            Box::new(|c| c["process"]["commandLine"] = json!("cmd.exe /c true")),
+            "refused: process.commandLine:",
+        ),
+        (
+            "windows",
+            Box::new(|c| c["windows"] = json!({"layerFolders": []})),
+            "refused: windows: Burrow runs Linux containers",
+        ),
+        (
+            "vm",
+            Box::new(|c| c["vm"] = json!({"kernel": {"path": "/vmlinuz"}})),
+            "refused: vm:",
+        ),
+        (
+            "linux.resources.memory.useHierarchy",
+            Box::new(|c| c["linux"]["resources"] = json!({"memory": {"useHierarchy": false}})),
+            "linux.resources.memory.useHierarchy",
+        ),
+        (
+            "linux.resources.blockIO.leafWeight",
+            Box::new(|c| c["linux"]["resources"] = json!({"blockIO": {"leafWeight": 500}})),
+            "linux.resources.blockIO.leafWeight",
         ),
     ];
     if !Path::new("/sys/module/apparmor/parameters/enabled").exists() {
@@ -769,6 +905,120 @@ fn state_is_printed_as_runc_prints_it() {
     assert_eq!(state["bundle"], b.display().to_string());
     assert!(state["pid"].as_i64().is_some_and(|p| p > 0), "{state}");
     wait_for("range released", || h.ranges_in_use() == 0);
+}
+
+/// `exec --process` applies the process's own fields, as the spec says of an exec'd process:
+/// `execCPUAffinity` (its final CPUs, once in the container's cgroup), the scheduler, the user
+/// and the environment; and it joins the container's time namespace.
+#[test]
+fn exec_applies_the_process_fields() {
+    let h = Harness::start(HarnessOptions::default());
+    let rt = Runtime::new(&h);
+    let b = bundle(&h, "exec-fields", &["sleep", "1000"], |c| {
+        c["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"type": "time"}));
+        c["linux"]["timeOffsets"] = json!({"boottime": {"secs": 86400, "nanosecs": 0}});
+    });
+    let (out, _, _) = rt.create(&b, "exec-fields");
+    assert!(out.status.success(), "create: {}", rt.last_error());
+    assert!(rt.run(&["start", "exec-fields"]).status.success());
+    let process = b.join("process.json");
+    let probe = "grep Cpus_allowed_list /proc/self/status; \
+        awk '/^policy / {print $1, $3}' /proc/self/sched; id -u; echo $FOO; \
+        awk '/boottime/ {print $2}' /proc/self/timens_offsets";
+    fs::write(
+        &process,
+        json!({
+            "args": ["sh", "-c", probe], "cwd": "/", "env": ["PATH=/bin", "FOO=exec"],
+            "user": {"uid": 1000, "gid": 1000},
+            "execCPUAffinity": {"final": "0"},
+            "scheduler": {"policy": "SCHED_IDLE"},
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let exec = rt.run(&[
+        "exec",
+        "--process",
+        &process.display().to_string(),
+        "exec-fields",
+    ]);
+    assert!(exec.status.success(), "exec: {}", rt.last_error());
+    assert_eq!(
+        String::from_utf8_lossy(&exec.stdout),
+        "Cpus_allowed_list:\t0\npolicy 5\n1000\nexec\n86400\n"
+    );
+    assert!(rt
+        .run(&["delete", "--force", "exec-fields"])
+        .status
+        .success());
+    wait_for("range released", || h.ranges_in_use() == 0);
+}
+
+/// `process.consoleSize` with a terminal: the pty's master, received on `--console-socket` as
+/// containerd's shim receives it, reads what `stty size` printed on the slave.
+#[test]
+fn console_size_is_the_terminals() {
+    let h = Harness::start(HarnessOptions::default());
+    let rt = Runtime::new(&h);
+    let socket_path = h.dir.join("console.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket_path).unwrap();
+    let b = bundle(&h, "console", &["stty", "size"], |c| {
+        c["process"]["terminal"] = json!(true);
+        c["process"]["consoleSize"] = json!({"height": 40, "width": 100});
+    });
+    let created = std::thread::scope(|scope| {
+        let create = scope.spawn(|| {
+            rt.run(&[
+                "create",
+                "--bundle",
+                &b.display().to_string(),
+                "--console-socket",
+                &socket_path.display().to_string(),
+                "console",
+            ])
+        });
+        let (stream, _) = listener.accept().unwrap();
+        let master = receive_fd(&stream);
+        (create.join().unwrap(), master)
+    });
+    let (out, master) = created;
+    assert!(out.status.success(), "create: {}", rt.last_error());
+    assert!(rt.run(&["start", "console"]).status.success());
+    let mut text = String::new();
+    let mut master = fs::File::from(master);
+    let _ = std::io::Read::read_to_string(&mut master, &mut text);
+    assert_eq!(text.trim(), "40 100");
+    // It holds the container's devpts, and so its user namespace and range.
+    drop(master);
+    wait_for("stopped", || rt.state("console")["status"] == "stopped");
+    assert!(rt.run(&["delete", "console"]).status.success());
+    wait_for("range released", || h.ranges_in_use() == 0);
+}
+
+/// The one fd a runtime sends on its console socket.
+fn receive_fd(stream: &std::os::unix::net::UnixStream) -> std::os::fd::OwnedFd {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let mut buf = [0u8; 4096];
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = recvmsg::<()>(
+        stream.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::empty(),
+    )
+    .unwrap();
+    for cmsg in msg.cmsgs().unwrap() {
+        if let ControlMessageOwned::ScmRights(fds) = cmsg {
+            // SAFETY: the fd just arrived by SCM_RIGHTS: this process owns it alone.
+            return unsafe { std::os::fd::OwnedFd::from_raw_fd(fds[0]) };
+        }
+    }
+    panic!("no fd on the console socket");
 }
 
 /// The hook phases whose state both runtimes pass on the host side, each hook writing its

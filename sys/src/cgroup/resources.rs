@@ -266,9 +266,8 @@ fn check_host_honours(
             .join(file)
     };
     let block_io = wanted.block_io().as_ref();
-    let weighted = block_io.is_some_and(|b| {
-        b.weight().is_some() || b.leaf_weight().is_some() || b.weight_device().is_some()
-    });
+    // Leaf weights are checked by name below.
+    let weighted = block_io.is_some_and(|b| b.weight().is_some() || b.weight_device().is_some());
     if weighted && !is_cgroup2_unified_mode() && !v1_file("blkio", "blkio.weight").exists() {
         return unsupported(
             "blockIO.weight",
