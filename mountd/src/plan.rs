@@ -387,6 +387,25 @@ mod tests {
         assert_eq!(plan.masked_paths, ["/proc/kcore"]);
     }
 
+    /// The last access-time mode wins, as with mount(8); `source=` names a fresh filesystem's
+    /// device and is no data option.
+    #[test]
+    fn access_time_modes_and_source_are_options_of_their_own() {
+        let raw = |list: &[&str]| list.iter().map(|o| o.to_string()).collect::<Vec<_>>();
+        let options = parse_options(
+            "/data",
+            &raw(&["noatime", "strictatime", "nodiratime", "source=tmpfs"]),
+        )
+        .unwrap();
+        assert_eq!(options.atime, Some(MountAttrFlags::MOUNT_ATTR_STRICTATIME));
+        assert!(options.nodiratime);
+        assert_eq!(options.source.as_deref(), Some("tmpfs"));
+        assert!(options.data.is_empty());
+        let options = parse_options("/data", &raw(&["noatime", "atime"])).unwrap();
+        assert_eq!(options.atime, Some(MountAttrFlags::MOUNT_ATTR_RELATIME));
+        assert_eq!(parse_options("/data", &raw(&["ro"])).unwrap().atime, None);
+    }
+
     #[test]
     fn noidmap_is_for_binds_only() {
         let mut raw = base_plan();
