@@ -5,9 +5,15 @@
 //! docs/operations.md says to give idmapd a pool outside their ID ranges.
 
 use std::ops::RangeInclusive;
+use std::sync::Mutex;
+
+/// glibc keeps one enumeration position per database for the whole process: two enumerations
+/// at once (two Allocates) would each see part of the entries.
+static ENUMERATING: Mutex<()> = Mutex::new(());
 
 /// Every uid NSS enumerates, then every gid, as one-ID intervals.
 pub fn nss_ids() -> Vec<RangeInclusive<u32>> {
+    let _one_at_a_time = ENUMERATING.lock().unwrap_or_else(|p| p.into_inner());
     let mut ids = enumerate_users();
     ids.extend(enumerate_groups());
     ids.into_iter().map(|id| id..=id).collect()
@@ -36,7 +42,7 @@ fn enumerate<E>(
 
 fn enumerate_users() -> Vec<u32> {
     // SAFETY: setpwent/endpwent reset and close glibc's enumeration state; only this thread
-    // (the allocator's, under its lock) enumerates in idmapd.
+    // (holding ENUMERATING) enumerates in idmapd.
     unsafe { libc::setpwent() };
     let ids = enumerate(
         |entry: &mut libc::passwd, buffer, result| {

@@ -104,10 +104,11 @@ pub struct Exclusions {
 }
 
 impl Exclusions {
-    /// Read at every allocation: admins add users and subordinate ranges at any time. The
-    /// account files are read directly as well as through NSS, so that an explicitly named
-    /// database counts even where nsswitch.conf does not list it.
-    fn ranges(&self) -> Vec<RangeInclusive<u32>> {
+    /// Read at every allocation (before it takes the allocator's lock): admins add users and
+    /// subordinate ranges at any time. The account files are read directly as well as through
+    /// NSS, so that an explicitly named database counts even where nsswitch.conf does not list
+    /// it.
+    pub fn ranges(&self) -> Vec<RangeInclusive<u32>> {
         let read = |p: &PathBuf| fs::read_to_string(p).unwrap_or_default();
         let sub = self
             .subid_files
@@ -124,7 +125,6 @@ impl Exclusions {
 pub struct Allocator {
     pub pool: Pool,
     pub max_per_user: usize,
-    exclusions: Exclusions,
     registry: Registry,
     kernel: Kernel,
     /// Holders and ranges that went since [`Allocator::take_gone`] last ran: their cgroups
@@ -135,17 +135,10 @@ pub struct Allocator {
 impl Allocator {
     /// Loads the registry and frees every range whose user namespace is gone (all of them
     /// after a reboot).
-    pub fn open(
-        pool: Pool,
-        max_per_user: usize,
-        exclusions: Exclusions,
-        registry: Registry,
-        kernel: Kernel,
-    ) -> Self {
+    pub fn open(pool: Pool, max_per_user: usize, registry: Registry, kernel: Kernel) -> Self {
         let mut allocator = Allocator {
             pool,
             max_per_user,
-            exclusions,
             registry,
             kernel,
             gone: vec![],
@@ -230,8 +223,9 @@ impl Allocator {
         Ok(())
     }
 
-    /// Gives `uid` a fresh range under `name` and maps `userns` onto it through `worker`
-    /// (a process already inside `userns`). The record is durable before the maps are written.
+    /// Gives `uid` a fresh range under `name`, overlapping none of `excluded` (the
+    /// [`Exclusions`]), and maps `userns` onto it through `worker` (a process already inside
+    /// `userns`). The record is stored before the maps are written.
     pub fn allocate(
         &mut self,
         uid: u32,
@@ -239,6 +233,7 @@ impl Allocator {
         userns: &UserNs,
         worker: &NsWorker,
         max_ranges: usize,
+        excluded: &[RangeInclusive<u32>],
     ) -> Result<Record, AllocError> {
         let namespace = Namespace {
             id: userns.id,
@@ -253,9 +248,11 @@ impl Allocator {
             });
         }
         self.check_quota(uid, max_ranges)?;
-        let base = match self.pick() {
+        let base = match self.pick(excluded) {
             Some(base) => base,
-            None if self.reclaim(|_| true) > 0 => self.pick().ok_or_else(|| self.exhausted())?,
+            None if self.reclaim(|_| true) > 0 => {
+                self.pick(excluded).ok_or_else(|| self.exhausted())?
+            }
             None => return Err(self.exhausted()),
         };
         let record = Record {
@@ -286,9 +283,9 @@ impl Allocator {
         Ok(record)
     }
 
-    fn pick(&self) -> Option<u32> {
+    fn pick(&self, excluded: &[RangeInclusive<u32>]) -> Option<u32> {
         let mut taken = self.registry.taken();
-        taken.extend(self.exclusions.ranges());
+        taken.extend_from_slice(excluded);
         self.pool.pick(&taken)
     }
 
@@ -478,16 +475,12 @@ mod tests {
     /// An allocator on the records under `dir`, as idmapd opens one at start (reclaiming the
     /// ranges of namespaces that are gone).
     fn open(dir: &Path) -> Allocator {
-        let exclusions = Exclusions {
-            subid_files: vec![],
-            id_db_files: vec![],
-        };
         let kernel = Kernel {
             boot_id: this_boot(),
         };
         let pool = Pool::new(BASE, BASE + 4 * RANGE_SIZE - 1).unwrap();
-        let registry = Registry::load(dir).unwrap();
-        Allocator::open(pool, 8, exclusions, registry, kernel)
+        let registry = Registry::load(dir, &this_boot()).unwrap();
+        Allocator::open(pool, 8, registry, kernel)
     }
 
     fn open_with(dir: &Path, records: Vec<Record>) -> Allocator {
@@ -502,10 +495,12 @@ mod tests {
         allocator.get(UID, name).unwrap().holders.clone()
     }
 
+    /// The records' files with their contents (not the boot mark, written once at load).
     fn state_files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
         let mut files: Vec<_> = fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|ext| ext == "json"))
             .map(|p| (p.clone(), fs::read(p).unwrap()))
             .collect();
         files.sort();
@@ -714,7 +709,7 @@ mod tests {
         let dir = scratch_dir("gone");
         let gone = held(BASE, &["pause", "app", "sidecar"], Some(gone_namespace()));
         // Reclaimed at start, with all its holders.
-        let mut registry = Registry::load(&dir).unwrap();
+        let mut registry = Registry::load(&dir, &this_boot()).unwrap();
         registry.store(gone.clone()).unwrap();
         let allocator = open(&dir);
         assert_eq!(allocator.in_use(), 0);

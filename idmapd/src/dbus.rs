@@ -15,11 +15,12 @@ use zbus::object_server::SignalEmitter;
 use zbus::zvariant::OwnedFd;
 use zbus::Connection;
 
-use crate::allocator::{self, Allocator};
+use crate::allocator::{self, Allocator, Exclusions};
 use crate::cgroups::{Cgroups, Grant};
 
 pub struct IdMap {
     allocator: Arc<Mutex<Allocator>>,
+    exclusions: Arc<Exclusions>,
     cgroups: Arc<Cgroups>,
     activity: Activity,
     quotas: QuotaFile,
@@ -28,12 +29,14 @@ pub struct IdMap {
 impl IdMap {
     pub fn new(
         allocator: Allocator,
+        exclusions: Exclusions,
         cgroups: Cgroups,
         activity: Activity,
         quotas: QuotaFile,
     ) -> Self {
         IdMap {
             allocator: Arc::new(Mutex::new(allocator)),
+            exclusions: Arc::new(exclusions),
             cgroups: Arc::new(cgroups),
             activity,
             quotas,
@@ -319,23 +322,29 @@ impl IdMap {
     ) -> Result<(u32, u32, u32), BurrowError> {
         validate_name(&name)?;
         let userns = UserNs::from_caller_fd(userns.into(), caller.uid)?;
-        caller
-            .authorize(conn, header, idmap::ACTION_ALLOCATE)
-            .await?;
+        // The worker enters the namespace and the accounts are listed while polkit decides,
+        // and outside the allocator's lock: both only read, and a refusal (answered first)
+        // only kills the worker.
+        let enter = blocking(move || {
+            let worker = userns.enter()?;
+            allocator::check_unmapped(&worker)?;
+            Ok((userns, worker))
+        });
+        let exclusions = Arc::clone(&self.exclusions);
+        let excluded = blocking(move || Ok(exclusions.ranges()));
+        let authorize = caller.authorize(conn, header, idmap::ACTION_ALLOCATE);
+        let (authorized, entered, excluded) = tokio::join!(authorize, enter, excluded);
+        authorized?;
+        let (userns, worker) = entered?;
+        let excluded = excluded?;
         let uid = caller.uid;
         let max_ranges = self
             .quotas
             .for_uid(uid)?
             .max_ranges
             .unwrap_or(self.lock().max_per_user);
-        let (userns, worker) = blocking(move || {
-            let worker = userns.enter()?;
-            allocator::check_unmapped(&worker)?;
-            Ok((userns, worker))
-        })
-        .await?;
         self.with_allocator(move |allocator| {
-            let record = allocator.allocate(uid, &name, &userns, &worker, max_ranges)?;
+            let record = allocator.allocate(uid, &name, &userns, &worker, max_ranges, &excluded)?;
             Ok((record.base, record.base, record.size))
         })
         .await

@@ -96,16 +96,14 @@ fn main() -> anyhow::Result<()> {
     // A restarted bus can activate idmapd while the old bus's instance is still exiting.
     let _lock =
         InstanceLock::acquire_waiting(&args.state_dir.with_extension("lock"), LOCK_PATIENCE)?;
-    let registry = registry::Registry::load(&args.state_dir)?;
+    let boot_id = burrow_sys::nsfs::boot_id().context("reading this boot's id")?;
+    let registry = registry::Registry::load(&args.state_dir, &boot_id)?;
     let exclusions = allocator::Exclusions {
         subid_files: args.subid_file,
         id_db_files: args.id_db_file,
     };
-    let kernel = liveness::Kernel {
-        boot_id: burrow_sys::nsfs::boot_id().context("reading this boot's id")?,
-    };
-    let allocator =
-        allocator::Allocator::open(pool, args.max_per_user, exclusions, registry, kernel);
+    let kernel = liveness::Kernel { boot_id };
+    let allocator = allocator::Allocator::open(pool, args.max_per_user, registry, kernel);
     tracing::info!(pool_start = pool.start, pool_end = pool.end, capacity = pool.capacity(),
         in_use = allocator.in_use(), state_dir = %args.state_dir.display(), cgroups = ?placement,
         "registry loaded");
@@ -116,6 +114,7 @@ fn main() -> anyhow::Result<()> {
     };
     let interface = dbus::IdMap::new(
         allocator,
+        exclusions,
         cgroups::Cgroups::new(placement),
         activity.clone(),
         quotas,

@@ -1,5 +1,13 @@
 //! The persistent record of every range handed out: one small JSON file per range, named by
-//! its base, written atomically before the caller hears about the range.
+//! its base, replaced atomically before the caller hears about the range.
+//!
+//! Records are not flushed to disk. What they protect (a range from being handed out while a
+//! namespace uses it) ends with the boot: every namespace is gone after a restart, so a record
+//! an earlier boot wrote only has to be recognised as such, never to be exact. A killed idmapd
+//! (kill -9 too) loses nothing, since the kernel holds every completed write; a power loss may
+//! leave a record that was renamed into place empty or torn. The directory's boot mark, written
+//! durably at the first start of each boot before any record, tells such a record (written in
+//! the boot the mark names, which has ended) from one corrupt in this boot, which is refused.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -85,16 +93,24 @@ pub enum RegistryError {
     Corrupt { path: PathBuf, reason: String },
 }
 
+/// The file in the state directory that names the boot the records were last written in.
+const BOOT_MARK: &str = "boot_id";
+
 pub struct Registry {
     dir: PathBuf,
     by_base: BTreeMap<u32, Record>,
 }
 
 impl Registry {
-    /// Loads every record under `dir`, creating it if needed. Leftover temporary files are
-    /// writes that never completed, hence never acknowledged: they are removed.
-    pub fn load(dir: &Path) -> Result<Self, RegistryError> {
+    /// Loads every record under `dir`, creating it if needed, in the boot `boot_id`. Leftover
+    /// temporary files are writes that never completed, hence never acknowledged: they are
+    /// removed; so are records a power loss tore in an earlier boot. Then the directory is
+    /// marked as written in this boot, durably, before any record is.
+    pub fn load(dir: &Path, boot_id: &str) -> Result<Self, RegistryError> {
         state::ensure_private_dir(dir)?;
+        let mark = dir.join(BOOT_MARK);
+        let marked = fs::read_to_string(&mark).ok();
+        let earlier_boot = marked.as_deref().is_some_and(|m| m.trim() != boot_id);
         let read_err = |source| RegistryError::ReadDir {
             path: dir.to_path_buf(),
             source,
@@ -102,38 +118,21 @@ impl Registry {
         let mut by_base = BTreeMap::new();
         for entry in fs::read_dir(dir).map_err(read_err)? {
             let path = entry.map_err(read_err)?.path();
-            let file_name = path
-                .file_name()
-                .unwrap_or_default()
-                .to_string_lossy()
-                .into_owned();
-            if file_name.starts_with('.') && file_name.ends_with(".tmp") {
-                tracing::warn!(path = %path.display(), "removing unfinished write");
-                state::remove_durably(&path)?;
-                continue;
+            match load_record(&path) {
+                Ok(Some(record)) => {
+                    by_base.insert(record.base, record);
+                }
+                Ok(None) => {}
+                Err(RegistryError::Corrupt { reason, .. }) if earlier_boot => {
+                    tracing::warn!(path = %path.display(), reason,
+                        "removing a record torn when an earlier boot ended");
+                    state::remove_durably(&path)?;
+                }
+                Err(e) => return Err(e),
             }
-            let Some(base) = file_name
-                .strip_suffix(".json")
-                .and_then(|b| b.parse::<u32>().ok())
-            else {
-                tracing::warn!(path = %path.display(), "ignoring unexpected file in state directory");
-                continue;
-            };
-            let corrupt = |reason: String| RegistryError::Corrupt {
-                path: path.clone(),
-                reason,
-            };
-            let text = fs::read(&path).map_err(|e| corrupt(e.to_string()))?;
-            let record = serde_json::from_slice::<Record>(&text)
-                .map_err(|e| corrupt(e.to_string()))?
-                .with_legacy_holders();
-            if record.base != base {
-                return Err(corrupt(format!(
-                    "holds base {} but is named {base}",
-                    record.base
-                )));
-            }
-            by_base.insert(base, record);
+        }
+        if marked.as_deref().map(str::trim) != Some(boot_id) {
+            state::write_atomic(&mark, boot_id.as_bytes())?;
         }
         Ok(Registry {
             dir: dir.to_path_buf(),
@@ -147,7 +146,7 @@ impl Registry {
 
     fn persist(&self, record: &Record) -> Result<(), RegistryError> {
         let json = serde_json::to_vec_pretty(record).expect("records always serialize");
-        Ok(state::write_atomic(&self.path_of(record.base), &json)?)
+        Ok(state::replace(&self.path_of(record.base), &json)?)
     }
 
     pub fn records(&self) -> impl Iterator<Item = &Record> {
@@ -183,8 +182,8 @@ impl Registry {
         self.records().map(Record::ids).collect()
     }
 
-    /// Records `record`, a new one or a new version of one, durably (one atomic file write);
-    /// only then is it in the registry.
+    /// Records `record`, a new one or a new version of one (one atomic file replacement); only
+    /// then is it in the registry.
     pub fn store(&mut self, record: Record) -> Result<(), RegistryError> {
         self.persist(&record)?;
         self.by_base.insert(record.base, record);
@@ -204,16 +203,59 @@ impl Registry {
         self.store(drained)
     }
 
-    /// Forgets the range durably; it may be handed out again afterwards.
+    /// Forgets the range (its file goes first); it may be handed out again afterwards.
     pub fn remove(&mut self, base: u32) -> Result<Option<Record>, RegistryError> {
-        state::remove_durably(&self.path_of(base))?;
+        state::remove(&self.path_of(base))?;
         Ok(self.by_base.remove(&base))
     }
+}
+
+/// The record in the file at `path`; None for the boot mark and files that are no record
+/// (an unfinished write is removed: it was never acknowledged).
+fn load_record(path: &Path) -> Result<Option<Record>, RegistryError> {
+    let file_name = path
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
+    if file_name.starts_with('.') && file_name.ends_with(".tmp") {
+        tracing::warn!(path = %path.display(), "removing unfinished write");
+        state::remove_durably(path)?;
+        return Ok(None);
+    }
+    if file_name == BOOT_MARK {
+        return Ok(None);
+    }
+    let Some(base) = file_name
+        .strip_suffix(".json")
+        .and_then(|b| b.parse::<u32>().ok())
+    else {
+        tracing::warn!(path = %path.display(), "ignoring unexpected file in state directory");
+        return Ok(None);
+    };
+    let corrupt = |reason: String| RegistryError::Corrupt {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let text = fs::read(path).map_err(|e| corrupt(e.to_string()))?;
+    let record = serde_json::from_slice::<Record>(&text)
+        .map_err(|e| corrupt(e.to_string()))?
+        .with_legacy_holders();
+    if record.base != base {
+        return Err(corrupt(format!(
+            "holds base {} but is named {base}",
+            record.base
+        )));
+    }
+    Ok(Some(record))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The boot the tests run in, as far as the registry knows.
+    const BOOT: &str = "this-boot";
 
     fn record(base: u32, name: &str) -> Record {
         Record {
@@ -239,22 +281,22 @@ mod tests {
     fn survives_reload_and_cleans_temp_files() {
         let dir = std::env::temp_dir().join(format!("burrow-registry-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
-        let mut reg = Registry::load(&dir).unwrap();
+        let mut reg = Registry::load(&dir, BOOT).unwrap();
         reg.store(record(524288, "a")).unwrap();
         reg.store(record(589824, "b")).unwrap();
         reg.drain(589824).unwrap();
         fs::write(dir.join(".655360.json.tmp"), b"{partial").unwrap();
-        let reg = Registry::load(&dir).unwrap();
+        let reg = Registry::load(&dir, BOOT).unwrap();
         assert_eq!(reg.len(), 2);
         assert_eq!(reg.held(1000, "a").unwrap().base, 524288);
         assert!(reg.held(1000, "b").is_none());
         assert!(!dir.join(".655360.json.tmp").exists());
         let mut reg = reg;
         reg.remove(524288).unwrap();
-        assert_eq!(Registry::load(&dir).unwrap().len(), 1);
+        assert_eq!(Registry::load(&dir, BOOT).unwrap().len(), 1);
         fs::write(dir.join("1.json"), b"not json").unwrap();
         assert!(matches!(
-            Registry::load(&dir),
+            Registry::load(&dir, BOOT),
             Err(RegistryError::Corrupt { .. })
         ));
         fs::remove_dir_all(&dir).unwrap();
@@ -269,19 +311,19 @@ mod tests {
     #[test]
     fn every_holder_name_finds_the_range_after_a_reload() {
         let dir = scratch_dir("registry-holders");
-        let mut reg = Registry::load(&dir).unwrap();
+        let mut reg = Registry::load(&dir, BOOT).unwrap();
         let mut pod = record(524288, "pause");
         pod.holders
             .extend(["app".to_string(), "sidecar".to_string()]);
         reg.store(pod).unwrap();
-        let reg = Registry::load(&dir).unwrap();
+        let reg = Registry::load(&dir, BOOT).unwrap();
         for name in ["pause", "app", "sidecar"] {
             assert_eq!(reg.held(1000, name).unwrap().base, 524288, "{name}");
         }
         assert!(reg.held(1001, "app").is_none(), "names are per uid");
         let mut reg = reg;
         reg.drain(524288).unwrap();
-        let reg = Registry::load(&dir).unwrap();
+        let reg = Registry::load(&dir, BOOT).unwrap();
         let drained = reg.records().next().unwrap();
         assert_eq!(drained.state, RecordState::Draining);
         assert!(drained.holders.is_empty(), "{drained:?}");
@@ -303,12 +345,45 @@ mod tests {
         };
         legacy(524288, "old", "held");
         legacy(589824, "gone", "draining");
-        let reg = Registry::load(&dir).unwrap();
+        let reg = Registry::load(&dir, BOOT).unwrap();
         let old = reg.held(1000, "old").unwrap();
         assert_eq!(old.holders, ["old"]);
         assert!(reg.held(1000, "gone").is_none());
         let drained = reg.records().find(|r| r.base == 589824).unwrap();
         assert!(drained.holders.is_empty());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A power loss can leave a record that was renamed into place empty or torn: in a later
+    /// boot it is removed (its namespace went with the boot), in the boot that wrote it, or in
+    /// a directory no boot marked (an older idmapd's), it is corruption and refused.
+    #[test]
+    fn a_record_torn_in_an_earlier_boot_is_removed_but_not_one_of_this_boot() {
+        let dir = scratch_dir("registry-torn");
+        let mut reg = Registry::load(&dir, "boot-1").unwrap();
+        reg.store(record(524288, "kept")).unwrap();
+        let torn = dir.join("589824.json");
+        let tear = || fs::write(&torn, br#"{"uid": 1000, "na"#).unwrap();
+        tear();
+        assert!(matches!(
+            Registry::load(&dir, "boot-1"),
+            Err(RegistryError::Corrupt { .. })
+        ));
+        let reg = Registry::load(&dir, "boot-2").unwrap();
+        assert!(!torn.exists());
+        assert_eq!(reg.records().map(|r| r.base).collect::<Vec<_>>(), [524288]);
+        assert_eq!(fs::read_to_string(dir.join(BOOT_MARK)).unwrap(), "boot-2");
+        tear();
+        assert!(matches!(
+            Registry::load(&dir, "boot-2"),
+            Err(RegistryError::Corrupt { .. })
+        ));
+        fs::remove_file(dir.join(BOOT_MARK)).unwrap();
+        assert!(matches!(
+            Registry::load(&dir, "boot-3"),
+            Err(RegistryError::Corrupt { .. })
+        ));
+        assert!(torn.exists());
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -27,11 +27,36 @@ pub enum ServiceError {
     Runtime(#[source] std::io::Error),
 }
 
-/// First thing a helper's `main` does: log to stderr and drop to `capabilities`, while the
-/// process still has one thread.
+/// How long a thread of blocking work (forks, mounts, state writes) outlives its last job:
+/// long enough to serve a burst of calls on the same threads, short enough that an idle
+/// helper keeps none (each holds its stack).
+const BLOCKING_THREAD_KEEP_ALIVE: Duration = Duration::from_secs(1);
+
+/// How long a helper goes without calls before it gives its free heap back to the kernel.
+const TRIM_AFTER: Duration = Duration::from_secs(1);
+
+/// First thing a helper's `main` does: log to stderr, keep the heap to one malloc arena and
+/// drop to `capabilities`, while the process still has one thread.
 pub fn start(capabilities: &[caps::Capability]) -> Result<(), crate::privileges::PrivilegeError> {
     init_logging("info");
+    one_malloc_arena();
     crate::privileges::retain_only(capabilities)
+}
+
+/// glibc gives threads that allocate at the same time arenas of their own (up to 8 per core),
+/// each keeping the memory freed into it; a helper's few threads gain nothing from them but
+/// resident memory.
+fn one_malloc_arena() {
+    // SAFETY: mallopt only sets a parameter of the allocator; called while the process has
+    // one thread, before any arena but the main one exists.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
+}
+
+/// Returns the heap's free pages to the kernel: glibc keeps them for reuse otherwise, and a
+/// helper idles far longer than it serves.
+fn give_back_free_heap() {
+    // SAFETY: malloc_trim takes the allocator's own locks and only releases free memory.
+    unsafe { libc::malloc_trim(0) };
 }
 
 /// Runs blocking helper work (forks, fsyncs, /proc scans) off the async executor.
@@ -80,16 +105,16 @@ impl Activity {
         CallGuard(self.clone())
     }
 
-    fn idle_for(&self) -> Option<Duration> {
+    /// When the last call ended, unless one is in flight.
+    fn idle_since(&self) -> Option<Instant> {
         if self.in_flight.load(Ordering::SeqCst) > 0 {
             return None;
         }
-        Some(
-            self.last
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .elapsed(),
-        )
+        Some(*self.last.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn idle_for(&self) -> Option<Duration> {
+        self.idle_since().map(|since| since.elapsed())
     }
 }
 
@@ -111,13 +136,15 @@ pub struct Service<I> {
 
 impl<I: Interface> Service<I> {
     /// Runs the service on a fresh runtime, with `background` (e.g. a periodic cleanup)
-    /// spawned beside it, until it exits.
+    /// spawned beside it, until it exits. One thread runs every call's async part (each waits
+    /// on the bus or polkit far more than it computes); blocking work runs on threads of its
+    /// own ([`blocking`]) that go once idle.
     pub fn run_blocking(
         self,
         background: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServiceError> {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
+        tokio::runtime::Builder::new_current_thread()
+            .thread_keep_alive(BLOCKING_THREAD_KEEP_ALIVE)
             .enable_all()
             .build()
             .map_err(ServiceError::Runtime)?
@@ -202,6 +229,7 @@ async fn wait_for_exit(
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let closed = conn.closed();
     tokio::pin!(closed);
+    let mut trimmed_after = None;
     loop {
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM, exiting"); return Ok(Exit::Signal); }
@@ -211,11 +239,19 @@ async fn wait_for_exit(
                 return Ok(Exit::BusClosed);
             }
             _ = tick.tick() => {
+                let idle_since = activity.idle_since();
                 if !idle_timeout.is_zero()
-                    && activity.idle_for().is_some_and(|idle| idle >= idle_timeout)
+                    && idle_since.is_some_and(|since| since.elapsed() >= idle_timeout)
                 {
                     tracing::info!("idle, exiting until the next call activates me");
                     return Ok(Exit::Idle);
+                }
+                // Once per idle period, after the calls that grew the heap.
+                if idle_since.is_some_and(|since| since.elapsed() >= TRIM_AFTER)
+                    && trimmed_after != idle_since
+                {
+                    give_back_free_heap();
+                    trimmed_after = idle_since;
                 }
             }
         }

@@ -31,12 +31,51 @@ fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> St
 /// Makes `path` hold exactly `contents`, or leaves its old contents: write a temporary file
 /// beside it, fsync it, rename it over `path`, fsync the directory.
 pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), StateError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+    let (tmp, file) = write_temporary(path, contents)?;
+    file.sync_all().map_err(io("fsync", &tmp))?;
+    fs::rename(&tmp, path).map_err(io("rename", path))?;
+    sync_dir(parent(path))
+}
+
+/// Makes `path` hold exactly `contents`, or leaves its old contents, for every process while
+/// the machine runs: a temporary file beside it, renamed over it, nothing flushed to disk. A
+/// writer killed at any point (kill -9 too) leaves the old file or the new one, as the kernel
+/// holds both; a power loss may leave the old one, the new one, or an empty or torn one. Only
+/// for state whose meaning ends with the boot, whose reader tells a file torn in an earlier
+/// boot from one corrupt in this one (idmapd's registry marks the boot it writes in).
+pub fn replace(path: &Path, contents: &[u8]) -> Result<(), StateError> {
+    let (tmp, _file) = write_temporary(path, contents)?;
+    fs::rename(&tmp, path).map_err(io("rename", path))
+}
+
+/// Removes `path` durably (the directory entry is fsynced). A missing file is fine.
+pub fn remove_durably(path: &Path) -> Result<(), StateError> {
+    if remove(path)? {
+        sync_dir(parent(path))?;
+    }
+    Ok(())
+}
+
+/// Removes `path`, flushing nothing (see [`replace`]); whether it was there.
+pub fn remove(path: &Path) -> Result<bool, StateError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(io("remove", path)(e)),
+    }
+}
+
+fn parent(path: &Path) -> &Path {
+    path.parent().unwrap_or(Path::new("."))
+}
+
+/// Writes `contents` to `.NAME.tmp` beside `path` (mode 0600); returns its path and file.
+fn write_temporary(path: &Path, contents: &[u8]) -> Result<(PathBuf, File), StateError> {
     let file_name = path
         .file_name()
         .map(|n| n.to_string_lossy())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{file_name}.tmp"));
+    let tmp = parent(path).join(format!(".{file_name}.tmp"));
     let mut file = OpenOptions::new()
         .write(true)
         .create(true)
@@ -45,19 +84,7 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), StateError> {
         .open(&tmp)
         .map_err(io("create", &tmp))?;
     file.write_all(contents).map_err(io("write", &tmp))?;
-    file.sync_all().map_err(io("fsync", &tmp))?;
-    fs::rename(&tmp, path).map_err(io("rename", path))?;
-    sync_dir(dir)
-}
-
-/// Removes `path` durably (the directory entry is fsynced). A missing file is fine.
-pub fn remove_durably(path: &Path) -> Result<(), StateError> {
-    match fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(io("remove", path)(e)),
-    }
-    sync_dir(path.parent().unwrap_or(Path::new(".")))
+    Ok((tmp, file))
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StateError> {
@@ -147,6 +174,24 @@ mod tests {
         assert_eq!(names, vec![std::ffi::OsString::from("r.json")]);
         remove_durably(&target).unwrap();
         remove_durably(&target).unwrap();
+        fs::remove_dir(&dir).unwrap();
+    }
+
+    #[test]
+    fn replace_swaps_whole_files_and_remove_tells_whether_one_was_there() {
+        let dir = std::env::temp_dir().join(format!("burrow-replace-test-{}", std::process::id()));
+        ensure_private_dir(&dir).unwrap();
+        let target = dir.join("r.json");
+        replace(&target, b"one").unwrap();
+        replace(&target, b"two").unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"two");
+        let names: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("r.json")]);
+        assert!(remove(&target).unwrap());
+        assert!(!remove(&target).unwrap());
         fs::remove_dir(&dir).unwrap();
     }
 

@@ -1346,6 +1346,17 @@ pub fn http_get(address: std::net::SocketAddr, path: &str) -> String {
     answer
 }
 
+/// A process's resident memory in KiB: (VmRSS from /proc/PID/status, Pss from
+/// /proc/PID/smaps_rollup), for the helpers' idle-memory benchmarks.
+pub fn memory_kib(pid: i32) -> (u64, u64) {
+    let field = |file: &str, name: &str| {
+        let text = fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap();
+        let line = text.lines().find(|l| l.starts_with(name)).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    (field("status", "VmRSS:"), field("smaps_rollup", "Pss:"))
+}
+
 /// The value at fraction `p` (0.5: the median) of `sorted`, which must not be empty.
 pub fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]

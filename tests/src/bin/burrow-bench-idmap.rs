@@ -5,7 +5,7 @@
 use std::process::Stdio;
 use std::time::Instant;
 
-use burrow_tests::{json_lines, percentile, test_users, Harness, HarnessOptions, User};
+use burrow_tests::{json_lines, memory_kib, percentile, test_users, Harness, HarnessOptions, User};
 
 fn cycles(h: &Harness, user: Option<User>, prefix: &str, count: usize) -> Vec<serde_json::Value> {
     let out = h
@@ -48,12 +48,6 @@ fn latency_row(label: &str, lines: &[serde_json::Value]) {
         ms(percentile(&release, 0.5)),
         ms(percentile(&release, 0.99)),
     );
-}
-
-fn rss_kib(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
 fn main() {
@@ -103,7 +97,8 @@ fn main() {
          {total} cycles in {elapsed:.2} s = {:.0} cycles/s",
         total as f64 / elapsed
     );
-    std::thread::sleep(std::time::Duration::from_secs(1));
-    let pid = h.idmapd_pids()[0];
-    println!("idmapd RSS after the run, idle: {} KiB", rss_kib(pid));
+    // Idle: no call for a few seconds (the helpers give memory back once idle).
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let (rss, pss) = memory_kib(h.idmapd_pids()[0]);
+    println!("idmapd after the run, idle 3 s: RSS {rss} KiB, PSS {pss} KiB");
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use burrow_tests::{json_lines, percentile, workspace_root, Harness, HarnessOptions};
+use burrow_tests::{json_lines, memory_kib, percentile, workspace_root, Harness, HarnessOptions};
 
 /// lchown every entry below `dir` by `shift`, as a runtime without ID-mapped mounts must.
 fn chown_shift(dir: &Path, shift: u32) -> usize {
@@ -108,4 +108,20 @@ fn main() {
         percentile(&build, 0.5) as f64 / 1000.0,
         percentile(&build, 0.99) as f64 / 1000.0
     );
+    idle_memory(&h);
+}
+
+/// Each helper's memory once it has served the runs above (each run called all three) and
+/// has been idle for a few seconds.
+fn idle_memory(h: &Harness) {
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    println!();
+    println!("| helper, idle 3 s after serving | RSS KiB | PSS KiB |");
+    println!("|---|---|---|");
+    for helper in ["burrow-idmapd", "burrow-devd", "burrow-mountd"] {
+        for pid in h.helper_pids(helper) {
+            let (rss, pss) = memory_kib(pid);
+            println!("| {helper} | {rss} | {pss} |");
+        }
+    }
 }
