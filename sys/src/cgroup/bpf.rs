@@ -156,9 +156,27 @@ pub struct DeviceProgram {
 }
 
 impl DeviceProgram {
+    /// Loads the program for `policy`. Without the verifier's log first, which costs several
+    /// milliseconds even when it passes; with it only to explain a refusal.
     pub fn load(policy: &DevicePolicy) -> Result<Self, BpfError> {
         let program = assemble(policy);
-        let mut log = vec![0u8; 64 * 1024];
+        match Self::load_logged(&program, &mut []) {
+            Ok(loaded) => Ok(loaded),
+            Err(_) => {
+                let mut log = vec![0u8; 64 * 1024];
+                Self::load_logged(&program, &mut log).map_err(|source| {
+                    let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
+                    BpfError::Load {
+                        source,
+                        log: String::from_utf8_lossy(&log[..end]).trim().to_string(),
+                    }
+                })
+            }
+        }
+    }
+
+    /// BPF_PROG_LOAD of `program`, with the verifier's log in `log` unless it is empty.
+    fn load_logged(program: &[Insn], log: &mut [u8]) -> std::io::Result<Self> {
         let mut name = [0u8; 16];
         name[..13].copy_from_slice(b"burrow_device");
         let attr = ProgLoadAttr {
@@ -166,26 +184,23 @@ impl DeviceProgram {
             insn_cnt: program.len() as u32,
             insns: program.as_ptr() as u64,
             license: c"Apache-2.0".as_ptr() as u64,
-            log_level: 1,
+            log_level: u32::from(!log.is_empty()),
             log_size: log.len() as u32,
-            log_buf: log.as_mut_ptr() as u64,
+            // Null without a log: the kernel refuses a buffer with log level 0.
+            log_buf: if log.is_empty() {
+                0
+            } else {
+                log.as_mut_ptr() as u64
+            },
             prog_name: name,
             expected_attach_type: BPF_CGROUP_DEVICE,
             ..Default::default()
         };
-        match bpf(BPF_PROG_LOAD, &attr) {
-            // SAFETY: BPF_PROG_LOAD returned a new fd that nothing else owns.
-            Ok(fd) => Ok(DeviceProgram {
-                fd: unsafe { OwnedFd::from_raw_fd(fd) },
-            }),
-            Err(source) => {
-                let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
-                Err(BpfError::Load {
-                    source,
-                    log: String::from_utf8_lossy(&log[..end]).trim().to_string(),
-                })
-            }
-        }
+        let fd = bpf(BPF_PROG_LOAD, &attr)?;
+        // SAFETY: BPF_PROG_LOAD returned a new fd that nothing else owns.
+        Ok(DeviceProgram {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
     }
 
     /// Attaches the program to the cgroup2 directory `cgroup`, beside any its ancestors carry.
