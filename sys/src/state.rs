@@ -159,19 +159,29 @@ impl InstanceLock {
 mod tests {
     use super::*;
 
-    #[test]
-    fn atomic_write_replaces_and_leaves_no_temp() {
-        let dir = std::env::temp_dir().join(format!("burrow-state-test-{}", std::process::id()));
+    /// `write` twice in a fresh directory leaves exactly the file, with the second contents;
+    /// the directory's path is returned with it.
+    fn written_twice(
+        name: &str,
+        write: fn(&Path, &[u8]) -> Result<(), StateError>,
+    ) -> (PathBuf, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("burrow-{name}-test-{}", std::process::id()));
         ensure_private_dir(&dir).unwrap();
         let target = dir.join("r.json");
-        write_atomic(&target, b"one").unwrap();
-        write_atomic(&target, b"two").unwrap();
+        write(&target, b"one").unwrap();
+        write(&target, b"two").unwrap();
         assert_eq!(fs::read(&target).unwrap(), b"two");
         let names: Vec<_> = fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("r.json")]);
+        (dir, target)
+    }
+
+    #[test]
+    fn atomic_write_replaces_and_leaves_no_temp() {
+        let (dir, target) = written_twice("state", write_atomic);
         remove_durably(&target).unwrap();
         remove_durably(&target).unwrap();
         fs::remove_dir(&dir).unwrap();
@@ -179,17 +189,7 @@ mod tests {
 
     #[test]
     fn replace_swaps_whole_files_and_remove_tells_whether_one_was_there() {
-        let dir = std::env::temp_dir().join(format!("burrow-replace-test-{}", std::process::id()));
-        ensure_private_dir(&dir).unwrap();
-        let target = dir.join("r.json");
-        replace(&target, b"one").unwrap();
-        replace(&target, b"two").unwrap();
-        assert_eq!(fs::read(&target).unwrap(), b"two");
-        let names: Vec<_> = fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names, vec![std::ffi::OsString::from("r.json")]);
+        let (dir, target) = written_twice("replace", replace);
         assert!(remove(&target).unwrap());
         assert!(!remove(&target).unwrap());
         fs::remove_dir(&dir).unwrap();
