@@ -925,6 +925,9 @@ fn spawn_init(
         CgroupPlan::Made(cgroup) => delegate(&cgroup, root_ids, undo)?,
         CgroupPlan::Scope(scope) => {
             let cgroup = start_scope(c, &conn, &scope, started.intermediate, undo)?;
+            // Also into the hierarchies systemd leaves out (v1 freezer, cpuset, ...). The
+            // intermediate is this process's child, not yet reaped: its pid is its own.
+            cgroup.add(started.intermediate.as_raw())?;
             delegate(&cgroup, root_ids, undo)?
         }
         CgroupPlan::ByIdmapd => idmapd_cgroup(c, &conn, &name, started.intermediate, undo)?,
