@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# Benchmark (not a test) of system containers under Docker: boot time of systemd to "running",
-# latency of `docker run` inside one (vs the host's own `docker run` with runc), and host
+# Benchmark (not a test) of system containers under Docker: boot time of systemd to "running"
+# (beside LXC 5 booting the same rootfs, alternately in the same run), latency of `docker run` inside one (vs the host's own `docker run` with runc), and host
 # memory per idle system container. Needs root, an installed Burrow (`make install`), a running
 # system bus with polkitd (as `make run` leaves them) and DOCKER_HOST pointing at a dockerd that
 # has runtime "burrow". Uses the cached Debian image (tests/fixtures/debian-rootfs.sh system).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${DOCKER_HOST:?point DOCKER_HOST at a dockerd with runtime burrow}"
-for tool in hyperfine docker busybox python3; do
+for tool in hyperfine docker busybox python3 lxc-start; do
     command -v $tool >/dev/null || { echo "missing $tool" >&2; exit 1; }
 done
 runs=${RUNS:-5}
@@ -38,9 +38,60 @@ boot() { # name -> seconds from `docker run` to "running"
     python3 -c "print(f'{$(now) - $start:.3f}')"
 }
 
-echo "booting $runs system containers" >&2
-for i in $(seq "$runs"); do boot "boot$i"; done >"$work/boot.txt"
-for i in $(seq "$runs"); do docker rm -f "boot$i" >/dev/null; done
+# LXC 5 booting the same rootfs: a copy with its IDs shifted into the map (LXC mounts no
+# ID-mapped rootfs here), polled the same way through lxc-attach.
+map_base=200000
+for ids in /etc/subuid /etc/subgid; do
+    grep -q "^root:$map_base:65536$" $ids 2>/dev/null || echo "root:$map_base:65536" >>$ids
+done
+chmod 755 "$work"
+cp -a "$rootfs" "$work/lxc-rootfs"
+python3 - "$work/lxc-rootfs" "$map_base" <<'PY'
+import os, stat, sys
+root, base = sys.argv[1], int(sys.argv[2])
+def shift(p):
+    st = os.lstat(p)
+    os.lchown(p, base + st.st_uid, base + st.st_gid)
+    # chown clears set-id bits: put them back.
+    if not stat.S_ISLNK(st.st_mode) and st.st_mode & (stat.S_ISUID | stat.S_ISGID):
+        os.chmod(p, stat.S_IMODE(st.st_mode))
+shift(root)
+for d, dirs, files in os.walk(root):
+    for n in dirs + files:
+        shift(os.path.join(d, n))
+PY
+cat >"$work/lxc.conf" <<CONF
+lxc.uts.name = bench-system
+lxc.rootfs.path = dir:$work/lxc-rootfs
+lxc.idmap = u 0 $map_base 65536
+lxc.idmap = g 0 $map_base 65536
+lxc.include = /usr/share/lxc/config/common.conf
+lxc.include = /usr/share/lxc/config/userns.conf
+lxc.mount.auto = proc:mixed sys:mixed cgroup:mixed
+lxc.net.0.type = empty
+lxc.apparmor.profile = unconfined
+lxc.init.cmd = /sbin/init
+CONF
+lxc_boot() { # name -> seconds from lxc-start to "running"
+    local start state
+    start=$(now)
+    lxc-start -n "$1" -f "$work/lxc.conf" -P "$work" -d
+    for _ in $(seq 1200); do
+        state=$(lxc-attach -n "$1" -P "$work" -- systemctl is-system-running 2>/dev/null || true)
+        case $state in running|degraded) break ;; esac
+        sleep 0.05
+    done
+    [ "$state" = running ] || echo "warning: lxc $1 is $state" >&2
+    python3 -c "print(f'{$(now) - $start:.3f}')"
+    lxc-stop -n "$1" -P "$work" -k
+}
+
+echo "booting $runs system containers with burrow and $runs with LXC, alternately" >&2
+for i in $(seq "$runs"); do
+    boot "boot$i" >>"$work/boot.txt"
+    docker rm -f "boot$i" >/dev/null
+    lxc_boot "lxc$i" >>"$work/lxc-boot.txt"
+done
 
 boot sys >/dev/null
 docker exec sys docker import /bb.tar bb >/dev/null
@@ -65,14 +116,16 @@ for p in $(find "/sys/fs/cgroup/memory$cgroup" -name cgroup.procs -exec cat {} +
 done
 usage=$(cat "/sys/fs/cgroup/memory$cgroup/memory.usage_in_bytes" 2>/dev/null || echo 0)
 
-python3 - "$work/boot.txt" "$work/inner.json" "$pss_kb" "$usage" "$procs" <<'PY'
+python3 - "$work/boot.txt" "$work/inner.json" "$pss_kb" "$usage" "$procs" "$work/lxc-boot.txt" <<'PY'
 import json, statistics, sys
 boots = [float(x) for x in open(sys.argv[1]).read().split()]
+lxc = [float(x) for x in open(sys.argv[6]).read().split()]
 inner = [(x["command"], x["median"]) for x in json.load(open(sys.argv[2]))["results"]]
 pss_kb, usage, procs = int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 print("| system container (Debian 12, systemd + dockerd) | value |")
 print("|---|---|")
 print(f"| boot to `running` (docker run -> is-system-running), median of {len(boots)} | {statistics.median(boots)*1000:.0f} ms (min {min(boots)*1000:.0f}, max {max(boots)*1000:.0f}) |")
+print(f"| LXC booting the same rootfs (lxc-start -> is-system-running), median of {len(lxc)} | {statistics.median(lxc)*1000:.0f} ms (min {min(lxc)*1000:.0f}, max {max(lxc)*1000:.0f}); burrow {statistics.median(boots)/statistics.median(lxc):.2f}x |")
 for name, m in inner:
     print(f"| {name}, median | {m*1000:.0f} ms |")
 print(f"| inner docker run less the exec, vs host docker run | {(inner[0][1]-inner[2][1])/inner[1][1]:.2f}x |")
