@@ -80,20 +80,16 @@ fn cstring(s: &str, what: &'static str) -> std::result::Result<CString, ProcessE
 pub fn init_config(spec: &Spec, rootfs: &Path, preserve_fds: i32) -> Result<InitConfig> {
     let process = spec.process().as_ref().ok_or(ProcessError::Missing)?;
     let mut config = process_config(process, rootfs, preserve_fds)?;
-    // An empty hostname is none, as for runc: the new UTS namespace keeps the host's name.
-    config.hostname = spec
-        .hostname()
-        .as_deref()
-        .filter(|h| !h.is_empty())
-        .map(|h| cstring(h, "hostname"))
-        .transpose()?;
-    // The same for the domain name: an empty one leaves the new namespace's "(none)".
-    config.domainname = spec
-        .domainname()
-        .as_deref()
-        .filter(|d| !d.is_empty())
-        .map(|d| cstring(d, "domainname"))
-        .transpose()?;
+    // An empty name is none, as for runc: the new UTS namespace keeps the host's hostname and
+    // its own domain name, "(none)".
+    let uts_name = |name: &Option<String>, what| {
+        name.as_deref()
+            .filter(|n| !n.is_empty())
+            .map(|n| cstring(n, what))
+            .transpose()
+    };
+    config.hostname = uts_name(spec.hostname(), "hostname")?;
+    config.domainname = uts_name(spec.domainname(), "domainname")?;
     linux_tuning(spec, &mut config.tuning)?;
     // execCPUAffinity is not for the init: the spec keeps it to exec's processes.
     (config.affinity_initial, config.affinity_final) = (None, None);
@@ -193,6 +189,7 @@ pub fn process_config(
     let preserve_fds =
         u32::try_from(preserve_fds).map_err(|_| ProcessError::NegativePreserveFds(preserve_fds))?;
     let env: Vec<String> = process.env().clone().unwrap_or_default();
+    let (affinity_initial, affinity_final) = affinities(process)?;
     let program: Vec<String> = if args[0].contains('/') {
         vec![args[0].clone()]
     } else {
@@ -244,8 +241,8 @@ pub fn process_config(
         console_size: console_size(process)?,
         time_offsets: None,
         tuning: process_tuning(process)?,
-        affinity_initial: affinity(process, "initial")?,
-        affinity_final: affinity(process, "final")?,
+        affinity_initial,
+        affinity_final,
         fifo: None,
         preserve_fds,
         unshare_flags,
@@ -293,27 +290,29 @@ fn process_tuning(
     })
 }
 
-/// process.execCPUAffinity's `initial` or `final` CPUs; an empty list leaves the affinity as
+/// process.execCPUAffinity's `initial` and `final` CPUs; an empty list leaves the affinity as
 /// the kernel makes it (the spec's words for `final`).
-fn affinity(
+type Affinities = (Option<nix::sched::CpuSet>, Option<nix::sched::CpuSet>);
+
+fn affinities(
     process: &oci_spec::runtime::Process,
-    which: &'static str,
-) -> std::result::Result<Option<nix::sched::CpuSet>, ProcessError> {
+) -> std::result::Result<Affinities, ProcessError> {
     let Some(affinity) = process.exec_cpu_affinity() else {
-        return Ok(None);
+        return Ok((None, None));
     };
-    let (list, field) = match which {
-        "initial" => (affinity.initial(), "process.execCPUAffinity.initial"),
-        _ => (
+    let cpus = |list: &Option<String>, field| {
+        list.as_deref()
+            .filter(|l| !l.is_empty())
+            .map(|l| process::tuning::cpu_set(field, l))
+            .transpose()
+    };
+    Ok((
+        cpus(affinity.initial(), "process.execCPUAffinity.initial")?,
+        cpus(
             affinity.cpu_affinity_final(),
             "process.execCPUAffinity.final",
-        ),
-    };
-    Ok(list
-        .as_deref()
-        .filter(|l| !l.is_empty())
-        .map(|l| process::tuning::cpu_set(field, l))
-        .transpose()?)
+        )?,
+    ))
 }
 
 /// process.oomScoreAdj, set on this process so that every process it starts inherits it: the
@@ -743,17 +742,15 @@ fn create_steps(
 
     let cgroup = plan_cgroup(c, undo)?;
     let cgroup_entry = match &cgroup {
-        CgroupPlan::Made(made) => Some(CgroupEntry::of(made)?),
+        CgroupPlan::Made(made) => Some(cgroup_entry(made)?),
         _ => None,
     };
     // Forked while this process has one thread: the children need no async-signal-safety.
     // SAFETY: the runtime `rt` is current-thread and has spawned no thread yet, so this
     // process is single-threaded.
-    let intermediate = unsafe {
-        let cgroup = cgroup_entry.as_ref().map(CgroupEntry::for_intermediate);
-        process::intermediate::spawn(&config, &join, cgroup.as_ref(), theirs)
-    }
-    .map_err(CliError::fork("intermediate"))?;
+    let intermediate =
+        unsafe { process::intermediate::spawn(&config, &join, cgroup_entry.as_ref(), theirs) }
+            .map_err(CliError::fork("intermediate"))?;
     drop(cgroup_entry);
     let pod = joins.pod.as_ref().map(|pod| pod.id.as_str());
     let spawned = spawn_init(
@@ -831,40 +828,26 @@ fn plan_cgroup(c: &Creation<'_>, undo: &mut Undo<'_>) -> Result<CgroupPlan> {
 
 /// How the intermediate enters an early cgroup: its cgroup2 directory, opened here, and its
 /// v1 `tasks` files.
-struct CgroupEntry {
-    cgroup2: Option<OwnedFd>,
-    v1_tasks: Vec<std::ffi::CString>,
-}
-
-impl CgroupEntry {
-    fn of(cgroup: &burrow_sys::cgroup::NewCgroup) -> Result<CgroupEntry> {
-        let cgroup2 = cgroup
-            .cgroup2_dir()
-            .map(|dir| {
-                rustix::fs::open(
-                    &dir,
-                    rustix::fs::OFlags::PATH
-                        | rustix::fs::OFlags::DIRECTORY
-                        | rustix::fs::OFlags::CLOEXEC,
-                    rustix::fs::Mode::empty(),
-                )
-                .map_err(CliError::io(format!("opening cgroup {}", dir.display())))
-            })
-            .transpose()?;
-        let v1_tasks = cgroup
-            .v1_tasks_files()
-            .into_iter()
-            .map(|file| cstring(&file.display().to_string(), "a cgroup path"))
-            .collect::<std::result::Result<_, _>>()?;
-        Ok(CgroupEntry { cgroup2, v1_tasks })
-    }
-
-    fn for_intermediate(&self) -> process::intermediate::Cgroup<'_> {
-        process::intermediate::Cgroup {
-            cgroup2: self.cgroup2.as_ref().map(AsFd::as_fd),
-            v1_tasks: self.v1_tasks.clone(),
-        }
-    }
+fn cgroup_entry(cgroup: &burrow_sys::cgroup::NewCgroup) -> Result<process::intermediate::Cgroup> {
+    let cgroup2 = cgroup
+        .cgroup2_dir()
+        .map(|dir| {
+            rustix::fs::open(
+                &dir,
+                rustix::fs::OFlags::PATH
+                    | rustix::fs::OFlags::DIRECTORY
+                    | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )
+            .map_err(CliError::io(format!("opening cgroup {}", dir.display())))
+        })
+        .transpose()?;
+    let v1_tasks = cgroup
+        .v1_tasks_files()
+        .into_iter()
+        .map(|file| cstring(&file.display().to_string(), "a cgroup path"))
+        .collect::<std::result::Result<_, _>>()?;
+    Ok(process::intermediate::Cgroup { cgroup2, v1_tasks })
 }
 
 /// A pidfd of the CLI's child `pid` (not reaped, so the pid is its own).

@@ -5,7 +5,7 @@
 //! the others as the host's root, then joins the container's user namespace as its root for
 //! those.
 
-use std::ffi::{CStr, CString};
+use std::ffi::CString;
 use std::io::Read;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
@@ -174,25 +174,11 @@ fn write_in_namespaces(
             }
             container_root = true;
         }
-        if let Err(e) = write_file(path, value) {
+        if let Err(e) = crate::process::write_file(path, value) {
             return tell(WRITE, index, e.raw_os_error());
         }
     }
     0
-}
-
-/// Writes `value` to the file `path`, without allocating.
-fn write_file(path: &CStr, value: &[u8]) -> rustix::io::Result<()> {
-    use rustix::fs::{Mode, OFlags};
-    let file = rustix::fs::open(path, OFlags::WRONLY | OFlags::CLOEXEC, Mode::empty())?;
-    let mut rest = value;
-    while !rest.is_empty() {
-        match rustix::io::write(&file, rest)? {
-            0 => return Err(rustix::io::Errno::IO),
-            written => rest = &rest[written..],
-        }
-    }
-    Ok(())
 }
 
 /// The failure a writer's report names; None for a report that names no step of its.

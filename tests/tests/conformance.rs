@@ -463,17 +463,25 @@ fn each_field_burrow_cannot_honour_is_refused_by_name() {
     wait_for("ranges released", || h.ranges_in_use() == 0);
 }
 
-/// Podman's way of using /dev/fuse (`docker run --device /dev/fuse` for a system container):
-/// fuse-overlayfs mounts an overlay inside the container, whose root writes through it into
-/// the upper directory, and unmounts it.
-#[test]
-fn fuse_overlayfs_mounts_inside_a_system_container() {
-    let allowlist = std::env::temp_dir().join(format!("burrow-fuse-allow-{}", std::process::id()));
+/// A harness whose devd has `fuse` on its allowlist, and that list's file, named after the
+/// test (tests run in parallel), which the caller removes.
+fn harness_allowing_fuse(test: &str) -> (Harness, PathBuf) {
+    let allowlist =
+        std::env::temp_dir().join(format!("burrow-{test}-allow-{}", std::process::id()));
     fs::write(&allowlist, "fuse\n").unwrap();
     let h = Harness::start(HarnessOptions {
         devd_args: vec!["--allowlist".into(), allowlist.display().to_string()],
         ..Default::default()
     });
+    (h, allowlist)
+}
+
+/// Podman's way of using /dev/fuse (`docker run --device /dev/fuse` for a system container):
+/// fuse-overlayfs mounts an overlay inside the container, whose root writes through it into
+/// the upper directory, and unmounts it.
+#[test]
+fn fuse_overlayfs_mounts_inside_a_system_container() {
+    let (h, allowlist) = harness_allowing_fuse("fuse-overlayfs");
     let rt = Runtime::new(&h);
     let script = "mkdir -p /o/lower /o/upper /o/work /o/merged && echo lower > /o/lower/file && \
         fuse-overlayfs -o lowerdir=/o/lower,upperdir=/o/upper,workdir=/o/work /o/merged && \
@@ -716,12 +724,7 @@ fn linux_resources_are_applied_or_refused_by_name() {
 /// spec's mode and owner (the container's IDs), and the container's cgroup lets it be opened.
 #[test]
 fn an_allowlisted_device_gets_the_specs_mode_and_owner() {
-    let allowlist = std::env::temp_dir().join(format!("burrow-rt-allow-{}", std::process::id()));
-    fs::write(&allowlist, "fuse\n").unwrap();
-    let h = Harness::start(HarnessOptions {
-        devd_args: vec!["--allowlist".into(), allowlist.display().to_string()],
-        ..Default::default()
-    });
+    let (h, allowlist) = harness_allowing_fuse("allowlisted-device");
     let rt = Runtime::new(&h);
     let script = "ls -ln /dev/fuse; exec 3<>/dev/fuse && echo opened";
     let b = bundle(&h, "fuse", &["sh", "-c", script], |c| {

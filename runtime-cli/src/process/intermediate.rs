@@ -25,8 +25,9 @@ pub struct Join<'a> {
 /// The container's cgroup, made before the intermediate: it starts in its cgroup2 directory
 /// and moves itself into the v1 hierarchies first thing, while still the host's root. Neither
 /// waits for the cgroup threadgroup lock's RCU grace period, as moving it by pid would.
-pub struct Cgroup<'a> {
-    pub cgroup2: Option<BorrowedFd<'a>>,
+pub struct Cgroup {
+    /// The cgroup2 directory, opened `O_PATH`, for clone3's `CLONE_INTO_CGROUP`.
+    pub cgroup2: Option<OwnedFd>,
     /// Each v1 hierarchy's `tasks` file, for a `0`.
     pub v1_tasks: Vec<CString>,
 }
@@ -40,7 +41,7 @@ pub struct Cgroup<'a> {
 pub unsafe fn spawn(
     config: &InitConfig,
     join: &Join<'_>,
-    cgroup: Option<&Cgroup<'_>>,
+    cgroup: Option<&Cgroup>,
     channel: ChildChannel,
 ) -> Result<Pid, ForkError> {
     let keep = super::keep(config, &channel)
@@ -50,8 +51,8 @@ pub unsafe fn spawn(
     // SAFETY: the caller guarantees the CLI is single-threaded, so the child may allocate; the
     // intermediate drops no fd wrapper but the user namespace's, which it opens itself.
     unsafe {
-        match cgroup.and_then(|c| c.cgroup2) {
-            Some(cgroup2) => fork_child_in_cgroup(keep, ParentExit::Survive, cgroup2, body),
+        match cgroup.and_then(|c| c.cgroup2.as_ref()) {
+            Some(cgroup2) => fork_child_in_cgroup(keep, ParentExit::Survive, cgroup2.as_fd(), body),
             None => fork_child(keep, ParentExit::Survive, body),
         }
     }
@@ -76,11 +77,11 @@ fn open_time_offsets(channel: &ChildChannel) -> OwnedFd {
 fn intermediate(
     config: &InitConfig,
     join: &Join<'_>,
-    cgroup: Option<&Cgroup<'_>>,
+    cgroup: Option<&Cgroup>,
     channel: ChildChannel,
 ) -> ! {
     for tasks in cgroup.iter().flat_map(|c| &c.v1_tasks) {
-        if let Err(e) = write_zero(tasks) {
+        if let Err(e) = super::write_file(tasks, b"0") {
             channel.fail(&format!("entering the cgroup through {tasks:?}"), e);
         }
     }
@@ -143,14 +144,4 @@ fn intermediate(
         }
         Err(e) => channel.fail("clone of the init", e),
     }
-}
-
-/// Writes `0` into the cgroup file `path`: "this thread".
-fn write_zero(path: &CString) -> rustix::io::Result<()> {
-    let file = rustix::fs::open(
-        path.as_c_str(),
-        rustix::fs::OFlags::WRONLY | rustix::fs::OFlags::CLOEXEC,
-        rustix::fs::Mode::empty(),
-    )?;
-    rustix::io::write(&file, b"0").map(drop)
 }

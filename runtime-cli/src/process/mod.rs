@@ -61,3 +61,18 @@ pub fn keep(config: &InitConfig, channel: &ChildChannel) -> Keep {
         .and(channel.as_fd())
         .and_all(config.fifo.as_ref().map(AsFd::as_fd))
 }
+
+/// Writes `value` to the existing file `path` (a /proc or cgroup file), without allocating:
+/// for forked children that make only system calls.
+pub fn write_file(path: &std::ffi::CStr, value: &[u8]) -> rustix::io::Result<()> {
+    use rustix::fs::{Mode, OFlags};
+    let file = rustix::fs::open(path, OFlags::WRONLY | OFlags::CLOEXEC, Mode::empty())?;
+    let mut rest = value;
+    while !rest.is_empty() {
+        match rustix::io::write(&file, rest)? {
+            0 => return Err(rustix::io::Errno::IO),
+            written => rest = &rest[written..],
+        }
+    }
+    Ok(())
+}
