@@ -188,6 +188,60 @@ impl IdMap {
         Ok(())
     }
 
+    /// Keeps the caller's range `name` (held by that name alone, the one it was allocated
+    /// under): its Release, or the end of its namespace, parks it for `name` instead of
+    /// freeing it, until Forget. Allocate of `name` by the caller takes it back, once the
+    /// namespace it had is gone.
+    async fn keep(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        name: String,
+    ) -> Result<(), BurrowError> {
+        let _call = self.activity.begin();
+        let caller = Caller::identify(conn, &header).await?;
+        let result = async {
+            validate_name(&name)?;
+            self.lock().get(caller.uid, &name)?;
+            caller.authorize(conn, &header, idmap::ACTION_KEEP).await?;
+            let (uid, kept_name) = (caller.uid, name.clone());
+            self.with_allocator(move |a| Ok(a.keep(uid, &kept_name)?))
+                .await
+        }
+        .await;
+        match &result {
+            Ok(record) => {
+                tracing::info!(uid = caller.uid, pid = ?caller.pid, name, base = record.base, "kept")
+            }
+            Err(e) => {
+                tracing::info!(uid = caller.uid, pid = ?caller.pid, name = %name.escape_debug(),
+                error = %e.dbus_name(), reason = %e, "keep refused")
+            }
+        }
+        result.map(|_| ())
+    }
+
+    /// Frees the caller's range parked for `name` (at once if its namespace is gone, else
+    /// once it is). A range still held is refused (`Busy`): release it first.
+    async fn forget(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
+        name: String,
+    ) -> Result<(), BurrowError> {
+        let _call = self.activity.begin();
+        let caller = Caller::identify(conn, &header).await?;
+        validate_name(&name)?;
+        let (uid, forgotten) = (caller.uid, name.clone());
+        let record = self
+            .with_allocator(move |a| Ok(a.forget(uid, &forgotten)?))
+            .await?;
+        tracing::info!(uid, pid = ?caller.pid, name, base = record.base, "forgot");
+        self.in_use_changed(&emitter).await?;
+        Ok(())
+    }
+
     /// The caller's range held as `name`: (uid_base, gid_base, size).
     async fn get(
         &self,
