@@ -938,6 +938,19 @@ impl Docker {
     pub fn runtime_root(&self) -> PathBuf {
         self.dir.join("x/runtime-burrow/moby")
     }
+
+    /// `burrow gc` of this dockerd's containers: frees what removed ones kept (each
+    /// create does it too). Its stdout, one line per container freed.
+    pub fn gc(&self) -> String {
+        let out = Command::new(self.runtime_wrapper())
+            .arg("--root")
+            .arg(self.runtime_root())
+            .arg("gc")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "burrow gc: {}", all_output(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
 }
 
 impl Drop for Docker {

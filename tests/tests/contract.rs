@@ -113,6 +113,8 @@ fn every_proxy_call_reaches_its_method() {
         assert_dispatched("Allocate", idmap.allocate("c", not_a_namespace()).await);
         assert_dispatched("Join", idmap.join("c", "d", not_a_namespace()).await);
         assert_dispatched("Release", idmap.release("c").await);
+        assert_dispatched("Keep", idmap.keep("c").await);
+        assert_dispatched("Forget", idmap.forget("c").await);
         assert_dispatched("Get", idmap.get("c").await);
         assert_dispatched("List", idmap.list().await);
         let cgroup = idmap.add_control_group("c", not_a_namespace()).await;
