@@ -180,10 +180,13 @@ fn stop_network(dir: &Path) {
         .ok()
         .and_then(|p| p.trim().parse::<i32>().ok());
     if let Some(pid) = pid {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGTERM,
-        );
+        let pid = nix::unistd::Pid::from_raw(pid);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        // Until it let go of its port, which `sandbox start` forwards again.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while nix::sys::signal::kill(pid, None).is_ok() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
