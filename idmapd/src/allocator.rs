@@ -383,20 +383,29 @@ impl Allocator {
         if record.kept {
             return self.park(record);
         }
-        if self.kernel.may_exist(&record) {
-            self.registry.drain(record.base)?;
+        self.free(&record, name, "released")?;
+        Ok(record)
+    }
+
+    /// Frees `record`'s range, which no name holds any more (`name` held it last; `how` says
+    /// how it went): at once if its namespace is gone, else it drains until the kernel says it
+    /// is, so that two live namespaces never share it.
+    fn free(&mut self, record: &Record, name: &str, how: &str) -> Result<(), AllocError> {
+        let (uid, base) = (record.uid, record.base);
+        if self.kernel.may_exist(record) {
+            self.registry.drain(base)?;
             tracing::info!(
                 uid,
                 name,
-                base = record.base,
-                "released; the range drains until its namespace is gone"
+                base,
+                "{how}; the range drains until its namespace is gone"
             );
         } else {
-            self.registry.remove(record.base)?;
-            tracing::info!(uid, name, base = record.base, "released");
+            self.registry.remove(base)?;
+            tracing::info!(uid, name, base, "{how}");
             self.gone.push(Gone::Range(record.clone()));
         }
-        Ok(record)
+        Ok(())
     }
 
     /// Drops one of several holders of `record`: the range stays held by the others.

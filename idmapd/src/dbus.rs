@@ -15,8 +15,9 @@ use zbus::object_server::SignalEmitter;
 use zbus::zvariant::OwnedFd;
 use zbus::Connection;
 
-use crate::allocator::{self, Allocator, Exclusions};
+use crate::allocator::{self, AllocError, Allocator, Exclusions};
 use crate::cgroups::{Cgroups, Grant};
+use crate::registry::Record;
 
 pub struct IdMap {
     allocator: Arc<Mutex<Allocator>>,
@@ -176,12 +177,8 @@ impl IdMap {
         name: String,
     ) -> Result<(), BurrowError> {
         let _call = self.activity.begin();
-        let caller = Caller::identify(conn, &header).await?;
-        validate_name(&name)?;
-        let uid = caller.uid;
-        let released_name = name.clone();
-        let record = self
-            .with_allocator(move |a| Ok(a.release(uid, &released_name)?))
+        let (uid, record) = self
+            .on_own_name(&header, conn, &name, Allocator::release)
             .await?;
         Self::released(&emitter, uid, &name, record.base).await?;
         self.in_use_changed(&emitter).await?;
@@ -231,13 +228,10 @@ impl IdMap {
         name: String,
     ) -> Result<(), BurrowError> {
         let _call = self.activity.begin();
-        let caller = Caller::identify(conn, &header).await?;
-        validate_name(&name)?;
-        let (uid, forgotten) = (caller.uid, name.clone());
-        let record = self
-            .with_allocator(move |a| Ok(a.forget(uid, &forgotten)?))
+        let (uid, record) = self
+            .on_own_name(&header, conn, &name, Allocator::forget)
             .await?;
-        tracing::info!(uid, pid = ?caller.pid, name, base = record.base, "forgot");
+        tracing::info!(uid, name, base = record.base, "forgot");
         self.in_use_changed(&emitter).await?;
         Ok(())
     }
@@ -366,6 +360,22 @@ impl IdMap {
 }
 
 impl IdMap {
+    /// Identifies the caller and runs `op` on its name `name` under the allocator's lock:
+    /// (the caller's uid, the record `op` returns).
+    async fn on_own_name(
+        &self,
+        header: &Header<'_>,
+        conn: &Connection,
+        name: &str,
+        op: fn(&mut Allocator, u32, &str) -> Result<Record, AllocError>,
+    ) -> Result<(u32, Record), BurrowError> {
+        let caller = Caller::identify(conn, header).await?;
+        validate_name(name)?;
+        let (uid, name) = (caller.uid, name.to_string());
+        let record = self.with_allocator(move |a| Ok(op(a, uid, &name)?)).await?;
+        Ok((uid, record))
+    }
+
     async fn allocate_for(
         &self,
         conn: &Connection,

@@ -109,18 +109,7 @@ impl Allocator {
                 },
             });
         };
-        if self.kernel.may_exist(&record) {
-            self.registry.drain(record.base)?;
-            tracing::info!(
-                uid,
-                name,
-                base = record.base,
-                "forgotten; drains until its namespace is gone"
-            );
-        } else {
-            self.registry.remove(record.base)?;
-            tracing::info!(uid, name, base = record.base, "forgotten");
-        }
+        self.free(&record, name, "forgotten")?;
         Ok(record)
     }
 }
