@@ -510,6 +510,19 @@ fn stop_and_start_keep_the_range_and_files_until_rm(h: &Harness, docker: &burrow
     base_of(first.lines().next().unwrap());
     assert!(first.ends_with("1000:1000\n"), "{first}");
     assert_eq!(kept_slots(id).len(), 1, "no slot kept for {id}");
+    // gc never frees a running container's slot: not at a create beside it, nor when its
+    // anchor looks gone (its record made to name a directory that does not exist).
+    docker.ok(&["run", "--rm", "--runtime=burrow", "bb", "true"]);
+    let slot = Path::new("/var/lib/burrow").join(&kept_slots(id)[0]);
+    let record = std::fs::read_to_string(slot.join("anchor.json")).unwrap();
+    let mut lost: serde_json::Value = serde_json::from_str(&record).unwrap();
+    lost["anchor"]["path"] = "/nonexistent-burrow-anchor".into();
+    std::fs::write(slot.join("anchor.json"), lost.to_string()).unwrap();
+    let freed = docker.gc();
+    std::fs::write(slot.join("anchor.json"), &record).unwrap();
+    assert!(!freed.contains(id), "gc freed a running container: {freed}");
+    assert_eq!(kept_slots(id).len(), 1);
+    assert_eq!(view(), first);
     let in_use = h.ranges_in_use();
     docker.ok(&["stop", "keeper"]);
     assert_eq!(
