@@ -959,6 +959,12 @@ impl Drop for Docker {
         for id in String::from_utf8_lossy(&ids.stdout).split_whitespace() {
             let _ = self.run(&["rm", "-f", id]);
         }
+        // What the removed containers kept (their slots in /var/lib/burrow, their ranges).
+        let _ = Command::new(self.runtime_wrapper())
+            .arg("--root")
+            .arg(self.runtime_root())
+            .arg("gc")
+            .output();
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.dockerd.id() as i32),
             nix::sys::signal::Signal::SIGTERM,
