@@ -70,15 +70,14 @@ impl Anchor {
             .as_ref()
             .and_then(|a| a.get(ANCHOR_ANNOTATION))
             .map(PathBuf::from);
-        Anchor::at(&annotated.or_else(|| overlay_layer(bundle))?)
+        Anchor::at(&annotated.or_else(|| overlay_layer(&bundle.rootfs, &bundle.dir))?)
     }
 }
 
 /// `<layer>/merged`, outside the bundle: Docker's and Podman's rootfs. The `merged` mount point
 /// goes at each stop, its layer directory only when the container is removed.
-fn overlay_layer(bundle: &Bundle) -> Option<PathBuf> {
-    let rootfs = &bundle.rootfs;
-    let layered = !rootfs.starts_with(&bundle.dir) && rootfs.file_name()? == "merged";
+fn overlay_layer(rootfs: &Path, bundle_dir: &Path) -> Option<PathBuf> {
+    let layered = !rootfs.starts_with(bundle_dir) && rootfs.file_name()? == "merged";
     layered.then(|| rootfs.parent().map(Path::to_path_buf))?
 }
 
@@ -385,4 +384,49 @@ fn collect_slot(
     }
     discard_slot(rt, conn, name, &slot)?;
     Ok(Some(kept))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_overlay_rootfs_outside_the_bundle_has_a_layer_anchor() {
+        let layer =
+            |rootfs: &str, bundle: &str| overlay_layer(Path::new(rootfs), Path::new(bundle));
+        assert_eq!(
+            layer(
+                "/var/lib/docker/overlay2/abc/merged",
+                "/run/containerd/x/moby/id"
+            ),
+            Some(PathBuf::from("/var/lib/docker/overlay2/abc"))
+        );
+        assert_eq!(layer("/b/rootfs", "/b"), None, "containerd's, CRI's");
+        assert_eq!(layer("/b/merged", "/b"), None, "inside the bundle");
+        assert_eq!(layer("/images/rootfs", "/b"), None, "not an overlay layer");
+    }
+
+    /// A new directory at the anchor's path is not the anchor: the container was removed.
+    #[test]
+    fn an_anchor_is_its_very_directory() {
+        let dir = std::env::temp_dir().join(format!("burrow-anchor-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        let anchor = Anchor::at(&dir).unwrap();
+        assert!(anchor.exists());
+        // Held open, the old inode cannot be reused by the new directory.
+        let _old = File::open(&dir).unwrap();
+        std::fs::remove_dir(&dir).unwrap();
+        assert!(!anchor.exists());
+        std::fs::create_dir(&dir).unwrap();
+        assert!(
+            !anchor.exists(),
+            "a new directory at the path passed for the anchor"
+        );
+        std::fs::remove_dir(&dir).unwrap();
+        assert!(
+            Anchor::at(Path::new("/etc/hostname")).is_none(),
+            "a file is no anchor"
+        );
+    }
 }
