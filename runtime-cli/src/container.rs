@@ -28,8 +28,7 @@ pub struct CreateOptions<'a> {
 }
 
 /// The range's name at idmapd: the container id, qualified by the state root, so that two
-/// runtimes (two `--root`s) can use the same container id. `range_name(store, "")` is the
-/// prefix of every name of the root's.
+/// runtimes (two `--root`s) can use the same container id.
 pub fn range_name(store: &Store, id: &str) -> String {
     let hash = store
         .root
@@ -900,7 +899,7 @@ fn spawn_init(
         None => crate::keep::allocate(c.rt, &conn, &name, &userns)?,
     };
     undo.range = Some(name.clone());
-    undo.kept = pod.is_none() && keeping.keep(c.rt, &conn, c.options.id, &name)?;
+    undo.kept = pod.is_none() && keeping.keep(c.rt, &conn, c.store, c.options.id, &name)?;
     crate::log::debug(format!(
         "idmapd: range {name} at host ID {base}{}",
         pod.map(|p| format!(", shared with {p}"))
@@ -941,7 +940,7 @@ fn spawn_init(
 /// Frees what removed containers of `store` left (`burrow gc`), as each create does: a
 /// failure here is gc's to report, never create's.
 fn collect_removed(rt: &tokio::runtime::Runtime, conn: &zbus::Connection, store: &Store) {
-    match crate::keep::collect(rt, conn, Some(&range_name(store, ""))) {
+    match crate::keep::collect(rt, conn, Some(&crate::keep::state_root(store))) {
         Ok((collected, failed)) => {
             for gone in collected {
                 crate::log::debug(format!("gc: freed removed container {}", gone.id));

@@ -85,7 +85,18 @@ fn overlay_layer(rootfs: &Path, bundle_dir: &Path) -> Option<PathBuf> {
 #[derive(Debug, Serialize, Deserialize)]
 struct Kept {
     id: String,
+    /// Its state root, as [`state_root`] names it.
+    root: PathBuf,
     anchor: Anchor,
+}
+
+/// The state root `store` as gc compares it: canonical, as callers spell one root in several
+/// ways (a symlink such as /var/run, a trailing slash).
+pub fn state_root(store: &crate::state::Store) -> PathBuf {
+    store
+        .root
+        .canonicalize()
+        .unwrap_or_else(|_| store.root.clone())
 }
 
 /// A container's slot, locked.
@@ -202,6 +213,7 @@ impl Keeping {
         &self,
         rt: &tokio::runtime::Runtime,
         conn: &zbus::Connection,
+        store: &crate::state::Store,
         id: &str,
         name: &str,
     ) -> Result<bool> {
@@ -219,6 +231,7 @@ impl Keeping {
         }
         self.slot.record(&Kept {
             id: id.into(),
+            root: state_root(store),
             anchor: anchor.clone(),
         })?;
         Ok(true)
@@ -330,28 +343,27 @@ pub struct Collected {
 }
 
 /// Frees the slots whose anchors are gone (their containers were removed), of the state root
-/// whose range names start with `prefix` (every root's if None), except those being created
-/// (locked) and those whose range is held (a container runs on them). Returns what was freed
-/// and what could not be.
+/// `root` (see [`state_root`]; every root's if None), except those being created (locked)
+/// and those whose range is held (a container runs on them). Returns what was freed and what
+/// could not be.
 pub fn collect(
     rt: &tokio::runtime::Runtime,
     conn: &zbus::Connection,
-    prefix: Option<&str>,
+    root: Option<&Path>,
 ) -> Result<(Vec<Collected>, Vec<CliError>)> {
-    let root = crate::state::data_root()?;
+    let data_root = crate::state::data_root()?;
     let (mut collected, mut failed) = (vec![], vec![]);
-    let Ok(entries) = std::fs::read_dir(&root) else {
+    let Ok(entries) = std::fs::read_dir(&data_root) else {
         return Ok((collected, failed));
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if burrow_contract::validate_name(&name).is_err()
-            || !prefix.is_none_or(|p| name.starts_with(p))
             || !entry.path().join(ANCHOR_FILE).exists()
         {
             continue;
         }
-        match collect_slot(rt, conn, &name) {
+        match collect_slot(rt, conn, &name, root) {
             Ok(Some(kept)) => collected.push(Collected {
                 id: kept.id,
                 name,
@@ -364,16 +376,19 @@ pub fn collect(
     Ok((collected, failed))
 }
 
-/// Frees slot `name` if its anchor is gone and no container holds its range.
+/// Frees slot `name` (if it is of state root `root`) if its anchor is gone and no container
+/// holds its range.
 fn collect_slot(
     rt: &tokio::runtime::Runtime,
     conn: &zbus::Connection,
     name: &str,
+    root: Option<&Path>,
 ) -> Result<Option<Kept>> {
     let Some(slot) = Slot::lock(name, false)? else {
         return Ok(None);
     };
-    let Some(kept) = slot.kept().filter(|k| !k.anchor.exists()) else {
+    let ours = |k: &Kept| root.is_none_or(|root| k.root == root);
+    let Some(kept) = slot.kept().filter(|k| ours(k) && !k.anchor.exists()) else {
         return Ok(None);
     };
     let held = rt.block_on(async { IdMap1Proxy::new(conn).await?.get(name).await });

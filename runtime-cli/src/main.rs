@@ -571,8 +571,8 @@ fn sandbox_command(store: &Store, command: &SandboxCommand) -> Result<i32> {
 fn gc(store: Option<&Store>) -> Result<i32> {
     let rt = container::async_runtime()?;
     let conn = container::system_bus(&rt)?;
-    let prefix = store.map(|store| container::range_name(store, ""));
-    let (collected, failed) = keep::collect(&rt, &conn, prefix.as_deref())?;
+    let root = store.map(keep::state_root);
+    let (collected, failed) = keep::collect(&rt, &conn, root.as_deref())?;
     for gone in collected {
         println!(
             "freed {} (range {}): {} is gone",

@@ -934,9 +934,12 @@ impl Docker {
             .unwrap()
     }
 
-    /// Where the shim keeps burrow's state (`--root`).
+    /// Where the shim keeps burrow's state (`--root`): Docker 20.10's runc shim puts every
+    /// runtime's below `runtime-runc`, in a directory named after the containerd namespace.
     pub fn runtime_root(&self) -> PathBuf {
-        self.dir.join("x/runtime-burrow/moby")
+        self.dir
+            .join("x/runtime-runc")
+            .join(format!("burrow-test-{}", std::process::id()))
     }
 
     /// `burrow gc` of this dockerd's containers: frees what removed ones kept (each

@@ -552,7 +552,15 @@ fn stop_and_start_keep_the_range_and_files_until_rm(h: &Harness, docker: &burrow
         "docker rm told the runtime something"
     );
     let freed = docker.gc();
-    assert!(freed.contains(id), "gc freed nothing: {freed}");
+    let slot = Path::new("/var/lib/burrow").join(&kept_slots(id).concat());
+    let record = std::fs::read_to_string(slot.join("anchor.json")).unwrap_or_default();
+    assert!(
+        freed.contains(id),
+        "gc freed nothing: {freed}; {} holds {record}; runtime root {} exists: {}",
+        slot.display(),
+        docker.runtime_root().display(),
+        docker.runtime_root().exists()
+    );
     assert_eq!(kept_slots(id), Vec::<String>::new());
     wait_for("the removed container's range freed", || {
         h.ranges_in_use() == in_use - 1
