@@ -51,6 +51,8 @@ fn introspection_is_exactly_the_documented_interface() {
         (".Allocate", "method", "sh", "uuu"),
         (".Join", "method", "ssh", "uuu"),
         (".Release", "method", "s", "-"),
+        (".Keep", "method", "s", "-"),
+        (".Forget", "method", "s", "-"),
         (".Get", "method", "s", "uuu"),
         (".List", "method", "-", "a(usuuu)"),
         (".AddControlGroup", "method", "sh", "s"),
