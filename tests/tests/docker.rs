@@ -552,7 +552,7 @@ fn stop_and_start_keep_the_range_and_files_until_rm(h: &Harness, docker: &burrow
         "docker rm told the runtime something"
     );
     let freed = docker.gc();
-    let slot = Path::new("/var/lib/burrow").join(&kept_slots(id).concat());
+    let slot = Path::new("/var/lib/burrow").join(kept_slots(id).concat());
     let record = std::fs::read_to_string(slot.join("anchor.json")).unwrap_or_default();
     assert!(
         freed.contains(id),
