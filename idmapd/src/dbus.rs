@@ -330,7 +330,8 @@ impl IdMap {
         burrow_contract::RANGE_SIZE
     }
 
-    /// Ranges not available for allocation: held ones plus released ones still draining.
+    /// Ranges not available for allocation: held ones, released ones still draining, parked
+    /// ones.
     #[zbus(property)]
     fn in_use(&self) -> u32 {
         self.lock().in_use() as u32
