@@ -98,6 +98,9 @@ fn assemble(job: &BuildJob, fds: &Fds) -> Result<OwnedFd, JobError> {
     for mount in after_dev {
         mount_one(root, mount, job, fds)?;
     }
+    if job.lxcfs {
+        crate::lxcfs::bind(root)?;
+    }
     mask(root, &job.masked)?;
     make_read_only(root, &job.readonly)?;
     reopen_sysctls(root, &job.writable_sysctls)?;

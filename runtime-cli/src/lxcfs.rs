@@ -1,0 +1,37 @@
+//! Whether a container's /proc tells its own limits: where the host runs lxcfs, mountd binds
+//! lxcfs's /proc files and CPU directory over the container's (mountd checks the mount again
+//! itself). Without lxcfs, /proc shows the host's values and nothing fails.
+
+use std::collections::HashMap;
+
+use burrow_sys::lxcfs::{mounted, LXCFS_DIR};
+
+/// The annotation that opts one container out: `org.burrow.lxcfs=false`.
+pub const ANNOTATION: &str = "org.burrow.lxcfs";
+
+/// Whether to ask mountd for lxcfs: it is mounted on the host and the spec does not opt out.
+pub fn wanted(annotations: Option<&HashMap<String, String>>) -> bool {
+    let opted_out = annotations
+        .and_then(|a| a.get(ANNOTATION))
+        .is_some_and(|v| v == "false");
+    let on = !opted_out && mounted();
+    crate::log::debug(match (on, opted_out) {
+        (true, _) => format!("lxcfs: on, /proc files and /sys/devices/system/cpu from {LXCFS_DIR}"),
+        (false, true) => format!("lxcfs: off, the spec says {ANNOTATION}=false"),
+        (false, false) => format!("lxcfs: off, not mounted at {LXCFS_DIR}; /proc is the host's"),
+    });
+    on
+}
+
+/// What `burrow features` says of lxcfs on this host.
+pub fn feature() -> String {
+    if mounted() {
+        format!(
+            "on: /proc/{{meminfo,cpuinfo,stat,uptime,loadavg,diskstats,swaps,slabinfo}} and \
+             /sys/devices/system/cpu come from lxcfs at {LXCFS_DIR}; {ANNOTATION}=false opts a \
+             container out"
+        )
+    } else {
+        format!("off: lxcfs is not mounted at {LXCFS_DIR}; /proc shows the host's values")
+    }
+}
