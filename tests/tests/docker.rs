@@ -664,15 +664,16 @@ fn docker_resource_flags_and_update_reach_the_cgroup() {
 }
 
 /// Issue 14, item 1: with lxcfs on the host (the harness starts it), the container's /proc
-/// tells its own limits: `free` its memory limit, `nproc`, the CPU list and cpuinfo its cpuset,
-/// uptime its own start.
+/// tells its own limits: meminfo its memory limit, `nproc`, the CPU list and cpuinfo its
+/// cpuset, uptime its own start. (busybox's `free` asks sysinfo(2), which lxcfs cannot answer,
+/// so it still shows the host's memory; procps's `free` reads /proc/meminfo: system.rs.)
 #[test]
 fn docker_proc_tells_the_containers_limits() {
     let _one = one_dockerd();
     let h = Harness::start(HarnessOptions::default());
     let docker = Docker::start(&h);
     docker.import(&busybox_rootfs(&h.dir.join("bb"), None), "bb");
-    let probe = "free -m | awk '/^Mem:/ {print $2}'; nproc; cat /sys/devices/system/cpu/online; \
+    let probe = "awk '/^MemTotal:/ {print $2 / 1024}' /proc/meminfo; nproc; cat /sys/devices/system/cpu/online; \
         grep -c ^processor /proc/cpuinfo; cut -d. -f1 /proc/uptime";
     let out = docker.run(&[
         "run",
