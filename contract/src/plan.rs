@@ -418,20 +418,22 @@ mod tests {
             (text(), text(), text()),
             any::<bool>(),
         )
-            .prop_map(|((rootfs, rootfs_readonly, dev, dev_at), mounts, lists, lxcfs)| {
-                let (masked_paths, readonly_paths, writable_sysctls) = lists;
-                BuildPlan {
-                    rootfs,
-                    rootfs_readonly,
-                    dev,
-                    dev_at,
-                    mounts,
-                    masked_paths,
-                    readonly_paths,
-                    writable_sysctls,
-                    lxcfs,
-                }
-            })
+            .prop_map(
+                |((rootfs, rootfs_readonly, dev, dev_at), mounts, lists, lxcfs)| {
+                    let (masked_paths, readonly_paths, writable_sysctls) = lists;
+                    BuildPlan {
+                        rootfs,
+                        rootfs_readonly,
+                        dev,
+                        dev_at,
+                        mounts,
+                        masked_paths,
+                        readonly_paths,
+                        writable_sysctls,
+                        lxcfs,
+                    }
+                },
+            )
     }
 
     proptest! {

@@ -40,6 +40,14 @@ pub fn bind(root: BorrowedFd<'_>) -> Result<(), JobError> {
     bound
 }
 
+/// Why a build failed whose worker the alarm ended.
+pub fn no_answer() -> JobError {
+    JobError::Unavailable(format!(
+        "lxcfs at {LXCFS_DIR} did not answer within {} s",
+        ANSWER_WITHIN.as_secs()
+    ))
+}
+
 /// lxcfs's mount root at [`LXCFS_DIR`], once mountinfo says that mount is lxcfs mounted by
 /// root for every user.
 fn open() -> Result<OwnedFd, JobError> {

@@ -624,20 +624,22 @@ mod tests {
                 (paths(), paths(), sysctls),
                 any::<bool>(),
             )
-                .prop_map(move |((rootfs, step, rootfs_readonly), mounts, lists, lxcfs)| {
-                    let plan = BuildPlan {
-                        rootfs,
-                        rootfs_readonly,
-                        dev: (rootfs + step) % fds,
-                        dev_at: (step % (mounts.len() as u32 + 1)),
-                        mounts,
-                        masked_paths: lists.0,
-                        readonly_paths: lists.1,
-                        writable_sysctls: lists.2,
-                        lxcfs,
-                    };
-                    (plan, fds as usize)
-                })
+                .prop_map(
+                    move |((rootfs, step, rootfs_readonly), mounts, lists, lxcfs)| {
+                        let plan = BuildPlan {
+                            rootfs,
+                            rootfs_readonly,
+                            dev: (rootfs + step) % fds,
+                            dev_at: (step % (mounts.len() as u32 + 1)),
+                            mounts,
+                            masked_paths: lists.0,
+                            readonly_paths: lists.1,
+                            writable_sysctls: lists.2,
+                            lxcfs,
+                        };
+                        (plan, fds as usize)
+                    },
+                )
         })
     }
 

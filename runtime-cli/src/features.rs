@@ -311,6 +311,9 @@ mod tests {
         assert_eq!(json["linux"]["cgroup"]["systemd"], true);
         assert_eq!(json["annotations"]["org.burrow.system-container"], "true");
         let lxcfs = json["annotations"]["org.burrow.lxcfs"].as_str().unwrap();
-        assert!(lxcfs.starts_with("on: ") || lxcfs.starts_with("off: "), "{lxcfs}");
+        assert!(
+            lxcfs.starts_with("on: ") || lxcfs.starts_with("off: "),
+            "{lxcfs}"
+        );
     }
 }

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use burrow_sys::lxcfs::{mounted, LXCFS_DIR};
+use burrow_sys::lxcfs::{mounted, CPU_DIR, LXCFS_DIR, PROC_FILES};
 
 /// The annotation that opts one container out: `org.burrow.lxcfs=false`.
 pub const ANNOTATION: &str = "org.burrow.lxcfs";
@@ -16,7 +16,7 @@ pub fn wanted(annotations: Option<&HashMap<String, String>>) -> bool {
         .is_some_and(|v| v == "false");
     let on = !opted_out && mounted();
     crate::log::debug(match (on, opted_out) {
-        (true, _) => format!("lxcfs: on, /proc files and /sys/devices/system/cpu from {LXCFS_DIR}"),
+        (true, _) => format!("lxcfs: on, /proc files and /{CPU_DIR} from {LXCFS_DIR}"),
         (false, true) => format!("lxcfs: off, the spec says {ANNOTATION}=false"),
         (false, false) => format!("lxcfs: off, not mounted at {LXCFS_DIR}; /proc is the host's"),
     });
@@ -27,9 +27,9 @@ pub fn wanted(annotations: Option<&HashMap<String, String>>) -> bool {
 pub fn feature() -> String {
     if mounted() {
         format!(
-            "on: /proc/{{meminfo,cpuinfo,stat,uptime,loadavg,diskstats,swaps,slabinfo}} and \
-             /sys/devices/system/cpu come from lxcfs at {LXCFS_DIR}; {ANNOTATION}=false opts a \
-             container out"
+            "on: /proc/{{{}}} and /{CPU_DIR} come from lxcfs at {LXCFS_DIR}; {ANNOTATION}=false \
+             opts a container out",
+            PROC_FILES.join(",")
         )
     } else {
         format!("off: lxcfs is not mounted at {LXCFS_DIR}; /proc shows the host's values")

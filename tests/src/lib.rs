@@ -166,7 +166,9 @@ pub fn test_users() -> &'static TestUsers {
 fn start_lxcfs() {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
-        run(&mut Command::new(workspace_root().join("scripts/start-lxcfs")));
+        run(&mut Command::new(
+            workspace_root().join("scripts/start-lxcfs"),
+        ));
     });
 }
 

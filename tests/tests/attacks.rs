@@ -1377,8 +1377,5 @@ fn lxcfs_files_cannot_be_unmounted_or_written() {
     }
     assert!(limited(&output), "{output}");
     let host = run("lxcfs-off", "false");
-    assert!(
-        host.contains("memtotal=") && !limited(&host),
-        "{host}"
-    );
+    assert!(host.contains("memtotal=") && !limited(&host), "{host}");
 }
