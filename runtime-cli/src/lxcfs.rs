@@ -35,3 +35,17 @@ pub fn feature() -> String {
         format!("off: lxcfs is not mounted at {LXCFS_DIR}; /proc shows the host's values")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_annotation_opts_out_whatever_the_host_runs() {
+        let off = HashMap::from([(ANNOTATION.to_string(), "false".to_string())]);
+        assert!(!wanted(Some(&off)));
+        let on = HashMap::from([(ANNOTATION.to_string(), "true".to_string())]);
+        assert_eq!(wanted(Some(&on)), mounted());
+        assert_eq!(wanted(None), mounted());
+    }
+}
