@@ -163,6 +163,12 @@ fn systemd_and_docker_run_inside_without_privilege() {
         ),
         format!("{0}\n{0}", 1u64 << 30)
     );
+    // And its uptime (systemd-analyze's clock) is its own, counted from its init's start.
+    let uptime: f64 = exec_ok(&docker, "sys-b", "cut -d' ' -f1 /proc/uptime")
+        .parse()
+        .unwrap();
+    assert!(uptime <= started.elapsed().as_secs_f64() + 1.0, "{uptime}");
+    assert!(exec_ok(&docker, "sys-b", "systemd-analyze").starts_with("Startup finished in"));
     let started = Instant::now();
     assert_eq!(
         exec_ok(&docker, "sys-a", "docker run --rm bb echo inner-ok"),
