@@ -50,6 +50,11 @@ pub fn build(job: &BuildJob, fds: &Fds) {
         Ok(child) => {
             match nix::sys::wait::waitpid(child, None) {
                 Ok(nix::sys::wait::WaitStatus::Exited(_, 0)) => {}
+                Ok(nix::sys::wait::WaitStatus::Signaled(_, nix::sys::signal::SIGALRM, _))
+                    if job.lxcfs =>
+                {
+                    reply(Err(crate::lxcfs::no_answer()))
+                }
                 // W2 answers before it exits 0; it ended otherwise, maybe without an answer.
                 // If it did answer, the helper has read that first and ignores this.
                 status => reply(Err(JobError::Broken(format!(
@@ -97,6 +102,9 @@ fn assemble(job: &BuildJob, fds: &Fds) -> Result<OwnedFd, JobError> {
     )?;
     for mount in after_dev {
         mount_one(root, mount, job, fds)?;
+    }
+    if job.lxcfs {
+        crate::lxcfs::bind(root)?;
     }
     mask(root, &job.masked)?;
     make_read_only(root, &job.readonly)?;

@@ -1151,6 +1151,7 @@ fn build_mount_namespace(
                 masked_paths: bundle.masked.clone(),
                 readonly_paths: bundle.readonly.clone(),
                 writable_sysctls: bundle.writable_sysctls.clone(),
+                lxcfs: crate::lxcfs::wanted(bundle.spec.annotations().as_ref()),
             };
             Mount1Proxy::new(conn)
                 .await?

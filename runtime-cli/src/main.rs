@@ -12,6 +12,7 @@ mod features;
 mod fuzz;
 mod image;
 mod log;
+mod lxcfs;
 mod namespaces;
 mod network;
 mod process;

@@ -161,6 +161,17 @@ pub fn test_users() -> &'static TestUsers {
     })
 }
 
+/// Starts lxcfs where it does not run yet, as `make run` and the node installer do: the
+/// containers' /proc then tells their own limits (docs/runtime.md).
+fn start_lxcfs() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        run(&mut Command::new(
+            workspace_root().join("scripts/start-lxcfs"),
+        ));
+    });
+}
+
 /// Puts the shipped polkit action file and example rule where polkitd reads them.
 fn install_polkit_files() {
     static DONE: OnceLock<()> = OnceLock::new();
@@ -307,6 +318,7 @@ impl Harness {
         );
         test_users();
         install_polkit_files();
+        start_lxcfs();
         static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let dir = PathBuf::from(format!("/tmp/burrow-harness-{}-{n}", std::process::id()));

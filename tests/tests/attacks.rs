@@ -1331,3 +1331,51 @@ fn an_init_that_renames_itself_is_still_seen_and_signalled() {
         });
     }
 }
+
+/// What the container's root tries against lxcfs's files (issue 14 item 1): unmount them (to
+/// read the host's /proc/meminfo below), also from a mount namespace of its own, make them
+/// writable, write them. Each is refused: the binds are locked like the masks. The same spec
+/// with `org.burrow.lxcfs=false` shows the host's memory, so the probe tells the two apart.
+const UNCOVER_MEMINFO: &str = "umount /proc/meminfo 2>/dev/null && echo umount=done || echo umount=refused; \
+    umount -l /proc/meminfo 2>/dev/null && echo detach=done || echo detach=refused; \
+    unshare -m sh -c 'umount /proc/meminfo 2>/dev/null && echo nested=done || echo nested=refused'; \
+    mount -o remount,bind,rw /proc/meminfo 2>/dev/null && echo remount=done || echo remount=refused; \
+    (echo 1 > /proc/meminfo) 2>/dev/null && echo write=done || echo write=refused; \
+    umount /sys/devices/system/cpu 2>/dev/null && echo cpu=done || echo cpu=refused; \
+    awk '/^MemTotal:/ {print \"memtotal=\" $2}' /proc/meminfo";
+
+#[test]
+fn lxcfs_files_cannot_be_unmounted_or_written() {
+    let h = Harness::start(HarnessOptions::default());
+    assert!(burrow_sys::lxcfs::mounted(), "the harness starts lxcfs");
+    let caller = Burrow::new(&h, None, "lxcfs");
+    let run = |name: &str, lxcfs: &str| {
+        let bundle = caller.edited_bundle(
+            name,
+            &["sh", "-c", UNCOVER_MEMINFO],
+            |r| busybox_rootfs(r, None),
+            |spec| {
+                spec["linux"]["resources"]["memory"]["limit"] = (256u64 << 20).into();
+                spec["annotations"]["org.burrow.lxcfs"] = lxcfs.into();
+            },
+        );
+        let (output, status) = caller.run_bundle(&bundle, name);
+        assert!(status.success(), "{name}: {output}");
+        output
+    };
+    let limited = |text: &str| text.lines().any(|l| l.trim() == "memtotal=262144");
+    let output = run("lxcfs-on", "true");
+    for refused in [
+        "umount=refused",
+        "detach=refused",
+        "nested=refused",
+        "remount=refused",
+        "write=refused",
+        "cpu=refused",
+    ] {
+        assert!(output.contains(refused), "no {refused:?} in {output}");
+    }
+    assert!(limited(&output), "{output}");
+    let host = run("lxcfs-off", "false");
+    assert!(host.contains("memtotal=") && !limited(&host), "{host}");
+}

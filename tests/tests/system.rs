@@ -90,13 +90,16 @@ fn systemd_and_docker_run_inside_without_privilege() {
     let volume = format!("{}:/bb.tar:ro", tarball.display());
 
     let started = Instant::now();
-    for name in ["sys-a", "sys-b"] {
+    // sys-b has a memory limit, which its /proc tells (lxcfs).
+    for (name, memory) in [("sys-a", "0"), ("sys-b", "1g")] {
         docker.ok(&[
             "run",
             "-d",
             "--runtime=burrow",
             "--name",
             name,
+            "-m",
+            memory,
             "-v",
             &volume,
             "burrow-system",
@@ -151,6 +154,21 @@ fn systemd_and_docker_run_inside_without_privilege() {
         );
         exec_ok(&docker, name, "docker import /bb.tar bb >/dev/null");
     }
+    // The limited container's /proc/meminfo is lxcfs's: its dockerd and free see 1 GiB.
+    assert_eq!(
+        exec_ok(
+            &docker,
+            "sys-b",
+            "docker info -f '{{.MemTotal}}'; free -b | awk '/^Mem:/ {print $2}'"
+        ),
+        format!("{0}\n{0}", 1u64 << 30)
+    );
+    // And its uptime (systemd-analyze's clock) is its own, counted from its init's start.
+    let uptime: f64 = exec_ok(&docker, "sys-b", "cut -d' ' -f1 /proc/uptime")
+        .parse()
+        .unwrap();
+    assert!(uptime <= started.elapsed().as_secs_f64() + 1.0, "{uptime}");
+    assert!(exec_ok(&docker, "sys-b", "systemd-analyze").starts_with("Startup finished in"));
     let started = Instant::now();
     assert_eq!(
         exec_ok(&docker, "sys-a", "docker run --rm bb echo inner-ok"),
