@@ -17,7 +17,7 @@ use rustix::mount::{
 };
 
 use crate::idmap::{clone_tree, set_attributes};
-use crate::job::{BuildJob, CgroupLayout, Fds, JobError, OrFail, Prepared};
+use crate::job::{BuildJob, CgroupLayout, Fds, FsType, JobError, OrFail, Prepared};
 use crate::target::{resolve, Create};
 use crate::worker::{private_mount_namespace, reply, stage};
 use burrow_sys::fork::{fork_worker, Parent};
@@ -99,6 +99,7 @@ fn assemble(job: &BuildJob, fds: &Fds) -> Result<OwnedFd, JobError> {
         mount_one(root, mount, job, fds)?;
     }
     mask(root, &job.masked)?;
+    cover_kernel_only_mount_points(root, &job.mounts)?;
     make_read_only(root, &job.readonly)?;
     reopen_sysctls(root, &job.writable_sysctls)?;
     visible_proc_and_sysfs(root)?;
@@ -260,6 +261,37 @@ fn mask(root: BorrowedFd<'_>, paths: &[String]) -> Result<(), JobError> {
         attach(cover.as_fd(), t.as_fd(), path)?;
     }
     Ok(())
+}
+
+/// Where, below a sysfs, the kernel's filesystems go that no user namespace may mount
+/// (debugfs, tracefs, configfs).
+const KERNEL_ONLY_MOUNT_POINTS: [&str; 3] = ["kernel/debug", "kernel/tracing", "kernel/config"];
+
+/// Covers the mount points of kernel-only filesystems in each sysfs of the plan like masked
+/// directories: a stock systemd mounts them at boot unless something is mounted there already,
+/// and fails (`degraded`) in a user namespace. The cover, locked, hides an empty directory:
+/// the container's sysfs has nothing of the host's below these mount points.
+fn cover_kernel_only_mount_points(
+    root: BorrowedFd<'_>,
+    mounts: &[Prepared],
+) -> Result<(), JobError> {
+    let covered: Vec<String> = mounts
+        .iter()
+        .filter_map(|mount| match mount {
+            Prepared::Fresh {
+                destination,
+                fstype: FsType::Sysfs,
+                ..
+            } => Some(destination),
+            _ => None,
+        })
+        .flat_map(|sysfs| {
+            KERNEL_ONLY_MOUNT_POINTS
+                .iter()
+                .map(move |point| format!("{sysfs}/{point}"))
+        })
+        .collect();
+    mask(root, &covered)
 }
 
 fn empty_tmpfs(mode: &str) -> Result<OwnedFd, JobError> {
