@@ -652,6 +652,22 @@ fn a_read_only_rbind_is_read_only_below_too() {
     assert!(!below.join("written").exists() && !source.join("written").exists());
 }
 
+/// `sh -c script` in a busybox container `name`, run by root and by a tenant, each to its
+/// successful end: (who, output) of each.
+fn run_as_root_and_tenant(h: &Harness, name: &str, script: &str) -> Vec<(&'static str, String)> {
+    [None, Some(test_users().alice)]
+        .into_iter()
+        .map(|user| {
+            let who = user.map_or("root", |u| u.name);
+            let caller = Burrow::new(h, user, &format!("{name}-{who}"));
+            let bundle = caller.bundle(name, &["sh", "-c", script], |r| busybox_rootfs(r, user));
+            let (output, status) = caller.run_bundle(&bundle, name);
+            assert!(status.success(), "{who}: {output}");
+            (who, output)
+        })
+        .collect()
+}
+
 /// What the container's root can do with a proc of its own (item 9): the kernel lets it mount
 /// one, unmasked, because the container holds a fully visible proc under a cover. The masks
 /// are an information barrier only: every host-wide write through the new proc is still
@@ -667,14 +683,7 @@ const FRESH_PROC: &str = "mkdir -p /tmp/p && unshare -m sh -c '\
 fn a_fresh_proc_inside_is_no_way_to_host_wide_writes() {
     let h = Harness::start(HarnessOptions::default());
     let panic_before = fs::read_to_string("/proc/sys/kernel/panic").unwrap();
-    for user in [None, Some(test_users().alice)] {
-        let who = user.map_or("root", |u| u.name);
-        let caller = Burrow::new(&h, user, &format!("proc-{who}"));
-        let bundle = caller.bundle("proc", &["sh", "-c", FRESH_PROC], |r| {
-            busybox_rootfs(r, user)
-        });
-        let (output, status) = caller.run_bundle(&bundle, "proc");
-        assert!(status.success(), "{who}: {output}");
+    for (who, output) in run_as_root_and_tenant(&h, "proc", FRESH_PROC) {
         assert!(
             output.contains("mounted"),
             "{who}: a nested proc must mount: {output}"
@@ -720,14 +729,7 @@ const KERNEL_FS_COVERS: &str = "for d in debug tracing; do \
 #[test]
 fn the_covers_over_debugfs_and_tracefs_mount_points_hold() {
     let h = Harness::start(HarnessOptions::default());
-    for user in [None, Some(test_users().alice)] {
-        let who = user.map_or("root", |u| u.name);
-        let caller = Burrow::new(&h, user, &format!("kernelfs-{who}"));
-        let bundle = caller.bundle("kernelfs", &["sh", "-c", KERNEL_FS_COVERS], |r| {
-            busybox_rootfs(r, user)
-        });
-        let (output, status) = caller.run_bundle(&bundle, "kernelfs");
-        assert!(status.success(), "{who}: {output}");
+    for (who, output) in run_as_root_and_tenant(&h, "kernelfs", KERNEL_FS_COVERS) {
         for held in [
             "debug=covered",
             "debug=empty",
