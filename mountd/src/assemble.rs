@@ -99,7 +99,6 @@ fn assemble(job: &BuildJob, fds: &Fds) -> Result<OwnedFd, JobError> {
         mount_one(root, mount, job, fds)?;
     }
     mask(root, &job.masked)?;
-    cover_kernel_only_mount_points(root, &job.mounts)?;
     make_read_only(root, &job.readonly)?;
     reopen_sysctls(root, &job.writable_sysctls)?;
     visible_proc_and_sysfs(root)?;
@@ -171,7 +170,11 @@ fn mount_one(
         } => {
             let fs = fresh(fstype.name(), data, *attrs)?;
             let at = target(root, destination, Create::Directory)?;
-            attach(fs.as_fd(), at.as_fd(), destination)
+            attach(fs.as_fd(), at.as_fd(), destination)?;
+            if *fstype == FsType::Sysfs {
+                cover_kernel_only_mount_points(root, destination)?;
+            }
+            Ok(())
         }
         Prepared::Cgroup { destination, attrs } => {
             mount_cgroups(root, destination, *attrs, &job.cgroups, job.root_ids)
@@ -267,31 +270,14 @@ fn mask(root: BorrowedFd<'_>, paths: &[String]) -> Result<(), JobError> {
 /// (debugfs, tracefs, configfs).
 const KERNEL_ONLY_MOUNT_POINTS: [&str; 3] = ["kernel/debug", "kernel/tracing", "kernel/config"];
 
-/// Covers the mount points of kernel-only filesystems in each sysfs of the plan like masked
-/// directories: a stock systemd mounts them at boot unless something is mounted there already,
-/// and fails (`degraded`) in a user namespace. The cover, locked, hides an empty directory:
-/// the container's sysfs has nothing of the host's below these mount points.
-fn cover_kernel_only_mount_points(
-    root: BorrowedFd<'_>,
-    mounts: &[Prepared],
-) -> Result<(), JobError> {
-    let covered: Vec<String> = mounts
-        .iter()
-        .filter_map(|mount| match mount {
-            Prepared::Fresh {
-                destination,
-                fstype: FsType::Sysfs,
-                ..
-            } => Some(destination),
-            _ => None,
-        })
-        .flat_map(|sysfs| {
-            KERNEL_ONLY_MOUNT_POINTS
-                .iter()
-                .map(move |point| format!("{sysfs}/{point}"))
-        })
-        .collect();
-    mask(root, &covered)
+/// Covers the mount points of kernel-only filesystems in the sysfs just mounted at `sysfs`
+/// like masked directories: a stock systemd mounts them at boot unless something is mounted
+/// there already, and fails (`degraded`) in a user namespace. The cover, locked, hides an empty
+/// directory: the container's sysfs has nothing of the host's below these mount points. Made
+/// with the sysfs, so that a mount the spec lists later at one of them goes on top.
+fn cover_kernel_only_mount_points(root: BorrowedFd<'_>, sysfs: &str) -> Result<(), JobError> {
+    let points = KERNEL_ONLY_MOUNT_POINTS.map(|point| format!("{sysfs}/{point}"));
+    mask(root, &points)
 }
 
 fn empty_tmpfs(mode: &str) -> Result<OwnedFd, JobError> {
