@@ -1,10 +1,12 @@
 //! System workloads inside a Burrow container, without --privileged: systemd boots as PID 1
 //! and a dockerd inside (overlay2, bridge networking, iptables) runs inner containers. Uses
 //! the cached Debian image (tests/fixtures/debian-rootfs.sh system) and a dockerd of the
-//! test's own. One test, one dockerd: dockerds share the host's bridge and iptables.
+//! test's own. One dockerd at a time: dockerds share the host's bridge and iptables, so the
+//! tests take turns ([`start_with_image`]).
 
 use std::path::Path;
 use std::process::Output;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use burrow_tests::{
@@ -47,13 +49,19 @@ fn boot_state(docker: &Docker, container: &str) -> String {
 }
 
 /// A harness and a dockerd of the test's own with `rootfs` imported as `image`, and the
-/// [`busybox_volume`].
-fn start_with_image(rootfs: &Path, image: &str) -> (Harness, Docker, String) {
+/// [`busybox_volume`]; the guard keeps other tests' dockerds away until the test ends (it is
+/// the first element, so it is dropped last, after the dockerd).
+fn start_with_image(
+    rootfs: &Path,
+    image: &str,
+) -> (MutexGuard<'static, ()>, Harness, Docker, String) {
+    static ONE_DOCKERD: Mutex<()> = Mutex::new(());
+    let turn = ONE_DOCKERD.lock().unwrap_or_else(|e| e.into_inner());
     let h = Harness::start(HarnessOptions::default());
     let docker = Docker::start(&h);
     docker.import(rootfs, image);
     let volume = busybox_volume(&h);
-    (h, docker, volume)
+    (turn, h, docker, volume)
 }
 
 /// The inner image, busybox, as a tarball the system containers import themselves: the
@@ -121,7 +129,7 @@ fn ranges_named(h: &Harness, id: &str) -> usize {
 
 #[test]
 fn systemd_and_docker_run_inside_without_privilege() {
-    let (h, docker, volume) = start_with_image(&debian_system_rootfs(), "burrow-system");
+    let (_turn, h, docker, volume) = start_with_image(&debian_system_rootfs(), "burrow-system");
 
     let started = Instant::now();
     for name in ["sys-a", "sys-b"] {
@@ -328,7 +336,8 @@ fn systemd_and_docker_run_inside_without_privilege() {
 /// view (systemd 257 runs on it, tainted `cgroupsv1`), and its dockerd runs a container.
 #[test]
 fn stock_debian_13_systemd_boots_to_running() {
-    let (_h, docker, volume) = start_with_image(&debian_trixie_system_rootfs(), "burrow-trixie");
+    let (_turn, _h, docker, volume) =
+        start_with_image(&debian_trixie_system_rootfs(), "burrow-trixie");
     docker.ok(&[
         "run",
         "-d",
