@@ -717,10 +717,16 @@ pub fn json_lines(out: &[u8]) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// The Debian bookworm rootfs with systemd and docker.io (`tests/fixtures/debian-rootfs.sh
-/// system`), built once per machine under /var/cache/burrow; the first build takes minutes.
+/// The Debian bookworm rootfs with systemd and docker.io, a stock image (nothing masked;
+/// `tests/fixtures/debian-rootfs.sh system`), built once per machine under /var/cache/burrow; the first build takes minutes.
 pub fn debian_system_rootfs() -> PathBuf {
     debian_rootfs("system")
+}
+
+/// The system flavour's packages on Debian 13, trixie (`tests/fixtures/debian-rootfs.sh
+/// system-trixie`): systemd 257, which wants a cgroup2-only view of its cgroups.
+pub fn debian_trixie_system_rootfs() -> PathBuf {
+    debian_rootfs("system-trixie")
 }
 
 /// The system rootfs with polkitd (and logind) added, for the disposable systemd node
