@@ -19,8 +19,8 @@ install_burrow() {
     make --no-print-directory install PREFIX=/usr/local >/dev/null
 }
 
-# A system bus and polkitd, if none runs (machines without systemd as PID 1).
-start_bus_and_polkit() {
+# A system bus, polkitd and lxcfs, if they do not run (machines without systemd as PID 1).
+start_services() {
     if [ ! -S /run/dbus/system_bus_socket ] || ! busctl --system status >/dev/null 2>&1; then
         step "starting the system bus"
         mkdir -p /run/dbus
@@ -32,6 +32,10 @@ start_bus_and_polkit() {
         setsid -f /usr/lib/polkit-1/polkitd --no-debug >/var/log/burrow-polkitd.log 2>&1 </dev/null
         wait_until "polkitd" busctl --system status org.freedesktop.PolicyKit1
     fi
+    # A truthful /proc in containers (their memory, CPUs, uptime), where systemd does not run
+    # lxcfs.service.
+    step "starting lxcfs, if it does not run"
+    ./scripts/start-lxcfs
     # New activation files: make a running bus reread them.
     busctl --system call org.freedesktop.DBus /org/freedesktop/DBus org.freedesktop.DBus ReloadConfig >/dev/null 2>&1 || true
 }
@@ -100,7 +104,7 @@ boot_and_show() {
     echo "    systemd inside: $state after $(( ($(date +%s%N) - start) / 1000000 )) ms"
     step "its user namespace: an exclusive range of host IDs"
     docker exec "$name" cat /proc/self/uid_map
-    step "free -m inside (the container's $memory when lxcfs runs; the host's otherwise)"
+    step "free -m inside: the container's $memory (lxcfs)"
     docker exec "$name" free -m
     step "Docker inside: docker run busybox"
     docker exec -i "$name" docker import - bb </var/cache/burrow/demo-busybox.tar >/dev/null
@@ -113,7 +117,7 @@ boot_and_show() {
 }
 
 install_burrow
-start_bus_and_polkit
+start_services
 start_docker
 prepare_images
 boot_and_show
