@@ -24,9 +24,10 @@ const MOUNTS: &str = "mounts";
 const MASKED_PATHS: &str = "masked_paths";
 const READONLY_PATHS: &str = "readonly_paths";
 const WRITABLE_SYSCTLS: &str = "writable_sysctls";
+const LXCFS: &str = "lxcfs";
 
 /// The plan's keys, in the order they are sent.
-pub const KEYS: [&str; 8] = [
+pub const KEYS: [&str; 9] = [
     ROOTFS,
     ROOTFS_READONLY,
     DEV,
@@ -35,6 +36,7 @@ pub const KEYS: [&str; 8] = [
     MASKED_PATHS,
     READONLY_PATHS,
     WRITABLE_SYSCTLS,
+    LXCFS,
 ];
 
 /// One mount as the wire carries it: destination, type, source fd index or [`NO_FD`], options.
@@ -58,6 +60,9 @@ pub struct BuildPlan {
     pub readonly_paths: Vec<String>,
     /// Subtrees of /proc/sys made writable again under a read-only /proc/sys.
     pub writable_sysctls: Vec<String>,
+    /// The host's lxcfs files bound over the container's /proc files and CPU directory
+    /// (absent on the wire: false). mountd checks that lxcfs really is mounted.
+    pub lxcfs: bool,
 }
 
 /// One OCI mount of the plan.
@@ -227,6 +232,7 @@ impl BuildPlan {
             masked_paths: vec![],
             readonly_paths: vec![],
             writable_sysctls: vec![],
+            lxcfs: false,
         }
     }
 }
@@ -252,6 +258,7 @@ impl Serialize for BuildPlan {
             WRITABLE_SYSCTLS,
             &as_value::Serialize(&self.writable_sysctls),
         )?;
+        map.serialize_entry(LXCFS, &as_value::Serialize(&self.lxcfs))?;
         map.end()
     }
 }
@@ -270,7 +277,7 @@ where
 /// The plan as a helper receives it. It takes the raw dictionary, not a `BuildPlan` argument,
 /// because a plan that failed to deserialize there would be the bus's generic `InvalidArgs`,
 /// not Burrow's named `InvalidArgument`. Absent lists are empty, an absent `rootfs_readonly`
-/// is false; every key must be known.
+/// is false, and so is an absent `lxcfs`; every key must be known.
 impl TryFrom<HashMap<String, OwnedValue>> for BuildPlan {
     type Error = PlanError;
 
@@ -295,6 +302,7 @@ impl TryFrom<HashMap<String, OwnedValue>> for BuildPlan {
                 MASKED_PATHS => plan.masked_paths = take(MASKED_PATHS, value, STRINGS)?,
                 READONLY_PATHS => plan.readonly_paths = take(READONLY_PATHS, value, STRINGS)?,
                 WRITABLE_SYSCTLS => plan.writable_sysctls = take(WRITABLE_SYSCTLS, value, STRINGS)?,
+                LXCFS => plan.lxcfs = take(LXCFS, value, "a boolean (b)")?,
                 _ => return Err(PlanError::UnknownKey { key }),
             }
         }
@@ -408,20 +416,24 @@ mod tests {
             (any::<u32>(), any::<bool>(), any::<u32>(), any::<u32>()),
             prop::collection::vec(mount, 0..6),
             (text(), text(), text()),
+            any::<bool>(),
         )
-            .prop_map(|((rootfs, rootfs_readonly, dev, dev_at), mounts, lists)| {
-                let (masked_paths, readonly_paths, writable_sysctls) = lists;
-                BuildPlan {
-                    rootfs,
-                    rootfs_readonly,
-                    dev,
-                    dev_at,
-                    mounts,
-                    masked_paths,
-                    readonly_paths,
-                    writable_sysctls,
-                }
-            })
+            .prop_map(
+                |((rootfs, rootfs_readonly, dev, dev_at), mounts, lists, lxcfs)| {
+                    let (masked_paths, readonly_paths, writable_sysctls) = lists;
+                    BuildPlan {
+                        rootfs,
+                        rootfs_readonly,
+                        dev,
+                        dev_at,
+                        mounts,
+                        masked_paths,
+                        readonly_paths,
+                        writable_sysctls,
+                        lxcfs,
+                    }
+                },
+            )
     }
 
     proptest! {

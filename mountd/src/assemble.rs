@@ -17,7 +17,7 @@ use rustix::mount::{
 };
 
 use crate::idmap::{clone_tree, set_attributes};
-use crate::job::{BuildJob, CgroupLayout, Fds, JobError, OrFail, Prepared};
+use crate::job::{BuildJob, CgroupLayout, Fds, FsType, JobError, OrFail, Prepared};
 use crate::target::{resolve, Create};
 use crate::worker::{private_mount_namespace, reply, stage};
 use burrow_sys::fork::{fork_worker, Parent};
@@ -50,6 +50,11 @@ pub fn build(job: &BuildJob, fds: &Fds) {
         Ok(child) => {
             match nix::sys::wait::waitpid(child, None) {
                 Ok(nix::sys::wait::WaitStatus::Exited(_, 0)) => {}
+                Ok(nix::sys::wait::WaitStatus::Signaled(_, nix::sys::signal::SIGALRM, _))
+                    if job.lxcfs =>
+                {
+                    reply(Err(crate::lxcfs::no_answer()))
+                }
                 // W2 answers before it exits 0; it ended otherwise, maybe without an answer.
                 // If it did answer, the helper has read that first and ignores this.
                 status => reply(Err(JobError::Broken(format!(
@@ -97,6 +102,9 @@ fn assemble(job: &BuildJob, fds: &Fds) -> Result<OwnedFd, JobError> {
     )?;
     for mount in after_dev {
         mount_one(root, mount, job, fds)?;
+    }
+    if job.lxcfs {
+        crate::lxcfs::bind(root)?;
     }
     mask(root, &job.masked)?;
     make_read_only(root, &job.readonly)?;
@@ -170,7 +178,11 @@ fn mount_one(
         } => {
             let fs = fresh(fstype.name(), data, *attrs)?;
             let at = target(root, destination, Create::Directory)?;
-            attach(fs.as_fd(), at.as_fd(), destination)
+            attach(fs.as_fd(), at.as_fd(), destination)?;
+            if *fstype == FsType::Sysfs {
+                cover_kernel_only_mount_points(root, destination)?;
+            }
+            Ok(())
         }
         Prepared::Cgroup { destination, attrs } => {
             mount_cgroups(root, destination, *attrs, &job.cgroups, job.root_ids)
@@ -260,6 +272,20 @@ fn mask(root: BorrowedFd<'_>, paths: &[String]) -> Result<(), JobError> {
         attach(cover.as_fd(), t.as_fd(), path)?;
     }
     Ok(())
+}
+
+/// Where, below a sysfs, the kernel's filesystems go that no user namespace may mount
+/// (debugfs, tracefs, configfs).
+const KERNEL_ONLY_MOUNT_POINTS: [&str; 3] = ["kernel/debug", "kernel/tracing", "kernel/config"];
+
+/// Covers the mount points of kernel-only filesystems in the sysfs just mounted at `sysfs`
+/// like masked directories: a stock systemd mounts them at boot unless something is mounted
+/// there already, and fails (`degraded`) in a user namespace. The cover, locked, hides an empty
+/// directory: the container's sysfs has nothing of the host's below these mount points. Made
+/// with the sysfs, so that a mount the spec lists later at one of them goes on top.
+fn cover_kernel_only_mount_points(root: BorrowedFd<'_>, sysfs: &str) -> Result<(), JobError> {
+    let points = KERNEL_ONLY_MOUNT_POINTS.map(|point| format!("{sysfs}/{point}"));
+    mask(root, &points)
 }
 
 fn empty_tmpfs(mode: &str) -> Result<OwnedFd, JobError> {

@@ -87,6 +87,7 @@ pub fn build(request: Request, staging: PathBuf) -> Result<OwnedFd, BurrowError>
         masked: plan.masked_paths,
         readonly: plan.readonly_paths,
         writable_sysctls: plan.writable_sysctls,
+        lxcfs: plan.lxcfs,
         cgroups: host_cgroup_layout()?,
         staging: staging.clone(),
     };

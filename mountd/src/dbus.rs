@@ -98,7 +98,8 @@ impl Mount {
     /// `rootfs_readonly` (b), `mounts` (a(ssuas): destination, type, source fd index or
     /// 0xffffffff, options; a bind with option `noidmap` is not ID-mapped and must be a
     /// directory owned by the container's root), `masked_paths` (as), `readonly_paths` (as),
-    /// `writable_sysctls` (as: subtrees of /proc/sys made writable again, e.g. /proc/sys/net).
+    /// `writable_sysctls` (as: subtrees of /proc/sys made writable again, e.g. /proc/sys/net),
+    /// `lxcfs` (b: the host's lxcfs files over the container's /proc files).
     /// It arrives as the raw dictionary and is converted in `Plan::parse`, so that a malformed
     /// plan is Burrow's named InvalidArgument, not the bus's InvalidArgs.
     async fn build_root(

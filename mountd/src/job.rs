@@ -91,6 +91,8 @@ pub struct BuildJob {
     pub masked: Vec<String>,
     pub readonly: Vec<String>,
     pub writable_sysctls: Vec<String>,
+    /// The host's lxcfs files go over the container's /proc files and CPU directory.
+    pub lxcfs: bool,
     pub cgroups: CgroupLayout,
     /// An empty directory of the helper's where the rootfs is attached in a private copy.
     pub staging: PathBuf,
@@ -236,12 +238,15 @@ pub enum JobError {
     /// The worker broke down: it panicked, or lost its child (org.burrow.Error.Failed).
     #[error("{0}")]
     Broken(String),
+    /// What the host must provide is not there, such as lxcfs (org.burrow.Error.Failed).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl From<JobError> for BurrowError {
     fn from(e: JobError) -> Self {
         match e {
-            JobError::Kernel { .. } | JobError::Broken(_) => {
+            JobError::Kernel { .. } | JobError::Broken(_) | JobError::Unavailable(_) => {
                 BurrowError::Failed(format!("mount worker: {e}"))
             }
             JobError::Refused { .. } | JobError::Invalid(_) => {

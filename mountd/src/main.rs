@@ -5,6 +5,7 @@ mod build;
 mod dbus;
 mod idmap;
 mod job;
+mod lxcfs;
 mod overlay;
 mod plan;
 mod spawn;

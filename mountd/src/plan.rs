@@ -73,6 +73,8 @@ pub struct Plan {
     pub readonly_paths: Vec<String>,
     /// Sysctl subtrees made writable again under a read-only /proc/sys (see `SYSCTL_ROOT`).
     pub writable_sysctls: Vec<String>,
+    /// The host's lxcfs files go over the container's /proc files and CPU directory.
+    pub lxcfs: bool,
 }
 
 /// Only sysctls can be made writable again: the kernel checks every sysctl write against the
@@ -238,6 +240,7 @@ impl Plan {
             masked_paths: paths("masked_paths", plan.masked_paths)?,
             readonly_paths: paths("readonly_paths", plan.readonly_paths)?,
             writable_sysctls: sysctls(plan.writable_sysctls)?,
+            lxcfs: plan.lxcfs,
         })
     }
 
@@ -545,7 +548,7 @@ mod tests {
         #[test]
         fn any_plan_is_valid_or_refused_by_name(
             entries in proptest::collection::vec(
-                ("(rootfs|dev|rootfs_readonly|mounts|masked_paths|readonly_paths|writable_sysctls|[a-z_]{1,8})", any_value()),
+                ("(rootfs|dev|rootfs_readonly|mounts|masked_paths|readonly_paths|writable_sysctls|lxcfs|[a-z_]{1,8})", any_value()),
                 0..9,
             ),
             fds in 0usize..8,
@@ -619,20 +622,24 @@ mod tests {
                 (0..fds, 1..fds, any::<bool>()),
                 prop::collection::vec(valid_mount(fds), 0..6),
                 (paths(), paths(), sysctls),
+                any::<bool>(),
             )
-                .prop_map(move |((rootfs, step, rootfs_readonly), mounts, lists)| {
-                    let plan = BuildPlan {
-                        rootfs,
-                        rootfs_readonly,
-                        dev: (rootfs + step) % fds,
-                        dev_at: (step % (mounts.len() as u32 + 1)),
-                        mounts,
-                        masked_paths: lists.0,
-                        readonly_paths: lists.1,
-                        writable_sysctls: lists.2,
-                    };
-                    (plan, fds as usize)
-                })
+                .prop_map(
+                    move |((rootfs, step, rootfs_readonly), mounts, lists, lxcfs)| {
+                        let plan = BuildPlan {
+                            rootfs,
+                            rootfs_readonly,
+                            dev: (rootfs + step) % fds,
+                            dev_at: (step % (mounts.len() as u32 + 1)),
+                            mounts,
+                            masked_paths: lists.0,
+                            readonly_paths: lists.1,
+                            writable_sysctls: lists.2,
+                            lxcfs,
+                        };
+                        (plan, fds as usize)
+                    },
+                )
         })
     }
 
@@ -657,6 +664,7 @@ mod tests {
             proptest::prop_assert_eq!(checked.masked_paths, plan.masked_paths);
             proptest::prop_assert_eq!(checked.readonly_paths, plan.readonly_paths);
             proptest::prop_assert_eq!(checked.writable_sysctls, plan.writable_sysctls);
+            proptest::prop_assert_eq!(checked.lxcfs, plan.lxcfs);
         }
     }
 

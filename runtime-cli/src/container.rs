@@ -747,7 +747,7 @@ fn create_steps(
 
     let cgroup = plan_cgroup(c, undo)?;
     let cgroup_entry = match &cgroup {
-        CgroupPlan::Made(made) => Some(cgroup_entry(made)?),
+        CgroupPlan::Made(made) => Some(cgroup_entry(made.entry())?),
         _ => None,
     };
     // Forked while this process has one thread: the children need no async-signal-safety.
@@ -831,11 +831,11 @@ fn plan_cgroup(c: &Creation<'_>, undo: &mut Undo<'_>) -> Result<CgroupPlan> {
     Ok(CgroupPlan::Made(cgroup))
 }
 
-/// How the intermediate enters an early cgroup: its cgroup2 directory, opened here, and its
-/// v1 `tasks` files.
-fn cgroup_entry(cgroup: &burrow_sys::cgroup::NewCgroup) -> Result<process::intermediate::Cgroup> {
-    let cgroup2 = cgroup
-        .cgroup2_dir()
+/// What a forked child needs to enter a cgroup: its cgroup2 directory, opened here, and its v1
+/// `tasks` files.
+pub(crate) fn cgroup_entry(entry: burrow_sys::cgroup::Entry) -> Result<process::Cgroup> {
+    let cgroup2 = entry
+        .cgroup2_dir
         .map(|dir| {
             rustix::fs::open(
                 &dir,
@@ -847,12 +847,12 @@ fn cgroup_entry(cgroup: &burrow_sys::cgroup::NewCgroup) -> Result<process::inter
             .map_err(CliError::io(format!("opening cgroup {}", dir.display())))
         })
         .transpose()?;
-    let v1_tasks = cgroup
-        .v1_tasks_files()
+    let v1_tasks = entry
+        .v1_tasks_files
         .into_iter()
         .map(|file| cstring(&file.display().to_string(), "a cgroup path"))
         .collect::<std::result::Result<_, _>>()?;
-    Ok(process::intermediate::Cgroup { cgroup2, v1_tasks })
+    Ok(process::Cgroup { cgroup2, v1_tasks })
 }
 
 /// A pidfd of the CLI's child `pid` (not reaped, so the pid is its own).
@@ -1178,6 +1178,7 @@ fn build_mount_namespace(
                 masked_paths: bundle.masked.clone(),
                 readonly_paths: bundle.readonly.clone(),
                 writable_sysctls: bundle.writable_sysctls.clone(),
+                lxcfs: crate::lxcfs::wanted(bundle.spec.annotations().as_ref()),
             };
             Mount1Proxy::new(conn)
                 .await?

@@ -37,6 +37,17 @@ fn namespaces_to_join(pid: i32) -> Vec<&'static str> {
 }
 
 /// Starts the process; returns its exit code (0 at once with --detach).
+/// The container's cgroup, which the exec'd process starts in: only for root, as a tenant's
+/// container cgroup is delegated to the container's root, not to the tenant.
+fn joined_cgroup(record: &crate::state::Record) -> Result<Option<process::Cgroup>> {
+    match &record.cgroup {
+        Some(path) if nix::unistd::geteuid().is_root() => Ok(Some(crate::container::cgroup_entry(
+            burrow_sys::cgroup::entry(path),
+        )?)),
+        _ => Ok(None),
+    }
+}
+
 pub fn exec(store: &Store, options: &ExecOptions<'_>) -> Result<i32> {
     let record = store.load(options.id)?;
     let status = record.status(store);
@@ -68,11 +79,12 @@ pub fn exec(store: &Store, options: &ExecOptions<'_>) -> Result<i32> {
             need: "exec needs a running container".into(),
         });
     }
+    let cgroup = joined_cgroup(&record)?;
     let (channel, theirs) = process::pair()?;
     // SAFETY: this command starts no thread before forking, so this process is
     // single-threaded.
     let joiner_pid =
-        unsafe { process::joiner::spawn(&namespaces, record.cgroup.as_deref(), &config, theirs) }
+        unsafe { process::joiner::spawn(&namespaces, cgroup.as_ref(), &config, theirs) }
             .map_err(CliError::fork("joiner"))?;
     drop(namespaces);
     // Killed if exec fails once it runs (its console or pid file could not be handed over).

@@ -83,12 +83,12 @@ pub fn features() -> Features {
     features.set_hooks(Some(strings(&HOOKS)));
     features.set_mount_options(Some(strings(&MOUNT_OPTIONS)));
     features.set_linux(Some(linux()));
-    features.set_annotations(Some(
-        ANNOTATIONS
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect::<HashMap<_, _>>(),
-    ));
+    let mut annotations: HashMap<_, _> = ANNOTATIONS
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    annotations.insert(crate::lxcfs::ANNOTATION.into(), crate::lxcfs::feature());
+    features.set_annotations(Some(annotations));
     features
 }
 
@@ -310,5 +310,10 @@ mod tests {
         assert_eq!(json["linux"]["cgroup"]["systemdUser"], false);
         assert_eq!(json["linux"]["cgroup"]["systemd"], true);
         assert_eq!(json["annotations"]["org.burrow.system-container"], "true");
+        let lxcfs = json["annotations"]["org.burrow.lxcfs"].as_str().unwrap();
+        assert!(
+            lxcfs.starts_with("on: ") || lxcfs.starts_with("off: "),
+            "{lxcfs}"
+        );
     }
 }

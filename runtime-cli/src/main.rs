@@ -13,6 +13,7 @@ mod fuzz;
 mod image;
 mod keep;
 mod log;
+mod lxcfs;
 mod namespaces;
 mod network;
 mod process;

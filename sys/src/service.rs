@@ -8,6 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::signal::unix::{signal, SignalKind};
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 use zbus::object_server::Interface;
 
 #[derive(Debug, thiserror::Error)]
@@ -68,16 +71,30 @@ pub async fn blocking<T: Send + 'static>(
         .map_err(|e| burrow_contract::BurrowError::Failed(format!("worker task failed: {e}")))?
 }
 
-/// Sends logs to stderr (the journal when run by systemd); `RUST_LOG` overrides the level.
+/// Sends logs to stderr (the journal when run by systemd); `RUST_LOG` (`level` or
+/// `target=level,...`) overrides the level. `Targets` rather than `EnvFilter`: the helpers need
+/// no span or regex filters, and the regex engine alone was about a tenth of a helper's code,
+/// all of it resident.
 pub fn init_logging(default_level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
+    let from_env = std::env::var("RUST_LOG").ok();
+    let default = || default_level.parse::<Targets>().unwrap_or_default();
+    let (filter, rejected) = match from_env.as_deref().map(str::parse::<Targets>) {
+        Some(Ok(targets)) => (targets, None),
+        Some(Err(e)) => (default(), Some(e)),
+        None => (default(), None),
+    };
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_target(false)
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_writer(std::io::stderr),
+        )
+        .with(filter)
         .init();
+    if let Some(e) = rejected {
+        tracing::warn!(rust_log = from_env.as_deref(), error = %e, "RUST_LOG not understood; using {default_level}");
+    }
 }
 
 /// Counts calls in flight and remembers when the last one ended, to decide when to exit.

@@ -161,6 +161,17 @@ pub fn test_users() -> &'static TestUsers {
     })
 }
 
+/// Starts lxcfs where it does not run yet, as `make run` and the node installer do: the
+/// containers' /proc then tells their own limits (docs/runtime.md).
+fn start_lxcfs() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        run(&mut Command::new(
+            workspace_root().join("scripts/start-lxcfs"),
+        ));
+    });
+}
+
 /// Puts the shipped polkit action file and example rule where polkitd reads them.
 fn install_polkit_files() {
     static DONE: OnceLock<()> = OnceLock::new();
@@ -307,6 +318,7 @@ impl Harness {
         );
         test_users();
         install_polkit_files();
+        start_lxcfs();
         static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let dir = PathBuf::from(format!("/tmp/burrow-harness-{}-{n}", std::process::id()));
@@ -705,10 +717,16 @@ pub fn json_lines(out: &[u8]) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// The Debian bookworm rootfs with systemd and docker.io (`tests/fixtures/debian-rootfs.sh
-/// system`), built once per machine under /var/cache/burrow; the first build takes minutes.
+/// The Debian bookworm rootfs with systemd and docker.io, a stock image (nothing masked;
+/// `tests/fixtures/debian-rootfs.sh system`), built once per machine under /var/cache/burrow; the first build takes minutes.
 pub fn debian_system_rootfs() -> PathBuf {
     debian_rootfs("system")
+}
+
+/// The system flavour's packages on Debian 13, trixie (`tests/fixtures/debian-rootfs.sh
+/// system-trixie`): systemd 257, which wants a cgroup2-only view of its cgroups.
+pub fn debian_trixie_system_rootfs() -> PathBuf {
+    debian_rootfs("system-trixie")
 }
 
 /// The system rootfs with polkitd (and logind) added, for the disposable systemd node

@@ -722,6 +722,22 @@ fn a_read_only_rbind_is_read_only_below_too() {
     assert!(!below.join("written").exists() && !source.join("written").exists());
 }
 
+/// `sh -c script` in a busybox container `name`, run by root and by a tenant, each to its
+/// successful end: (who, output) of each.
+fn run_as_root_and_tenant(h: &Harness, name: &str, script: &str) -> Vec<(&'static str, String)> {
+    [None, Some(test_users().alice)]
+        .into_iter()
+        .map(|user| {
+            let who = user.map_or("root", |u| u.name);
+            let caller = Burrow::new(h, user, &format!("{name}-{who}"));
+            let bundle = caller.bundle(name, &["sh", "-c", script], |r| busybox_rootfs(r, user));
+            let (output, status) = caller.run_bundle(&bundle, name);
+            assert!(status.success(), "{who}: {output}");
+            (who, output)
+        })
+        .collect()
+}
+
 /// What the container's root can do with a proc of its own (item 9): the kernel lets it mount
 /// one, unmasked, because the container holds a fully visible proc under a cover. The masks
 /// are an information barrier only: every host-wide write through the new proc is still
@@ -737,14 +753,7 @@ const FRESH_PROC: &str = "mkdir -p /tmp/p && unshare -m sh -c '\
 fn a_fresh_proc_inside_is_no_way_to_host_wide_writes() {
     let h = Harness::start(HarnessOptions::default());
     let panic_before = fs::read_to_string("/proc/sys/kernel/panic").unwrap();
-    for user in [None, Some(test_users().alice)] {
-        let who = user.map_or("root", |u| u.name);
-        let caller = Burrow::new(&h, user, &format!("proc-{who}"));
-        let bundle = caller.bundle("proc", &["sh", "-c", FRESH_PROC], |r| {
-            busybox_rootfs(r, user)
-        });
-        let (output, status) = caller.run_bundle(&bundle, "proc");
-        assert!(status.success(), "{who}: {output}");
+    for (who, output) in run_as_root_and_tenant(&h, "proc", FRESH_PROC) {
         assert!(
             output.contains("mounted"),
             "{who}: a nested proc must mount: {output}"
@@ -761,6 +770,56 @@ fn a_fresh_proc_inside_is_no_way_to_host_wide_writes() {
         fs::read_to_string("/proc/sys/kernel/panic").unwrap(),
         panic_before
     );
+}
+
+/// What the container's root tries against the covers on the mount points of debugfs and
+/// tracefs in its sysfs (which systemd would otherwise fail to mount): unmount or detach them,
+/// remount them writable, write through them, mount the kernel's filesystems there or over them,
+/// also in a mount namespace of its own and below a fresh sysfs of its own.
+const KERNEL_FS_COVERS: &str = "for d in debug tracing; do \
+    grep -q \" /sys/kernel/$d ro,.* - tmpfs \" /proc/self/mountinfo && echo $d=covered; \
+    umount /sys/kernel/$d 2>/dev/null && echo $d=unmounted; \
+    umount -l /sys/kernel/$d 2>/dev/null && echo $d=detached; \
+    mount -o remount,rw /sys/kernel/$d 2>/dev/null && echo $d=writable; \
+    touch /sys/kernel/$d/x 2>/dev/null && echo $d=written; \
+    test -z \"$(ls -A /sys/kernel/$d)\" && echo $d=empty; \
+    done; \
+    mount -t debugfs none /sys/kernel/debug 2>/dev/null && echo debugfs=mounted; \
+    mount -t tracefs none /sys/kernel/tracing 2>/dev/null && echo tracefs=mounted; \
+    mkdir -p /tmp/s && unshare -m sh -c '\
+    umount /sys/kernel/debug 2>/dev/null && echo unshared=unmounted; \
+    mount -t sysfs sysfs /tmp/s && echo sysfs=mounted; \
+    mount -t debugfs none /tmp/s/kernel/debug 2>/dev/null && echo fresh-debugfs=mounted; \
+    mount -t tracefs none /tmp/s/kernel/tracing 2>/dev/null && echo fresh-tracefs=mounted; \
+    true'";
+
+/// The covers on the kernel-only mount points are locked like the masks (issue 14): the
+/// container's root, or a tenant's, cannot remove them, write through them or put debugfs or
+/// tracefs in their place, neither there nor below a sysfs of its own.
+#[test]
+fn the_covers_over_debugfs_and_tracefs_mount_points_hold() {
+    let h = Harness::start(HarnessOptions::default());
+    for (who, output) in run_as_root_and_tenant(&h, "kernelfs", KERNEL_FS_COVERS) {
+        for held in [
+            "debug=covered",
+            "debug=empty",
+            "tracing=covered",
+            "tracing=empty",
+            "sysfs=mounted",
+        ] {
+            assert!(output.contains(held), "{who}: no {held:?} in {output}");
+        }
+        for broken in [
+            "unmounted",
+            "detached",
+            "writable",
+            "written",
+            "debugfs=mounted",
+            "tracefs=mounted",
+        ] {
+            assert!(!output.contains(broken), "{who}: {broken:?} in {output}");
+        }
+    }
 }
 
 /// What the container's root writes through an ID-mapped volume (item 9): for a tenant it
@@ -1400,4 +1459,52 @@ fn an_init_that_renames_itself_is_still_seen_and_signalled() {
             })
         });
     }
+}
+
+/// What the container's root tries against lxcfs's files (issue 14 item 1): unmount them (to
+/// read the host's /proc/meminfo below), also from a mount namespace of its own, make them
+/// writable, write them. Each is refused: the binds are locked like the masks. The same spec
+/// with `org.burrow.lxcfs=false` shows the host's memory, so the probe tells the two apart.
+const UNCOVER_MEMINFO: &str = "umount /proc/meminfo 2>/dev/null && echo umount=done || echo umount=refused; \
+    umount -l /proc/meminfo 2>/dev/null && echo detach=done || echo detach=refused; \
+    unshare -m sh -c 'umount /proc/meminfo 2>/dev/null && echo nested=done || echo nested=refused'; \
+    mount -o remount,bind,rw /proc/meminfo 2>/dev/null && echo remount=done || echo remount=refused; \
+    (echo 1 > /proc/meminfo) 2>/dev/null && echo write=done || echo write=refused; \
+    umount /sys/devices/system/cpu 2>/dev/null && echo cpu=done || echo cpu=refused; \
+    awk '/^MemTotal:/ {print \"memtotal=\" $2}' /proc/meminfo";
+
+#[test]
+fn lxcfs_files_cannot_be_unmounted_or_written() {
+    let h = Harness::start(HarnessOptions::default());
+    assert!(burrow_sys::lxcfs::mounted(), "the harness starts lxcfs");
+    let caller = Burrow::new(&h, None, "lxcfs");
+    let run = |name: &str, lxcfs: &str| {
+        let bundle = caller.edited_bundle(
+            name,
+            &["sh", "-c", UNCOVER_MEMINFO],
+            |r| busybox_rootfs(r, None),
+            |spec| {
+                spec["linux"]["resources"]["memory"]["limit"] = (256u64 << 20).into();
+                spec["annotations"]["org.burrow.lxcfs"] = lxcfs.into();
+            },
+        );
+        let (output, status) = caller.run_bundle(&bundle, name);
+        assert!(status.success(), "{name}: {output}");
+        output
+    };
+    let limited = |text: &str| text.lines().any(|l| l.trim() == "memtotal=262144");
+    let output = run("lxcfs-on", "true");
+    for refused in [
+        "umount=refused",
+        "detach=refused",
+        "nested=refused",
+        "remount=refused",
+        "write=refused",
+        "cpu=refused",
+    ] {
+        assert!(output.contains(refused), "no {refused:?} in {output}");
+    }
+    assert!(limited(&output), "{output}");
+    let host = run("lxcfs-off", "false");
+    assert!(host.contains("memtotal=") && !limited(&host), "{host}");
 }

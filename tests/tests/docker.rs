@@ -790,3 +790,41 @@ fn docker_resource_flags_and_update_reach_the_cgroup() {
     );
     docker.ok(&["rm", "-f", "limited"]);
 }
+
+/// Issue 14, item 1: with lxcfs on the host (the harness starts it), the container's /proc
+/// tells its own limits: meminfo its memory limit, `nproc`, the CPU list and cpuinfo its
+/// cpuset, uptime its own start. (busybox's `free` asks sysinfo(2), which lxcfs cannot answer,
+/// so it still shows the host's memory; procps's `free` reads /proc/meminfo: system.rs.)
+#[test]
+fn docker_proc_tells_the_containers_limits() {
+    let _one = one_dockerd();
+    let h = Harness::start(HarnessOptions::default());
+    let docker = Docker::start(&h);
+    docker.import(&busybox_rootfs(&h.dir.join("bb"), None), "bb");
+    let probe = "awk '/^MemTotal:/ {print $2 / 1024}' /proc/meminfo; nproc; cat /sys/devices/system/cpu/online; \
+        grep -c ^processor /proc/cpuinfo; cut -d. -f1 /proc/uptime";
+    let out = docker.run(&[
+        "run",
+        "--rm",
+        "--runtime=burrow",
+        "-m",
+        "256m",
+        "--cpuset-cpus",
+        "0",
+        "bb",
+        "sh",
+        "-c",
+        probe,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        burrow_tests::all_output(&out),
+        docker.log_tail()
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[..4], ["256", "1", "0", "1"], "{text}");
+    let uptime: u64 = lines[4].parse().unwrap();
+    assert!(uptime < 10, "the container's uptime is {uptime} s: {text}");
+}

@@ -98,6 +98,16 @@ const PROBE: &str = "cat /proc/self/uid_map; grep CapEff /proc/self/status; \
     grep -E '^Seccomp:' /proc/self/status; unshare -U -r -m true && echo nested_userns=ok; \
     echo dev=$(ls /dev | tr '\\n' ' '); echo probe-done; exec sleep 1000";
 
+/// `pid` is in the cgroup `path` of every hierarchy, v1 and v2.
+fn assert_in_every_hierarchy(pid: &str, path: &str) {
+    let membership = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    assert!(
+        membership.lines().count() > 1
+            && membership.lines().all(|l| l.ends_with(&format!(":{path}"))),
+        "{pid}: {membership}"
+    );
+}
+
 #[test]
 fn lifecycle_of_a_system_container() {
     let _hybrid = hybrid_host();
@@ -124,14 +134,7 @@ fn lifecycle_of_a_system_container() {
     assert!(cgroup_exists("/burrow-test/life"), "no cgroup");
     // The init is in the container's cgroup in every hierarchy (its intermediate started in
     // the cgroup2 one and moved itself into the v1 ones).
-    let membership = fs::read_to_string(format!("/proc/{pid_text}/cgroup")).unwrap();
-    assert!(
-        membership.lines().count() > 1
-            && membership
-                .lines()
-                .all(|l| l.ends_with(":/burrow-test/life")),
-        "{membership}"
-    );
+    assert_in_every_hierarchy(&pid_text, "/burrow-test/life");
 
     assert!(
         rt.run(&["start", "life"]).status.success(),
@@ -276,6 +279,10 @@ fn lifecycle_of_a_system_container() {
     let ps = rt.run(&["ps", "--format", "json", "life"]);
     let pids: Vec<i32> = serde_json::from_slice(&ps.stdout).unwrap();
     assert_eq!(pids.len(), 2, "{pids:?}");
+    // The exec'd process too (its joiner started in the cgroup2 one and moved itself).
+    for pid in &pids {
+        assert_in_every_hierarchy(&pid.to_string(), "/burrow-test/life");
+    }
     assert!(
         rt.run(&["kill", "--all", "life", "KILL"]).status.success(),
         "kill: {}",

@@ -1,13 +1,17 @@
 //! System workloads inside a Burrow container, without --privileged: systemd boots as PID 1
 //! and a dockerd inside (overlay2, bridge networking, iptables) runs inner containers. Uses
 //! the cached Debian image (tests/fixtures/debian-rootfs.sh system) and a dockerd of the
-//! test's own. One test, one dockerd: dockerds share the host's bridge and iptables.
+//! test's own. One dockerd at a time: dockerds share the host's bridge and iptables, so the
+//! tests take turns ([`start_with_image`]).
 
+use std::path::Path;
 use std::process::Output;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use burrow_tests::{
-    busybox_rootfs, debian_system_rootfs, json_lines, Docker, Harness, HarnessOptions,
+    busybox_rootfs, debian_system_rootfs, debian_trixie_system_rootfs, json_lines, Docker, Harness,
+    HarnessOptions,
 };
 
 fn text(out: &Output) -> String {
@@ -44,6 +48,60 @@ fn boot_state(docker: &Docker, container: &str) -> String {
     }
 }
 
+/// A harness and a dockerd of the test's own with `rootfs` imported as `image`, and the
+/// [`busybox_volume`]; the guard keeps other tests' dockerds away until the test ends (it is
+/// the first element, so it is dropped last, after the dockerd).
+fn start_with_image(
+    rootfs: &Path,
+    image: &str,
+) -> (MutexGuard<'static, ()>, Harness, Docker, String) {
+    static ONE_DOCKERD: Mutex<()> = Mutex::new(());
+    let turn = ONE_DOCKERD.lock().unwrap_or_else(|e| e.into_inner());
+    let h = Harness::start(HarnessOptions::default());
+    let docker = Docker::start(&h);
+    docker.import(rootfs, image);
+    let volume = busybox_volume(&h);
+    (turn, h, docker, volume)
+}
+
+/// The inner image, busybox, as a tarball the system containers import themselves: the
+/// `docker run -v` argument that puts it at /bb.tar.
+fn busybox_volume(h: &Harness) -> String {
+    let bb = busybox_rootfs(&h.dir.join("bb"), None);
+    let tarball = h.dir.join("bb.tar");
+    assert!(std::process::Command::new("tar")
+        .arg("-C")
+        .arg(&bb)
+        .arg("-cf")
+        .arg(&tarball)
+        .arg(".")
+        .status()
+        .unwrap()
+        .success());
+    format!("{}:/bb.tar:ro", tarball.display())
+}
+
+/// systemd in `container` reaches "running": no unit failed, and the units of debugfs and
+/// tracefs are active, not masked (they find Burrow's covers mounted).
+fn assert_boots_to_running(docker: &Docker, container: &str) {
+    let state = boot_state(docker, container);
+    let failed = text(&exec(
+        docker,
+        container,
+        "systemctl --failed --no-legend --plain; journalctl -b -p warning --no-pager | tail -n 30",
+    ));
+    assert_eq!(state, "running", "{container}: failed units: {failed}");
+    assert_eq!(
+        exec_ok(
+            docker,
+            container,
+            "systemctl is-active sys-kernel-debug.mount sys-kernel-tracing.mount"
+        ),
+        "active\nactive",
+        "{container}"
+    );
+}
+
 fn inspect(docker: &Docker, container: &str, format: &str) -> String {
     docker
         .ok(&["inspect", "-f", format, container])
@@ -71,32 +129,19 @@ fn ranges_named(h: &Harness, id: &str) -> usize {
 
 #[test]
 fn systemd_and_docker_run_inside_without_privilege() {
-    let rootfs = debian_system_rootfs();
-    let h = Harness::start(HarnessOptions::default());
-    let docker = Docker::start(&h);
-    docker.import(&rootfs, "burrow-system");
-    // The inner image: busybox, as a tarball the system containers import themselves.
-    let bb = busybox_rootfs(&h.dir.join("bb"), None);
-    let tarball = h.dir.join("bb.tar");
-    assert!(std::process::Command::new("tar")
-        .arg("-C")
-        .arg(&bb)
-        .arg("-cf")
-        .arg(&tarball)
-        .arg(".")
-        .status()
-        .unwrap()
-        .success());
-    let volume = format!("{}:/bb.tar:ro", tarball.display());
+    let (_turn, h, docker, volume) = start_with_image(&debian_system_rootfs(), "burrow-system");
 
     let started = Instant::now();
-    for name in ["sys-a", "sys-b"] {
+    // sys-b has a memory limit, which its /proc tells (lxcfs).
+    for (name, memory) in [("sys-a", "0"), ("sys-b", "1g")] {
         docker.ok(&[
             "run",
             "-d",
             "--runtime=burrow",
             "--name",
             name,
+            "-m",
+            memory,
             "-v",
             &volume,
             "burrow-system",
@@ -104,15 +149,9 @@ fn systemd_and_docker_run_inside_without_privilege() {
         ]);
     }
 
-    // systemd boots as PID 1 and reaches "running" (no unit failed).
+    // The stock image's systemd boots as PID 1 and reaches "running" (no unit failed).
     for name in ["sys-a", "sys-b"] {
-        let state = boot_state(&docker, name);
-        let failed = text(&exec(
-            &docker,
-            name,
-            "systemctl --failed --no-legend --plain",
-        ));
-        assert_eq!(state, "running", "{name}: failed units: {failed}");
+        assert_boots_to_running(&docker, name);
     }
     eprintln!("both booted to running in {:?}", started.elapsed());
     assert_eq!(
@@ -151,6 +190,21 @@ fn systemd_and_docker_run_inside_without_privilege() {
         );
         exec_ok(&docker, name, "docker import /bb.tar bb >/dev/null");
     }
+    // The limited container's /proc/meminfo is lxcfs's: its dockerd and free see 1 GiB.
+    assert_eq!(
+        exec_ok(
+            &docker,
+            "sys-b",
+            "docker info -f '{{.MemTotal}}'; free -b | awk '/^Mem:/ {print $2}'"
+        ),
+        format!("{0}\n{0}", 1u64 << 30)
+    );
+    // And its uptime (systemd-analyze's clock) is its own, counted from its init's start.
+    let uptime: f64 = exec_ok(&docker, "sys-b", "cut -d' ' -f1 /proc/uptime")
+        .parse()
+        .unwrap();
+    assert!(uptime <= started.elapsed().as_secs_f64() + 1.0, "{uptime}");
+    assert!(exec_ok(&docker, "sys-b", "systemd-analyze").starts_with("Startup finished in"));
     let started = Instant::now();
     assert_eq!(
         exec_ok(&docker, "sys-a", "docker run --rm bb echo inner-ok"),
@@ -313,5 +367,31 @@ fn systemd_and_docker_run_inside_without_privilege() {
     assert_eq!(
         exec_ok(&docker, "sys-b", "docker run --rm bb echo still-ok"),
         "still-ok"
+    );
+}
+
+/// A stock Debian 13 image (systemd 257) boots to "running" too, on this host's hybrid cgroup
+/// view (systemd 257 runs on it, tainted `cgroupsv1`), and its dockerd runs a container.
+#[test]
+fn stock_debian_13_systemd_boots_to_running() {
+    let (_turn, _h, docker, volume) =
+        start_with_image(&debian_trixie_system_rootfs(), "burrow-trixie");
+    docker.ok(&[
+        "run",
+        "-d",
+        "--runtime=burrow",
+        "--name",
+        "trixie",
+        "-v",
+        &volume,
+        "burrow-trixie",
+        "/sbin/init",
+    ]);
+    assert_boots_to_running(&docker, "trixie");
+    assert!(exec_ok(&docker, "trixie", "systemctl --version").starts_with("systemd 257"));
+    exec_ok(&docker, "trixie", "docker import /bb.tar bb >/dev/null");
+    assert_eq!(
+        exec_ok(&docker, "trixie", "docker run --rm bb echo inner-ok"),
+        "inner-ok"
     );
 }

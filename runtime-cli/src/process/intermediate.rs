@@ -3,16 +3,16 @@
 //! it, joins the namespaces the spec names, unshares the others and clones the init as a
 //! sibling (a child of the CLI, so that a subreaper such as containerd's shim adopts it).
 
-use std::ffi::CString;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use burrow_sys::fork::{fork_child, fork_child_in_cgroup, fork_sibling, ForkError, ParentExit};
+use burrow_sys::fork::{fork_sibling, ForkError};
 use nix::sched::CloneFlags;
 use nix::unistd::Pid;
 
 use super::channel::ChildChannel;
 use super::config::InitConfig;
 use super::message::ToParent;
+use super::Cgroup;
 
 /// Namespaces the container joins rather than makes (all of one pod's).
 pub struct Join<'a> {
@@ -20,16 +20,6 @@ pub struct Join<'a> {
     pub userns: Option<BorrowedFd<'a>>,
     /// Entered after the user namespace: fd and CLONE_NEW* flag.
     pub enter: Vec<(BorrowedFd<'a>, libc::c_int)>,
-}
-
-/// The container's cgroup, made before the intermediate: it starts in its cgroup2 directory
-/// and moves itself into the v1 hierarchies first thing, while still the host's root. Neither
-/// waits for the cgroup threadgroup lock's RCU grace period, as moving it by pid would.
-pub struct Cgroup {
-    /// The cgroup2 directory, opened `O_PATH`, for clone3's `CLONE_INTO_CGROUP`.
-    pub cgroup2: Option<OwnedFd>,
-    /// Each v1 hierarchy's `tasks` file, for a `0`.
-    pub v1_tasks: Vec<CString>,
 }
 
 /// Forks the intermediate, a child of the CLI (which reaps it once it has cloned the init). No
@@ -50,12 +40,7 @@ pub unsafe fn spawn(
     let body = || intermediate(config, join, cgroup, channel);
     // SAFETY: the caller guarantees the CLI is single-threaded, so the child may allocate; the
     // intermediate drops no fd wrapper but the user namespace's, which it opens itself.
-    unsafe {
-        match cgroup.and_then(|c| c.cgroup2.as_ref()) {
-            Some(cgroup2) => fork_child_in_cgroup(keep, ParentExit::Survive, cgroup2.as_fd(), body),
-            None => fork_child(keep, ParentExit::Survive, body),
-        }
-    }
+    unsafe { super::fork_into(keep, cgroup, body) }
 }
 
 /// This process's timens_offsets, opened for writing while it is still the caller's host uid:
@@ -80,10 +65,8 @@ fn intermediate(
     cgroup: Option<&Cgroup>,
     channel: ChildChannel,
 ) -> ! {
-    for tasks in cgroup.iter().flat_map(|c| &c.v1_tasks) {
-        if let Err(e) = super::write_file(tasks, b"0") {
-            channel.fail(&format!("entering the cgroup through {tasks:?}"), e);
-        }
+    if let Some(Err((tasks, e))) = cgroup.map(Cgroup::enter_v1) {
+        channel.fail(&format!("entering the cgroup through {tasks:?}"), e);
     }
     let entered = match join.userns {
         Some(pod) => nix::sched::setns(pod, CloneFlags::CLONE_NEWUSER),

@@ -4,38 +4,38 @@
 
 use std::os::fd::{AsFd, OwnedFd};
 
-use burrow_sys::fork::{fork_child, fork_sibling, ForkError, ParentExit};
+use burrow_sys::fork::{fork_sibling, ForkError};
 use nix::unistd::Pid;
 
 use super::channel::ChildChannel;
 use super::config::InitConfig;
 use super::message::ToParent;
+use super::Cgroup;
 
 /// Forks the joiner, a child of the CLI (which reaps it), keeping the namespaces to join. It
-/// first moves itself into `cgroup`, so that the process it clones starts there (with the
-/// process's `initial` CPU affinity before the move and its `final` one after). No death
-/// signal: the process it clones outlives the CLI with `--detach`.
+/// starts in `cgroup` (as the intermediate does), so that the process it clones starts there
+/// (with the process's `initial` CPU affinity before its v1 moves and its `final` one after).
+/// No death signal: the process it clones outlives the CLI with `--detach`.
 ///
 /// # Safety
 /// Only while the CLI is single-threaded (the joiner allocates).
 pub unsafe fn spawn(
     namespaces: &[(OwnedFd, &str)],
-    cgroup: Option<&str>,
+    cgroup: Option<&Cgroup>,
     config: &InitConfig,
     channel: ChildChannel,
 ) -> Result<Pid, ForkError> {
     let keep = super::keep(config, &channel).and_all(namespaces.iter().map(|(fd, _)| fd.as_fd()));
     let body = || {
         set_affinity(config.affinity_initial.as_ref(), "initial", &channel);
-        if let Some(cgroup) = cgroup {
-            burrow_sys::cgroup::join(cgroup, std::process::id() as i32);
-        }
+        // Best effort, as before the move by pid: the namespaces contain the process anyway.
+        let _ = cgroup.map(Cgroup::enter_v1);
         set_affinity(config.affinity_final.as_ref(), "final", &channel);
         joiner(namespaces, config, channel)
     };
     // SAFETY: the caller guarantees the CLI is single-threaded, so the child may allocate; the
     // joiner drops no fd wrapper but those it opens itself (the cgroup's files).
-    unsafe { fork_child(keep, ParentExit::Survive, body) }
+    unsafe { super::fork_into(keep, cgroup, body) }
 }
 
 /// process.execCPUAffinity's `which` CPUs for the joiner, and so for the process it clones.

@@ -62,6 +62,48 @@ pub fn keep(config: &InitConfig, channel: &ChildChannel) -> Keep {
         .and_all(config.fifo.as_ref().map(AsFd::as_fd))
 }
 
+/// A container's cgroup as a forked child enters it (see [`burrow_sys::cgroup::Entry`]): it
+/// starts in the cgroup2 directory and moves itself into the v1 hierarchies, while still the
+/// host's root. Neither waits for the cgroup threadgroup lock's RCU grace period, as moving
+/// it by pid would.
+pub struct Cgroup {
+    /// The cgroup2 directory, opened `O_PATH`, for clone3's `CLONE_INTO_CGROUP`.
+    pub cgroup2: Option<std::os::fd::OwnedFd>,
+    /// Each v1 hierarchy's `tasks` file, for a `0`.
+    pub v1_tasks: Vec<std::ffi::CString>,
+}
+
+impl Cgroup {
+    /// Moves this single-threaded process into each v1 hierarchy; on failure, the `tasks` file
+    /// that refused it.
+    fn enter_v1(&self) -> Result<(), (&std::ffi::CStr, rustix::io::Errno)> {
+        for tasks in &self.v1_tasks {
+            write_file(tasks, b"0").map_err(|e| (tasks.as_c_str(), e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Forks a child that starts in `cgroup`'s cgroup2 directory if it has one.
+///
+/// # Safety
+/// Only while the CLI is single-threaded; `body` must not drop a wrapper of an fd outside
+/// `keep`.
+unsafe fn fork_into(
+    keep: Keep,
+    cgroup: Option<&Cgroup>,
+    body: impl FnOnce() -> i32,
+) -> Result<nix::unistd::Pid, burrow_sys::fork::ForkError> {
+    use burrow_sys::fork::{fork_child, fork_child_in_cgroup, ParentExit};
+    // SAFETY: as the caller guarantees.
+    unsafe {
+        match cgroup.and_then(|c| c.cgroup2.as_ref()) {
+            Some(cgroup2) => fork_child_in_cgroup(keep, ParentExit::Survive, cgroup2.as_fd(), body),
+            None => fork_child(keep, ParentExit::Survive, body),
+        }
+    }
+}
+
 /// Writes `value` to the existing file `path` (a /proc or cgroup file), without allocating:
 /// for forked children that make only system calls.
 pub fn write_file(path: &std::ffi::CStr, value: &[u8]) -> rustix::io::Result<()> {

@@ -132,6 +132,17 @@ impl Hierarchies {
         }
     }
 
+    fn entry(&self) -> Entry {
+        let (v2, v1): (Vec<_>, Vec<_>) = self
+            .directories()
+            .into_iter()
+            .partition(|(_, unified)| *unified);
+        Entry {
+            cgroup2_dir: v2.into_iter().map(|(dir, _)| dir).next(),
+            v1_tasks_files: v1.into_iter().map(|(dir, _)| dir.join("tasks")).collect(),
+        }
+    }
+
     /// Every directory of the cgroup, one per hierarchy, with whether it is cgroup2.
     fn directories(&self) -> Vec<(PathBuf, bool)> {
         let mut dirs: Vec<(PathBuf, bool)> = self
@@ -244,25 +255,9 @@ impl NewCgroup {
             .collect()
     }
 
-    /// The cgroup's directory in the cgroup2 hierarchy (a hybrid host's unified mount, or a
-    /// v2 host's only one), for clone3's `CLONE_INTO_CGROUP`.
-    pub fn cgroup2_dir(&self) -> Option<PathBuf> {
-        self.hierarchies
-            .directories()
-            .into_iter()
-            .find_map(|(dir, unified)| unified.then_some(dir))
-    }
-
-    /// The `tasks` file of every v1 hierarchy. A single-threaded process that writes `0` into
-    /// one moves itself without the cgroup threadgroup lock, and so without its RCU grace
-    /// period (15-20 ms after an idle second) that a `cgroup.procs` write waits for.
-    pub fn v1_tasks_files(&self) -> Vec<PathBuf> {
-        self.hierarchies
-            .directories()
-            .into_iter()
-            .filter(|(_, unified)| !unified)
-            .map(|(dir, _)| dir.join("tasks"))
-            .collect()
+    /// How a process enters the cgroup without waiting for the threadgroup lock.
+    pub fn entry(&self) -> Entry {
+        self.hierarchies.entry()
     }
 
     /// Hands the subtree to `owner` (host uid, gid of the container's root): the directory and
@@ -309,12 +304,21 @@ fn remove_if_stale(path: &str) -> Result<()> {
     Ok(())
 }
 
-/// Moves `pid` into the container's cgroup in every hierarchy (for `exec`); best effort, as
-/// the process is contained by the namespaces anyway.
-pub fn join(path: &str, pid: i32) {
-    for (dir, _) in Hierarchies::of(path).directories() {
-        let _ = fs::write(dir.join("cgroup.procs"), pid.to_string());
-    }
+/// How a process enters the existing cgroup `path` (for `exec`).
+pub fn entry(path: &str) -> Entry {
+    Hierarchies::of(path).entry()
+}
+
+/// How a single-threaded process enters a cgroup without the cgroup threadgroup lock, and so
+/// without its RCU grace period (15-20 ms after an idle second) that a `cgroup.procs` write of
+/// its pid waits for: it starts in the cgroup2 directory (clone3's `CLONE_INTO_CGROUP`) and
+/// writes `0` into each v1 hierarchy's `tasks` file, which moves only the writer.
+pub struct Entry {
+    /// The cgroup's directory in the cgroup2 hierarchy (a hybrid host's unified mount, or a
+    /// v2 host's only one).
+    pub cgroup2_dir: Option<PathBuf>,
+    /// The `tasks` file of every v1 hierarchy.
+    pub v1_tasks_files: Vec<PathBuf>,
 }
 
 /// What a delegated cgroup's owner gets: the directory (to make sub-cgroups) and the files that
