@@ -246,7 +246,7 @@ impl CreateArgs {
     }
 }
 
-const SUBCOMMANDS: [&str; 18] = [
+const SUBCOMMANDS: [&str; 19] = [
     "create",
     "start",
     "run",
@@ -258,6 +258,7 @@ const SUBCOMMANDS: [&str; 18] = [
     "pause",
     "resume",
     "update",
+    "gc",
     "features",
     "spec",
     "help",
