@@ -49,6 +49,7 @@ install-files:
 		sed 's|@LIBEXECDIR@|$(LIBEXECDIR)|' $$svc > $(DESTDIR)$(DBUS_SYSTEM_SERVICES_DIR)/$$(basename $$svc); \
 		sed 's|@LIBEXECDIR@|$(LIBEXECDIR)|' systemd-units/burrow-$$h.service > $(DESTDIR)$(SYSTEMD_UNIT_DIR)/burrow-$$h.service; \
 	done
+	sed 's|@BINDIR@|$(BINDIR)|' systemd-units/burrow-gc.service > $(DESTDIR)$(SYSTEMD_UNIT_DIR)/burrow-gc.service
 	install -m 0644 dbus-policy/org.burrow.policy $(DESTDIR)$(POLKIT_ACTIONS_DIR)/org.burrow.policy
 	install -m 0644 dbus-policy/50-burrow.rules $(DESTDIR)$(POLKIT_RULES_DIR)/50-burrow.rules
 	rm -rf $(GENERATED) && mkdir -p $(GENERATED)/man
@@ -66,6 +67,7 @@ uninstall:
 	for h in $(HELPERS); do \
 		rm -f $(DESTDIR)$(LIBEXECDIR)/burrow-$$h $(DESTDIR)$(SYSTEMD_UNIT_DIR)/burrow-$$h.service; \
 	done
+	rm -f $(DESTDIR)$(SYSTEMD_UNIT_DIR)/burrow-gc.service
 	rm -f $(DESTDIR)$(DBUS_SYSTEM_SERVICES_DIR)/org.burrow.*.service
 	rm -f $(DESTDIR)$(DBUS_SYSTEM_CONF_DIR)/org.burrow.conf
 	rm -f $(DESTDIR)$(POLKIT_ACTIONS_DIR)/org.burrow.policy $(DESTDIR)$(POLKIT_RULES_DIR)/50-burrow.rules

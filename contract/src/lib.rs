@@ -19,6 +19,9 @@ pub mod idmap {
     /// polkit action a non-root caller needs to hold a range it holds already under one more
     /// name, for another container in the same user namespace (a pod).
     pub const ACTION_JOIN: &str = "org.burrow.idmap.join";
+    /// polkit action a non-root caller needs to keep a range it holds reserved for its name
+    /// after its container stops (parked instead of freed), until it forgets it.
+    pub const ACTION_KEEP: &str = "org.burrow.idmap.keep";
     /// polkit action a non-root caller needs to get a delegated cgroup for a range's namespace.
     pub const ACTION_CGROUP: &str = "org.burrow.idmap.cgroup";
     /// Where idmapd puts non-root users' containers, in every cgroup hierarchy: the admin's

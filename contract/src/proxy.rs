@@ -16,6 +16,10 @@ pub trait IdMap1 {
     /// Holds the range held as `existing` under `name` too; `userns` is its user namespace.
     fn join(&self, existing: &str, name: &str, userns: OwnedFd) -> zbus::Result<(u32, u32, u32)>;
     fn release(&self, name: &str) -> zbus::Result<()>;
+    /// Keeps the range held as `name`: its Release parks it for `name` instead of freeing it.
+    fn keep(&self, name: &str) -> zbus::Result<()>;
+    /// Frees the range parked for `name`.
+    fn forget(&self, name: &str) -> zbus::Result<()>;
     fn get(&self, name: &str) -> zbus::Result<(u32, u32, u32)>;
     fn list(&self) -> zbus::Result<Vec<RangeEntry>>;
     fn add_control_group(&self, name: &str, process: OwnedFd) -> zbus::Result<String>;

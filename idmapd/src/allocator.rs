@@ -17,6 +17,8 @@ use crate::liveness::Kernel;
 use crate::pool::{self, Pool};
 use crate::registry::{Namespace, Record, RecordState, Registry, RegistryError};
 
+mod park;
+
 /// Most names one range may be held under at once. A pod of many containers stays far below;
 /// the cap keeps one record (a file rewritten at each Join and Release) small.
 pub const MAX_HOLDERS: usize = 1024;
@@ -59,6 +61,18 @@ pub enum AllocError {
         "range {name:?} (base {base}) already has {MAX_HOLDERS} holders, the most it may have"
     )]
     TooManyHolders { name: String, base: u32 },
+    #[error(
+        "range {name:?} (base {base}) is parked, but a process of its container's user \
+         namespace still lives (hidden or exiting); try again once it is gone"
+    )]
+    StillInUse { name: String, base: u32 },
+    #[error("range {name:?} (base {base}) is held by a running container; release it first")]
+    StillHeld { name: String, base: u32 },
+    #[error(
+        "range {name:?} (base {base}) is shared by several names (a pod) or held under another \
+         name: only a range held by the name it was allocated under can be kept"
+    )]
+    Shared { name: String, base: u32 },
     #[error("writing {path}: {source}")]
     WriteMap {
         path: PathBuf,
@@ -86,7 +100,10 @@ impl From<AllocError> for BurrowError {
             AllocError::ForeignNamespace { .. } | AllocError::UnknownNamespace { .. } => {
                 BurrowError::NotAuthorized(msg)
             }
-            AllocError::AlreadyMapped { .. } => BurrowError::InvalidArgument(msg),
+            AllocError::StillInUse { .. } | AllocError::StillHeld { .. } => BurrowError::Busy(msg),
+            AllocError::AlreadyMapped { .. } | AllocError::Shared { .. } => {
+                BurrowError::InvalidArgument(msg)
+            }
             AllocError::NotFound { .. } => BurrowError::NotFound(msg),
             AllocError::WriteMap { .. } | AllocError::ReadMap { .. } | AllocError::Registry(_) => {
                 BurrowError::Failed(msg)
@@ -183,16 +200,22 @@ impl Allocator {
     }
 
     /// Frees the `candidate` ranges whose namespaces the kernel says are gone; returns how
-    /// many. A held one is freed too: its container ended without a Release.
+    /// many. A held one is freed too: its container ended without a Release; but a kept one
+    /// is parked instead, and a parked one stays (only Forget frees it).
     fn reclaim(&mut self, candidate: impl Fn(&Record) -> bool) -> usize {
         let gone: Vec<Record> = self
             .registry
             .records()
-            .filter(|r| candidate(r) && !self.kernel.may_exist(r))
+            .filter(|r| r.state != RecordState::Parked && candidate(r))
+            .filter(|r| !self.kernel.may_exist(r))
             .cloned()
             .collect();
         let mut freed = 0;
         for record in gone {
+            if record.kept {
+                self.park_ended(record);
+                continue;
+            }
             match self.registry.remove(record.base) {
                 Ok(_) => {
                     freed += 1;
@@ -247,6 +270,9 @@ impl Allocator {
                 base: existing.base,
             });
         }
+        if let Some(parked) = self.registry.parked(uid, name).cloned() {
+            return self.unpark(parked, namespace, worker);
+        }
         self.check_quota(uid, max_ranges)?;
         let base = match self.pick(excluded) {
             Some(base) => base,
@@ -266,6 +292,7 @@ impl Allocator {
             created: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
+            kept: false,
         };
         self.registry.store(record.clone())?;
         if let Err(e) = write_maps(worker, base) {
@@ -347,26 +374,38 @@ impl Allocator {
     /// Drops `uid`'s name. While other names hold the range, only that name goes (with its
     /// cgroup). Once the last one goes, the range is free at once if its namespace is gone;
     /// otherwise it drains until the kernel says the namespace is gone, so it is never shared
-    /// by two live namespaces.
+    /// by two live namespaces. A kept range is parked instead (see [`Self::keep`]).
     pub fn release(&mut self, uid: u32, name: &str) -> Result<Record, AllocError> {
         let record = self.get(uid, name)?.clone();
         if record.holders.len() > 1 {
             return self.release_holder(record, name);
         }
-        if self.kernel.may_exist(&record) {
-            self.registry.drain(record.base)?;
+        if record.kept {
+            return self.park(record);
+        }
+        self.free(&record, name, "released")?;
+        Ok(record)
+    }
+
+    /// Frees `record`'s range, which no name holds any more (`name` held it last; `how` says
+    /// how it went): at once if its namespace is gone, else it drains until the kernel says it
+    /// is, so that two live namespaces never share it.
+    fn free(&mut self, record: &Record, name: &str, how: &str) -> Result<(), AllocError> {
+        let (uid, base) = (record.uid, record.base);
+        if self.kernel.may_exist(record) {
+            self.registry.drain(base)?;
             tracing::info!(
                 uid,
                 name,
-                base = record.base,
-                "released; the range drains until its namespace is gone"
+                base,
+                "{how}; the range drains until its namespace is gone"
             );
         } else {
-            self.registry.remove(record.base)?;
-            tracing::info!(uid, name, base = record.base, "released");
+            self.registry.remove(base)?;
+            tracing::info!(uid, name, base, "{how}");
             self.gone.push(Gone::Range(record.clone()));
         }
-        Ok(record)
+        Ok(())
     }
 
     /// Drops one of several holders of `record`: the range stays held by the others.
@@ -404,6 +443,7 @@ pub fn check_unmapped(worker: &NsWorker) -> Result<(), AllocError> {
     Ok(())
 }
 
+/// Maps the namespace `worker` is in onto the range at `base`, uids then gids.
 fn write_maps(worker: &NsWorker, base: u32) -> Result<(), AllocError> {
     let line = format!("0 {base} {RANGE_SIZE}\n");
     for which in ["uid_map", "gid_map"] {
@@ -463,6 +503,7 @@ mod tests {
             namespace,
             state: RecordState::Held,
             created: 0,
+            kept: false,
         }
     }
 
@@ -723,6 +764,112 @@ mod tests {
         allocator.release(UID, "sidecar").unwrap();
         assert_eq!(allocator.in_use(), 0);
         assert!(state_files(&dir).is_empty());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn state_of(allocator: &Allocator, base: u32) -> Option<(RecordState, bool)> {
+        allocator
+            .registry
+            .records()
+            .find(|r| r.base == base)
+            .map(|r| (r.state, r.kept))
+    }
+
+    /// A kept range is parked at its Release even while its namespace lives, stays parked
+    /// across restarts (none of which frees it, though its namespace is gone), is never
+    /// picked for another allocation, and goes only when forgotten.
+    #[test]
+    fn a_kept_range_is_parked_at_release_and_freed_only_by_forget() {
+        let dir = scratch_dir("park");
+        let mut allocator = open_with(&dir, vec![held(BASE, &["ctr"], Some(live_namespace()))]);
+        assert!(matches!(
+            allocator.forget(UID, "ctr").unwrap_err(),
+            AllocError::StillHeld { .. }
+        ));
+        allocator.keep(UID, "ctr").unwrap();
+        allocator.release(UID, "ctr").unwrap();
+        assert_eq!(
+            state_of(&allocator, BASE),
+            Some((RecordState::Parked, true))
+        );
+        assert!(
+            allocator.get(UID, "ctr").is_err(),
+            "a parked range is held by no name"
+        );
+        let mut allocator = open(&dir);
+        let mut parked = allocator.registry.parked(UID, "ctr").unwrap().clone();
+        parked.namespace = Some(gone_namespace());
+        allocator.registry.store(parked).unwrap();
+        let mut allocator = open(&dir);
+        assert_eq!(allocator.reclaim(|_| true), 0);
+        assert_eq!(
+            state_of(&allocator, BASE),
+            Some((RecordState::Parked, true))
+        );
+        assert_eq!(
+            allocator.pick(&[]),
+            Some(NEXT_BASE),
+            "a parked range was picked"
+        );
+        assert_eq!(
+            allocator.registry.count_of(UID).0,
+            1,
+            "a parked range must count against the quota"
+        );
+        assert!(matches!(
+            allocator.forget(UID + 1, "ctr").unwrap_err(),
+            AllocError::NotFound { .. }
+        ));
+        allocator.forget(UID, "ctr").unwrap();
+        assert_eq!(allocator.in_use(), 0);
+        assert!(state_files(&dir).is_empty());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A kept range whose namespace ended without a Release (a crash, a reboot) is parked at
+    /// the next start; forgotten while its namespace lives, it drains.
+    #[test]
+    fn a_kept_range_whose_namespace_ended_is_parked_and_a_forgotten_live_one_drains() {
+        let dir = scratch_dir("park-ended");
+        let mut allocator = open_with(
+            &dir,
+            vec![
+                held(BASE, &["crashed"], Some(gone_namespace())),
+                held(NEXT_BASE, &["live"], Some(live_namespace())),
+            ],
+        );
+        allocator.keep(UID, "crashed").unwrap();
+        allocator.keep(UID, "live").unwrap();
+        let mut allocator = open(&dir);
+        assert_eq!(
+            state_of(&allocator, BASE),
+            Some((RecordState::Parked, true))
+        );
+        allocator.release(UID, "live").unwrap();
+        allocator.forget(UID, "live").unwrap();
+        assert_eq!(
+            state_of(&allocator, NEXT_BASE),
+            Some((RecordState::Draining, false))
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Only a range held by the one name it was allocated under can be kept.
+    #[test]
+    fn a_shared_range_cannot_be_kept() {
+        let dir = scratch_dir("keep-shared");
+        let ns = live_namespace();
+        let mut allocator = open_with(&dir, vec![held(BASE, &["pause", "app"], Some(ns))]);
+        for name in ["pause", "app"] {
+            assert!(matches!(
+                allocator.keep(UID, name).unwrap_err(),
+                AllocError::Shared { .. }
+            ));
+        }
+        assert!(matches!(
+            allocator.keep(UID + 1, "pause").unwrap_err(),
+            AllocError::NotFound { .. }
+        ));
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -348,6 +348,7 @@ mod tests {
             namespace: None,
             state: crate::registry::RecordState::Held,
             created: 0,
+            kept: false,
         }
     }
 

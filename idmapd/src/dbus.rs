@@ -15,8 +15,9 @@ use zbus::object_server::SignalEmitter;
 use zbus::zvariant::OwnedFd;
 use zbus::Connection;
 
-use crate::allocator::{self, Allocator, Exclusions};
+use crate::allocator::{self, AllocError, Allocator, Exclusions};
 use crate::cgroups::{Cgroups, Grant};
+use crate::registry::Record;
 
 pub struct IdMap {
     allocator: Arc<Mutex<Allocator>>,
@@ -176,14 +177,61 @@ impl IdMap {
         name: String,
     ) -> Result<(), BurrowError> {
         let _call = self.activity.begin();
-        let caller = Caller::identify(conn, &header).await?;
-        validate_name(&name)?;
-        let uid = caller.uid;
-        let released_name = name.clone();
-        let record = self
-            .with_allocator(move |a| Ok(a.release(uid, &released_name)?))
+        let (uid, record) = self
+            .on_own_name(&header, conn, &name, Allocator::release)
             .await?;
         Self::released(&emitter, uid, &name, record.base).await?;
+        self.in_use_changed(&emitter).await?;
+        Ok(())
+    }
+
+    /// Keeps the caller's range `name` (held by that name alone, the one it was allocated
+    /// under): its Release, or the end of its namespace, parks it for `name` instead of
+    /// freeing it, until Forget. Allocate of `name` by the caller takes it back, once the
+    /// namespace it had is gone.
+    async fn keep(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        name: String,
+    ) -> Result<(), BurrowError> {
+        let _call = self.activity.begin();
+        let caller = Caller::identify(conn, &header).await?;
+        let result = async {
+            validate_name(&name)?;
+            self.lock().get(caller.uid, &name)?;
+            caller.authorize(conn, &header, idmap::ACTION_KEEP).await?;
+            let (uid, kept_name) = (caller.uid, name.clone());
+            self.with_allocator(move |a| Ok(a.keep(uid, &kept_name)?))
+                .await
+        }
+        .await;
+        match &result {
+            Ok(record) => {
+                tracing::info!(uid = caller.uid, pid = ?caller.pid, name, base = record.base, "kept")
+            }
+            Err(e) => {
+                tracing::info!(uid = caller.uid, pid = ?caller.pid, name = %name.escape_debug(),
+                error = %e.dbus_name(), reason = %e, "keep refused")
+            }
+        }
+        result.map(|_| ())
+    }
+
+    /// Frees the caller's range parked for `name` (at once if its namespace is gone, else
+    /// once it is). A range still held is refused (`Busy`): release it first.
+    async fn forget(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
+        name: String,
+    ) -> Result<(), BurrowError> {
+        let _call = self.activity.begin();
+        let (uid, record) = self
+            .on_own_name(&header, conn, &name, Allocator::forget)
+            .await?;
+        tracing::info!(uid, name, base = record.base, "forgot");
         self.in_use_changed(&emitter).await?;
         Ok(())
     }
@@ -282,7 +330,8 @@ impl IdMap {
         burrow_contract::RANGE_SIZE
     }
 
-    /// Ranges not available for allocation: held ones plus released ones still draining.
+    /// Ranges not available for allocation: held ones, released ones still draining, parked
+    /// ones.
     #[zbus(property)]
     fn in_use(&self) -> u32 {
         self.lock().in_use() as u32
@@ -312,6 +361,22 @@ impl IdMap {
 }
 
 impl IdMap {
+    /// Identifies the caller and runs `op` on its name `name` under the allocator's lock:
+    /// (the caller's uid, the record `op` returns).
+    async fn on_own_name(
+        &self,
+        header: &Header<'_>,
+        conn: &Connection,
+        name: &str,
+        op: fn(&mut Allocator, u32, &str) -> Result<Record, AllocError>,
+    ) -> Result<(u32, Record), BurrowError> {
+        let caller = Caller::identify(conn, header).await?;
+        validate_name(name)?;
+        let (uid, name) = (caller.uid, name.to_string());
+        let record = self.with_allocator(move |a| Ok(op(a, uid, &name)?)).await?;
+        Ok((uid, record))
+    }
+
     async fn allocate_for(
         &self,
         conn: &Connection,

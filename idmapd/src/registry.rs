@@ -8,6 +8,10 @@
 //! leave a record that was renamed into place empty or torn. The directory's boot mark, written
 //! durably at the first start of each boot before any record, tells such a record (written in
 //! the boot the mark names, which has ended) from one corrupt in this boot, which is refused.
+//!
+//! Kept records (a range its owner keeps across its container's stops, see
+//! [`Record::kept`]) are the exception: what they protect (the owner's files, stored as the
+//! range's IDs) outlives the boot, so they are written and removed durably.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -26,6 +30,10 @@ pub enum RecordState {
     /// Released by its last holder while its user namespace was still alive: every name is
     /// free, the range is not, until the namespace is gone.
     Draining,
+    /// Kept for its uid under `name` after its container stopped (see [`Record::kept`]): no
+    /// name holds it, no other name or uid ever gets it, and `name` gets it back only once
+    /// the namespace recorded last is gone. Freed only by Forget.
+    Parked,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,6 +60,11 @@ pub struct Record {
     pub state: RecordState,
     /// Seconds since the epoch, for people reading the state directory.
     pub created: u64,
+    /// Its owner asked (Keep) that the range outlive its container: released, or found with
+    /// its namespace gone (a crash, a reboot), it is parked rather than freed. Such a record
+    /// is written durably, as it must outlive the boot.
+    #[serde(default)]
+    pub kept: bool,
 }
 
 /// A user namespace as the kernel knows it, during one boot.
@@ -144,9 +157,17 @@ impl Registry {
         self.dir.join(format!("{base}.json"))
     }
 
+    /// Writes `record`'s file: durably if it is kept (it outlives the boot), else for this
+    /// boot only (see the module's comment).
     fn persist(&self, record: &Record) -> Result<(), RegistryError> {
         let json = serde_json::to_vec_pretty(record).expect("records always serialize");
-        Ok(state::replace(&self.path_of(record.base), &json)?)
+        let path = self.path_of(record.base);
+        let write = if record.kept {
+            state::write_atomic
+        } else {
+            state::replace
+        };
+        Ok(write(&path, &json)?)
     }
 
     pub fn records(&self) -> impl Iterator<Item = &Record> {
@@ -163,6 +184,12 @@ impl Registry {
         self.records().find(|r| {
             r.state == RecordState::Held && r.uid == uid && r.holders.iter().any(|h| h == name)
         })
+    }
+
+    /// The range parked for `uid` under `name`.
+    pub fn parked(&self, uid: u32, name: &str) -> Option<&Record> {
+        self.records()
+            .find(|r| r.state == RecordState::Parked && r.uid == uid && r.name == name)
     }
 
     /// How many ranges `uid` has: held ones and released ones still draining, which its
@@ -198,14 +225,21 @@ impl Registry {
         let drained = Record {
             state: RecordState::Draining,
             holders: vec![],
+            kept: false,
             ..record.clone()
         };
         self.store(drained)
     }
 
-    /// Forgets the range (its file goes first); it may be handed out again afterwards.
+    /// Forgets the range (its file goes first, durably if it was kept); it may be handed out
+    /// again afterwards.
     pub fn remove(&mut self, base: u32) -> Result<Option<Record>, RegistryError> {
-        state::remove(&self.path_of(base))?;
+        let path = self.path_of(base);
+        if self.by_base.get(&base).is_some_and(|r| r.kept) {
+            state::remove_durably(&path)?;
+        } else {
+            state::remove(&path)?;
+        }
         Ok(self.by_base.remove(&base))
     }
 }
@@ -274,6 +308,7 @@ mod tests {
             }),
             state: RecordState::Held,
             created: 0,
+            kept: false,
         }
     }
 

@@ -13,6 +13,7 @@ use burrow_contract::proxy::{Dev1Proxy, IdMap1Proxy, Mount1Proxy};
 use oci_spec::runtime::{Hook, LinuxNamespaceType, Spec};
 
 use crate::error::{CliError, Result};
+use crate::keep::Keeping;
 use crate::process::{self, ContainerHook, ExecLabel, InitConfig, ParentChannel, ProcessCaps};
 use crate::spec::{Bundle, PlannedMount};
 use crate::state::{start_time, HookPhase, Record, Status, Store};
@@ -633,6 +634,8 @@ struct Undo<'a> {
     cgroup: Option<String>,
     scope: Option<String>,
     docker_data: Option<PathBuf>,
+    /// The range and docker data outlive the container (`keep`): not removed.
+    kept: bool,
     armed: bool,
 }
 
@@ -652,7 +655,8 @@ impl Undo<'_> {
         if let (Some(unit), Some(conn)) = (&self.scope, conn) {
             let _ = stop_scope(rt, conn, unit);
         }
-        let _ = remove_host_side(self.cgroup.as_deref(), self.docker_data.as_deref());
+        let docker_data = self.docker_data.as_deref().filter(|_| !self.kept);
+        let _ = remove_host_side(self.cgroup.as_deref(), docker_data);
         if let (Some(name), Some(conn)) = (&self.range, conn) {
             let _ = rt.block_on(async { IdMap1Proxy::new(conn).await?.release(name).await });
         }
@@ -682,6 +686,7 @@ pub fn create(store: &Store, options: &CreateOptions<'_>) -> Result<()> {
         cgroup: None,
         scope: None,
         docker_data: None,
+        kept: false,
         armed: true,
     };
     let rt = async_runtime()?;
@@ -875,23 +880,26 @@ fn spawn_init(
     let conn = system_bus(c.rt)?;
     *conn_slot = Some(conn.clone());
     let name = range_name(c.store, c.options.id);
-    let for_idmapd = userns
-        .try_clone()
-        .map_err(CliError::io("duplicating the user namespace's fd"))?;
-    let (base, gid_base, _) =
-        c.rt.block_on(async {
-            let idmapd = IdMap1Proxy::new(&conn).await?;
-            match pod {
-                // The pod's range, under one more name: freed when its last user releases it.
-                Some(pod) => {
-                    let existing = range_name(c.store, pod);
-                    idmapd.join(&existing, &name, for_idmapd.into()).await
-                }
-                None => idmapd.allocate(&name, for_idmapd.into()).await,
-            }
-        })
-        .map_err(CliError::helper("idmapd"))?;
+    let keeping = Keeping::prepare(c.rt, &conn, &name, c.bundle)?;
+    collect_removed(c.rt, &conn, c.store);
+    let (base, gid_base, _) = match pod {
+        // The pod's range, under one more name: freed when its last user releases it.
+        Some(pod) => {
+            let for_idmapd = userns
+                .try_clone()
+                .map_err(CliError::io("duplicating the user namespace's fd"))?;
+            let existing = range_name(c.store, pod);
+            c.rt.block_on(async {
+                let idmapd = IdMap1Proxy::new(&conn).await?;
+                idmapd.join(&existing, &name, for_idmapd.into()).await
+            })
+            .map_err(CliError::helper("idmapd"))?
+        }
+        // The name's parked range, if it has one.
+        None => crate::keep::allocate(c.rt, &conn, &name, &userns)?,
+    };
     undo.range = Some(name.clone());
+    undo.kept = pod.is_none() && keeping.keep(c.rt, &conn, c.store, c.options.id, &name)?;
     crate::log::debug(format!(
         "idmapd: range {name} at host ID {base}{}",
         pod.map(|p| format!(", shared with {p}"))
@@ -900,10 +908,13 @@ fn spawn_init(
     let root_ids = (base, gid_base);
     hand_over_fifo(fifo_path, root_ids)?;
     if c.bundle.wants_docker_data {
-        let data = crate::state::data_root()?.join(&name).join("docker");
+        let data = keeping.docker_data();
         undo.docker_data = Some(data.clone());
-        make_docker_data(&data, root_ids)?;
+        if !keeping.reuses_docker_data(undo.kept, root_ids.0) {
+            make_docker_data(&data, root_ids)?;
+        }
     }
+    keeping.finish(undo.kept);
     match started.cgroup {
         CgroupPlan::Made(cgroup) => delegate(&cgroup, root_ids, undo)?,
         CgroupPlan::Scope(scope) => {
@@ -924,6 +935,22 @@ fn spawn_init(
         userns,
         conn,
     })
+}
+
+/// Frees what removed containers of `store` left (`burrow gc`), as each create does: a
+/// failure here is gc's to report, never create's.
+fn collect_removed(rt: &tokio::runtime::Runtime, conn: &zbus::Connection, store: &Store) {
+    match crate::keep::collect(rt, conn, Some(&crate::keep::state_root(store))) {
+        Ok((collected, failed)) => {
+            for gone in collected {
+                crate::log::debug(format!("gc: freed removed container {}", gone.id));
+            }
+            for e in failed {
+                crate::log::debug(format!("gc: {e}"));
+            }
+        }
+        Err(e) => crate::log::debug(format!("gc: {e}")),
+    }
 }
 
 /// Lets the init reopen the exec fifo through its fd once it is the process's user: the
@@ -1194,6 +1221,7 @@ fn finish(
         annotations: bundle.spec.annotations().clone().unwrap_or_default(),
         systemd: bundle.systemd,
         docker_data: undo.docker_data.clone(),
+        kept: undo.kept,
     };
     let state = record.hook_state(HookPhase::Create);
     run_hooks(&hooks_of(&bundle.spec, "prestart"), &state, "prestart")?;
@@ -1457,7 +1485,9 @@ pub fn delete(store: &Store, id: &str, force: bool) -> Result<()> {
     if let (Some(unit), Some(bus)) = (&record.scope, &bus) {
         stop_scope(&rt, bus, unit)?;
     }
-    remove_host_side(record.cgroup.as_deref(), record.docker_data.as_deref())?;
+    // A kept container's range is parked by its Release, its docker data stays.
+    let docker_data = record.docker_data.as_deref().filter(|_| !record.kept);
+    remove_host_side(record.cgroup.as_deref(), docker_data)?;
     let name = range_name(store, id);
     let released = rt.block_on(async {
         let conn = match bus {

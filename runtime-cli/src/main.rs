@@ -11,6 +11,7 @@ mod features;
 #[cfg(test)]
 mod fuzz;
 mod image;
+mod keep;
 mod log;
 mod lxcfs;
 mod namespaces;
@@ -92,7 +93,9 @@ enum Command {
         id: String,
         signal: Option<String>,
     },
-    /// Delete a container (a running one only with --force) and give back its ID range.
+    /// Delete a container (a running one only with --force) and give back its ID range. A
+    /// container whose files outlive it (Docker's, a sandbox's) keeps its range and
+    /// /var/lib/docker for its next create under the same id, until its files go (see `gc`).
     Delete {
         #[arg(long, short)]
         force: bool,
@@ -114,6 +117,16 @@ enum Command {
         #[arg(long, short)]
         resources: Option<String>,
         id: String,
+    },
+    /// Free what removed containers left: the ID range and /var/lib/docker kept for a
+    /// container whose files are gone (`docker rm`, a removed sandbox directory). Prints one
+    /// line per container freed; exit status 1 if something could not be freed (each reason
+    /// on stderr). Every create does the same for its state root; run it at boot too
+    /// (burrow-gc.service runs `burrow gc --all`).
+    Gc {
+        /// Of every state root, not only of --root's.
+        #[arg(long)]
+        all: bool,
     },
     /// What this runtime supports on this host, as the runtime spec's features JSON.
     Features,
@@ -159,6 +172,10 @@ enum SandboxCommand {
         #[arg(last = true)]
         command: Vec<String>,
     },
+    /// Shut sandbox NAME down; its files, ID range and /var/lib/docker stay for `start`.
+    Stop { name: String },
+    /// Boot the stopped sandbox NAME again, as it was.
+    Start { name: String },
     /// Shut sandbox NAME down and delete it with its files.
     Rm { name: String },
 }
@@ -229,7 +246,7 @@ impl CreateArgs {
     }
 }
 
-const SUBCOMMANDS: [&str; 18] = [
+const SUBCOMMANDS: [&str; 19] = [
     "create",
     "start",
     "run",
@@ -241,6 +258,7 @@ const SUBCOMMANDS: [&str; 18] = [
     "pause",
     "resume",
     "update",
+    "gc",
     "features",
     "spec",
     "help",
@@ -360,6 +378,7 @@ fn run(cli: &Cli) -> Result<i32> {
         Command::Resume { id } => pause(&store()?, id, false)?,
         Command::Update { resources, id } => update(&store()?, id, resources.as_deref())?,
         Command::Sandbox { command } => return sandbox_command(&store()?, command),
+        Command::Gc { all } => return gc((!all).then(store).transpose()?.as_ref()),
         Command::Features => {
             let features = features::to_json(&features::features());
             println!("{}", serde_json::to_string_pretty(&features).unwrap());
@@ -543,9 +562,31 @@ fn sandbox_command(store: &Store, command: &SandboxCommand) -> Result<i32> {
         } => sandbox::create(store, name, image, *ssh_port)?,
         SandboxCommand::List => sandbox::list(store)?,
         SandboxCommand::Shell { name, command } => return sandbox::shell(store, name, command),
+        SandboxCommand::Stop { name } => sandbox::stop(store, name)?,
+        SandboxCommand::Start { name } => sandbox::start(store, name)?,
         SandboxCommand::Rm { name } => sandbox::remove(store, name)?,
     }
     Ok(0)
+}
+
+/// `gc`: see [`Command::Gc`]; of `store`'s containers, or everyone's.
+fn gc(store: Option<&Store>) -> Result<i32> {
+    let rt = container::async_runtime()?;
+    let conn = container::system_bus(&rt)?;
+    let root = store.map(keep::state_root);
+    let (collected, failed) = keep::collect(&rt, &conn, root.as_deref())?;
+    for gone in collected {
+        println!(
+            "freed {} (range {}): {} is gone",
+            gone.id,
+            gone.name,
+            gone.anchor.display()
+        );
+    }
+    for e in &failed {
+        eprintln!("burrow gc: {e}");
+    }
+    Ok(i32::from(!failed.is_empty()))
 }
 
 /// `spec`: a config.json for a system container, never over an existing one.

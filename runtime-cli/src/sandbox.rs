@@ -130,6 +130,8 @@ fn write_config(dir: &Path, name: &str) -> Result<()> {
     spec["process"]["rlimits"] =
         serde_json::json!([{"type": "RLIMIT_NOFILE", "hard": 1048576, "soft": 1048576}]);
     spec["hostname"] = name.into();
+    // Its range and /var/lib/docker outlive its container (`sandbox stop`), as long as `dir`.
+    spec["annotations"] = serde_json::json!({ crate::keep::ANCHOR_ANNOTATION: dir });
     let path = dir.join("config.json");
     std::fs::write(&path, serde_json::to_string_pretty(&spec).unwrap())
         .map_err(CliError::io(format!("writing {}", path.display())))
@@ -178,10 +180,13 @@ fn stop_network(dir: &Path) {
         .ok()
         .and_then(|p| p.trim().parse::<i32>().ok());
     if let Some(pid) = pid {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGTERM,
-        );
+        let pid = nix::unistd::Pid::from_raw(pid);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        // Until it let go of its port, which `sandbox start` forwards again.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while nix::sys::signal::kill(pid, None).is_ok() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
@@ -221,38 +226,45 @@ pub fn create(store: &Store, name: &str, image: &Path, ssh_port: Option<u16>) ->
             "burrow: unpacked in {:.1?}; starting systemd",
             started.elapsed()
         );
-        let console = std::fs::File::create(dir.join("console.log"))
-            .map_err(CliError::io("creating console.log"))?;
-        let status = burrow(store)
-            .arg("create")
-            .arg("--bundle")
-            .arg(&dir)
-            .arg(container_id(name))
-            .stdin(Stdio::null())
-            .stdout(console.try_clone().map_err(CliError::io("console.log"))?)
-            .stderr(console)
-            .status()
-            .map_err(CliError::io("running burrow create"))?;
-        if !status.success() {
-            let log = std::fs::read_to_string(dir.join("console.log")).unwrap_or_default();
-            return Err(SandboxError::Create {
-                status,
-                log: log.trim().to_string(),
-            }
-            .into());
-        }
-        crate::container::start(store, &container_id(name))?;
-        match ssh_port {
-            Some(port) => connect_network(store, name, &dir, port),
-            None => Ok(()),
-        }
+        boot(store, name, &dir, ssh_port)
     })();
     if result.is_err() {
         stop_network(&dir);
         let _ = crate::container::delete(store, &container_id(name), true);
+        let _ = discard_kept(store, name);
         let _ = std::fs::remove_dir_all(&dir);
     }
     result
+}
+
+/// Creates and starts the sandbox's container from its directory `dir`, and connects it if
+/// `ssh_port` is given.
+fn boot(store: &Store, name: &str, dir: &Path, ssh_port: Option<u16>) -> Result<()> {
+    let console = std::fs::File::create(dir.join("console.log"))
+        .map_err(CliError::io("creating console.log"))?;
+    let status = burrow(store)
+        .arg("create")
+        .arg("--bundle")
+        .arg(dir)
+        .arg(container_id(name))
+        .stdin(Stdio::null())
+        .stdout(console.try_clone().map_err(CliError::io("console.log"))?)
+        .stderr(console)
+        .status()
+        .map_err(CliError::io("running burrow create"))?;
+    if !status.success() {
+        let log = std::fs::read_to_string(dir.join("console.log")).unwrap_or_default();
+        return Err(SandboxError::Create {
+            status,
+            log: log.trim().to_string(),
+        }
+        .into());
+    }
+    crate::container::start(store, &container_id(name))?;
+    match ssh_port {
+        Some(port) => connect_network(store, name, dir, port),
+        None => Ok(()),
+    }
 }
 
 pub fn list(store: &Store) -> Result<()> {
@@ -382,39 +394,101 @@ fn shell_on_terminal(mut cmd: Command, listener: &std::os::unix::net::UnixListen
     Ok(status?.code().unwrap_or(255))
 }
 
-pub fn remove(store: &Store, name: &str) -> Result<()> {
+/// The directory of an existing sandbox.
+fn existing_dir(store: &Store, name: &str) -> Result<PathBuf> {
     let dir = sandbox_dir(name)?;
-    let id = container_id(name);
-    let record = store.load(&id).ok();
-    if record.is_none() && !dir.exists() {
+    if !dir.exists() && store.load(&container_id(name)).is_err() {
         return Err(CliError::NoSandbox(name.into()));
     }
-    if let Some(record) = record.filter(|r| r.status(store) == Status::Running) {
-        if !nix::unistd::geteuid().is_root() {
-            // Files the container made as its other users are stored as IDs of its range, which
-            // this user could not delete afterwards: hand them to the container's root (this
-            // user on disk) while the range is still its own.
-            let mut chown = burrow(store);
-            chown.stdin(Stdio::null());
-            chown.args(["exec", &id, "sh", "-c"]).arg(
-                "chown -R -h 0:0 --one-file-system / ; \
-                 test -d /var/lib/docker && chown -R -h 0:0 --one-file-system /var/lib/docker; true",
-            );
-            let _ = run_quietly(chown, "handing the sandbox's files back");
-        }
-        // SIGTERM becomes systemd's SIGRTMIN+3: a clean shutdown, then the container ends.
+    Ok(dir)
+}
+
+/// Shuts the running sandbox down cleanly (SIGTERM is systemd's SIGRTMIN+3), for up to 10 s,
+/// then deletes its container (killing what is left). Its range and docker data stay if they
+/// are kept (see `keep`).
+fn shut_down(store: &Store, name: &str, dir: &Path) -> Result<()> {
+    let id = container_id(name);
+    if let Some(record) = store
+        .load(&id)
+        .ok()
+        .filter(|r| r.status(store) == Status::Running)
+    {
         crate::container::kill(store, &id, "SIGTERM", false)?;
         let deadline = Instant::now() + Duration::from_secs(10);
         while record.init_alive() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-    stop_network(&dir);
+    stop_network(dir);
     if store.load(&id).is_ok() {
         crate::container::delete(store, &id, true)?;
     }
+    Ok(())
+}
+
+pub fn stop(store: &Store, name: &str) -> Result<()> {
+    let dir = existing_dir(store, name)?;
+    shut_down(store, name, &dir)
+}
+
+/// Boots a stopped sandbox again, reconnected as it was (its ssh port).
+pub fn start(store: &Store, name: &str) -> Result<()> {
+    let dir = existing_dir(store, name)?;
+    let id = container_id(name);
+    if let Ok(record) = store.load(&id) {
+        let status = record.status(store);
+        if status != Status::Stopped {
+            return Err(CliError::WrongState {
+                id,
+                status: status.as_str().into(),
+                need: format!("stop it first (burrow sandbox stop {name})"),
+            });
+        }
+        crate::container::delete(store, &id, true)?;
+    }
+    let ssh_port = std::fs::read_to_string(dir.join("ssh-port"))
+        .ok()
+        .and_then(|p| p.trim().parse().ok());
+    boot(store, name, &dir, ssh_port)
+}
+
+pub fn remove(store: &Store, name: &str) -> Result<()> {
+    let dir = existing_dir(store, name)?;
+    let id = container_id(name);
+    let running = |store: &Store| {
+        store
+            .load(&id)
+            .is_ok_and(|r| r.status(store) == Status::Running)
+    };
+    let own_files = nix::unistd::geteuid().is_root();
+    if !own_files && !running(store) && dir.join("config.json").exists() {
+        // Its files are stored as its range's IDs: only it can hand them back to this user.
+        let _ = start(store, name);
+    }
+    if !own_files && running(store) {
+        // Files the container made as its other users are stored as IDs of its range, which
+        // this user could not delete afterwards: hand them to the container's root (this
+        // user on disk) while the range is still its own.
+        let mut chown = burrow(store);
+        chown.stdin(Stdio::null());
+        chown.args(["exec", &id, "sh", "-c"]).arg(
+            "chown -R -h 0:0 --one-file-system / ; \
+             test -d /var/lib/docker && chown -R -h 0:0 --one-file-system /var/lib/docker; true",
+        );
+        let _ = run_quietly(chown, "handing the sandbox's files back");
+    }
+    shut_down(store, name, &dir)?;
+    discard_kept(store, name)?;
     std::fs::remove_dir_all(&dir).map_err(CliError::io(format!(
         "removing {} (files the sandbox made while stopped may belong to its old range)",
         dir.display()
     )))
+}
+
+/// Frees the range and docker data the deleted sandbox's container kept.
+fn discard_kept(store: &Store, name: &str) -> Result<()> {
+    let rt = crate::container::async_runtime()?;
+    let conn = crate::container::system_bus(&rt)?;
+    let range = crate::container::range_name(store, &container_id(name));
+    crate::keep::discard(&rt, &conn, &range)
 }

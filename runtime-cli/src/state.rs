@@ -31,9 +31,14 @@ pub struct Record {
     /// The init is systemd: `kill` turns SIGTERM into SIGRTMIN+3, its clean-shutdown signal.
     #[serde(default)]
     pub systemd: bool,
-    /// The host directory behind the container's /var/lib/docker, removed with it.
+    /// The host directory behind the container's /var/lib/docker, removed with it unless
+    /// `kept`.
     #[serde(default)]
     pub docker_data: Option<PathBuf>,
+    /// Its range and docker data outlive it, until its anchor goes (see `keep`): delete
+    /// parks the range (idmapd's Keep) and leaves the docker data.
+    #[serde(default)]
+    pub kept: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

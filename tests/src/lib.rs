@@ -952,9 +952,25 @@ impl Docker {
             .unwrap()
     }
 
-    /// Where the shim keeps burrow's state (`--root`).
+    /// Where the shim keeps burrow's state (`--root`): Docker 20.10's runc shim puts every
+    /// runtime's below `runtime-runc`, in a directory named after the containerd namespace.
     pub fn runtime_root(&self) -> PathBuf {
-        self.dir.join("x/runtime-burrow/moby")
+        self.dir
+            .join("x/runtime-runc")
+            .join(format!("burrow-test-{}", std::process::id()))
+    }
+
+    /// `burrow gc` of this dockerd's containers: frees what removed ones kept (each
+    /// create does it too). Its stdout, one line per container freed.
+    pub fn gc(&self) -> String {
+        let out = Command::new(self.runtime_wrapper())
+            .arg("--root")
+            .arg(self.runtime_root())
+            .arg("gc")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "burrow gc: {}", all_output(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
 
@@ -964,6 +980,12 @@ impl Drop for Docker {
         for id in String::from_utf8_lossy(&ids.stdout).split_whitespace() {
             let _ = self.run(&["rm", "-f", id]);
         }
+        // What the removed containers kept (their slots in /var/lib/burrow, their ranges).
+        let _ = Command::new(self.runtime_wrapper())
+            .arg("--root")
+            .arg(self.runtime_root())
+            .arg("gc")
+            .output();
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.dockerd.id() as i32),
             nix::sys::signal::Signal::SIGTERM,

@@ -425,6 +425,76 @@ fn a_released_range_is_not_reused_while_a_hidden_reference_keeps_its_namespace()
     }
 }
 
+/// A parked range (a kept container's, between `docker stop` and `docker start`) goes to no
+/// one but its owner under its name, and to them only once its old namespace is provably gone
+/// (issue 14, item 3): while a hidden reference keeps that namespace alive, another tenant
+/// asking for the same name gets another range, cannot forget it, the owner's other names get
+/// other ranges, and the owner's own name is refused (`Busy`); after the namespace went, the
+/// name gets its very range back.
+#[test]
+fn a_parked_range_goes_to_no_other_name_and_back_only_once_its_namespace_is_gone() {
+    let h = Harness::start(HarnessOptions::default());
+    let (alice, carol) = (Some(test_users().alice), Some(test_users().carol));
+    let client = |user, args: &[&str]| client_answer(&h, user, args, None);
+    let mut attack = h.as_user(burrow_tests::shared_bin("burrow-attack"), alice);
+    attack.args([
+        "keep-alive",
+        "--name",
+        "kept",
+        "--trick",
+        "fd-in-flight",
+        "--keep",
+    ]);
+    let mut attacker = Lines::spawn(attack);
+    assert_eq!(attacker.until("release")["ok"], true);
+    let base = attacker.until("parked")["base"].as_u64().unwrap();
+    let parked = h.persisted_records();
+    assert_eq!(parked.len(), 1);
+    assert_eq!(parked[0]["state"], "parked", "{parked:?}");
+
+    let forgotten = client(carol, &["forget", "--name", "kept"]);
+    burrow_tests::assert_error(&forgotten, "org.burrow.Error.NotFound");
+    assert_eq!(
+        h.persisted_records(),
+        parked,
+        "another tenant's Forget changed it"
+    );
+    let same_name = client(carol, &["allocate", "--name", "kept"]);
+    let other_name = client(alice, &["allocate", "--name", "other"]);
+    for (who, got) in [
+        ("carol as kept", &same_name),
+        ("alice as other", &other_name),
+    ] {
+        assert_eq!(got["ok"], true, "{who}: {got}");
+        assert_ne!(
+            got["base"].as_u64(),
+            Some(base),
+            "{who}: the parked range handed out"
+        );
+    }
+    let too_soon = client(alice, &["allocate", "--name", "kept"]);
+    burrow_tests::assert_error_says(&too_soon, "org.burrow.Error.Busy", "still lives");
+
+    attacker.say();
+    attacker.until("recovered");
+    attacker.finish();
+    // The kernel frees a namespace shortly after its last reference goes.
+    let mut back = serde_json::Value::Null;
+    wait_for("the old namespace gone", || {
+        back = client(alice, &["allocate", "--name", "kept"]);
+        back["error"] != "org.burrow.Error.Busy"
+    });
+    assert_eq!(back["ok"], true, "{back}");
+    assert_eq!(back["base"].as_u64(), Some(base), "not its own range back");
+
+    for (user, name) in [(carol, "kept"), (alice, "other"), (alice, "kept")] {
+        assert_eq!(client(user, &["release", "--name", name])["ok"], true);
+    }
+    assert_eq!(h.ranges_in_use(), 1, "the kept range is parked again");
+    assert_eq!(client(alice, &["forget", "--name", "kept"])["ok"], true);
+    wait_for("every range free", || h.ranges_in_use() == 0);
+}
+
 /// Releasing a range whose namespace still runs makes no room under the per-user quota (item
 /// 5): with max_ranges = 2, a tenant who released both of her live ranges gets no third.
 #[test]

@@ -51,6 +51,8 @@ fn introspection_is_exactly_the_documented_interface() {
         (".Allocate", "method", "sh", "uuu"),
         (".Join", "method", "ssh", "uuu"),
         (".Release", "method", "s", "-"),
+        (".Keep", "method", "s", "-"),
+        (".Forget", "method", "s", "-"),
         (".Get", "method", "s", "uuu"),
         (".List", "method", "-", "a(usuuu)"),
         (".AddControlGroup", "method", "sh", "s"),
@@ -113,6 +115,8 @@ fn every_proxy_call_reaches_its_method() {
         assert_dispatched("Allocate", idmap.allocate("c", not_a_namespace()).await);
         assert_dispatched("Join", idmap.join("c", "d", not_a_namespace()).await);
         assert_dispatched("Release", idmap.release("c").await);
+        assert_dispatched("Keep", idmap.keep("c").await);
+        assert_dispatched("Forget", idmap.forget("c").await);
         assert_dispatched("Get", idmap.get("c").await);
         assert_dispatched("List", idmap.list().await);
         let cgroup = idmap.add_control_group("c", not_a_namespace()).await;

@@ -421,6 +421,7 @@ fn docker_runs_system_containers() {
     ctr_ok(&["container", "rm", "ctr-long"]);
 
     container_modes_share_the_first_containers_range(&docker);
+    stop_and_start_keep_the_range_and_files_until_rm(&h, &docker);
 
     // A non-root process user (`--user`) starts, with Docker's capability sets as runc gives
     // them (its default bounding set), where root keeps its namespace's full set.
@@ -439,7 +440,9 @@ fn docker_runs_system_containers() {
         "1000\nCapBnd:\t00000000a80425fb\n"
     );
 
-    // --rm and rm leave no state, no cgroup and no range behind.
+    // --rm and rm leave no state, no cgroup and no range behind (once gc has run: Docker
+    // removes a stopped container without telling the runtime).
+    docker.gc();
     wait_for("runtime state gone", || {
         std::fs::read_dir(docker.runtime_root())
             .map(|d| d.count() == 0)
@@ -454,6 +457,131 @@ fn docker_runs_system_containers() {
         assert!(!dir.exists(), "cgroup {} left behind", dir.display());
     }
     wait_for("ranges released", || h.ranges_in_use() == 0);
+}
+
+/// The slots (`/var/lib/burrow/<range name>` with an `anchor.json`) of ranges whose names end
+/// with `suffix`.
+fn kept_slots(suffix: &str) -> Vec<String> {
+    std::fs::read_dir("/var/lib/burrow")
+        .map(|dir| {
+            dir.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(suffix))
+                .filter(|n| {
+                    Path::new("/var/lib/burrow")
+                        .join(n)
+                        .join("anchor.json")
+                        .exists()
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `docker stop` / `docker start` and `docker restart` keep the container's range (a file of
+/// a non-root user inside stays that user's) until `docker rm`; then gc frees the range and
+/// the slot, also when idmapd was not running when Docker removed the container; and so does
+/// the next create, for a container removed without any gc.
+fn stop_and_start_keep_the_range_and_files_until_rm(h: &Harness, docker: &burrow_tests::Docker) {
+    let script = "test -e /owned || { touch /owned; chown 1000:1000 /owned; }; \
+        trap 'exit 0' TERM; while true; do sleep 0.1; done";
+    let id = docker.ok(&[
+        "run",
+        "-d",
+        "--runtime=burrow",
+        "--name",
+        "keeper",
+        "bb",
+        "sh",
+        "-c",
+        script,
+    ]);
+    let id = id.trim();
+    let view = || {
+        docker.ok(&[
+            "exec",
+            "keeper",
+            "sh",
+            "-c",
+            "cat /proc/self/uid_map; stat -c %u:%g /owned",
+        ])
+    };
+    let first = view();
+    base_of(first.lines().next().unwrap());
+    assert!(first.ends_with("1000:1000\n"), "{first}");
+    assert_eq!(kept_slots(id).len(), 1, "no slot kept for {id}");
+    // gc never frees a running container's slot: not at a create beside it, nor when its
+    // anchor looks gone (its record made to name a directory that does not exist).
+    docker.ok(&["run", "--rm", "--runtime=burrow", "bb", "true"]);
+    let slot = Path::new("/var/lib/burrow").join(&kept_slots(id)[0]);
+    let record = std::fs::read_to_string(slot.join("anchor.json")).unwrap();
+    let mut lost: serde_json::Value = serde_json::from_str(&record).unwrap();
+    lost["anchor"]["path"] = "/nonexistent-burrow-anchor".into();
+    std::fs::write(slot.join("anchor.json"), lost.to_string()).unwrap();
+    let freed = docker.gc();
+    std::fs::write(slot.join("anchor.json"), &record).unwrap();
+    assert!(!freed.contains(id), "gc freed a running container: {freed}");
+    assert_eq!(kept_slots(id).len(), 1);
+    assert_eq!(view(), first);
+    let in_use = h.ranges_in_use();
+    docker.ok(&["stop", "keeper"]);
+    assert_eq!(
+        h.ranges_in_use(),
+        in_use,
+        "the stopped container's range is not parked"
+    );
+    docker.ok(&["start", "keeper"]);
+    assert_eq!(
+        view(),
+        first,
+        "docker start changed the range or the file's owner"
+    );
+    docker.ok(&["restart", "keeper"]);
+    assert_eq!(
+        view(),
+        first,
+        "docker restart changed the range or the file's owner"
+    );
+
+    docker.ok(&["stop", "keeper"]);
+    h.kill_idmapd();
+    docker.ok(&["rm", "keeper"]);
+    assert_eq!(
+        kept_slots(id).len(),
+        1,
+        "docker rm told the runtime something"
+    );
+    let freed = docker.gc();
+    let slot = Path::new("/var/lib/burrow").join(kept_slots(id).concat());
+    let record = std::fs::read_to_string(slot.join("anchor.json")).unwrap_or_default();
+    assert!(
+        freed.contains(id),
+        "gc freed nothing: {freed}; {} holds {record}; runtime root {} exists: {}",
+        slot.display(),
+        docker.runtime_root().display(),
+        docker.runtime_root().exists()
+    );
+    assert_eq!(kept_slots(id), Vec::<String>::new());
+    wait_for("the removed container's range freed", || {
+        h.ranges_in_use() == in_use - 1
+    });
+
+    let gone = docker.ok(&["run", "-d", "--runtime=burrow", "bb", "true"]);
+    let gone = gone.trim();
+    wait_for("the container exited", || {
+        docker
+            .ok(&["inspect", "-f", "{{.State.Running}}", gone])
+            .trim()
+            == "false"
+    });
+    docker.ok(&["rm", gone]);
+    assert_eq!(kept_slots(gone).len(), 1);
+    docker.ok(&["run", "--rm", "--runtime=burrow", "bb", "true"]);
+    assert_eq!(
+        kept_slots(gone),
+        Vec::<String>::new(),
+        "create did not collect"
+    );
 }
 
 /// `--network`, `--ipc` and `--pid container:A`: B joins A's user namespace and range, then

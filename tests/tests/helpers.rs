@@ -187,6 +187,7 @@ fn make_install_uninstall_and_verified_units() {
     make(&["install-files", "PROFILE=dev", &destdir]);
     let mut expected = vec![
         "etc/polkit-1/rules.d/50-burrow.rules".to_string(),
+        "lib/systemd/system/burrow-gc.service".into(),
         "usr/local/bin/burrow".into(),
         "usr/share/dbus-1/system.d/org.burrow.conf".into(),
         "usr/share/polkit-1/actions/org.burrow.policy".into(),
@@ -261,10 +262,16 @@ fn make_install_uninstall_and_verified_units() {
         &format!("POLKIT_ACTIONS_DIR={p}/polkit"),
         &format!("POLKIT_RULES_DIR={p}/rules"),
     ]);
+    let gc_unit = std::fs::read_to_string(prefix.join("units/burrow-gc.service")).unwrap();
+    assert!(
+        gc_unit.contains(&format!("ExecStart={p}/bin/burrow gc --all\n")),
+        "{gc_unit}"
+    );
     let out = std::process::Command::new("systemd-analyze")
         .arg("verify")
         .args(
-            ["idmapd", "devd", "mountd"].map(|h| prefix.join(format!("units/burrow-{h}.service"))),
+            ["idmapd", "devd", "mountd", "gc"]
+                .map(|h| prefix.join(format!("units/burrow-{h}.service"))),
         )
         .output()
         .unwrap();

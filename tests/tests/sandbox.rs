@@ -497,6 +497,24 @@ fn unprivileged_users_get_isolated_sandboxes() {
         .unwrap();
     assert_error(&json_lines(&out.stdout)[0], "org.burrow.Error.NotFound");
 
+    // stop and start keep the sandbox's range, hence the owner of a non-root user's file.
+    let in_sandbox =
+        |script: &str| alice.ok(&h, &["sandbox", "shell", "sb1", "--", "sh", "-c", script]);
+    in_sandbox("touch /kept && chown 1000:1000 /kept");
+    let in_use = h.ranges_in_use();
+    alice.ok(&h, &["sandbox", "stop", "sb1"]);
+    assert!(alice.ok(&h, &["sandbox", "list"]).contains("stopped"));
+    assert_eq!(
+        h.ranges_in_use(),
+        in_use,
+        "the stopped sandbox's range is not parked"
+    );
+    alice.ok(&h, &["sandbox", "start", "sb1"]);
+    let state: Value = serde_json::from_str(&alice.ok(&h, &["state", "sandbox-sb1"])).unwrap();
+    let restarted = std::fs::read_to_string(format!("/proc/{}/uid_map", state["pid"])).unwrap();
+    assert_eq!(restarted, uid_map, "sandbox start gave another range");
+    assert_eq!(in_sandbox("stat -c %u:%g /kept"), "1000:1000");
+
     // Removing the sandbox shuts systemd down and leaves nothing of it: files, range, cgroup.
     alice.ok(&h, &["delete", "--force", "shared-name"]);
     let pasta = std::fs::read_to_string(
@@ -513,6 +531,9 @@ fn unprivileged_users_get_isolated_sandboxes() {
     assert!(!alice.dir.join(".local/share/burrow/sandboxes/sb1").exists());
     burrow_tests::wait_for("alice's ranges and cgroups gone", || {
         list(&h).iter().all(|e| e["uid"] != alice.user.uid)
+            && h.persisted_records()
+                .iter()
+                .all(|r| r["uid"] != alice.user.uid)
             && !Path::new(&format!("/sys/fs/cgroup/pids{user_cgroup}/range-{base}")).exists()
     });
     let out = h

@@ -31,12 +31,15 @@ enum Trick {
 enum Attack {
     /// Allocate NAME, keep its user namespace alive by TRICK alone (no process in it, no fd of
     /// it in any process), Release it, print `parked`; after a line on stdin, recover the
-    /// namespace and print its uid_map; exit at stdin's end.
+    /// namespace and print its uid_map; exit at stdin's end. With --keep, Keep it first, so
+    /// that the Release parks it.
     KeepAlive {
         #[arg(long)]
         name: String,
         #[arg(long, value_enum)]
         trick: Trick,
+        #[arg(long)]
+        keep: bool,
     },
     /// Allocate NAME, end its namespace, make new ones until one gets the dead one's inode
     /// number, and ask AddControlGroup for NAME with a process of that new namespace.
@@ -224,13 +227,18 @@ fn wait_for_line() {
     let _ = std::io::stdin().lock().read_line(&mut line);
 }
 
-async fn keep_alive(proxy: &IdMap1Proxy<'_>, name: &str, trick: Trick) {
+async fn keep_alive(proxy: &IdMap1Proxy<'_>, name: &str, trick: Trick, keep: bool) {
     let holder = Holder::new();
     let base = match proxy.allocate(name, holder.userns().into()).await {
         Ok((base, _, _)) => base,
         Err(e) => return print(error_json(&e)),
     };
     print(json!({"op": "allocate", "ok": true, "base": base}));
+    if keep {
+        if let Err(e) = proxy.keep(name).await {
+            return print(error_json(&e));
+        }
+    }
     let parked = Parked::new(trick, holder.userns());
     holder.end();
     let released = match proxy.release(name).await {
@@ -300,7 +308,7 @@ fn main() {
         let conn = zbus::Connection::system().await.expect("system bus");
         let proxy = IdMap1Proxy::new(&conn).await.unwrap();
         match args.command {
-            Attack::KeepAlive { name, trick } => keep_alive(&proxy, &name, trick).await,
+            Attack::KeepAlive { name, trick, keep } => keep_alive(&proxy, &name, trick, keep).await,
             Attack::InodeReuse { name } => inode_reuse(&proxy, &name).await,
         }
     });

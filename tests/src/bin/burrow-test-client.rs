@@ -76,6 +76,16 @@ enum Cmd {
         #[arg(long)]
         name: String,
     },
+    /// Keep range NAME: its Release parks it for NAME.
+    Keep {
+        #[arg(long)]
+        name: String,
+    },
+    /// Free the range parked for NAME.
+    Forget {
+        #[arg(long)]
+        name: String,
+    },
     Get {
         #[arg(long)]
         name: String,
@@ -297,6 +307,16 @@ async fn allocate(
     result
 }
 
+/// The JSON line of a call `op` that answers nothing.
+fn unit_result(op: &str, result: zbus::Result<()>) -> Value {
+    let mut value = match result {
+        Ok(()) => json!({"ok": true}),
+        Err(e) => error_json(&e),
+    };
+    value["op"] = op.into();
+    value
+}
+
 async fn connect() -> zbus::Connection {
     zbus::Connection::system()
         .await
@@ -507,13 +527,10 @@ fn main() {
                 print(result);
             }
             Cmd::Release { name } => {
-                let mut result = match proxy.release(&unescape(&name)).await {
-                    Ok(()) => json!({"ok": true}),
-                    Err(e) => error_json(&e),
-                };
-                result["op"] = "release".into();
-                print(result);
+                print(unit_result("release", proxy.release(&unescape(&name)).await))
             }
+            Cmd::Keep { name } => print(unit_result("keep", proxy.keep(&name).await)),
+            Cmd::Forget { name } => print(unit_result("forget", proxy.forget(&name).await)),
             Cmd::Get { name } => {
                 let mut result = match proxy.get(&unescape(&name)).await {
                     Ok((base, gid_base, size)) => json!({"ok": true, "base": base, "gid_base": gid_base, "size": size}),
