@@ -100,7 +100,12 @@ boot_and_show() {
     local start state
     start=$(date +%s%N)
     docker run -d --runtime=burrow --name "$name" -m "$memory" "$image" /sbin/init >/dev/null
-    state=$(docker exec "$name" systemctl is-system-running --wait 2>/dev/null || true)
+    # Polled: `systemctl --wait` needs systemd's bus, which is not up at once.
+    for _ in $(seq 600); do
+        state=$(docker exec "$name" systemctl is-system-running 2>/dev/null || true)
+        case $state in running | degraded | maintenance | stopping) break ;; esac
+        sleep 0.05
+    done
     echo "    systemd inside: $state after $(( ($(date +%s%N) - start) / 1000000 )) ms"
     step "its user namespace: an exclusive range of host IDs"
     docker exec "$name" cat /proc/self/uid_map
@@ -108,7 +113,7 @@ boot_and_show() {
     docker exec "$name" free -m
     step "Docker inside: docker run busybox"
     docker exec -i "$name" docker import - bb </var/cache/burrow/demo-busybox.tar >/dev/null
-    docker exec "$name" docker run --rm bb sh -c 'echo "hello from a container inside $(hostname -s 2>/dev/null || hostname)"; cat /proc/self/uid_map'
+    docker exec "$name" docker run --rm bb sh -c 'echo "hello from an inner container; its uid_map, as the outer container sees it:"; cat /proc/self/uid_map'
     step "a write to /proc/sys/kernel/panic as the container's root"
     docker exec "$name" sh -c 'echo 1 > /proc/sys/kernel/panic' 2>&1 | sed 's/^/    /' || true
     step "removing the demo container"
