@@ -1305,15 +1305,22 @@ fn remove_host_side(cgroup: Option<&str>, docker_data: Option<&Path>) -> Result<
 /// Removes a container's /var/lib/docker directory and its per-container parent. The tree was
 /// written by the container; std's remove_dir_all never follows its symlinks.
 fn remove_docker_data(dir: &Path) -> Result<()> {
-    match std::fs::remove_dir_all(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(CliError::io(format!("removing {}", dir.display()))(e)),
-    }
+    remove_tree(dir)?;
     if let Some(parent) = dir.parent() {
         let _ = std::fs::remove_dir(parent);
     }
     Ok(())
+}
+
+/// Removes the tree `dir`, if there is one. It may hold what a container wrote: std's
+/// remove_dir_all never follows its symlinks.
+pub(crate) fn remove_tree(dir: &Path) -> Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(CliError::io(format!("removing {}", dir.display()))(e))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Sends the pty master to the console socket, as runc does.
@@ -1498,7 +1505,7 @@ pub fn delete(store: &Store, id: &str, force: bool) -> Result<()> {
     });
     match released {
         Ok(()) => {}
-        Err(zbus::Error::MethodError(n, _, _)) if n.as_str() == "org.burrow.Error.NotFound" => {}
+        Err(e) if crate::error::error_name(&e) == Some("org.burrow.Error.NotFound") => {}
         Err(e) => return Err(CliError::helper("idmapd")(e)),
     }
     if let Ok(bundle) = Bundle::load(&record.bundle) {

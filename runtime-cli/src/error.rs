@@ -164,6 +164,14 @@ pub enum CliError {
     },
 }
 
+/// The D-Bus error name of a helper's refusal (`org.burrow.Error.NotFound`, ...), if it is one.
+pub fn error_name(e: &zbus::Error) -> Option<&str> {
+    match e {
+        zbus::Error::MethodError(name, _, _) => Some(name.as_str()),
+        _ => None,
+    }
+}
+
 /// A bus error as the user reads it: a D-Bus error's name and message, else zbus's own text.
 fn bus_message(error: &zbus::Error) -> String {
     match error {

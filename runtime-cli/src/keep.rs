@@ -21,7 +21,7 @@ use burrow_contract::proxy::IdMap1Proxy;
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{CliError, Result};
+use crate::error::{error_name, CliError, Result};
 use crate::spec::Bundle;
 
 /// Names a container's anchor explicitly (`burrow sandbox` sets it to the sandbox's directory).
@@ -149,16 +149,9 @@ impl Slot {
         })
     }
 
-    /// Removes the docker data (written by the container: std's remove_dir_all never follows
-    /// its symlinks).
+    /// Removes the docker data.
     fn remove_docker_data(&self) -> Result<()> {
-        let data = self.docker_data();
-        match std::fs::remove_dir_all(&data) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(CliError::io(format!("removing {}", data.display()))(e))
-            }
-            _ => Ok(()),
-        }
+        crate::container::remove_tree(&self.docker_data())
     }
 
     /// Removes the record of range `name`, then the slot if nothing else is in it.
@@ -268,13 +261,6 @@ fn refused(e: &zbus::Error) -> bool {
     matches!(e, zbus::Error::MethodError(name, _, _)
         if ["org.burrow.Error.NotAuthorized", "org.freedesktop.DBus.Error.UnknownMethod"]
             .contains(&name.as_str()))
-}
-
-fn error_name(e: &zbus::Error) -> Option<&str> {
-    match e {
-        zbus::Error::MethodError(name, _, _) => Some(name.as_str()),
-        _ => None,
-    }
 }
 
 /// Allocates range `name` for `userns`, waiting (up to [`UNPARK_PATIENCE`]) while idmapd says
