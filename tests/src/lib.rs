@@ -553,6 +553,15 @@ impl Harness {
             .collect()
     }
 
+    /// The state (`held`, `draining`, `parked`) of the range whose name ends with `suffix`
+    /// (a container's id), as idmapd persisted it; None when it has no record.
+    pub fn range_state(&self, suffix: &str) -> Option<String> {
+        self.persisted_records()
+            .into_iter()
+            .find(|r| r["name"].as_str().is_some_and(|n| n.ends_with(suffix)))
+            .and_then(|r| r["state"].as_str().map(str::to_string))
+    }
+
     /// How many ranges idmapd has out (held and draining), from its `InUse` property.
     pub fn ranges_in_use(&self) -> u64 {
         let out = self.client(None).arg("props").output().unwrap();

@@ -501,12 +501,11 @@ fn unprivileged_users_get_isolated_sandboxes() {
     let in_sandbox =
         |script: &str| alice.ok(&h, &["sandbox", "shell", "sb1", "--", "sh", "-c", script]);
     in_sandbox("touch /kept && chown 1000:1000 /kept");
-    let in_use = h.ranges_in_use();
     alice.ok(&h, &["sandbox", "stop", "sb1"]);
     assert!(alice.ok(&h, &["sandbox", "list"]).contains("stopped"));
     assert_eq!(
-        h.ranges_in_use(),
-        in_use,
+        h.range_state("sandbox-sb1").as_deref(),
+        Some("parked"),
         "the stopped sandbox's range is not parked"
     );
     alice.ok(&h, &["sandbox", "start", "sb1"]);
