@@ -106,6 +106,8 @@ pub fn init_config(spec: &Spec, rootfs: &Path, preserve_fds: i32) -> Result<Init
     {
         config.unshare_flags |= libc::CLONE_NEWTIME;
     }
+    config.sysinfo_filter =
+        crate::sysinfo::wanted(spec.annotations().as_ref()).then(crate::sysinfo::filter);
     config.create_container_hooks = container_hooks(spec, "createContainer")?;
     config.start_container_hooks = container_hooks(spec, "startContainer")?;
     Ok(config)
@@ -248,6 +250,7 @@ pub fn process_config(
         preserve_fds,
         unshare_flags,
         seccomp: crate::seccomp::system_container_filter()?,
+        sysinfo_filter: None,
         create_container_hooks: vec![],
         start_container_hooks: vec![],
     })
@@ -1235,6 +1238,9 @@ fn finish(
     }
     let ready = channel.wait_for_ready("setting up the container")?;
     forward_console(ready.console, c.options.console_socket)?;
+    if let Some(listener) = ready.sysinfo {
+        crate::sysinfo::spawn(listener, pid)?;
+    }
     c.store.save(&record)?;
     if let Some(pid_file) = c.options.pid_file {
         write_pid_file(pid_file, pid)?;

@@ -74,6 +74,8 @@ pub enum CliError {
     ProcessSpec(#[from] crate::container::ProcessError),
     #[error(transparent)]
     Seccomp(#[from] crate::seccomp::SeccompError),
+    #[error(transparent)]
+    Sysinfo(#[from] crate::sysinfo::SupervisorError),
     /// A hook the runtime runs on the host failed.
     #[error("{phase} hook {} {failure}", .path.display())]
     Hook {

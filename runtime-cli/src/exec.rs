@@ -64,6 +64,8 @@ pub fn exec(store: &Store, options: &ExecOptions<'_>) -> Result<i32> {
     // The container's personality and memory policy are every one of its processes'.
     let spec = crate::spec::read_config(&record.bundle)?;
     crate::container::linux_tuning(&spec, &mut config.tuning)?;
+    config.sysinfo_filter =
+        crate::sysinfo::wanted(Some(&record.annotations)).then(crate::sysinfo::filter);
     crate::container::set_inherited_oom_score_adj(&options.process)?;
     let mut namespaces = vec![];
     for what in namespaces_to_join(record.pid) {
@@ -93,6 +95,9 @@ pub fn exec(store: &Store, options: &ExecOptions<'_>) -> Result<i32> {
         let (new, ready) = channel.wait_for_process("exec")?;
         let pid = *started.insert(new.as_raw());
         crate::container::forward_console(ready.console, options.console_socket)?;
+        if let Some(listener) = ready.sysinfo {
+            crate::sysinfo::spawn(listener, record.pid)?;
+        }
         if let Some(pid_file) = options.pid_file {
             crate::container::write_pid_file(pid_file, pid)?;
         }

@@ -88,6 +88,7 @@ pub fn features() -> Features {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     annotations.insert(crate::lxcfs::ANNOTATION.into(), crate::lxcfs::feature());
+    annotations.insert(crate::sysinfo::ANNOTATION.into(), crate::sysinfo::feature());
     features.set_annotations(Some(annotations));
     features
 }

@@ -8,6 +8,8 @@ use crate::error::{CliError, UnsafeLog};
 
 pub struct Logger {
     file: Option<std::fs::File>,
+    /// `--log`, for the processes the CLI leaves running ([`flags`]).
+    path: Option<String>,
     json: bool,
     stderr_allowed: bool,
     debug: bool,
@@ -27,6 +29,28 @@ pub fn debug(msg: impl AsRef<str>) {
     if let Some(logger) = LOGGER.get().filter(|l| l.debug) {
         logger.log("debug", msg.as_ref());
     }
+}
+
+/// The logging flags this CLI was given, for a process of its own it starts (the sysinfo
+/// supervisor), so that it logs where the CLI does.
+pub fn flags() -> Vec<String> {
+    let Some(logger) = LOGGER.get() else {
+        return vec![];
+    };
+    let mut flags = vec![];
+    if let Some(path) = &logger.path {
+        let format = if logger.json { "json" } else { "text" };
+        flags.extend([
+            "--log".into(),
+            path.clone(),
+            "--log-format".into(),
+            format.into(),
+        ]);
+    }
+    if logger.debug {
+        flags.push("--debug".into());
+    }
+    flags
 }
 
 /// Something went wrong that does not fail the command (a poststart hook), as a `warning` line.
@@ -54,6 +78,7 @@ impl Logger {
             .transpose()?;
         Ok(Logger {
             file,
+            path: path.map(str::to_string),
             json: format == "json",
             stderr_allowed,
             debug,

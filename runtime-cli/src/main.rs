@@ -22,6 +22,7 @@ mod seccomp;
 mod spec;
 mod state;
 mod sysctl;
+mod sysinfo;
 
 use std::path::{Path, PathBuf};
 
@@ -149,6 +150,14 @@ enum Command {
         #[arg(long, short, default_value = ".")]
         bundle: PathBuf,
     },
+    /// Answer the sysinfo(2) calls of the process tree whose seccomp listener is stdin (the
+    /// CLI starts it for each container process; see docs/runtime.md).
+    #[command(hide = true)]
+    SysinfoSupervisor {
+        /// The container's init (host pid), whose start is the container's uptime's.
+        #[arg(long)]
+        container_init: i32,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -246,7 +255,7 @@ impl CreateArgs {
     }
 }
 
-const SUBCOMMANDS: [&str; 19] = [
+const SUBCOMMANDS: [&str; 20] = [
     "create",
     "start",
     "run",
@@ -266,6 +275,7 @@ const SUBCOMMANDS: [&str; 19] = [
     "sandbox",
     "completion",
     "man",
+    "sysinfo-supervisor",
 ];
 const GLOBAL_WITH_VALUE: [&str; 4] = ["--root", "--log", "--log-format", "--rootless"];
 const GLOBAL_SWITCHES: [&str; 4] = ["--debug", "--systemd-cgroup", "--help", "--version"];
@@ -386,6 +396,7 @@ fn run(cli: &Cli) -> Result<i32> {
         Command::Completion { shell } => write_completion(*shell)?,
         Command::Man { dir } => write_man_pages(dir)?,
         Command::Spec { bundle, .. } => write_spec(bundle)?,
+        Command::SysinfoSupervisor { container_init } => sysinfo::supervise(*container_init)?,
     }
     Ok(0)
 }

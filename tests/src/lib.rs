@@ -1191,6 +1191,18 @@ pub fn install_with_libraries(binary: &Path, rootfs: &Path, inside: &str) -> Str
     inside.to_string()
 }
 
+/// Compiles the C probe `tests/probes/NAME.c` with the host's cc (Debian's gcc) into `dir`;
+/// returns the binary (install it into a rootfs with [`install_with_libraries`]).
+pub fn c_probe(name: &str, dir: &Path) -> PathBuf {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("probes/{name}.c"));
+    let binary = dir.join(name);
+    run(Command::new("cc")
+        .args(["-O2", "-Wall", "-pthread", "-o"])
+        .arg(&binary)
+        .arg(&source));
+    binary
+}
+
 /// A running container of a test, deleted (forcibly) when dropped, also when the test fails.
 pub struct Detached<'b, 'a> {
     caller: &'b Burrow<'a>,

@@ -1508,3 +1508,138 @@ fn lxcfs_files_cannot_be_unmounted_or_written() {
     let host = run("lxcfs-off", "false");
     assert!(host.contains("memtotal=") && !limited(&host), "{host}");
 }
+
+/// What a container process does to the sysinfo supervisor (issue 14 item 1): hands it a null
+/// pointer, a kernel address and an unmapped one (each answered as the kernel would, EFAULT,
+/// and nothing else written), floods it from eight threads (every call answered), then finds
+/// it cannot reach it: the supervisor is in no namespace of the container's, holds no fd but
+/// its listener, its log and /dev/null, and for root keeps only CAP_SYS_PTRACE and
+/// CAP_DAC_OVERRIDE (a tenant's runs as the tenant). Killed, it leaves the container's sysinfo
+/// failing with ENOSYS rather than hanging; and it ends with its container.
+#[test]
+fn the_sysinfo_supervisor_survives_hostile_calls_and_holds_nothing() {
+    let h = Harness::start(HarnessOptions::default());
+    let probe = burrow_tests::c_probe("sysinfo", &h.dir);
+    let script = "/probe hostile; while [ ! -e /go ]; do sleep 0.05; done; \
+        /probe | sed s/plain/second/; echo probe-end; exec sleep 1000";
+    for user in [None, Some(test_users().alice)] {
+        let who = user.map_or("root", |u| u.name);
+        let caller = Burrow::new(&h, user, &format!("sysinfo-{who}"));
+        let bundle = caller.edited_bundle(
+            "sysinfo",
+            &["sh", "-c", script],
+            |rootfs| {
+                busybox_rootfs(rootfs, None);
+                install_with_libraries(&probe, rootfs, "/probe");
+            },
+            |spec| {
+                // A tenant's containers get the limits the admin set for the tenant.
+                if user.is_none() {
+                    spec["linux"]["resources"]["memory"]["limit"] = (256u64 << 20).into();
+                }
+            },
+        );
+        let container = caller.start_detached(&bundle, "sysinfo");
+        wait_for("the hostile calls", || {
+            caller.output_of(&bundle, "sysinfo").contains("after=")
+        });
+        let output = caller.output_of(&bundle, "sysinfo");
+        let line = |key: &str| {
+            output
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{key}=")))
+                .unwrap_or_else(|| panic!("{who}: no {key}= in {output}"))
+                .to_string()
+        };
+        if user.is_none() {
+            assert_eq!(line("plain"), "256", "{who}: {output}");
+        }
+        assert!(line("plain").parse::<u64>().is_ok(), "{who}: {output}");
+        for bad in ["null", "kernel", "unmapped"] {
+            assert_eq!(line(bad), "Bad address", "{who}: {bad}: {output}");
+        }
+        assert_eq!(line("threads"), "1600/1600", "{who}: {output}");
+        assert_eq!(line("after"), line("plain"), "{who}: {output}");
+
+        let supervisor = sysinfo_supervisor_of(container.pid)
+            .unwrap_or_else(|| panic!("{who}: no supervisor for init {}", container.pid));
+        supervisor_holds_nothing(supervisor, container.pid, user, who);
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(supervisor),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        fs::write(bundle.join("rootfs/go"), "").unwrap();
+        wait_for("the call without a supervisor", || {
+            caller.output_of(&bundle, "sysinfo").contains("probe-end")
+        });
+        let output = caller.output_of(&bundle, "sysinfo");
+        assert!(
+            output.contains("second=Function not implemented"),
+            "{who}: {output}"
+        );
+        let init = container.pid;
+        drop(container);
+        wait_for("no supervisor left", || {
+            sysinfo_supervisor_of(init).is_none()
+        });
+    }
+}
+
+/// The pid of the sysinfo supervisor started for the container whose init is `init`.
+fn sysinfo_supervisor_of(init: i32) -> Option<i32> {
+    let wanted = format!("sysinfo-supervisor\0--container-init\0{init}\0");
+    fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .find(|pid| {
+            fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&wanted))
+        })
+}
+
+/// The supervisor shares no namespace but the host's, holds only its listener, /dev/null and
+/// the CLI's log, and runs with the least it needs.
+fn supervisor_holds_nothing(supervisor: i32, init: i32, user: Option<User>, who: &str) {
+    for ns in ["pid", "mnt", "user", "net", "ipc"] {
+        let link = |pid: i32| fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap();
+        assert_ne!(link(supervisor), link(init), "{who}: the {ns} namespace");
+    }
+    for fd in fs::read_dir(format!("/proc/{supervisor}/fd"))
+        .unwrap()
+        .flatten()
+    {
+        let target = fs::read_link(fd.path()).unwrap().display().to_string();
+        assert!(
+            target == "anon_inode:seccomp notify"
+                || target == "/dev/null"
+                || target.ends_with(".log"),
+            "{who}: the supervisor holds {target}"
+        );
+    }
+    let status = fs::read_to_string(format!("/proc/{supervisor}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}:")))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    assert_eq!(field("NoNewPrivs"), "1", "{who}");
+    match user {
+        // CAP_DAC_OVERRIDE (1) and CAP_SYS_PTRACE (19).
+        None => {
+            assert_eq!(field("CapEff"), "0000000000080002", "{who}");
+            assert_eq!(field("CapBnd"), "0000000000080002", "{who}");
+        }
+        Some(user) => {
+            assert!(
+                field("Uid").starts_with(&format!("{}\t", user.uid)),
+                "{who}"
+            );
+            assert_eq!(field("CapEff"), "0000000000000000", "{who}");
+        }
+    }
+}

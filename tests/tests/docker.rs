@@ -808,8 +808,10 @@ fn docker_proc_tells_the_containers_limits() {
     let h = Harness::start(HarnessOptions::default());
     let docker = Docker::start(&h);
     docker.import(&busybox_rootfs(&h.dir.join("bb"), None), "bb");
+    // busybox's free and uptime ask sysinfo(2), answered by the supervisor, not lxcfs.
     let probe = "awk '/^MemTotal:/ {print $2 / 1024}' /proc/meminfo; nproc; cat /sys/devices/system/cpu/online; \
-        grep -c ^processor /proc/cpuinfo; cut -d. -f1 /proc/uptime";
+        grep -c ^processor /proc/cpuinfo; cut -d. -f1 /proc/uptime; \
+        free -m | awk '/^Mem:/ {print $2}'; uptime | grep -c 'up 0 min'";
     let out = docker.run(&[
         "run",
         "--rm",
@@ -834,4 +836,30 @@ fn docker_proc_tells_the_containers_limits() {
     assert_eq!(lines[..4], ["256", "1", "0", "1"], "{text}");
     let uptime: u64 = lines[4].parse().unwrap();
     assert!(uptime < 10, "the container's uptime is {uptime} s: {text}");
+    assert_eq!(lines[5..], ["256", "1"], "busybox free and uptime: {text}");
+    sysinfo_in_exec_and_nested_processes(&docker);
+}
+
+/// `docker exec`'s processes, and a process in a user and pid namespace of its own inside the
+/// container, get the container's sysinfo too.
+fn sysinfo_in_exec_and_nested_processes(docker: &Docker) {
+    let id = docker.ok(&[
+        "run",
+        "-d",
+        "--runtime=burrow",
+        "-m",
+        "128m",
+        "bb",
+        "sleep",
+        "1000",
+    ]);
+    let id = id.trim();
+    let free = "free -m | awk '/^Mem:/ {print $2}'";
+    let exec = |script: &str| docker.ok(&["exec", id, "sh", "-c", script]);
+    assert_eq!(exec(free).trim(), "128", "docker exec's free");
+    // Its /proc stays the container's: a fresh procfs would show the host's /proc/meminfo,
+    // which busybox's free reads beside sysinfo.
+    let nested = "unshare -U -r -p -f free -m | awk '/^Mem:/ {print $2}'";
+    assert_eq!(exec(nested).trim(), "128", "a nested namespace's free");
+    docker.ok(&["rm", "-f", id]);
 }

@@ -136,7 +136,24 @@ fn unexpected(step: &'static str, expected: &'static str, got: &impl Message) ->
 pub struct Ready {
     /// Its pty master, if it has a terminal (for `--console-socket`).
     pub console: Option<OwnedFd>,
+    /// Its sysinfo filter's listener, if it has one (for the supervisor).
+    pub sysinfo: Option<OwnedFd>,
 }
+
+impl Ready {
+    /// Keeps the fd `message` carries, if it is one sent before `ready` and not yet received.
+    fn keep(&mut self, message: ToParent) -> Result<(), ToParent> {
+        match message {
+            ToParent::Console(fd) if self.console.is_none() => self.console = Some(fd),
+            ToParent::SysinfoListener(fd) if self.sysinfo.is_none() => self.sysinfo = Some(fd),
+            other => return Err(other),
+        }
+        Ok(())
+    }
+}
+
+/// What exec's process and joiner send, in the words of an "unexpected message" error.
+const EXEC_MESSAGES: &str = "\"pid PID\", \"console\", \"sysinfo\" or \"ready\", each once";
 
 impl ParentChannel {
     /// The peer's `error:` as an error, every other message as it came.
@@ -184,14 +201,16 @@ impl ParentChannel {
         self.send("handing the state to the init", &ToChild::State(state))
     }
 
-    /// Waits until the init is set up: its console (if it has a terminal), then `ready`.
+    /// Waits until the init is set up: its console (if it has a terminal), its sysinfo
+    /// listener (if it has one), then `ready`.
     pub fn wait_for_ready(&self, step: &'static str) -> Result<Ready, ProtocolError> {
         let mut ready = Ready::default();
         loop {
             match self.next(step)? {
-                ToParent::Console(fd) if ready.console.is_none() => ready.console = Some(fd),
                 ToParent::Ready => return Ok(ready),
-                other => return Err(unexpected(step, "\"console\" or \"ready\"", &other)),
+                message => ready.keep(message).map_err(|other| {
+                    unexpected(step, "\"console\", \"sysinfo\" or \"ready\"", &other)
+                })?,
             }
         }
     }
@@ -204,17 +223,11 @@ impl ParentChannel {
         loop {
             match self.next(step)? {
                 ToParent::ProcessPid(new) if pid.is_none() => pid = Some(new),
-                ToParent::Console(fd) if ready.console.is_none() && !set_up => {
-                    ready.console = Some(fd)
-                }
                 ToParent::Ready if !set_up => set_up = true,
-                other => {
-                    return Err(unexpected(
-                        step,
-                        "\"pid PID\", \"console\" or \"ready\", each once",
-                        &other,
-                    ))
-                }
+                message if !set_up => ready
+                    .keep(message)
+                    .map_err(|other| unexpected(step, EXEC_MESSAGES, &other))?,
+                other => return Err(unexpected(step, EXEC_MESSAGES, &other)),
             }
             if let (Some(pid), true) = (pid, set_up) {
                 return Ok((pid, ready));

@@ -50,6 +50,9 @@ pub struct InitConfig {
     pub unshare_flags: libc::c_int,
     /// The system-container seccomp filter, applied just before the user switch and exec.
     pub seccomp: seccompiler::BpfProgram,
+    /// The sysinfo filter ([`crate::sysinfo`]), installed right after `seccomp`; its listener
+    /// goes to the CLI. None: sysinfo is the host's.
+    pub sysinfo_filter: Option<Vec<seccompiler::sock_filter>>,
     /// OCI hooks run inside the container by the init: createContainer ones (binaries of the
     /// runtime's mount namespace, opened before the init joins the container's mounts) once
     /// the mounts are in place, startContainer ones (found inside) after `start`, just before

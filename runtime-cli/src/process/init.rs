@@ -222,9 +222,9 @@ fn leave(code: i32, message: &str) -> ! {
     burrow_sys::fork::exit(code)
 }
 
-/// The process's own setup, in order: session, terminal, hostname, limits, seccomp (while
-/// still root in the namespace: CAP_SYS_ADMIN there allows it without no_new_privs), user,
-/// no_new_privs, cwd. A failure is told to the CLI, and the process exits.
+/// The process's own setup, in order: session, terminal, hostname, limits, seccomp and the
+/// sysinfo filter (while still root in the namespace: CAP_SYS_ADMIN there allows them without
+/// no_new_privs), user, no_new_privs, cwd. A failure is told to the CLI, and the process exits.
 fn set_up(config: &InitConfig, channel: &ChildChannel) {
     let _ = nix::unistd::setsid();
     if config.terminal {
@@ -247,6 +247,13 @@ fn set_up(config: &InitConfig, channel: &ChildChannel) {
     apply_tuning(&config.tuning, channel);
     if let Err(e) = seccompiler::apply_filter(&config.seccomp) {
         channel.fail("applying the seccomp filter", e);
+    }
+    if let Some(program) = &config.sysinfo_filter {
+        let listener = crate::sysinfo::install(program)
+            .unwrap_or_else(|e| channel.fail("installing the sysinfo filter", e));
+        if let Err(e) = channel.tell(&ToParent::SysinfoListener(listener)) {
+            channel.fail_with(e);
+        }
     }
     for node in &config.device_nodes {
         if let Err(e) = set_up_device_node(node) {

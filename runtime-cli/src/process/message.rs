@@ -38,6 +38,9 @@ pub enum ToParent {
     ProcessPid(Pid),
     /// The process's pty master, for `--console-socket` (`console` + fd).
     Console(OwnedFd),
+    /// The seccomp listener of the process's sysinfo filter, for its supervisor (`sysinfo` +
+    /// fd).
+    SysinfoListener(OwnedFd),
     /// The process is set up: the init now waits for `start`, an exec'd process execs
     /// (`ready`).
     Ready,
@@ -150,6 +153,7 @@ impl Message for ToParent {
             ToParent::InitPid(_) => "init",
             ToParent::ProcessPid(_) => "pid",
             ToParent::Console(_) => "console",
+            ToParent::SysinfoListener(_) => "sysinfo",
             ToParent::Ready => "ready",
             ToParent::Failed(_) => "error:",
         }
@@ -157,7 +161,9 @@ impl Message for ToParent {
 
     fn encode(&self) -> Encoded<'_> {
         let (payload, fd) = match self {
-            ToParent::UserNamespace(fd) | ToParent::Console(fd) => (None, Some(fd.as_fd())),
+            ToParent::UserNamespace(fd) | ToParent::Console(fd) | ToParent::SysinfoListener(fd) => {
+                (None, Some(fd.as_fd()))
+            }
             ToParent::InitPid(pid) | ToParent::ProcessPid(pid) => (Some(pid.to_string()), None),
             ToParent::Ready => (None, None),
             ToParent::Failed(text) => (Some(text.clone()), None),
@@ -172,6 +178,7 @@ impl Message for ToParent {
         Ok(match split(bytes) {
             (b"userns", None) => ToParent::UserNamespace(with_fd("userns", fd)?),
             (b"console", None) => ToParent::Console(with_fd("console", fd)?),
+            (b"sysinfo", None) => ToParent::SysinfoListener(with_fd("sysinfo", fd)?),
             (b"init", Some(text)) => {
                 without_fd("init", fd)?;
                 ToParent::InitPid(pid("init", text)?)

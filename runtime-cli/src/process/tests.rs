@@ -30,6 +30,7 @@ enum Shape {
     InitPid(Pid),
     ProcessPid(Pid),
     Console((u64, u64)),
+    SysinfoListener((u64, u64)),
     Ready,
     Failed(String),
     Go,
@@ -44,6 +45,7 @@ impl From<&ToParent> for Shape {
             ToParent::InitPid(pid) => Shape::InitPid(*pid),
             ToParent::ProcessPid(pid) => Shape::ProcessPid(*pid),
             ToParent::Console(fd) => Shape::Console(inode(fd.as_fd())),
+            ToParent::SysinfoListener(fd) => Shape::SysinfoListener(inode(fd.as_fd())),
             ToParent::Ready => Shape::Ready,
             ToParent::Failed(text) => Shape::Failed(text.clone()),
         }
@@ -71,6 +73,7 @@ enum Plan {
     InitPid(Pid),
     ProcessPid(Pid),
     Console,
+    SysinfoListener,
     Ready,
     Failed(String),
     Go,
@@ -85,6 +88,7 @@ impl Plan {
             Plan::InitPid(pid) => ToParent::InitPid(*pid),
             Plan::ProcessPid(pid) => ToParent::ProcessPid(*pid),
             Plan::Console => ToParent::Console(memfd()),
+            Plan::SysinfoListener => ToParent::SysinfoListener(memfd()),
             Plan::Ready => ToParent::Ready,
             Plan::Failed(text) => ToParent::Failed(text.clone()),
             other => panic!("{other:?} goes to a child"),
@@ -107,6 +111,7 @@ fn any_to_parent() -> impl Strategy<Value = Plan> {
         any_pid().prop_map(Plan::InitPid),
         any_pid().prop_map(Plan::ProcessPid),
         Just(Plan::Console),
+        Just(Plan::SysinfoListener),
         Just(Plan::Ready),
         ".{0,200}".prop_map(Plan::Failed),
     ]
@@ -142,7 +147,8 @@ fn any_to_child() -> impl Strategy<Value = Plan> {
 /// Any datagram: random bytes, or a known tag with a random payload.
 fn any_datagram() -> impl Strategy<Value = Vec<u8>> {
     let tag = prop::sample::select(vec![
-        "userns", "init", "pid", "console", "ready", "error:", "go", "mntns", "state", "",
+        "userns", "init", "pid", "console", "sysinfo", "ready", "error:", "go", "mntns", "state",
+        "",
     ]);
     prop_oneof![
         prop::collection::vec(any::<u8>(), 0..300),
@@ -170,7 +176,7 @@ fn any_datagram() -> impl Strategy<Value = Vec<u8>> {
 /// A message decoded from any bytes carries an fd exactly when its kind must.
 fn fd_as_required<M: Message>(message: &M) -> bool {
     let carries = message.encode().fd.is_some();
-    carries == matches!(message.tag(), "userns" | "console" | "mntns")
+    carries == matches!(message.tag(), "userns" | "console" | "sysinfo" | "mntns")
 }
 
 proptest! {
@@ -252,11 +258,19 @@ proptest! {
     /// exec's process is ready whatever the order of the joiner's pid and the process's own
     /// messages.
     #[test]
-    fn exec_takes_the_pid_before_during_or_after_the_setup(at in 0..3usize, console in any::<bool>(), pid in any_pid()) {
+    fn exec_takes_the_pid_before_during_or_after_the_setup(
+        at in 0..4usize,
+        console in any::<bool>(),
+        sysinfo in any::<bool>(),
+        pid in any_pid(),
+    ) {
         let (parent, child) = pair().unwrap();
         let mut messages = vec![];
         if console {
             messages.push(ToParent::Console(memfd()));
+        }
+        if sysinfo {
+            messages.push(ToParent::SysinfoListener(memfd()));
         }
         messages.push(ToParent::Ready);
         messages.insert(at.min(messages.len()), ToParent::ProcessPid(pid));
@@ -266,6 +280,7 @@ proptest! {
         let (got, ready) = parent.wait_for_process("exec").unwrap();
         prop_assert_eq!(got, pid);
         prop_assert_eq!(ready.console.is_some(), console);
+        prop_assert_eq!(ready.sysinfo.is_some(), sysinfo);
     }
 }
 
@@ -311,7 +326,7 @@ fn a_message_out_of_its_step_is_named_with_what_was_expected() {
         .unwrap_err();
     assert_eq!(
         e.to_string(),
-        "setting up the container: expected \"console\" or \"ready\", got \"pid 7\""
+        "setting up the container: expected \"console\", \"sysinfo\" or \"ready\", got \"pid 7\""
     );
 
     child.tell(&ToParent::Ready).unwrap();

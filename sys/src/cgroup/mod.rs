@@ -25,6 +25,7 @@ mod bpf;
 mod devices;
 pub mod resources;
 pub mod systemd;
+pub mod usage;
 
 pub use bpf::BpfError;
 pub use devices::{CharDevice, DevicePolicy};
