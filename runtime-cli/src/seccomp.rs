@@ -80,7 +80,8 @@ const AUDIT_ARCH_X86_64: u32 = 62 | 0x8000_0000 | 0x4000_0000;
 const SECCOMP_DATA_NR: u32 = 0;
 const SECCOMP_DATA_ARCH: u32 = 4;
 
-fn insn(code: u32, jt: u8, jf: u8, k: u32) -> sock_filter {
+/// One classic-BPF instruction (also for the sysinfo filter, `crate::sysinfo`).
+pub fn insn(code: u32, jt: u8, jf: u8, k: u32) -> sock_filter {
     sock_filter {
         code: code as u16,
         jt,

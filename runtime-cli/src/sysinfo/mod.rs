@@ -24,6 +24,8 @@ use std::os::fd::{FromRawFd, OwnedFd};
 
 use seccompiler::sock_filter;
 
+use crate::seccomp::insn;
+
 pub use supervisor::{run as supervise, spawn, SupervisorError};
 
 /// The annotation that opts one container out: `org.burrow.sysinfo=false`.
@@ -49,15 +51,6 @@ pub fn feature() -> String {
          start time (a seccomp-notify supervisor per process tree); {ANNOTATION}=false opts a \
          container out"
     )
-}
-
-fn insn(code: u32, jt: u8, jf: u8, k: u32) -> sock_filter {
-    sock_filter {
-        code: code as u16,
-        jt,
-        jf,
-        k,
-    }
 }
 
 /// The filter: the native architecture's `sysinfo` goes to the listener, everything else is
