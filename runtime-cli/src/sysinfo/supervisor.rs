@@ -11,6 +11,7 @@
 //! before: its only possible mistake is a process of its own user's containers.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
 use nix::errno::Errno;
@@ -49,8 +50,10 @@ pub fn spawn(listener: OwnedFd, container_init: i32) -> Result<(), SupervisorErr
         .stdin(Stdio::from(listener))
         .stdout(Stdio::null())
         .stderr(Stdio::null());
+    // Named `burrow` in ps, not after the path it is started through.
+    command.arg0("burrow");
     // Its own process group: a signal to the caller's group (a terminal's ^C) is not for it.
-    std::os::unix::process::CommandExt::process_group(&mut command, 0);
+    command.process_group(0);
     command.spawn().map(drop).map_err(SupervisorError::Spawn)
 }
 
