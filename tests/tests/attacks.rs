@@ -1515,7 +1515,8 @@ fn lxcfs_files_cannot_be_unmounted_or_written() {
 /// it cannot reach it: the supervisor is in no namespace of the container's, holds no fd but
 /// its listener, its log and /dev/null, and for root keeps only CAP_SYS_PTRACE and
 /// CAP_DAC_OVERRIDE (a tenant's runs as the tenant). Killed, it leaves the container's sysinfo
-/// failing with ENOSYS rather than hanging; and it ends with its container.
+/// failing with ENOSYS rather than hanging; an exec'd process's supervisor ends with the
+/// container.
 #[test]
 fn the_sysinfo_supervisor_survives_hostile_calls_and_holds_nothing() {
     let h = Harness::start(HarnessOptions::default());
@@ -1578,7 +1579,19 @@ fn the_sysinfo_supervisor_survives_hostile_calls_and_holds_nothing() {
             output.contains("second=Function not implemented"),
             "{who}: {output}"
         );
+        // An exec'd process gets a supervisor of its own, which ends with the container.
         let init = container.pid;
+        // Its stdio not the test's pipes, which the detached process would keep open.
+        let exec = caller
+            .command(&["exec", "--detach", "sysinfo", "sleep", "1000"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(exec.success(), "{who}: exec {exec}");
+        wait_for("the exec's supervisor", || {
+            sysinfo_supervisor_of(init).is_some()
+        });
         drop(container);
         wait_for("no supervisor left", || {
             sysinfo_supervisor_of(init).is_none()
