@@ -106,8 +106,7 @@ pub fn init_config(spec: &Spec, rootfs: &Path, preserve_fds: i32) -> Result<Init
     {
         config.unshare_flags |= libc::CLONE_NEWTIME;
     }
-    config.sysinfo_filter =
-        crate::sysinfo::wanted(spec.annotations().as_ref()).then(crate::sysinfo::filter);
+    config.sysinfo_filter = crate::sysinfo::filter_for(spec.annotations().as_ref());
     config.create_container_hooks = container_hooks(spec, "createContainer")?;
     config.start_container_hooks = container_hooks(spec, "startContainer")?;
     Ok(config)

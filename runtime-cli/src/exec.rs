@@ -36,7 +36,6 @@ fn namespaces_to_join(pid: i32) -> Vec<&'static str> {
     kinds
 }
 
-/// Starts the process; returns its exit code (0 at once with --detach).
 /// The container's cgroup, which the exec'd process starts in: only for root, as a tenant's
 /// container cgroup is delegated to the container's root, not to the tenant.
 fn joined_cgroup(record: &crate::state::Record) -> Result<Option<process::Cgroup>> {
@@ -48,6 +47,7 @@ fn joined_cgroup(record: &crate::state::Record) -> Result<Option<process::Cgroup
     }
 }
 
+/// Starts the process; returns its exit code (0 at once with --detach).
 pub fn exec(store: &Store, options: &ExecOptions<'_>) -> Result<i32> {
     let record = store.load(options.id)?;
     let status = record.status(store);
@@ -64,8 +64,7 @@ pub fn exec(store: &Store, options: &ExecOptions<'_>) -> Result<i32> {
     // The container's personality and memory policy are every one of its processes'.
     let spec = crate::spec::read_config(&record.bundle)?;
     crate::container::linux_tuning(&spec, &mut config.tuning)?;
-    config.sysinfo_filter =
-        crate::sysinfo::wanted(Some(&record.annotations)).then(crate::sysinfo::filter);
+    config.sysinfo_filter = crate::sysinfo::filter_for(Some(&record.annotations));
     crate::container::set_inherited_oom_score_adj(&options.process)?;
     let mut namespaces = vec![];
     for what in namespaces_to_join(record.pid) {

@@ -31,8 +31,14 @@ pub use supervisor::{run as supervise, spawn, SupervisorError};
 /// The annotation that opts one container out: `org.burrow.sysinfo=false`.
 pub const ANNOTATION: &str = "org.burrow.sysinfo";
 
+/// The sysinfo filter for a process of the container whose spec has `annotations`, unless
+/// they opt out.
+pub fn filter_for(annotations: Option<&HashMap<String, String>>) -> Option<Vec<sock_filter>> {
+    wanted(annotations).then(filter)
+}
+
 /// Whether the container's processes get the sysinfo filter.
-pub fn wanted(annotations: Option<&HashMap<String, String>>) -> bool {
+fn wanted(annotations: Option<&HashMap<String, String>>) -> bool {
     let opted_out = annotations
         .and_then(|a| a.get(ANNOTATION))
         .is_some_and(|v| v == "false");
@@ -56,7 +62,7 @@ pub fn feature() -> String {
 /// The filter: the native architecture's `sysinfo` goes to the listener, everything else is
 /// allowed (the system profile, installed first, already kills other architectures' calls and
 /// denies x32's).
-pub fn filter() -> Vec<sock_filter> {
+fn filter() -> Vec<sock_filter> {
     use libc::{BPF_ABS, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD, BPF_RET, BPF_W};
     // Offsets of `nr` and `arch` in `struct seccomp_data`.
     const NR: u32 = 0;

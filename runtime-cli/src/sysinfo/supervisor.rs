@@ -136,11 +136,10 @@ impl NotificationBuffer {
         };
         Errno::result(got).map_err(SupervisorError::NoListener)?;
         // Is fd 0 a listener at all? ID_VALID of id 0 answers ENOENT on one, ENOTTY elsewhere.
-        match notification_pending(listener, 0) {
-            Err(Errno::ENOTTY) | Err(Errno::EINVAL) | Err(Errno::EBADF) => {
-                return Err(SupervisorError::NoListener(Errno::ENOTTY))
-            }
-            _ => {}
+        if let Err(e @ (Errno::ENOTTY | Errno::EINVAL | Errno::EBADF)) =
+            notification_pending(listener, 0)
+        {
+            return Err(SupervisorError::NoListener(e));
         }
         let bytes = usize::from(sizes.seccomp_notif).max(size_of::<libc::seccomp_notif>());
         Ok(NotificationBuffer(vec![0; bytes.div_ceil(8)]))

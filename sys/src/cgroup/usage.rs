@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use cgroups_rs::fs::cgroup::get_cgroups_relative_paths_by_pid;
 use cgroups_rs::fs::memory::MemController;
 use cgroups_rs::fs::pid::PidController;
+use cgroups_rs::fs::MaxValue;
 
 use super::handle;
 
@@ -78,10 +79,12 @@ fn memory_v2(path: &str, memory: &MemController) -> MemoryFigures {
         .filter_map(|dir| {
             let cgroup = handle(&dir);
             let memory = cgroup.controller_of::<MemController>()?;
-            Some((
-                as_limit(memory.memory_stat().limit_in_bytes),
-                as_limit(memory.memswap().limit_in_bytes),
-            ))
+            // Only the limits: memory.max, not the whole memory_stat of each ancestor.
+            let max = match memory.get_mem().ok().and_then(|m| m.max) {
+                Some(MaxValue::Value(bytes)) => as_limit(bytes),
+                _ => u64::MAX,
+            };
+            Some((max, as_limit(memory.memswap().limit_in_bytes)))
         })
         .fold((u64::MAX, u64::MAX), |(m, s), (mine, swap)| {
             (m.min(mine), s.min(swap))
