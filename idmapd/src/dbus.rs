@@ -51,16 +51,22 @@ impl IdMap {
         every: std::time::Duration,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let (allocator, cgroups) = (Arc::clone(&self.allocator), Arc::clone(&self.cgroups));
+        let activity = self.activity.clone();
         async move {
             loop {
                 tokio::time::sleep(every).await;
+                let mut freed = 0;
                 if lock(&allocator).has_draining() {
                     let allocator = Arc::clone(&allocator);
-                    let _ =
+                    freed =
                         tokio::task::spawn_blocking(move || lock(&allocator).reclaim_draining())
-                            .await;
+                            .await
+                            .unwrap_or_default();
                 }
                 let gone = lock(&allocator).take_gone();
+                // Work done counts as a call: the helper trims its memory after the last of
+                // it (see burrow_sys::service), not between a call and its ranges' draining.
+                let _work = (freed > 0 || !gone.is_empty()).then(|| activity.begin());
                 cgroups.remove_gone(gone).await;
             }
         }

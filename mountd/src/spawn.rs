@@ -12,6 +12,8 @@ use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 #[cfg(debug_assertions)]
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Mutex, OnceLock, PoisonError};
 
 use burrow_contract::BurrowError;
 use nix::sys::socket;
@@ -63,32 +65,128 @@ impl From<SpawnError> for BurrowError {
     }
 }
 
-/// Runs `job` in a new worker, with `fds` (the ones it names); returns the fd it answers with.
+/// A worker exec'd, waiting for its job on the helper's end of its socket.
+struct Worker {
+    child: Child,
+    sock: OwnedFd,
+}
+
+impl Worker {
+    /// Execs a new worker.
+    fn start() -> Result<Worker, SpawnError> {
+        let (sock, theirs) = socket::socketpair(
+            socket::AddressFamily::Unix,
+            socket::SockType::SeqPacket,
+            None,
+            socket::SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(SpawnError::Socket)?;
+        let child = exec(theirs)?;
+        Ok(Worker { child, sock })
+    }
+
+    fn send(&self, job: &Job, fds: &Fds) -> Result<(), SpawnError> {
+        wire::send(self.sock.as_fd(), job, fds).map_err(SpawnError::Send)
+    }
+
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `job` in a worker, with `fds` (the ones it names); returns the fd it answers with.
 pub fn run(job: &Job, fds: Fds) -> Result<OwnedFd, SpawnError> {
-    let (ours, theirs) = socket::socketpair(
-        socket::AddressFamily::Unix,
-        socket::SockType::SeqPacket,
-        None,
-        socket::SockFlag::SOCK_CLOEXEC,
-    )
-    .map_err(SpawnError::Socket)?;
-    let mut child = start(theirs)?;
-    let sent = wire::send(ours.as_fd(), job, &fds).map_err(SpawnError::Send);
+    let mut worker = match spare::take() {
+        Some(spare) => match spare.send(job, &fds) {
+            Ok(()) => spare,
+            // A spare that died meanwhile (killed, out of memory): a new worker instead.
+            Err(_) => {
+                spare.kill();
+                started_with(job, &fds)?
+            }
+        },
+        None => started_with(job, &fds)?,
+    };
     // The worker has its copies now; the helper keeps none while it waits.
     drop(fds);
-    let answer = sent.and_then(|()| receive(ours.as_fd(), &mut child));
+    spare::refill();
+    let answer = receive(worker.sock.as_fd(), &mut worker.child);
     // After an answer the worker only reaps its own child and exits: let it, so that a process
     // it left in a container's pid namespace is never orphaned there (the container's init
     // would have to reap it). Without an answer, it is killed (its child dies with it).
     if answer.is_err() {
-        let _ = child.kill();
+        let _ = worker.child.kill();
     }
-    let _ = child.wait();
+    let _ = worker.child.wait();
     answer
 }
 
+/// A new worker, given `job`.
+fn started_with(job: &Job, fds: &Fds) -> Result<Worker, SpawnError> {
+    let worker = Worker::start()?;
+    match worker.send(job, fds) {
+        Ok(()) => Ok(worker),
+        Err(e) => {
+            worker.kill();
+            Err(e)
+        }
+    }
+}
+
+/// One worker exec'd ahead of its job, so that a call does not wait for the exec (about 1.5
+/// ms of a BuildRoot). It waits like any worker that has not got its job yet: single-threaded,
+/// non-dumpable, holding its socket and /dev/null only. One long-lived thread execs it:
+/// PR_SET_PDEATHSIG fires when the *thread* that forked the worker ends, and a blocking-pool
+/// thread ends after a second idle, which would kill the spare with it.
+mod spare {
+    use super::*;
+
+    static SPARE: Mutex<Option<Worker>> = Mutex::new(None);
+    static REFILL: OnceLock<Sender<()>> = OnceLock::new();
+
+    pub(super) fn take() -> Option<Worker> {
+        SPARE.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+
+    /// Asks the spare's thread (started on first use) for a new spare if there is none.
+    pub(super) fn refill() {
+        // A test watches every worker's stages: a spare would stop at its first one.
+        #[cfg(debug_assertions)]
+        if STOP_WORKERS.load(Ordering::Relaxed) {
+            return;
+        }
+        let refill = REFILL.get_or_init(|| {
+            let (refill, asked) = std::sync::mpsc::channel::<()>();
+            let thread = std::thread::Builder::new()
+                .name("mountd-spare".into())
+                .spawn(move || asked.iter().for_each(|()| fill()));
+            if let Err(e) = thread {
+                tracing::warn!("no thread for spare workers, each call execs its own: {e}");
+            }
+            refill
+        });
+        let _ = refill.send(());
+    }
+
+    fn fill() {
+        let empty = SPARE
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_none();
+        if !empty {
+            return;
+        }
+        // Exec'd without the lock held: a call meanwhile starts its own worker.
+        match Worker::start() {
+            Ok(worker) => *SPARE.lock().unwrap_or_else(PoisonError::into_inner) = Some(worker),
+            Err(e) => tracing::warn!("starting a spare worker: {e}"),
+        }
+    }
+}
+
 /// Execs the worker with `sock` as its stdin, /dev/null as stdout and stderr, and nothing else.
-fn start(sock: OwnedFd) -> Result<Child, SpawnError> {
+fn exec(sock: OwnedFd) -> Result<Child, SpawnError> {
     let mut command = Command::new("/proc/self/exe");
     command
         .arg0("burrow-mountd")

@@ -719,9 +719,13 @@ struct Spawned {
     pid: i32,
     /// Host uid and gid of the container's root.
     root_ids: (u32, u32),
-    userns: OwnedFd,
     conn: zbus::Connection,
+    /// devd's call for the container's /dev, sent once the range was there.
+    dev: DevCall,
 }
+
+/// devd's answer to come: the /dev it made (an fd of its mount).
+type DevCall = tokio::task::JoinHandle<zbus::Result<zbus::zvariant::OwnedFd>>;
 
 fn create_steps(
     c: &Creation<'_>,
@@ -777,11 +781,11 @@ fn create_steps(
         let _ = nix::sys::signal::kill(intermediate, nix::sys::signal::Signal::SIGKILL);
     }
     let _ = nix::sys::wait::waitpid(intermediate, None);
-    let spawned = spawned?;
+    let mut spawned = spawned?;
     if let Some(pod_network) = &joins.adopt_network {
         crate::network::adopt(c.rt, pod_network.as_fd(), spawned.pid)?;
     }
-    let mntns = build_mount_namespace(c, &spawned, undo.docker_data.as_deref())?;
+    let mntns = build_mount_namespace(c, &mut spawned, undo.docker_data.as_deref())?;
     finish(c, &channel, &config, mntns, &spawned, undo)
 }
 
@@ -907,6 +911,7 @@ fn spawn_init(
         pod.map(|p| format!(", shared with {p}"))
             .unwrap_or_default()
     ));
+    let dev = ask_devd(c, &conn, userns);
     let root_ids = (base, gid_base);
     hand_over_fifo(fifo_path, root_ids)?;
     if c.bundle.wants_docker_data {
@@ -934,9 +939,37 @@ fn spawn_init(
     Ok(Spawned {
         pid,
         root_ids,
-        userns,
         conn,
+        dev,
     })
+}
+
+/// Sends devd the call for the container's /dev (it needs only the mapped user namespace), so
+/// that devd makes it while this process delegates the cgroup and the init is cloned; its
+/// answer is read by [`build_mount_namespace`].
+fn ask_devd(c: &Creation<'_>, conn: &zbus::Connection, userns: OwnedFd) -> DevCall {
+    let extra: Vec<String> = c
+        .bundle
+        .extra_devices
+        .iter()
+        .map(|d| d.name.clone())
+        .collect();
+    let conn = conn.clone();
+    let call = c.rt.spawn(async move {
+        let options: HashMap<&str, zbus::zvariant::Value<'_>> = if extra.is_empty() {
+            HashMap::new()
+        } else {
+            HashMap::from([("extra", extra.into())])
+        };
+        Dev1Proxy::new(&conn)
+            .await?
+            .create(userns.into(), options)
+            .await
+    });
+    // One turn of this current-thread runtime runs the task up to its wait for the answer:
+    // the call is on the bus.
+    c.rt.block_on(tokio::task::yield_now());
+    call
 }
 
 /// Frees what removed containers of `store` left (`burrow gc`), as each create does: a
@@ -1132,18 +1165,15 @@ fn plan_mounts(
     Ok((fds, mounts))
 }
 
-/// /dev from devd, then the container's whole mount namespace from mountd.
+/// /dev from devd (asked by [`ask_devd`]), then the container's whole mount namespace from
+/// mountd.
 fn build_mount_namespace(
     c: &Creation<'_>,
-    spawned: &Spawned,
+    spawned: &mut Spawned,
     docker_data: Option<&Path>,
 ) -> Result<OwnedFd> {
     let bundle = c.bundle;
     let pidfd = pidfd_of(spawned.pid)?;
-    let userns = spawned
-        .userns
-        .try_clone()
-        .map_err(CliError::io("duplicating the user namespace's fd"))?;
     let (fds, mounts) = plan_mounts(bundle, docker_data)?;
     let readonly_root = bundle
         .spec
@@ -1152,22 +1182,14 @@ fn build_mount_namespace(
         .and_then(|r| r.readonly())
         .unwrap_or(false);
     let conn = &spawned.conn;
-    let extra: Vec<&str> = bundle
-        .extra_devices
-        .iter()
-        .map(|d| d.name.as_str())
-        .collect();
-    let dev_options: HashMap<&str, zbus::zvariant::Value<'_>> = if extra.is_empty() {
-        HashMap::new()
-    } else {
-        HashMap::from([("extra", extra.into())])
-    };
+    let dev_call = &mut spawned.dev;
     let mntns =
         c.rt.block_on(async {
-            let dev = Dev1Proxy::new(conn)
-                .await?
-                .create(userns.into(), dev_options)
-                .await?;
+            let dev = dev_call.await.unwrap_or_else(|lost| {
+                Err(zbus::Error::Failure(format!(
+                    "devd's call was lost: {lost}"
+                )))
+            })?;
             let dev_index = fds.len() as u32;
             let mut wire: Vec<zbus::zvariant::OwnedFd> = fds.into_iter().map(Into::into).collect();
             wire.push(dev);

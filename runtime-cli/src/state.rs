@@ -113,9 +113,11 @@ impl Store {
         })
     }
 
+    /// Replaces the record atomically but flushes nothing to disk: a container does not
+    /// outlive the boot, and callers keep state on tmpfs (`/run`), as runc does.
     pub fn save(&self, record: &Record) -> Result<()> {
         let json = serde_json::to_vec_pretty(record).expect("records serialize");
-        burrow_sys::state::write_atomic(&self.dir(&record.id).join("state.json"), &json).map_err(
+        burrow_sys::state::replace(&self.dir(&record.id).join("state.json"), &json).map_err(
             |source| CliError::SaveState {
                 id: record.id.clone(),
                 source,

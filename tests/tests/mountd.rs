@@ -788,6 +788,97 @@ fn workers_hold_only_their_job_socket_and_the_jobs_fds() {
     assert_eq!(seen, stops(&[("job", 0, 2), ("start", 0, 0)]));
 }
 
+/// mountd's children named `mountd-worker` (its spare, once a call has run).
+fn worker_children(helper: i32) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{helper}/task/{helper}/children"))
+        .into_iter()
+        .chain(
+            std::fs::read_dir(format!("/proc/{helper}/task"))
+                .unwrap()
+                .flatten()
+                .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok()),
+        )
+        .flat_map(|c| {
+            c.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<i32>>()
+        })
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "mountd-worker")
+        })
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
+/// The spare worker mountd execs ahead of the next call waits as any worker before its job:
+/// single-threaded, non-dumpable, its socket and /dev/null only. Killed, it is replaced and
+/// the call still builds; it dies with the helper (SIGKILL), leaving nothing behind.
+#[test]
+fn the_spare_worker_holds_nothing_and_dies_with_mountd() {
+    let h = Harness::start(HarnessOptions::default());
+    let mountd = ManualMountd::start(&h, &burrow_tests::bin("burrow-mountd"), &[]);
+    let rootfs = busybox_rootfs(&workdir(&h, "rootfs"), None);
+    assert_eq!(container(&h, None, &rootfs, "true", json!({}))["exit"], 0);
+    let mut spare = vec![];
+    burrow_tests::wait_for("a spare worker", || {
+        spare = worker_children(mountd.pid());
+        spare.len() == 1
+    });
+    let pid = spare[0];
+    assert_eq!(worker_fds(pid, &host_mount_ids()), (0, 0));
+    let status = key_values(
+        &std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap()
+            .replace(":\t", "="),
+    );
+    assert_eq!(status["Threads"], "1");
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{pid}/exe")).unwrap(),
+        std::fs::read_link(format!("/proc/{}/exe", mountd.pid())).unwrap()
+    );
+    // Waiting for long, it unmaps its code's and libraries' pages (mapped again with its job):
+    // most of them go.
+    let file_pages_kb = || {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        key_values(&status.replace(":\t", "="))["RssFile"]
+            .trim_end_matches(" kB")
+            .trim()
+            .parse::<u64>()
+            .unwrap()
+    };
+    let mapped = file_pages_kb();
+    burrow_tests::wait_for("the spare's file pages unmapped", || {
+        file_pages_kb() < mapped / 2
+    });
+
+    // A dead spare: the next call starts its own worker, and a new spare follows.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    burrow_tests::wait_for("the killed spare reaped or a zombie", || {
+        state_and_parent(pid).is_none_or(|(state, _)| state == 'Z')
+    });
+    assert_eq!(container(&h, None, &rootfs, "true", json!({}))["exit"], 0);
+    burrow_tests::wait_for("a new spare", || {
+        worker_children(mountd.pid())
+            .iter()
+            .any(|p| *p != pid && state_and_parent(*p).is_some_and(|(s, _)| s != 'Z'))
+    });
+    let spares: Vec<i32> = worker_children(mountd.pid())
+        .into_iter()
+        .filter(|p| state_and_parent(*p).is_some_and(|(s, _)| s != 'Z'))
+        .collect();
+    assert_eq!(spares.len(), 1);
+    drop(mountd);
+    burrow_tests::wait_for("the spare killed with mountd", || {
+        state_and_parent(spares[0]).is_none_or(|(state, _)| state == 'Z')
+    });
+}
+
 /// A worker is an exec of the very binary the helper runs (/proc/self/exe), not of a path: an
 /// upgrade that replaces the file leaves the running helper's workers on its own version.
 #[test]

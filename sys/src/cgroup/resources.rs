@@ -9,7 +9,7 @@
 
 use std::path::Path;
 
-use cgroups_rs::fs::hierarchies::{self, is_cgroup2_unified_mode};
+use cgroups_rs::fs::hierarchies::is_cgroup2_unified_mode;
 use cgroups_rs::manager::{FsManager, Manager};
 use oci_spec::runtime::{LinuxBlockIo, LinuxCpu, LinuxMemory, LinuxResources};
 
@@ -36,8 +36,8 @@ pub fn apply(path: &str, resources: &LinuxResources) -> Result<(), ResourceError
     // Before the fields cgroups-rs would drop are taken out of what it is given.
     check_memory(*resources.memory())?;
     let wanted = without_unset(resources);
-    // Where the hierarchies are mounted, read once (cgroups-rs parses mountinfo for it).
-    let root = hierarchies::auto().root();
+    // Where the hierarchies are mounted.
+    let root = super::hierarchy().root();
     check_host_honours(&root, path, &wanted)?;
     let failed = |source| ResourceError::Apply {
         path: path.to_string(),
