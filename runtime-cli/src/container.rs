@@ -667,6 +667,16 @@ impl Undo<'_> {
 }
 
 pub fn create(store: &Store, options: &CreateOptions<'_>) -> Result<()> {
+    create_on(&async_runtime()?, store, options).map(drop)
+}
+
+/// `create` on the caller's runtime `rt`, which must be current-thread and have spawned no
+/// thread yet (create forks); returns the bus connection it made, for `run`'s delete.
+pub fn create_on(
+    rt: &tokio::runtime::Runtime,
+    store: &Store,
+    options: &CreateOptions<'_>,
+) -> Result<Option<zbus::Connection>> {
     crate::state::check_id(options.id)?;
     let bundle = Bundle::load(options.bundle)?;
     let dir = store.dir(options.id);
@@ -691,19 +701,18 @@ pub fn create(store: &Store, options: &CreateOptions<'_>) -> Result<()> {
         kept: false,
         armed: true,
     };
-    let rt = async_runtime()?;
     let creation = Creation {
         store,
         options,
         bundle: &bundle,
-        rt: &rt,
+        rt,
     };
     let mut conn = None;
     let result = create_steps(&creation, &mut conn, &mut undo);
     if result.is_err() {
-        undo.run(&rt, conn.as_ref());
+        undo.run(rt, conn.as_ref());
     }
-    result
+    result.map(|()| conn)
 }
 
 /// What every step of `create` reads.
@@ -859,6 +868,19 @@ pub(crate) fn cgroup_entry(entry: burrow_sys::cgroup::Entry) -> Result<process::
         .map(|file| cstring(&file.display().to_string(), "a cgroup path"))
         .collect::<std::result::Result<_, _>>()?;
     Ok(process::Cgroup { cgroup2, v1_tasks })
+}
+
+/// Whether the CLI's child `pid` (not reaped) exits within `patience`.
+pub fn exits_within(pid: i32, patience: Duration) -> bool {
+    let Ok(pidfd) = pidfd_of(pid) else {
+        return false;
+    };
+    let mut ready = [nix::poll::PollFd::new(
+        pidfd.as_fd(),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    let millis = u16::try_from(patience.as_millis()).unwrap_or(u16::MAX);
+    nix::poll::poll(&mut ready, millis).is_ok_and(|n| n > 0)
 }
 
 /// A pidfd of the CLI's child `pid` (not reaped, so the pid is its own).
@@ -1467,6 +1489,18 @@ pub fn kill(store: &Store, id: &str, signal: &str, all: bool) -> Result<()> {
 }
 
 pub fn delete(store: &Store, id: &str, force: bool) -> Result<()> {
+    delete_on(&async_runtime()?, None, store, id, force)
+}
+
+/// `delete` on the caller's runtime `rt`, with its bus connection `conn` if it has one (`run`'s,
+/// from create: a new connection costs about a millisecond).
+pub fn delete_on(
+    rt: &tokio::runtime::Runtime,
+    conn: Option<zbus::Connection>,
+    store: &Store,
+    id: &str,
+    force: bool,
+) -> Result<()> {
     let record = match store.load(id) {
         Ok(record) => record,
         Err(CliError::NotFound(_)) if force => return Ok(()),
@@ -1513,23 +1547,27 @@ pub fn delete(store: &Store, id: &str, force: bool) -> Result<()> {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
-    let rt = async_runtime()?;
     // One connection for the scope and idmapd, made first only if there is a scope to stop.
-    let bus = record.scope.as_ref().map(|_| system_bus(&rt)).transpose()?;
+    let bus = match (conn, &record.scope) {
+        (None, Some(_)) => Some(system_bus(rt)?),
+        (conn, _) => conn,
+    };
     if let (Some(unit), Some(bus)) = (&record.scope, &bus) {
-        stop_scope(&rt, bus, unit)?;
+        stop_scope(rt, bus, unit)?;
     }
     // A kept container's range is parked by its Release, its docker data stays.
     let docker_data = record.docker_data.as_deref().filter(|_| !record.kept);
     remove_host_side(record.cgroup.as_deref(), docker_data)?;
     let name = range_name(store, id);
-    let released = rt.block_on(async {
-        let conn = match bus {
-            Some(conn) => conn,
-            None => zbus::Connection::system().await?,
-        };
-        IdMap1Proxy::new(&conn).await?.release(&name).await
-    });
+    let release = |conn: &zbus::Connection| {
+        rt.block_on(async { IdMap1Proxy::new(conn).await?.release(&name).await })
+    };
+    let released = match bus.as_ref().map(release) {
+        // idmapd answered (an error of its own included).
+        Some(answer @ (Ok(()) | Err(zbus::Error::MethodError(..)))) => answer,
+        // No connection yet, or one the bus has closed since: a new one.
+        _ => release(&system_bus(rt)?),
+    };
     match released {
         Ok(()) => {}
         Err(e) if crate::error::error_name(&e) == Some("org.burrow.Error.NotFound") => {}

@@ -404,18 +404,22 @@ fn run(cli: &Cli) -> Result<i32> {
 /// `run`: create, start, and (unless detached) wait for the init, delete, its exit code.
 fn run_container(store: &Store, create: &CreateArgs, detach: bool, systemd: bool) -> Result<i32> {
     let id = &create.id;
-    container::create(store, &create.options(systemd))?;
+    let rt = container::async_runtime()?;
+    let conn = container::create_on(&rt, store, &create.options(systemd))?;
     container::start(store, id)?;
     if detach {
         return Ok(0);
     }
     let pid = store.load(id)?.pid;
+    // A container that is done within a second is deleted on create's bus connection; one
+    // that runs longer does not hold a connection meanwhile (the bus limits them per user).
+    let conn = conn.filter(|_| container::exits_within(pid, std::time::Duration::from_secs(1)));
     let code = match nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None) {
         Ok(nix::sys::wait::WaitStatus::Exited(_, code)) => code,
         Ok(nix::sys::wait::WaitStatus::Signaled(_, signal, _)) => 128 + signal as i32,
         _ => 255,
     };
-    container::delete(store, id, true)?;
+    container::delete_on(&rt, conn, store, id, true)?;
     Ok(code)
 }
 

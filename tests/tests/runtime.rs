@@ -499,6 +499,13 @@ fn run_propagates_the_exit_code_and_cleans_up() {
     assert_eq!(out.status.code(), Some(3), "{}", rt.last_error());
     assert!(rt.leftovers().is_empty());
     wait_for("range released", || h.ranges_in_use() == 0);
+    // A container that runs past a second: `run` gave create's bus connection back meanwhile
+    // and deletes on a new one.
+    let long = bundle(&h, "long", &["sh", "-c", "sleep 2; exit 4"], |_| {});
+    let out = rt.run(&["run", "--bundle", &long.display().to_string(), "long"]);
+    assert_eq!(out.status.code(), Some(4), "{}", rt.last_error());
+    assert!(rt.leftovers().is_empty());
+    wait_for("range released", || h.ranges_in_use() == 0);
     // Without --debug the log holds no debug lines; with it, the helpers' answers.
     assert!(!fs::read_to_string(&rt.log)
         .unwrap_or_default()
