@@ -904,12 +904,13 @@ fn spawn_init(
     conn_slot: &mut Option<zbus::Connection>,
     undo: &mut Undo<'_>,
 ) -> Result<Spawned> {
-    let userns = channel.wait_for_userns()?;
+    // While the intermediate makes its user namespace: the bus, the slot, gc.
     let conn = system_bus(c.rt)?;
     *conn_slot = Some(conn.clone());
     let name = range_name(c.store, c.options.id);
     let keeping = Keeping::prepare(c.rt, &conn, &name, c.bundle)?;
     collect_removed(c.rt, &conn, c.store);
+    let userns = channel.wait_for_userns()?;
     let (base, gid_base, _) = match pod {
         // The pod's range, under one more name: freed when its last user releases it.
         Some(pod) => {

@@ -36,6 +36,11 @@ pub fn apply(path: &str, resources: &LinuxResources) -> Result<(), ResourceError
     // Before the fields cgroups-rs would drop are taken out of what it is given.
     check_memory(*resources.memory())?;
     let wanted = without_unset(resources);
+    // Nothing set (a spec's devices alone, or Docker's zeros): cgroups-rs's manager would only
+    // read /proc/self/cgroup and mountinfo again.
+    if wanted == LinuxResources::default() {
+        return Ok(());
+    }
     // Where the hierarchies are mounted.
     let root = super::hierarchy().root();
     check_host_honours(&root, path, &wanted)?;
@@ -114,10 +119,11 @@ pub fn sets_a_limit(resources: &LinuxResources) -> bool {
 fn without_unset(resources: &LinuxResources) -> LinuxResources {
     let mut wanted = resources.clone();
     wanted.set_devices(None);
-    wanted.set_cpu(resources.cpu().as_ref().map(cpu_set));
-    wanted.set_memory(resources.memory().as_ref().map(memory_set));
+    // A section left with nothing set is no section.
+    wanted.set_cpu(nonzero(resources.cpu().as_ref().map(cpu_set)));
+    wanted.set_memory(nonzero(resources.memory().as_ref().map(memory_set)));
     wanted.set_pids((*resources.pids()).filter(|p| p.limit() != 0));
-    wanted.set_block_io(resources.block_io().as_ref().map(block_io_set));
+    wanted.set_block_io(nonzero(resources.block_io().as_ref().map(block_io_set)));
     // kubelet sends a zero limit for every huge page size the kernel has.
     let hugepages: Vec<_> = resources
         .hugepage_limits()
@@ -409,6 +415,23 @@ mod tests {
     use super::*;
     use oci_spec::runtime::{LinuxCpuBuilder, LinuxMemoryBuilder};
 
+    /// Docker's zeros and a spec's device rules set nothing: no manager is asked.
+    #[test]
+    fn zeros_and_device_rules_alone_set_nothing() {
+        let resources: LinuxResources = serde_json::from_value(serde_json::json!({
+            "devices": [{"allow": false, "access": "rwm"}],
+            "memory": {"limit": 0, "reservation": 0, "swap": 0},
+            "cpu": {"shares": 0, "quota": 0, "period": 0},
+            "pids": {"limit": 0},
+            "blockIO": {"weight": 0}
+        }))
+        .unwrap();
+        assert_eq!(without_unset(&resources), LinuxResources::default());
+        let limited: LinuxResources =
+            serde_json::from_value(serde_json::json!({"pids": {"limit": 64}})).unwrap();
+        assert_ne!(without_unset(&limited), LinuxResources::default());
+    }
+
     #[test]
     fn memory_fields_cgroups_rs_would_drop_are_refused_by_name() {
         let memory = |json| serde_json::from_value::<LinuxMemory>(json).unwrap();
@@ -469,7 +492,7 @@ mod tests {
                 .unwrap()
         );
         assert_eq!(wanted.pids(), &None);
-        assert_eq!(wanted.block_io().as_ref().unwrap().weight(), None);
+        assert_eq!(wanted.block_io(), &None);
         assert_eq!(wanted.hugepage_limits(), &None);
         assert!(sets_a_limit(&resources));
         let nothing: LinuxResources = serde_json::from_value(serde_json::json!({
