@@ -309,8 +309,11 @@ fn grant_in_tree(request: &Grant) -> Result<String, BurrowError> {
     // A leftover at this path (of the range's previous owner, or of a holder of the same name
     // whose release idmapd did not finish) is removed first if no process is left in it: its
     // container is gone. One still holding processes is refused.
-    let cgroup = cgroup::create(&path, &DevicePolicy::standard()).map_err(failed)?;
-    let moved = crate::pin::move_into(request.process.as_fd(), &cgroup.procs_files())
+    let cgroup = cgroup::create(&path).map_err(failed)?;
+    let moved = cgroup
+        .restrict(&DevicePolicy::standard())
+        .map_err(failed)
+        .and_then(|()| crate::pin::move_into(request.process.as_fd(), &cgroup.procs_files()))
         .and_then(|()| cgroup.delegate((record.base, record.base)).map_err(failed));
     if let Err(e) = moved {
         cgroup::remove(&path);

@@ -841,9 +841,18 @@ fn plan_cgroup(c: &Creation<'_>, undo: &mut Undo<'_>) -> Result<CgroupPlan> {
         c.options.id,
     );
     undo.cgroup = Some(path.clone());
-    let cgroup = burrow_sys::cgroup::create(&path, &device_policy(c.bundle))?;
-    apply_resources(c, &path)?;
-    Ok(CgroupPlan::Made(cgroup))
+    // Its device policy and limits go on while idmapd allocates (see `restrict_cgroup`).
+    Ok(CgroupPlan::Made(burrow_sys::cgroup::create(&path)?))
+}
+
+/// Root's cgroup's device policy and the spec's limits, put on while only the intermediate
+/// (this program) is in it, before the init is cloned.
+fn restrict_cgroup(c: &Creation<'_>, cgroup: &CgroupPlan) -> Result<()> {
+    if let CgroupPlan::Made(cgroup) = cgroup {
+        cgroup.restrict(&device_policy(c.bundle))?;
+        apply_resources(c, cgroup.path())?;
+    }
+    Ok(())
 }
 
 /// What a forked child needs to enter a cgroup: its cgroup2 directory, opened here, and its v1
@@ -911,23 +920,33 @@ fn spawn_init(
     let keeping = Keeping::prepare(c.rt, &conn, &name, c.bundle)?;
     collect_removed(c.rt, &conn, c.store);
     let userns = channel.wait_for_userns()?;
-    let (base, gid_base, _) = match pod {
+    let for_idmapd = userns
+        .try_clone()
+        .map_err(CliError::io("duplicating the user namespace's fd"))?;
+    let call = match pod {
         // The pod's range, under one more name: freed when its last user releases it.
         Some(pod) => {
-            let for_idmapd = userns
-                .try_clone()
-                .map_err(CliError::io("duplicating the user namespace's fd"))?;
-            let existing = range_name(c.store, pod);
-            c.rt.block_on(async {
+            let (conn, existing, name) = (conn.clone(), range_name(c.store, pod), name.clone());
+            send_now(c.rt, async move {
                 let idmapd = IdMap1Proxy::new(&conn).await?;
                 idmapd.join(&existing, &name, for_idmapd.into()).await
             })
-            .map_err(CliError::helper("idmapd"))?
         }
         // The name's parked range, if it has one.
-        None => crate::keep::allocate(c.rt, &conn, &name, &userns)?,
+        None => send_now(
+            c.rt,
+            crate::keep::allocate_call(conn.clone(), name.clone(), for_idmapd),
+        ),
+    };
+    // While idmapd works; its answer is awaited even if this fails, so that undo knows
+    // whether there is a range to release.
+    let restricted = restrict_cgroup(c, &started.cgroup);
+    let (base, gid_base, _) = match pod {
+        Some(_) => answer(c.rt, call).map_err(CliError::helper("idmapd"))?,
+        None => crate::keep::allocated(c.rt, &conn, &name, &userns, answer(c.rt, call))?,
     };
     undo.range = Some(name.clone());
+    restricted?;
     undo.kept = pod.is_none() && keeping.keep(c.rt, &conn, c.store, c.options.id, &name)?;
     crate::log::debug(format!(
         "idmapd: range {name} at host ID {base}{}",
@@ -967,6 +986,26 @@ fn spawn_init(
     })
 }
 
+/// Puts `call` on the bus now, to be answered while this process does other work: one turn
+/// of this current-thread runtime runs the task up to its wait for the answer.
+fn send_now<T: Send + 'static>(
+    rt: &tokio::runtime::Runtime,
+    call: impl std::future::Future<Output = zbus::Result<T>> + Send + 'static,
+) -> tokio::task::JoinHandle<zbus::Result<T>> {
+    let pending = rt.spawn(call);
+    rt.block_on(tokio::task::yield_now());
+    pending
+}
+
+/// The answer to a call [`send_now`] sent.
+fn answer<T>(
+    rt: &tokio::runtime::Runtime,
+    pending: tokio::task::JoinHandle<zbus::Result<T>>,
+) -> zbus::Result<T> {
+    rt.block_on(pending)
+        .unwrap_or_else(|lost| Err(zbus::Error::Failure(format!("the call was lost: {lost}"))))
+}
+
 /// Sends devd the call for the container's /dev (it needs only the mapped user namespace), so
 /// that devd makes it while this process delegates the cgroup and the init is cloned; its
 /// answer is read by [`build_mount_namespace`].
@@ -978,7 +1017,7 @@ fn ask_devd(c: &Creation<'_>, conn: &zbus::Connection, userns: OwnedFd) -> DevCa
         .map(|d| d.name.clone())
         .collect();
     let conn = conn.clone();
-    let call = c.rt.spawn(async move {
+    send_now(c.rt, async move {
         let options: HashMap<&str, zbus::zvariant::Value<'_>> = if extra.is_empty() {
             HashMap::new()
         } else {
@@ -988,11 +1027,7 @@ fn ask_devd(c: &Creation<'_>, conn: &zbus::Connection, userns: OwnedFd) -> DevCa
             .await?
             .create(userns.into(), options)
             .await
-    });
-    // One turn of this current-thread runtime runs the task up to its wait for the answer:
-    // the call is on the bus.
-    c.rt.block_on(tokio::task::yield_now());
-    call
+    })
 }
 
 /// Frees what removed containers of `store` left (`burrow gc`), as each create does: a

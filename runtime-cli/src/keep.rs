@@ -263,30 +263,40 @@ fn refused(e: &zbus::Error) -> bool {
             .contains(&name.as_str()))
 }
 
-/// Allocates range `name` for `userns`, waiting (up to [`UNPARK_PATIENCE`]) while idmapd says
-/// `Busy`: the name's parked range still has its old namespace, which is exiting.
-pub fn allocate(
+/// idmapd's Allocate of range `name` for the user namespace `userns`.
+pub async fn allocate_call(
+    conn: zbus::Connection,
+    name: String,
+    userns: OwnedFd,
+) -> zbus::Result<(u32, u32, u32)> {
+    IdMap1Proxy::new(&conn)
+        .await?
+        .allocate(&name, userns.into())
+        .await
+}
+
+/// The range `name` for `userns`, from idmapd's `first` answer to [`allocate_call`], asking
+/// again (for up to [`UNPARK_PATIENCE`]) while idmapd says `Busy`: the name's parked range
+/// still has its old namespace, which is exiting.
+pub fn allocated(
     rt: &tokio::runtime::Runtime,
     conn: &zbus::Connection,
     name: &str,
     userns: &OwnedFd,
+    first: zbus::Result<(u32, u32, u32)>,
 ) -> Result<(u32, u32, u32)> {
     let deadline = Instant::now() + UNPARK_PATIENCE;
+    let mut answer = first;
     loop {
-        let fd = userns
-            .try_clone()
-            .map_err(CliError::io("duplicating the user namespace's fd"))?;
-        let allocated = rt.block_on(async {
-            IdMap1Proxy::new(conn)
-                .await?
-                .allocate(name, fd.into())
-                .await
-        });
-        match allocated {
+        match answer {
             Err(e)
                 if error_name(&e) == Some("org.burrow.Error.Busy") && Instant::now() < deadline =>
             {
                 std::thread::sleep(Duration::from_millis(50));
+                let fd = userns
+                    .try_clone()
+                    .map_err(CliError::io("duplicating the user namespace's fd"))?;
+                answer = rt.block_on(allocate_call(conn.clone(), name.into(), fd));
             }
             other => return other.map_err(CliError::helper("idmapd")),
         }

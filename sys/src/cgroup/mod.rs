@@ -249,34 +249,47 @@ fn make_in_every_hierarchy(path: &str) -> Result<Hierarchies> {
     Ok(hierarchies)
 }
 
-/// A container's cgroup, made in every hierarchy with its device policy (its limits are the
-/// spec's resources, [`resources::apply`]). A process
-/// goes in with [`NewCgroup::add`] (or through [`NewCgroup::procs_files`]), then the subtree is
-/// handed to the container's root with [`NewCgroup::delegate`].
+/// A container's cgroup, made in every hierarchy; its device policy goes on with
+/// [`NewCgroup::restrict`] (its limits are the spec's resources, [`resources::apply`]). A
+/// process goes in with [`NewCgroup::add`] (or through [`NewCgroup::procs_files`]), then the
+/// subtree is handed to the container's root with [`NewCgroup::delegate`].
 pub struct NewCgroup {
     path: String,
     hierarchies: Hierarchies,
 }
 
-/// Creates `path` in every hierarchy with the device policy `devices`.
-pub fn create(path: &str, devices: &DevicePolicy) -> Result<NewCgroup> {
+/// Creates `path` in every hierarchy, without a device policy yet: the caller puts one on
+/// with [`NewCgroup::restrict`] before anything it does not trust runs in it.
+pub fn create(path: &str) -> Result<NewCgroup> {
     remove_if_stale(path)?;
-    adopt(path, devices)
+    Ok(NewCgroup {
+        path: path.to_string(),
+        hierarchies: make_in_every_hierarchy(path)?,
+    })
 }
 
 /// Takes on `path`, which systemd has just made as a scope holding the container's first
 /// process: the hierarchies systemd leaves out (v1 `freezer`, `cpuset`, ...) and the device
 /// policy, as for a cgroup of Burrow's own.
 pub fn adopt(path: &str, devices: &DevicePolicy) -> Result<NewCgroup> {
-    let hierarchies = make_in_every_hierarchy(path)?;
-    devices::restrict(&hierarchies, path, devices)?;
-    Ok(NewCgroup {
+    let cgroup = NewCgroup {
         path: path.to_string(),
-        hierarchies,
-    })
+        hierarchies: make_in_every_hierarchy(path)?,
+    };
+    cgroup.restrict(devices)?;
+    Ok(cgroup)
 }
 
 impl NewCgroup {
+    /// Puts the device policy `devices` on the cgroup in every hierarchy that can carry one.
+    pub fn restrict(&self, devices: &DevicePolicy) -> Result<()> {
+        devices::restrict(&self.hierarchies, &self.path, devices)
+    }
+
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
     /// The `cgroup.procs` file of every hierarchy: a process is in the container's cgroup once
     /// its pid is written to each.
     pub fn procs_files(&self) -> Vec<PathBuf> {
