@@ -901,9 +901,10 @@ fn pidfd_of(pid: i32) -> Result<OwnedFd> {
         .map_err(CliError::io(what()))
 }
 
-/// Until the init exists: the intermediate's user namespace mapped by idmapd, the exec fifo
-/// and /var/lib/docker handed to the container's root, the intermediate in its cgroup, `go`,
-/// and the init's pid.
+/// Until the init exists: the intermediate's user namespace mapped by idmapd (the cgroup's
+/// policy put on meanwhile), devd asked for /dev, the exec fifo and /var/lib/docker handed to
+/// the container's root, the intermediate in its cgroup, `go`, the cgroup delegated while the
+/// init is cloned, and the init's pid.
 fn spawn_init(
     c: &Creation<'_>,
     channel: &ParentChannel,
@@ -920,33 +921,7 @@ fn spawn_init(
     let keeping = Keeping::prepare(c.rt, &conn, &name, c.bundle)?;
     collect_removed(c.rt, &conn, c.store);
     let userns = channel.wait_for_userns()?;
-    let for_idmapd = userns
-        .try_clone()
-        .map_err(CliError::io("duplicating the user namespace's fd"))?;
-    let call = match pod {
-        // The pod's range, under one more name: freed when its last user releases it.
-        Some(pod) => {
-            let (conn, existing, name) = (conn.clone(), range_name(c.store, pod), name.clone());
-            send_now(c.rt, async move {
-                let idmapd = IdMap1Proxy::new(&conn).await?;
-                idmapd.join(&existing, &name, for_idmapd.into()).await
-            })
-        }
-        // The name's parked range, if it has one.
-        None => send_now(
-            c.rt,
-            crate::keep::allocate_call(conn.clone(), name.clone(), for_idmapd),
-        ),
-    };
-    // While idmapd works; its answer is awaited even if this fails, so that undo knows
-    // whether there is a range to release.
-    let restricted = restrict_cgroup(c, &started.cgroup);
-    let (base, gid_base, _) = match pod {
-        Some(_) => answer(c.rt, call).map_err(CliError::helper("idmapd"))?,
-        None => crate::keep::allocated(c.rt, &conn, &name, &userns, answer(c.rt, call))?,
-    };
-    undo.range = Some(name.clone());
-    restricted?;
+    let (base, gid_base) = map_range(c, &conn, &userns, &name, pod, &started.cgroup, undo)?;
     undo.kept = pod.is_none() && keeping.keep(c.rt, &conn, c.store, c.options.id, &name)?;
     crate::log::debug(format!(
         "idmapd: range {name} at host ID {base}{}",
@@ -964,26 +939,72 @@ fn spawn_init(
         }
     }
     keeping.finish(undo.kept);
-    match started.cgroup {
-        CgroupPlan::Made(cgroup) => delegate(&cgroup, root_ids, undo)?,
+    let to_delegate = match started.cgroup {
+        CgroupPlan::Made(cgroup) => Some(cgroup),
         CgroupPlan::Scope(scope) => {
             let cgroup = start_scope(c, &conn, &scope, started.intermediate, undo)?;
             // Also into the hierarchies systemd leaves out (v1 freezer, cpuset, ...). The
             // intermediate is this process's child, not yet reaped: its pid is its own.
             cgroup.add(started.intermediate.as_raw())?;
-            delegate(&cgroup, root_ids, undo)?
+            Some(cgroup)
         }
-        CgroupPlan::ByIdmapd => idmapd_cgroup(c, &conn, &name, started.intermediate, undo)?,
-    }
+        CgroupPlan::ByIdmapd => {
+            idmapd_cgroup(c, &conn, &name, started.intermediate, undo)?;
+            None
+        }
+    };
     channel.go()?;
+    // While the intermediate makes the namespaces and clones the init, which runs nothing of
+    // the container's before `start`. The init's pid is read even if this fails, for undo.
+    let delegated = to_delegate.map_or(Ok(()), |cgroup| delegate(&cgroup, root_ids, undo));
     let pid = channel.wait_for_init()?.as_raw();
     undo.init_pid = Some(pid);
+    delegated?;
     Ok(Spawned {
         pid,
         root_ids,
         conn,
         dev,
     })
+}
+
+/// Maps `userns` onto the range `name` (for a pod's member, the pod's range under one more
+/// name, freed when its last user releases it), putting root's cgroup policy on meanwhile;
+/// the host uid and gid of the namespace's root. idmapd's answer is awaited (and the range
+/// left to undo) even if the cgroup step fails.
+fn map_range(
+    c: &Creation<'_>,
+    conn: &zbus::Connection,
+    userns: &OwnedFd,
+    name: &str,
+    pod: Option<&str>,
+    cgroup: &CgroupPlan,
+    undo: &mut Undo<'_>,
+) -> Result<(u32, u32)> {
+    let for_idmapd = userns
+        .try_clone()
+        .map_err(CliError::io("duplicating the user namespace's fd"))?;
+    let call = match pod {
+        Some(pod) => {
+            let (conn, existing, name) = (conn.clone(), range_name(c.store, pod), name.to_string());
+            send_now(c.rt, async move {
+                let idmapd = IdMap1Proxy::new(&conn).await?;
+                idmapd.join(&existing, &name, for_idmapd.into()).await
+            })
+        }
+        // The name's parked range, if it has one.
+        None => send_now(
+            c.rt,
+            crate::keep::allocate_call(conn.clone(), name.to_string(), for_idmapd),
+        ),
+    };
+    let restricted = restrict_cgroup(c, cgroup);
+    let (base, gid_base, _) = match pod {
+        Some(_) => answer(c.rt, call).map_err(CliError::helper("idmapd"))?,
+        None => crate::keep::allocated(c.rt, conn, name, userns, answer(c.rt, call))?,
+    };
+    undo.range = Some(name.to_string());
+    restricted.map(|()| (base, gid_base))
 }
 
 /// Puts `call` on the bus now, to be answered while this process does other work: one turn
