@@ -1021,7 +1021,9 @@ fn send_now<T: Send + 'static>(
 /// The answer to a call [`send_now`] sent.
 fn answer<T>(
     rt: &tokio::runtime::Runtime,
-    pending: tokio::task::JoinHandle<zbus::Result<T>>,
+    pending: impl std::future::Future<
+        Output = std::result::Result<zbus::Result<T>, tokio::task::JoinError>,
+    >,
 ) -> zbus::Result<T> {
     rt.block_on(pending)
         .unwrap_or_else(|lost| Err(zbus::Error::Failure(format!("the call was lost: {lost}"))))
@@ -1261,14 +1263,9 @@ fn build_mount_namespace(
         .and_then(|r| r.readonly())
         .unwrap_or(false);
     let conn = &spawned.conn;
-    let dev_call = &mut spawned.dev;
+    let dev = answer(c.rt, &mut spawned.dev).map_err(CliError::helper("devd"))?;
     let mntns =
         c.rt.block_on(async {
-            let dev = dev_call.await.unwrap_or_else(|lost| {
-                Err(zbus::Error::Failure(format!(
-                    "devd's call was lost: {lost}"
-                )))
-            })?;
             let dev_index = fds.len() as u32;
             let mut wire: Vec<zbus::zvariant::OwnedFd> = fds.into_iter().map(Into::into).collect();
             wire.push(dev);
@@ -1288,7 +1285,7 @@ fn build_mount_namespace(
                 .build_root(pidfd.into(), &plan, wire)
                 .await
         })
-        .map_err(CliError::helper("devd/mountd"))?;
+        .map_err(CliError::helper("mountd"))?;
     crate::log::debug(format!(
         "devd made /dev, mountd the mount namespace ({} mounts) for init {}",
         bundle.mounts.len(),
