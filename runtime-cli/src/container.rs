@@ -1395,6 +1395,28 @@ fn stop_scope(rt: &tokio::runtime::Runtime, conn: &zbus::Connection, unit: &str)
     Ok(rt.block_on(burrow_sys::cgroup::systemd::stop_scope(conn, unit))?)
 }
 
+/// idmapd's Release of range `name`, on `bus` if the caller has a connection (a new one if
+/// not, or if the bus has closed it since). A name idmapd does not know is released already.
+fn release_range(
+    rt: &tokio::runtime::Runtime,
+    bus: Option<&zbus::Connection>,
+    name: &str,
+) -> Result<()> {
+    let release = |conn: &zbus::Connection| {
+        rt.block_on(async { IdMap1Proxy::new(conn).await?.release(name).await })
+    };
+    let released = match bus.map(release) {
+        // idmapd answered (an error of its own included).
+        Some(answer @ (Ok(()) | Err(zbus::Error::MethodError(..)))) => answer,
+        _ => release(&system_bus(rt)?),
+    };
+    match released {
+        Ok(()) => Ok(()),
+        Err(e) if crate::error::error_name(&e) == Some("org.burrow.Error.NotFound") => Ok(()),
+        Err(e) => Err(CliError::helper("idmapd")(e)),
+    }
+}
+
 /// What a container had on the host besides its range (and its systemd scope, stopped first):
 /// its cgroup (when the runtime made it; other users' cgroups are idmapd's, removed with the
 /// range) and its /var/lib/docker.
@@ -1612,21 +1634,7 @@ pub fn delete_on(
     // A kept container's range is parked by its Release, its docker data stays.
     let docker_data = record.docker_data.as_deref().filter(|_| !record.kept);
     remove_host_side(record.cgroup.as_deref(), docker_data)?;
-    let name = range_name(store, id);
-    let release = |conn: &zbus::Connection| {
-        rt.block_on(async { IdMap1Proxy::new(conn).await?.release(&name).await })
-    };
-    let released = match bus.as_ref().map(release) {
-        // idmapd answered (an error of its own included).
-        Some(answer @ (Ok(()) | Err(zbus::Error::MethodError(..)))) => answer,
-        // No connection yet, or one the bus has closed since: a new one.
-        _ => release(&system_bus(rt)?),
-    };
-    match released {
-        Ok(()) => {}
-        Err(e) if crate::error::error_name(&e) == Some("org.burrow.Error.NotFound") => {}
-        Err(e) => return Err(CliError::helper("idmapd")(e)),
-    }
+    release_range(rt, bus.as_ref(), &range_name(store, id))?;
     if let Ok(bundle) = Bundle::load(&record.bundle) {
         let state = record.hook_state(HookPhase::Poststop);
         let _ = run_hooks(&hooks_of(&bundle.spec, "poststop"), &state, "poststop");

@@ -513,17 +513,14 @@ pub fn remove(path: &str) {
         Ok(()) => true,
         Err(e) => e.kind() == std::io::ErrorKind::NotFound,
     };
-    if hierarchies.directories().iter().all(|(dir, _)| gone(dir)) {
+    let directories = hierarchies.directories();
+    if directories.iter().all(|(dir, _)| gone(dir)) {
         return;
     }
     // A delegated subtree belongs to the container's root: take it back (CAP_CHOWN) so that
     // removing it needs no CAP_DAC_OVERRIDE, and a cgroup that cannot go yet (a process still
     // in it) is root's again.
-    for dir in hierarchies
-        .directories()
-        .iter()
-        .flat_map(|(dir, _)| subtree(dir))
-    {
+    for dir in directories.iter().flat_map(|(dir, _)| subtree(dir)) {
         for file in DELEGATED {
             let _ = chown(dir.join(file), Some(0), Some(0));
         }
