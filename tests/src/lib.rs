@@ -811,6 +811,16 @@ pub fn host_mounts() -> Vec<burrow_sys::mountinfo::Mount> {
         .collect()
 }
 
+/// The file-backed resident memory of process `pid` (`RssFile` of /proc/PID/status), in KiB.
+pub fn file_pages_kb(pid: i32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    key_values(&status.replace(":\t", "="))["RssFile"]
+        .trim_end_matches(" kB")
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 /// `key=value` lines of a container script's output.
 pub fn key_values(output: &str) -> std::collections::BTreeMap<String, String> {
     output

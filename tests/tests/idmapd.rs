@@ -528,6 +528,21 @@ fn bus_activation_and_idle_exit() {
     assert!(base >= 524288);
 }
 
+/// A helper idle for a second unmaps its clean file pages (its code, its libraries'): most of
+/// its file-backed resident memory goes, and the next call maps what it needs again.
+#[test]
+fn an_idle_helper_unmaps_its_code_and_serves_again() {
+    let h = harness();
+    assert!(base_of(&one(&h, alice(), &["allocate", "--name", "trim"])) > 0);
+    let pid = h.idmapd_pids()[0];
+    let mapped = burrow_tests::file_pages_kb(pid);
+    wait_for("idmapd's file pages unmapped", || {
+        burrow_tests::file_pages_kb(pid) < mapped / 2
+    });
+    assert_eq!(one(&h, alice(), &["release", "--name", "trim"])["ok"], true);
+    assert_eq!(h.idmapd_pids(), vec![pid]);
+}
+
 #[test]
 fn a_second_instance_is_refused() {
     let h = harness();

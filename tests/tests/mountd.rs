@@ -840,17 +840,9 @@ fn the_spare_worker_holds_nothing_and_dies_with_mountd() {
     );
     // Waiting for long, it unmaps its code's and libraries' pages (mapped again with its job):
     // most of them go.
-    let file_pages_kb = || {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        key_values(&status.replace(":\t", "="))["RssFile"]
-            .trim_end_matches(" kB")
-            .trim()
-            .parse::<u64>()
-            .unwrap()
-    };
-    let mapped = file_pages_kb();
+    let mapped = burrow_tests::file_pages_kb(pid);
     burrow_tests::wait_for("the spare's file pages unmapped", || {
-        file_pages_kb() < mapped / 2
+        burrow_tests::file_pages_kb(pid) < mapped / 2
     });
 
     // A dead spare: the next call starts its own worker, and a new spare follows.
