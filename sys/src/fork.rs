@@ -50,7 +50,7 @@
 
 use std::fs::File;
 use std::io::Read;
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
 use nix::unistd::Pid;
@@ -350,6 +350,9 @@ pub unsafe fn fork_worker(keep: &[RawFd], parent: Parent, body: impl FnOnce()) -
 /// is done, so never recycled). Killed and reaped when dropped.
 pub struct Parked {
     pid: Pid,
+    /// The stack of a worker that shares this process's memory: freed only once the worker is
+    /// reaped.
+    stack: Option<Box<[u8]>>,
 }
 
 impl Parked {
@@ -363,36 +366,85 @@ impl Parked {
         what: &str,
         setup: impl FnOnce() -> i32,
     ) -> Result<Self, BurrowError> {
-        let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(|e| BurrowError::Failed(format!("pipe: {e}")))?;
+        let (ready_r, ready_w) = report_pipe()?;
         let report = ready_w.as_raw_fd();
         let mut kept = keep.to_vec();
         kept.push(report);
         let body = move || {
-            let errno = setup();
-            let bytes = errno.to_ne_bytes();
-            // SAFETY: `report` is open in the child (it is kept) and `bytes` is valid for its
-            // length; pause(2) takes no argument.
-            unsafe { libc::write(report, bytes.as_ptr().cast(), bytes.len()) };
-            if errno != 0 {
-                exit(1);
-            }
-            // SAFETY: as above; the fd is the child's, and nothing uses it after this.
-            unsafe { libc::close(report) };
-            loop {
-                // SAFETY: pause(2) takes no argument: the worker waits to be killed.
-                unsafe { libc::pause() };
-            }
+            park_after(setup(), report);
         };
         // SAFETY: the caller guarantees `setup` is async-signal-safe; the rest of `body` is.
         let pid = unsafe { fork_worker(&kept, Parent::ThisProcess, body) }
             .map_err(|e| BurrowError::Failed(format!("fork: {e}")))?;
         drop(ready_w);
-        let parked = Parked { pid };
-        let mut status = [0u8; 4];
+        Parked { pid, stack: None }.when_ready(ready_r, what)
+    }
+
+    /// Like [`Parked::spawn`], but the worker shares this process's memory (`clone(CLONE_VM)`,
+    /// as posix_spawn's child does): no copy of the page tables, and none of libc's fork
+    /// handlers, which wait for allocator locks that other threads hold.
+    ///
+    /// The worker runs on a stack of its own but with the calling thread's thread-local
+    /// storage. It shares the process's dumpable flag (a property of the memory): this process
+    /// is made non-dumpable first, so the worker is, as every child of this module. All signals
+    /// but SIGKILL and SIGSTOP are blocked in it, so no handler of this process runs there. It
+    /// only borrows `setup` (this call returns once the worker has reported), so it frees
+    /// nothing of this process's memory.
+    ///
+    /// # Safety
+    /// `setup` may only make raw system calls that set no `errno` (rustix's), and must not
+    /// touch thread-local storage or allocate: it runs beside this process's threads, in its
+    /// memory.
+    pub unsafe fn spawn_sharing_memory(
+        keep: &[RawFd],
+        what: &str,
+        setup: impl Fn() -> i32,
+    ) -> Result<Self, BurrowError> {
+        use rustix::process::{set_dumpable_behavior, DumpableBehavior};
+        set_dumpable_behavior(DumpableBehavior::NotDumpable)
+            .map_err(|e| BurrowError::Failed(format!("PR_SET_DUMPABLE: {e}")))?;
+        let (ready_r, ready_w) = report_pipe()?;
+        let report = ready_w.as_raw_fd();
+        let mut kept = keep.to_vec();
+        kept.push(report);
+        let keep = Keep {
+            below: 0,
+            fds: kept,
+        }
+        .sorted();
+        let parent = nix::unistd::getpid().as_raw();
+        let run = || {
+            shared_child_prologue(&keep, parent);
+            park_after(setup(), report)
+        };
+        let mut stack = vec![0u8; SHARED_CHILD_STACK].into_boxed_slice();
+        // SAFETY: the child uses `run` (and what it borrows) only until it reports, which
+        // `when_ready` waits for before they go; `stack` is kept in the Parked until the child
+        // is reaped.
+        let pid = unsafe { clone_sharing_memory(&run, &mut stack) }
+            .map_err(|e| BurrowError::Failed(format!("clone(CLONE_VM): {e}")))?;
+        drop(ready_w);
+        Parked {
+            pid,
+            stack: Some(stack),
+        }
+        .when_ready(ready_r, what)
+    }
+
+    /// Waits for the worker's report of its setup and for the report's end (the worker
+    /// closed the pipe, so it holds only what it keeps): itself, parked, or its errno as an
+    /// error.
+    fn when_ready(self, ready_r: OwnedFd, what: &str) -> Result<Self, BurrowError> {
+        let parked = self;
+        let mut status = vec![];
         File::from(ready_r)
-            .read_exact(&mut status)
-            .map_err(|e| BurrowError::Failed(format!("the worker died before {what}: {e}")))?;
+            .read_to_end(&mut status)
+            .map_err(|e| BurrowError::Failed(format!("reading the worker's report: {e}")))?;
+        let Ok(status) = <[u8; 4]>::try_from(status) else {
+            return Err(BurrowError::Failed(format!(
+                "the worker died before {what}"
+            )));
+        };
         match i32::from_ne_bytes(status) {
             0 => Ok(parked),
             errno => Err(BurrowError::Failed(format!(
@@ -416,7 +468,94 @@ impl Parked {
 impl Drop for Parked {
     fn drop(&mut self) {
         let _ = nix::sys::signal::kill(self.pid, nix::sys::signal::Signal::SIGKILL);
-        let _ = nix::sys::wait::waitpid(self.pid, None);
+        if nix::sys::wait::waitpid(self.pid, None).is_err() {
+            // Not known to be gone: a worker sharing this process's memory may still run on
+            // its stack, which must then never be reused.
+            std::mem::forget(self.stack.take());
+        }
+    }
+}
+
+/// The pipe through which a parked worker reports its setup.
+fn report_pipe() -> Result<(OwnedFd, OwnedFd), BurrowError> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| BurrowError::Failed(format!("pipe: {e}")))
+}
+
+/// In a parked worker after its setup: reports `errno` (0: done) on `report`, then leaves if
+/// the setup failed, else closes `report` and waits to be killed. Raw system calls only.
+fn park_after(errno: i32, report: RawFd) -> ! {
+    // SAFETY: `report` is the worker's own fd (kept) until it closes it below.
+    let fd = unsafe { BorrowedFd::borrow_raw(report) };
+    let _ = rustix::io::write(fd, &errno.to_ne_bytes());
+    if errno != 0 {
+        exit(1);
+    }
+    // SAFETY: as above; nothing uses the fd after this.
+    unsafe { rustix::io::close(report) };
+    loop {
+        rustix::event::pause();
+    }
+}
+
+/// The stack of a worker that shares this process's memory: its setup makes a few system
+/// calls.
+const SHARED_CHILD_STACK: usize = 64 * 1024;
+
+/// The start of a worker that shares this process's memory: runs the `F` that `arg` points
+/// to, then leaves with the code it returned.
+extern "C" fn shared_child_entry<F: Fn() -> i32>(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the `&F` passed to clone by `clone_sharing_memory`, alive until the
+    // worker reports (its owner waits for that); it is only read.
+    let run = unsafe { &*arg.cast::<F>().cast_const() };
+    exit(run())
+}
+
+/// clone(CLONE_VM) of a child that runs `run` on `stack`, with all signals but SIGKILL and
+/// SIGSTOP blocked (the calling thread's mask is restored after).
+///
+/// # Safety
+/// `run` and `stack` must outlive the child's use of them.
+unsafe fn clone_sharing_memory<F: Fn() -> i32>(run: &F, stack: &mut [u8]) -> nix::Result<Pid> {
+    use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow};
+    let mut saved = SigSet::empty();
+    pthread_sigmask(
+        SigmaskHow::SIG_SETMASK,
+        Some(&SigSet::all()),
+        Some(&mut saved),
+    )?;
+    // The stack grows down from its end, which the ABI wants 16-byte aligned.
+    let top = (stack.as_mut_ptr() as usize + stack.len()) & !15;
+    // SAFETY: glibc's clone wrapper switches the child to `top`, inside `stack`, and calls the
+    // entry with `run`; the caller keeps both alive for as long as the child uses them.
+    // Without CLONE_SETTLS or CLONE_FILES the child has this thread's TLS pointer but a copy
+    // of the fd table; the entry touches neither TLS nor errno (rustix's raw calls).
+    let pid = unsafe {
+        libc::clone(
+            shared_child_entry::<F>,
+            top as *mut libc::c_void,
+            libc::CLONE_VM | libc::SIGCHLD,
+            (run as *const F).cast_mut().cast(),
+        )
+    };
+    let cloned = nix::errno::Errno::result(pid).map(Pid::from_raw);
+    pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&saved), None)?;
+    cloned
+}
+
+/// The prologue of a worker that shares this process's memory, in raw system calls that set
+/// no errno: death signal (it leaves if `parent` went first) and only `keep`'s fds. Its
+/// dumpable flag is this process's, cleared before the clone.
+fn shared_child_prologue(keep: &Keep, parent: i32) {
+    use rustix::process::{getppid, set_parent_process_death_signal, Signal};
+    if set_parent_process_death_signal(Some(Signal::KILL)).is_err() {
+        exit(PROLOGUE_FAILED);
+    }
+    if getppid().map_or(0, |p| p.as_raw_nonzero().get()) != parent {
+        exit(1);
+    }
+    if close_all_except(keep).is_err() {
+        exit(PROLOGUE_FAILED);
     }
 }
 
@@ -524,5 +663,63 @@ mod tests {
         File::from(report_r).read_exact(&mut pid).unwrap();
         // This process reaps it: it is this process's child, not the middle one's.
         assert_eq!(exit_code(Pid::from_raw(i32::from_ne_bytes(pid))), RAN);
+    }
+
+    /// The fds a process holds, as /proc lists them.
+    fn fds_of(pid: i32) -> Vec<RawFd> {
+        let mut fds: Vec<RawFd> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_str().unwrap().parse().unwrap())
+            .collect();
+        fds.sort_unstable();
+        fds
+    }
+
+    /// A field of /proc/PID/status.
+    fn status_field(pid: i32, field: &str) -> String {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let line = status.lines().find(|l| l.starts_with(field)).unwrap();
+        line[field.len()..].trim().to_string()
+    }
+
+    #[test]
+    fn a_worker_sharing_memory_parks_with_its_fds_only_and_goes_when_dropped() {
+        let (kept, other) = two_fds();
+        let keep = [kept.as_fd().as_raw_fd()];
+        // SAFETY: the setup makes no call at all.
+        let parked = unsafe { Parked::spawn_sharing_memory(&keep, "wait", || 0) }.unwrap();
+        let pid = parked.pid();
+        assert_eq!(
+            fds_of(pid),
+            keep,
+            "the report pipe is closed, {other:?} never held"
+        );
+        assert_eq!(status_field(pid, "PPid:"), std::process::id().to_string());
+        // Every standard signal blocked but SIGKILL and SIGSTOP, which cannot be.
+        let blocked = u64::from_str_radix(&status_field(pid, "SigBlk:"), 16).unwrap();
+        let unblocked: Vec<u64> = (1..=31).filter(|n| blocked & (1 << (n - 1)) == 0).collect();
+        assert_eq!(unblocked, [libc::SIGKILL as u64, libc::SIGSTOP as u64]);
+        assert_eq!(
+            rustix::process::dumpable_behavior(),
+            Ok(rustix::process::DumpableBehavior::NotDumpable),
+            "the worker shares this process's dumpable flag, cleared first"
+        );
+        drop(parked);
+        assert_eq!(
+            nix::sys::signal::kill(Pid::from_raw(pid), None),
+            Err(Errno::ESRCH),
+            "killed and reaped"
+        );
+    }
+
+    #[test]
+    fn a_worker_sharing_memory_reports_its_failed_setup() {
+        // SAFETY: the setup makes no call at all.
+        let failed = unsafe { Parked::spawn_sharing_memory(&[], "fail", || libc::EPERM) };
+        let error = failed
+            .err()
+            .expect("a failed setup is an error")
+            .to_string();
+        assert!(error.contains("could not fail: EPERM"), "{error}");
     }
 }

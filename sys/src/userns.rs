@@ -4,7 +4,7 @@
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
-use crate::fork::{last_errno, Parked};
+use crate::fork::Parked;
 use crate::nsfs::{ns_id, NsHandle};
 use burrow_contract::BurrowError;
 use burrow_contract::RANGE_SIZE;
@@ -140,18 +140,20 @@ pub struct NsWorker {
 }
 
 impl NsWorker {
-    /// Forks a worker into `userns` (which the caller has checked is a user namespace).
+    /// Starts a worker in `userns` (which the caller has checked is a user namespace).
     pub fn spawn(userns: BorrowedFd<'_>) -> Result<Self, BurrowError> {
-        let fd = userns.as_raw_fd();
-        let join = move || {
-            // SAFETY: setns(2) on an fd the child keeps; a raw system call.
-            match unsafe { libc::setns(fd, libc::CLONE_NEWUSER) } {
-                0 => 0,
-                _ => last_errno(),
-            }
+        let join = || {
+            use rustix::thread::{move_into_link_name_space, LinkNameSpaceType};
+            raw_errno(move_into_link_name_space(
+                userns,
+                Some(LinkNameSpaceType::User),
+            ))
         };
-        // SAFETY: `join` makes one raw system call.
-        let parked = unsafe { Parked::spawn(&[fd], "join the user namespace", join) }?;
+        let keep = [userns.as_raw_fd()];
+        // SAFETY: `join` makes one raw system call (rustix's, no errno) on an fd the worker
+        // keeps.
+        let parked =
+            unsafe { Parked::spawn_sharing_memory(&keep, "join the user namespace", join) }?;
         Ok(NsWorker { parked })
     }
 
@@ -217,14 +219,12 @@ impl NsWorker {
 /// Helpers use such namespaces as mount idmappings; no process ever runs in them.
 pub fn create_userns(uid_map: &str, gid_map: &str) -> Result<OwnedFd, BurrowError> {
     let create = || {
-        // SAFETY: unshare(2), a raw system call.
-        match unsafe { libc::unshare(libc::CLONE_NEWUSER) } {
-            0 => 0,
-            _ => last_errno(),
-        }
+        // SAFETY: a new user namespace leaves the fd table shared by no one (the worker's
+        // own copy).
+        raw_errno(unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWUSER) })
     };
-    // SAFETY: `create` makes one raw system call.
-    let worker = unsafe { Parked::spawn(&[], "unshare(CLONE_NEWUSER)", create) }?;
+    // SAFETY: `create` makes one raw system call (rustix's, no errno).
+    let worker = unsafe { Parked::spawn_sharing_memory(&[], "unshare(CLONE_NEWUSER)", create) }?;
     for (which, map) in [("uid_map", uid_map), ("gid_map", gid_map)] {
         let path = worker.proc_path(which);
         std::fs::write(&path, map).map_err(|e| {
@@ -234,6 +234,11 @@ pub fn create_userns(uid_map: &str, gid_map: &str) -> Result<OwnedFd, BurrowErro
     let ns = File::open(worker.proc_path("ns/user"))
         .map_err(|e| BurrowError::Failed(format!("opening the new user namespace: {e}")))?;
     Ok(ns.into())
+}
+
+/// A worker's setup result as its report wants it: 0, or the errno.
+fn raw_errno(result: rustix::io::Result<()>) -> i32 {
+    result.err().map_or(0, |e| e.raw_os_error())
 }
 
 /// The outside ID that `inside` maps to in a `uid_map`/`gid_map` text.
