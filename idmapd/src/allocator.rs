@@ -14,7 +14,7 @@ use burrow_sys::userns::{NsWorker, UserNs};
 
 use crate::cgroups::Gone;
 use crate::liveness::Kernel;
-use crate::pool::{self, Pool};
+use crate::pool::Pool;
 use crate::registry::{Namespace, Record, RecordState, Registry, RegistryError};
 
 mod park;
@@ -110,32 +110,6 @@ impl From<AllocError> for BurrowError {
             }
             AllocError::Kernel(e) => e,
         }
-    }
-}
-
-/// Files whose IDs no range may overlap.
-#[derive(Debug, Clone)]
-pub struct Exclusions {
-    pub subid_files: Vec<PathBuf>,
-    pub id_db_files: Vec<PathBuf>,
-}
-
-impl Exclusions {
-    /// Read at every allocation (before it takes the allocator's lock): admins add users and
-    /// subordinate ranges at any time. The account files are read directly as well as through
-    /// NSS, so that an explicitly named database counts even where nsswitch.conf does not list
-    /// it.
-    pub fn ranges(&self) -> Vec<RangeInclusive<u32>> {
-        let read = |p: &PathBuf| fs::read_to_string(p).unwrap_or_default();
-        let sub = self
-            .subid_files
-            .iter()
-            .flat_map(|p| pool::parse_subid(&read(p)));
-        let ids = self
-            .id_db_files
-            .iter()
-            .flat_map(|p| pool::parse_id_db(&read(p)));
-        sub.chain(ids).chain(crate::accounts::nss_ids()).collect()
     }
 }
 

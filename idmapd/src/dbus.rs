@@ -15,7 +15,8 @@ use zbus::object_server::SignalEmitter;
 use zbus::zvariant::OwnedFd;
 use zbus::Connection;
 
-use crate::allocator::{self, AllocError, Allocator, Exclusions};
+use crate::accounts::Exclusions;
+use crate::allocator::{self, AllocError, Allocator};
 use crate::cgroups::{Cgroups, Grant};
 use crate::registry::Record;
 

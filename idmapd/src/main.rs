@@ -98,10 +98,7 @@ fn main() -> anyhow::Result<()> {
         InstanceLock::acquire_waiting(&args.state_dir.with_extension("lock"), LOCK_PATIENCE)?;
     let boot_id = burrow_sys::nsfs::boot_id().context("reading this boot's id")?;
     let registry = registry::Registry::load(&args.state_dir, &boot_id)?;
-    let exclusions = allocator::Exclusions {
-        subid_files: args.subid_file,
-        id_db_files: args.id_db_file,
-    };
+    let exclusions = accounts::Exclusions::new(args.subid_file, args.id_db_file);
     let kernel = liveness::Kernel { boot_id };
     let allocator = allocator::Allocator::open(pool, args.max_per_user, registry, kernel);
     tracing::info!(pool_start = pool.start, pool_end = pool.end, capacity = pool.capacity(),

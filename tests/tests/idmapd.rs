@@ -487,9 +487,24 @@ fn ranges_avoid_subordinate_ids_and_accounts() {
     assert_eq!(props["range_size"], 65536, "{props}");
     let mut a = spawn(&h, None, &["allocate", "--name", "a", "--hold"]);
     assert_eq!(base_of(&a.next_json()), 524288 + 4 * 65536);
-    let b = base_of(&one(&h, None, &["allocate", "--name", "b"]));
-    assert_eq!(b, 524288 + 5 * 65536);
+    let mut b = spawn(&h, None, &["allocate", "--name", "b", "--hold"]);
+    assert_eq!(base_of(&b.next_json()), 524288 + 5 * 65536);
+    // An account added right after an allocation counts for the next one: idmapd lists the
+    // accounts anew when a file it read changed (useradd renames a new file over the old).
+    std::fs::write(
+        dir.join("passwd.new"),
+        "far:x:600000:600000::/:/bin/false\nnew:x:917504:917504::/:/bin/false\n",
+    )
+    .unwrap();
+    std::fs::rename(dir.join("passwd.new"), dir.join("passwd")).unwrap();
+    let c = base_of(&one(&h, None, &["allocate", "--name", "c"]));
+    assert_eq!(
+        c,
+        524288 + 7 * 65536,
+        "the new account's range (the seventh) is skipped"
+    );
     a.finish();
+    b.finish();
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
