@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::ffi::CString;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -884,10 +884,12 @@ pub fn exits_within(pid: i32, patience: Duration) -> bool {
     let Ok(pidfd) = pidfd_of(pid) else {
         return false;
     };
-    let mut ready = [nix::poll::PollFd::new(
-        pidfd.as_fd(),
-        nix::poll::PollFlags::POLLIN,
-    )];
+    readable_within(pidfd.as_fd(), patience)
+}
+
+/// Whether `fd` has something to read (a pidfd: its process exited) within `patience`.
+fn readable_within(fd: BorrowedFd<'_>, patience: Duration) -> bool {
+    let mut ready = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLIN)];
     let millis = u16::try_from(patience.as_millis()).unwrap_or(u16::MAX);
     nix::poll::poll(&mut ready, millis).is_ok_and(|n| n > 0)
 }
@@ -1336,7 +1338,10 @@ fn finish(
     let ready = channel.wait_for_ready("setting up the container")?;
     forward_console(ready.console, c.options.console_socket)?;
     if let Some(listener) = ready.sysinfo {
-        crate::sysinfo::spawn(listener, pid)?;
+        // The init is this process's child, not reaped: its pid is its own. A CLI that may not
+        // open it (a non-root one, the init being non-dumpable) leaves the teardown to the init.
+        let mount_namespace = std::fs::File::open(format!("/proc/{pid}/ns/mnt")).ok();
+        crate::sysinfo::spawn(listener, pid, mount_namespace.map(OwnedFd::from))?;
     }
     c.store.save(&record)?;
     if let Some(pid_file) = c.options.pid_file {
@@ -1487,7 +1492,12 @@ pub fn start(store: &Store, id: &str) -> Result<()> {
             _ if Instant::now() > deadline => {
                 return Err(CliError::StartSignalNotTaken { id: id.into() });
             }
-            _ => std::thread::sleep(Duration::from_millis(2)),
+            // The writer went without its byte: only an init on its way out does that.
+            Ok(0) => std::thread::sleep(Duration::from_millis(2)),
+            // The init has yet to write: woken by its byte, or to look at it again.
+            _ => {
+                readable_within(fifo.as_fd(), Duration::from_millis(100));
+            }
         }
     }
     drop(fifo);

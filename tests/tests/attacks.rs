@@ -1612,22 +1612,30 @@ fn sysinfo_supervisor_of(init: i32) -> Option<i32> {
         })
 }
 
-/// The supervisor shares no namespace but the host's, holds only its listener, /dev/null and
-/// the CLI's log, and runs with the least it needs.
+/// The supervisor shares no namespace but the host's, holds only its listener, /dev/null, the
+/// CLI's log and (as its stdout, so that its exit tears the namespace down) the container's
+/// mount namespace, and runs with the least it needs.
 fn supervisor_holds_nothing(supervisor: i32, init: i32, user: Option<User>, who: &str) {
+    let link = |pid: i32, ns: &str| fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap();
     for ns in ["pid", "mnt", "user", "net", "ipc"] {
-        let link = |pid: i32| fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap();
-        assert_ne!(link(supervisor), link(init), "{who}: the {ns} namespace");
+        assert_ne!(
+            link(supervisor, ns),
+            link(init, ns),
+            "{who}: the {ns} namespace"
+        );
     }
+    let containers_mounts = link(init, "mnt").display().to_string();
     for fd in fs::read_dir(format!("/proc/{supervisor}/fd"))
         .unwrap()
         .flatten()
     {
         let target = fs::read_link(fd.path()).unwrap().display().to_string();
+        let mount_namespace = fd.file_name() == "1" && target == containers_mounts;
         assert!(
             target == "anon_inode:seccomp notify"
                 || target == "/dev/null"
-                || target.ends_with(".log"),
+                || target.ends_with(".log")
+                || mount_namespace,
             "{who}: the supervisor holds {target}"
         );
     }

@@ -36,7 +36,16 @@ pub enum SupervisorError {
 
 /// Starts the supervisor for `listener` (the init's or an exec'd process's), detached: it
 /// outlives the CLI. `container_init` is the container's init, whose start is the container's.
-pub fn spawn(listener: OwnedFd, container_init: i32) -> Result<(), SupervisorError> {
+///
+/// `mount_namespace`, the container's, is held as the supervisor's stdout (never written)
+/// until the supervisor ends, after the init is reaped: the namespace's teardown (unmounting
+/// its tree waits for an RCU grace period, 1-2 ms here) then comes in the supervisor's exit,
+/// rather than in the init's, where it delays the exit its waiter (`run`, a shim) sees.
+pub fn spawn(
+    listener: OwnedFd,
+    container_init: i32,
+    mount_namespace: Option<OwnedFd>,
+) -> Result<(), SupervisorError> {
     // Nothing of the CLI's but the listener may stay open in it (a caller's pipe held open
     // would keep its reader waiting for the container's whole life); the CLI passes nothing
     // on to anything after this.
@@ -48,7 +57,7 @@ pub fn spawn(listener: OwnedFd, container_init: i32) -> Result<(), SupervisorErr
         .args(["sysinfo-supervisor", "--container-init"])
         .arg(container_init.to_string())
         .stdin(Stdio::from(listener))
-        .stdout(Stdio::null())
+        .stdout(mount_namespace.map_or_else(Stdio::null, Stdio::from))
         .stderr(Stdio::null());
     // Named `burrow` in ps, not after the path it is started through.
     command.arg0("burrow");
