@@ -90,21 +90,11 @@ fn assemble(job: &BuildJob, fds: &Fds) -> Result<OwnedFd, JobError> {
     nix::unistd::setfsgid(nix::unistd::Gid::from_raw(gid));
     nix::unistd::setfsuid(nix::unistd::Uid::from_raw(uid));
     let root = root.as_fd();
-    // In the spec's order, devd's /dev at its place among the listed mounts.
-    let (before_dev, after_dev) = job.mounts.split_at(job.dev_at.min(job.mounts.len()));
-    for mount in before_dev {
-        mount_one(root, mount, job, fds)?;
-    }
-    attach(
-        fds.get(job.dev)?,
-        target(root, "/dev", Create::Directory)?.as_fd(),
-        "/dev",
-    )?;
-    for mount in after_dev {
-        mount_one(root, mount, job, fds)?;
-    }
     if job.lxcfs {
-        crate::lxcfs::bind(root)?;
+        let ((), lxcfs) = crate::lxcfs::cloned_during(|| plan_mounts(root, job, fds))?;
+        crate::lxcfs::bind(root, lxcfs)?;
+    } else {
+        plan_mounts(root, job, fds)?;
     }
     mask(root, &job.masked)?;
     make_read_only(root, &job.readonly)?;
@@ -122,6 +112,23 @@ fn assemble(job: &BuildJob, fds: &Fds) -> Result<OwnedFd, JobError> {
         .or_failed("making the rootfs read-only")?;
     }
     lock(root, fds.get(job.user)?)
+}
+
+/// The spec's mounts in its order, devd's /dev at its place among them.
+fn plan_mounts(root: BorrowedFd<'_>, job: &BuildJob, fds: &Fds) -> Result<(), JobError> {
+    let (before_dev, after_dev) = job.mounts.split_at(job.dev_at.min(job.mounts.len()));
+    for mount in before_dev {
+        mount_one(root, mount, job, fds)?;
+    }
+    attach(
+        fds.get(job.dev)?,
+        target(root, "/dev", Create::Directory)?.as_fd(),
+        "/dev",
+    )?;
+    for mount in after_dev {
+        mount_one(root, mount, job, fds)?;
+    }
+    Ok(())
 }
 
 /// Attaches the rootfs at the helper's staging directory (in W2's private copy) and opens it.
