@@ -37,7 +37,8 @@
 //!
 //! | child | started by | on parent exit | keeps |
 //! |---|---|---|---|
-//! | a helper's worker (idmapd's cgroup pin, [`Parked`] namespace workers, mountd's worker in the container's pid namespace) | [`fork_worker`] | dies | the job's fds |
+//! | a helper's worker (idmapd's cgroup pin and scope placeholder, mountd's worker in the container's pid namespace and its lxcfs cloner) | [`fork_worker`] | dies | the job's fds |
+//! | a helper's worker in a user namespace ([`Parked::spawn_sharing_memory`]: `NsWorker`, the helpers' throwaway idmapping namespaces) | `clone(CLONE_VM)` | dies | the namespace's fd |
 //! | the runtime's intermediate | [`fork_child`] | survives | stdio and `--preserve-fds`, its channel, the exec fifo |
 //! | the container's init (cloned by the intermediate) | [`fork_sibling`] | survives | the same (its own end of the channel) |
 //! | exec's joiner | [`fork_child`] | survives | stdio and `--preserve-fds`, its channel, the namespaces it joins |
@@ -543,9 +544,10 @@ unsafe fn clone_sharing_memory<F: Fn() -> i32>(run: &F, stack: &mut [u8]) -> nix
     cloned
 }
 
-/// The prologue of a worker that shares this process's memory, in raw system calls that set
-/// no errno: death signal (it leaves if `parent` went first) and only `keep`'s fds. Its
-/// dumpable flag is this process's, cleared before the clone.
+/// The prologue of a worker that shares this process's memory, in raw system calls: death
+/// signal (it leaves if `parent` went first) and only `keep`'s fds. Only a failed close_range
+/// sets errno (in the calling thread's storage, which the worker shares), and the worker then
+/// leaves at once. Its dumpable flag is this process's, cleared before the clone.
 fn shared_child_prologue(keep: &Keep, parent: i32) {
     use rustix::process::{getppid, set_parent_process_death_signal, Signal};
     if set_parent_process_death_signal(Some(Signal::KILL)).is_err() {
