@@ -4,7 +4,7 @@
 //! itself non-dumpable before it reads the job, dies with the helper (PR_SET_PDEATHSIG, set
 //! before exec), and never execs anything.
 
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
 
 use crate::job::{Fds, Job, JobError, OrFail, Reply};
 use crate::wire;
@@ -31,7 +31,8 @@ pub fn main(args: &[String]) -> ! {
         let _ = wire::send(job_socket(), &reply, &Fds::default());
     }));
     stage("mw:start");
-    if !job_within(SPARE_PATIENCE) {
+    // A failed wait counts as a job there: the worker goes on to read it.
+    if !burrow_sys::poll::readable_within(job_socket(), SPARE_PATIENCE).unwrap_or(true) {
         // A spare waiting for the next call (see spawn.rs): most of its resident memory is
         // mountd's code and libc, mapped again at the job.
         burrow_sys::service::unmap_clean_file_pages();
@@ -50,18 +51,6 @@ pub fn main(args: &[String]) -> ! {
 
 /// How long a worker waits for its job before it unmaps what it can map again.
 const SPARE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Whether the job socket has something to read (or has closed) within `patience`.
-fn job_within(patience: std::time::Duration) -> bool {
-    let mut socket = libc::pollfd {
-        fd: job_socket().as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let millis = patience.as_millis().try_into().unwrap_or(libc::c_int::MAX);
-    // SAFETY: one valid pollfd for the duration of the call.
-    unsafe { libc::poll(&mut socket, 1, millis) != 0 }
-}
 
 /// Sends the worker's answer to the helper.
 pub fn reply(result: Result<OwnedFd, JobError>) {

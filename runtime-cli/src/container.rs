@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::ffi::CString;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -884,14 +884,7 @@ pub fn exits_within(pid: i32, patience: Duration) -> bool {
     let Ok(pidfd) = pidfd_of(pid) else {
         return false;
     };
-    readable_within(pidfd.as_fd(), patience)
-}
-
-/// Whether `fd` has something to read (a pidfd: its process exited) within `patience`.
-fn readable_within(fd: BorrowedFd<'_>, patience: Duration) -> bool {
-    let mut ready = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLIN)];
-    let millis = u16::try_from(patience.as_millis()).unwrap_or(u16::MAX);
-    nix::poll::poll(&mut ready, millis).is_ok_and(|n| n > 0)
+    burrow_sys::poll::readable_within(pidfd.as_fd(), patience).unwrap_or(false)
 }
 
 /// A pidfd of the CLI's child `pid` (not reaped, so the pid is its own).
@@ -1496,7 +1489,7 @@ pub fn start(store: &Store, id: &str) -> Result<()> {
             Ok(0) => std::thread::sleep(Duration::from_millis(2)),
             // The init has yet to write: woken by its byte, or to look at it again.
             _ => {
-                readable_within(fifo.as_fd(), Duration::from_millis(100));
+                let _ = burrow_sys::poll::readable_within(fifo.as_fd(), Duration::from_millis(100));
             }
         }
     }
