@@ -1301,6 +1301,13 @@ fn finish(
     undo: &mut Undo<'_>,
 ) -> Result<()> {
     let (bundle, pid) = (c.bundle, spawned.pid);
+    // For root's sysinfo supervisor (see below). A tenant's supervisor is the tenant's own
+    // process, which the tenant may trace: it gets none of the container's fds.
+    let held_mntns = nix::unistd::geteuid()
+        .is_root()
+        .then(|| mntns.try_clone())
+        .transpose()
+        .map_err(CliError::io("duplicating the mount namespace's fd"))?;
     channel.send_mount_namespace(mntns)?;
     crate::sysctl::write(&bundle.spec, pid)?;
     let record = Record {
@@ -1331,10 +1338,8 @@ fn finish(
     let ready = channel.wait_for_ready("setting up the container")?;
     forward_console(ready.console, c.options.console_socket)?;
     if let Some(listener) = ready.sysinfo {
-        // The init is this process's child, not reaped: its pid is its own. A CLI that may not
-        // open it (a non-root one, the init being non-dumpable) leaves the teardown to the init.
-        let mount_namespace = std::fs::File::open(format!("/proc/{pid}/ns/mnt")).ok();
-        crate::sysinfo::spawn(listener, pid, mount_namespace.map(OwnedFd::from))?;
+        // The namespace mountd built, which the init joined: its teardown is the supervisor's.
+        crate::sysinfo::spawn(listener, pid, held_mntns)?;
     }
     c.store.save(&record)?;
     if let Some(pid_file) = c.options.pid_file {

@@ -1639,6 +1639,15 @@ fn supervisor_holds_nothing(supervisor: i32, init: i32, user: Option<User>, who:
             "{who}: the supervisor holds {target}"
         );
     }
+    // Root's supervisor holds it, so that its exit (not the init's) tears it down; a
+    // tenant's, a process the tenant may trace, holds none of the container's fds.
+    let stdout = fs::read_link(format!("/proc/{supervisor}/fd/1")).unwrap();
+    let held = stdout.display().to_string() == containers_mounts;
+    assert_eq!(
+        held,
+        user.is_none(),
+        "{who}: the supervisor's stdout is {stdout:?}"
+    );
     let status = fs::read_to_string(format!("/proc/{supervisor}/status")).unwrap();
     let field = |name: &str| {
         status
