@@ -790,14 +790,11 @@ fn workers_hold_only_their_job_socket_and_the_jobs_fds() {
 
 /// mountd's children named `mountd-worker` (its spare, once a call has run).
 fn worker_children(helper: i32) -> Vec<i32> {
-    std::fs::read_to_string(format!("/proc/{helper}/task/{helper}/children"))
-        .into_iter()
-        .chain(
-            std::fs::read_dir(format!("/proc/{helper}/task"))
-                .unwrap()
-                .flatten()
-                .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok()),
-        )
+    // Each of its threads (the main one among them) lists the children it forked.
+    std::fs::read_dir(format!("/proc/{helper}/task"))
+        .unwrap()
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
         .flat_map(|c| {
             c.split_whitespace()
                 .filter_map(|p| p.parse().ok())
@@ -807,8 +804,6 @@ fn worker_children(helper: i32) -> Vec<i32> {
             std::fs::read_to_string(format!("/proc/{pid}/comm"))
                 .is_ok_and(|c| c.trim() == "mountd-worker")
         })
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
         .collect()
 }
 
