@@ -667,16 +667,44 @@ impl Undo<'_> {
 }
 
 pub fn create(store: &Store, options: &CreateOptions<'_>) -> Result<()> {
-    create_on(&async_runtime()?, store, options).map(drop)
+    let created = create_on(&async_runtime()?, store, options)?;
+    created.supervisor.map_or(Ok(()), PendingSupervisor::start)
+}
+
+/// What [`create_on`] leaves to its caller.
+pub struct Created {
+    /// The bus connection create made, for `run`'s delete.
+    pub conn: Option<zbus::Connection>,
+    /// The container's sysinfo supervisor, to start: `create` starts it at once, `run` once
+    /// the container is started, so that its fork and exec are not on the way to the
+    /// container's first instruction (a sysinfo call meanwhile waits for it).
+    pub supervisor: Option<PendingSupervisor>,
+}
+
+/// The sysinfo supervisor of a container's init (see [`crate::sysinfo`]), not started yet.
+pub struct PendingSupervisor {
+    listener: OwnedFd,
+    init: i32,
+    mount_namespace: Option<OwnedFd>,
+}
+
+impl PendingSupervisor {
+    pub fn start(self) -> Result<()> {
+        Ok(crate::sysinfo::spawn(
+            self.listener,
+            self.init,
+            self.mount_namespace,
+        )?)
+    }
 }
 
 /// `create` on the caller's runtime `rt`, which must be current-thread and have spawned no
-/// thread yet (create forks); returns the bus connection it made, for `run`'s delete.
+/// thread yet (create forks).
 pub fn create_on(
     rt: &tokio::runtime::Runtime,
     store: &Store,
     options: &CreateOptions<'_>,
-) -> Result<Option<zbus::Connection>> {
+) -> Result<Created> {
     crate::state::check_id(options.id)?;
     let bundle = Bundle::load(options.bundle)?;
     let dir = store.dir(options.id);
@@ -712,7 +740,7 @@ pub fn create_on(
     if result.is_err() {
         undo.run(rt, conn.as_ref());
     }
-    result.map(|()| conn)
+    result.map(|supervisor| Created { conn, supervisor })
 }
 
 /// What every step of `create` reads.
@@ -740,7 +768,7 @@ fn create_steps(
     c: &Creation<'_>,
     conn_slot: &mut Option<zbus::Connection>,
     undo: &mut Undo<'_>,
-) -> Result<()> {
+) -> Result<Option<PendingSupervisor>> {
     let fifo_path = c.store.dir(c.options.id).join("exec.fifo");
     let joins = crate::namespaces::plan(&c.bundle.spec, c.store)?;
     let mut config = init_config(&c.bundle.spec, &c.bundle.rootfs, c.options.preserve_fds)?;
@@ -913,7 +941,7 @@ fn spawn_init(
     let conn = system_bus(c.rt)?;
     *conn_slot = Some(conn.clone());
     let name = range_name(c.store, c.options.id);
-    let keeping = Keeping::prepare(c.rt, &conn, &name, c.bundle)?;
+    let mut keeping = Keeping::prepare(c.rt, &conn, &name, c.bundle)?;
     collect_removed(c.rt, &conn, c.store);
     let userns = channel.wait_for_userns()?;
     let (base, gid_base) = map_range(c, &conn, &userns, &name, pod, &started.cgroup, undo)?;
@@ -929,11 +957,11 @@ fn spawn_init(
     if c.bundle.wants_docker_data {
         let data = keeping.docker_data();
         undo.docker_data = Some(data.clone());
-        if !keeping.reuses_docker_data(undo.kept, root_ids.0) {
+        if !keeping.reuses_docker_data(root_ids.0) {
             make_docker_data(&data, root_ids)?;
         }
     }
-    keeping.finish(undo.kept);
+    drop(keeping);
     let to_delegate = match started.cgroup {
         CgroupPlan::Made(cgroup) => Some(cgroup),
         CgroupPlan::Scope(scope) => {
@@ -1291,7 +1319,7 @@ fn build_mount_namespace(
 
 /// From the mount namespace on: the init joins it; sysctls; the runtime's create hooks, then
 /// the container's (the init runs them once it has the state, in the OCI order); the console;
-/// the state record and the pid file.
+/// the state record and the pid file; the sysinfo supervisor to start.
 fn finish(
     c: &Creation<'_>,
     channel: &ParentChannel,
@@ -1299,7 +1327,7 @@ fn finish(
     mntns: OwnedFd,
     spawned: &Spawned,
     undo: &mut Undo<'_>,
-) -> Result<()> {
+) -> Result<Option<PendingSupervisor>> {
     let (bundle, pid) = (c.bundle, spawned.pid);
     // For root's sysinfo supervisor (see below). A tenant's supervisor is the tenant's own
     // process, which the tenant may trace: it gets none of the container's fds.
@@ -1337,16 +1365,17 @@ fn finish(
     }
     let ready = channel.wait_for_ready("setting up the container")?;
     forward_console(ready.console, c.options.console_socket)?;
-    if let Some(listener) = ready.sysinfo {
-        // The namespace mountd built, which the init joined: its teardown is the supervisor's.
-        crate::sysinfo::spawn(listener, pid, held_mntns)?;
-    }
     c.store.save(&record)?;
     if let Some(pid_file) = c.options.pid_file {
         write_pid_file(pid_file, pid)?;
     }
     undo.armed = false;
-    Ok(())
+    Ok(ready.sysinfo.map(|listener| PendingSupervisor {
+        listener,
+        init: pid,
+        // The namespace mountd built, which the init joined: its teardown is the supervisor's.
+        mount_namespace: held_mntns,
+    }))
 }
 
 /// Sends a new process's pty master, if it has one, to `--console-socket`.
@@ -1398,20 +1427,40 @@ fn stop_scope(rt: &tokio::runtime::Runtime, conn: &zbus::Connection, unit: &str)
     Ok(rt.block_on(burrow_sys::cgroup::systemd::stop_scope(conn, unit))?)
 }
 
-/// idmapd's Release of range `name`, on `bus` if the caller has a connection (a new one if
-/// not, or if the bus has closed it since). A name idmapd does not know is released already.
-fn release_range(
+/// idmapd's Release of a range, on the bus (see [`send_now`]) while the caller goes on.
+struct PendingRelease {
+    name: String,
+    call: Option<tokio::task::JoinHandle<zbus::Result<()>>>,
+}
+
+/// Sends idmapd the Release of range `name` on `bus`, if the caller has a connection.
+fn send_release(
     rt: &tokio::runtime::Runtime,
     bus: Option<&zbus::Connection>,
     name: &str,
-) -> Result<()> {
-    let release = |conn: &zbus::Connection| {
-        rt.block_on(async { IdMap1Proxy::new(conn).await?.release(name).await })
-    };
-    let released = match bus.map(release) {
+) -> PendingRelease {
+    let call = bus.map(|conn| {
+        let (conn, name) = (conn.clone(), name.to_string());
+        send_now(rt, async move {
+            IdMap1Proxy::new(&conn).await?.release(&name).await
+        })
+    });
+    PendingRelease {
+        name: name.to_string(),
+        call,
+    }
+}
+
+/// idmapd's answer to a Release; sent again on a new connection if there was none, or if the
+/// bus has closed it since. A name idmapd does not know is released already.
+fn released(rt: &tokio::runtime::Runtime, pending: PendingRelease) -> Result<()> {
+    let released = match pending.call.map(|call| answer(rt, call)) {
         // idmapd answered (an error of its own included).
         Some(answer @ (Ok(()) | Err(zbus::Error::MethodError(..)))) => answer,
-        _ => release(&system_bus(rt)?),
+        _ => {
+            let conn = system_bus(rt)?;
+            rt.block_on(async { IdMap1Proxy::new(&conn).await?.release(&pending.name).await })
+        }
     };
     match released {
         Ok(()) => Ok(()),
@@ -1500,7 +1549,8 @@ pub fn start(store: &Store, id: &str) -> Result<()> {
     }
     drop(fifo);
     let _ = std::fs::remove_file(&fifo_path);
-    let spec = Bundle::load(&record.bundle).map(|b| b.spec).ok();
+    // The hooks only: the rootfs is not looked at again.
+    let spec = crate::spec::read_config(&record.bundle).ok();
     if let Some(spec) = spec {
         // The process runs already: a failed poststart hook is only reported (OCI).
         if let Err(e) = run_hooks(
@@ -1631,21 +1681,26 @@ pub fn delete_on(
         );
         std::thread::sleep(Duration::from_millis(5));
     }
-    // One connection for the scope and idmapd, made first only if there is a scope to stop.
+    // One connection for the scope and idmapd.
     let bus = match (conn, &record.scope) {
+        (Some(conn), _) => Some(conn),
         (None, Some(_)) => Some(system_bus(rt)?),
-        (conn, _) => conn,
+        // A bus that cannot be reached now is tried again for the Release, which reports it.
+        (None, None) => system_bus(rt).ok(),
     };
     if let (Some(unit), Some(bus)) = (&record.scope, &bus) {
         stop_scope(rt, bus, unit)?;
     }
-    // A kept container's range is parked by its Release, its docker data stays.
+    // idmapd answers while the host side goes: each takes about a millisecond. A kept
+    // container's range is parked by its Release, its docker data stays.
+    let release = send_release(rt, bus.as_ref(), &range_name(store, id));
     let docker_data = record.docker_data.as_deref().filter(|_| !record.kept);
-    remove_host_side(record.cgroup.as_deref(), docker_data)?;
-    release_range(rt, bus.as_ref(), &range_name(store, id))?;
-    if let Ok(bundle) = Bundle::load(&record.bundle) {
+    let removed = remove_host_side(record.cgroup.as_deref(), docker_data);
+    released(rt, release)?;
+    removed?;
+    if let Ok(spec) = crate::spec::read_config(&record.bundle) {
         let state = record.hook_state(HookPhase::Poststop);
-        let _ = run_hooks(&hooks_of(&bundle.spec, "poststop"), &state, "poststop");
+        let _ = run_hooks(&hooks_of(&spec, "poststop"), &state, "poststop");
     }
     store.remove(id)
 }

@@ -168,12 +168,23 @@ impl Slot {
 }
 
 /// What create decided for a container's slot, which stays locked until create has made the
-/// container's range and docker data.
+/// container's range and docker data. Dropped, it lets the slot go; an unkept container's slot
+/// goes too if it holds nothing (no docker data), also when create failed before that.
 pub struct Keeping {
     slot: Slot,
     anchor: Option<Anchor>,
     /// The slot was kept for this very anchor: its docker data is this container's.
     same_anchor: bool,
+    /// Its range is kept (see [`Keeping::keep`]).
+    kept: bool,
+}
+
+impl Drop for Keeping {
+    fn drop(&mut self) {
+        if !self.kept {
+            let _ = std::fs::remove_dir(&self.slot.dir);
+        }
+    }
 }
 
 impl Keeping {
@@ -196,6 +207,7 @@ impl Keeping {
             slot,
             anchor,
             same_anchor: previous.is_some() && same_anchor,
+            kept: false,
         })
     }
 
@@ -203,7 +215,7 @@ impl Keeping {
     /// and records the anchor; whether it is kept. A caller polkit does not let keep ranges
     /// (or an idmapd without Keep) gets today's life: everything freed at delete.
     pub fn keep(
-        &self,
+        &mut self,
         rt: &tokio::runtime::Runtime,
         conn: &zbus::Connection,
         store: &crate::state::Store,
@@ -227,15 +239,8 @@ impl Keeping {
             root: state_root(store),
             anchor: anchor.clone(),
         })?;
+        self.kept = true;
         Ok(true)
-    }
-
-    /// Lets the slot go; an unkept container's slot goes too if it holds nothing (no docker
-    /// data).
-    pub fn finish(self, kept: bool) {
-        if !kept {
-            let _ = std::fs::remove_dir(&self.slot.dir);
-        }
     }
 
     /// The host directory behind the container's /var/lib/docker.
@@ -245,13 +250,14 @@ impl Keeping {
 
     /// Whether a kept container finds its docker data as it left it: kept for this anchor,
     /// and owned as the container's root needs it (else it is made afresh).
-    pub fn reuses_docker_data(&self, kept: bool, root_uid: u32) -> bool {
+    pub fn reuses_docker_data(&self, root_uid: u32) -> bool {
         let owner = if nix::unistd::geteuid().is_root() {
             root_uid
         } else {
             nix::unistd::geteuid().as_raw()
         };
-        kept && self.same_anchor
+        self.kept
+            && self.same_anchor
             && std::fs::symlink_metadata(self.docker_data()).is_ok_and(|m| m.uid() == owner)
     }
 }

@@ -405,8 +405,12 @@ fn run(cli: &Cli) -> Result<i32> {
 fn run_container(store: &Store, create: &CreateArgs, detach: bool, systemd: bool) -> Result<i32> {
     let id = &create.id;
     let rt = container::async_runtime()?;
-    let conn = container::create_on(&rt, store, &create.options(systemd))?;
+    let created = container::create_on(&rt, store, &create.options(systemd))?;
     container::start(store, id)?;
+    if let Some(supervisor) = created.supervisor {
+        supervisor.start()?;
+    }
+    let conn = created.conn;
     if detach {
         return Ok(0);
     }

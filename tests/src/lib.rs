@@ -706,6 +706,21 @@ impl Drop for RootsUserns {
     }
 }
 
+/// The slots in root's data directory (`/var/lib/burrow/<range name>`) of ranges whose names
+/// end with `suffix` (a container id, which the state root's hash precedes).
+pub fn data_slots(suffix: &str) -> Vec<String> {
+    let mut slots: Vec<String> = std::fs::read_dir("/var/lib/burrow")
+        .map(|dir| {
+            dir.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(suffix))
+                .collect()
+        })
+        .unwrap_or_default();
+    slots.sort();
+    slots
+}
+
 pub fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
     let start = Instant::now();
     while !check() {

@@ -694,12 +694,19 @@ fn linux_resources_are_applied_or_refused_by_name() {
         let b = bundle(&h, &id, &["true"], |c| {
             c["linux"]["resources"] = resources.clone();
         });
+        // Earlier runs' harnesses (other state roots) may have left theirs.
+        let slots = burrow_tests::data_slots(&format!("-{id}"));
         let (out, _, _) = rt.create(&b, &id);
         assert_eq!(out.status.code(), Some(1), "{resources} was accepted");
         assert!(
             rt.last_error().contains(says),
             "{resources}: {}",
             rt.last_error()
+        );
+        assert_eq!(
+            burrow_tests::data_slots(&format!("-{id}")),
+            slots,
+            "the refused create left its slot"
         );
     }
     assert!(rt.leftovers().is_empty(), "{:?}", rt.leftovers());

@@ -462,20 +462,15 @@ fn docker_runs_system_containers() {
 /// The slots (`/var/lib/burrow/<range name>` with an `anchor.json`) of ranges whose names end
 /// with `suffix`.
 fn kept_slots(suffix: &str) -> Vec<String> {
-    std::fs::read_dir("/var/lib/burrow")
-        .map(|dir| {
-            dir.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.ends_with(suffix))
-                .filter(|n| {
-                    Path::new("/var/lib/burrow")
-                        .join(n)
-                        .join("anchor.json")
-                        .exists()
-                })
-                .collect()
+    burrow_tests::data_slots(suffix)
+        .into_iter()
+        .filter(|n| {
+            Path::new("/var/lib/burrow")
+                .join(n)
+                .join("anchor.json")
+                .exists()
         })
-        .unwrap_or_default()
+        .collect()
 }
 
 /// `docker stop` / `docker start` and `docker restart` keep the container's range (a file of
