@@ -50,11 +50,6 @@ pub fn build(job: &BuildJob, fds: &Fds) {
         Ok(child) => {
             match nix::sys::wait::waitpid(child, None) {
                 Ok(nix::sys::wait::WaitStatus::Exited(_, 0)) => {}
-                Ok(nix::sys::wait::WaitStatus::Signaled(_, nix::sys::signal::SIGALRM, _))
-                    if job.lxcfs =>
-                {
-                    reply(Err(crate::lxcfs::no_answer()))
-                }
                 // W2 answers before it exits 0; it ended otherwise, maybe without an answer.
                 // If it did answer, the helper has read that first and ignores this.
                 status => reply(Err(JobError::Broken(format!(
@@ -90,12 +85,8 @@ fn assemble(job: &BuildJob, fds: &Fds) -> Result<OwnedFd, JobError> {
     nix::unistd::setfsgid(nix::unistd::Gid::from_raw(gid));
     nix::unistd::setfsuid(nix::unistd::Uid::from_raw(uid));
     let root = root.as_fd();
-    if job.lxcfs {
-        let ((), lxcfs) = crate::lxcfs::cloned_during(|| plan_mounts(root, job, fds))?;
-        crate::lxcfs::bind(root, lxcfs)?;
-    } else {
-        plan_mounts(root, job, fds)?;
-    }
+    plan_mounts(root, job, fds)?;
+    crate::lxcfs::bind(root, &job.lxcfs, fds)?;
     mask(root, &job.masked)?;
     make_read_only(root, &job.readonly)?;
     reopen_sysctls(root, &job.writable_sysctls)?;

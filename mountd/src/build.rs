@@ -87,7 +87,11 @@ pub fn build(request: Request, staging: PathBuf) -> Result<OwnedFd, BurrowError>
         masked: plan.masked_paths,
         readonly: plan.readonly_paths,
         writable_sysctls: plan.writable_sysctls,
-        lxcfs: plan.lxcfs,
+        lxcfs: if plan.lxcfs {
+            crate::lxcfs::sources(&mut carried)?
+        } else {
+            vec![]
+        },
         cgroups: host_cgroup_layout()?,
         staging: staging.clone(),
     };

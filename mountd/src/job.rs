@@ -91,8 +91,8 @@ pub struct BuildJob {
     pub masked: Vec<String>,
     pub readonly: Vec<String>,
     pub writable_sysctls: Vec<String>,
-    /// The host's lxcfs files go over the container's /proc files and CPU directory.
-    pub lxcfs: bool,
+    /// The host's lxcfs files, to go over the container's /proc files and CPU directory.
+    pub lxcfs: Vec<crate::lxcfs::Source>,
     pub cgroups: CgroupLayout,
     /// An empty directory of the helper's where the rootfs is attached in a private copy.
     pub staging: PathBuf,

@@ -123,7 +123,7 @@ enum Cmd {
         script: String,
         /// Extra plan entries as JSON: {"mounts": [[dest, type, fd_or_null, [opts]]...],
         /// "masked_paths": [...], "readonly_paths": [...], "extra_fds": ["/path", ...],
-        /// "bogus_key": true, "pidfd_of": PID}
+        /// "bogus_key": true, "pidfd_of": PID, "lxcfs": true}
         #[arg(long, default_value = "{}")]
         plan: String,
     },
@@ -1203,6 +1203,9 @@ mod container {
             wire.insert("readonly_paths", ZValue::from(readonly));
             if plan["bogus_key"] == true {
                 wire.insert("bogus", ZValue::from(true));
+            }
+            if plan["lxcfs"] == true {
+                wire.insert("lxcfs", ZValue::from(true));
             }
             let mountd = RawMount1Proxy::new(conn).await?;
             let started = std::time::Instant::now();
