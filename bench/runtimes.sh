@@ -8,12 +8,16 @@
 # runtime "burrow", also `docker run --rm` with burrow vs runc.
 # Needs root, an installed Burrow (`make install`) and a running system bus with polkitd (as
 # `make run` leaves them). LXC maps through newuidmap: the script adds `root:200000:65536` to
-# /etc/subuid and /etc/subgid if they lack it.
+# /etc/subuid and /etc/subgid if they lack it. PAUSE=S sleeps S seconds (untimed) before
+# each run: one container now and then, as most hosts make them, where what is cached for
+# less than that (lxcfs keeps a lookup for half a second) is cold again.
 set -euo pipefail
 for tool in hyperfine runc crun lxc-execute burrow busybox python3; do
     command -v $tool >/dev/null || { echo "missing $tool (apt-get install hyperfine runc crun lxc busybox-static; make install)" >&2; exit 1; }
 done
 runs=${RUNS:-30}
+pause=()
+[ "${PAUSE:-0}" = 0 ] || pause=(--prepare "sleep $PAUSE")
 map_base=200000
 work=$(mktemp -d /tmp/burrow-bench.XXXXXX)
 # The user namespace's root must reach its rootfs.
@@ -62,7 +66,7 @@ for i in 1 2 3; do burrow --root "$work/burrow" run -b "$bundle" warm$i; done
 runc --root "$work/runc" run -b "$userns" warm
 sh -c "$crun_cmd"
 lxc-execute -n warm -f "$work/lxc.conf" -P "$work/lxc" -- /bin/true
-hyperfine -N --warmup 3 --runs "$runs" --export-json "$work/run.json" \
+hyperfine -N --warmup 3 --runs "$runs" "${pause[@]}" --export-json "$work/run.json" \
     -n burrow "burrow --root $work/burrow run -b $bundle b" \
     -n runc "runc --root $work/runc run -b $bundle r" \
     -n "runc, user namespace" "runc --root $work/runc run -b $userns u" \
