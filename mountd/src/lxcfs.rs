@@ -63,15 +63,15 @@ struct Held {
     files: Vec<(String, libc::c_long, OwnedFd)>,
 }
 
-/// The held files, and whether a thread is looking them up.
+/// The held files, and the mount a thread is looking them up in, if one is.
 struct Lookups {
     held: Option<Arc<Held>>,
-    running: bool,
+    running: Option<u64>,
 }
 
 static LOOKUPS: Mutex<Lookups> = Mutex::new(Lookups {
     held: None,
-    running: false,
+    running: None,
 });
 static LOOKED_UP: Condvar = Condvar::new();
 
@@ -92,7 +92,8 @@ pub fn sources(fds: &mut Fds) -> Result<Vec<Source>, JobError> {
         .collect()
 }
 
-/// lxcfs's mount root at [`LXCFS_DIR`] and its unique mount ID.
+/// lxcfs's mount root at [`LXCFS_DIR`] and its unique mount ID (Linux 6.8; before, the ID
+/// mountinfo lists, which a later mount may get again).
 fn current_mount() -> Result<(OwnedFd, u64), JobError> {
     let root = rustix::fs::open(
         LXCFS_DIR,
@@ -101,15 +102,18 @@ fn current_mount() -> Result<(OwnedFd, u64), JobError> {
     )
     .or_failed(format!("opening {LXCFS_DIR}"))?;
     let unique = StatxFlags::from_bits_retain(libc::STATX_MNT_ID_UNIQUE);
-    let mount = mount_id(root.as_fd(), unique)?;
+    let mount = match mount_id(root.as_fd(), unique)? {
+        Some(id) => id,
+        None => mount_id(root.as_fd(), StatxFlags::MNT_ID)?.unwrap_or_default(),
+    };
     Ok((root, mount))
 }
 
-fn mount_id(fd: BorrowedFd<'_>, which: StatxFlags) -> Result<u64, JobError> {
+/// The mount ID `which` of `fd`'s mount, if the kernel knows that kind of ID.
+fn mount_id(fd: BorrowedFd<'_>, which: StatxFlags) -> Result<Option<u64>, JobError> {
     let flags = AtFlags::EMPTY_PATH | AtFlags::STATX_DONT_SYNC;
-    Ok(statx(fd, "", flags, which)
-        .or_failed(format!("statx {LXCFS_DIR}"))?
-        .stx_mnt_id)
+    let st = statx(fd, "", flags, which).or_failed(format!("statx {LXCFS_DIR}"))?;
+    Ok((st.stx_mask & which.bits() != 0).then_some(st.stx_mnt_id))
 }
 
 /// The files held for `mount` (`root` is its root), looked up now if they are not: by this
@@ -121,7 +125,7 @@ fn held_in(root: OwnedFd, mount: u64) -> Result<Arc<Held>, JobError> {
         if let Some(held) = lookups.held.as_ref().filter(|h| h.mount == mount) {
             return Ok(held.clone());
         }
-        if !lookups.running {
+        if lookups.running != Some(mount) {
             break;
         }
         let left = deadline.saturating_duration_since(Instant::now());
@@ -133,7 +137,7 @@ fn held_in(root: OwnedFd, mount: u64) -> Result<Arc<Held>, JobError> {
             return Err(no_answer());
         }
     }
-    lookups.running = true;
+    lookups.running = Some(mount);
     drop(lookups);
     look_up_on_a_thread(root, mount, deadline)
 }
@@ -151,9 +155,12 @@ fn look_up_on_a_thread(
         .spawn(move || {
             let found = look_up(root, mount).map(Arc::new);
             let mut lookups = LOOKUPS.lock().unwrap_or_else(PoisonError::into_inner);
-            lookups.running = false;
-            if let Ok(held) = &found {
-                lookups.held = Some(held.clone());
+            // Unless a lookup in another mount (lxcfs restarted) began meanwhile.
+            if lookups.running == Some(mount) {
+                lookups.running = None;
+                if let Ok(held) = &found {
+                    lookups.held = Some(held.clone());
+                }
             }
             LOOKED_UP.notify_all();
             let _ = answer.send(found);
@@ -162,7 +169,7 @@ fn look_up_on_a_thread(
         LOOKUPS
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .running = false;
+            .running = None;
         return Err(JobError::Broken(format!(
             "a thread for lxcfs's lookups: {e}"
         )));
@@ -182,7 +189,7 @@ fn no_answer() -> JobError {
 /// lxcfs's files in the mount `root` (unique ID `mount`), once mountinfo says that mount is
 /// lxcfs mounted by root for every user.
 fn look_up(root: OwnedFd, mount: u64) -> Result<Held, JobError> {
-    let listed = mount_id(root.as_fd(), StatxFlags::MNT_ID)?;
+    let listed = mount_id(root.as_fd(), StatxFlags::MNT_ID)?.unwrap_or_default();
     let mounts = burrow_sys::mountinfo::own()
         .map_err(|e| JobError::Broken(format!("reading the helper's mountinfo: {e}")))?;
     if !mounts.iter().any(|m| m.id == listed && is_hosts_lxcfs(m)) {

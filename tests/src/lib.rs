@@ -706,6 +706,40 @@ impl Drop for RootsUserns {
     }
 }
 
+/// A container the test client builds by hand from the helpers (BuildRoot with `plan`'s extra
+/// entries, see `burrow-test-client container --help`), running `script` in `rootfs`; the
+/// client's JSON line (`ok`, `exit`, `output`, or the error).
+pub fn built_container(
+    h: &Harness,
+    user: Option<User>,
+    rootfs: &Path,
+    script: &str,
+    plan: serde_json::Value,
+) -> serde_json::Value {
+    let out = h
+        .client(user)
+        .args([
+            "container",
+            "--rootfs",
+            &rootfs.display().to_string(),
+            "--script",
+            script,
+            "--plan",
+            &plan.to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "client: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        h.log()
+    );
+    let mut lines = json_lines(&out.stdout);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    lines.remove(0)
+}
+
 /// The slots in root's data directory (`/var/lib/burrow/<range name>`) of ranges whose names
 /// end with `suffix` (a container id, which the state root's hash precedes).
 pub fn data_slots(suffix: &str) -> Vec<String> {
