@@ -37,7 +37,7 @@
 //!
 //! | child | started by | on parent exit | keeps |
 //! |---|---|---|---|
-//! | a helper's worker (idmapd's cgroup pin and scope placeholder, mountd's worker in the container's pid namespace and its lxcfs cloner) | [`fork_worker`] | dies | the job's fds |
+//! | a helper's worker (idmapd's cgroup pin and scope placeholder, mountd's worker in the container's pid namespace) | [`fork_worker`] | dies | the job's fds |
 //! | a helper's worker in a user namespace ([`Parked::spawn_sharing_memory`]: `NsWorker`, the helpers' throwaway idmapping namespaces) | `clone(CLONE_VM)` | dies | the namespace's fd |
 //! | the runtime's intermediate | [`fork_child`] | survives | stdio and `--preserve-fds`, its channel, the exec fifo |
 //! | the container's init (cloned by the intermediate) | [`fork_sibling`] | survives | the same (its own end of the channel) |
