@@ -667,8 +667,9 @@ impl Undo<'_> {
 }
 
 pub fn create(store: &Store, options: &CreateOptions<'_>) -> Result<()> {
-    let created = create_on(&async_runtime()?, store, options)?;
-    created.supervisor.map_or(Ok(()), PendingSupervisor::start)
+    let rt = async_runtime()?;
+    let mut created = create_on(&rt, store, options)?;
+    created.start_supervisor(&rt, store, options.id)
 }
 
 /// What [`create_on`] leaves to its caller.
@@ -678,18 +679,38 @@ pub struct Created {
     /// The container's sysinfo supervisor, to start: `create` starts it at once, `run` once
     /// the container is started, so that its fork and exec are not on the way to the
     /// container's first instruction (a sysinfo call meanwhile waits for it).
-    pub supervisor: Option<PendingSupervisor>,
+    supervisor: Option<PendingSupervisor>,
+}
+
+impl Created {
+    /// Starts the sysinfo supervisor; if that fails, container `id` is deleted, as a create
+    /// that fails leaves nothing.
+    pub fn start_supervisor(
+        &mut self,
+        rt: &tokio::runtime::Runtime,
+        store: &Store,
+        id: &str,
+    ) -> Result<()> {
+        let Some(supervisor) = self.supervisor.take() else {
+            return Ok(());
+        };
+        let started = supervisor.start();
+        if started.is_err() {
+            let _ = delete_on(rt, self.conn.clone(), store, id, true);
+        }
+        started
+    }
 }
 
 /// The sysinfo supervisor of a container's init (see [`crate::sysinfo`]), not started yet.
-pub struct PendingSupervisor {
+struct PendingSupervisor {
     listener: OwnedFd,
     init: i32,
     mount_namespace: Option<OwnedFd>,
 }
 
 impl PendingSupervisor {
-    pub fn start(self) -> Result<()> {
+    fn start(self) -> Result<()> {
         Ok(crate::sysinfo::spawn(
             self.listener,
             self.init,

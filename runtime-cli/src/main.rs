@@ -405,11 +405,9 @@ fn run(cli: &Cli) -> Result<i32> {
 fn run_container(store: &Store, create: &CreateArgs, detach: bool, systemd: bool) -> Result<i32> {
     let id = &create.id;
     let rt = container::async_runtime()?;
-    let created = container::create_on(&rt, store, &create.options(systemd))?;
+    let mut created = container::create_on(&rt, store, &create.options(systemd))?;
     container::start(store, id)?;
-    if let Some(supervisor) = created.supervisor {
-        supervisor.start()?;
-    }
+    created.start_supervisor(&rt, store, id)?;
     let conn = created.conn;
     if detach {
         return Ok(0);
