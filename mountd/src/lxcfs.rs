@@ -58,7 +58,8 @@ pub struct Source {
 struct Held {
     /// The unique ID of the mount at /var/lib/lxcfs they were looked up in.
     mount: u64,
-    /// The private clone of lxcfs's root the files are in.
+    /// The private clone of lxcfs's root the files are in. Held open: closing it dissolves the
+    /// detached tree, and the kernel clones nothing from an unmounted mount.
     _root: OwnedFd,
     files: Vec<(String, libc::c_long, OwnedFd)>,
 }

@@ -462,6 +462,19 @@ impl Harness {
         self.as_user(shared_bin("burrow-test-client"), user)
     }
 
+    /// What `client` (from [`Harness::client`], with its arguments) printed, one JSON value per
+    /// line; it must succeed (its stderr and the helpers' log otherwise).
+    pub fn client_lines(&self, mut client: Command) -> Vec<serde_json::Value> {
+        let out = client.output().unwrap();
+        assert!(
+            out.status.success(),
+            "client: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        json_lines(&out.stdout)
+    }
+
     /// `program` (on this bus) as `user` with exactly its groups (None: root).
     pub fn as_user(&self, program: impl AsRef<std::ffi::OsStr>, user: Option<User>) -> Command {
         let mut cmd = self.command(program);
@@ -661,13 +674,7 @@ impl RootsUserns {
         let mut cmd = h.client(user);
         cmd.args(args);
         self.pass_as_fd3(&mut cmd);
-        let out = cmd.output().unwrap();
-        assert!(
-            out.status.success(),
-            "client: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        json_lines(&out.stdout).remove(0)
+        h.client_lines(cmd).remove(0)
     }
 
     /// Makes `cmd` inherit the namespace as its fd 3.
@@ -716,26 +723,17 @@ pub fn built_container(
     script: &str,
     plan: serde_json::Value,
 ) -> serde_json::Value {
-    let out = h
-        .client(user)
-        .args([
-            "container",
-            "--rootfs",
-            &rootfs.display().to_string(),
-            "--script",
-            script,
-            "--plan",
-            &plan.to_string(),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "client: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        h.log()
-    );
-    let mut lines = json_lines(&out.stdout);
+    let mut client = h.client(user);
+    client.args([
+        "container",
+        "--rootfs",
+        &rootfs.display().to_string(),
+        "--script",
+        script,
+        "--plan",
+        &plan.to_string(),
+    ]);
+    let mut lines = h.client_lines(client);
     assert_eq!(lines.len(), 1, "{lines:?}");
     lines.remove(0)
 }

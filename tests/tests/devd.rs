@@ -3,25 +3,15 @@
 use std::collections::BTreeMap;
 
 use burrow_tests::{
-    assert_error, assert_error_says, fd_count, json_lines, test_users, wait_for, Harness,
-    HarnessOptions, RootsUserns, User,
+    assert_error, assert_error_says, fd_count, test_users, wait_for, Harness, HarnessOptions,
+    RootsUserns, User,
 };
 use serde_json::Value;
 
 fn dev_create(h: &Harness, user: Option<User>, args: &[&str]) -> Value {
-    let out = h
-        .client(user)
-        .arg("dev-create")
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "client: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        h.log()
-    );
-    let mut lines = json_lines(&out.stdout);
+    let mut client = h.client(user);
+    client.arg("dev-create").args(args);
+    let mut lines = h.client_lines(client);
     assert_eq!(lines.len(), 1);
     lines.remove(0)
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use burrow_tests::{
     assert_error, assert_error_says, built_container as container, busybox_rootfs, fd_count,
-    host_mounts, json_lines, key_values, test_users, Harness, HarnessOptions, RootsUserns, User,
+    host_mounts, key_values, test_users, Harness, HarnessOptions, RootsUserns, User,
     SCRATCH_FILESYSTEMS,
 };
 use serde_json::{json, Value};
@@ -378,19 +378,11 @@ fn bad_plans_and_fds_are_named_errors_and_leave_nothing() {
 }
 
 fn idmap_mount(h: &Harness, user: Option<User>, dir: &Path, args: &[&str]) -> Value {
-    let out = h
-        .client(user)
+    let mut client = h.client(user);
+    client
         .args(["idmap-mount", "--dir", &dir.display().to_string()])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "client: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        h.log()
-    );
-    json_lines(&out.stdout).remove(0)
+        .args(args);
+    h.client_lines(client).remove(0)
 }
 
 #[test]
