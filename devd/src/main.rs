@@ -37,10 +37,13 @@ struct Args {
     /// Exit after this many seconds without calls (0: never); the bus restarts it on demand.
     #[arg(long, env = "BURROW_IDLE_TIMEOUT", default_value_t = 30)]
     idle_timeout: u64,
+    #[command(flatten)]
+    polkit_grants: burrow_sys::authz::GrantArgs,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    args.polkit_grants.apply();
     burrow_sys::service::start(CAPABILITIES).context("dropping capabilities")?;
     let devices = match std::fs::read_to_string(&args.allowlist) {
         Ok(text) => devices::parse_allowlist(&text),

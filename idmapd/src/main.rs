@@ -71,6 +71,8 @@ struct Args {
     /// Exit after this many seconds without calls (0: never); the bus restarts it on demand.
     #[arg(long, env = "BURROW_IDLE_TIMEOUT", default_value_t = 30)]
     idle_timeout: u64,
+    #[command(flatten)]
+    polkit_grants: burrow_sys::authz::GrantArgs,
     /// Subordinate-ID files whose ranges are never handed out.
     #[arg(long, default_values = ["/etc/subuid", "/etc/subgid"])]
     subid_file: Vec<PathBuf>,
@@ -81,6 +83,7 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    args.polkit_grants.apply();
     let placement = cgroups::Placement::of_host();
     // cgroup hierarchy roots are mode 0555: the users' root below them is made while idmapd
     // still has CAP_DAC_OVERRIDE, which it then drops. Whatever the unit's umask, others may

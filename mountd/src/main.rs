@@ -58,6 +58,8 @@ struct Args {
     /// Exit after this many seconds without calls (0: never); the bus restarts it on demand.
     #[arg(long, env = "BURROW_IDLE_TIMEOUT", default_value_t = 30)]
     idle_timeout: u64,
+    #[command(flatten)]
+    polkit_grants: burrow_sys::authz::GrantArgs,
     /// Tests only: workers stop themselves (SIGSTOP) at each stage for a test to inspect.
     #[cfg(debug_assertions)]
     #[arg(long, hide = true)]
@@ -72,6 +74,7 @@ fn main() -> anyhow::Result<()> {
         worker::main(&argv[2..]);
     }
     let args = Args::parse();
+    args.polkit_grants.apply();
     burrow_sys::service::start(CAPABILITIES).context("dropping capabilities")?;
     burrow_sys::state::ensure_private_dir(&args.staging_dir)?;
     // The worker gets the path in a typed (JSON) message.

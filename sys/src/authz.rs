@@ -1,5 +1,9 @@
 //! Who is calling, and may they? Identity comes from the bus daemon, never from the message.
 
+mod grants;
+
+pub use grants::GrantArgs;
+
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
@@ -74,8 +78,9 @@ impl Caller {
         self.uid == 0
     }
 
-    /// Root is always allowed; anyone else needs polkit to grant `action` for their bus name.
-    /// Never interactive: helpers have no agent to ask, the admin grants by rule.
+    /// Root is always allowed; anyone else needs polkit to grant `action` for their bus name
+    /// (or to have granted it to the same uid lately, see [`grants`]). Never interactive:
+    /// helpers have no agent to ask, the admin grants by rule.
     pub async fn authorize(
         &self,
         conn: &zbus::Connection,
@@ -85,6 +90,12 @@ impl Caller {
         if self.is_root() {
             return Ok(());
         }
+        let bus = conn.server_guid().as_str();
+        if grants::granted(bus, self.uid, action) {
+            tracing::debug!(action, uid = self.uid, "polkit's grant remembered");
+            return Ok(());
+        }
+        let generation = grants::before_asking(conn).await;
         let subject = Subject::new_for_message_header(header).map_err(|e| {
             BurrowError::NotAuthorized(format!("no polkit subject for caller: {e}"))
         })?;
@@ -103,6 +114,9 @@ impl Caller {
             })?;
         if result.is_authorized {
             tracing::debug!(action, uid = self.uid, "polkit granted");
+            if let Some(generation) = generation {
+                grants::remember(generation, bus, self.uid, action);
+            }
             Ok(())
         } else {
             tracing::info!(action, uid = self.uid, caller = %self.bus_name, "polkit denied");

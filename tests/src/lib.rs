@@ -413,6 +413,16 @@ impl Harness {
         });
     }
 
+    /// Replaces polkitd on the same bus, as a package upgrade would.
+    pub fn restart_polkitd(&mut self) {
+        let _ = self.polkitd.kill();
+        let _ = self.polkitd.wait();
+        self.polkitd = start_polkitd(&self.dir, &self.address);
+        wait_for("the new polkitd on the bus", || {
+            self.name_has_owner("org.freedesktop.PolicyKit1")
+        });
+    }
+
     /// PIDs of the processes running `binary` in the process group of `bus` (a bus's pid).
     pub fn helper_pids_of_bus(&self, binary: &str, bus: i32) -> Vec<i32> {
         let needle = bin(binary).display().to_string();

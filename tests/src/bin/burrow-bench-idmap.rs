@@ -63,9 +63,20 @@ fn main() {
     println!("|---|---|---|---|---|---|");
     latency_row("root (no polkit)", &cycles(&h, None, "root", 500));
     latency_row(
-        "user in group burrow (polkit)",
+        "user in group burrow (polkit's grant remembered)",
         &cycles(&h, Some(alice), "alice", 500),
     );
+    // The same user with nothing remembered: polkitd is asked at every call.
+    let asking = Harness::start(HarnessOptions {
+        idmapd_args: vec!["--polkit-grant-seconds".into(), "0".into()],
+        ..Default::default()
+    });
+    cycles(&asking, Some(alice), "warm", 20);
+    latency_row(
+        "user in group burrow (polkit asked every call)",
+        &cycles(&asking, Some(alice), "asked", 500),
+    );
+    drop(asking);
 
     let (clients, per_client) = (32, 50);
     let start = Instant::now();
