@@ -51,47 +51,49 @@ fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
 
 // Registers: r1 holds the context (struct bpf_cgroup_dev_ctx { u32 access_type; u32 major;
 // u32 minor; }, access_type = access << 16 | type); the program keeps the device type in r3,
-// the requested access in r4, major in r5, minor in r6, and uses r7 as scratch.
+// the requested access in r4, major in r5 and minor in r6.
 const CTX: u8 = 1;
 const TYPE: u8 = 3;
 const ACCESS: u8 = 4;
 const MAJOR: u8 = 5;
 const MINOR: u8 = 6;
-const SCRATCH: u8 = 7;
 
 /// The program for `policy`: answers 1 (allow) for a character device in it asked for read
-/// and/or write, 0 (deny, EPERM) for anything else.
+/// and/or write, 0 (deny, EPERM) for anything else. What every device shares (a character
+/// device, nothing asked but read and write) is tested once, first; then each device is a
+/// major (and minor) test. Fewer branches are less for the verifier to walk: it took 0.7-0.8 ms
+/// per load with the shared tests repeated in each device's block.
 pub fn assemble(policy: &DevicePolicy) -> Vec<Insn> {
-    let mut program = vec![
-        insn(LDX_W, 2, CTX, 0, 0),
-        insn(MOV64_X, TYPE, 2, 0, 0),
-        insn(AND64_K, TYPE, 0, 0, 0xffff),
-        insn(MOV64_X, ACCESS, 2, 0, 0),
-        insn(RSH64_K, ACCESS, 0, 0, 16),
-        insn(LDX_W, MAJOR, CTX, 4, 0),
-        insn(LDX_W, MINOR, CTX, 8, 0),
-    ];
-    let not_read_write = !(BPF_DEVCG_ACC_READ | BPF_DEVCG_ACC_WRITE) & 0xffff;
+    let mut devices = Vec::new();
     for device in policy.allowed() {
-        // Each test jumps past the rest of this rule's block when it fails.
-        let mut tests = vec![(TYPE, BPF_DEVCG_DEV_CHAR), (MAJOR, device.major as i32)];
+        // Each test jumps past the rest of this device's block when it fails.
+        let mut tests = vec![(MAJOR, device.major as i32)];
         if let Some(minor) = device.minor {
             tests.push((MINOR, minor as i32));
         }
-        let block_len = tests.len() + 5;
+        let block_len = tests.len() + 2;
         for (i, (register, value)) in tests.iter().enumerate() {
             let rest = (block_len - i - 1) as i16;
-            program.push(insn(JNE_K, *register, 0, rest, *value));
+            devices.push(insn(JNE_K, *register, 0, rest, *value));
         }
-        // Allowed only if nothing but read and write is asked for (never mknod).
-        program.extend([
-            insn(MOV64_X, SCRATCH, ACCESS, 0, 0),
-            insn(AND64_K, SCRATCH, 0, 0, not_read_write),
-            insn(JNE_K, SCRATCH, 0, 2, 0),
-            insn(MOV64_K, 0, 0, 0, 1),
-            insn(EXIT, 0, 0, 0, 0),
-        ]);
+        devices.extend([insn(MOV64_K, 0, 0, 0, 1), insn(EXIT, 0, 0, 0, 0)]);
     }
+    let past_devices = devices.len() as i16;
+    // Never mknod, nor anything else but read and write.
+    let not_read_write = !(BPF_DEVCG_ACC_READ | BPF_DEVCG_ACC_WRITE) & 0xffff;
+    let mut program = vec![
+        insn(LDX_W, TYPE, CTX, 0, 0),
+        insn(MOV64_X, ACCESS, TYPE, 0, 0),
+        insn(AND64_K, TYPE, 0, 0, 0xffff),
+        insn(RSH64_K, ACCESS, 0, 0, 16),
+        insn(AND64_K, ACCESS, 0, 0, not_read_write),
+        insn(LDX_W, MAJOR, CTX, 4, 0),
+        insn(LDX_W, MINOR, CTX, 8, 0),
+        // Both jump to the denial after the devices' blocks.
+        insn(JNE_K, TYPE, 0, past_devices + 1, BPF_DEVCG_DEV_CHAR),
+        insn(JNE_K, ACCESS, 0, past_devices, 0),
+    ];
+    program.extend(devices);
     program.extend([insn(MOV64_K, 0, 0, 0, 0), insn(EXIT, 0, 0, 0, 0)]);
     program
 }
