@@ -94,7 +94,8 @@ test-clean:
 	-userdel --remove burrow-bob 2>/dev/null
 	-userdel --remove burrow-carol 2>/dev/null
 	-groupdel burrow 2>/dev/null
-	rm -f /etc/polkit-1/rules.d/60-burrow-test-carol.rules /etc/polkit-1/rules.d/40-burrow-test-grants.rules
+	rm -f /etc/polkit-1/rules.d/60-burrow-test-carol.rules /etc/polkit-1/rules.d/40-burrow-test-grants.rules \
+		/run/burrow-test-polkit-flag
 	rm -rf /tmp/burrow-test-bin /tmp/burrow-harness-*
 
 bench:

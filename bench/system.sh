@@ -31,8 +31,8 @@ now() { date +%s.%N; }
 # every 5 ms. (Polling every 20 ms, as before, rounded each boot up to the next poll, and the
 # polls' own CPU slowed the boots on a two-CPU machine.)
 wait_running() { # label start-time init-pid -> seconds from start to "running"
-    local state
-    for _ in $(seq 6000); do
+    local state deadline=$((SECONDS + 60))
+    while [ $SECONDS -lt $deadline ]; do
         state=$(timeout 60 nsenter -t "$3" -a -r -w systemctl is-system-running --wait 2>/dev/null || true)
         case $state in running|degraded) break ;; esac
         sleep 0.005

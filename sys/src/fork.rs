@@ -354,6 +354,8 @@ pub struct Parked {
     /// The stack of a worker that shares this process's memory: freed only once the worker is
     /// reaped.
     stack: Option<Box<[u8]>>,
+    /// The write end of the worker's lifeline (see [`lifeline`]), held until the worker goes.
+    _lifeline: OwnedFd,
 }
 
 impl Parked {
@@ -368,17 +370,23 @@ impl Parked {
         setup: impl FnOnce() -> i32,
     ) -> Result<Self, BurrowError> {
         let (ready_r, ready_w) = report_pipe()?;
-        let report = ready_w.as_raw_fd();
+        let (hangup, lifeline_w) = lifeline()?;
+        let (report, hangup) = (ready_w.as_raw_fd(), hangup.as_raw_fd());
         let mut kept = keep.to_vec();
-        kept.push(report);
+        kept.extend([report, hangup]);
         let body = move || {
-            park_after(setup(), report);
+            park_after(setup(), report, hangup);
         };
         // SAFETY: the caller guarantees `setup` is async-signal-safe; the rest of `body` is.
         let pid = unsafe { fork_worker(&kept, Parent::ThisProcess, body) }
             .map_err(|e| BurrowError::Failed(format!("fork: {e}")))?;
         drop(ready_w);
-        Parked { pid, stack: None }.when_ready(ready_r, what)
+        Parked {
+            pid,
+            stack: None,
+            _lifeline: lifeline_w,
+        }
+        .when_ready(ready_r, what)
     }
 
     /// Like [`Parked::spawn`], but the worker shares this process's memory (`clone(CLONE_VM)`,
@@ -405,9 +413,10 @@ impl Parked {
         set_dumpable_behavior(DumpableBehavior::NotDumpable)
             .map_err(|e| BurrowError::Failed(format!("PR_SET_DUMPABLE: {e}")))?;
         let (ready_r, ready_w) = report_pipe()?;
-        let report = ready_w.as_raw_fd();
+        let (hangup, lifeline_w) = lifeline()?;
+        let (report, hangup) = (ready_w.as_raw_fd(), hangup.as_raw_fd());
         let mut kept = keep.to_vec();
-        kept.push(report);
+        kept.extend([report, hangup]);
         let keep = Keep {
             below: 0,
             fds: kept,
@@ -416,7 +425,7 @@ impl Parked {
         let parent = nix::unistd::getpid().as_raw();
         let run = || {
             shared_child_prologue(&keep, parent);
-            park_after(setup(), report)
+            park_after(setup(), report, hangup)
         };
         let mut stack = vec![0u8; SHARED_CHILD_STACK].into_boxed_slice();
         // SAFETY: the child uses `run` (and what it borrows) only until it reports, which
@@ -428,6 +437,7 @@ impl Parked {
         Parked {
             pid,
             stack: Some(stack),
+            _lifeline: lifeline_w,
         }
         .when_ready(ready_r, what)
     }
@@ -483,9 +493,22 @@ fn report_pipe() -> Result<(OwnedFd, OwnedFd), BurrowError> {
         .map_err(|e| BurrowError::Failed(format!("pipe: {e}")))
 }
 
+/// A parked worker's lifeline: (the read end, which the worker keeps; the write end, which this
+/// process alone holds). Close-on-exec, and closed in every other child by its prologue, so
+/// the write end is gone exactly when this process is, however it went, and the worker then
+/// leaves. Its death signal is not enough: the kernel clears that when the worker's
+/// credentials change, as when it joins a user namespace another user owns (docs/design.md),
+/// and a worker parked in a tenant's namespace would then outlive a killed idmapd, keeping the
+/// namespace, and so its range, alive.
+fn lifeline() -> Result<(OwnedFd, OwnedFd), BurrowError> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| BurrowError::Failed(format!("pipe: {e}")))
+}
+
 /// In a parked worker after its setup: reports `errno` (0: done) on `report`, then leaves if
-/// the setup failed, else closes `report` and waits to be killed. Raw system calls only.
-fn park_after(errno: i32, report: RawFd) -> ! {
+/// the setup failed, else closes `report` and waits to be killed, or for its lifeline's end
+/// (its parent gone). Raw system calls only.
+fn park_after(errno: i32, report: RawFd, hangup: RawFd) -> ! {
     // SAFETY: `report` is the worker's own fd (kept) until it closes it below.
     let fd = unsafe { BorrowedFd::borrow_raw(report) };
     let _ = rustix::io::write(fd, &errno.to_ne_bytes());
@@ -494,9 +517,12 @@ fn park_after(errno: i32, report: RawFd) -> ! {
     }
     // SAFETY: as above; nothing uses the fd after this.
     unsafe { rustix::io::close(report) };
-    loop {
-        rustix::event::pause();
-    }
+    // SAFETY: `hangup` is the worker's own fd (kept), never closed.
+    let hangup = unsafe { BorrowedFd::borrow_raw(hangup) };
+    let mut byte = [0u8];
+    // Nothing is ever written: only end of file (or an error) ends the wait.
+    while let Ok(1) | Err(rustix::io::Errno::INTR) = rustix::io::read(hangup, &mut byte) {}
+    exit(0)
 }
 
 /// The stack of a worker that shares this process's memory: its setup makes a few system
@@ -691,10 +717,21 @@ mod tests {
         // SAFETY: the setup makes no call at all.
         let parked = unsafe { Parked::spawn_sharing_memory(&keep, "wait", || 0) }.unwrap();
         let pid = parked.pid();
+        let fds = fds_of(pid);
         assert_eq!(
-            fds_of(pid),
-            keep,
-            "the report pipe is closed, {other:?} never held"
+            fds.len(),
+            2,
+            "the kept fd and its lifeline's read end; the report pipe is closed, {other:?} \
+             never held: {fds:?}"
+        );
+        assert!(fds.contains(&keep[0]), "{fds:?}");
+        let others: Vec<_> = fds.iter().filter(|fd| **fd != keep[0]).collect();
+        assert!(
+            std::fs::read_link(format!("/proc/{pid}/fd/{}", others[0]))
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("pipe:"),
+            "the lifeline's read end"
         );
         assert_eq!(status_field(pid, "PPid:"), std::process::id().to_string());
         // Every standard signal blocked but SIGKILL and SIGSTOP, which cannot be.
@@ -712,6 +749,45 @@ mod tests {
             Err(Errno::ESRCH),
             "killed and reaped"
         );
+    }
+
+    /// The worker leaves by itself once its lifeline's write end is gone, as when this process
+    /// dies, even with no death signal: the kernel clears that when the worker joins a user
+    /// namespace another user owns, which the setup does here in the way it can.
+    #[test]
+    fn a_parked_worker_leaves_when_its_lifeline_ends_even_without_a_death_signal() {
+        for sharing_memory in [true, false] {
+            let clear_death_signal = || match rustix::process::set_parent_process_death_signal(None)
+            {
+                Ok(()) => 0,
+                Err(e) => e.raw_os_error(),
+            };
+            // SAFETY: the setup makes one raw system call (rustix's, no errno).
+            let parked = unsafe {
+                if sharing_memory {
+                    Parked::spawn_sharing_memory(&[], "clear the death signal", clear_death_signal)
+                } else {
+                    Parked::spawn(&[], "clear the death signal", clear_death_signal)
+                }
+            }
+            .unwrap();
+            let pid = Pid::from_raw(parked.pid());
+            // As if this process had died: its end of the lifeline closes; the worker is not
+            // killed, and its stack (if any) is never freed.
+            let parked = std::mem::ManuallyDrop::new(parked);
+            // SAFETY: the field is read once and the rest of `parked` is never dropped.
+            drop(unsafe { std::ptr::read(&parked._lifeline) });
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            loop {
+                match waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::Exited(_, 0)) => break,
+                    Ok(WaitStatus::StillAlive) if std::time::Instant::now() < deadline => {
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                    }
+                    other => panic!("the worker did not leave by itself: {other:?}"),
+                }
+            }
+        }
     }
 
     #[test]

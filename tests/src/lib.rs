@@ -413,14 +413,34 @@ impl Harness {
         });
     }
 
-    /// Replaces polkitd on the same bus, as a package upgrade would.
+    /// Replaces polkitd on the same bus, as a package upgrade would; returns once the new one
+    /// owns its name.
     pub fn restart_polkitd(&mut self) {
+        let old = self.name_owner("org.freedesktop.PolicyKit1");
         let _ = self.polkitd.kill();
         let _ = self.polkitd.wait();
         self.polkitd = start_polkitd(&self.dir, &self.address);
         wait_for("the new polkitd on the bus", || {
-            self.name_has_owner("org.freedesktop.PolicyKit1")
+            let owner = self.name_owner("org.freedesktop.PolicyKit1");
+            owner.is_some() && owner != old
         });
+    }
+
+    /// The unique name that owns `name` on the bus, if any.
+    pub fn name_owner(&self, name: &str) -> Option<String> {
+        let out = self.busctl(&[
+            "call",
+            "org.freedesktop.DBus",
+            "/org/freedesktop/DBus",
+            "org.freedesktop.DBus",
+            "GetNameOwner",
+            "s",
+            name,
+        ]);
+        let reply = String::from_utf8_lossy(&out.stdout);
+        // `s ":1.7"`
+        let owner = reply.trim().strip_prefix("s ")?.trim_matches('"');
+        (out.status.success() && !owner.is_empty()).then(|| owner.to_string())
     }
 
     /// PIDs of the processes running `binary` in the process group of `bus` (a bus's pid).

@@ -87,7 +87,9 @@ fn refused_after(h: &Harness, since: Instant, limit: Duration) -> Duration {
 
 #[test]
 fn grants_are_remembered_for_a_while_and_forgotten_when_polkit_changes() {
-    const REMEMBERED: Duration = Duration::from_secs(4);
+    const REMEMBERED: Duration = Duration::from_secs(10);
+    // A grant forgotten at a change is refused well before it is REMEMBERED old.
+    const SOON: Duration = Duration::from_secs(7);
     let _rule = Rule::install();
     let mut h = Harness::start(HarnessOptions {
         idmapd_args: vec![
@@ -123,7 +125,7 @@ fn grants_are_remembered_for_a_while_and_forgotten_when_polkit_changes() {
     fs::write(RULE, fs::read(RULE).unwrap()).unwrap();
     let refused = refused_after(&h, granted, REMEMBERED);
     assert!(
-        refused < REMEMBERED / 2,
+        refused < SOON,
         "refused only {refused:?} after the grant, though polkit's rules changed"
     );
 
@@ -135,7 +137,7 @@ fn grants_are_remembered_for_a_while_and_forgotten_when_polkit_changes() {
     h.restart_polkitd();
     let refused = refused_after(&h, granted, REMEMBERED);
     assert!(
-        refused < REMEMBERED / 2,
+        refused < SOON,
         "refused only {refused:?} after the grant, though polkitd was replaced"
     );
 }

@@ -165,7 +165,7 @@ mod tests {
     /// The unit tests share the process-wide grants: one test runs them in turn.
     #[test]
     fn grants_count_per_bus_user_and_action_until_too_old_or_forgotten() {
-        lock().ttl = Duration::from_millis(200);
+        lock().ttl = Duration::from_secs(2);
         let generation = lock().generation;
         remember(generation, "bus-a", 1000, "org.burrow.idmap.allocate");
         assert!(granted("bus-a", 1000, "org.burrow.idmap.allocate"));
@@ -173,7 +173,7 @@ mod tests {
         assert!(!granted("bus-a", 1001, "org.burrow.idmap.allocate"));
         assert!(!granted("bus-a", 1000, "org.burrow.dev.create"));
 
-        std::thread::sleep(Duration::from_millis(250));
+        std::thread::sleep(Duration::from_millis(2100));
         assert!(
             !granted("bus-a", 1000, "org.burrow.idmap.allocate"),
             "too old"
