@@ -772,6 +772,12 @@ mod tests {
             }
             .unwrap();
             let pid = Pid::from_raw(parked.pid());
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            assert_eq!(
+                waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG)),
+                Ok(WaitStatus::StillAlive),
+                "parked while its lifeline holds"
+            );
             // As if this process had died: its end of the lifeline closes; the worker is not
             // killed, and its stack (if any) is never freed.
             let parked = std::mem::ManuallyDrop::new(parked);

@@ -446,18 +446,22 @@ impl Harness {
     /// PIDs of the processes running `binary` in the process group of `bus` (a bus's pid).
     pub fn helper_pids_of_bus(&self, binary: &str, bus: i32) -> Vec<i32> {
         let needle = bin(binary).display().to_string();
-        fs::read_dir("/proc")
-            .unwrap()
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-            .filter(|pid| {
-                // A zombie has an empty command line: it is gone but for its exit status.
-                let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-                cmdline.starts_with(needle.as_bytes())
-                    && nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(*pid)))
-                        .is_ok_and(|g| g.as_raw() == bus)
-            })
-            .collect()
+        pids_in_group(bus, |pid| {
+            // A zombie has an empty command line: it is gone but for its exit status.
+            let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            cmdline.starts_with(needle.as_bytes())
+        })
+    }
+
+    /// How many zombies are left in the running bus's process group: killed helpers' workers
+    /// not reaped yet by their new parent.
+    pub fn zombies_of_bus(&self) -> usize {
+        pids_in_group(self.bus_pid(), |pid| {
+            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            stat.rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('Z'))
+        })
+        .len()
     }
 
     /// The pid of the running bus (its helpers share it as their process group).
@@ -792,6 +796,20 @@ pub fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The processes of process group `group` that `wanted` accepts.
+fn pids_in_group(group: i32, wanted: impl Fn(i32) -> bool) -> Vec<i32> {
+    fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            wanted(*pid)
+                && nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(*pid)))
+                    .is_ok_and(|g| g.as_raw() == group)
+        })
+        .collect()
 }
 
 /// One JSON line the test client printed.

@@ -50,17 +50,17 @@ fn bob() -> Option<User> {
 }
 
 /// Kills idmapd (without Release) until a start-up reconciliation finds every range dead. One
-/// restart does it unless another process happens to be inside a namespace at that moment, or
-/// a worker of a killed idmapd is still a zombie: a zombie keeps its credentials, and with them
-/// its user namespace, until its new parent reaps it (this VM's PID 1 takes its time).
+/// restart does it unless another process happens to be inside a namespace at that moment.
+/// Its killed workers are waited for first: a zombie keeps its credentials, and with them its
+/// user namespace, until its new parent reaps it (this VM's PID 1 takes its time).
 fn restart_until_reclaimed(h: &Harness) {
-    for _ in 0..10 {
+    for _ in 0..5 {
         h.kill_idmapd();
+        wait_for("the killed workers reaped", || h.zombies_of_bus() == 0);
         if h.ranges_in_use() == 0 {
             assert!(h.persisted_records().is_empty());
             return;
         }
-        std::thread::sleep(std::time::Duration::from_millis(500));
     }
     panic!(
         "dead namespaces not reclaimed at start-up: {:?}\n{}",
