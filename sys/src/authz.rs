@@ -115,7 +115,7 @@ impl Caller {
         if result.is_authorized {
             tracing::debug!(action, uid = self.uid, "polkit granted");
             if let Some(generation) = generation {
-                grants::remember(generation, bus, self.uid, action);
+                grants::remember(generation, self.uid, action);
             }
             Ok(())
         } else {

@@ -354,7 +354,8 @@ pub struct Parked {
     /// The stack of a worker that shares this process's memory: freed only once the worker is
     /// reaped.
     stack: Option<Box<[u8]>>,
-    /// The write end of the worker's lifeline (see [`lifeline`]), held until the worker goes.
+    /// The write end of the worker's lifeline (see [`ParkingPipes`]), held until the worker
+    /// goes.
     _lifeline: OwnedFd,
 }
 
@@ -369,24 +370,16 @@ impl Parked {
         what: &str,
         setup: impl FnOnce() -> i32,
     ) -> Result<Self, BurrowError> {
-        let (ready_r, ready_w) = report_pipe()?;
-        let (hangup, lifeline_w) = lifeline()?;
-        let (report, hangup) = (ready_w.as_raw_fd(), hangup.as_raw_fd());
-        let mut kept = keep.to_vec();
-        kept.extend([report, hangup]);
+        let pipes = ParkingPipes::new()?;
+        let kept = pipes.kept(keep);
+        let (report, hangup) = pipes.workers_ends();
         let body = move || {
             park_after(setup(), report, hangup);
         };
         // SAFETY: the caller guarantees `setup` is async-signal-safe; the rest of `body` is.
         let pid = unsafe { fork_worker(&kept, Parent::ThisProcess, body) }
             .map_err(|e| BurrowError::Failed(format!("fork: {e}")))?;
-        drop(ready_w);
-        Parked {
-            pid,
-            stack: None,
-            _lifeline: lifeline_w,
-        }
-        .when_ready(ready_r, what)
+        pipes.parked(pid, None, what)
     }
 
     /// Like [`Parked::spawn`], but the worker shares this process's memory (`clone(CLONE_VM)`,
@@ -412,14 +405,11 @@ impl Parked {
         use rustix::process::{set_dumpable_behavior, DumpableBehavior};
         set_dumpable_behavior(DumpableBehavior::NotDumpable)
             .map_err(|e| BurrowError::Failed(format!("PR_SET_DUMPABLE: {e}")))?;
-        let (ready_r, ready_w) = report_pipe()?;
-        let (hangup, lifeline_w) = lifeline()?;
-        let (report, hangup) = (ready_w.as_raw_fd(), hangup.as_raw_fd());
-        let mut kept = keep.to_vec();
-        kept.extend([report, hangup]);
+        let pipes = ParkingPipes::new()?;
+        let (report, hangup) = pipes.workers_ends();
         let keep = Keep {
             below: 0,
-            fds: kept,
+            fds: pipes.kept(keep),
         }
         .sorted();
         let parent = nix::unistd::getpid().as_raw();
@@ -433,13 +423,7 @@ impl Parked {
         // is reaped.
         let pid = unsafe { clone_sharing_memory(&run, &mut stack) }
             .map_err(|e| BurrowError::Failed(format!("clone(CLONE_VM): {e}")))?;
-        drop(ready_w);
-        Parked {
-            pid,
-            stack: Some(stack),
-            _lifeline: lifeline_w,
-        }
-        .when_ready(ready_r, what)
+        pipes.parked(pid, Some(stack), what)
     }
 
     /// Waits for the worker's report of its setup and for the report's end (the worker
@@ -487,22 +471,58 @@ impl Drop for Parked {
     }
 }
 
-/// The pipe through which a parked worker reports its setup.
-fn report_pipe() -> Result<(OwnedFd, OwnedFd), BurrowError> {
-    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(|e| BurrowError::Failed(format!("pipe: {e}")))
+/// A parked worker's two pipes, close-on-exec and closed in every other child by its prologue.
+/// The report: the worker writes the errno of its setup (0: done) and closes it. The lifeline:
+/// this process alone holds its write end, so that end is gone exactly when this process is,
+/// however it went, and the worker, which keeps the read end, then leaves. Its death signal is
+/// not enough: the kernel clears that when the worker's credentials change, as when it joins
+/// a user namespace another user owns (docs/design.md), and a worker parked in a tenant's
+/// namespace would then outlive a killed idmapd, keeping the namespace, and so its range,
+/// alive.
+struct ParkingPipes {
+    report_r: OwnedFd,
+    report_w: OwnedFd,
+    hangup_r: OwnedFd,
+    lifeline_w: OwnedFd,
 }
 
-/// A parked worker's lifeline: (the read end, which the worker keeps; the write end, which this
-/// process alone holds). Close-on-exec, and closed in every other child by its prologue, so
-/// the write end is gone exactly when this process is, however it went, and the worker then
-/// leaves. Its death signal is not enough: the kernel clears that when the worker's
-/// credentials change, as when it joins a user namespace another user owns (docs/design.md),
-/// and a worker parked in a tenant's namespace would then outlive a killed idmapd, keeping the
-/// namespace, and so its range, alive.
-fn lifeline() -> Result<(OwnedFd, OwnedFd), BurrowError> {
-    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(|e| BurrowError::Failed(format!("pipe: {e}")))
+impl ParkingPipes {
+    fn new() -> Result<Self, BurrowError> {
+        let pipe = || {
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                .map_err(|e| BurrowError::Failed(format!("pipe: {e}")))
+        };
+        let ((report_r, report_w), (hangup_r, lifeline_w)) = (pipe()?, pipe()?);
+        Ok(ParkingPipes {
+            report_r,
+            report_w,
+            hangup_r,
+            lifeline_w,
+        })
+    }
+
+    /// The worker's ends, as its body uses them (raw fds): (report, hangup).
+    fn workers_ends(&self) -> (RawFd, RawFd) {
+        (self.report_w.as_raw_fd(), self.hangup_r.as_raw_fd())
+    }
+
+    /// The fds the worker keeps: `keep` and its ends.
+    fn kept(&self, keep: &[RawFd]) -> Vec<RawFd> {
+        let (report, hangup) = self.workers_ends();
+        keep.iter().copied().chain([report, hangup]).collect()
+    }
+
+    /// Once worker `pid` runs (on `stack`, if it shares this process's memory): this process's
+    /// copies of the worker's ends closed, and the worker parked, or its failure.
+    fn parked(self, pid: Pid, stack: Option<Box<[u8]>>, what: &str) -> Result<Parked, BurrowError> {
+        drop((self.report_w, self.hangup_r));
+        Parked {
+            pid,
+            stack,
+            _lifeline: self.lifeline_w,
+        }
+        .when_ready(self.report_r, what)
+    }
 }
 
 /// In a parked worker after its setup: reports `errno` (0: done) on `report`, then leaves if

@@ -457,9 +457,7 @@ impl Harness {
     /// not reaped yet by their new parent.
     pub fn zombies_of_bus(&self) -> usize {
         pids_in_group(self.bus_pid(), |pid| {
-            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            stat.rsplit_once(") ")
-                .is_some_and(|(_, rest)| rest.starts_with('Z'))
+            state_and_parent(pid).is_some_and(|(state, _)| state == 'Z')
         })
         .len()
     }
@@ -541,16 +539,7 @@ impl Harness {
     }
 
     pub fn name_has_owner(&self, name: &str) -> bool {
-        let out = self.busctl(&[
-            "call",
-            "org.freedesktop.DBus",
-            "/org/freedesktop/DBus",
-            "org.freedesktop.DBus",
-            "NameHasOwner",
-            "s",
-            name,
-        ]);
-        String::from_utf8_lossy(&out.stdout).trim() == "b true"
+        self.name_owner(name).is_some()
     }
 
     /// PIDs of the idmapd processes this harness's bus activated.
@@ -796,6 +785,14 @@ pub fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// `/proc/PID/stat`'s state and parent pid.
+pub fn state_and_parent(pid: i32) -> Option<(char, i32)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut rest = stat.rsplit_once(") ")?.1.split(' ');
+    let state = rest.next()?.chars().next()?;
+    Some((state, rest.next()?.parse().ok()?))
 }
 
 /// The processes of process group `group` that `wanted` accepts.

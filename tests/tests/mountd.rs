@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use burrow_tests::{
     assert_error, assert_error_says, built_container as container, busybox_rootfs, fd_count,
-    host_mounts, key_values, test_users, Harness, HarnessOptions, RootsUserns, User,
-    SCRATCH_FILESYSTEMS,
+    host_mounts, key_values, state_and_parent, test_users, Harness, HarnessOptions, RootsUserns,
+    User, SCRATCH_FILESYSTEMS,
 };
 use serde_json::{json, Value};
 
@@ -564,14 +564,6 @@ impl Drop for ManualMountd {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// `/proc/PID/stat`'s state and parent pid.
-fn state_and_parent(pid: i32) -> Option<(char, i32)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let mut rest = stat.rsplit_once(") ")?.1.split(' ');
-    let state = rest.next()?.chars().next()?;
-    Some((state, rest.next()?.parse().ok()?))
 }
 
 /// Processes stopped at a worker stage (comm `mw:*`) below `helper`, with their stage.

@@ -41,7 +41,8 @@ const MAX_GRANTS: usize = 64;
 struct Grants {
     /// How long a grant counts (zero: none is remembered).
     ttl: Duration,
-    /// The GUID of the bus whose polkitd is watched; grants are remembered only on it.
+    /// The GUID of the bus whose polkitd is watched: every grant is one of that bus's callers'
+    /// (all are forgotten when the watch ends).
     watched_bus: Option<String>,
     /// Bumped whenever everything is forgotten: an answer asked for before the bump (and so
     /// perhaps under the old rules) is not remembered after it.
@@ -50,7 +51,6 @@ struct Grants {
 }
 
 struct Grant {
-    bus: String,
     uid: u32,
     action: String,
     at: Instant,
@@ -74,10 +74,11 @@ fn lock() -> std::sync::MutexGuard<'static, Grants> {
 pub(super) fn granted(bus: &str, uid: u32, action: &str) -> bool {
     let grants = lock();
     let ttl = grants.ttl;
-    grants
-        .granted
-        .iter()
-        .any(|g| g.bus == bus && g.uid == uid && g.action == action && g.at.elapsed() < ttl)
+    grants.watched_bus.as_deref() == Some(bus)
+        && grants
+            .granted
+            .iter()
+            .any(|g| g.uid == uid && g.action == action && g.at.elapsed() < ttl)
 }
 
 /// Before asking polkit: the generation its answer belongs to, if it may be remembered.
@@ -92,20 +93,20 @@ pub(super) async fn before_asking(conn: &zbus::Connection) -> Option<u64> {
         .then_some(grants.generation)
 }
 
-/// Remembers polkit's grant, unless everything was forgotten since it was asked for.
-pub(super) fn remember(generation: u64, bus: &str, uid: u32, action: &str) {
+/// Remembers polkit's grant on the watched bus, unless everything was forgotten since it was
+/// asked for (as it is when the watch ends).
+pub(super) fn remember(generation: u64, uid: u32, action: &str) {
     let mut grants = lock();
     if grants.generation != generation {
         return;
     }
     grants
         .granted
-        .retain(|g| !(g.bus == bus && g.uid == uid && g.action == action));
+        .retain(|g| !(g.uid == uid && g.action == action));
     if grants.granted.len() == MAX_GRANTS {
         grants.granted.remove(0);
     }
     grants.granted.push(Grant {
-        bus: bus.to_string(),
         uid,
         action: action.to_string(),
         at: Instant::now(),
@@ -166,8 +167,9 @@ mod tests {
     #[test]
     fn grants_count_per_bus_user_and_action_until_too_old_or_forgotten() {
         lock().ttl = Duration::from_secs(2);
+        lock().watched_bus = Some("bus-a".into());
         let generation = lock().generation;
-        remember(generation, "bus-a", 1000, "org.burrow.idmap.allocate");
+        remember(generation, 1000, "org.burrow.idmap.allocate");
         assert!(granted("bus-a", 1000, "org.burrow.idmap.allocate"));
         assert!(!granted("bus-b", 1000, "org.burrow.idmap.allocate"));
         assert!(!granted("bus-a", 1001, "org.burrow.idmap.allocate"));
@@ -179,16 +181,16 @@ mod tests {
             "too old"
         );
 
-        remember(generation, "bus-a", 1000, "org.burrow.idmap.allocate");
+        remember(generation, 1000, "org.burrow.idmap.allocate");
         forget_all("test");
         assert!(!granted("bus-a", 1000, "org.burrow.idmap.allocate"));
         // Asked before the change: its answer may follow the old rules.
-        remember(generation, "bus-a", 1000, "org.burrow.idmap.allocate");
+        remember(generation, 1000, "org.burrow.idmap.allocate");
         assert!(!granted("bus-a", 1000, "org.burrow.idmap.allocate"));
 
         let generation = lock().generation;
         for uid in 0..MAX_GRANTS as u32 + 1 {
-            remember(generation, "bus-a", uid, "a");
+            remember(generation, uid, "a");
         }
         assert!(!granted("bus-a", 0, "a"), "the oldest is forgotten");
         assert!(granted("bus-a", MAX_GRANTS as u32, "a"));
