@@ -694,7 +694,9 @@ impl Created {
         let Some(supervisor) = self.supervisor.take() else {
             return Ok(());
         };
-        let started = supervisor.start();
+        // SAFETY: `rt` is current-thread and has spawned no thread (create forks on it), so
+        // this process is single-threaded.
+        let started = unsafe { supervisor.start() };
         if started.is_err() {
             let _ = delete_on(rt, self.conn.clone(), store, id, true);
         }
@@ -710,12 +712,11 @@ struct PendingSupervisor {
 }
 
 impl PendingSupervisor {
-    fn start(self) -> Result<()> {
-        Ok(crate::sysinfo::spawn(
-            self.listener,
-            self.init,
-            self.mount_namespace,
-        )?)
+    /// # Safety
+    /// Only while the CLI is single-threaded (see [`crate::sysinfo::spawn`]).
+    unsafe fn start(self) -> Result<()> {
+        // SAFETY: the caller guarantees this process is single-threaded.
+        Ok(unsafe { crate::sysinfo::spawn(self.listener, self.init, self.mount_namespace) }?)
     }
 }
 
@@ -1438,8 +1439,36 @@ pub fn async_runtime() -> Result<tokio::runtime::Runtime> {
 
 /// A connection to the system bus (the helpers', and systemd's).
 pub fn system_bus(rt: &tokio::runtime::Runtime) -> Result<zbus::Connection> {
-    rt.block_on(zbus::Connection::system())
+    let socket = system_bus_socket()?;
+    let _runtime = rt.enter();
+    let socket = tokio::net::UnixStream::from_std(socket)
+        .map_err(CliError::io("registering the system bus socket"))?;
+    rt.block_on(zbus::connection::Builder::unix_stream(socket).build())
         .map_err(CliError::helper("system bus"))
+}
+
+/// The system bus's socket (`DBUS_SYSTEM_BUS_ADDRESS`, else /var/run/dbus/system_bus_socket),
+/// connected here: zbus would connect it on a thread of the runtime's blocking pool, and the
+/// CLI must stay single-threaded, as it forks after it (the sysctl writer, the sysinfo
+/// supervisor). Only a unix socket will do: the helpers know their callers by its credentials.
+fn system_bus_socket() -> Result<std::os::unix::net::UnixStream> {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixStream};
+    use zbus::address::transport::{Transport, UnixSocket};
+    let address = zbus::Address::system().map_err(CliError::helper("system bus address"))?;
+    let what = || format!("connecting to the system bus at {address}");
+    let socket_address = match address.transport() {
+        Transport::Unix(unix) => match unix.path() {
+            UnixSocket::File(path) => SocketAddr::from_pathname(path),
+            UnixSocket::Abstract(name) => SocketAddr::from_abstract_name(name.as_encoded_bytes()),
+            _ => return Err(CliError::SystemBusNotUnix(address.to_string())),
+        },
+        _ => return Err(CliError::SystemBusNotUnix(address.to_string())),
+    }
+    .map_err(CliError::io(what()))?;
+    let socket = UnixStream::connect_addr(&socket_address).map_err(CliError::io(what()))?;
+    socket.set_nonblocking(true).map_err(CliError::io(what()))?;
+    Ok(socket)
 }
 
 /// Stops the container's systemd scope `unit`; systemd removes the cgroups it made, and what

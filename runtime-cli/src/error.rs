@@ -69,6 +69,11 @@ pub enum CliError {
         #[source]
         source: Box<zbus::Error>,
     },
+    #[error(
+        "the system bus address {0} is no unix socket: Burrow's helpers know their callers by \
+         the socket's credentials"
+    )]
+    SystemBusNotUnix(String),
     /// The spec's (or exec's) process cannot be run as it is.
     #[error(transparent)]
     ProcessSpec(#[from] crate::container::ProcessError),

@@ -3,13 +3,12 @@
 //! and exec, fds 0-2 belong to the container, so nothing goes to stderr then.
 
 use std::io::Write;
+use std::os::fd::{AsFd, BorrowedFd};
 
 use crate::error::{CliError, UnsafeLog};
 
 pub struct Logger {
     file: Option<std::fs::File>,
-    /// `--log`, for the processes the CLI leaves running ([`flags`]).
-    path: Option<String>,
     json: bool,
     stderr_allowed: bool,
     debug: bool,
@@ -31,26 +30,10 @@ pub fn debug(msg: impl AsRef<str>) {
     }
 }
 
-/// The logging flags this CLI was given, for a process of its own it starts (the sysinfo
-/// supervisor), so that it logs where the CLI does.
-pub fn flags() -> Vec<String> {
-    let Some(logger) = LOGGER.get() else {
-        return vec![];
-    };
-    let mut flags = vec![];
-    if let Some(path) = &logger.path {
-        let format = if logger.json { "json" } else { "text" };
-        flags.extend([
-            "--log".into(),
-            path.clone(),
-            "--log-format".into(),
-            format.into(),
-        ]);
-    }
-    if logger.debug {
-        flags.push("--debug".into());
-    }
-    flags
+/// The open `--log` file, if any, for a process of the CLI's own that forks off and logs on
+/// (the sysinfo supervisor).
+pub fn file() -> Option<BorrowedFd<'static>> {
+    LOGGER.get()?.file.as_ref().map(|file| file.as_fd())
 }
 
 /// Something went wrong that does not fail the command (a poststart hook), as a `warning` line.
@@ -78,7 +61,6 @@ impl Logger {
             .transpose()?;
         Ok(Logger {
             file,
-            path: path.map(str::to_string),
             json: format == "json",
             stderr_allowed,
             debug,

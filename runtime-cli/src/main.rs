@@ -150,14 +150,6 @@ enum Command {
         #[arg(long, short, default_value = ".")]
         bundle: PathBuf,
     },
-    /// Answer the sysinfo(2) calls of the process tree whose seccomp listener is stdin (the
-    /// CLI starts it for each container process; see docs/runtime.md).
-    #[command(hide = true)]
-    SysinfoSupervisor {
-        /// The container's init (host pid), whose start is the container's uptime's.
-        #[arg(long)]
-        container_init: i32,
-    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -255,7 +247,7 @@ impl CreateArgs {
     }
 }
 
-const SUBCOMMANDS: [&str; 20] = [
+const SUBCOMMANDS: [&str; 19] = [
     "create",
     "start",
     "run",
@@ -275,7 +267,6 @@ const SUBCOMMANDS: [&str; 20] = [
     "sandbox",
     "completion",
     "man",
-    "sysinfo-supervisor",
 ];
 const GLOBAL_WITH_VALUE: [&str; 4] = ["--root", "--log", "--log-format", "--rootless"];
 const GLOBAL_SWITCHES: [&str; 4] = ["--debug", "--systemd-cgroup", "--help", "--version"];
@@ -396,7 +387,6 @@ fn run(cli: &Cli) -> Result<i32> {
         Command::Completion { shell } => write_completion(*shell)?,
         Command::Man { dir } => write_man_pages(dir)?,
         Command::Spec { bundle, .. } => write_spec(bundle)?,
-        Command::SysinfoSupervisor { container_init } => sysinfo::supervise(*container_init)?,
     }
     Ok(0)
 }

@@ -1,6 +1,7 @@
 //! Forking: the one way Burrow's processes start a child (systemd's `safe_fork_full` is the
 //! model). The helpers' workers, the runtime's intermediate, the container's init, exec's
-//! joiner and process, the sysctl writer and the init's hook runners all start here.
+//! joiner and process, the sysctl writer, the init's hook runners and the sysinfo supervisor
+//! all start here.
 //!
 //! # The contract
 //!
@@ -45,6 +46,7 @@
 //! | exec's process (cloned by the joiner) | [`fork_sibling`] | survives | stdio and `--preserve-fds`, its own end of the channel |
 //! | the runtime's sysctl writer | [`fork_child`] | survives | the namespaces it joins, its report pipe |
 //! | a hook the init runs | [`fork_child`] | survives | stdio and `--preserve-fds`, its stdin pipe, its binary |
+//! | the runtime's sysinfo supervisor | [`fork_child`] | survives | its seccomp listener, the container's mount namespace (root's) or `/dev/null`, `/dev/null`, the CLI's log |
 //!
 //! Before a container's process execs, [`close_on_exec_from`] marks every fd past stdio and
 //! `--preserve-fds` close-on-exec.
@@ -316,6 +318,18 @@ fn close_range(first: u32, last: u32, flags: libc::c_int) -> Result<(), Errno> {
 /// below it (stdio and `--preserve-fds`): the last step before a container's process execs.
 pub fn close_on_exec_from(first: u32) -> Result<(), Errno> {
     close_range(first, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as libc::c_int)
+}
+
+/// Whether this process has a single thread (`num_threads` of `/proc/self/stat`), as a
+/// caller of [`fork_child`] whose child allocates must be: for debug assertions, which the
+/// tests run, so that a library starting a thread behind the caller's back is caught.
+pub fn single_threaded() -> bool {
+    std::fs::read_to_string("/proc/self/stat").is_ok_and(|stat| {
+        // The fields after the command's name, which may hold spaces: field 3 first.
+        stat.rfind(')')
+            .and_then(|end| stat.get(end + 2..)?.split(' ').nth(20 - 3))
+            .is_some_and(|threads| threads == "1")
+    })
 }
 
 /// Leaves a forked child at once with `code`.
@@ -681,6 +695,15 @@ mod tests {
             })
         };
         assert_eq!(exit_code(child.unwrap()), RAN | DEATH_SIGNAL);
+    }
+
+    #[test]
+    fn a_process_with_another_thread_is_not_single_threaded() {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let other = std::thread::spawn(move || stopped.recv());
+        assert!(!single_threaded());
+        drop(stop);
+        let _ = other.join();
     }
 
     #[test]

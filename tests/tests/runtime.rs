@@ -839,25 +839,3 @@ fn seccomp_denies_host_wide_calls_and_allows_what_system_containers_need() {
         assert_ne!(inside[call], libc::EPERM, "{call} denied inside");
     }
 }
-
-/// `burrow sysinfo-supervisor` (started by the CLI with a seccomp listener as stdin) refuses,
-/// by name and with exit status 1, a stdin that is no listener: a file, /dev/null.
-#[test]
-fn the_sysinfo_supervisor_refuses_a_stdin_that_is_no_listener() {
-    let file = std::env::temp_dir().join(format!("burrow-no-listener-{}", std::process::id()));
-    fs::write(&file, "x").unwrap();
-    for stdin in [Stdio::null(), Stdio::from(fs::File::open(&file).unwrap())] {
-        let out = Command::new(bin("burrow"))
-            .args(["sysinfo-supervisor", "--container-init", "1"])
-            .stdin(stdin)
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(1), "{out:?}");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            stderr.contains("the sysinfo supervisor's stdin is no seccomp listener"),
-            "{stderr}"
-        );
-    }
-    let _ = fs::remove_file(&file);
-}

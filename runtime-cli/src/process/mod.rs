@@ -95,6 +95,7 @@ unsafe fn fork_into(
     body: impl FnOnce() -> i32,
 ) -> Result<nix::unistd::Pid, burrow_sys::fork::ForkError> {
     use burrow_sys::fork::{fork_child, fork_child_in_cgroup, ParentExit};
+    debug_assert!(burrow_sys::fork::single_threaded());
     // SAFETY: as the caller guarantees.
     unsafe {
         match cgroup.and_then(|c| c.cgroup2.as_ref()) {

@@ -7,7 +7,7 @@
 //! cgroups and the container's start time.
 //!
 //! - The init (and each exec'd process) installs the filter just before its exec and sends the
-//!   listener fd to the CLI, which starts `burrow sysinfo-supervisor` with it as stdin.
+//!   listener fd to the CLI, which forks the supervisor with it as stdin.
 //! - The supervisor ends when every process under that filter is gone (the listener hangs up).
 //! - Without a supervisor (killed), the container's `sysinfo` fails with ENOSYS; nothing else
 //!   changes. `org.burrow.sysinfo=false` opts a container out.
@@ -26,7 +26,7 @@ use seccompiler::sock_filter;
 
 use crate::seccomp::insn;
 
-pub use supervisor::{run as supervise, spawn, SupervisorError};
+pub use supervisor::{spawn, SupervisorError};
 
 /// The annotation that opts one container out: `org.burrow.sysinfo=false`.
 pub const ANNOTATION: &str = "org.burrow.sysinfo";

@@ -1,4 +1,4 @@
-//! `burrow sysinfo-supervisor`: answers the sysinfo(2) calls of one process tree (a container's
+//! The sysinfo supervisor: answers the sysinfo(2) calls of one process tree (a container's
 //! init, or an exec'd process) through the seccomp listener on its stdin, until the tree is
 //! gone. It runs as the CLI's user, outside the container: for root with nothing but
 //! CAP_SYS_PTRACE and CAP_DAC_OVERRIDE (to write the answer through /proc/PID/mem).
@@ -11,13 +11,12 @@
 //! before: its only possible mistake is a process of its own user's containers.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
 
 use nix::errno::Errno;
 
 use super::answer::{answer, started_from_stat, Readings};
 use burrow_sys::cgroup::usage;
+use burrow_sys::fork::{fork_child, Keep, ParentExit};
 
 /// Why the supervisor could not start or serve.
 #[derive(Debug, thiserror::Error)]
@@ -37,39 +36,123 @@ pub enum SupervisorError {
 /// Starts the supervisor for `listener` (the init's or an exec'd process's), detached: it
 /// outlives the CLI. `container_init` is the container's init, whose start is the container's.
 ///
+/// It is a fork of this CLI, not an exec of it: loading the CLI's binary again (a 7 MB
+/// program, linked and relocated at each exec) cost a `run` about 1 ms of its two CPUs.
+/// It shows as `burrow sysinfo-supervisor --container-init PID` all the same ([`set_title`]).
+///
 /// `mount_namespace`, the container's, is held as the supervisor's stdout (never written)
 /// until the supervisor ends, after the init is reaped: the namespace's teardown (unmounting
 /// its tree waits for an RCU grace period, 1-2 ms here) then comes in the supervisor's exit,
 /// rather than in the init's, where it delays the exit its waiter (`run`, a shim) sees.
-pub fn spawn(
+///
+/// # Safety
+/// Only while the CLI is single-threaded (the supervisor allocates).
+pub unsafe fn spawn(
     listener: OwnedFd,
     container_init: i32,
     mount_namespace: Option<OwnedFd>,
 ) -> Result<(), SupervisorError> {
-    // Nothing of the CLI's but the listener may stay open in it (a caller's pipe held open
-    // would keep its reader waiting for the container's whole life); the CLI passes nothing
-    // on to anything after this.
-    burrow_sys::fork::close_on_exec_from(3)
-        .map_err(|e| SupervisorError::Spawn(std::io::Error::from(e)))?;
-    let mut command = Command::new("/proc/self/exe");
-    command
-        .args(crate::log::flags())
-        .args(["sysinfo-supervisor", "--container-init"])
-        .arg(container_init.to_string())
-        .stdin(Stdio::from(listener))
-        .stdout(mount_namespace.map_or_else(Stdio::null, Stdio::from))
-        .stderr(Stdio::null());
-    // Named `burrow` in ps, not after the path it is started through.
-    command.arg0("burrow");
-    // Its own process group: a signal to the caller's group (a terminal's ^C) is not for it.
-    command.process_group(0);
-    command.spawn().map(drop).map_err(SupervisorError::Spawn)
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map(OwnedFd::from)
+        .map_err(SupervisorError::Spawn)?;
+    let stdout = match mount_namespace {
+        Some(namespace) => namespace,
+        None => null.try_clone().map_err(SupervisorError::Spawn)?,
+    };
+    // Nothing of the CLI's but these (and its log) stays open in it: a caller's pipe held
+    // open would keep its reader waiting for the container's whole life.
+    let keep = Keep::nothing()
+        .and(listener.as_fd())
+        .and(stdout.as_fd())
+        .and(null.as_fd())
+        .and_all(crate::log::file());
+    debug_assert!(burrow_sys::fork::single_threaded());
+    let title = format!("burrow\0sysinfo-supervisor\0--container-init\0{container_init}\0");
+    // SAFETY: the caller guarantees this process is single-threaded, so the child may
+    // allocate; it drops no fd wrapper but the three it keeps (and the log's, kept).
+    unsafe {
+        fork_child(keep, ParentExit::Survive, move || {
+            supervise(container_init, [listener, stdout, null], &title)
+        })
+    }
+    .map(drop)
+    .map_err(|e| SupervisorError::Spawn(std::io::Error::from(e.errno())))
+}
+
+/// The forked supervisor: its own process group (a signal to the caller's group, a terminal's
+/// ^C, is not for it), `stdio` as its stdin, stdout and stderr, its title; then [`run`].
+fn supervise(container_init: i32, stdio: [OwnedFd; 3], title: &str) -> i32 {
+    let _ = nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0));
+    if let Err(e) = onto_stdio(stdio) {
+        crate::log::warn(format!("sysinfo supervisor's stdio: {e}"));
+        return 1;
+    }
+    set_title(title);
+    match run(container_init) {
+        Ok(()) => 0,
+        Err(e) => {
+            crate::log::warn(format!("sysinfo supervisor of init {container_init}: {e}"));
+            1
+        }
+    }
+}
+
+/// Makes `fds` this process's fds 0, 1 and 2, and closes them where they were.
+fn onto_stdio(fds: [OwnedFd; 3]) -> Result<(), Errno> {
+    // Copied above stdio first, the originals closed: one of them may itself be 0, 1 or 2 (a
+    // CLI started with its stdio closed).
+    let mut copies = Vec::with_capacity(3);
+    for fd in fds {
+        copies.push(nix::fcntl::fcntl(
+            fd.as_raw_fd(),
+            nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3),
+        )?);
+    }
+    for (target, copy) in copies.into_iter().enumerate() {
+        // SAFETY: `copy` is the fd F_DUPFD_CLOEXEC just made, owned by nothing else.
+        let copy = unsafe { OwnedFd::from_raw_fd(copy) };
+        nix::unistd::dup2(copy.as_raw_fd(), target as i32)?;
+    }
+    Ok(())
+}
+
+/// Shows this process as `title` (its arguments, each ending in a NUL) in `ps` and
+/// `/proc/PID/cmdline`, cut to the length of the arguments it was started with, and as
+/// `burrow-sysinfo` in `comm` (`top`, `pgrep`). Without CAP_SYS_RESOURCE the kernel's
+/// argument area cannot be moved (PR_SET_MM), so the title is written over it in place, as
+/// LXC's monitor and systemd's `rename_process` do.
+fn set_title(title: &str) {
+    let _ = nix::sys::prctl::set_name(c"burrow-sysinfo");
+    let Some((start, end)) = argument_area() else {
+        return;
+    };
+    let length = end - start;
+    let written = title.len().min(length.saturating_sub(1));
+    // SAFETY: [start, end) is this process's argument area, which the kernel placed on its
+    // stack at exec, writable; this single-threaded child reads its arguments no more.
+    unsafe {
+        std::ptr::copy_nonoverlapping(title.as_ptr(), start as *mut u8, written);
+        std::ptr::write_bytes((start + written) as *mut u8, 0, length - written);
+    }
+}
+
+/// The start and end of this process's argument area (`/proc/self/stat`'s fields 48 and 49).
+fn argument_area() -> Option<(usize, usize)> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command's name, which may hold spaces and parentheses: field 3 first.
+    let mut fields = stat.get(stat.rfind(')')? + 2..)?.split(' ').skip(48 - 3);
+    let start = fields.next()?.parse().ok()?;
+    let end = fields.next()?.parse().ok()?;
+    (start < end).then_some((start, end))
 }
 
 /// The supervisor's life: its privileges narrowed, then each call answered until the listener
 /// hangs up.
-pub fn run(container_init: i32) -> Result<(), SupervisorError> {
-    // SAFETY: fd 0 is the listener `spawn` passed as stdin, owned by nothing else here.
+fn run(container_init: i32) -> Result<(), SupervisorError> {
+    // SAFETY: fd 0 is the listener [`supervise`] made stdin, owned by nothing else here.
     let listener = unsafe { OwnedFd::from_raw_fd(0) };
     let writer = if nix::unistd::geteuid().is_root() {
         use caps::Capability::{CAP_DAC_OVERRIDE, CAP_SYS_PTRACE};
