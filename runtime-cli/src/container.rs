@@ -694,9 +694,7 @@ impl Created {
         let Some(supervisor) = self.supervisor.take() else {
             return Ok(());
         };
-        // SAFETY: `rt` is current-thread and has spawned no thread (create forks on it), so
-        // this process is single-threaded.
-        let started = unsafe { supervisor.start() };
+        let started = supervisor.start();
         if started.is_err() {
             let _ = delete_on(rt, self.conn.clone(), store, id, true);
         }
@@ -712,11 +710,12 @@ struct PendingSupervisor {
 }
 
 impl PendingSupervisor {
-    /// # Safety
-    /// Only while the CLI is single-threaded (see [`crate::sysinfo::spawn`]).
-    unsafe fn start(self) -> Result<()> {
-        // SAFETY: the caller guarantees this process is single-threaded.
-        Ok(unsafe { crate::sysinfo::spawn(self.listener, self.init, self.mount_namespace) }?)
+    fn start(self) -> Result<()> {
+        Ok(crate::sysinfo::spawn(
+            self.listener,
+            self.init,
+            self.mount_namespace,
+        )?)
     }
 }
 
@@ -1352,7 +1351,7 @@ fn finish(
 ) -> Result<Option<PendingSupervisor>> {
     let (bundle, pid) = (c.bundle, spawned.pid);
     // For root's sysinfo supervisor (see below). A tenant's supervisor is the tenant's own
-    // process, which the tenant may trace: it gets none of the container's fds.
+    // process, which the tenant may kill: it gets none of the container's fds.
     let held_mntns = nix::unistd::geteuid()
         .is_root()
         .then(|| mntns.try_clone())

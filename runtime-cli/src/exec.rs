@@ -95,8 +95,7 @@ pub fn exec(store: &Store, options: &ExecOptions<'_>) -> Result<i32> {
         let pid = *started.insert(new.as_raw());
         crate::container::forward_console(ready.console, options.console_socket)?;
         if let Some(listener) = ready.sysinfo {
-            // SAFETY: this command starts no thread, so this process is single-threaded.
-            unsafe { crate::sysinfo::spawn(listener, record.pid, None) }?;
+            crate::sysinfo::spawn(listener, record.pid, None)?;
         }
         if let Some(pid_file) = options.pid_file {
             crate::container::write_pid_file(pid_file, pid)?;

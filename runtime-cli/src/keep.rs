@@ -122,14 +122,33 @@ impl Slot {
     /// Locks the slot of range `name` as `take` says; None if it takes none.
     fn lock(name: &str, take: Take) -> Result<Option<Slot>> {
         let dir = crate::state::data_root()?.join(name);
+        loop {
+            let Some(locked) = Slot::lock_once(&dir, take)? else {
+                return Ok(None);
+            };
+            // The directory may have been removed (gc, another create's unkept slot) while
+            // this waited for its lock: then the lock is on nothing anyone else will see.
+            let still_there = std::fs::symlink_metadata(&dir).is_ok_and(|at_path| {
+                locked
+                    .metadata()
+                    .is_ok_and(|held| (held.dev(), held.ino()) == (at_path.dev(), at_path.ino()))
+            });
+            if still_there {
+                return Ok(Some(Slot { dir, _lock: locked }));
+            }
+        }
+    }
+
+    /// One attempt of [`Slot::lock`]: the directory at `dir`, locked.
+    fn lock_once(dir: &Path, take: Take) -> Result<Option<Flock<File>>> {
         if take == Take::Make {
-            std::fs::create_dir_all(&dir)
+            std::fs::create_dir_all(dir)
                 .map_err(CliError::io(format!("creating {}", dir.display())))?;
             // The container's root must reach its docker directory below.
-            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
                 .map_err(CliError::io(format!("chmod {}", dir.display())))?;
         }
-        let file = match File::open(&dir) {
+        let file = match File::open(dir) {
             Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && take != Take::Make => {
                 return Ok(None)
@@ -142,7 +161,7 @@ impl Slot {
             FlockArg::LockExclusive
         };
         match Flock::lock(file, how) {
-            Ok(lock) => Ok(Some(Slot { dir, _lock: lock })),
+            Ok(lock) => Ok(Some(lock)),
             Err((_, nix::errno::Errno::EWOULDBLOCK)) if take == Take::IfFree => Ok(None),
             Err((_, e)) => Err(CliError::io(format!("locking {}", dir.display()))(e)),
         }

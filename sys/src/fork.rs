@@ -25,8 +25,9 @@
 //!
 //! A prologue step that fails (none can with the arguments given) ends the child with
 //! [`PROLOGUE_FAILED`] before its body runs. When the body returns, the child leaves with
-//! `_exit` and the code the body returned: it never runs the parent's destructors, atexit
-//! handlers or stdio flushes ([`exit`] is the same way out from deeper down).
+//! `_exit` and the code the body returned ([`BODY_PANICKED`] if it panicked): it never runs the
+//! parent's destructors, atexit handlers or stdio flushes ([`exit`] is the same way out from
+//! deeper down).
 //!
 //! The prologue makes raw system calls only, on memory prepared before the fork, so it is sound
 //! in the child of a multi-threaded process. There the body may do no more (no allocation, no
@@ -62,6 +63,9 @@ use burrow_contract::BurrowError;
 
 /// The exit code of a child whose prologue failed (it ran nothing of its body).
 pub const PROLOGUE_FAILED: i32 = 125;
+
+/// The exit code of a child whose body panicked (Rust's own for a panic).
+pub const BODY_PANICKED: i32 = 101;
 
 /// How the child tells that its parent already went before it set its death signal.
 #[derive(Debug, Clone, Copy)]
@@ -286,7 +290,9 @@ fn run_child(keep: &Keep, parent: Option<i32>, body: impl FnOnce() -> i32) -> ! 
     if close_all_except(keep).is_err() {
         exit(PROLOGUE_FAILED);
     }
-    exit(body())
+    // A panic must end the child here: unwound further, it would run the parent's code and
+    // destructors (its runtime, fds the prologue closed) in the child.
+    exit(std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)).unwrap_or(BODY_PANICKED))
 }
 
 /// Closes every fd but those `keep` holds (its list sorted ascending), with close_range(2).
@@ -695,6 +701,13 @@ mod tests {
             })
         };
         assert_eq!(exit_code(child.unwrap()), RAN | DEATH_SIGNAL);
+    }
+
+    #[test]
+    fn a_body_that_panics_ends_its_child_there() {
+        // SAFETY: the body's panic allocates, which glibc's fork handlers make sound here.
+        let child = unsafe { fork_child(Keep::nothing(), ParentExit::Survive, || panic!("body")) };
+        assert_eq!(exit_code(child.unwrap()), BODY_PANICKED);
     }
 
     #[test]

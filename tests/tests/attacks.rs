@@ -1640,7 +1640,7 @@ fn supervisor_holds_nothing(supervisor: i32, init: i32, user: Option<User>, who:
         );
     }
     // Root's supervisor holds it, so that its exit (not the init's) tears it down; a
-    // tenant's, a process the tenant may trace, holds none of the container's fds.
+    // tenant's, a process of the tenant's own, holds none of the container's fds.
     let stdout = fs::read_link(format!("/proc/{supervisor}/fd/1")).unwrap();
     let held = stdout.display().to_string() == containers_mounts;
     assert_eq!(

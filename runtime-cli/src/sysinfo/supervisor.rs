@@ -25,6 +25,11 @@ pub enum SupervisorError {
     Spawn(#[source] std::io::Error),
     #[error("the sysinfo supervisor's stdin is no seccomp listener: {0}")]
     NoListener(#[source] Errno),
+    #[error(
+        "the CLI has more than one thread: forking the sysinfo supervisor beside another \
+         thread is not sound"
+    )]
+    Threads,
     #[error("dropping the sysinfo supervisor's privileges: {0}")]
     Privileges(#[from] burrow_sys::privileges::PrivilegeError),
     #[error("waiting for sysinfo calls: {0}")]
@@ -45,9 +50,8 @@ pub enum SupervisorError {
 /// its tree waits for an RCU grace period, 1-2 ms here) then comes in the supervisor's exit,
 /// rather than in the init's, where it delays the exit its waiter (`run`, a shim) sees.
 ///
-/// # Safety
-/// Only while the CLI is single-threaded (the supervisor allocates).
-pub unsafe fn spawn(
+/// Only while the CLI is single-threaded (the supervisor allocates), which it checks.
+pub fn spawn(
     listener: OwnedFd,
     container_init: i32,
     mount_namespace: Option<OwnedFd>,
@@ -69,23 +73,35 @@ pub unsafe fn spawn(
         .and(stdout.as_fd())
         .and(null.as_fd())
         .and_all(crate::log::file());
-    debug_assert!(burrow_sys::fork::single_threaded());
     let title = format!("burrow\0sysinfo-supervisor\0--container-init\0{container_init}\0");
-    // SAFETY: the caller guarantees this process is single-threaded, so the child may
-    // allocate; it drops no fd wrapper but the three it keeps (and the log's, kept).
-    unsafe {
+    // Checked, not assumed: a library's thread behind the CLI's back (zbus connected on one)
+    // would make the child's allocations unsound. One thread cannot start another meanwhile.
+    if !burrow_sys::fork::single_threaded() {
+        return Err(SupervisorError::Threads);
+    }
+    // SAFETY: this process is single-threaded (checked above), so the child may allocate; it
+    // drops no fd wrapper but the three it keeps (and the log's, kept).
+    let child = unsafe {
         fork_child(keep, ParentExit::Survive, move || {
             supervise(container_init, [listener, stdout, null], &title)
         })
     }
-    .map(drop)
-    .map_err(|e| SupervisorError::Spawn(std::io::Error::from(e.errno())))
+    .map_err(|e| SupervisorError::Spawn(std::io::Error::from(e.errno())))?;
+    // Also here, so that no signal to the caller's group reaches it before it did it itself.
+    let _ = nix::unistd::setpgid(child, child);
+    Ok(())
 }
 
 /// The forked supervisor: its own process group (a signal to the caller's group, a terminal's
-/// ^C, is not for it), `stdio` as its stdin, stdout and stderr, its title; then [`run`].
+/// ^C, is not for it), no signal blocked that its caller blocked, `stdio` as its stdin, stdout
+/// and stderr, its title; then [`run`].
 fn supervise(container_init: i32, stdio: [OwnedFd; 3], title: &str) -> i32 {
     let _ = nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0));
+    let _ = nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&nix::sys::signal::SigSet::empty()),
+        None,
+    );
     if let Err(e) = onto_stdio(stdio) {
         crate::log::warn(format!("sysinfo supervisor's stdio: {e}"));
         return 1;
@@ -102,8 +118,8 @@ fn supervise(container_init: i32, stdio: [OwnedFd; 3], title: &str) -> i32 {
 
 /// Makes `fds` this process's fds 0, 1 and 2, and closes them where they were.
 fn onto_stdio(fds: [OwnedFd; 3]) -> Result<(), Errno> {
-    // Copied above stdio first, the originals closed: one of them may itself be 0, 1 or 2 (a
-    // CLI started with its stdio closed).
+    // Copied above stdio first, the originals closed: one of them could itself be 0, 1 or 2
+    // (Rust's runtime opens /dev/null on any of them the CLI started without, so not today).
     let mut copies = Vec::with_capacity(3);
     for fd in fds {
         copies.push(nix::fcntl::fcntl(
@@ -120,7 +136,7 @@ fn onto_stdio(fds: [OwnedFd; 3]) -> Result<(), Errno> {
 }
 
 /// Shows this process as `title` (its arguments, each ending in a NUL) in `ps` and
-/// `/proc/PID/cmdline`, cut to the length of the arguments it was started with, and as
+/// `/proc/PID/cmdline`, as many of its arguments as fit in those it was started with, and as
 /// `burrow-sysinfo` in `comm` (`top`, `pgrep`). Without CAP_SYS_RESOURCE the kernel's
 /// argument area cannot be moved (PR_SET_MM), so the title is written over it in place, as
 /// LXC's monitor and systemd's `rename_process` do.
@@ -130,7 +146,13 @@ fn set_title(title: &str) {
         return;
     };
     let length = end - start;
-    let written = title.len().min(length.saturating_sub(1));
+    // Whole arguments only: a pid cut short would name another process.
+    let written = title
+        .match_indices('\0')
+        .map(|(at, _)| at + 1)
+        .take_while(|&size| size <= length)
+        .last()
+        .unwrap_or(0);
     // SAFETY: [start, end) is this process's argument area, which the kernel placed on its
     // stack at exec, writable; this single-threaded child reads its arguments no more.
     unsafe {
