@@ -151,19 +151,15 @@ pub fn start_time(pid: i32) -> Option<u64> {
     parse_start_time(&fs::read(format!("/proc/{pid}/stat")).ok()?)
 }
 
-/// The start time in a /proc/PID/stat line, None for a zombie or a dead process. The command
-/// name (field 2) is the process's own choice (prctl PR_SET_NAME or /proc/self/comm: any bytes
-/// but NUL, not always UTF-8, parentheses and spaces included), and the kernel writes it as it
-/// is: the line is read as bytes and its fields counted from the last ')'. A container's init
-/// must not pass for gone by its name (`kill` would refuse to signal it).
+/// The start time in a /proc/PID/stat line (field 22), None for a zombie or a dead process.
+/// A container's init must not pass for gone by its name, which it chooses
+/// ([`burrow_sys::proc_stat`]): `kill` would refuse to signal it.
 pub fn parse_start_time(stat: &[u8]) -> Option<u64> {
-    let comm_end = stat.iter().rposition(|b| *b == b')')?;
-    let after_comm = std::str::from_utf8(&stat[comm_end + 1..]).ok()?;
-    let fields: Vec<&str> = after_comm.split_whitespace().collect();
-    if fields.first() == Some(&"Z") || fields.first() == Some(&"X") {
+    use burrow_sys::proc_stat::field;
+    if matches!(field(stat, 3), Some("Z" | "X")) {
         return None;
     }
-    fields.get(19)?.parse().ok()
+    field(stat, 22)?.parse().ok()
 }
 
 impl Record {

@@ -326,16 +326,12 @@ pub fn close_on_exec_from(first: u32) -> Result<(), Errno> {
     close_range(first, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as libc::c_int)
 }
 
-/// Whether this process has a single thread (`num_threads` of `/proc/self/stat`), as a
-/// caller of [`fork_child`] whose child allocates must be: for debug assertions, which the
-/// tests run, so that a library starting a thread behind the caller's back is caught.
+/// Whether this process has a single thread (`num_threads`, field 20 of `/proc/self/stat`),
+/// as a caller of [`fork_child`] whose child allocates must be: checked, so that a library
+/// starting a thread behind the caller's back is caught.
 pub fn single_threaded() -> bool {
-    std::fs::read_to_string("/proc/self/stat").is_ok_and(|stat| {
-        // The fields after the command's name, which may hold spaces: field 3 first.
-        stat.rfind(')')
-            .and_then(|end| stat.get(end + 2..)?.split(' ').nth(20 - 3))
-            .is_some_and(|threads| threads == "1")
-    })
+    std::fs::read("/proc/self/stat")
+        .is_ok_and(|stat| crate::proc_stat::field(&stat, 20) == Some("1"))
 }
 
 /// Leaves a forked child at once with `code`.

@@ -1,7 +1,7 @@
 //! What Burrow's processes share on the host, beside the contract (`burrow-contract`): the
 //! helpers' service skeleton (caller identification, polkit, capability dropping, idle exit,
 //! atomic state files, quotas) and the code that faces the kernel (user-namespace fds, nsfs
-//! handles, pidfds, cgroups and the device policy, forking workers, mountinfo, lxcfs, bounded
+//! handles, pidfds, cgroups and the device policy, forking workers, mountinfo, /proc/PID/stat, lxcfs, bounded
 //! waits on fds).
 
 pub mod authz;
@@ -14,6 +14,7 @@ pub mod nsfs;
 pub mod pidfd;
 pub mod poll;
 pub mod privileges;
+pub mod proc_stat;
 pub mod quota;
 pub mod service;
 pub mod state;

@@ -789,10 +789,10 @@ pub fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
 
 /// `/proc/PID/stat`'s state and parent pid.
 pub fn state_and_parent(pid: i32) -> Option<(char, i32)> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let mut rest = stat.rsplit_once(") ")?.1.split(' ');
-    let state = rest.next()?.chars().next()?;
-    Some((state, rest.next()?.parse().ok()?))
+    use burrow_sys::proc_stat::field;
+    let stat = fs::read(format!("/proc/{pid}/stat")).ok()?;
+    let state = field(&stat, 3)?.chars().next()?;
+    Some((state, field(&stat, 4)?.parse().ok()?))
 }
 
 /// The processes of process group `group` that `wanted` accepts.

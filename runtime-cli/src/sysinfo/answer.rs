@@ -53,9 +53,9 @@ pub fn answer(readings: &Readings) -> libc::sysinfo {
 /// When the process `stat` describes started, in seconds since boot (field 22 of
 /// /proc/PID/stat, in clock ticks of `ticks_per_second`).
 pub fn started_from_stat(stat: &str, ticks_per_second: u64) -> Option<u64> {
-    // The name (field 2) may hold spaces and parentheses: fields count from its last ')'.
-    let (_, after_name) = stat.rsplit_once(')')?;
-    let ticks: u64 = after_name.split_whitespace().nth(22 - 3)?.parse().ok()?;
+    let ticks: u64 = burrow_sys::proc_stat::field(stat.as_bytes(), 22)?
+        .parse()
+        .ok()?;
     Some(ticks / ticks_per_second.max(1))
 }
 

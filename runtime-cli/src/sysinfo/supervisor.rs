@@ -23,8 +23,8 @@ use burrow_sys::fork::{fork_child, Keep, ParentExit};
 pub enum SupervisorError {
     #[error("starting the sysinfo supervisor: {0}")]
     Spawn(#[source] std::io::Error),
-    #[error("the sysinfo supervisor's stdin is no seccomp listener: {0}")]
-    NoListener(#[source] Errno),
+    #[error("asking the kernel for the size of seccomp's notifications: {0}")]
+    NotificationSizes(#[source] Errno),
     #[error(
         "the CLI has more than one thread: forking the sysinfo supervisor beside another \
          thread is not sound"
@@ -163,11 +163,9 @@ fn set_title(title: &str) {
 
 /// The start and end of this process's argument area (`/proc/self/stat`'s fields 48 and 49).
 fn argument_area() -> Option<(usize, usize)> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the command's name, which may hold spaces and parentheses: field 3 first.
-    let mut fields = stat.get(stat.rfind(')')? + 2..)?.split(' ').skip(48 - 3);
-    let start = fields.next()?.parse().ok()?;
-    let end = fields.next()?.parse().ok()?;
+    let stat = std::fs::read("/proc/self/stat").ok()?;
+    let address = |number| burrow_sys::proc_stat::field(&stat, number)?.parse().ok();
+    let (start, end): (usize, usize) = (address(48)?, address(49)?);
     (start < end).then_some((start, end))
 }
 
@@ -187,7 +185,7 @@ fn run(container_init: i32) -> Result<(), SupervisorError> {
     let started = std::fs::read_to_string(format!("/proc/{container_init}/stat"))
         .ok()
         .and_then(|stat| started_from_stat(&stat, ticks_per_second()));
-    let mut buffer = NotificationBuffer::new(listener.as_fd())?;
+    let mut buffer = NotificationBuffer::new()?;
     while wait_for_call(listener.as_fd())? {
         let Some(call) = buffer.receive(listener.as_fd())? else {
             continue;
@@ -236,7 +234,7 @@ fn wait_for_call(listener: BorrowedFd<'_>) -> Result<bool, SupervisorError> {
 struct NotificationBuffer(Vec<u64>);
 
 impl NotificationBuffer {
-    fn new(listener: BorrowedFd<'_>) -> Result<Self, SupervisorError> {
+    fn new() -> Result<Self, SupervisorError> {
         // SAFETY: all-zero is a valid seccomp_notif_sizes.
         let mut sizes: libc::seccomp_notif_sizes = unsafe { std::mem::zeroed() };
         // SAFETY: SECCOMP_GET_NOTIF_SIZES writes one seccomp_notif_sizes into `sizes`.
@@ -248,13 +246,7 @@ impl NotificationBuffer {
                 &mut sizes as *mut libc::seccomp_notif_sizes,
             )
         };
-        Errno::result(got).map_err(SupervisorError::NoListener)?;
-        // Is fd 0 a listener at all? ID_VALID of id 0 answers ENOENT on one, ENOTTY elsewhere.
-        if let Err(e @ (Errno::ENOTTY | Errno::EINVAL | Errno::EBADF)) =
-            notification_pending(listener, 0)
-        {
-            return Err(SupervisorError::NoListener(e));
-        }
+        Errno::result(got).map_err(SupervisorError::NotificationSizes)?;
         let bytes = usize::from(sizes.seccomp_notif).max(size_of::<libc::seccomp_notif>());
         Ok(NotificationBuffer(vec![0; bytes.div_ceil(8)]))
     }
