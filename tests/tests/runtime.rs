@@ -839,3 +839,24 @@ fn seccomp_denies_host_wide_calls_and_allows_what_system_containers_need() {
         assert_ne!(inside[call], libc::EPERM, "{call} denied inside");
     }
 }
+
+/// The CLI talks to the helpers only over a unix socket, whose credentials name the caller: a
+/// system bus address of another transport is refused by name, before anything is done.
+#[test]
+fn a_system_bus_that_is_no_unix_socket_is_refused() {
+    let root = std::env::temp_dir().join(format!("burrow-tcp-bus-{}", std::process::id()));
+    let out = Command::new(bin("burrow"))
+        .arg("--root")
+        .arg(&root)
+        .arg("gc")
+        .env("DBUS_SYSTEM_BUS_ADDRESS", "tcp:host=127.0.0.1,port=9")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("the system bus address tcp:host=127.0.0.1,port=9 is no unix socket"),
+        "{stderr}"
+    );
+    let _ = fs::remove_dir_all(&root);
+}
