@@ -157,6 +157,17 @@ impl Allocator {
             })
     }
 
+    /// Kills `worker`, whose call is done, without waiting for its exit: it is reaped before
+    /// any namespace's liveness is next judged (see [`Kernel::dismiss`]).
+    pub fn dismiss(&mut self, worker: NsWorker) {
+        self.kernel.dismiss(worker);
+    }
+
+    /// Reaps the dismissed workers (see [`Self::dismiss`]).
+    pub fn reap_dismissed(&mut self) {
+        self.kernel.reap_dismissed();
+    }
+
     /// The holders and ranges that went, whose cgroups are to be removed.
     pub fn take_gone(&mut self) -> Vec<Gone> {
         std::mem::take(&mut self.gone)
@@ -490,9 +501,7 @@ mod tests {
     /// An allocator on the records under `dir`, as idmapd opens one at start (reclaiming the
     /// ranges of namespaces that are gone).
     fn open(dir: &Path) -> Allocator {
-        let kernel = Kernel {
-            boot_id: this_boot(),
-        };
+        let kernel = Kernel::new(this_boot());
         let pool = Pool::new(BASE, BASE + 4 * RANGE_SIZE - 1).unwrap();
         let registry = Registry::load(dir, &this_boot()).unwrap();
         Allocator::open(pool, 8, registry, kernel)

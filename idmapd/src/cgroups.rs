@@ -75,7 +75,7 @@ pub struct Grant {
 /// A cgroup to remove: its path below every hierarchy's root, and the scope systemd holds it
 /// as (stopped first).
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Leftover {
+pub struct Leftover {
     path: String,
     unit: Option<String>,
 }
@@ -228,18 +228,20 @@ impl Cgroups {
             return;
         }
         let placement = self.placement;
-        let leftovers = blocking(move || {
-            Ok(gone
-                .iter()
-                .flat_map(|gone| leftovers_of(placement, gone))
-                .collect())
-        })
-        .await
-        .unwrap_or_default();
+        let leftovers = blocking(move || Ok(leftovers(placement, &gone)))
+            .await
+            .unwrap_or_default();
         self.remove(leftovers).await;
     }
 
-    async fn remove(&self, leftovers: Vec<Leftover>) {
+    /// The cgroups of what went (it reads the hierarchies: call it off the executor, as from
+    /// the allocator's thread), for [`Self::remove`].
+    pub fn leftovers_of(&self, gone: &[Gone]) -> Vec<Leftover> {
+        leftovers(self.placement, gone)
+    }
+
+    /// Removes `leftovers`: each scope is stopped, then its directories in every hierarchy go.
+    pub async fn remove(&self, leftovers: Vec<Leftover>) {
         for leftover in leftovers {
             if let Some(unit) = &leftover.unit {
                 let stopped = match self.systemd().await {
@@ -258,6 +260,12 @@ impl Cgroups {
             .await;
         }
     }
+}
+
+fn leftovers(placement: Placement, gone: &[Gone]) -> Vec<Leftover> {
+    gone.iter()
+        .flat_map(|gone| leftovers_of(placement, gone))
+        .collect()
 }
 
 /// The cgroups of what went: a holder's own; for a range, those of its holders and any a crash

@@ -46,16 +46,25 @@ impl IdMap {
     }
 
     /// Frees drained ranges soon after their namespaces exit, rather than at the next start,
-    /// and removes the cgroups of ranges freed at start.
+    /// and removes the cgroups of ranges freed at start. Looks every `idle` and, while ranges
+    /// drain, every `draining`: a namespace usually goes within milliseconds of its release
+    /// (the kernel frees it from a work queue), and its range is then free sooner, and freed
+    /// in smaller batches, whose files the registry recycles rather than deletes.
     pub fn watch_draining(
         &self,
-        every: std::time::Duration,
+        idle: std::time::Duration,
+        draining: std::time::Duration,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let (allocator, cgroups) = (Arc::clone(&self.allocator), Arc::clone(&self.cgroups));
         let activity = self.activity.clone();
         async move {
             loop {
-                tokio::time::sleep(every).await;
+                let pause = if lock(&allocator).has_draining() {
+                    draining
+                } else {
+                    idle
+                };
+                tokio::time::sleep(pause).await;
                 let mut freed = 0;
                 if lock(&allocator).has_draining() {
                     let allocator = Arc::clone(&allocator);
@@ -77,22 +86,100 @@ impl IdMap {
         lock(&self.allocator)
     }
 
-    /// Runs `work` on the allocator from a blocking thread (it forks, fsyncs and scans /proc),
-    /// then, with the lock released, removes the cgroups of the holders and ranges that went.
+    /// Runs `work` on the allocator from a blocking thread (it forks, writes state and asks
+    /// the kernel), then, with the lock released, removes the cgroups of the holders and ranges
+    /// that went (found on the same thread: one hand-over less on the reply's path).
     async fn with_allocator<T: Send + 'static>(
         &self,
         work: impl FnOnce(&mut Allocator) -> Result<T, BurrowError> + Send + 'static,
     ) -> Result<T, BurrowError> {
-        let allocator = Arc::clone(&self.allocator);
-        let (result, gone) = blocking(move || {
-            let mut allocator = lock(&allocator);
-            let result = work(&mut allocator);
-            Ok((result, allocator.take_gone()))
+        let (allocator, cgroups) = (Arc::clone(&self.allocator), Arc::clone(&self.cgroups));
+        let (result, leftovers) = blocking(move || {
+            let (result, gone) = {
+                let mut allocator = lock(&allocator);
+                (work(&mut allocator), allocator.take_gone())
+            };
+            Ok((result, cgroups.leftovers_of(&gone)))
         })
         .await?;
-        self.cgroups.remove_gone(gone).await;
+        self.cgroups.remove(leftovers).await;
         result
     }
+
+    /// Reaps the workers of answered calls soon, off the reply's path, so that none waits as
+    /// a zombie for the next call (see [`Allocator::dismiss`]).
+    fn reap_dismissed_soon(&self) {
+        let allocator = Arc::clone(&self.allocator);
+        tokio::task::spawn_blocking(move || lock(&allocator).reap_dismissed());
+    }
+}
+
+/// What a call changed, as the bus hears of it.
+enum Change {
+    /// A new range: `Allocated`, and `InUse` changed.
+    Allocated {
+        uid: u32,
+        name: String,
+        base: u32,
+        size: u32,
+    },
+    /// A new name for a range held already: `Allocated` only.
+    Joined {
+        uid: u32,
+        name: String,
+        base: u32,
+        size: u32,
+    },
+    /// `Released`, and `InUse` (the range may be free, or draining).
+    Released { uid: u32, name: String, base: u32 },
+    /// A parked range freed or draining: `InUse`.
+    Forgotten,
+}
+
+/// Signals `change` once the reply is on its way: the caller waits for its answer, not for
+/// the bus to route each signal to its listeners first. A signal that cannot be sent is
+/// logged; the call's work is done either way.
+fn announce(emitter: &SignalEmitter<'_>, change: Change) {
+    let emitter = emitter.to_owned();
+    tokio::spawn(async move {
+        if let Err(e) = signal(&emitter, change).await {
+            tracing::warn!(error = %e, "cannot signal a change");
+        }
+    });
+}
+
+async fn signal(emitter: &SignalEmitter<'static>, change: Change) -> zbus::Result<()> {
+    let in_use_changed = match change {
+        Change::Allocated {
+            uid,
+            name,
+            base,
+            size,
+        } => {
+            IdMap::allocated(emitter, uid, &name, base, size).await?;
+            true
+        }
+        Change::Joined {
+            uid,
+            name,
+            base,
+            size,
+        } => {
+            IdMap::allocated(emitter, uid, &name, base, size).await?;
+            false
+        }
+        Change::Released { uid, name, base } => {
+            IdMap::released(emitter, uid, &name, base).await?;
+            true
+        }
+        Change::Forgotten => true,
+    };
+    if in_use_changed {
+        let server = emitter.connection().object_server();
+        let idmap = server.interface::<_, IdMap>(emitter.path()).await?;
+        idmap.get().await.in_use_changed(emitter).await?;
+    }
+    Ok(())
 }
 
 // A panic while holding the lock cannot leave the registry half-updated (every change is one
@@ -124,8 +211,16 @@ impl IdMap {
         match &result {
             Ok(record) => {
                 tracing::info!(uid = caller.uid, pid = ?caller.pid, name, base = record.0, "allocated");
-                Self::allocated(&emitter, caller.uid, &name, record.0, record.2).await?;
-                self.in_use_changed(&emitter).await?;
+                let (uid, base, size) = (caller.uid, record.0, record.2);
+                announce(
+                    &emitter,
+                    Change::Allocated {
+                        uid,
+                        name,
+                        base,
+                        size,
+                    },
+                );
             }
             Err(e) => {
                 tracing::info!(uid = caller.uid, pid = ?caller.pid, name = %name.escape_debug(),
@@ -164,7 +259,16 @@ impl IdMap {
             Ok(range) => {
                 tracing::info!(uid = caller.uid, pid = ?caller.pid, existing, name,
                     base = range.0, "joined");
-                Self::allocated(&emitter, caller.uid, &name, range.0, range.2).await?;
+                let (uid, base, size) = (caller.uid, range.0, range.2);
+                announce(
+                    &emitter,
+                    Change::Joined {
+                        uid,
+                        name,
+                        base,
+                        size,
+                    },
+                );
             }
             Err(e) => {
                 tracing::info!(uid = caller.uid, pid = ?caller.pid,
@@ -187,8 +291,8 @@ impl IdMap {
         let (uid, record) = self
             .on_own_name(&header, conn, &name, Allocator::release)
             .await?;
-        Self::released(&emitter, uid, &name, record.base).await?;
-        self.in_use_changed(&emitter).await?;
+        let base = record.base;
+        announce(&emitter, Change::Released { uid, name, base });
         Ok(())
     }
 
@@ -239,7 +343,7 @@ impl IdMap {
             .on_own_name(&header, conn, &name, Allocator::forget)
             .await?;
         tracing::info!(uid, name, base = record.base, "forgot");
-        self.in_use_changed(&emitter).await?;
+        announce(&emitter, Change::Forgotten);
         Ok(())
     }
 
@@ -397,29 +501,33 @@ impl IdMap {
         // The worker enters the namespace and the accounts are listed while polkit decides,
         // and outside the allocator's lock: both only read, and a refusal (answered first)
         // only kills the worker.
+        let exclusions = Arc::clone(&self.exclusions);
         let enter = blocking(move || {
             let worker = userns.enter()?;
             allocator::check_unmapped(&worker)?;
-            Ok((userns, worker))
+            Ok((userns, worker, exclusions.ranges()))
         });
-        let exclusions = Arc::clone(&self.exclusions);
-        let excluded = blocking(move || Ok(exclusions.ranges()));
         let authorize = caller.authorize(conn, header, idmap::ACTION_ALLOCATE);
-        let (authorized, entered, excluded) = tokio::join!(authorize, enter, excluded);
+        let (authorized, entered) = tokio::join!(authorize, enter);
         authorized?;
-        let (userns, worker) = entered?;
-        let excluded = excluded?;
+        let (userns, worker, excluded) = entered?;
         let uid = caller.uid;
         let max_ranges = self
             .quotas
             .for_uid(uid)?
             .max_ranges
             .unwrap_or(self.lock().max_per_user);
-        self.with_allocator(move |allocator| {
-            let record = allocator.allocate(uid, &name, &userns, &worker, max_ranges, &excluded)?;
-            Ok((record.base, record.base, record.size))
-        })
-        .await
+        let allocated = self
+            .with_allocator(move |allocator| {
+                let record =
+                    allocator.allocate(uid, &name, &userns, &worker, max_ranges, &excluded);
+                allocator.dismiss(worker);
+                let record = record?;
+                Ok((record.base, record.base, record.size))
+            })
+            .await;
+        self.reap_dismissed_soon();
+        allocated
     }
 
     /// Join's checks, in the order every method makes them: the names, then that the caller

@@ -6,16 +6,43 @@
 //! the namespace counts as alive: a range may be kept longer than needed, never handed out
 //! twice.
 
+use burrow_sys::fork::Unreaped;
+use burrow_sys::userns::NsWorker;
+
 use crate::registry::{Namespace, Record};
 
-/// The current boot, against which recorded namespaces are judged.
+/// The current boot, against which recorded namespaces are judged, and idmapd's own workers
+/// that may still hold namespaces.
 pub struct Kernel {
     pub boot_id: String,
+    /// Workers that mapped a namespace, killed once their call was done and reaped only
+    /// before the kernel is next asked: the reply did not wait for their exit, but a zombie
+    /// still holds its namespace, and must not make a range look used.
+    dismissed: Vec<Unreaped>,
 }
 
 impl Kernel {
+    pub fn new(boot_id: String) -> Self {
+        Kernel {
+            boot_id,
+            dismissed: vec![],
+        }
+    }
+
+    /// Kills `worker`, to be reaped later (see [`Self::reap_dismissed`]).
+    pub fn dismiss(&mut self, worker: NsWorker) {
+        self.dismissed.push(worker.dismiss());
+    }
+
+    /// Reaps the dismissed workers, waiting for those not gone yet (they were killed, so
+    /// only their exit is left).
+    pub fn reap_dismissed(&mut self) {
+        self.dismissed.clear();
+    }
+
     /// Whether the namespace mapped onto `record`'s range may still exist.
-    pub fn may_exist(&self, record: &Record) -> bool {
+    pub fn may_exist(&mut self, record: &Record) -> bool {
+        self.reap_dismissed();
         match &record.namespace {
             None => true,
             Some(ns) => self.namespace_may_exist(ns, record),

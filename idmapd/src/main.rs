@@ -102,7 +102,7 @@ fn main() -> anyhow::Result<()> {
     let boot_id = burrow_sys::nsfs::boot_id().context("reading this boot's id")?;
     let registry = registry::Registry::load(&args.state_dir, &boot_id)?;
     let exclusions = accounts::Exclusions::new(args.subid_file, args.id_db_file);
-    let kernel = liveness::Kernel { boot_id };
+    let kernel = liveness::Kernel::new(boot_id);
     let allocator = allocator::Allocator::open(pool, args.max_per_user, registry, kernel);
     tracing::info!(pool_start = pool.start, pool_end = pool.end, capacity = pool.capacity(),
         in_use = allocator.in_use(), state_dir = %args.state_dir.display(), cgroups = ?placement,
@@ -119,7 +119,7 @@ fn main() -> anyhow::Result<()> {
         activity.clone(),
         quotas,
     );
-    let drain_watch = interface.watch_draining(Duration::from_secs(2));
+    let drain_watch = interface.watch_draining(Duration::from_secs(2), Duration::from_millis(250));
     let service = Service {
         bus_name: idmap::BUS_NAME,
         object_path: idmap::OBJECT_PATH,

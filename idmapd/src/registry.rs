@@ -12,6 +12,10 @@
 //! Kept records (a range its owner keeps across its container's stops, see
 //! [`Record::kept`]) are the exception: what they protect (the owner's files, stored as the
 //! range's IDs) outlives the boot, so they are written and removed durably.
+//!
+//! The other records are written and removed through spare files that reuse the inodes of
+//! old versions and removed records (`burrow_sys::state::Recycler`): the spares (`.spare-N`)
+//! hold no record, whatever they contain.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -19,7 +23,7 @@ use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 
 use burrow_sys::nsfs::NsHandle;
-use burrow_sys::state::{self, StateError};
+use burrow_sys::state::{self, Recycler, StateError};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,6 +116,8 @@ const BOOT_MARK: &str = "boot_id";
 pub struct Registry {
     dir: PathBuf,
     by_base: BTreeMap<u32, Record>,
+    /// Writes and removes the records of this boot, reusing their files' inodes.
+    files: Recycler,
 }
 
 impl Registry {
@@ -129,8 +135,17 @@ impl Registry {
             source,
         };
         let mut by_base = BTreeMap::new();
+        let mut files = Recycler::new(dir);
         for entry in fs::read_dir(dir).map_err(read_err)? {
             let path = entry.map_err(read_err)?.path();
+            if path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(Recycler::is_spare)
+            {
+                files.adopt(&path)?;
+                continue;
+            }
             match load_record(&path) {
                 Ok(Some(record)) => {
                     by_base.insert(record.base, record);
@@ -150,6 +165,7 @@ impl Registry {
         Ok(Registry {
             dir: dir.to_path_buf(),
             by_base,
+            files,
         })
     }
 
@@ -159,15 +175,15 @@ impl Registry {
 
     /// Writes `record`'s file: durably if it is kept (it outlives the boot), else for this
     /// boot only (see the module's comment).
-    fn persist(&self, record: &Record) -> Result<(), RegistryError> {
+    fn persist(&mut self, record: &Record) -> Result<(), RegistryError> {
         let json = serde_json::to_vec_pretty(record).expect("records always serialize");
         let path = self.path_of(record.base);
-        let write = if record.kept {
-            state::write_atomic
+        if record.kept {
+            state::write_atomic(&path, &json)?;
         } else {
-            state::replace
-        };
-        Ok(write(&path, &json)?)
+            self.files.replace(&path, &json)?;
+        }
+        Ok(())
     }
 
     pub fn records(&self) -> impl Iterator<Item = &Record> {
@@ -238,14 +254,15 @@ impl Registry {
         if self.by_base.get(&base).is_some_and(|r| r.kept) {
             state::remove_durably(&path)?;
         } else {
-            state::remove(&path)?;
+            self.files.remove(&path)?;
         }
         Ok(self.by_base.remove(&base))
     }
 }
 
-/// The record in the file at `path`; None for the boot mark and files that are no record
-/// (an unfinished write is removed: it was never acknowledged).
+/// The record in the file at `path`; None for the boot mark and files that are no record (a
+/// temporary file of an unfinished write is removed: the record's own file holds the version
+/// before or after it, and a version that was not in place was never acknowledged).
 fn load_record(path: &Path) -> Result<Option<Record>, RegistryError> {
     let file_name = path
         .file_name()
@@ -328,7 +345,21 @@ mod tests {
         assert!(!dir.join(".655360.json.tmp").exists());
         let mut reg = reg;
         reg.remove(524288).unwrap();
-        assert_eq!(Registry::load(&dir, BOOT).unwrap().len(), 1);
+        // The old version of b and the removed a are spares, which hold no record, and which
+        // the next load adopts: its next write takes one rather than a new file.
+        let spares = || {
+            fs::read_dir(&dir)
+                .unwrap()
+                .filter(|e| Recycler::is_spare(e.as_ref().unwrap().file_name().to_str().unwrap()))
+                .count()
+        };
+        assert_eq!(spares(), 2);
+        let mut reg = Registry::load(&dir, BOOT).unwrap();
+        assert_eq!(reg.len(), 1);
+        assert_eq!(spares(), 2);
+        reg.store(record(655360, "c")).unwrap();
+        assert_eq!(spares(), 1);
+        assert_eq!(Registry::load(&dir, BOOT).unwrap().len(), 2);
         fs::write(dir.join("1.json"), b"not json").unwrap();
         assert!(matches!(
             Registry::load(&dir, BOOT),

@@ -49,7 +49,9 @@ pub fn build(request: Request, staging: PathBuf) -> Result<OwnedFd, BurrowError>
     let (uid_map, gid_map) = worker.maps()?;
     check_dev(fds[plan.dev].as_fd(), root_ids)?;
     let mapping = mapping_for(caller_uid, &userns, &worker)?;
-    drop(worker);
+    // Killed now, reaped when the build is done, by which time it has long exited: the build
+    // does not wait for its exit.
+    let _worker = worker.dismiss();
     let cx = Context {
         fds: &fds,
         mapping: Mapping {

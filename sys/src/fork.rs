@@ -367,12 +367,36 @@ pub unsafe fn fork_worker(keep: &[RawFd], parent: Parent, body: impl FnOnce()) -
 /// is done, so never recycled). Killed and reaped when dropped.
 pub struct Parked {
     pid: Pid,
-    /// The stack of a worker that shares this process's memory: freed only once the worker is
-    /// reaped.
-    stack: Option<Box<[u8]>>,
+    /// The worker until it is killed: taken by [`Parked::dismiss`] or the drop.
+    child: Option<Unreaped>,
     /// The write end of the worker's lifeline (see [`ParkingPipes`]), held until the worker
     /// goes.
     _lifeline: OwnedFd,
+}
+
+/// A child not reaped yet, so its pid is still its own: reaped when dropped, waiting for it to
+/// exit. A parked worker is one until it is killed; [`Parked::dismiss`] hands it over.
+pub struct Unreaped {
+    pid: Pid,
+    /// The stack of a worker that shares this process's memory: freed only once the worker is
+    /// reaped.
+    stack: Option<Box<[u8]>>,
+}
+
+impl Unreaped {
+    fn kill(&self) {
+        let _ = nix::sys::signal::kill(self.pid, nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+impl Drop for Unreaped {
+    fn drop(&mut self) {
+        if nix::sys::wait::waitpid(self.pid, None).is_err() {
+            // Not known to be gone: a worker sharing this process's memory may still run on
+            // its stack, which must then never be reused.
+            std::mem::forget(self.stack.take());
+        }
+    }
 }
 
 impl Parked {
@@ -474,15 +498,24 @@ impl Parked {
     pub fn proc_path(&self, file: &str) -> std::path::PathBuf {
         format!("/proc/{}/{file}", self.pid).into()
     }
+
+    /// Kills the worker without waiting for it to exit, which takes a while when it is the
+    /// last process of a namespace: the caller reaps it later, by dropping what this returns.
+    /// Until then it holds what a zombie holds (its namespaces among them).
+    pub fn dismiss(mut self) -> Unreaped {
+        let child = self
+            .child
+            .take()
+            .expect("only dismiss and drop take the child");
+        child.kill();
+        child
+    }
 }
 
 impl Drop for Parked {
     fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(self.pid, nix::sys::signal::Signal::SIGKILL);
-        if nix::sys::wait::waitpid(self.pid, None).is_err() {
-            // Not known to be gone: a worker sharing this process's memory may still run on
-            // its stack, which must then never be reused.
-            std::mem::forget(self.stack.take());
+        if let Some(child) = self.child.take() {
+            child.kill();
         }
     }
 }
@@ -534,7 +567,7 @@ impl ParkingPipes {
         drop((self.report_w, self.hangup_r));
         Parked {
             pid,
-            stack,
+            child: Some(Unreaped { pid, stack }),
             _lifeline: self.lifeline_w,
         }
         .when_ready(self.report_r, what)
@@ -806,6 +839,40 @@ mod tests {
     /// The worker leaves by itself once its lifeline's write end is gone, as when this process
     /// dies, even with no death signal: the kernel clears that when the worker joins a user
     /// namespace another user owns, which the setup does here in the way it can.
+    /// A dismissed worker is killed at once but left unreaped, so its pid stays its own, until
+    /// what `dismiss` returned is dropped.
+    #[test]
+    fn a_dismissed_worker_is_killed_at_once_and_reaped_only_when_dropped() {
+        for sharing_memory in [true, false] {
+            // SAFETY: the setup makes no call at all.
+            let parked = unsafe {
+                if sharing_memory {
+                    Parked::spawn_sharing_memory(&[], "wait", || 0)
+                } else {
+                    Parked::spawn(&[], "wait", || 0)
+                }
+            }
+            .unwrap();
+            let pid = parked.pid();
+            let unreaped = parked.dismiss();
+            let state = || {
+                let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+                crate::proc_stat::field(&stat, 3).map(str::to_string)
+            };
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while state().as_deref() != Some("Z") {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the dismissed worker is still not a zombie: {:?}",
+                    state()
+                );
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            drop(unreaped);
+            assert_eq!(state(), None, "reaped once dropped");
+        }
+    }
+
     #[test]
     fn a_parked_worker_leaves_when_its_lifeline_ends_even_without_a_death_signal() {
         for sharing_memory in [true, false] {

@@ -4,7 +4,7 @@
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
-use crate::fork::Parked;
+use crate::fork::{Parked, Unreaped};
 use crate::nsfs::{ns_id, NsHandle};
 use burrow_contract::BurrowError;
 use burrow_contract::RANGE_SIZE;
@@ -160,6 +160,12 @@ impl NsWorker {
     /// `/proc/<worker>/<file>`.
     pub fn proc_path(&self, file: &str) -> std::path::PathBuf {
         self.parked.proc_path(file)
+    }
+
+    /// Kills the worker; it is reaped when what this returns is dropped (see
+    /// [`Parked::dismiss`]).
+    pub fn dismiss(self) -> Unreaped {
+        self.parked.dismiss()
     }
 }
 
