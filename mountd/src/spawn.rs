@@ -114,11 +114,12 @@ pub fn run(job: &Job, fds: Fds) -> Result<OwnedFd, SpawnError> {
     let answer = receive(worker.sock.as_fd(), &mut worker.child);
     // After an answer the worker only reaps its own child and exits: let it, so that a process
     // it left in a container's pid namespace is never orphaned there (the container's init
-    // would have to reap it). Without an answer, it is killed (its child dies with it).
+    // would have to reap it). Without an answer, it is killed (its child dies with it). Either
+    // way it is reaped off the reply's path.
     if answer.is_err() {
         let _ = worker.child.kill();
     }
-    let _ = worker.child.wait();
+    spare::reap(worker.child);
     answer
 }
 
@@ -138,35 +139,64 @@ fn started_with(job: &Job, fds: &Fds) -> Result<Worker, SpawnError> {
 /// ms of a BuildRoot). It waits like any worker that has not got its job yet: single-threaded,
 /// non-dumpable, holding its socket and /dev/null only. One long-lived thread execs it:
 /// PR_SET_PDEATHSIG fires when the *thread* that forked the worker ends, and a blocking-pool
-/// thread ends after a second idle, which would kill the spare with it.
+/// thread ends after a second idle, which would kill the spare with it. The same thread reaps
+/// the workers that answered, whose exit a call need not wait for.
 mod spare {
     use super::*;
 
     static SPARE: Mutex<Option<Worker>> = Mutex::new(None);
-    static REFILL: OnceLock<Sender<()>> = OnceLock::new();
+    static CHORES: OnceLock<Sender<Chore>> = OnceLock::new();
+
+    /// What the spare's thread does.
+    enum Chore {
+        /// A new spare, if there is none.
+        Refill,
+        /// Wait for this worker to exit.
+        Reap(Child),
+    }
 
     pub(super) fn take() -> Option<Worker> {
         SPARE.lock().unwrap_or_else(PoisonError::into_inner).take()
     }
 
-    /// Asks the spare's thread (started on first use) for a new spare if there is none.
+    /// Asks the spare's thread for a new spare if there is none.
     pub(super) fn refill() {
         // A test watches every worker's stages: a spare would stop at its first one.
         #[cfg(debug_assertions)]
         if STOP_WORKERS.load(Ordering::Relaxed) {
             return;
         }
-        let refill = REFILL.get_or_init(|| {
-            let (refill, asked) = std::sync::mpsc::channel::<()>();
+        let _ = chores().send(Chore::Refill);
+    }
+
+    /// Has the spare's thread reap `worker`, or reaps it here if there is no such thread.
+    pub(super) fn reap(worker: Child) {
+        if let Err(std::sync::mpsc::SendError(Chore::Reap(mut worker))) =
+            chores().send(Chore::Reap(worker))
+        {
+            let _ = worker.wait();
+        }
+    }
+
+    /// The spare's thread, started on first use.
+    fn chores() -> &'static Sender<Chore> {
+        CHORES.get_or_init(|| {
+            let (chores, asked) = std::sync::mpsc::channel::<Chore>();
             let thread = std::thread::Builder::new()
                 .name("mountd-spare".into())
-                .spawn(move || asked.iter().for_each(|()| fill()));
+                .spawn(move || {
+                    asked.iter().for_each(|chore| match chore {
+                        Chore::Refill => fill(),
+                        Chore::Reap(mut worker) => {
+                            let _ = worker.wait();
+                        }
+                    })
+                });
             if let Err(e) = thread {
                 tracing::warn!("no thread for spare workers, each call execs its own: {e}");
             }
-            refill
-        });
-        let _ = refill.send(());
+            chores
+        })
     }
 
     fn fill() {
