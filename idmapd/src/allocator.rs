@@ -10,6 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use burrow_contract::BurrowError;
 use burrow_contract::RANGE_SIZE;
+use burrow_sys::fork::Unreaped;
 use burrow_sys::userns::{NsWorker, UserNs};
 
 use crate::cgroups::Gone;
@@ -163,9 +164,10 @@ impl Allocator {
         self.kernel.dismiss(worker);
     }
 
-    /// Reaps the dismissed workers (see [`Self::dismiss`]).
-    pub fn reap_dismissed(&mut self) {
-        self.kernel.reap_dismissed();
+    /// The dismissed workers (see [`Self::dismiss`]), for the caller to reap outside the
+    /// allocator's lock.
+    pub fn take_dismissed(&mut self) -> Vec<Unreaped> {
+        self.kernel.take_dismissed()
     }
 
     /// The holders and ranges that went, whose cgroups are to be removed.

@@ -228,7 +228,7 @@ impl Cgroups {
             return;
         }
         let placement = self.placement;
-        let leftovers = blocking(move || Ok(leftovers(placement, &gone)))
+        let leftovers = blocking(move || Ok(leftovers_of_all(placement, &gone)))
             .await
             .unwrap_or_default();
         self.remove(leftovers).await;
@@ -237,7 +237,7 @@ impl Cgroups {
     /// The cgroups of what went (it reads the hierarchies: call it off the executor, as from
     /// the allocator's thread), for [`Self::remove`].
     pub fn leftovers_of(&self, gone: &[Gone]) -> Vec<Leftover> {
-        leftovers(self.placement, gone)
+        leftovers_of_all(self.placement, gone)
     }
 
     /// Removes `leftovers`: each scope is stopped, then its directories in every hierarchy go.
@@ -262,7 +262,7 @@ impl Cgroups {
     }
 }
 
-fn leftovers(placement: Placement, gone: &[Gone]) -> Vec<Leftover> {
+fn leftovers_of_all(placement: Placement, gone: &[Gone]) -> Vec<Leftover> {
     gone.iter()
         .flat_map(|gone| leftovers_of(placement, gone))
         .collect()

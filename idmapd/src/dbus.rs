@@ -8,8 +8,9 @@ use burrow_contract::BurrowError;
 use burrow_contract::{idmap, validate_name};
 use burrow_sys::quota::QuotaFile;
 use burrow_sys::service::{blocking, Activity};
-use burrow_sys::userns::UserNs;
+use burrow_sys::userns::{NsWorker, UserNs};
 use burrow_sys::Caller;
+use tokio::sync::Notify;
 use zbus::message::Header;
 use zbus::object_server::SignalEmitter;
 use zbus::zvariant::OwnedFd;
@@ -26,6 +27,8 @@ pub struct IdMap {
     cgroups: Arc<Cgroups>,
     activity: Activity,
     quotas: QuotaFile,
+    /// Wakes the draining watch when a release leaves a range draining.
+    drained: Arc<Notify>,
 }
 
 impl IdMap {
@@ -42,21 +45,23 @@ impl IdMap {
             cgroups: Arc::new(cgroups),
             activity,
             quotas,
+            drained: Arc::new(Notify::new()),
         }
     }
 
     /// Frees drained ranges soon after their namespaces exit, rather than at the next start,
-    /// and removes the cgroups of ranges freed at start. Looks every `idle` and, while ranges
-    /// drain, every `draining`: a namespace usually goes within milliseconds of its release
-    /// (the kernel frees it from a work queue), and its range is then free sooner, and freed
-    /// in smaller batches, whose files the registry recycles rather than deletes.
+    /// and removes the cgroups of ranges freed at start. Looks every `idle`, and `draining`
+    /// after a range starts draining and then as long as any drains: a namespace usually goes
+    /// within milliseconds of its release (the kernel frees it from a work queue), and its
+    /// range is then free sooner, and freed in smaller batches, whose files the registry
+    /// recycles rather than deletes.
     pub fn watch_draining(
         &self,
         idle: std::time::Duration,
         draining: std::time::Duration,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let (allocator, cgroups) = (Arc::clone(&self.allocator), Arc::clone(&self.cgroups));
-        let activity = self.activity.clone();
+        let (activity, drained) = (self.activity.clone(), Arc::clone(&self.drained));
         async move {
             loop {
                 let pause = if lock(&allocator).has_draining() {
@@ -64,7 +69,12 @@ impl IdMap {
                 } else {
                     idle
                 };
-                tokio::time::sleep(pause).await;
+                if tokio::time::timeout(pause, drained.notified())
+                    .await
+                    .is_ok()
+                {
+                    tokio::time::sleep(draining).await;
+                }
                 let mut freed = 0;
                 if lock(&allocator).has_draining() {
                     let allocator = Arc::clone(&allocator);
@@ -106,34 +116,52 @@ impl IdMap {
         result
     }
 
-    /// Reaps the workers of answered calls soon, off the reply's path, so that none waits as
-    /// a zombie for the next call (see [`Allocator::dismiss`]).
+    /// Kills `worker` and reaps it soon, off the executor and the reply's path.
+    fn dismiss(&self, worker: NsWorker) {
+        self.lock().dismiss(worker);
+        self.reap_dismissed_soon();
+    }
+
+    /// Reaps the workers of answered calls soon, off the reply's path and outside the
+    /// allocator's lock, so that none waits as a zombie for the next call (see
+    /// [`Allocator::dismiss`]).
     fn reap_dismissed_soon(&self) {
         let allocator = Arc::clone(&self.allocator);
-        tokio::task::spawn_blocking(move || lock(&allocator).reap_dismissed());
+        tokio::task::spawn_blocking(move || {
+            let dismissed = lock(&allocator).take_dismissed();
+            drop(dismissed);
+        });
     }
 }
 
 /// What a call changed, as the bus hears of it.
 enum Change {
-    /// A new range: `Allocated`, and `InUse` changed.
+    /// A new name: `Allocated`, and `InUse` if the range is new (not a Join's).
     Allocated {
         uid: u32,
         name: String,
         base: u32,
         size: u32,
-    },
-    /// A new name for a range held already: `Allocated` only.
-    Joined {
-        uid: u32,
-        name: String,
-        base: u32,
-        size: u32,
+        new_range: bool,
     },
     /// `Released`, and `InUse` (the range may be free, or draining).
     Released { uid: u32, name: String, base: u32 },
     /// A parked range freed or draining: `InUse`.
     Forgotten,
+}
+
+impl Change {
+    /// `name` of `uid`'s, given the range Allocate or Join returned; `new_range` for Allocate.
+    fn allocated(uid: u32, name: String, range: (u32, u32, u32), new_range: bool) -> Self {
+        let (base, _, size) = range;
+        Change::Allocated {
+            uid,
+            name,
+            base,
+            size,
+            new_range,
+        }
+    }
 }
 
 /// Signals `change` once the reply is on its way: the caller waits for its answer, not for
@@ -155,18 +183,10 @@ async fn signal(emitter: &SignalEmitter<'static>, change: Change) -> zbus::Resul
             name,
             base,
             size,
+            new_range,
         } => {
             IdMap::allocated(emitter, uid, &name, base, size).await?;
-            true
-        }
-        Change::Joined {
-            uid,
-            name,
-            base,
-            size,
-        } => {
-            IdMap::allocated(emitter, uid, &name, base, size).await?;
-            false
+            new_range
         }
         Change::Released { uid, name, base } => {
             IdMap::released(emitter, uid, &name, base).await?;
@@ -211,16 +231,7 @@ impl IdMap {
         match &result {
             Ok(record) => {
                 tracing::info!(uid = caller.uid, pid = ?caller.pid, name, base = record.0, "allocated");
-                let (uid, base, size) = (caller.uid, record.0, record.2);
-                announce(
-                    &emitter,
-                    Change::Allocated {
-                        uid,
-                        name,
-                        base,
-                        size,
-                    },
-                );
+                announce(&emitter, Change::allocated(caller.uid, name, *record, true));
             }
             Err(e) => {
                 tracing::info!(uid = caller.uid, pid = ?caller.pid, name = %name.escape_debug(),
@@ -259,16 +270,7 @@ impl IdMap {
             Ok(range) => {
                 tracing::info!(uid = caller.uid, pid = ?caller.pid, existing, name,
                     base = range.0, "joined");
-                let (uid, base, size) = (caller.uid, range.0, range.2);
-                announce(
-                    &emitter,
-                    Change::Joined {
-                        uid,
-                        name,
-                        base,
-                        size,
-                    },
-                );
+                announce(&emitter, Change::allocated(caller.uid, name, *range, false));
             }
             Err(e) => {
                 tracing::info!(uid = caller.uid, pid = ?caller.pid,
@@ -485,6 +487,9 @@ impl IdMap {
         validate_name(name)?;
         let (uid, name) = (caller.uid, name.to_string());
         let record = self.with_allocator(move |a| Ok(op(a, uid, &name)?)).await?;
+        if self.lock().has_draining() {
+            self.drained.notify_one();
+        }
         Ok((uid, record))
     }
 
@@ -509,14 +514,22 @@ impl IdMap {
         });
         let authorize = caller.authorize(conn, header, idmap::ACTION_ALLOCATE);
         let (authorized, entered) = tokio::join!(authorize, enter);
-        authorized?;
+        // On a refusal the worker is dismissed, not dropped here: dropping waits for its exit.
+        if let Err(e) = authorized {
+            if let Ok((_, worker, _)) = entered {
+                self.dismiss(worker);
+            }
+            return Err(e);
+        }
         let (userns, worker, excluded) = entered?;
         let uid = caller.uid;
-        let max_ranges = self
-            .quotas
-            .for_uid(uid)?
-            .max_ranges
-            .unwrap_or(self.lock().max_per_user);
+        let max_ranges = match self.quotas.for_uid(uid) {
+            Ok(quota) => quota.max_ranges.unwrap_or(self.lock().max_per_user),
+            Err(e) => {
+                self.dismiss(worker);
+                return Err(e.into());
+            }
+        };
         let allocated = self
             .with_allocator(move |allocator| {
                 let record =

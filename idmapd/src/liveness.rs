@@ -40,6 +40,12 @@ impl Kernel {
         self.dismissed.clear();
     }
 
+    /// The dismissed workers, to be reaped by the caller (dropped) without holding whatever
+    /// guards this: until then, a namespace one of them is in counts as alive.
+    pub fn take_dismissed(&mut self) -> Vec<Unreaped> {
+        std::mem::take(&mut self.dismissed)
+    }
+
     /// Whether the namespace mapped onto `record`'s range may still exist.
     pub fn may_exist(&mut self, record: &Record) -> bool {
         self.reap_dismissed();

@@ -502,6 +502,7 @@ impl Parked {
     /// Kills the worker without waiting for it to exit, which takes a while when it is the
     /// last process of a namespace: the caller reaps it later, by dropping what this returns.
     /// Until then it holds what a zombie holds (its namespaces among them).
+    #[must_use = "dropping it at once waits for the worker's exit"]
     pub fn dismiss(mut self) -> Unreaped {
         let child = self
             .child
@@ -836,9 +837,6 @@ mod tests {
         );
     }
 
-    /// The worker leaves by itself once its lifeline's write end is gone, as when this process
-    /// dies, even with no death signal: the kernel clears that when the worker joins a user
-    /// namespace another user owns, which the setup does here in the way it can.
     /// A dismissed worker is killed at once but left unreaped, so its pid stays its own, until
     /// what `dismiss` returned is dropped.
     #[test]
@@ -873,6 +871,9 @@ mod tests {
         }
     }
 
+    /// The worker leaves by itself once its lifeline's write end is gone, as when this process
+    /// dies, even with no death signal: the kernel clears that when the worker joins a user
+    /// namespace another user owns, which the setup does here in the way it can.
     #[test]
     fn a_parked_worker_leaves_when_its_lifeline_ends_even_without_a_death_signal() {
         for sharing_memory in [true, false] {

@@ -48,11 +48,12 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), StateError> {
 /// ext4 (`auto_da_alloc`, its default) writes a file renamed over another out at once, for a
 /// durability this function does not promise, and that took 0.15 ms more a call on this
 /// machine kind (docs/benchmarks.md). A writer killed in between leaves the new file in place
-/// and the old one under the temporary name, which readers treat as an unfinished write.
+/// and the old one under the temporary name, which nothing reads and the next write replaces.
 pub fn replace(path: &Path, contents: &[u8]) -> Result<(), StateError> {
     let (tmp, _file) = write_temporary(path, contents)?;
     if put_in_place(&tmp, path)? {
-        remove(&tmp)?;
+        // The new contents are in place: an old version left beside them changes nothing.
+        let _ = remove(&tmp);
     }
     Ok(())
 }
@@ -63,13 +64,18 @@ fn put_in_place(new: &Path, path: &Path) -> Result<bool, StateError> {
     use rustix::fs::{renameat_with, RenameFlags, CWD};
     match renameat_with(CWD, new, CWD, path, RenameFlags::EXCHANGE) {
         Ok(()) => Ok(true),
-        // No file to exchange with (a new one), or a filesystem that cannot exchange.
-        Err(rustix::io::Errno::NOENT | rustix::io::Errno::INVAL) => {
+        // No file to exchange with (a new one), or no exchange here (a file system or kernel
+        // without it, a sandbox that refuses the call): a rename, which reports real errors.
+        Err(_) => {
             fs::rename(new, path).map_err(io("rename", path))?;
             Ok(false)
         }
-        Err(e) => Err(io("exchange", path)(e.into())),
     }
+}
+
+/// N of a spare's name, `.spare-N` (see [`Recycler`]).
+fn spare_number(name: &str) -> Option<u64> {
+    name.strip_prefix(".spare-")?.parse().ok()
 }
 
 /// The files of one directory, replaced as [`replace`] does and removed, through spare files
@@ -104,24 +110,23 @@ impl Recycler {
 
     /// Whether the file named `name` is a spare (of this or an earlier recycler).
     pub fn is_spare(name: &str) -> bool {
-        name.strip_prefix(".spare-")
-            .is_some_and(|n| n.parse::<u64>().is_ok())
+        spare_number(name).is_some()
     }
 
     /// Takes the spare `path` (a file of this directory that [`Self::is_spare`] names, left
-    /// by an earlier recycler) as one of its own, or deletes it if it has enough.
+    /// by an earlier recycler) as one of its own, or deletes it if it has enough. An entry of
+    /// that name that is no regular file is left alone, and never written through.
     pub fn adopt(&mut self, path: &Path) -> Result<(), StateError> {
-        let number = path
-            .file_name()
-            .and_then(|n| n.to_str()?.strip_prefix(".spare-")?.parse::<u64>().ok());
-        match number {
-            Some(n) if self.spares.len() < MAX_SPARES => {
-                self.next_spare = self.next_spare.max(n + 1);
-                self.spares.push(path.to_path_buf());
-            }
-            _ => {
-                remove(path)?;
-            }
+        let Some(number) = path.file_name().and_then(|n| spare_number(n.to_str()?)) else {
+            return Ok(());
+        };
+        // New spares are named above every one there.
+        self.next_spare = self.next_spare.max(number);
+        let regular = fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_file());
+        if regular && self.spares.len() < MAX_SPARES {
+            self.spares.push(path.to_path_buf());
+        } else if regular {
+            remove(path)?;
         }
         Ok(())
     }
@@ -150,24 +155,26 @@ impl Recycler {
         Ok(())
     }
 
-    /// As [`remove`]: the file becomes a spare, or goes if there are enough.
+    /// As [`remove`]: the file becomes a spare, or goes if there are enough (or if the spare's
+    /// name is taken, or the file system cannot rename without replacing).
     pub fn remove(&mut self, path: &Path) -> Result<bool, StateError> {
+        use rustix::fs::{renameat_with, RenameFlags, CWD};
         if self.spares.len() >= MAX_SPARES {
             return remove(path);
         }
         let spare = self.new_spare();
-        match fs::rename(path, &spare) {
+        match renameat_with(CWD, path, CWD, &spare, RenameFlags::NOREPLACE) {
             Ok(()) => {
                 self.spares.push(spare);
                 Ok(true)
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(io("remove", path)(e)),
+            Err(rustix::io::Errno::NOENT) => Ok(false),
+            Err(_) => remove(path),
         }
     }
 
     fn new_spare(&mut self) -> PathBuf {
-        self.next_spare += 1;
+        self.next_spare = self.next_spare.saturating_add(1);
         self.dir.join(format!(".spare-{}", self.next_spare))
     }
 }
@@ -372,6 +379,35 @@ mod tests {
         before.sort_unstable();
         assert_eq!(now, before);
         assert!(!Recycler::is_spare("a.json") && !Recycler::is_spare(".spare-x"));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A spare's name that is no regular file is never written through, and new spares are
+    /// named above it.
+    #[test]
+    fn a_recycler_adopts_only_regular_files() {
+        let dir = std::env::temp_dir().join(format!("burrow-adopt-test-{}", std::process::id()));
+        ensure_private_dir(&dir).unwrap();
+        let (odd, target) = (dir.join(".spare-7"), dir.join("a.json"));
+        fs::create_dir(&odd).unwrap();
+        std::os::unix::fs::symlink(&target, dir.join(".spare-3")).unwrap();
+        let mut files = Recycler::new(&dir);
+        files.adopt(&odd).unwrap();
+        files.adopt(&dir.join(".spare-3")).unwrap();
+        files.replace(&target, b"one").unwrap();
+        files.replace(&target, b"two").unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"two");
+        assert!(
+            odd.is_dir()
+                && fs::symlink_metadata(dir.join(".spare-3"))
+                    .unwrap()
+                    .is_symlink()
+        );
+        assert!(
+            dir.join(".spare-9").exists(),
+            "the old version, named above .spare-7"
+        );
+        assert!(files.remove(&target).unwrap());
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -164,6 +164,7 @@ impl NsWorker {
 
     /// Kills the worker; it is reaped when what this returns is dropped (see
     /// [`Parked::dismiss`]).
+    #[must_use = "dropping it at once waits for the worker's exit"]
     pub fn dismiss(self) -> Unreaped {
         self.parked.dismiss()
     }
