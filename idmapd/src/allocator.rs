@@ -181,9 +181,18 @@ impl Allocator {
             .any(|r| r.state == RecordState::Draining)
     }
 
-    /// Frees the released ranges whose namespaces are gone.
-    pub fn reclaim_draining(&mut self) -> usize {
-        self.reclaim(|r| r.state == RecordState::Draining)
+    /// The bases of the released ranges still draining.
+    pub fn draining(&self) -> Vec<u32> {
+        self.registry
+            .records()
+            .filter(|r| r.state == RecordState::Draining)
+            .map(|r| r.base)
+            .collect()
+    }
+
+    /// Frees the range at `base` if it still drains and its namespace is gone; whether it did.
+    pub fn reclaim_drained(&mut self, base: u32) -> bool {
+        self.reclaim(|r| r.base == base && r.state == RecordState::Draining) > 0
     }
 
     /// Frees the `candidate` ranges whose namespaces the kernel says are gone; returns how
