@@ -138,12 +138,7 @@ impl Registry {
         let mut files = Recycler::new(dir);
         for entry in fs::read_dir(dir).map_err(read_err)? {
             let path = entry.map_err(read_err)?.path();
-            if path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(Recycler::is_spare)
-            {
-                files.adopt(&path)?;
+            if files.adopt(&path)? {
                 continue;
             }
             match load_record(&path) {

@@ -86,8 +86,8 @@ fn spare_number(name: &str) -> Option<u64> {
 /// skips those (docs/design.md): with a new inode per write, a registry that changes hundreds
 /// of times a second slowed each write to about a millisecond.
 ///
-/// Spares are named `.spare-N`, hold old versions or nothing, and mean nothing: a reader of
-/// the directory skips them (see [`Recycler::is_spare`]) and its next writer adopts them.
+/// Spares are named `.spare-N`, hold old versions or nothing, and mean nothing: the
+/// directory's next writer adopts them ([`Recycler::adopt`]), and its reader skips them.
 pub struct Recycler {
     dir: PathBuf,
     spares: Vec<PathBuf>,
@@ -113,12 +113,13 @@ impl Recycler {
         spare_number(name).is_some()
     }
 
-    /// Takes the spare `path` (a file of this directory that [`Self::is_spare`] names, left
-    /// by an earlier recycler) as one of its own, or deletes it if it has enough. An entry of
-    /// that name that is no regular file is left alone, and never written through.
-    pub fn adopt(&mut self, path: &Path) -> Result<(), StateError> {
+    /// Whether `path`, an entry of this directory, is a spare's (see [`Self::is_spare`]), left
+    /// by an earlier recycler: if so, it takes it as one of its own, or deletes it if it has
+    /// enough. An entry of that name that is no regular file is left alone, and never written
+    /// through. A reader of the directory skips the entries this says are spares'.
+    pub fn adopt(&mut self, path: &Path) -> Result<bool, StateError> {
         let Some(number) = path.file_name().and_then(|n| spare_number(n.to_str()?)) else {
-            return Ok(());
+            return Ok(false);
         };
         // New spares are named above every one there.
         self.next_spare = self.next_spare.max(number);
@@ -128,7 +129,7 @@ impl Recycler {
         } else if regular {
             remove(path)?;
         }
-        Ok(())
+        Ok(true)
     }
 
     /// As [`replace`], through a spare. The spare is overwritten, then cut to the new length,
@@ -292,12 +293,18 @@ mod tests {
 
     /// `write` twice in a fresh directory leaves exactly the file, with the second contents;
     /// the directory's path is returned with it.
+    /// A new private directory for test `name`.
+    fn scratch_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("burrow-{name}-test-{}", std::process::id()));
+        ensure_private_dir(&dir).unwrap();
+        dir
+    }
+
     fn written_twice(
         name: &str,
         write: fn(&Path, &[u8]) -> Result<(), StateError>,
     ) -> (PathBuf, PathBuf) {
-        let dir = std::env::temp_dir().join(format!("burrow-{name}-test-{}", std::process::id()));
-        ensure_private_dir(&dir).unwrap();
+        let dir = scratch_dir(name);
         let target = dir.join("r.json");
         write(&target, b"one").unwrap();
         write(&target, b"two").unwrap();
@@ -329,8 +336,7 @@ mod tests {
     #[test]
     fn a_recycler_reuses_the_inodes_of_old_versions_and_removed_files() {
         use std::os::unix::fs::MetadataExt;
-        let dir = std::env::temp_dir().join(format!("burrow-recycle-test-{}", std::process::id()));
-        ensure_private_dir(&dir).unwrap();
+        let dir = scratch_dir("recycle");
         let (a, b) = (dir.join("a.json"), dir.join("b.json"));
         let inode = |path: &Path| fs::metadata(path).unwrap().ino();
         let names = || {
@@ -368,7 +374,7 @@ mod tests {
         let mut later = Recycler::new(&dir);
         let spare_inodes: Vec<u64> = spares.iter().map(|n| inode(&dir.join(n))).collect();
         for name in &spares {
-            later.adopt(&dir.join(name)).unwrap();
+            assert!(later.adopt(&dir.join(name)).unwrap());
         }
         later.replace(&a, b"four").unwrap();
         later.replace(&b, b"five").unwrap();
@@ -386,14 +392,17 @@ mod tests {
     /// named above it.
     #[test]
     fn a_recycler_adopts_only_regular_files() {
-        let dir = std::env::temp_dir().join(format!("burrow-adopt-test-{}", std::process::id()));
-        ensure_private_dir(&dir).unwrap();
+        let dir = scratch_dir("adopt");
         let (odd, target) = (dir.join(".spare-7"), dir.join("a.json"));
         fs::create_dir(&odd).unwrap();
         std::os::unix::fs::symlink(&target, dir.join(".spare-3")).unwrap();
         let mut files = Recycler::new(&dir);
-        files.adopt(&odd).unwrap();
-        files.adopt(&dir.join(".spare-3")).unwrap();
+        assert!(files.adopt(&odd).unwrap());
+        assert!(files.adopt(&dir.join(".spare-3")).unwrap());
+        assert!(
+            !files.adopt(&target).unwrap(),
+            "a record's name is no spare's"
+        );
         files.replace(&target, b"one").unwrap();
         files.replace(&target, b"two").unwrap();
         assert_eq!(fs::read(&target).unwrap(), b"two");
