@@ -740,7 +740,11 @@ fn an_allowlisted_device_gets_the_specs_mode_and_owner() {
     });
     let (out, out_file, _) = rt.create(&b, "fuse");
     assert!(out.status.success(), "create: {}", rt.last_error());
-    assert!(rt.run(&["start", "fuse"]).status.success());
+    assert!(
+        rt.run(&["start", "fuse"]).status.success(),
+        "start: {}",
+        rt.last_error()
+    );
     wait_for("the container ran", || {
         rt.state("fuse")["status"] == "stopped"
     });
