@@ -1,5 +1,5 @@
 //! idmapd benchmark (not a test): Allocate and Release latency over a real bus, for root and
-//! for a polkit-checked user, throughput with 32 concurrent clients, and the helper's idle RSS.
+//! for a polkit-checked user (and polkitd's own answer to that user), throughput with 32 concurrent clients, and the helper's idle RSS.
 //! Run as root with `make bench` (release binaries).
 
 use std::process::Stdio;
@@ -50,6 +50,33 @@ fn latency_row(label: &str, lines: &[serde_json::Value]) {
     );
 }
 
+/// polkitd alone: the same user's client asks it `count` times about Allocate's action, as
+/// idmapd does, so that the row above can be read against what polkitd itself takes.
+fn polkit_row(h: &Harness, user: User, count: usize) {
+    let out = h
+        .client(Some(user))
+        .args(["polkit-checks", "--count", &count.to_string()])
+        .output()
+        .unwrap();
+    let lines = json_lines(&out.stdout);
+    assert!(
+        out.status.success() && lines.iter().all(|l| l["authorized"] == true),
+        "a polkit check failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut checks: Vec<u64> = lines
+        .iter()
+        .map(|l| l["check_us"].as_u64().unwrap())
+        .collect();
+    checks.sort_unstable();
+    let ms = |us: u64| us as f64 / 1000.0;
+    println!(
+        "| polkitd alone: CheckAuthorization of that user, from its client | {count} | {:.2} | {:.2} | | |",
+        ms(percentile(&checks, 0.5)),
+        ms(percentile(&checks, 0.99)),
+    );
+}
+
 fn main() {
     let h = Harness::start(HarnessOptions::default());
     let alice = test_users().alice;
@@ -77,6 +104,7 @@ fn main() {
         &cycles(&asking, Some(alice), "asked", 500),
     );
     drop(asking);
+    polkit_row(&h, alice, 500);
 
     let (clients, per_client) = (32, 50);
     let start = Instant::now();

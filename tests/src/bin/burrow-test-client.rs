@@ -52,6 +52,13 @@ enum Cmd {
         #[arg(long)]
         count: usize,
     },
+    /// COUNT times, ask polkitd itself whether this client may allocate a range (Allocate's
+    /// action, this connection as the subject, as idmapd asks): what a helper's call waits
+    /// for when polkit is asked.
+    PolkitChecks {
+        #[arg(long)]
+        count: usize,
+    },
     /// Allocate COUNT ranges, keeping every namespace alive, until stdin closes. Bus errors
     /// (the helper being killed) are reported and the burst goes on.
     Burst {
@@ -399,6 +406,44 @@ fn x32_syscalls() -> Value {
     Value::Object(out)
 }
 
+/// Prints one line per CheckAuthorization: its latency and polkitd's answer.
+async fn polkit_checks(conn: &zbus::Connection, count: usize) {
+    use zbus_polkit::policykit1::{AuthorityProxy, Subject};
+    let authority = AuthorityProxy::new(conn).await.unwrap();
+    let own_name = conn
+        .unique_name()
+        .expect("a bus connection has a unique name");
+    let subject = Subject {
+        subject_kind: "system-bus-name".into(),
+        subject_details: [(
+            "name".to_string(),
+            zbus::zvariant::Value::from(own_name.as_str())
+                .try_into()
+                .unwrap(),
+        )]
+        .into(),
+    };
+    for _ in 0..count {
+        let started = Instant::now();
+        let answer = authority
+            .check_authorization(
+                &subject,
+                burrow_contract::idmap::ACTION_ALLOCATE,
+                &std::collections::HashMap::new(),
+                Default::default(),
+                "",
+            )
+            .await;
+        let check_us = started.elapsed().as_micros() as u64;
+        print(match answer {
+            Ok(result) => {
+                json!({"ok": true, "authorized": result.is_authorized, "check_us": check_us})
+            }
+            Err(e) => json!({"ok": false, "error": e.to_string()}),
+        });
+    }
+}
+
 fn wait_for_stdin_eof() {
     let stdin = std::io::stdin();
     for _ in stdin.lock().lines() {}
@@ -491,6 +536,7 @@ fn main() {
                     print(result);
                 }
             }
+            Cmd::PolkitChecks { count } => polkit_checks(&conn, count).await,
             Cmd::Burst { prefix, count } => {
                 let mut holders = vec![];
                 for i in 0..count {
