@@ -18,7 +18,7 @@ use zbus::Connection;
 
 use crate::accounts::Exclusions;
 use crate::allocator::{self, AllocError, Allocator};
-use crate::cgroups::{Cgroups, Grant};
+use crate::cgroups::{Cgroups, Grant, Leftover};
 use crate::registry::Record;
 
 pub struct IdMap {
@@ -115,12 +115,6 @@ impl IdMap {
         result
     }
 
-    /// Kills `worker` and reaps it soon, off the executor and the reply's path.
-    fn dismiss(&self, worker: NsWorker) {
-        self.lock().dismiss(worker);
-        self.reap_dismissed_soon();
-    }
-
     /// Reaps the workers of answered calls soon, off the reply's path and outside the
     /// allocator's lock, so that none waits as a zombie for the next call (see
     /// [`Allocator::dismiss`]).
@@ -132,6 +126,73 @@ impl IdMap {
         });
     }
 }
+
+/// Allocate's work off the executor, given polkit's answer when it comes.
+struct AllocateStep {
+    uid: u32,
+    name: String,
+    userns: UserNs,
+    allocator: Arc<Mutex<Allocator>>,
+    exclusions: Arc<Exclusions>,
+    cgroups: Arc<Cgroups>,
+    quotas: QuotaFile,
+}
+
+impl AllocateStep {
+    /// Enters the namespace and lists the accounts, then, if `decision` authorizes the call,
+    /// takes a range under the allocator's lock: the range and the cgroups left by what went.
+    /// A refusal is answered before any other error (the caller learns nothing of the
+    /// namespace), and its worker is dismissed, not waited for.
+    fn run(
+        self,
+        decision: tokio::sync::oneshot::Receiver<Result<(), BurrowError>>,
+    ) -> AllocateOutcome {
+        let entered = self.userns.enter().and_then(|worker| {
+            allocator::check_unmapped(&worker)?;
+            Ok(worker)
+        });
+        let excluded = self.exclusions.ranges();
+        let authorized = decision.blocking_recv().unwrap_or_else(|_| {
+            Err(BurrowError::Failed(
+                "the call ended before polkit answered".into(),
+            ))
+        });
+        let worker = match (authorized, entered) {
+            (Ok(()), Ok(worker)) => worker,
+            (Err(e), Ok(worker)) => return self.dismissed(worker, e),
+            (Err(e), Err(_)) | (Ok(()), Err(e)) => return (Err(e), vec![]),
+        };
+        let quota = match self.quotas.for_uid(self.uid) {
+            Ok(quota) => quota,
+            Err(e) => return self.dismissed(worker, e.into()),
+        };
+        let mut allocator = lock(&self.allocator);
+        let max_ranges = quota.max_ranges.unwrap_or(allocator.max_per_user);
+        let record = allocator.allocate(
+            self.uid,
+            &self.name,
+            &self.userns,
+            &worker,
+            max_ranges,
+            &excluded,
+        );
+        allocator.dismiss(worker);
+        let gone = allocator.take_gone();
+        drop(allocator);
+        let range = record.map(|r| (r.base, r.base, r.size)).map_err(Into::into);
+        (range, self.cgroups.leftovers_of(&gone))
+    }
+
+    /// A call refused with `error` once its worker entered the namespace: the worker is
+    /// dismissed, not waited for.
+    fn dismissed(self, worker: NsWorker, error: BurrowError) -> AllocateOutcome {
+        lock(&self.allocator).dismiss(worker);
+        (Err(error), vec![])
+    }
+}
+
+/// Allocate's answer, and the cgroups left by what went meanwhile (removed after the lock).
+type AllocateOutcome = (Result<(u32, u32, u32), BurrowError>, Vec<Leftover>);
 
 /// What a call changed, as the bus hears of it.
 enum Change {
@@ -513,44 +574,28 @@ impl IdMap {
     ) -> Result<(u32, u32, u32), BurrowError> {
         validate_name(&name)?;
         let userns = UserNs::from_caller_fd(userns.into(), caller.uid)?;
-        // The worker enters the namespace and the accounts are listed while polkit decides,
-        // and outside the allocator's lock: both only read, and a refusal (answered first)
-        // only kills the worker.
-        let exclusions = Arc::clone(&self.exclusions);
-        let enter = blocking(move || {
-            let worker = userns.enter()?;
-            allocator::check_unmapped(&worker)?;
-            Ok((userns, worker, exclusions.ranges()))
-        });
-        let authorize = caller.authorize(conn, header, idmap::ACTION_ALLOCATE);
-        let (authorized, entered) = tokio::join!(authorize, enter);
-        // On a refusal the worker is dismissed, not dropped here: dropping waits for its exit.
-        if let Err(e) = authorized {
-            if let Ok((_, worker, _)) = entered {
-                self.dismiss(worker);
-            }
-            return Err(e);
-        }
-        let (userns, worker, excluded) = entered?;
-        let uid = caller.uid;
-        let max_ranges = match self.quotas.for_uid(uid) {
-            Ok(quota) => quota.max_ranges.unwrap_or(self.lock().max_per_user),
-            Err(e) => {
-                self.dismiss(worker);
-                return Err(e.into());
-            }
+        // One blocking task enters the namespace and lists the accounts while polkit decides
+        // (both only read, outside the allocator's lock), then waits for polkit's answer and
+        // takes the range: one hand-over between threads each way, where a task per step took
+        // three, each a cross-CPU wake-up on a small machine.
+        let (decided, decision) = tokio::sync::oneshot::channel();
+        let step = AllocateStep {
+            uid: caller.uid,
+            name,
+            userns,
+            allocator: Arc::clone(&self.allocator),
+            exclusions: Arc::clone(&self.exclusions),
+            cgroups: Arc::clone(&self.cgroups),
+            quotas: self.quotas.clone(),
         };
-        let allocated = self
-            .with_allocator(move |allocator| {
-                let record =
-                    allocator.allocate(uid, &name, &userns, &worker, max_ranges, &excluded);
-                allocator.dismiss(worker);
-                let record = record?;
-                Ok((record.base, record.base, record.size))
-            })
-            .await;
+        let allocated = blocking(move || Ok(step.run(decision)));
+        let authorized = caller.authorize(conn, header, idmap::ACTION_ALLOCATE).await;
+        // Gone only if the task failed, which the await below reports.
+        let _ = decided.send(authorized);
+        let (result, leftovers) = allocated.await?;
+        self.cgroups.remove(leftovers).await;
         self.reap_dismissed_soon();
-        allocated
+        result
     }
 
     /// Join's checks, in the order every method makes them: the names, then that the caller
