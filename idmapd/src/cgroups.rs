@@ -10,6 +10,7 @@
 //! systemd makes and accounts for (idmapd never writes into systemd's tree behind its back);
 //! elsewhere, idmapd's own tree `/burrow-users/user-UID` at every hierarchy's root.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use burrow_contract::idmap::CGROUP_ROOT;
@@ -262,15 +263,32 @@ impl Cgroups {
     }
 }
 
+/// The cgroups of a batch of what went. Each user's cgroup is listed once for the batch: a
+/// drain frees dozens of one user's ranges at a time, and each listing opens the directory in
+/// every hierarchy (ten on a v1 host), work that took a CPU for milliseconds.
 fn leftovers_of_all(placement: Placement, gone: &[Gone]) -> Vec<Leftover> {
+    let mut listed: BTreeMap<u32, BTreeSet<String>> = BTreeMap::new();
     gone.iter()
-        .flat_map(|gone| leftovers_of(placement, gone))
+        .flat_map(|gone| {
+            let children = |uid| {
+                listed
+                    .entry(uid)
+                    .or_insert_with(|| cgroup::children(&user_cgroup(placement, uid)))
+                    .clone()
+            };
+            leftovers_of(placement, gone, children)
+        })
         .collect()
 }
 
 /// The cgroups of what went: a holder's own; for a range, those of its holders and any a crash
-/// left of earlier holders (its namespace is gone, so its processes are too).
-fn leftovers_of(placement: Placement, gone: &Gone) -> Vec<Leftover> {
+/// left of earlier holders (its namespace is gone, so its processes are too), among
+/// `children_of` the user's cgroup.
+fn leftovers_of(
+    placement: Placement,
+    gone: &Gone,
+    children_of: impl FnOnce(u32) -> BTreeSet<String>,
+) -> Vec<Leftover> {
     let leftover = |record: &Record, name: String| {
         let user = user_cgroup(placement, record.uid);
         Leftover {
@@ -286,7 +304,7 @@ fn leftovers_of(placement: Placement, gone: &Gone) -> Vec<Leftover> {
             let range = range_cgroup(placement, record);
             let first = holder_cgroup(placement, record, &record.name);
             let holder_prefix = format!("{range}-");
-            cgroup::children(&user_cgroup(placement, record.uid))
+            children_of(record.uid)
                 .into_iter()
                 .filter(|child| *child == first || child.starts_with(&holder_prefix))
                 .map(|child| leftover(record, child))
@@ -367,7 +385,8 @@ mod tests {
     fn holders_cgroups_are_named_per_placement() {
         let record = record("pod");
         let path = |placement, holder: &str| {
-            let leftovers = leftovers_of(placement, &Gone::Holder(record.clone(), holder.into()));
+            let leftovers =
+                leftovers_of_all(placement, &[Gone::Holder(record.clone(), holder.into())]);
             (leftovers[0].path.clone(), leftovers[0].unit.clone())
         };
         assert_eq!(

@@ -114,17 +114,6 @@ impl IdMap {
         self.cgroups.remove(leftovers).await;
         result
     }
-
-    /// Reaps the workers of answered calls soon, off the reply's path and outside the
-    /// allocator's lock, so that none waits as a zombie for the next call (see
-    /// [`Allocator::dismiss`]).
-    fn reap_dismissed_soon(&self) {
-        let allocator = Arc::clone(&self.allocator);
-        tokio::task::spawn_blocking(move || {
-            let dismissed = lock(&allocator).take_dismissed();
-            drop(dismissed);
-        });
-    }
 }
 
 /// Allocate's work off the executor, given polkit's answer when it comes.
@@ -139,11 +128,26 @@ struct AllocateStep {
 }
 
 impl AllocateStep {
+    /// [`Self::decide`], whose outcome goes to `answer` at once; then this thread reaps the
+    /// workers dismissed so far (this call's among them), off the reply's path and outside the
+    /// allocator's lock, so that none waits as a zombie for the next call (see
+    /// [`Allocator::dismiss`]) and no other thread need be woken for it.
+    fn run(
+        self,
+        decision: tokio::sync::oneshot::Receiver<Result<(), BurrowError>>,
+        answer: tokio::sync::oneshot::Sender<AllocateOutcome>,
+    ) {
+        let allocator = Arc::clone(&self.allocator);
+        let _ = answer.send(self.decide(decision));
+        let dismissed = lock(&allocator).take_dismissed();
+        drop(dismissed);
+    }
+
     /// Enters the namespace and lists the accounts, then, if `decision` authorizes the call,
     /// takes a range under the allocator's lock: the range and the cgroups left by what went.
     /// A refusal is answered before any other error (the caller learns nothing of the
     /// namespace), and its worker is dismissed, not waited for.
-    fn run(
+    fn decide(
         self,
         decision: tokio::sync::oneshot::Receiver<Result<(), BurrowError>>,
     ) -> AllocateOutcome {
@@ -588,13 +592,15 @@ impl IdMap {
             cgroups: Arc::clone(&self.cgroups),
             quotas: self.quotas.clone(),
         };
-        let allocated = blocking(move || Ok(step.run(decision)));
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        tokio::task::spawn_blocking(move || step.run(decision, answer));
         let authorized = caller.authorize(conn, header, idmap::ACTION_ALLOCATE).await;
-        // Gone only if the task failed, which the await below reports.
+        // Gone only if the task ended early, which `answered` reports.
         let _ = decided.send(authorized);
-        let (result, leftovers) = allocated.await?;
+        let (result, leftovers) = answered.await.map_err(|_| {
+            BurrowError::Failed("the allocation task ended without an answer".into())
+        })?;
         self.cgroups.remove(leftovers).await;
-        self.reap_dismissed_soon();
         result
     }
 

@@ -113,17 +113,13 @@ fn clean_file_mappings(smaps: &str) -> Vec<(usize, usize)> {
     clean
 }
 
-/// Runs blocking helper work (forks, fsyncs, /proc scans) off the async executor. The work
-/// starts at once, not when the returned future is first polled, so that a call can wait for
-/// something else (polkit) meanwhile.
-pub fn blocking<T: Send + 'static>(
+/// Runs blocking helper work (forks, fsyncs, /proc scans) off the async executor.
+pub async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, burrow_contract::BurrowError> + Send + 'static,
-) -> impl Future<Output = Result<T, burrow_contract::BurrowError>> {
-    let task = tokio::task::spawn_blocking(work);
-    async move {
-        task.await
-            .map_err(|e| burrow_contract::BurrowError::Failed(format!("worker task failed: {e}")))?
-    }
+) -> Result<T, burrow_contract::BurrowError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| burrow_contract::BurrowError::Failed(format!("worker task failed: {e}")))?
 }
 
 /// Sends logs to stderr (the journal when run by systemd); `RUST_LOG` (`level` or

@@ -821,6 +821,40 @@ fn each_holder_of_a_range_gets_its_own_cgroup() {
     });
 }
 
+/// Ranges of one user that drain together lose every cgroup: the user's cgroup is listed
+/// once for the whole batch of freed ranges, and each range's holders are found in it.
+#[test]
+fn ranges_drained_together_lose_all_their_cgroups() {
+    let h = harness();
+    let uid = test_users().alice.uid;
+    let held: Vec<_> = ["pod-a", "pod-b", "pod-c"]
+        .into_iter()
+        .map(|name| {
+            let (held, base, pid) = hold(&h, alice(), name);
+            let v = one(
+                &h,
+                alice(),
+                &["add-cgroup", "--name", name, "--pid", &pid.to_string()],
+            );
+            assert_eq!(v["ok"], true, "{name}: {v}");
+            assert_eq!(range_cgroups(uid, base).len(), 1, "{name}'s cgroup");
+            assert_eq!(one(&h, alice(), &["release", "--name", name])["ok"], true);
+            (held, base)
+        })
+        .collect();
+    let bases: Vec<u64> = held.iter().map(|(_, base)| *base).collect();
+    // Their processes end at once: the three ranges drain and are freed in one batch.
+    for (held, _) in held {
+        held.finish();
+    }
+    wait_all_free(&h);
+    for base in bases {
+        wait_for(&format!("range {base}'s cgroups removed"), || {
+            range_cgroups(uid, base).is_empty()
+        });
+    }
+}
+
 /// Every name a range is held under is announced: Join with `Allocated`, each Release with
 /// `Released`.
 #[test]

@@ -1,5 +1,5 @@
 //! idmapd benchmark (not a test): Allocate and Release latency over a real bus, for root and
-//! for a polkit-checked user (and polkitd's own answer to that user), throughput with 32 concurrent clients, and the helper's idle RSS.
+//! for a polkit-checked user (beside polkitd's own answer and a bare bus round trip), throughput with 32 concurrent clients, and the helper's idle RSS.
 //! Run as root with `make bench` (release binaries).
 
 use std::process::Stdio;
@@ -28,53 +28,38 @@ fn cycles(h: &Harness, user: Option<User>, prefix: &str, count: usize) -> Vec<se
     lines
 }
 
-fn latency_row(label: &str, lines: &[serde_json::Value]) {
-    let mut alloc: Vec<u64> = lines
-        .iter()
-        .map(|l| l["alloc_us"].as_u64().unwrap())
-        .collect();
-    let mut release: Vec<u64> = lines
-        .iter()
-        .map(|l| l["release_us"].as_u64().unwrap())
-        .collect();
-    alloc.sort_unstable();
-    release.sort_unstable();
+/// The p50 and p99, in ms, of `field` (µs) over `lines`.
+fn p50_p99_ms(lines: &[serde_json::Value], field: &str) -> (f64, f64) {
+    let mut us: Vec<u64> = lines.iter().map(|l| l[field].as_u64().unwrap()).collect();
+    us.sort_unstable();
     let ms = |us: u64| us as f64 / 1000.0;
+    (ms(percentile(&us, 0.5)), ms(percentile(&us, 0.99)))
+}
+
+fn latency_row(label: &str, lines: &[serde_json::Value]) {
+    let (alloc_p50, alloc_p99) = p50_p99_ms(lines, "alloc_us");
+    let (release_p50, release_p99) = p50_p99_ms(lines, "release_us");
     println!(
-        "| {label} | {} | {:.2} | {:.2} | {:.2} | {:.2} |",
+        "| {label} | {} | {alloc_p50:.2} | {alloc_p99:.2} | {release_p50:.2} | {release_p99:.2} |",
         lines.len(),
-        ms(percentile(&alloc, 0.5)),
-        ms(percentile(&alloc, 0.99)),
-        ms(percentile(&release, 0.5)),
-        ms(percentile(&release, 0.99)),
     );
 }
 
-/// polkitd alone: the same user's client asks it `count` times about Allocate's action, as
-/// idmapd does, so that the row above can be read against what polkitd itself takes.
-fn polkit_row(h: &Harness, user: User, count: usize) {
-    let out = h
-        .client(Some(user))
-        .args(["polkit-checks", "--count", &count.to_string()])
-        .output()
-        .unwrap();
+/// A baseline row: `client_args`' output lines, each timed in `field` (µs), in Allocate's
+/// p50 and p99 columns.
+fn baseline_row(h: &Harness, user: User, label: &str, client_args: &[&str], field: &str) {
+    let out = h.client(Some(user)).args(client_args).output().unwrap();
     let lines = json_lines(&out.stdout);
     assert!(
-        out.status.success() && lines.iter().all(|l| l["authorized"] == true),
-        "a polkit check failed: {}",
+        out.status.success()
+            && lines
+                .iter()
+                .all(|l| l["ok"] == true && l["authorized"] != false),
+        "{label}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let mut checks: Vec<u64> = lines
-        .iter()
-        .map(|l| l["check_us"].as_u64().unwrap())
-        .collect();
-    checks.sort_unstable();
-    let ms = |us: u64| us as f64 / 1000.0;
-    println!(
-        "| polkitd alone: CheckAuthorization of that user, from its client | {count} | {:.2} | {:.2} | | |",
-        ms(percentile(&checks, 0.5)),
-        ms(percentile(&checks, 0.99)),
-    );
+    let (p50, p99) = p50_p99_ms(&lines, field);
+    println!("| {label} | {} | {p50:.2} | {p99:.2} | | |", lines.len());
 }
 
 fn main() {
@@ -104,7 +89,22 @@ fn main() {
         &cycles(&asking, Some(alice), "asked", 500),
     );
     drop(asking);
-    polkit_row(&h, alice, 500);
+    // What the rows above are made of: polkitd's own answer (Allocate's action, the same
+    // user), and a bare round trip through the bus to idmapd.
+    baseline_row(
+        &h,
+        alice,
+        "polkitd alone: CheckAuthorization of that user, from its client",
+        &["polkit-checks", "--count", "500"],
+        "check_us",
+    );
+    baseline_row(
+        &h,
+        alice,
+        "the bus alone: Peer.Ping of idmapd, from that client",
+        &["pings", "--count", "500"],
+        "ping_us",
+    );
 
     let (clients, per_client) = (32, 50);
     let start = Instant::now();

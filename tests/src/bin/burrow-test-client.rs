@@ -52,6 +52,12 @@ enum Cmd {
         #[arg(long)]
         count: usize,
     },
+    /// COUNT times, ping idmapd (org.freedesktop.DBus.Peer.Ping, answered by its bus library
+    /// alone): the round trip through the bus that every call pays, and its tail here.
+    Pings {
+        #[arg(long)]
+        count: usize,
+    },
     /// COUNT times, ask polkitd itself whether this client may allocate a range (Allocate's
     /// action, this connection as the subject, as idmapd asks): what a helper's call waits
     /// for when polkit is asked.
@@ -406,6 +412,27 @@ fn x32_syscalls() -> Value {
     Value::Object(out)
 }
 
+/// Prints one line per Peer.Ping of idmapd: its latency.
+async fn pings(conn: &zbus::Connection, count: usize) {
+    let peer = zbus::fdo::PeerProxy::builder(conn)
+        .destination(burrow_contract::idmap::BUS_NAME)
+        .unwrap()
+        .path(burrow_contract::idmap::OBJECT_PATH)
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
+    for _ in 0..count {
+        let started = Instant::now();
+        let answer = peer.ping().await;
+        let ping_us = started.elapsed().as_micros() as u64;
+        print(match answer {
+            Ok(()) => json!({"ok": true, "ping_us": ping_us}),
+            Err(e) => json!({"ok": false, "error": e.to_string()}),
+        });
+    }
+}
+
 /// Prints one line per CheckAuthorization: its latency and polkitd's answer.
 async fn polkit_checks(conn: &zbus::Connection, count: usize) {
     use zbus_polkit::policykit1::{AuthorityProxy, Subject};
@@ -537,6 +564,7 @@ fn main() {
                 }
             }
             Cmd::PolkitChecks { count } => polkit_checks(&conn, count).await,
+            Cmd::Pings { count } => pings(&conn, count).await,
             Cmd::Burst { prefix, count } => {
                 let mut holders = vec![];
                 for i in 0..count {
