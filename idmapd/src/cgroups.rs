@@ -267,27 +267,19 @@ impl Cgroups {
 /// drain frees dozens of one user's ranges at a time, and each listing opens the directory in
 /// every hierarchy (ten on a v1 host), work that took a CPU for milliseconds.
 fn leftovers_of_all(placement: Placement, gone: &[Gone]) -> Vec<Leftover> {
-    let mut listed: BTreeMap<u32, BTreeSet<String>> = BTreeMap::new();
+    let mut listed = BTreeMap::new();
     gone.iter()
-        .flat_map(|gone| {
-            let children = |uid| {
-                listed
-                    .entry(uid)
-                    .or_insert_with(|| cgroup::children(&user_cgroup(placement, uid)))
-                    .clone()
-            };
-            leftovers_of(placement, gone, children)
-        })
+        .flat_map(|gone| leftovers_of(placement, gone, &mut listed))
         .collect()
 }
 
 /// The cgroups of what went: a holder's own; for a range, those of its holders and any a crash
-/// left of earlier holders (its namespace is gone, so its processes are too), among
-/// `children_of` the user's cgroup.
+/// left of earlier holders (its namespace is gone, so its processes are too), found in the
+/// user's cgroup, whose listing `listed` keeps by uid.
 fn leftovers_of(
     placement: Placement,
     gone: &Gone,
-    children_of: impl FnOnce(u32) -> BTreeSet<String>,
+    listed: &mut BTreeMap<u32, BTreeSet<String>>,
 ) -> Vec<Leftover> {
     let leftover = |record: &Record, name: String| {
         let user = user_cgroup(placement, record.uid);
@@ -304,10 +296,12 @@ fn leftovers_of(
             let range = range_cgroup(placement, record);
             let first = holder_cgroup(placement, record, &record.name);
             let holder_prefix = format!("{range}-");
-            children_of(record.uid)
-                .into_iter()
-                .filter(|child| *child == first || child.starts_with(&holder_prefix))
-                .map(|child| leftover(record, child))
+            listed
+                .entry(record.uid)
+                .or_insert_with(|| cgroup::children(&user_cgroup(placement, record.uid)))
+                .iter()
+                .filter(|child| **child == first || child.starts_with(&holder_prefix))
+                .map(|child| leftover(record, child.clone()))
                 .collect()
         }
     }
@@ -379,6 +373,48 @@ mod tests {
             created: 0,
             kept: false,
         }
+    }
+
+    /// Ranges of one batch share their user's listing, and each takes only its own holders'
+    /// cgroups from it, even where one base's digits begin another's.
+    #[test]
+    fn a_batch_shares_its_users_listing_and_takes_each_ranges_own() {
+        let range = |base: u32| Record {
+            base,
+            ..record("pod")
+        };
+        let listing = [
+            "range-65536",
+            "range-65536-app",
+            "range-655360",
+            "range-655360-web",
+            "range-131072",
+        ];
+        let mut listed = BTreeMap::from([(1000, listing.map(String::from).into())]);
+        let gone = [Gone::Range(range(65536)), Gone::Range(range(655360))];
+        let paths: Vec<Vec<String>> = gone
+            .iter()
+            .map(|gone| {
+                leftovers_of(Placement::Cgroupfs, gone, &mut listed)
+                    .into_iter()
+                    .map(|l| l.path)
+                    .collect()
+            })
+            .collect();
+        let user = "/burrow-users/user-1000";
+        assert_eq!(
+            paths,
+            [
+                vec![
+                    format!("{user}/range-65536"),
+                    format!("{user}/range-65536-app")
+                ],
+                vec![
+                    format!("{user}/range-655360"),
+                    format!("{user}/range-655360-web")
+                ],
+            ]
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ use burrow_sys::quota::QuotaFile;
 use burrow_sys::service::{blocking, Activity};
 use burrow_sys::userns::{NsWorker, UserNs};
 use burrow_sys::Caller;
-use tokio::sync::Notify;
+use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 use zbus::message::Header;
 use zbus::object_server::SignalEmitter;
 use zbus::zvariant::OwnedFd;
@@ -29,7 +29,16 @@ pub struct IdMap {
     quotas: QuotaFile,
     /// Wakes the draining watch when a release leaves a range draining.
     drained: Arc<Notify>,
+    /// Allocates whose worker may enter the namespace while polkit decides (see
+    /// [`OVERLAPPED_ALLOCATES`]).
+    overlapping: Arc<Semaphore>,
 }
+
+/// How many Allocates may each hold a blocking thread (and a worker) while polkit decides.
+/// Beyond that, a call waits for polkit before it forks or takes a thread: a flood of calls
+/// that polkitd answers slowly (or refuses) cannot park every blocking thread, which every
+/// other call's work needs.
+const OVERLAPPED_ALLOCATES: usize = 16;
 
 impl IdMap {
     pub fn new(
@@ -46,6 +55,7 @@ impl IdMap {
             activity,
             quotas,
             drained: Arc::new(Notify::new()),
+            overlapping: Arc::new(Semaphore::new(OVERLAPPED_ALLOCATES)),
         }
     }
 
@@ -127,15 +137,48 @@ struct AllocateStep {
     quotas: QuotaFile,
 }
 
+/// A running [`AllocateStep`].
+struct StepTask {
+    answered: oneshot::Receiver<AllocateOutcome>,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl StepTask {
+    /// The step's outcome; if it ended without one, why (its panic).
+    async fn outcome(self) -> Result<AllocateOutcome, BurrowError> {
+        match self.answered.await {
+            Ok(outcome) => Ok(outcome),
+            Err(_) => Err(BurrowError::Failed(match self.handle.await {
+                Err(e) => format!("the allocation task failed: {e}"),
+                Ok(()) => "the allocation task ended without an answer".into(),
+            })),
+        }
+    }
+}
+
 impl AllocateStep {
+    /// Starts the step on a blocking thread, holding `permit` (if any) until it ends.
+    fn spawn(
+        self,
+        decision: oneshot::Receiver<Result<(), BurrowError>>,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> StepTask {
+        let (answer, answered) = oneshot::channel();
+        let handle = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            self.run(decision, answer);
+        });
+        StepTask { answered, handle }
+    }
+
     /// [`Self::decide`], whose outcome goes to `answer` at once; then this thread reaps the
     /// workers dismissed so far (this call's among them), off the reply's path and outside the
     /// allocator's lock, so that none waits as a zombie for the next call (see
     /// [`Allocator::dismiss`]) and no other thread need be woken for it.
     fn run(
         self,
-        decision: tokio::sync::oneshot::Receiver<Result<(), BurrowError>>,
-        answer: tokio::sync::oneshot::Sender<AllocateOutcome>,
+        decision: oneshot::Receiver<Result<(), BurrowError>>,
+        answer: oneshot::Sender<AllocateOutcome>,
     ) {
         let allocator = Arc::clone(&self.allocator);
         let _ = answer.send(self.decide(decision));
@@ -147,28 +190,24 @@ impl AllocateStep {
     /// takes a range under the allocator's lock: the range and the cgroups left by what went.
     /// A refusal is answered before any other error (the caller learns nothing of the
     /// namespace), and its worker is dismissed, not waited for.
-    fn decide(
-        self,
-        decision: tokio::sync::oneshot::Receiver<Result<(), BurrowError>>,
-    ) -> AllocateOutcome {
+    fn decide(self, decision: oneshot::Receiver<Result<(), BurrowError>>) -> AllocateOutcome {
         let entered = self.userns.enter().and_then(|worker| {
             allocator::check_unmapped(&worker)?;
-            Ok(worker)
+            Ok((worker, self.exclusions.ranges()))
         });
-        let excluded = self.exclusions.ranges();
         let authorized = decision.blocking_recv().unwrap_or_else(|_| {
             Err(BurrowError::Failed(
                 "the call ended before polkit answered".into(),
             ))
         });
-        let worker = match (authorized, entered) {
-            (Ok(()), Ok(worker)) => worker,
-            (Err(e), Ok(worker)) => return self.dismissed(worker, e),
+        let (worker, excluded) = match (authorized, entered) {
+            (Ok(()), Ok(entered)) => entered,
+            (Err(e), Ok((worker, _))) => return self.refuse_after_entry(worker, e),
             (Err(e), Err(_)) | (Ok(()), Err(e)) => return (Err(e), vec![]),
         };
         let quota = match self.quotas.for_uid(self.uid) {
             Ok(quota) => quota,
-            Err(e) => return self.dismissed(worker, e.into()),
+            Err(e) => return self.refuse_after_entry(worker, e.into()),
         };
         let mut allocator = lock(&self.allocator);
         let max_ranges = quota.max_ranges.unwrap_or(allocator.max_per_user);
@@ -189,7 +228,7 @@ impl AllocateStep {
 
     /// A call refused with `error` once its worker entered the namespace: the worker is
     /// dismissed, not waited for.
-    fn dismissed(self, worker: NsWorker, error: BurrowError) -> AllocateOutcome {
+    fn refuse_after_entry(self, worker: NsWorker, error: BurrowError) -> AllocateOutcome {
         lock(&self.allocator).dismiss(worker);
         (Err(error), vec![])
     }
@@ -568,6 +607,10 @@ impl IdMap {
         Ok((uid, record))
     }
 
+    /// Allocate's work. One blocking task ([`AllocateStep`]) enters the namespace and lists
+    /// the accounts while polkit decides, then takes polkit's answer and the range: one
+    /// hand-over between threads each way, where a task per step took three, each a wake-up
+    /// on another CPU on a small machine.
     async fn allocate_for(
         &self,
         conn: &Connection,
@@ -578,11 +621,6 @@ impl IdMap {
     ) -> Result<(u32, u32, u32), BurrowError> {
         validate_name(&name)?;
         let userns = UserNs::from_caller_fd(userns.into(), caller.uid)?;
-        // One blocking task enters the namespace and lists the accounts while polkit decides
-        // (both only read, outside the allocator's lock), then waits for polkit's answer and
-        // takes the range: one hand-over between threads each way, where a task per step took
-        // three, each a cross-CPU wake-up on a small machine.
-        let (decided, decision) = tokio::sync::oneshot::channel();
         let step = AllocateStep {
             uid: caller.uid,
             name,
@@ -592,14 +630,24 @@ impl IdMap {
             cgroups: Arc::clone(&self.cgroups),
             quotas: self.quotas.clone(),
         };
-        let (answer, answered) = tokio::sync::oneshot::channel();
-        tokio::task::spawn_blocking(move || step.run(decision, answer));
-        let authorized = caller.authorize(conn, header, idmap::ACTION_ALLOCATE).await;
-        // Gone only if the task ended early, which `answered` reports.
-        let _ = decided.send(authorized);
-        let (result, leftovers) = answered.await.map_err(|_| {
-            BurrowError::Failed("the allocation task ended without an answer".into())
-        })?;
+        let (decided, decision) = oneshot::channel();
+        let authorize = caller.authorize(conn, header, idmap::ACTION_ALLOCATE);
+        let task = match Arc::clone(&self.overlapping).try_acquire_owned() {
+            // The worker enters the namespace while polkit decides; the task then takes the
+            // answer, and the range.
+            Ok(permit) => {
+                let task = step.spawn(decision, Some(permit));
+                // Gone only if the task ended early, which its outcome reports.
+                let _ = decided.send(authorize.await);
+                task
+            }
+            Err(_) => {
+                authorize.await?;
+                let _ = decided.send(Ok(()));
+                step.spawn(decision, None)
+            }
+        };
+        let (result, leftovers) = task.outcome().await?;
         self.cgroups.remove(leftovers).await;
         result
     }

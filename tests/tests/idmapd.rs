@@ -821,8 +821,50 @@ fn each_holder_of_a_range_gets_its_own_cgroup() {
     });
 }
 
-/// Ranges of one user that drain together lose every cgroup: the user's cgroup is listed
-/// once for the whole batch of freed ranges, and each range's holders are found in it.
+/// Many Allocates waiting for polkit at once, more than may hold a worker meanwhile (the rest
+/// wait for polkit first): every call of a member of group `burrow` gets a range, every call of
+/// a user polkit refuses is refused, and nothing is left held.
+#[test]
+fn a_crowd_of_allocates_waiting_for_polkit_is_answered_each_as_alone() {
+    let h = Harness::start(HarnessOptions {
+        idmapd_args: vec!["--polkit-grant-seconds".into(), "0".into()],
+        ..Default::default()
+    });
+    let (clients, per_client) = (24, 4);
+    let children: Vec<_> = (0..clients)
+        .map(|i| {
+            let refused = i % 3 == 0;
+            let user = if refused { bob() } else { alice() };
+            let child = h
+                .client(user)
+                .args(["cycles", "--prefix", &format!("crowd{i}")])
+                .args(["--count", &per_client.to_string()])
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            (refused, child)
+        })
+        .collect();
+    let mut allocated = 0;
+    for (refused, child) in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", h.log());
+        for line in json_lines(&out.stdout) {
+            if refused {
+                assert_eq!(line["error"], "org.burrow.Error.NotAuthorized", "{line}");
+            } else {
+                assert_eq!(line["ok"], true, "{line}");
+                allocated += 1;
+            }
+        }
+    }
+    assert_eq!(allocated, (clients - clients / 3) * per_client);
+    wait_all_free(&h);
+}
+
+/// Ranges of one user that drain at about the same time lose every cgroup. The drain watch
+/// frees them in one batch or a few, listing the user's cgroup once per batch (the listing's
+/// sharing is unit-tested in idmapd's cgroups.rs).
 #[test]
 fn ranges_drained_together_lose_all_their_cgroups() {
     let h = harness();
@@ -843,7 +885,8 @@ fn ranges_drained_together_lose_all_their_cgroups() {
         })
         .collect();
     let bases: Vec<u64> = held.iter().map(|(_, base)| *base).collect();
-    // Their processes end at once: the three ranges drain and are freed in one batch.
+    // Their processes end one after another: the three ranges drain and are freed together,
+    // or nearly.
     for (held, _) in held {
         held.finish();
     }

@@ -1,5 +1,6 @@
 //! idmapd benchmark (not a test): Allocate and Release latency over a real bus, for root and
-//! for a polkit-checked user (beside polkitd's own answer and a bare bus round trip), throughput with 32 concurrent clients, and the helper's idle RSS.
+//! for a polkit-checked user (beside polkitd's own answer and a bare bus round trip),
+//! throughput with 32 concurrent clients, and the helper's idle RSS.
 //! Run as root with `make bench` (release binaries).
 
 use std::process::Stdio;
