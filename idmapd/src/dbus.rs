@@ -113,17 +113,26 @@ impl IdMap {
         work: impl FnOnce(&mut Allocator) -> Result<T, BurrowError> + Send + 'static,
     ) -> Result<T, BurrowError> {
         let (allocator, cgroups) = (Arc::clone(&self.allocator), Arc::clone(&self.cgroups));
-        let (result, leftovers) = blocking(move || {
-            let (result, gone) = {
-                let mut allocator = lock(&allocator);
-                (work(&mut allocator), allocator.take_gone())
-            };
-            Ok((result, cgroups.leftovers_of(&gone)))
-        })
-        .await?;
+        let (result, leftovers) =
+            blocking(move || Ok(under_lock(&allocator, &cgroups, work))).await?;
         self.cgroups.remove(leftovers).await;
         result
     }
+}
+
+/// Runs `work` under the allocator's lock, then, with the lock released, finds the cgroups of
+/// the holders and ranges that went (it reads the hierarchies: for a blocking thread), for
+/// [`Cgroups::remove`].
+fn under_lock<T>(
+    allocator: &Mutex<Allocator>,
+    cgroups: &Cgroups,
+    work: impl FnOnce(&mut Allocator) -> T,
+) -> (T, Vec<Leftover>) {
+    let (result, gone) = {
+        let mut allocator = lock(allocator);
+        (work(&mut allocator), allocator.take_gone())
+    };
+    (result, cgroups.leftovers_of(&gone))
 }
 
 /// Allocate's work off the executor, given polkit's answer when it comes.
@@ -209,21 +218,21 @@ impl AllocateStep {
             Ok(quota) => quota,
             Err(e) => return self.refuse_after_entry(worker, e.into()),
         };
-        let mut allocator = lock(&self.allocator);
-        let max_ranges = quota.max_ranges.unwrap_or(allocator.max_per_user);
-        let record = allocator.allocate(
-            self.uid,
-            &self.name,
-            &self.userns,
-            &worker,
-            max_ranges,
-            &excluded,
-        );
-        allocator.dismiss(worker);
-        let gone = allocator.take_gone();
-        drop(allocator);
+        let (record, leftovers) = under_lock(&self.allocator, &self.cgroups, |allocator| {
+            let max_ranges = quota.max_ranges.unwrap_or(allocator.max_per_user);
+            let record = allocator.allocate(
+                self.uid,
+                &self.name,
+                &self.userns,
+                &worker,
+                max_ranges,
+                &excluded,
+            );
+            allocator.dismiss(worker);
+            record
+        });
         let range = record.map(|r| (r.base, r.base, r.size)).map_err(Into::into);
-        (range, self.cgroups.leftovers_of(&gone))
+        (range, leftovers)
     }
 
     /// A call refused with `error` once its worker entered the namespace: the worker is
