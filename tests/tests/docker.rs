@@ -587,7 +587,10 @@ fn stop_and_start_keep_the_range_and_files_until_rm(h: &Harness, docker: &burrow
 }
 
 /// `--network`, `--ipc` and `--pid container:A`: B joins A's user namespace and range, then
-/// those namespaces; it reaches A's server on 127.0.0.1, sees A's processes and A's IPC.
+/// those namespaces; it reaches A's server on 127.0.0.1, sees A's processes and A's IPC. (A's
+/// httpd serves each connection from a child of its own, which may still be exiting, or wait
+/// to be reaped, right after B's request: B counts A's httpd processes until that child is
+/// gone, for up to 5 s, and there must then be exactly one.)
 fn container_modes_share_the_first_containers_range(docker: &burrow_tests::Docker) {
     let server = "mkdir -p /www && echo served-by-a > /www/index.html && httpd -p 8080 -h /www \
         && exec sleep 1000";
@@ -609,7 +612,8 @@ fn container_modes_share_the_first_containers_range(docker: &burrow_tests::Docke
         in_a("cat /proc/self/uid_map; readlink /proc/self/ns/ipc; readlink /proc/self/ns/net");
     let probe = "cat /proc/self/uid_map; readlink /proc/self/ns/ipc; readlink /proc/self/ns/net; \
         for i in $(seq 50); do wget -q -O- http://127.0.0.1:8080/index.html && break; sleep 0.1; done; \
-        ps -o comm | grep -c httpd";
+        for i in $(seq 50); do n=$(ps -o comm | grep -c httpd); [ $n = 1 ] && break; sleep 0.1; done; \
+        echo $n";
     let b = docker.ok(&[
         "run",
         "--rm",
