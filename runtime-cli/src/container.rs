@@ -550,11 +550,17 @@ pub enum HookFailure {
 /// Runs `hooks` with the container's state on stdin, each within its timeout.
 pub fn run_hooks(hooks: &[Hook], state: &serde_json::Value, phase: &'static str) -> Result<()> {
     for hook in hooks {
+        let began = Instant::now();
         run_hook(hook, state).map_err(|failure| CliError::Hook {
             phase,
             path: hook.path().clone(),
             failure,
         })?;
+        crate::log::debug(format!(
+            "{phase} hook {:?} ran for {:.1} ms",
+            hook.path(),
+            began.elapsed().as_secs_f64() * 1000.0
+        ));
     }
     Ok(())
 }
@@ -584,29 +590,27 @@ fn run_hook(hook: &Hook, state: &serde_json::Value) -> std::result::Result<(), H
         let mut stdin = child.stdin.take().expect("stdin is piped");
         let _ = stdin.write_all(state.to_string().as_bytes());
     }
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let mut output = burrow_sys::poll::Output {
+        pipe: stderr.as_fd(),
+        kept: vec![],
+    };
     let deadline = process::init::deadline_after(hook_timeout(hook));
-    loop {
-        if let Some(status) = child.try_wait().map_err(HookFailure::Wait)? {
-            if status.success() {
-                return Ok(());
-            }
-            let mut stderr = String::new();
-            use std::io::Read;
-            let _ = child
-                .stderr
-                .take()
-                .map(|mut s| s.read_to_string(&mut stderr));
-            return Err(HookFailure::Failed {
-                status,
-                stderr: stderr.trim().to_string(),
-            });
-        }
-        if deadline.is_some_and(|d| Instant::now() > d) {
-            let _ = child.kill();
-            return Err(HookFailure::TimedOut);
-        }
-        std::thread::sleep(Duration::from_millis(5));
+    let exited = burrow_sys::poll::child_exited_by(child.id() as i32, deadline, Some(&mut output))
+        .map_err(|e| HookFailure::Wait(e.into()))?;
+    if !exited {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(HookFailure::TimedOut);
     }
+    let status = child.wait().map_err(HookFailure::Wait)?;
+    if status.success() {
+        return Ok(());
+    }
+    Err(HookFailure::Failed {
+        status,
+        stderr: String::from_utf8_lossy(&output.kept).trim().to_string(),
+    })
 }
 
 use std::os::unix::process::CommandExt;

@@ -1207,6 +1207,47 @@ fn hooks_get_the_state_on_stdin() {
     wait_for("range released", || h.ranges_in_use() == 0);
 }
 
+/// A hook is waited for until it exits, however much it writes to stderr (more than a pipe
+/// holds: it would block if nobody read it), and killed at its timeout: that create fails,
+/// naming the hook, and leaves nothing. A failed hook's stderr is in the error.
+#[test]
+fn hooks_run_to_their_end_or_their_timeout() {
+    let h = Harness::start(HarnessOptions::default());
+    let rt = Runtime::new(&h);
+    let loud = json!({"path": "/bin/sh", "args": ["sh", "-c", "head -c 300000 /dev/zero >&2"],
+        "timeout": 60});
+    let b = bundle(&h, "loud", &["true"], |c| {
+        c["hooks"] = json!({"createRuntime": [loud.clone()], "poststop": [loud.clone()]});
+    });
+    let (out, _, _) = rt.create(&b, "loud");
+    assert!(out.status.success(), "create: {}", rt.last_error());
+    assert!(rt.run(&["delete", "--force", "loud"]).status.success());
+
+    let slow_on_host = json!({"path": "/bin/sh", "args": ["sh", "-c", "sleep 60"], "timeout": 1});
+    let slow_inside = json!({"path": "/bin/busybox", "args": ["busybox", "sh", "-c", "sleep 60"],
+        "timeout": 1});
+    let refusing =
+        json!({"path": "/bin/sh", "args": ["sh", "-c", "echo refused by hook >&2; exit 3"]});
+    for (phase, hook, expected) in [
+        ("createRuntime", slow_on_host, "timed out"),
+        ("createContainer", slow_inside, "timed out"),
+        ("prestart", refusing, "refused by hook"),
+    ] {
+        let b = bundle(&h, &format!("hook-{phase}"), &["true"], |c| {
+            c["hooks"] = json!({ phase: [hook.clone()] });
+        });
+        let (out, _, _) = rt.create(&b, "hook-fails");
+        assert_eq!(out.status.code(), Some(1), "{phase}");
+        let error = rt.last_error();
+        assert!(
+            error.contains(&format!("{phase} hook")) && error.contains(expected),
+            "{phase}: {error}"
+        );
+        assert!(rt.leftovers().is_empty(), "{phase}: {:?}", rt.leftovers());
+    }
+    wait_for("range released", || h.ranges_in_use() == 0);
+}
+
 /// `root.readonly` with a bind mount on a path the image lacks (as CRI binds /etc/resolv.conf
 /// into a pause image): the mount point is made, then the rootfs is read-only, and its root
 /// cannot make it writable again; the bind itself stays writable.

@@ -122,7 +122,7 @@ fn run_hook(
     state: &[u8],
 ) -> Result<(), HookError> {
     use burrow_sys::fork::{fork_child, Keep, ParentExit};
-    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    use nix::sys::wait::{waitpid, WaitStatus};
     let (stdin_r, stdin_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(HookError::Pipe)?;
     let keep = Keep::first(super::passed_on(config))
@@ -139,19 +139,16 @@ fn run_hook(
     drop(stdin_r);
     let _ = std::io::Write::write_all(&mut std::fs::File::from(stdin_w), state);
     let deadline = deadline_after(hook.timeout);
-    loop {
-        match waitpid(child, Some(WaitPidFlag::WNOHANG)).map_err(HookError::Wait)? {
-            WaitStatus::Exited(_, 0) => return Ok(()),
-            WaitStatus::StillAlive if deadline.is_none_or(|d| Instant::now() < d) => {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            WaitStatus::StillAlive => {
-                let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
-                let _ = waitpid(child, None);
-                return Err(HookError::TimedOut);
-            }
-            status => return Err(HookError::Ended(status)),
-        }
+    let exited = burrow_sys::poll::child_exited_by(child.as_raw(), deadline, None)
+        .map_err(|e| HookError::Wait(nix::Error::from_raw(e.raw_os_error())))?;
+    if !exited {
+        let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+        let _ = waitpid(child, None);
+        return Err(HookError::TimedOut);
+    }
+    match waitpid(child, None).map_err(HookError::Wait)? {
+        WaitStatus::Exited(_, 0) => Ok(()),
+        status => Err(HookError::Ended(status)),
     }
 }
 
