@@ -585,18 +585,16 @@ fn run_hook(hook: &Hook, state: &serde_json::Value) -> std::result::Result<(), H
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped());
     let mut child = cmd.spawn().map_err(HookFailure::Spawn)?;
-    {
-        use std::io::Write;
-        let mut stdin = child.stdin.take().expect("stdin is piped");
-        let _ = stdin.write_all(state.to_string().as_bytes());
-    }
+    let state = state.to_string();
+    let stdin = child.stdin.take().expect("stdin is piped");
     let stderr = child.stderr.take().expect("stderr is piped");
-    let mut output = burrow_sys::poll::Output {
-        pipe: stderr.as_fd(),
+    let mut pipes = burrow_sys::poll::Pipes {
+        input: Some((stdin.into(), state.as_bytes())),
+        output: Some(stderr.as_fd()),
         kept: vec![],
     };
     let deadline = process::init::deadline_after(hook_timeout(hook));
-    let exited = burrow_sys::poll::child_exited_by(child.id() as i32, deadline, Some(&mut output))
+    let exited = burrow_sys::poll::child_exited_by(child.id() as i32, deadline, &mut pipes)
         .map_err(|e| HookFailure::Wait(e.into()))?;
     if !exited {
         let _ = child.kill();
@@ -609,7 +607,7 @@ fn run_hook(hook: &Hook, state: &serde_json::Value) -> std::result::Result<(), H
     }
     Err(HookFailure::Failed {
         status,
-        stderr: String::from_utf8_lossy(&output.kept).trim().to_string(),
+        stderr: String::from_utf8_lossy(&pipes.kept).trim().to_string(),
     })
 }
 

@@ -1,6 +1,6 @@
 //! Waiting a bounded time for an fd to have something to read, or for a process to exit.
 
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags, Timespec};
@@ -14,23 +14,37 @@ pub fn readable_within(fd: BorrowedFd<'_>, patience: Duration) -> rustix::io::Re
     Ok(rustix::event::poll(&mut ready, Some(&timeout))? > 0)
 }
 
-/// How much of a process's output [`exited_by`] keeps; the rest is read and dropped.
+/// How much of a child's output [`child_exited_by`] keeps; the rest is read and dropped.
 pub const KEPT_OUTPUT: usize = 64 * 1024;
 
-/// A pipe a process writes to, and what of it has been read so far (at most [`KEPT_OUTPUT`]).
-pub struct Output<'a> {
-    pub pipe: BorrowedFd<'a>,
+/// The pipes to a child that [`child_exited_by`] serves while it waits, so the child never
+/// blocks on them and neither does the wait.
+#[derive(Default)]
+pub struct Pipes<'a> {
+    /// The write end of the child's stdin and what is left to write to it; closed (None) once
+    /// all is written or the child closed its end.
+    pub input: Option<(OwnedFd, &'a [u8])>,
+    /// The read end of the child's output; None once the child closed its end.
+    pub output: Option<BorrowedFd<'a>>,
+    /// What the output carried, its first [`KEPT_OUTPUT`] bytes.
     pub kept: Vec<u8>,
 }
 
-/// Whether the process of `pidfd` exits before `deadline` (None: as long as it takes), woken by
-/// its exit rather than checking at intervals. Meanwhile `output` is read as it comes, so a
-/// process that writes more than a pipe holds never blocks on it.
-fn exited_by(
-    pidfd: BorrowedFd<'_>,
+/// Whether `child`, a child of this process not reaped yet (so its pid is still its own),
+/// exits before `deadline` (None: as long as it takes), woken by its exit rather than checking
+/// at intervals. Meanwhile `pipes` are served as they become ready.
+pub fn child_exited_by(
+    child: i32,
     deadline: Option<Instant>,
-    mut output: Option<&mut Output<'_>>,
+    pipes: &mut Pipes<'_>,
 ) -> rustix::io::Result<bool> {
+    let pid = rustix::process::Pid::from_raw(child).ok_or(Errno::SRCH)?;
+    let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())?;
+    if let Some((input, _)) = &pipes.input {
+        // Ours alone (the child reads through its own open file), so a write never waits.
+        let flags = rustix::fs::fcntl_getfl(input)?;
+        rustix::fs::fcntl_setfl(input, flags | rustix::fs::OFlags::NONBLOCK)?;
+    }
     loop {
         let patience = match deadline {
             None => None,
@@ -39,67 +53,96 @@ fn exited_by(
                 _ => return Ok(false),
             },
         };
-        let (exited, readable) = poll_exit_and_output(pidfd, output.as_deref(), patience)?;
-        if readable {
-            let open = output.as_deref_mut().is_some_and(read_some);
-            if !open {
-                output = None;
-            }
+        let ready = wait_for_any(pidfd.as_fd(), pipes, patience)?;
+        if ready.writable {
+            write_some(&mut pipes.input);
         }
-        if exited {
-            if let Some(output) = output {
-                drain_ready(output);
-            }
+        if ready.readable && !read_some(pipes) {
+            pipes.output = None;
+        }
+        if ready.exited {
+            pipes.input = None;
+            drain_ready(pipes);
             return Ok(true);
         }
     }
 }
 
-/// [`exited_by`] for `child`, a child of this process not reaped yet (so its pid is still its
-/// own).
-pub fn child_exited_by(
-    child: i32,
-    deadline: Option<Instant>,
-    output: Option<&mut Output<'_>>,
-) -> rustix::io::Result<bool> {
-    let pid = rustix::process::Pid::from_raw(child).ok_or(Errno::SRCH)?;
-    let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())?;
-    exited_by(pidfd.as_fd(), deadline, output)
+/// What one wait found ready.
+struct Ready {
+    exited: bool,
+    writable: bool,
+    readable: bool,
 }
 
-/// One wait for the process's exit or output (retried after a signal): whether it exited,
-/// whether the output can be read without blocking.
-fn poll_exit_and_output(
+/// One wait for the child's exit or a pipe's readiness, up to `patience` (a signal ends it
+/// early, with nothing ready).
+fn wait_for_any(
     pidfd: BorrowedFd<'_>,
-    output: Option<&Output<'_>>,
+    pipes: &Pipes<'_>,
     patience: Option<Duration>,
-) -> rustix::io::Result<(bool, bool)> {
+) -> rustix::io::Result<Ready> {
     let timeout = patience
         .map(|p| Timespec::try_from(p).map_err(|_| Errno::INVAL))
         .transpose()?;
     let mut fds = vec![PollFd::new(&pidfd, PollFlags::IN)];
-    if let Some(output) = output {
-        fds.push(PollFd::new(&output.pipe, PollFlags::IN));
-    }
+    let input = pipes.input.as_ref().map(|(fd, _)| fd.as_fd());
+    let input_at = watch(&mut fds, input, PollFlags::OUT);
+    let output_at = watch(&mut fds, pipes.output, PollFlags::IN);
+    let nothing = Ready {
+        exited: false,
+        writable: false,
+        readable: false,
+    };
     match rustix::event::poll(&mut fds, timeout.as_ref()) {
-        Err(Errno::INTR) => Ok((false, false)),
+        Err(Errno::INTR) => Ok(nothing),
         Err(e) => Err(e),
-        Ok(_) => Ok((
-            !fds[0].revents().is_empty(),
-            fds.get(1).is_some_and(|f| !f.revents().is_empty()),
-        )),
+        Ok(_) => {
+            let ready = |at: Option<usize>| at.is_some_and(|i| !fds[i].revents().is_empty());
+            Ok(Ready {
+                exited: ready(Some(0)),
+                writable: ready(input_at),
+                readable: ready(output_at),
+            })
+        }
     }
 }
 
-/// Reads what the pipe holds now (it was found readable, so this does not block); false once
-/// the pipe is closed or broken.
-fn read_some(output: &mut Output<'_>) -> bool {
+/// Adds `fd` (if any) to `fds`, for `flags`; where it is.
+fn watch<'a>(
+    fds: &mut Vec<PollFd<'a>>,
+    fd: Option<BorrowedFd<'a>>,
+    flags: PollFlags,
+) -> Option<usize> {
+    fd.map(|fd| {
+        fds.push(PollFd::from_borrowed_fd(fd, flags));
+        fds.len() - 1
+    })
+}
+
+/// Writes what the pipe takes now of what is left; closes it once all is written, or once the
+/// child closed its end.
+fn write_some(input: &mut Option<(OwnedFd, &[u8])>) {
+    let Some((pipe, left)) = input else { return };
+    match rustix::io::write(&*pipe, left) {
+        Ok(n) if n < left.len() => *left = &left[n..],
+        Err(Errno::INTR | Errno::AGAIN) => {}
+        Ok(_) | Err(_) => *input = None,
+    }
+}
+
+/// Reads what the output holds now (it was found readable, so this does not block); false
+/// once the pipe is closed or broken.
+fn read_some(pipes: &mut Pipes<'_>) -> bool {
+    let Some(output) = pipes.output else {
+        return false;
+    };
     let mut buf = [0u8; 16 * 1024];
-    match rustix::io::read(output.pipe, &mut buf) {
+    match rustix::io::read(output, &mut buf) {
         Ok(0) => false,
         Ok(n) => {
-            let room = KEPT_OUTPUT.saturating_sub(output.kept.len());
-            output.kept.extend_from_slice(&buf[..n.min(room)]);
+            let room = KEPT_OUTPUT.saturating_sub(pipes.kept.len());
+            pipes.kept.extend_from_slice(&buf[..n.min(room)]);
             true
         }
         Err(Errno::INTR | Errno::AGAIN) => true,
@@ -107,11 +150,12 @@ fn read_some(output: &mut Output<'_>) -> bool {
     }
 }
 
-/// After the exit: what is already in the pipe (a pipe's worth at most), without waiting for
-/// writers the process may have left behind.
-fn drain_ready(output: &mut Output<'_>) {
+/// After the exit: what is already in the output (a pipe's worth at most), without waiting for
+/// writers the child may have left behind.
+fn drain_ready(pipes: &mut Pipes<'_>) {
     for _ in 0..16 {
-        if readable_within(output.pipe, Duration::ZERO) != Ok(true) || !read_some(output) {
+        let Some(output) = pipes.output else { return };
+        if readable_within(output, Duration::ZERO) != Ok(true) || !read_some(pipes) {
             return;
         }
     }
@@ -134,55 +178,67 @@ mod tests {
     fn spawn(script: &str) -> std::process::Child {
         std::process::Command::new("/bin/sh")
             .args(["-c", script])
+            .stdin(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap()
     }
 
-    /// A process that writes more than a pipe holds is read while it runs, and waited for to
-    /// its exit; the first [`KEPT_OUTPUT`] bytes are kept.
+    /// A child that writes more than a pipe holds is read while it runs, and one that reads
+    /// more than a pipe holds is written to while it runs: it is waited for to its exit, and
+    /// the first [`KEPT_OUTPUT`] bytes of its output are kept.
     #[test]
-    fn a_process_writing_more_than_a_pipe_holds_still_exits() {
-        let mut child = spawn("head -c 300000 /dev/zero >&2; echo end >&2");
+    fn a_child_moving_more_than_a_pipe_holds_still_exits() {
+        let mut child = spawn("wc -c; head -c 300000 /dev/zero >&2; echo end >&2");
         let stderr = child.stderr.take().unwrap();
-        let mut output = Output {
-            pipe: stderr.as_fd(),
+        let input = vec![b'x'; 300_000];
+        let mut pipes = Pipes {
+            input: Some((child.stdin.take().unwrap().into(), &input)),
+            output: Some(stderr.as_fd()),
             kept: vec![],
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         assert_eq!(
-            child_exited_by(child.id() as i32, Some(deadline), Some(&mut output)),
+            child_exited_by(child.id() as i32, Some(deadline), &mut pipes),
             Ok(true)
         );
-        assert_eq!(output.kept.len(), KEPT_OUTPUT);
+        assert_eq!(pipes.kept.len(), KEPT_OUTPUT);
         assert!(child.wait().unwrap().success());
     }
 
+    /// The child's stdin is closed once written, so a child reading to its end finishes.
     #[test]
-    fn a_process_still_running_at_the_deadline_has_not_exited() {
+    fn a_child_sees_the_end_of_its_input() {
+        let mut child = spawn("cat >&2; exit 3");
+        let stderr = child.stderr.take().unwrap();
+        let mut pipes = Pipes {
+            input: Some((child.stdin.take().unwrap().into(), b"the state\n")),
+            output: Some(stderr.as_fd()),
+            kept: vec![],
+        };
+        assert_eq!(
+            child_exited_by(child.id() as i32, None, &mut pipes),
+            Ok(true)
+        );
+        assert_eq!(pipes.kept, b"the state\n");
+        assert_eq!(child.wait().unwrap().code(), Some(3));
+    }
+
+    /// A child that never reads its input does not hold the wait past its deadline.
+    #[test]
+    fn a_child_still_running_at_the_deadline_has_not_exited() {
         let mut child = spawn("sleep 30");
+        let input = vec![b'x'; 300_000];
+        let mut pipes = Pipes {
+            input: Some((child.stdin.take().unwrap().into(), &input)),
+            ..Pipes::default()
+        };
         let deadline = Instant::now() + Duration::from_millis(50);
         assert_eq!(
-            child_exited_by(child.id() as i32, Some(deadline), None),
+            child_exited_by(child.id() as i32, Some(deadline), &mut pipes),
             Ok(false)
         );
         child.kill().unwrap();
         child.wait().unwrap();
-    }
-
-    #[test]
-    fn what_a_process_wrote_before_its_exit_is_kept() {
-        let mut child = spawn("echo bad hook >&2; exit 3");
-        let stderr = child.stderr.take().unwrap();
-        let mut output = Output {
-            pipe: stderr.as_fd(),
-            kept: vec![],
-        };
-        assert_eq!(
-            child_exited_by(child.id() as i32, None, Some(&mut output)),
-            Ok(true)
-        );
-        assert_eq!(output.kept, b"bad hook\n");
-        assert_eq!(child.wait().unwrap().code(), Some(3));
     }
 }

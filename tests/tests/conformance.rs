@@ -1208,8 +1208,9 @@ fn hooks_get_the_state_on_stdin() {
 }
 
 /// A hook is waited for until it exits, however much it writes to stderr (more than a pipe
-/// holds: it would block if nobody read it), and killed at its timeout: that create fails,
-/// naming the hook, and leaves nothing. A failed hook's stderr is in the error.
+/// holds: it would block if nobody read it), and killed at its timeout even if it never reads a
+/// state larger than a pipe holds: that create fails, naming the hook, and leaves nothing. A
+/// failed hook's stderr is in the error.
 #[test]
 fn hooks_run_to_their_end_or_their_timeout() {
     let h = Harness::start(HarnessOptions::default());
@@ -1235,6 +1236,7 @@ fn hooks_run_to_their_end_or_their_timeout() {
     ] {
         let b = bundle(&h, &format!("hook-{phase}"), &["true"], |c| {
             c["hooks"] = json!({ phase: [hook.clone()] });
+            c["annotations"] = json!({"org.burrow.test.padding": "x".repeat(300_000)});
         });
         let (out, _, _) = rt.create(&b, "hook-fails");
         assert_eq!(out.status.code(), Some(1), "{phase}");

@@ -84,13 +84,14 @@ impl<In: Message, Out: Message> Channel<In, Out> {
     }
 
     pub fn send(&self, step: &'static str, message: &Out) -> Result<(), ProtocolError> {
-        let encoded = message.encode();
-        scm::send(self.sock.as_fd(), &encoded.bytes, encoded.fd).map_err(|source| {
-            ProtocolError::Send {
-                step,
-                message: message.tag(),
-                source,
-            }
+        let sent = message.encode().and_then(|encoded| {
+            let fd = encoded.fd.as_ref().map(AsFd::as_fd);
+            scm::send(self.sock.as_fd(), &encoded.bytes, fd)
+        });
+        sent.map_err(|source| ProtocolError::Send {
+            step,
+            message: message.tag(),
+            source,
         })
     }
 
@@ -286,7 +287,7 @@ impl ChildChannel {
         const STEP: &str = "waiting for the container's state";
         match self.recv(STEP)? {
             ToChild::State(state) => Ok(state),
-            other => Err(unexpected(STEP, "\"state JSON\"", &other)),
+            other => Err(unexpected(STEP, "\"state\" with its memfd", &other)),
         }
     }
 }

@@ -137,9 +137,12 @@ fn run_hook(
         })
     }?;
     drop(stdin_r);
-    let _ = std::io::Write::write_all(&mut std::fs::File::from(stdin_w), state);
+    let mut pipes = burrow_sys::poll::Pipes {
+        input: Some((stdin_w, state)),
+        ..Default::default()
+    };
     let deadline = deadline_after(hook.timeout);
-    let exited = burrow_sys::poll::child_exited_by(child.as_raw(), deadline, None)
+    let exited = burrow_sys::poll::child_exited_by(child.as_raw(), deadline, &mut pipes)
         .map_err(|e| HookError::Wait(nix::Error::from_raw(e.raw_os_error())))?;
     if !exited {
         let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);

@@ -57,14 +57,29 @@ pub enum ToChild {
     /// The container's mount namespace from mountd, for the init to join (`mntns` + fd).
     MountNamespace(OwnedFd),
     /// The container's OCI state, for the init's createContainer and startContainer hooks
-    /// (`state JSON`).
+    /// (`state` + a memfd holding its JSON: its annotations may be larger than a datagram).
     State(serde_json::Map<String, serde_json::Value>),
 }
 
 /// A message on the wire: its bytes and the fd that goes with it.
 pub struct Encoded<'a> {
     pub bytes: Vec<u8>,
-    pub fd: Option<BorrowedFd<'a>>,
+    pub fd: Option<SentFd<'a>>,
+}
+
+/// The fd a message carries: one of the message's own, or one made to carry its payload.
+pub enum SentFd<'a> {
+    Its(BorrowedFd<'a>),
+    Made(OwnedFd),
+}
+
+impl AsFd for SentFd<'_> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            SentFd::Its(fd) => *fd,
+            SentFd::Made(fd) => fd.as_fd(),
+        }
+    }
 }
 
 /// Why a datagram is no message of the protocol.
@@ -80,6 +95,8 @@ pub enum DecodeError {
     BadPid { tag: &'static str, text: String },
     #[error("message \"state\" carries no JSON object: {0}")]
     BadState(#[source] serde_json::Error),
+    #[error("message \"state\": reading its memfd: {0}")]
+    UnreadableState(#[source] std::io::Error),
 }
 
 /// One direction's messages.
@@ -88,7 +105,8 @@ pub trait Message: Sized {
     const SENDER: Peer;
     /// The tag that starts the message on the wire.
     fn tag(&self) -> &'static str;
-    fn encode(&self) -> Encoded<'_>;
+    /// Fails only where a payload goes in a memfd that could not be made.
+    fn encode(&self) -> std::io::Result<Encoded<'_>>;
     /// The message `bytes` (and `fd`) encode. `fd` is the receiver's from here on: dropped
     /// (closed) with any error.
     fn decode(bytes: &[u8], fd: Option<OwnedFd>) -> Result<Self, DecodeError>;
@@ -112,6 +130,26 @@ fn preview(bytes: &[u8]) -> String {
         text.push('…');
     }
     text
+}
+
+/// A memfd holding `state`'s JSON, read from its start.
+fn state_memfd(state: &serde_json::Map<String, serde_json::Value>) -> std::io::Result<OwnedFd> {
+    use std::io::{Seek, Write};
+    let fd = rustix::fs::memfd_create("burrow-state", rustix::fs::MemfdFlags::CLOEXEC)?;
+    let mut file = std::fs::File::from(fd);
+    serde_json::to_writer(&mut file, state)?;
+    file.flush()?;
+    file.rewind()?;
+    Ok(file.into())
+}
+
+/// The state JSON object in the memfd `fd`.
+fn read_state(fd: OwnedFd) -> Result<serde_json::Map<String, serde_json::Value>, DecodeError> {
+    let reader = std::io::BufReader::new(std::fs::File::from(fd));
+    serde_json::from_reader(reader).map_err(|e| match e.io_error_kind() {
+        Some(_) => DecodeError::UnreadableState(e.into()),
+        None => DecodeError::BadState(e),
+    })
 }
 
 fn with_fd(tag: &'static str, fd: Option<OwnedFd>) -> Result<OwnedFd, DecodeError> {
@@ -159,19 +197,19 @@ impl Message for ToParent {
         }
     }
 
-    fn encode(&self) -> Encoded<'_> {
+    fn encode(&self) -> std::io::Result<Encoded<'_>> {
         let (payload, fd) = match self {
             ToParent::UserNamespace(fd) | ToParent::Console(fd) | ToParent::SysinfoListener(fd) => {
-                (None, Some(fd.as_fd()))
+                (None, Some(SentFd::Its(fd.as_fd())))
             }
             ToParent::InitPid(pid) | ToParent::ProcessPid(pid) => (Some(pid.to_string()), None),
             ToParent::Ready => (None, None),
             ToParent::Failed(text) => (Some(text.clone()), None),
         };
-        Encoded {
+        Ok(Encoded {
             bytes: join(self.tag(), payload.as_deref()),
             fd,
-        }
+        })
     }
 
     fn decode(bytes: &[u8], fd: Option<OwnedFd>) -> Result<Self, DecodeError> {
@@ -221,19 +259,16 @@ impl Message for ToChild {
         }
     }
 
-    fn encode(&self) -> Encoded<'_> {
-        let (payload, fd) = match self {
-            ToChild::Go => (None, None),
-            ToChild::MountNamespace(fd) => (None, Some(fd.as_fd())),
-            ToChild::State(state) => (
-                Some(serde_json::Value::from(state.clone()).to_string()),
-                None,
-            ),
+    fn encode(&self) -> std::io::Result<Encoded<'_>> {
+        let fd = match self {
+            ToChild::Go => None,
+            ToChild::MountNamespace(fd) => Some(SentFd::Its(fd.as_fd())),
+            ToChild::State(state) => Some(SentFd::Made(state_memfd(state)?)),
         };
-        Encoded {
-            bytes: join(self.tag(), payload.as_deref()),
+        Ok(Encoded {
+            bytes: self.tag().as_bytes().to_vec(),
             fd,
-        }
+        })
     }
 
     fn decode(bytes: &[u8], fd: Option<OwnedFd>) -> Result<Self, DecodeError> {
@@ -243,10 +278,7 @@ impl Message for ToChild {
                 ToChild::Go
             }
             (b"mntns", None) => ToChild::MountNamespace(with_fd("mntns", fd)?),
-            (b"state", Some(json)) => {
-                without_fd("state", fd)?;
-                ToChild::State(serde_json::from_slice(json).map_err(DecodeError::BadState)?)
-            }
+            (b"state", None) => ToChild::State(read_state(with_fd("state", fd)?)?),
             _ => return Err(DecodeError::Unknown(preview(bytes))),
         })
     }

@@ -15,7 +15,7 @@
 //!  |  <----------------------- init N ---- exits
 //!  |  devd, mountd
 //!  |  mntns + fd ----------------------------------------------------------> setns
-//!  |  state JSON (only if it runs hooks) ----------------------------------> createContainer hooks
+//!  |  state + memfd of its JSON (only if it runs hooks) --------------------> createContainer hooks
 //!  |  <--------------------------------------------------- console + fd ---- (if a terminal)
 //!  |  <---------------------------------------------------------- ready ---- waits for `start`
 //! ```
