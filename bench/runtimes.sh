@@ -4,7 +4,8 @@
 # run` with a user namespace (a copy of the rootfs chowned to the map's IDs, as a runtime
 # without ID-mapped mounts needs), `crun run`, and LXC 5's `lxc-execute` with an idmap (the
 # same kind of work as Burrow: a user namespace, its own /dev, proc and sys).
-# Prints medians and ratios against LXC and runc. If DOCKER_HOST points at a dockerd that has
+# Prints medians and ratios against LXC and runc, per round (ROUNDS=N invocations, 3 by
+# default) and the median of the rounds' ratios. If DOCKER_HOST points at a dockerd that has
 # runtime "burrow", also `docker run --rm` with burrow vs runc.
 # Needs root, an installed Burrow (`make install`) and a running system bus with polkitd (as
 # `make run` leaves them). LXC maps through newuidmap: the script adds `root:200000:65536` to
@@ -16,6 +17,7 @@ for tool in hyperfine runc crun lxc-execute burrow busybox python3; do
     command -v $tool >/dev/null || { echo "missing $tool (apt-get install hyperfine runc crun lxc busybox-static; make install)" >&2; exit 1; }
 done
 runs=${RUNS:-30}
+rounds=${ROUNDS:-3}
 pause=()
 [ "${PAUSE:-0}" = 0 ] || pause=(--prepare "sleep $PAUSE")
 map_base=200000
@@ -66,32 +68,48 @@ for i in 1 2 3; do burrow --root "$work/burrow" run -b "$bundle" warm$i; done
 runc --root "$work/runc" run -b "$userns" warm
 sh -c "$crun_cmd"
 lxc-execute -n warm -f "$work/lxc.conf" -P "$work/lxc" -- /bin/true
-hyperfine -N --warmup 3 --runs "$runs" "${pause[@]}" --export-json "$work/run.json" \
-    -n burrow "burrow --root $work/burrow run -b $bundle b" \
-    -n runc "runc --root $work/runc run -b $bundle r" \
-    -n "runc, user namespace" "runc --root $work/runc run -b $userns u" \
-    -n "crun (no cgroup)" "$crun_cmd" \
-    -n lxc "lxc-execute -n l -f $work/lxc.conf -P $work/lxc -- /bin/true" >&2
-python3 - "$work/run.json" <<'PY'
-import json, sys
-r = {x["command"]: x["median"] for x in json.load(open(sys.argv[1]))["results"]}
-print("| runtime (/bin/true, busybox rootfs, whole lifecycle) | median | vs LXC | vs runc |")
-print("|---|---|---|---|")
-for name, m in r.items():
-    print(f"| {name} | {m*1000:.1f} ms | {m/r['lxc']:.2f}x | {m/r['runc']:.2f}x |")
+# Each round is one hyperfine invocation of all five; the host's load comes and goes, and
+# hyperfine runs one command's runs after another's, so a busy spell can fall on one command
+# of a round only: the median of the rounds' ratios is the result.
+for round in $(seq "$rounds"); do
+    echo "round $round of $rounds" >&2
+    hyperfine -N --warmup 3 --runs "$runs" "${pause[@]}" --export-json "$work/run-$round.json" \
+        -n burrow "burrow --root $work/burrow run -b $bundle b" \
+        -n runc "runc --root $work/runc run -b $bundle r" \
+        -n "runc, user namespace" "runc --root $work/runc run -b $userns u" \
+        -n "crun (no cgroup)" "$crun_cmd" \
+        -n lxc "lxc-execute -n l -f $work/lxc.conf -P $work/lxc -- /bin/true" >&2
+done
+python3 - "$work"/run-*.json <<'PY'
+import json, statistics, sys
+files = sorted(sys.argv[1:], key=lambda f: int(f.rsplit("-", 1)[1].split(".")[0]))
+rounds = [{x["command"]: x["median"] for x in json.load(open(f))["results"]} for f in files]
+print("| runtime (/bin/true, busybox rootfs, whole lifecycle) | median per round | vs LXC per round | vs LXC, median | vs runc, median |")
+print("|---|---|---|---|---|")
+for name in rounds[0]:
+    times = ", ".join(f"{r[name]*1000:.1f}" for r in rounds)
+    lxc = [r[name] / r["lxc"] for r in rounds]
+    runc = [r[name] / r["runc"] for r in rounds]
+    per_round = ", ".join(f"{x:.2f}" for x in lxc)
+    print(f"| {name} | {times} ms | {per_round} | {statistics.median(lxc):.2f}x | {statistics.median(runc):.2f}x |")
 PY
 if [ -n "${DOCKER_HOST:-}" ]; then
-    hyperfine --warmup 2 --runs 15 --export-json "$work/docker.json" \
-        -n "docker run --runtime=burrow" "docker run --rm --runtime=burrow bb true" \
-        -n "docker run --runtime=runc" "docker run --rm --runtime=runc bb true" >&2
-    python3 - "$work/docker.json" <<'PY'
-import json, sys
-r = [(x["command"], x["median"]) for x in json.load(open(sys.argv[1]))["results"]]
-base = r[1][1]
+    for round in $(seq "$rounds"); do
+        hyperfine --warmup 2 --runs 15 --export-json "$work/docker-$round.json" \
+            -n "docker run --runtime=burrow" "docker run --rm --runtime=burrow bb true" \
+            -n "docker run --runtime=runc" "docker run --rm --runtime=runc bb true" >&2
+    done
+    python3 - "$work"/docker-*.json <<'PY'
+import json, statistics, sys
+files = sorted(sys.argv[1:], key=lambda f: int(f.rsplit("-", 1)[1].split(".")[0]))
+rounds = [{x["command"]: x["median"] for x in json.load(open(f))["results"]} for f in files]
 print()
-print("| docker | median | vs runc |")
-print("|---|---|---|")
-for name, m in r:
-    print(f"| {name} | {m*1000:.0f} ms | {m/base:.2f}x |")
+print("| docker | median per round | vs runc per round | vs runc, median |")
+print("|---|---|---|---|")
+for name in rounds[0]:
+    times = ", ".join(f"{r[name]*1000:.0f}" for r in rounds)
+    ratios = [r[name] / r["docker run --runtime=runc"] for r in rounds]
+    per_round = ", ".join(f"{x:.2f}" for x in ratios)
+    print(f"| {name} | {times} ms | {per_round} | {statistics.median(ratios):.2f}x |")
 PY
 fi
