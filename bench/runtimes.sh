@@ -68,6 +68,27 @@ for i in 1 2 3; do burrow --root "$work/burrow" run -b "$bundle" warm$i; done
 runc --root "$work/runc" run -b "$userns" warm
 sh -c "$crun_cmd"
 lxc-execute -n warm -f "$work/lxc.conf" -P "$work/lxc" -- /bin/true
+# Prints a table of the rounds (hyperfine's JSON files, after `--`): each command's median per
+# round, its ratio to the first baseline per round, and the median of its ratios to each
+# baseline. Arguments: the table's title, the decimals of a time in ms, the baselines.
+summarize() {
+    python3 - "$@" <<'PY'
+import json, statistics, sys
+args = sys.argv[1:]
+title, decimals, baselines, files = args[0], int(args[1]), args[2:args.index("--")], args[args.index("--") + 1:]
+files.sort(key=lambda f: int(f.rsplit("-", 1)[1].split(".")[0]))
+rounds = [{x["command"]: x["median"] for x in json.load(open(f))["results"]} for f in files]
+medians = [f"vs {b}, median" for b in baselines]
+print(" | ".join([f"| {title}", "median per round", f"vs {baselines[0]} per round", *medians]) + " |")
+print("|---" * (3 + len(baselines)) + "|")
+for name in rounds[0]:
+    times = ", ".join(f"{r[name]*1000:.{decimals}f}" for r in rounds)
+    ratios = {b: [r[name] / r[b] for r in rounds] for b in baselines}
+    per_round = ", ".join(f"{x:.2f}" for x in ratios[baselines[0]])
+    cells = [f"{statistics.median(ratios[b]):.2f}x" for b in baselines]
+    print(" | ".join([f"| {name}", f"{times} ms", per_round, *cells]) + " |")
+PY
+}
 # Each round is one hyperfine invocation of all five; the host's load comes and goes, and
 # hyperfine runs one command's runs after another's, so a busy spell can fall on one command
 # of a round only: the median of the rounds' ratios is the result.
@@ -80,36 +101,13 @@ for round in $(seq "$rounds"); do
         -n "crun (no cgroup)" "$crun_cmd" \
         -n lxc "lxc-execute -n l -f $work/lxc.conf -P $work/lxc -- /bin/true" >&2
 done
-python3 - "$work"/run-*.json <<'PY'
-import json, statistics, sys
-files = sorted(sys.argv[1:], key=lambda f: int(f.rsplit("-", 1)[1].split(".")[0]))
-rounds = [{x["command"]: x["median"] for x in json.load(open(f))["results"]} for f in files]
-print("| runtime (/bin/true, busybox rootfs, whole lifecycle) | median per round | vs LXC per round | vs LXC, median | vs runc, median |")
-print("|---|---|---|---|---|")
-for name in rounds[0]:
-    times = ", ".join(f"{r[name]*1000:.1f}" for r in rounds)
-    lxc = [r[name] / r["lxc"] for r in rounds]
-    runc = [r[name] / r["runc"] for r in rounds]
-    per_round = ", ".join(f"{x:.2f}" for x in lxc)
-    print(f"| {name} | {times} ms | {per_round} | {statistics.median(lxc):.2f}x | {statistics.median(runc):.2f}x |")
-PY
+summarize "runtime (/bin/true, busybox rootfs, whole lifecycle)" 1 lxc runc -- "$work"/run-*.json
 if [ -n "${DOCKER_HOST:-}" ]; then
     for round in $(seq "$rounds"); do
         hyperfine --warmup 2 --runs 15 --export-json "$work/docker-$round.json" \
             -n "docker run --runtime=burrow" "docker run --rm --runtime=burrow bb true" \
             -n "docker run --runtime=runc" "docker run --rm --runtime=runc bb true" >&2
     done
-    python3 - "$work"/docker-*.json <<'PY'
-import json, statistics, sys
-files = sorted(sys.argv[1:], key=lambda f: int(f.rsplit("-", 1)[1].split(".")[0]))
-rounds = [{x["command"]: x["median"] for x in json.load(open(f))["results"]} for f in files]
-print()
-print("| docker | median per round | vs runc per round | vs runc, median |")
-print("|---|---|---|---|")
-for name in rounds[0]:
-    times = ", ".join(f"{r[name]*1000:.0f}" for r in rounds)
-    ratios = [r[name] / r["docker run --runtime=runc"] for r in rounds]
-    per_round = ", ".join(f"{x:.2f}" for x in ratios)
-    print(f"| {name} | {times} ms | {per_round} | {statistics.median(ratios):.2f}x |")
-PY
+    echo
+    summarize docker 0 "docker run --runtime=runc" -- "$work"/docker-*.json
 fi
