@@ -424,6 +424,10 @@ fn fds_go_with_the_messages_that_carry_them_only() {
         let e = ToChild::decode(b"state", Some(fd)).unwrap_err();
         assert!(matches!(e, DecodeError::BadState(_)), "{e}");
     }
+    // An fd that cannot be read (here a directory) is no state either.
+    let directory: OwnedFd = std::fs::File::open("/").unwrap().into();
+    let e = ToChild::decode(b"state", Some(directory)).unwrap_err();
+    assert!(matches!(e, DecodeError::UnreadableState(_)), "{e}");
     // A payload where none belongs, or none where one does.
     for bytes in [&b"ready "[..], b"go now", b"init", b"state"] {
         assert!(ToParent::decode(bytes, None).is_err() && ToChild::decode(bytes, None).is_err());
